@@ -1,0 +1,199 @@
+//! Daemon configuration: `crius.yaml` plus drop-ins from `crius.yaml.d/*.yaml`.
+//!
+//! The types below are the merged, validated configuration the daemon runs
+//! with. Loading (YAML parsing, drop-in merging, file:line errors) lives in
+//! [`load`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod load;
+
+pub use load::{ConfigError, load};
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket the CRI gRPC services listen on.
+    pub listen: PathBuf,
+    /// Persistent state: images, layers, pod and container records.
+    pub root: PathBuf,
+    /// Volatile runtime state (cleared on reboot).
+    pub state_dir: PathBuf,
+    /// Default log filter (`error`, `warn`, `info`, `debug`, `trace`), overridden by `--log-level`.
+    pub log_level: String,
+    /// Only `cgroupfs` is supported.
+    pub cgroup_driver: CgroupDriver,
+    /// Handler used when a pod's `runtime_handler` is empty.
+    pub default_runtime_handler: String,
+    /// Handler table: RuntimeClass handler name → handler.
+    pub runtime_handlers: BTreeMap<String, HandlerConfig>,
+    /// Pod networking.
+    pub cni: CniConfig,
+    /// Image pulling and storage.
+    pub image: ImageConfig,
+    /// Per-registry settings: mirrors and plain-HTTP (insecure) registries.
+    pub registries: Vec<RegistryConfig>,
+}
+
+/// How pod and container cgroups are managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Write the cgroup filesystem directly (v1 or v2, detected).
+    #[default]
+    Cgroupfs,
+}
+
+/// What kind of runtime a handler is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// A native OCI runtime (runc, crun) with conmon as the container monitor.
+    Oci,
+    /// One VM per pod (kata).
+    Vm,
+    /// A third-party handler from a plugin library or shim executable.
+    Plugin,
+}
+
+/// One entry of the handler table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    pub kind: HandlerKind,
+    /// The runtime binary (runc/crun), hypervisor, plugin library or shim executable.
+    pub runtime_path: PathBuf,
+    /// Runtime state root passed to the runtime (`--root`).
+    #[serde(default)]
+    pub runtime_root: Option<PathBuf>,
+    /// Container monitor (conmon) for `oci` handlers.
+    #[serde(default)]
+    pub monitor_path: Option<PathBuf>,
+    /// Pod/container annotations (exact keys, or prefixes ending in `*`) passed through to the handler.
+    #[serde(default)]
+    pub allowed_annotations: Vec<String>,
+    /// Annotations added to every pod of this handler unless the pod sets them.
+    #[serde(default)]
+    pub default_annotations: BTreeMap<String, String>,
+    /// Privileged containers do not get the host's devices.
+    #[serde(default)]
+    pub privileged_without_host_devices: bool,
+    /// Feature overrides; unset features are probed from the runtime itself.
+    #[serde(default)]
+    pub features: FeatureOverrides,
+}
+
+/// Optional overrides of what a handler reports in `Status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureOverrides {
+    #[serde(default)]
+    pub recursive_read_only_mounts: Option<bool>,
+    #[serde(default)]
+    pub user_namespaces: Option<bool>,
+}
+
+/// CNI settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory searched for the first `*.conflist` / `*.conf` (lexical order).
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni")],
+        }
+    }
+}
+
+/// Image service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// Registry used for names without a registry host (`busybox` → `docker.io/library/busybox`).
+    pub default_registry: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self { max_concurrent_downloads: 3, default_registry: "docker.io".to_string() }
+    }
+}
+
+/// Settings for one registry, matched by the longest `prefix` of an image
+/// name (`registry.k8s.io`, `docker.io/library`, `127.0.0.1:5000`), as in
+/// containers-registries.conf.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry host, optionally followed by a repository path.
+    pub prefix: String,
+    /// Where to pull from instead of `prefix` (a host, optionally with a path).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Speak plain HTTP to this registry (TLS is never skipped silently).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Tried in order before the registry itself.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
+    /// Never contact the registry itself; only its mirrors.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+/// One mirror of a registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Mirror host, optionally followed by a repository path.
+    pub location: String,
+    /// Speak plain HTTP to this mirror.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut runtime_handlers = BTreeMap::new();
+        for (name, path) in [("runc", "/usr/sbin/runc"), ("crun", "/usr/bin/crun")] {
+            runtime_handlers.insert(
+                name.to_string(),
+                HandlerConfig {
+                    kind: HandlerKind::Oci,
+                    runtime_path: PathBuf::from(path),
+                    runtime_root: Some(PathBuf::from(format!("/run/crius/{name}"))),
+                    monitor_path: Some(PathBuf::from("/usr/bin/conmon")),
+                    allowed_annotations: Vec::new(),
+                    default_annotations: BTreeMap::new(),
+                    privileged_without_host_devices: false,
+                    features: FeatureOverrides::default(),
+                },
+            );
+        }
+        Self {
+            listen: PathBuf::from("/run/crius/crius.sock"),
+            root: PathBuf::from("/var/lib/crius"),
+            state_dir: PathBuf::from("/run/crius"),
+            log_level: "info".to_string(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime_handler: "runc".to_string(),
+            runtime_handlers,
+            cni: CniConfig::default(),
+            image: ImageConfig::default(),
+            registries: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Registered runtime handlers, by name.

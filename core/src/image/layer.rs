@@ -1,0 +1,1 @@
+//! Safe unpacking of OCI layer tarballs into overlayfs lower directories.

@@ -1,0 +1,7 @@
+//! The crius daemon as a library: configuration, the CRI gRPC services, the
+//! image service and the routing of pods to runtime handlers.
+
+pub mod config;
+pub mod handlers;
+pub mod image;
+pub mod server;

@@ -1,0 +1,45 @@
+//! Generated code for crius's wire contracts.
+
+/// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService.
+pub mod cri {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("runtime.v1");
+
+    impl std::fmt::Debug for AuthConfig {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            fn redacted(s: &str) -> &'static str {
+                if s.is_empty() { "" } else { "<redacted>" }
+            }
+            f.debug_struct("AuthConfig")
+                .field("username", &self.username)
+                .field("password", &redacted(&self.password))
+                .field("auth", &redacted(&self.auth))
+                .field("server_address", &self.server_address)
+                .field("identity_token", &redacted(&self.identity_token))
+                .field("registry_token", &redacted(&self.registry_token))
+                .finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cri::AuthConfig;
+
+    #[test]
+    fn auth_config_debug_hides_secrets() {
+        let auth = AuthConfig {
+            username: "alice".into(),
+            password: "hunter2".into(),
+            auth: "YWxpY2U6aHVudGVyMg==".into(),
+            server_address: "registry.example".into(),
+            identity_token: "idtok".into(),
+            registry_token: "regtok".into(),
+        };
+        let printed = format!("{auth:?}");
+        assert!(printed.contains("alice"));
+        for secret in ["hunter2", "YWxpY2U6aHVudGVyMg==", "idtok", "regtok"] {
+            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+        }
+    }
+}
