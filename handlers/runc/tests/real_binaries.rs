@@ -1,0 +1,102 @@
+//! Probes the runtime binaries installed on this machine. Each test skips
+//! (with a printed reason) when its binary is absent.
+
+use std::path::Path;
+
+use crius_handler_runc::{
+    DEFAULT_MONITOR_PATH, FeatureProbe, OciHandler, RUNC_DEFAULT_RUNTIME_PATH, parse_features,
+    runc_config,
+};
+use crius_shim_api::RuntimeHandler;
+
+fn present(path: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    eprintln!("SKIP: {path} is not installed");
+    false
+}
+
+#[tokio::test]
+async fn runc_reports_its_features_document() {
+    if !present(RUNC_DEFAULT_RUNTIME_PATH) || !present(DEFAULT_MONITOR_PATH) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let h = OciHandler::new(runc_config(
+        "runc",
+        RUNC_DEFAULT_RUNTIME_PATH,
+        root.path(),
+        DEFAULT_MONITOR_PATH,
+    ))
+    .await;
+    h.check_ready().await.unwrap();
+
+    let raw = std::process::Command::new(RUNC_DEFAULT_RUNTIME_PATH)
+        .arg("features")
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "runc >= 1.1 has a features subcommand"
+    );
+    let expected = parse_features(&raw.stdout).unwrap();
+    assert_eq!(h.feature_probe(), &FeatureProbe::Reported(expected));
+    assert_eq!(h.features(), expected);
+    // Every runc with a features subcommand (>= 1.1) supports rro mounts.
+    assert!(h.features().recursive_read_only_mounts);
+    let doc: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let idmap = doc
+        .pointer("/linux/mountExtensions/idmap/enabled")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    assert_eq!(h.features().user_namespaces, idmap);
+}
+
+#[tokio::test]
+async fn crun_probe_matches_the_binary() {
+    let crun = "/usr/bin/crun";
+    if !present(crun) || !present(DEFAULT_MONITOR_PATH) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let h = OciHandler::new(runc_config("crun", crun, root.path(), DEFAULT_MONITOR_PATH)).await;
+    h.check_ready().await.unwrap();
+    let raw = std::process::Command::new(crun)
+        .arg("features")
+        .output()
+        .unwrap();
+    if raw.status.success() {
+        assert_eq!(
+            h.feature_probe(),
+            &FeatureProbe::Reported(parse_features(&raw.stdout).unwrap())
+        );
+    } else {
+        // crun 1.8.1 has no features subcommand: nothing is claimed.
+        match h.feature_probe() {
+            FeatureProbe::Unavailable { reason } => {
+                assert!(reason.contains("features"), "{reason}")
+            }
+            other => panic!("crun has no features subcommand but probe says {other:?}"),
+        }
+        assert_eq!(h.features(), Default::default());
+    }
+}
+
+#[tokio::test]
+async fn missing_runtime_binary_is_not_ready_with_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let h = OciHandler::new(runc_config(
+        "ghost",
+        "/nonexistent/ghost-runtime",
+        root.path(),
+        DEFAULT_MONITOR_PATH,
+    ))
+    .await;
+    assert!(matches!(
+        h.feature_probe(),
+        FeatureProbe::Unavailable { .. }
+    ));
+    let err = h.check_ready().await.unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/ghost-runtime"), "{err}");
+}
