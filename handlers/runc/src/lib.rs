@@ -9,7 +9,10 @@
 //! `features` document, never from its name or version.
 
 pub mod command;
+pub mod crilog;
 pub mod features;
+pub mod monitor;
+pub mod runtime;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,11 @@ use crius_shim_api::{HandlerError, HandlerFeatures, RuntimeHandler};
 
 pub use command::{CommandRunner, TokioCommandRunner};
 pub use features::{FeaturesParseError, parse_features};
+pub use monitor::{
+    Conmon, ContainerExit, ContainerMonitor, ExecSyncOutput, ExecSyncSpec, LaunchSpec, Launched,
+    MonitorError, read_exit, wait_for_exit,
+};
+pub use runtime::{OciRuntime, RuntimeError, RuntimeState};
 
 /// Upper bound for `features` / `--version`: a wedged binary must not hang
 /// daemon start-up or a `Status` call.
@@ -251,6 +259,24 @@ impl OciHandler {
     /// The runner used to start the runtime and monitor.
     pub fn runner(&self) -> &Arc<dyn CommandRunner> {
         &self.runner
+    }
+
+    /// A client of this handler's runtime binary and state root.
+    pub fn runtime(&self) -> OciRuntime {
+        OciRuntime::new(
+            &self.config.runtime_path,
+            &self.config.runtime_root,
+            self.runner.clone(),
+        )
+    }
+
+    /// The conmon monitor configured for this handler's runtime.
+    pub fn monitor(&self) -> Conmon {
+        Conmon::new(
+            &self.config.monitor_path,
+            &self.config.runtime_path,
+            &self.config.runtime_root,
+        )
     }
 
     fn not_ready(&self, reason: String) -> HandlerError {

@@ -1,0 +1,266 @@
+//! Direct calls of the OCI runtime binary (runc-compatible CLI) for the
+//! operations conmon does not perform: start, state, kill, delete.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::command::CommandRunner;
+
+/// Upper bound for one runtime command; runc/crun answer in milliseconds,
+/// a hang means a wedged runtime and must not block the caller forever.
+const RUNTIME_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed runtime command.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not finish within {timeout:?}")]
+    Timeout { command: String, timeout: Duration },
+    #[error("`{command}` failed ({status}): {message}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        message: String,
+    },
+    #[error("`{command}` printed an unreadable state: {source}")]
+    BadState {
+        command: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The runtime's view of a container (`<runtime> state`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RuntimeState {
+    pub id: String,
+    /// `creating`, `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    #[serde(default)]
+    pub pid: i32,
+    #[serde(default)]
+    pub bundle: PathBuf,
+}
+
+/// A runtime binary with its state root.
+#[derive(Clone)]
+pub struct OciRuntime {
+    path: PathBuf,
+    root: PathBuf,
+    runner: Arc<dyn CommandRunner>,
+}
+
+impl std::fmt::Debug for OciRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciRuntime")
+            .field("path", &self.path)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OciRuntime {
+    pub fn new(
+        path: impl Into<PathBuf>,
+        root: impl Into<PathBuf>,
+        runner: Arc<dyn CommandRunner>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            root: root.into(),
+            runner,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the runtime keeps state for `id` (its state directory
+    /// `<root>/<id>` exists; the layout runc and crun share).
+    pub fn has_state(&self, id: &str) -> bool {
+        self.root.join(id).exists()
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
+        let root_arg = format!("--root={}", self.root.display());
+        let mut full: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        full.push(&root_arg);
+        full.extend_from_slice(args);
+        let command = format!("{} {}", self.path.display(), full.join(" "));
+        tracing::debug!(%command, "running OCI runtime");
+        let output = tokio::time::timeout(
+            RUNTIME_COMMAND_TIMEOUT,
+            self.runner.output(&self.path, &full),
+        )
+        .await
+        .map_err(|_| RuntimeError::Timeout {
+            command: command.clone(),
+            timeout: RUNTIME_COMMAND_TIMEOUT,
+        })?
+        .map_err(|source| RuntimeError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(RuntimeError::Failed {
+                command,
+                status: output.status,
+                message: crate::printed_message(&output),
+            });
+        }
+        Ok(output)
+    }
+
+    /// Starts a created container (runs the user process).
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&["start", id]).await.map(drop)
+    }
+
+    /// The runtime's state of `id`, or `None` when the runtime does not know
+    /// the container.
+    pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
+        match self.run(&["state", id]).await {
+            Ok(output) => {
+                let state = serde_json::from_slice(&output.stdout).map_err(|source| {
+                    RuntimeError::BadState {
+                        command: format!("{} state {id}", self.path.display()),
+                        source,
+                    }
+                })?;
+                Ok(Some(state))
+            }
+            // Error texts differ between runtimes ("container does not
+            // exist", "No such file or directory"); the state directory is
+            // the reliable signal.
+            Err(RuntimeError::Failed { .. }) if !self.has_state(id) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `signal` (a number or a name such as `KILL`) to the container's
+    /// init process, or with `all` to every process of the container.
+    pub async fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), RuntimeError> {
+        if all {
+            self.run(&["kill", "--all", id, signal]).await.map(drop)
+        } else {
+            self.run(&["kill", id, signal]).await.map(drop)
+        }
+    }
+
+    /// Deletes the container (killing it if it still runs). Deleting an
+    /// unknown container succeeds, so callers can retry cleanup.
+    pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.run(&["delete", "--force", id]).await {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Failed { .. }) if !self.has_state(id) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::io;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{ExitStatus, Output};
+    use std::sync::Mutex;
+
+    struct Scripted {
+        code: i32,
+        stdout: &'static str,
+        stderr: &'static str,
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl CommandRunner for Scripted {
+        async fn output(&self, _program: &Path, args: &[&str]) -> io::Result<Output> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(args.iter().map(|a| a.to_string()).collect());
+            Ok(Output {
+                status: ExitStatus::from_raw(self.code << 8),
+                stdout: self.stdout.into(),
+                stderr: self.stderr.into(),
+            })
+        }
+    }
+
+    fn runtime(
+        code: i32,
+        stdout: &'static str,
+        stderr: &'static str,
+        root: &Path,
+    ) -> (OciRuntime, Arc<Scripted>) {
+        let s = Arc::new(Scripted {
+            code,
+            stdout,
+            stderr,
+            calls: Mutex::new(Vec::new()),
+        });
+        (OciRuntime::new("/usr/sbin/runc", root, s.clone()), s)
+    }
+
+    #[tokio::test]
+    async fn state_parses_and_passes_root_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = r#"{"ociVersion":"1.0.2","id":"c1","pid":42,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"x","owner":""}"#;
+        let (rt, calls) = runtime(0, json, "", dir.path());
+        let st = rt.state("c1").await.unwrap().unwrap();
+        assert_eq!(
+            (st.id.as_str(), st.status.as_str(), st.pid),
+            ("c1", "running", 42)
+        );
+        let expected_root = format!("--root={}", dir.path().display());
+        assert_eq!(
+            calls.calls.lock().unwrap()[0],
+            vec![expected_root.as_str(), "state", "c1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_container_state_is_none_and_delete_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, _) = runtime(1, "", "container does not exist", dir.path());
+        assert_eq!(rt.state("gone").await.unwrap(), None);
+        rt.delete("gone").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn failure_of_a_known_container_is_an_error_with_message() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("c1")).unwrap();
+        let (rt, _) = runtime(1, "", "permission denied", dir.path());
+        let err = rt.delete("c1").await.unwrap_err().to_string();
+        assert!(
+            err.contains("permission denied") && err.contains("delete --force c1"),
+            "{err}"
+        );
+        assert!(rt.state("c1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn kill_all_argument_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, calls) = runtime(0, "", "", dir.path());
+        rt.kill("c1", "KILL", true).await.unwrap();
+        rt.kill("c1", "15", false).await.unwrap();
+        let calls = calls.calls.lock().unwrap();
+        assert_eq!(calls[0][1..], ["kill", "--all", "c1", "KILL"]);
+        assert_eq!(calls[1][1..], ["kill", "c1", "15"]);
+    }
+}

@@ -1,0 +1,365 @@
+//! Runs real containers under conmon with runc and crun: CRI log, exit code
+//! from the exit file, exec-sync (output, exit code, timeout), kill, delete,
+//! and nothing left behind (runtime state, cgroups, conmon).
+//!
+//! Needs root, conmon, busybox-static and the runtimes; skips with a printed
+//! reason otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crius_handler_runc::{
+    Conmon, ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError, OciRuntime,
+    TokioCommandRunner, wait_for_exit,
+};
+use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
+
+const CONMON: &str = "/usr/bin/conmon";
+const BUSYBOX: &str = "/bin/busybox";
+
+fn skip_reason(runtime: &str) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    for bin in [CONMON, BUSYBOX, runtime] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{bin} is not installed"));
+        }
+    }
+    if runtime.ends_with("crun")
+        && let Ok(controllers) =
+            std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+        && !controllers.trim().is_empty()
+    {
+        return Some(format!(
+            "crun refuses hybrid cgroups while /sys/fs/cgroup/unified carries controllers ({}); \
+             mount them as v1 hierarchies (e.g. mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb)",
+            controllers.trim()
+        ));
+    }
+    None
+}
+
+/// Mount points of every cgroup (v1 and v2) hierarchy.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mount_point = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+struct Fixture {
+    base: tempfile::TempDir,
+    runtime: OciRuntime,
+    conmon: Conmon,
+    cgroup_parent: String,
+}
+
+impl Fixture {
+    fn new(runtime_path: &str, tag: &str) -> Fixture {
+        let base = tempfile::Builder::new()
+            .prefix("crius-conmon-")
+            .tempdir()
+            .unwrap();
+        let root = base.path().join("runtime-root");
+        Fixture {
+            runtime: OciRuntime::new(runtime_path, &root, Arc::new(TokioCommandRunner)),
+            conmon: Conmon::new(CONMON, runtime_path, &root),
+            cgroup_parent: format!("crius-test-{}-{tag}", std::process::id()),
+            base,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.base.path().join(rel)
+    }
+
+    /// A bundle whose rootfs is busybox-static with a few applet links.
+    fn bundle(&self, id: &str, args: &[&str]) -> PathBuf {
+        let bundle = self.path(&format!("bundles/{id}"));
+        let bin = bundle.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+        for applet in ["sh", "echo", "sleep", "cat"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let process = ProcessBuilder::default()
+            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            .env(vec!["PATH=/bin".to_string()])
+            .cwd("/")
+            .build()
+            .unwrap();
+        let linux = Spec::default().linux().clone().unwrap();
+        let linux = LinuxBuilder::default()
+            .namespaces(linux.namespaces().clone().unwrap())
+            .masked_paths(linux.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(linux.readonly_paths().clone().unwrap_or_default())
+            .cgroups_path(PathBuf::from(format!("/{}/{id}", self.cgroup_parent)))
+            .build()
+            .unwrap();
+        let mut spec = Spec::default();
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()
+                .unwrap(),
+        ));
+        spec.set_hostname(Some(id.to_string()));
+        spec.set_linux(Some(linux));
+        spec.save(bundle.join("config.json")).unwrap();
+        bundle
+    }
+
+    fn launch_spec(&self, id: &str, bundle: PathBuf) -> LaunchSpec {
+        LaunchSpec {
+            id: id.to_string(),
+            name: format!("test_{id}"),
+            bundle,
+            log_path: self.path(&format!("logs/{id}.log")),
+            exit_dir: self.path("exits"),
+            persist_dir: self.path(&format!("persist/{id}")),
+            socket_dir: self.path("sockets"),
+            log_size_max: None,
+        }
+    }
+
+    /// Deletes `id` and checks the runtime forgot it.
+    async fn delete(&self, id: &str) {
+        self.runtime.delete(id).await.unwrap();
+        assert_eq!(
+            self.runtime.state(id).await.unwrap(),
+            None,
+            "runtime state of {id} survived delete"
+        );
+        assert!(!self.runtime.has_state(id));
+        // Deleting again is fine (cleanup retries).
+        self.runtime.delete(id).await.unwrap();
+    }
+
+    /// Removes the test's cgroup parent in every hierarchy and checks that
+    /// no cgroup of the test is left anywhere.
+    fn remove_cgroups(&self) {
+        for mount in cgroup_mounts() {
+            let parent = mount.join(&self.cgroup_parent);
+            if parent.exists() {
+                // Only empty cgroups can be removed: a leftover child (the
+                // container's own cgroup) makes this fail loudly.
+                std::fs::remove_dir(&parent)
+                    .unwrap_or_else(|e| panic!("cannot remove cgroup {}: {e}", parent.display()));
+            }
+            assert!(!parent.exists(), "{} left behind", parent.display());
+        }
+    }
+}
+
+async fn wait_gone(pid: i32) {
+    for _ in 0..250 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("conmon {pid} still running");
+}
+
+async fn echo_and_exit(runtime_path: &str, tag: &str) {
+    if let Some(reason) = skip_reason(runtime_path) {
+        eprintln!("SKIP {tag}: {reason}");
+        return;
+    }
+    let fx = Fixture::new(runtime_path, tag);
+    let id = format!("echo-{tag}");
+    let spec = fx.launch_spec(&id, fx.bundle(&id, &["sh", "-c", "echo hello; exit 3"]));
+    let launched = fx.conmon.create(&spec).await.unwrap();
+    assert!(launched.container_pid > 0);
+    let state = fx
+        .runtime
+        .state(&id)
+        .await
+        .unwrap()
+        .expect("runtime knows the created container");
+    assert_eq!(state.status, "created");
+    assert_eq!(state.pid, launched.container_pid);
+    assert!(
+        spec.bundle.join("ctl").exists(),
+        "conmon made its control FIFO"
+    );
+
+    fx.runtime.start(&id).await.unwrap();
+    let exit = wait_for_exit(
+        &spec.exit_dir,
+        &spec.persist_dir,
+        &id,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .expect("container exited within 10 s");
+    assert_eq!(exit.exit_code, 3);
+    assert!(!exit.oom_killed);
+
+    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    assert!(
+        log.lines().any(|l| l.ends_with(" stdout F hello")),
+        "CRI log lacks hello: {log:?}"
+    );
+    let state = fx.runtime.state(&id).await.unwrap().unwrap();
+    assert_eq!(state.status, "stopped");
+
+    if let Some(pid) = launched.monitor_pid {
+        wait_gone(pid).await;
+    }
+    fx.delete(&id).await;
+    fx.remove_cgroups();
+}
+
+async fn exec_kill_delete(runtime_path: &str, tag: &str) {
+    if let Some(reason) = skip_reason(runtime_path) {
+        eprintln!("SKIP {tag}: {reason}");
+        return;
+    }
+    let fx = Fixture::new(runtime_path, tag);
+    let id = format!("sleeper-{tag}");
+    let spec = fx.launch_spec(&id, fx.bundle(&id, &["sleep", "60"]));
+    let launched = fx.conmon.create(&spec).await.unwrap();
+    fx.runtime.start(&id).await.unwrap();
+    assert_eq!(
+        fx.runtime.state(&id).await.unwrap().unwrap().status,
+        "running"
+    );
+
+    let process = |args: &[&str]| {
+        ProcessBuilder::default()
+            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            .env(vec!["PATH=/bin".to_string()])
+            .cwd("/")
+            .build()
+            .unwrap()
+    };
+    let out = fx
+        .conmon
+        .exec_sync(&ExecSyncSpec {
+            id: id.clone(),
+            process: process(&["sh", "-c", "echo out; echo err >&2; exit 5"]),
+            timeout: Some(Duration::from_secs(10)),
+            scratch_dir: fx.path("exec"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.exit_code, 5);
+    assert!(!out.timed_out);
+
+    let started = std::time::Instant::now();
+    let out = fx
+        .conmon
+        .exec_sync(&ExecSyncSpec {
+            id: id.clone(),
+            process: process(&["sleep", "30"]),
+            timeout: Some(Duration::from_secs(1)),
+            scratch_dir: fx.path("exec"),
+        })
+        .await
+        .unwrap();
+    assert!(out.timed_out, "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "timeout not enforced: {:?}",
+        started.elapsed()
+    );
+
+    // Exec in a container that does not exist fails with the runtime's reason.
+    let err = fx
+        .conmon
+        .exec_sync(&ExecSyncSpec {
+            id: "no-such-container".into(),
+            process: process(&["true"]),
+            timeout: Some(Duration::from_secs(5)),
+            scratch_dir: fx.path("exec"),
+        })
+        .await
+        .unwrap_err();
+    eprintln!("exec in a missing container: {err}");
+    assert!(matches!(err, MonitorError::RuntimeFailed { .. }), "{err:?}");
+    // Scratch dirs are removed after each exec.
+    assert_eq!(std::fs::read_dir(fx.path("exec")).unwrap().count(), 0);
+
+    fx.runtime.kill(&id, "KILL", false).await.unwrap();
+    let exit = wait_for_exit(
+        &spec.exit_dir,
+        &spec.persist_dir,
+        &id,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .expect("killed container exits");
+    assert_eq!(exit.exit_code, 128 + 9);
+    if let Some(pid) = launched.monitor_pid {
+        wait_gone(pid).await;
+    }
+    fx.delete(&id).await;
+    fx.remove_cgroups();
+}
+
+async fn create_failure_reports_runtime_error(runtime_path: &str, tag: &str) {
+    if let Some(reason) = skip_reason(runtime_path) {
+        eprintln!("SKIP {tag}: {reason}");
+        return;
+    }
+    let fx = Fixture::new(runtime_path, tag);
+    let id = format!("broken-{tag}");
+    let spec = fx.launch_spec(&id, fx.bundle(&id, &["/bin/does-not-exist"]));
+    // Point the process at a cwd that cannot exist to make create fail.
+    let mut config = Spec::load(spec.bundle.join("config.json")).unwrap();
+    let mut process = config.process().clone().unwrap();
+    process.set_cwd("/bin/busybox/not-a-dir".into());
+    config.set_process(Some(process));
+    config.save(spec.bundle.join("config.json")).unwrap();
+    let err = fx.conmon.create(&spec).await.unwrap_err();
+    assert!(matches!(err, MonitorError::RuntimeFailed { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("failed to create container"), "{text}");
+    eprintln!("{tag} create failure: {text}");
+    fx.delete(&id).await;
+    fx.remove_cgroups();
+}
+
+#[tokio::test]
+async fn runc_echo_exit_code_and_log() {
+    echo_and_exit("/usr/sbin/runc", "runc").await;
+}
+
+#[tokio::test]
+async fn crun_echo_exit_code_and_log() {
+    echo_and_exit("/usr/bin/crun", "crun").await;
+}
+
+#[tokio::test]
+async fn runc_exec_sync_kill_delete() {
+    exec_kill_delete("/usr/sbin/runc", "runc-exec").await;
+}
+
+#[tokio::test]
+async fn crun_exec_sync_kill_delete() {
+    exec_kill_delete("/usr/bin/crun", "crun-exec").await;
+}
+
+#[tokio::test]
+async fn runc_create_failure() {
+    create_failure_reports_runtime_error("/usr/sbin/runc", "runc-fail").await;
+}
+
+#[tokio::test]
+async fn crun_create_failure() {
+    create_failure_reports_runtime_error("/usr/bin/crun", "crun-fail").await;
+}
