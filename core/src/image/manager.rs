@@ -488,11 +488,13 @@ impl ImageManager {
             result?;
         }
 
+        // Both the index digest (what the name resolved to) and the platform
+        // manifest's digest name this image, as CRI-O reports them.
         let mut repo_digests = Vec::new();
-        let top_digest = index_raw
-            .as_ref()
-            .map_or(&manifest_raw.digest, |i| &i.digest);
-        repo_digests.push(name.repo_digest(top_digest));
+        if let Some(index) = &index_raw {
+            repo_digests.push(name.repo_digest(&index.digest));
+        }
+        repo_digests.push(name.repo_digest(&manifest_raw.digest));
         let record = ImageRecord {
             id: config_digest.clone(),
             repo_tags: name.repo_tag().into_iter().collect(),
