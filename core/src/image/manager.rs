@@ -163,9 +163,13 @@ impl ImageManager {
                     // A task of its own so that a caller giving up (the gRPC
                     // request is cancelled) does not abort a pull midway.
                     let handle = tokio::spawn(async move {
-                        let result = me.pull_uncached(&name, auth.as_ref()).await;
-                        lock(&me.inflight).remove(&task_key);
-                        result
+                        // Forgets the in-flight entry even if the pull panics,
+                        // so later pulls start afresh.
+                        let _done = InflightEntry {
+                            manager: &me,
+                            key: task_key,
+                        };
+                        me.pull_uncached(&name, auth.as_ref()).await
                     });
                     let fut: PullFuture = async move {
                         handle.await.unwrap_or_else(|e| {
@@ -754,6 +758,18 @@ impl ImageManager {
             manager: self,
             keys,
         }
+    }
+}
+
+/// Removes a pull's in-flight entry when the pull task ends.
+struct InflightEntry<'a> {
+    manager: &'a ImageManager,
+    key: String,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        lock(&self.manager.inflight).remove(&self.key);
     }
 }
 
