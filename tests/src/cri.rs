@@ -39,3 +39,54 @@ pub async fn channel(socket: &Path) -> Result<Channel> {
         .await
         .with_context(|| "connecting to the CRI socket")
 }
+
+/// Small wrappers for the image RPCs, so tests read as the behaviour they check.
+pub mod images {
+    use crius_proto::cri::image_service_client::ImageServiceClient;
+    use crius_proto::cri::{
+        Image, ImageFilter, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec, ImageStatusRequest,
+        ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    };
+    use tonic::Status;
+    use tonic::transport::Channel;
+
+    pub type Client = ImageServiceClient<Channel>;
+
+    pub fn spec(image: &str) -> ImageSpec {
+        ImageSpec { image: image.to_string(), ..Default::default() }
+    }
+
+    /// PullImage; returns the image_ref.
+    pub async fn pull(client: &mut Client, image: &str) -> Result<String, Status> {
+        let req = PullImageRequest { image: Some(spec(image)), ..Default::default() };
+        Ok(client.pull_image(req).await?.into_inner().image_ref)
+    }
+
+    pub async fn list(client: &mut Client) -> Result<Vec<Image>, Status> {
+        Ok(client.list_images(ListImagesRequest::default()).await?.into_inner().images)
+    }
+
+    pub async fn list_filtered(client: &mut Client, image: &str) -> Result<Vec<Image>, Status> {
+        let req = ListImagesRequest { filter: Some(ImageFilter { image: Some(spec(image)) }) };
+        Ok(client.list_images(req).await?.into_inner().images)
+    }
+
+    pub async fn status(client: &mut Client, image: &str, verbose: bool) -> Result<ImageStatusResponse, Status> {
+        let req = ImageStatusRequest { image: Some(spec(image)), verbose };
+        Ok(client.image_status(req).await?.into_inner())
+    }
+
+    pub async fn remove(client: &mut Client, image: &str) -> Result<(), Status> {
+        client.remove_image(RemoveImageRequest { image: Some(spec(image)) }).await?;
+        Ok(())
+    }
+
+    pub async fn fs_info(client: &mut Client) -> Result<ImageFsInfoResponse, Status> {
+        Ok(client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner())
+    }
+
+    /// The hex of an image id, whether it is reported as `sha256:<hex>` or bare `<hex>`.
+    pub fn id_hex(id: &str) -> &str {
+        id.trim_start_matches("sha256:")
+    }
+}
