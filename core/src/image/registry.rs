@@ -283,7 +283,13 @@ impl Remote {
     /// Classifies an oci-client error for status mapping.
     fn error(&self, what: &str, e: OciDistributionError) -> ImageError {
         let endpoint = self.endpoint.to_string();
-        let message = e.to_string();
+        let mut message = error_chain(&e);
+        if !self.endpoint.insecure && looks_like_tls_failure(&message) {
+            message.push_str(
+                " (TLS to this registry failed; if it only speaks plain HTTP, \
+                 mark it `insecure: true` under `registries` in the config)",
+            );
+        }
         match &e {
             OciDistributionError::AuthenticationFailure(_)
             | OciDistributionError::UnauthorizedError { .. } => {
@@ -335,6 +341,36 @@ impl Remote {
             },
         }
     }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own message alone
+/// says little more than "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn looks_like_tls_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "tls",
+        "ssl",
+        "certificate",
+        "handshake",
+        "invalid http version",
+        "corrupt message",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
 }
 
 /// A parsed manifest document.
