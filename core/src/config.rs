@@ -2,7 +2,14 @@
 //!
 //! The types below are the merged, validated configuration the daemon runs
 //! with. Loading (YAML parsing, drop-in merging, file:line errors) lives in
-//! [`load`].
+//! [`load()`]; semantic checks in [`Config::validate`].
+//!
+//! Merging: files are applied in order (`crius.yaml`, then the drop-ins by
+//! file name). Maps merge key by key, recursively (a drop-in can add a
+//! handler, or change one field of a handler defined earlier); scalars and
+//! lists replace. A key that no file sets keeps its [`Config::default`]
+//! value; note that this is per key: a file that sets `runtime_handlers`
+//! replaces the built-in runc/crun table rather than adding to it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,8 +17,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod load;
+mod validate;
 
-pub use load::{ConfigError, load};
+pub use load::{ConfigError, config_files, drop_in_dir, load};
+pub use validate::LOG_LEVELS;
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +73,7 @@ pub enum HandlerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
+    /// `oci`, `vm` or `plugin`.
     pub kind: HandlerKind,
     /// The runtime binary (runc/crun), hypervisor, plugin library or shim executable.
     pub runtime_path: PathBuf,
