@@ -534,6 +534,8 @@ pub struct StandardImages {
     pub multilayer: PushedImage,
     /// `indexed:1`: OCI index with an arm64 decoy before the amd64 image.
     pub indexed: PushedIndex,
+    /// `indexed:docker`: the same shape as a Docker manifest list of Docker manifests.
+    pub docker_list: PushedIndex,
     /// `zstd:1`: OCI, zstd layers.
     pub zstd: PushedImage,
 }
@@ -587,35 +589,8 @@ pub async fn push_standard_images(registry: &Registry) -> Result<StandardImages>
     )
     .await?;
 
-    let amd64 = push_image(
-        registry,
-        "indexed",
-        "",
-        vec![Layer::new(rootfs.clone(), Compression::Gzip), Layer::new(arch_marker_tar("amd64")?, Compression::Gzip)],
-        &ImageConfig::default(),
-        ManifestFormat::Oci,
-    )
-    .await?;
-    let arm64_config = ImageConfig { architecture: "arm64".into(), ..ImageConfig::default() };
-    let arm64 = push_image(
-        registry,
-        "indexed",
-        "",
-        vec![Layer::new(rootfs.clone(), Compression::Gzip), Layer::new(arch_marker_tar("arm64")?, Compression::Gzip)],
-        &arm64_config,
-        ManifestFormat::Oci,
-    )
-    .await?;
-    // The decoy comes first so that "take the first entry" is caught.
-    let digest = push_index(
-        registry,
-        "indexed",
-        "1",
-        &[(&arm64, Platform::linux("arm64")), (&amd64, Platform::linux("amd64"))],
-        ManifestFormat::Oci,
-    )
-    .await?;
-    let indexed = PushedIndex { name: "indexed".into(), tag: "1".into(), digest, amd64, arm64 };
+    let indexed = push_multi_arch(registry, "indexed", "1", &rootfs, ManifestFormat::Oci).await?;
+    let docker_list = push_multi_arch(registry, "indexed", "docker", &rootfs, ManifestFormat::Docker).await?;
 
     let zstd = push_image(
         registry,
@@ -627,7 +602,39 @@ pub async fn push_standard_images(registry: &Registry) -> Result<StandardImages>
     )
     .await?;
 
-    Ok(StandardImages { busybox, multilayer, indexed, zstd })
+    Ok(StandardImages { busybox, multilayer, indexed, docker_list, zstd })
+}
+
+/// An index (or manifest list) `name:tag` listing an arm64 decoy first and
+/// the linux/amd64 image second; each has a marker layer naming its arch.
+pub async fn push_multi_arch(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+    rootfs: &[u8],
+    format: ManifestFormat,
+) -> Result<PushedIndex> {
+    let mut images = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let config = ImageConfig { architecture: arch.into(), ..ImageConfig::default() };
+        let layers = vec![
+            Layer::new(rootfs.to_vec(), Compression::Gzip),
+            Layer::new(arch_marker_tar(arch)?, Compression::Gzip),
+        ];
+        images.push(push_image(registry, name, "", layers, &config, format).await?);
+    }
+    let amd64 = images.pop().expect("two images");
+    let arm64 = images.pop().expect("two images");
+    // The decoy comes first so that "take the first entry" is caught.
+    let digest = push_index(
+        registry,
+        name,
+        tag,
+        &[(&arm64, Platform::linux("arm64")), (&amd64, Platform::linux("amd64"))],
+        format,
+    )
+    .await?;
+    Ok(PushedIndex { name: name.into(), tag: tag.into(), digest, amd64, arm64 })
 }
 
 /// A one-file layer `/etc/crius-test-marker` containing `marker`.

@@ -65,6 +65,12 @@ async fn registry_serves_standard_images() {
     assert_eq!(content_type, image::OCI_MANIFEST);
     assert_eq!(child, images.indexed.amd64.manifest);
 
+    let (bytes, content_type) = image::fetch_manifest(&registry, "indexed", "docker").await.unwrap();
+    assert_eq!(content_type, image::DOCKER_MANIFEST_LIST);
+    let list: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(list["manifests"][1]["mediaType"], image::DOCKER_MANIFEST);
+    assert_eq!(list["manifests"][1]["digest"], images.docker_list.amd64.manifest_digest);
+
     // zstd layers decode to the same rootfs as busybox's gzip layer.
     let blob = image::fetch_blob(&registry, "zstd", &images.zstd.layer_digests[0]).await.unwrap();
     let tar = zstd::decode_all(&blob[..]).unwrap();

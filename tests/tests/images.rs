@@ -142,21 +142,30 @@ async fn pull_by_digest() {
     assert!(img.repo_tags.is_empty(), "a digest pull adds no tag: {:?}", img.repo_tags);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn index_pull_picks_linux_amd64() {
-    let Some(env) = setup().await else { return };
-    let indexed = &env.images.indexed;
+async fn assert_index_pull_picks_amd64(env: &Env, indexed: &image::PushedIndex) {
     let mut client = env.daemon.image();
-    let name = env.registry.image_ref("indexed", "1");
-    let image_ref = images::pull(&mut client, &name).await.expect("pull OCI index");
+    let name = env.registry.image_ref(&indexed.name, &indexed.tag);
+    let image_ref = images::pull(&mut client, &name).await.expect("pull index");
     assert_eq!(id_hex(&image_ref), indexed.amd64.id_hex(), "picked the wrong platform");
     assert_ne!(id_hex(&image_ref), indexed.arm64.id_hex());
     let img = images::status(&mut client, &name, false).await.unwrap().image.expect("listed");
-    let index_ref = format!("{}/indexed@{}", env.registry.addr(), indexed.digest);
+    let index_ref = format!("{}/{}@{}", env.registry.addr(), indexed.name, indexed.digest);
     assert!(img.repo_digests.contains(&index_ref), "{:?} lacks the index digest {index_ref}", img.repo_digests);
     let marker = layer_dir(&env.daemon, &indexed.amd64.diff_ids[1]).join("etc/crius-test-marker");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "amd64\n");
     assert!(!layer_dir(&env.daemon, &indexed.arm64.diff_ids[1]).exists(), "arm64 layer was fetched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_index_pull_picks_linux_amd64() {
+    let Some(env) = setup().await else { return };
+    assert_index_pull_picks_amd64(&env, &env.images.indexed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_manifest_list_pull_picks_linux_amd64() {
+    let Some(env) = setup().await else { return };
+    assert_index_pull_picks_amd64(&env, &env.images.docker_list).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,7 +201,7 @@ async fn whiteouts_become_overlay_whiteouts() {
     assert!(!wh.join("data/.wh.a").exists(), "OCI whiteout marker kept as a file");
     assert!(!wh.join("old/.wh..wh..opq").exists(), "OCI opaque marker kept as a file");
     let mut buf = [0u8; 16];
-    let opaque = rustix::fs::getxattr(&wh.join("old"), "trusted.overlay.opaque", &mut buf[..]);
+    let opaque = rustix::fs::getxattr(wh.join("old"), "trusted.overlay.opaque", &mut buf[..]);
     assert!(matches!(opaque, Ok(1)) && buf[0] == b'y', "old/ lacks trusted.overlay.opaque=y: {opaque:?}");
     assert_eq!(std::fs::read_to_string(wh.join("old/new")).unwrap(), "new\n");
 }
