@@ -1,2 +1,3 @@
 //! The CRI gRPC services. RPC methods stay thin: they validate, call into the
 //! subsystems and convert typed errors to `tonic::Status` here at the edge.
+pub mod image;
