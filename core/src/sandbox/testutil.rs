@@ -1,0 +1,52 @@
+//! Helpers for the privileged tests: skip with a reason instead of failing
+//! when not root or a tool is missing.
+
+use std::path::Path;
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// True when the test may run; prints why it is skipped otherwise.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        true
+    } else {
+        eprintln!("SKIP {test}: needs root");
+        false
+    }
+}
+
+/// True when all `paths` exist; prints why the test is skipped otherwise.
+pub fn require_files(test: &str, paths: &[&str]) -> bool {
+    for p in paths {
+        if !Path::new(p).exists() {
+            eprintln!("SKIP {test}: {p} is missing");
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `path` is a mount point according to /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = path.to_str().unwrap();
+    // Field 5 is the mount point (octal-escaped; test paths have no spaces).
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+/// A short random hex string for unique names.
+pub fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    hex::encode(b)
+}
+
+/// A random byte (for test subnets).
+pub fn random_byte() -> u8 {
+    let s = random_suffix();
+    u8::from_str_radix(&s[..2], 16).unwrap()
+}
