@@ -188,6 +188,8 @@ impl Daemon {
             .arg(&self.config_path)
             .arg("--log-level")
             .arg(&self.log_level)
+            // The log goes to a file that people read: no colour escapes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stderr.try_clone()?)
             .stderr(stderr)

@@ -224,7 +224,13 @@ async fn missing_tag_is_not_found() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_blob_is_rejected_and_not_kept() {
     let Some(env) = setup().await else { return };
-    let pushed = image::push_busybox(&env.registry, "corrupt", "1", ManifestFormat::Oci, Compression::Gzip)
+    // The corrupt layer must be unique: the registry stores blobs once for all
+    // repositories, so corrupting the busybox rootfs would break busybox:1 too.
+    let mut layer = image::LayerBuilder::new();
+    let unique = crius_tests::unique_token();
+    layer.dir("etc", 0o755).unwrap().file(&format!("etc/corrupt-{unique}"), &[7u8; 64 * 1024], 0o644).unwrap();
+    let layers = vec![image::Layer::new(layer.finish().unwrap(), Compression::Gzip)];
+    let pushed = image::push_image(&env.registry, "corrupt", "1", layers, &Default::default(), ManifestFormat::Oci)
         .await
         .unwrap();
     let bad = &pushed.layer_digests[0];
@@ -269,11 +275,35 @@ async fn dotdot_layer_cannot_escape() {
     assert_escape_refused(&env, &escape).await;
 }
 
+/// `evil -> /` then `evil/tmp/<marker>`: an unpacker may either refuse the
+/// layer, or resolve the symlink as if the layer root were `/` (what a
+/// container will see, as containerd and RESOLVE_IN_ROOT do) and write
+/// `<layer>/tmp/<marker>`. Writing the host's `/tmp/<marker>` is the bug.
 #[tokio::test(flavor = "multi_thread")]
 async fn symlink_layer_cannot_escape() {
     let Some(env) = setup().await else { return };
     let escape = image::push_symlink_escape_image(&env.registry, "evil", "symlink").await.unwrap();
-    assert_escape_refused(&env, &escape).await;
+    let mut client = env.daemon.image();
+    let result = images::pull(&mut client, &escape.image.reference(&env.registry)).await;
+    let escaped = escape.escape_path.exists();
+    let _ = std::fs::remove_file(&escape.escape_path);
+    assert!(!escaped, "layer wrote {} outside its root", escape.escape_path.display());
+    match result {
+        Err(_) => assert_escape_refused(&env, &escape).await,
+        Ok(image_ref) => {
+            assert_eq!(id_hex(&image_ref), escape.image.id_hex());
+            let layer = layer_dir(&env.daemon, &escape.image.diff_ids[0]);
+            let evil = std::fs::read_link(layer.join("evil")).expect("evil symlink kept");
+            assert_eq!(evil, Path::new("/"));
+            let inside = layer.join("tmp").join(&escape.marker);
+            assert_eq!(std::fs::read_to_string(&inside).ok().as_deref(), Some("escaped\n"), "{} not written inside the layer", inside.display());
+            let stray: Vec<_> = files_below(env.daemon.dir())
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains(&escape.marker))
+                .collect();
+            assert_eq!(stray.len(), 1, "only the confined copy may exist: {stray:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
