@@ -1,1 +1,148 @@
-//! Registered runtime handlers, by name.
+//! Registered runtime handlers, by name, and routing of requests to them.
+//!
+//! Each entry of the config's handler table becomes one
+//! `Arc<dyn RuntimeHandler>` registered under its RuntimeClass name. A pod's
+//! `runtime_handler` picks the entry; an empty name picks the default.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crius_shim_api::{HandlerError, HandlerFeatures, RuntimeHandler};
+
+use crate::config::{Config, HandlerConfig, HandlerKind};
+
+/// A requested handler name that is not in the handler table.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown runtime handler {requested:?}; known handlers: {known}")]
+pub struct UnknownHandler {
+    pub requested: String,
+    pub known: String,
+}
+
+/// The handler table of a running daemon.
+pub struct HandlerRegistry {
+    default: String,
+    handlers: BTreeMap<String, Arc<dyn RuntimeHandler>>,
+}
+
+impl HandlerRegistry {
+    /// Creates a registry; `default` must be one of `handlers`' names.
+    pub fn new(default: String, handlers: BTreeMap<String, Arc<dyn RuntimeHandler>>) -> Self {
+        Self { default, handlers }
+    }
+
+    /// Builds every handler of the config's table.
+    pub async fn from_config(config: &Config) -> Self {
+        let mut handlers: BTreeMap<String, Arc<dyn RuntimeHandler>> = BTreeMap::new();
+        for (name, entry) in &config.runtime_handlers {
+            handlers.insert(name.clone(), build_handler(name, entry, config).await);
+        }
+        Self::new(config.default_runtime_handler.clone(), handlers)
+    }
+
+    /// The handler for a pod's `runtime_handler` (empty = the default).
+    pub fn resolve(&self, requested: &str) -> Result<Arc<dyn RuntimeHandler>, UnknownHandler> {
+        let name = if requested.is_empty() { self.default.as_str() } else { requested };
+        self.handlers.get(name).cloned().ok_or_else(|| UnknownHandler {
+            requested: requested.to_string(),
+            known: self.handlers.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Name of the default handler.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// All handlers, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn RuntimeHandler>)> {
+        self.handlers.iter().map(|(name, handler)| (name.as_str(), handler))
+    }
+}
+
+async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn RuntimeHandler> {
+    match entry.kind {
+        HandlerKind::Oci => {
+            let runtime_root = entry
+                .runtime_root
+                .clone()
+                .unwrap_or_else(|| config.state_dir.join(name));
+            let monitor_path = entry
+                .monitor_path
+                .clone()
+                .unwrap_or_else(|| "/usr/bin/conmon".into());
+            let handler = crius_handler_runc::OciHandler::new(crius_handler_runc::OciHandlerConfig {
+                name: name.to_string(),
+                runtime_path: entry.runtime_path.clone(),
+                runtime_root,
+                monitor_path,
+                feature_overrides: crius_handler_runc::FeatureOverrides {
+                    recursive_read_only_mounts: entry.features.recursive_read_only_mounts,
+                    user_namespaces: entry.features.user_namespaces,
+                },
+            })
+            .await;
+            Arc::new(handler)
+        }
+        HandlerKind::Vm => Arc::new(UnavailableHandler {
+            name: name.to_string(),
+            reason: "handlers of kind `vm` (kata) are not implemented in this build yet".to_string(),
+        }),
+        HandlerKind::Plugin => Arc::new(UnavailableHandler {
+            name: name.to_string(),
+            reason: "handlers of kind `plugin` are not implemented in this build yet".to_string(),
+        }),
+    }
+}
+
+/// A configured handler this build cannot serve. It is listed in `Status`
+/// so operators see it, reports why it is not ready, and every pod routed to
+/// it fails with that reason.
+struct UnavailableHandler {
+    name: String,
+    reason: String,
+}
+
+#[async_trait]
+impl RuntimeHandler for UnavailableHandler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn features(&self) -> HandlerFeatures {
+        HandlerFeatures::default()
+    }
+
+    async fn check_ready(&self) -> Result<(), HandlerError> {
+        Err(HandlerError::NotReady { handler: self.name.clone(), reason: self.reason.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> HandlerRegistry {
+        let mut handlers: BTreeMap<String, Arc<dyn RuntimeHandler>> = BTreeMap::new();
+        for name in ["runc", "kata"] {
+            handlers.insert(
+                name.to_string(),
+                Arc::new(UnavailableHandler { name: name.to_string(), reason: "test".to_string() }),
+            );
+        }
+        HandlerRegistry::new("runc".to_string(), handlers)
+    }
+
+    #[test]
+    fn empty_name_resolves_to_default() {
+        assert_eq!(registry().resolve("").unwrap().name(), "runc");
+        assert_eq!(registry().resolve("kata").unwrap().name(), "kata");
+    }
+
+    #[test]
+    fn unknown_name_lists_known_handlers() {
+        let err = registry().resolve("gvisor").err().unwrap();
+        assert_eq!(err.to_string(), "unknown runtime handler \"gvisor\"; known handlers: kata, runc");
+    }
+}

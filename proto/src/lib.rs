@@ -22,6 +22,15 @@ pub mod cri {
     }
 }
 
+/// The handler contract `crius.handler.v1`: what the core and a runtime
+/// handler exchange, in-process, across the plugin ABI and over ttrpc.
+pub mod handler {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("crius.handler.v1");
+}
+
+pub use prost;
+
 #[cfg(test)]
 mod tests {
     use super::cri::AuthConfig;

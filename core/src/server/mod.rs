@@ -1,3 +1,4 @@
 //! The CRI gRPC services. RPC methods stay thin: they validate, call into the
 //! subsystems and convert typed errors to `tonic::Status` here at the edge.
 pub mod image;
+pub mod runtime;

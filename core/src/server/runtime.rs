@@ -1,0 +1,302 @@
+//! CRI RuntimeService.
+//!
+//! Version, Status and RuntimeConfig answer from the daemon's real state.
+//! Every RPC that is not implemented yet answers `Unimplemented` and names
+//! itself, so the kubelet's logs say exactly what is missing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crius_proto::cri;
+use crius_proto::cri::runtime_service_server::RuntimeService;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::handlers::HandlerRegistry;
+
+/// The CRI API version this daemon speaks.
+pub const CRI_API_VERSION: &str = "v1";
+/// Name reported in `Version`.
+pub const RUNTIME_NAME: &str = "crius";
+/// Version of this build of crius.
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared state behind the RuntimeService RPCs.
+pub struct RuntimeServer {
+    config: Arc<Config>,
+    handlers: Arc<HandlerRegistry>,
+}
+
+impl RuntimeServer {
+    pub fn new(config: Arc<Config>, handlers: Arc<HandlerRegistry>) -> Self {
+        Self { config, handlers }
+    }
+
+    async fn runtime_condition(&self) -> cri::RuntimeCondition {
+        // The runtime is ready when the default handler can serve pods; other
+        // handlers' problems are reported per handler in `info` so one broken
+        // optional handler does not mark the whole node not ready.
+        let ready = match self.handlers.resolve("") {
+            Ok(handler) => handler.check_ready().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        condition("RuntimeReady", ready, "RuntimeNotReady")
+    }
+
+    fn network_condition(&self) -> cri::RuntimeCondition {
+        condition("NetworkReady", cni_config_present(&self.config.cni.conf_dir), "NetworkPluginNotReady")
+    }
+}
+
+fn condition(kind: &str, result: Result<(), String>, failure_reason: &str) -> cri::RuntimeCondition {
+    match result {
+        Ok(()) => cri::RuntimeCondition { r#type: kind.to_string(), status: true, ..Default::default() },
+        Err(message) => cri::RuntimeCondition {
+            r#type: kind.to_string(),
+            status: false,
+            reason: failure_reason.to_string(),
+            message,
+        },
+    }
+}
+
+/// The network is ready once a CNI network configuration exists, as in CRI-O.
+fn cni_config_present(dir: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read CNI config dir {}: {e}", dir.display()))?;
+    let found = entries.filter_map(Result::ok).any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        [".conflist", ".conf", ".json"].iter().any(|ext| name.ends_with(ext))
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("no CNI network configuration found in {}", dir.display()))
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
+}
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeServer {
+    type StreamPodSandboxesStream = RpcStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = RpcStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = RpcStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = RpcStream<cri::StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = RpcStream<cri::ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = RpcStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".to_string(),
+            runtime_name: RUNTIME_NAME.to_string(),
+            runtime_version: RUNTIME_VERSION.to_string(),
+            runtime_api_version: CRI_API_VERSION.to_string(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let conditions = vec![self.runtime_condition().await, self.network_condition()];
+        let mut runtime_handlers = Vec::new();
+        let mut handler_info = serde_json::Map::new();
+        for (name, handler) in self.handlers.iter() {
+            let features = handler.features();
+            let handler_features = Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: features.recursive_read_only_mounts,
+                user_namespaces: features.user_namespaces,
+            });
+            // The kubelet reads the default handler as the entry with an empty name.
+            if name == self.handlers.default_name() {
+                runtime_handlers.push(cri::RuntimeHandler {
+                    name: String::new(),
+                    features: handler_features,
+                });
+            }
+            runtime_handlers.push(cri::RuntimeHandler { name: name.to_string(), features: handler_features });
+            let ready = handler.check_ready().await;
+            handler_info.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "ready": ready.is_ok(),
+                    "reason": ready.err().map(|e| e.to_string()),
+                    "recursive_read_only_mounts": features.recursive_read_only_mounts,
+                    "user_namespaces": features.user_namespaces,
+                }),
+            );
+        }
+        let mut info = HashMap::new();
+        if request.get_ref().verbose {
+            info.insert("handlers".to_string(), serde_json::Value::Object(handler_info).to_string());
+            info.insert(
+                "config".to_string(),
+                serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?,
+            );
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers,
+            // None of the optional runtime features are implemented yet.
+            features: Some(cri::RuntimeFeatures::default()),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+        }))
+    }
+
+    async fn run_pod_sandbox(&self, _request: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        Err(unimplemented("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(&self, _request: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        Err(unimplemented("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(&self, _request: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        Err(unimplemented("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(&self, _request: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        Err(unimplemented("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(&self, _request: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Err(unimplemented("ListPodSandbox"))
+    }
+
+    async fn stream_pod_sandboxes(&self, _request: Request<cri::StreamPodSandboxesRequest>) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(unimplemented("StreamPodSandboxes"))
+    }
+
+    async fn create_container(&self, _request: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Err(unimplemented("CreateContainer"))
+    }
+
+    async fn start_container(&self, _request: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(unimplemented("StartContainer"))
+    }
+
+    async fn stop_container(&self, _request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(unimplemented("StopContainer"))
+    }
+
+    async fn remove_container(&self, _request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Err(unimplemented("RemoveContainer"))
+    }
+
+    async fn list_containers(&self, _request: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Err(unimplemented("ListContainers"))
+    }
+
+    async fn stream_containers(&self, _request: Request<cri::StreamContainersRequest>) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(unimplemented("StreamContainers"))
+    }
+
+    async fn container_status(&self, _request: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(unimplemented("ContainerStatus"))
+    }
+
+    async fn update_container_resources(&self, _request: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(&self, _request: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(&self, _request: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(&self, _request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _request: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _request: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(&self, _request: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(&self, _request: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn stream_container_stats(&self, _request: Request<cri::StreamContainerStatsRequest>) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(unimplemented("StreamContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(&self, _request: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _request: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn stream_pod_sandbox_stats(&self, _request: Request<cri::StreamPodSandboxStatsRequest>) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(unimplemented("StreamPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(&self, _request: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        Err(unimplemented("UpdateRuntimeConfig"))
+    }
+
+    async fn checkpoint_container(&self, _request: Request<cri::CheckpointContainerRequest>) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn checkpoint_pod(&self, _request: Request<cri::CheckpointPodRequest>) -> Result<Response<cri::CheckpointPodResponse>, Status> {
+        Err(unimplemented("CheckpointPod"))
+    }
+
+    async fn restore_pod(&self, _request: Request<cri::RestorePodRequest>) -> Result<Response<cri::RestorePodResponse>, Status> {
+        Err(unimplemented("RestorePod"))
+    }
+
+    async fn get_container_events(&self, _request: Request<cri::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(&self, _request: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _request: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn stream_pod_sandbox_metrics(&self, _request: Request<cri::StreamPodSandboxMetricsRequest>) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(unimplemented("StreamPodSandboxMetrics"))
+    }
+
+    async fn update_pod_sandbox_resources(&self, _request: Request<cri::UpdatePodSandboxResourcesRequest>) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        Err(unimplemented("UpdatePodSandboxResources"))
+    }
+}
