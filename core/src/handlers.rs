@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use crius_shim_api::{HandlerError, HandlerFeatures, RuntimeHandler};
+use crius_shim_api::types::Capabilities;
+use crius_shim_api::{HandlerError, RuntimeHandler};
 
 use crate::config::{Config, HandlerConfig, HandlerKind};
 
@@ -110,12 +111,12 @@ impl RuntimeHandler for UnavailableHandler {
         &self.name
     }
 
-    fn features(&self) -> HandlerFeatures {
-        HandlerFeatures::default()
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     async fn check_ready(&self) -> Result<(), HandlerError> {
-        Err(HandlerError::NotReady { handler: self.name.clone(), reason: self.reason.clone() })
+        Err(HandlerError::not_ready(&self.name, &self.reason))
     }
 }
 

@@ -4,9 +4,30 @@
 //! `handler`) and receives every pod, and every container of that pod, whose
 //! `runtime_handler` names it. This crate is the only one a handler author
 //! depends on.
+//!
+//! Division of work (see `proto/handler/v1/handler.proto`): the core prepares
+//! image rootfs, OCI specs (`config.json`), the pod network namespace (CNI),
+//! the pod cgroup and persists pod/container records; the handler runs the
+//! workload and reports its state. The message types are generated from the
+//! proto so that the same values cross the in-process trait, the plugin C ABI
+//! and out-of-process shims unchanged.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+/// Messages of the handler contract (`crius.handler.v1`).
+pub use crius_proto::handler as types;
+/// CRI `runtime.v1` messages referenced by the contract.
+pub use crius_proto::cri;
+/// The protobuf runtime used to (de)serialize [`types`].
+pub use crius_proto::prost;
+
+use types::{
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ErrorCode, ExecSyncRequest, ExecSyncResponse,
+    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
+    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+};
 
 /// What a handler can do, reported to the kubelet in `Status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,28 +38,228 @@ pub struct HandlerFeatures {
     pub user_namespaces: bool,
 }
 
-/// Errors a handler reports to the core.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The handler cannot serve requests (missing binary, broken setup).
-    #[error("handler {handler} is not ready: {reason}")]
-    NotReady { handler: String, reason: String },
-    /// The handler does not implement this operation yet.
-    #[error("handler {handler} does not implement {operation}")]
-    Unimplemented { handler: String, operation: String },
-    /// Anything else, with context.
-    #[error("handler {handler}: {message}")]
-    Other { handler: String, message: String },
+/// Kind of a handler failure; maps one-to-one onto a gRPC status code at the
+/// CRI edge and onto [`types::ErrorCode`] across process/ABI boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Internal,
+    NotFound,
+    InvalidArgument,
+    FailedPrecondition,
+    Unimplemented,
+    NotReady,
+    DeadlineExceeded,
+    AlreadyExists,
 }
 
-/// A runtime handler as the core sees it.
+impl From<ErrorCode> for ErrorKind {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Internal => ErrorKind::Internal,
+            ErrorCode::NotFound => ErrorKind::NotFound,
+            ErrorCode::InvalidArgument => ErrorKind::InvalidArgument,
+            ErrorCode::FailedPrecondition => ErrorKind::FailedPrecondition,
+            ErrorCode::Unimplemented => ErrorKind::Unimplemented,
+            ErrorCode::NotReady => ErrorKind::NotReady,
+            ErrorCode::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            ErrorCode::AlreadyExists => ErrorKind::AlreadyExists,
+        }
+    }
+}
+
+impl From<ErrorKind> for ErrorCode {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Internal => ErrorCode::Internal,
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
+            ErrorKind::FailedPrecondition => ErrorCode::FailedPrecondition,
+            ErrorKind::Unimplemented => ErrorCode::Unimplemented,
+            ErrorKind::NotReady => ErrorCode::NotReady,
+            ErrorKind::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
+        }
+    }
+}
+
+/// A handler failure: what kind, and a message that says what went wrong
+/// (it reaches the kubelet's events, so it names the pod/container/binary).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::FailedPrecondition, message)
+    }
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::DeadlineExceeded, message)
+    }
+    /// The handler cannot serve requests (missing binary, broken setup).
+    pub fn not_ready(handler: &str, reason: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::NotReady, format!("handler {handler} is not ready: {reason}"))
+    }
+    /// The handler does not implement `operation` (yet); says so by name.
+    pub fn unimplemented(handler: &str, operation: &str) -> Self {
+        Self::new(ErrorKind::Unimplemented, format!("handler {handler} does not implement {operation}"))
+    }
+    /// The error as it crosses a process or ABI boundary.
+    pub fn to_wire(&self) -> types::Error {
+        types::Error { code: ErrorCode::from(self.kind) as i32, message: self.message.clone() }
+    }
+    /// An error received across a boundary; unknown codes become `Internal`.
+    pub fn from_wire(error: types::Error) -> Self {
+        let kind = ErrorCode::try_from(error.code).map(ErrorKind::from).unwrap_or(ErrorKind::Internal);
+        Self { kind, message: error.message }
+    }
+}
+
+/// Result of every handler operation.
+pub type HandlerResult<T> = Result<T, HandlerError>;
+
+/// A runtime handler as the core sees it. Built-in handlers (runc, crun,
+/// kata) and third-party ones (plugins, out-of-process shims) all implement
+/// exactly this trait.
+///
+/// Calls for one pod come in CRI order (RunSandbox, CreateContainer,
+/// StartContainer, ..., StopSandbox, RemoveSandbox), but calls for different
+/// pods and containers run concurrently. Stop and Remove calls must be
+/// idempotent: the core retries them after failures and restarts.
 #[async_trait]
 pub trait RuntimeHandler: Send + Sync {
     /// The name pods use to select this handler.
     fn name(&self) -> &str;
-    /// Capabilities reported in `Status`.
-    fn features(&self) -> HandlerFeatures;
+    /// What the handler is and can do; must not change while loaded.
+    fn capabilities(&self) -> Capabilities;
+    /// Features reported in `Status` (derived from [`Self::capabilities`]).
+    fn features(&self) -> HandlerFeatures {
+        let caps = self.capabilities();
+        HandlerFeatures {
+            recursive_read_only_mounts: caps.recursive_read_only_mounts,
+            user_namespaces: caps.user_namespaces,
+        }
+    }
     /// Checks that the handler can serve pods now (binaries present, helpers
     /// reachable). The error says what is missing.
-    async fn check_ready(&self) -> Result<(), HandlerError>;
+    async fn check_ready(&self) -> HandlerResult<()>;
+
+    /// Starts the pod: the infra container, a VM, ... Must leave nothing
+    /// behind when it fails.
+    async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "RunSandbox"))
+    }
+    /// Stops every process of the pod. Idempotent.
+    async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "StopSandbox"))
+    }
+    /// Releases everything the handler holds for the pod. Idempotent; the
+    /// core calls it after [`Self::stop_sandbox`] and the removal of every
+    /// container.
+    async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "RemoveSandbox"))
+    }
+    async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "SandboxStatus"))
+    }
+    /// Reattaches to a pod after a daemon restart.
+    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "RestoreSandbox"))
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "CreateContainer"))
+    }
+    async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "StartContainer"))
+    }
+    /// Stops the container honouring the timeout. Idempotent.
+    async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "StopContainer"))
+    }
+    /// Removes a stopped (or never started) container. Idempotent.
+    async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "RemoveContainer"))
+    }
+    async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "ContainerStatus"))
+    }
+    async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "ExecSync"))
+    }
+    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "UpdateContainerResources"))
+    }
+    /// Reopens the container's CRI log file after the kubelet rotated it.
+    async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "ReopenContainerLog"))
+    }
+    async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "ContainerStats"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Minimal;
+
+    #[async_trait]
+    impl RuntimeHandler for Minimal {
+        fn name(&self) -> &str {
+            "minimal"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { user_namespaces: true, ..Default::default() }
+        }
+        async fn check_ready(&self) -> HandlerResult<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn unimplemented_operations_name_themselves() {
+        let err = Minimal.run_sandbox(RunSandboxRequest::default()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unimplemented);
+        assert_eq!(err.message, "handler minimal does not implement RunSandbox");
+        assert!(Minimal.features().user_namespaces);
+        assert!(!Minimal.features().recursive_read_only_mounts);
+    }
+
+    #[test]
+    fn errors_round_trip_the_wire() {
+        let err = HandlerError::not_found("container abc not found");
+        assert_eq!(HandlerError::from_wire(err.to_wire()), err);
+        let unknown = types::Error { code: 99, message: "x".into() };
+        assert_eq!(HandlerError::from_wire(unknown).kind, ErrorKind::Internal);
+    }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use crius_shim_api::types::Capabilities;
 use crius_shim_api::{HandlerError, HandlerFeatures, RuntimeHandler};
 
 pub use command::{CommandRunner, TokioCommandRunner};
@@ -280,10 +281,7 @@ impl OciHandler {
     }
 
     fn not_ready(&self, reason: String) -> HandlerError {
-        HandlerError::NotReady {
-            handler: self.config.name.clone(),
-            reason,
-        }
+        HandlerError::not_ready(&self.config.name, reason)
     }
 }
 
@@ -293,8 +291,15 @@ impl RuntimeHandler for OciHandler {
         &self.config.name
     }
 
-    fn features(&self) -> HandlerFeatures {
-        self.features
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            recursive_read_only_mounts: self.features.recursive_read_only_mounts,
+            user_namespaces: self.features.user_namespaces,
+            needs_infra_container: true,
+            kernel_separated: false,
+            overhead_memory_bytes: 0,
+            overhead_cpu_millis: 0,
+        }
     }
 
     async fn check_ready(&self) -> Result<(), HandlerError> {
