@@ -4,5 +4,7 @@
 pub mod config;
 pub mod handlers;
 pub mod image;
+pub mod rootfs;
 pub mod sandbox;
 pub mod server;
+pub mod spec;
