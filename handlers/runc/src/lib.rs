@@ -8,11 +8,16 @@
 //! What the handler reports in `Status` comes from the runtime's own
 //! `features` document, never from its name or version.
 
+pub mod cgroupfs;
 pub mod command;
 pub mod crilog;
 pub mod features;
 pub mod monitor;
+mod ops;
+pub mod resources;
 pub mod runtime;
+pub mod signal;
+pub mod state;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,8 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crius_shim_api::types::Capabilities;
-use crius_shim_api::{HandlerError, HandlerFeatures, RuntimeHandler};
+use crius_shim_api::types::{
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
+    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+};
+use crius_shim_api::{HandlerError, HandlerFeatures, HandlerResult, RuntimeHandler};
 
 pub use command::{CommandRunner, TokioCommandRunner};
 pub use features::{FeaturesParseError, parse_features};
@@ -194,6 +204,7 @@ pub struct OciHandler {
     runner: Arc<dyn CommandRunner>,
     probe: FeatureProbe,
     features: HandlerFeatures,
+    pods: ops::Pods,
 }
 
 impl std::fmt::Debug for OciHandler {
@@ -244,6 +255,7 @@ impl OciHandler {
             runner,
             probe,
             features,
+            pods: ops::Pods::default(),
         }
     }
 
@@ -328,6 +340,58 @@ impl RuntimeHandler for OciHandler {
             )));
         }
         Ok(())
+    }
+
+    async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
+        self.do_run_sandbox(req).await
+    }
+    async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        self.do_stop_sandbox(req).await
+    }
+    async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        self.do_remove_sandbox(req).await
+    }
+    async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
+        self.do_sandbox_status(req).await
+    }
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
+        self.do_restore_sandbox(req).await
+    }
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
+        self.do_create_container(req).await
+    }
+    async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.do_start_container(req).await
+    }
+    async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
+        self.do_stop_container(req).await
+    }
+    async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.do_remove_container(req).await
+    }
+    async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
+        self.do_container_status(req).await
+    }
+    async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+        self.do_exec_sync(req).await
+    }
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.do_update_container_resources(req).await
+    }
+    async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.do_reopen_container_log(req).await
+    }
+    async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
+        self.do_container_stats(req).await
     }
 }
 

@@ -37,8 +37,9 @@ pub struct LaunchSpec {
     /// OCI bundle directory (holds `config.json`); conmon also puts its
     /// `ctl`/`winsz` FIFOs, the pid files and runs in it.
     pub bundle: PathBuf,
-    /// CRI log file (kubelet's `log_path`).
-    pub log_path: PathBuf,
+    /// CRI log file (kubelet's `log_path`); `None` discards the output
+    /// (conmon's `none` log driver).
+    pub log_path: Option<PathBuf>,
     /// Directory where conmon writes `<id>` with the exit code.
     pub exit_dir: PathBuf,
     /// Per-container directory that survives conmon (the `oom` marker).
@@ -47,6 +48,14 @@ pub struct LaunchSpec {
     pub socket_dir: PathBuf,
     /// Log rotation limit in bytes passed to conmon, if any.
     pub log_size_max: Option<u64>,
+    /// Allocate a pseudo-terminal (the spec's `process.terminal` must
+    /// agree).
+    pub terminal: bool,
+    /// Keep a stdin pipe for attach clients.
+    pub stdin: bool,
+    /// Close stdin after the first attach client detaches (CRI
+    /// `stdin_once`); otherwise it stays open for the next one.
+    pub stdin_once: bool,
 }
 
 /// A container created (not yet started) under the monitor.
@@ -173,7 +182,10 @@ impl Conmon {
         push("-n", spec.name.clone().into());
         push("--exit-dir", spec.exit_dir.clone().into());
         push("--persist-dir", spec.persist_dir.clone().into());
-        push("-l", prefixed("k8s-file:", &spec.log_path));
+        match &spec.log_path {
+            Some(path) => push("-l", prefixed("k8s-file:", path)),
+            None => push("-l", "none:".into()),
+        }
         push("--log-level", self.log_level.clone().into());
         push("-P", spec.bundle.join("conmon.pid").into());
         push("-p", spec.bundle.join("pidfile").into());
@@ -182,6 +194,15 @@ impl Conmon {
         push("--socket-dir-path", spec.socket_dir.clone().into());
         if let Some(max) = spec.log_size_max {
             push("--log-size-max", max.to_string().into());
+        }
+        if spec.terminal {
+            args.push("-t".into());
+        }
+        if spec.stdin {
+            args.push("-i".into());
+            if !spec.stdin_once {
+                args.push("--leave-stdin-open".into());
+            }
         }
         args
     }
@@ -346,7 +367,7 @@ impl ContainerMonitor for Conmon {
                     source,
                 })?;
         }
-        if let Some(parent) = spec.log_path.parent() {
+        if let Some(parent) = spec.log_path.as_deref().and_then(Path::parent) {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|source| MonitorError::Io {
@@ -620,11 +641,14 @@ mod tests {
             id: "c1".into(),
             name: "pod_ctr".into(),
             bundle: "/b".into(),
-            log_path: "/logs/ctr/0.log".into(),
+            log_path: Some("/logs/ctr/0.log".into()),
             exit_dir: "/exits".into(),
             persist_dir: "/persist/c1".into(),
             socket_dir: "/sock".into(),
             log_size_max: Some(1024),
+            terminal: false,
+            stdin: false,
+            stdin_once: false,
         };
         let args = strings(conmon().create_args(&spec));
         let expected = [
@@ -658,6 +682,18 @@ mod tests {
             "1024",
         ];
         assert_eq!(args, expected);
+
+        let tty = LaunchSpec {
+            log_path: None,
+            log_size_max: None,
+            terminal: true,
+            stdin: true,
+            ..spec
+        };
+        let args = strings(conmon().create_args(&tty));
+        let l = args.iter().position(|a| a == "-l").unwrap();
+        assert_eq!(args[l + 1], "none:");
+        assert!(args.ends_with(&["-t".into(), "-i".into(), "--leave-stdin-open".into()]));
     }
 
     #[test]

@@ -158,6 +158,15 @@ impl OciRuntime {
         }
     }
 
+    /// Applies new resource limits from an OCI `LinuxResources` JSON file
+    /// (`update --resources FILE`).
+    pub async fn update(&self, id: &str, resources_file: &Path) -> Result<(), RuntimeError> {
+        let file = resources_file.to_string_lossy();
+        self.run(&["update", "--resources", &file, id])
+            .await
+            .map(drop)
+    }
+
     /// Deletes the container (killing it if it still runs). Deleting an
     /// unknown container succeeds, so callers can retry cleanup.
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -262,5 +271,17 @@ mod tests {
         let calls = calls.calls.lock().unwrap();
         assert_eq!(calls[0][1..], ["kill", "--all", "c1", "KILL"]);
         assert_eq!(calls[1][1..], ["kill", "c1", "15"]);
+        drop(calls);
+    }
+
+    #[tokio::test]
+    async fn update_passes_the_resources_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, calls) = runtime(0, "", "", dir.path());
+        rt.update("c1", Path::new("/s/r.json")).await.unwrap();
+        assert_eq!(
+            calls.calls.lock().unwrap()[0][1..],
+            ["update", "--resources", "/s/r.json", "c1"]
+        );
     }
 }

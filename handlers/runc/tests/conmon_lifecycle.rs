@@ -123,11 +123,14 @@ impl Fixture {
             id: id.to_string(),
             name: format!("test_{id}"),
             bundle,
-            log_path: self.path(&format!("logs/{id}.log")),
+            log_path: Some(self.path(&format!("logs/{id}.log"))),
             exit_dir: self.path("exits"),
             persist_dir: self.path(&format!("persist/{id}")),
             socket_dir: self.path("sockets"),
             log_size_max: None,
+            terminal: false,
+            stdin: false,
+            stdin_once: false,
         }
     }
 
@@ -206,7 +209,7 @@ async fn echo_and_exit(runtime_path: &str, tag: &str) {
     assert_eq!(exit.exit_code, 3);
     assert!(!exit.oom_killed);
 
-    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    let log = std::fs::read_to_string(spec.log_path.as_ref().unwrap()).unwrap();
     assert!(
         log.lines().any(|l| l.ends_with(" stdout F hello")),
         "CRI log lacks hello: {log:?}"

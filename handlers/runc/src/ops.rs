@@ -1,0 +1,1106 @@
+//! The pod and container lifecycle of [`OciHandler`]: every container (the
+//! infra one included) runs under its own conmon; the OCI runtime is called
+//! directly for start/kill/delete/update/state.
+//!
+//! conmon daemonizes (fork + setsid) before it creates the container, so it
+//! outlives the daemon; after a restart the handler rebuilds its view from
+//! the records in the pod's state directory and the exit files conmon
+//! leaves.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crius_shim_api::types::{
+    ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
+    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+};
+use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
+use serde_json::Value;
+
+use crate::cgroupfs::{self, CgroupMounts};
+use crate::monitor::{
+    ContainerExit, ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError, read_exit,
+};
+use crate::state::{
+    Container, ContainerRecord, Layout, RECORD_VERSION, SandboxRecord, conmon_alive, now_ns,
+    system_time_ns, write_atomic,
+};
+use crate::{OciHandler, signal};
+
+/// conmon's log-size limit for the infra container's own log.
+const INFRA_LOG_SIZE_MAX: u64 = 1 << 20;
+/// How long to wait for a SIGKILLed container to be reported exited.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+/// How long conmon may take to exit after its container was deleted.
+const CONMON_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// One pod as the handler holds it.
+#[derive(Debug)]
+pub(crate) struct Pod {
+    pub id: String,
+    pub layout: Layout,
+    pub infra: Arc<Container>,
+    pub containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl Pod {
+    fn container(&self, id: &str) -> Option<Arc<Container>> {
+        self.containers.lock().unwrap().get(id).cloned()
+    }
+    fn all_containers(&self) -> Vec<Arc<Container>> {
+        self.containers.lock().unwrap().values().cloned().collect()
+    }
+}
+
+/// The pods of one handler instance.
+#[derive(Debug, Default)]
+pub(crate) struct Pods {
+    map: std::sync::Mutex<HashMap<String, Arc<Pod>>>,
+}
+
+impl Pods {
+    fn get(&self, id: &str) -> Option<Arc<Pod>> {
+        self.map.lock().unwrap().get(id).cloned()
+    }
+}
+
+/// What a container is doing, from the exit file, conmon and the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Observed {
+    Created,
+    Running,
+    Exited {
+        exit_code: i32,
+        finished_at: i64,
+        oom_killed: bool,
+        message: String,
+    },
+    Unknown(String),
+}
+
+/// IDs become file names and runtime container names.
+fn check_id(what: &str, id: &str) -> HandlerResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(HandlerError::invalid_argument(format!(
+            "invalid {what} {id:?}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"
+        )))
+    }
+}
+
+/// Reads the bundle's config.json leniently (only a few fields are used).
+fn load_spec(bundle: &Path) -> HandlerResult<Value> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| {
+        HandlerError::invalid_argument(format!("cannot read OCI spec {}: {e}", path.display()))
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        HandlerError::invalid_argument(format!("OCI spec {} is not JSON: {e}", path.display()))
+    })
+}
+
+fn spec_cgroup(spec: &Value) -> Option<String> {
+    spec.pointer("/linux/cgroupsPath")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn spec_annotations(spec: &Value) -> HashMap<String, String> {
+    spec.get("annotations")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_path(path: &Path) {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return,
+    };
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove handler file");
+    }
+}
+
+/// SIGKILLs `pid` if it is still a live conmon.
+fn kill_conmon(pid: Option<i32>) {
+    if conmon_alive(pid)
+        && let Some(pid) = pid
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Waits for conmon to exit on its own (it does once its container is
+/// gone), then kills it.
+async fn reap_conmon(pid: Option<i32>, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while conmon_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if conmon_alive(pid) {
+        tracing::warn!(conmon_pid = ?pid, "conmon did not exit after its container was deleted; killing it");
+        kill_conmon(pid);
+    }
+}
+
+fn read_conmon_pid(bundle: &Path) -> Option<i32> {
+    std::fs::read_to_string(bundle.join("conmon.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+impl OciHandler {
+    fn err(&self, action: impl std::fmt::Display, cause: impl std::fmt::Display) -> HandlerError {
+        HandlerError::internal(format!("handler {}: {action}: {cause}", self.config.name))
+    }
+
+    fn pod(&self, sandbox_id: &str) -> HandlerResult<Arc<Pod>> {
+        self.pods.get(sandbox_id).ok_or_else(|| {
+            HandlerError::not_found(format!(
+                "handler {}: sandbox {sandbox_id} not found",
+                self.config.name
+            ))
+        })
+    }
+
+    fn container(&self, sandbox_id: &str, id: &str) -> HandlerResult<(Arc<Pod>, Arc<Container>)> {
+        let pod = self.pod(sandbox_id)?;
+        let ctr = pod.container(id).ok_or_else(|| {
+            HandlerError::not_found(format!(
+                "handler {}: container {id} not found in sandbox {sandbox_id}",
+                self.config.name
+            ))
+        })?;
+        Ok((pod, ctr))
+    }
+
+    /// Looks a container up without failing for unknown IDs (stop/remove
+    /// are idempotent).
+    fn known_container(&self, sandbox_id: &str, id: &str) -> Option<(Arc<Pod>, Arc<Container>)> {
+        let pod = self.pods.get(sandbox_id)?;
+        let ctr = pod.container(id)?;
+        Some((pod, ctr))
+    }
+
+    fn mounts(&self) -> CgroupMounts {
+        CgroupMounts::current().unwrap_or_default()
+    }
+
+    /// The container's state, cheaply: exit file first, then conmon, and
+    /// only when conmon is gone the runtime.
+    pub(crate) async fn observe(&self, ctr: &Container) -> HandlerResult<Observed> {
+        let exit = read_exit(&ctr.exit_dir, &ctr.persist_dir(), &ctr.id)
+            .map_err(|e| self.err(format!("container {}", ctr.id), e))?;
+        if let Some(exit) = exit {
+            return Ok(self.exited(ctr, exit));
+        }
+        if conmon_alive(ctr.conmon_pid) {
+            return Ok(if ctr.started_at() > 0 {
+                Observed::Running
+            } else {
+                Observed::Created
+            });
+        }
+        // conmon is gone without an exit file (killed, or the host
+        // rebooted): ask the runtime.
+        let state = self
+            .runtime()
+            .state(&ctr.id)
+            .await
+            .map_err(|e| self.err(format!("state of container {}", ctr.id), e))?;
+        Ok(match state.as_ref().map(|s| s.status.as_str()) {
+            Some("created") => Observed::Created,
+            Some("running") | Some("paused") | Some("creating") => Observed::Running,
+            Some(_) => {
+                // Stopped with nobody having recorded the code: record a
+                // synthetic one so later calls agree on the finish time.
+                let _ = std::fs::create_dir_all(&ctr.exit_dir);
+                let _ = write_atomic(&ctr.exit_file(), b"255");
+                Observed::Exited {
+                    exit_code: 255,
+                    finished_at: now_ns(),
+                    oom_killed: false,
+                    message: "conmon exited without recording the exit code".into(),
+                }
+            }
+            None => Observed::Unknown(format!(
+                "container {} is unknown to {} and its monitor is gone",
+                ctr.id,
+                self.config.runtime_path.display()
+            )),
+        })
+    }
+
+    fn exited(&self, ctr: &Container, exit: ContainerExit) -> Observed {
+        // conmon's marker is the primary source; a SIGKILL with the cgroup's
+        // oom_kill counter raised is the fallback (conmon may miss the event
+        // when the cgroup goes away at the same time).
+        let oom_killed = exit.oom_killed
+            || (exit.exit_code == 128 + libc::SIGKILL
+                && ctr
+                    .cgroup
+                    .as_deref()
+                    .is_some_and(|cg| cgroupfs::oom_killed(&self.mounts(), cg)));
+        Observed::Exited {
+            exit_code: exit.exit_code,
+            finished_at: system_time_ns(exit.finished_at),
+            oom_killed,
+            message: String::new(),
+        }
+    }
+
+    /// Waits up to `timeout` for the container to be exited.
+    async fn wait_exited(&self, ctr: &Container, timeout: Duration) -> HandlerResult<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut next_probe = Instant::now() + Duration::from_millis(500);
+        loop {
+            if ctr.exit_file().exists() {
+                return Ok(true);
+            }
+            // Without conmon no exit file will come; the runtime decides.
+            if Instant::now() >= next_probe && !conmon_alive(ctr.conmon_pid) {
+                next_probe = Instant::now() + Duration::from_millis(500);
+                match self.observe(ctr).await? {
+                    Observed::Exited { .. } | Observed::Unknown(_) => return Ok(true),
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` through the runtime; a container that exited in the
+    /// meantime is not an error.
+    async fn signal(&self, ctr: &Container, signal: i32, all: bool) -> HandlerResult<()> {
+        match self.runtime().kill(&ctr.id, &signal.to_string(), all).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.observe(ctr).await? {
+                Observed::Exited { .. } | Observed::Unknown(_) => Ok(()),
+                _ => Err(self.err(
+                    format!("send signal {signal} to container {}", ctr.id),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Stops a container: `signal`, up to `timeout`, then SIGKILL.
+    async fn stop(&self, ctr: &Container, timeout: Duration) -> HandlerResult<()> {
+        let observed = self.observe(ctr).await?;
+        let signal = match observed {
+            Observed::Exited { .. } | Observed::Unknown(_) => return Ok(()),
+            // A created container's process is the runtime's init waiting
+            // to exec; only SIGKILL is certain to end it.
+            Observed::Created => libc::SIGKILL,
+            Observed::Running if timeout.is_zero() => libc::SIGKILL,
+            Observed::Running => ctr.stop_signal,
+        };
+        let started = Instant::now();
+        if signal != libc::SIGKILL {
+            self.signal(ctr, signal, false).await?;
+            if self.wait_exited(ctr, timeout).await? {
+                tracing::info!(container = %ctr.id, signal, elapsed_ms = started.elapsed().as_millis() as u64, "container stopped by its stop signal");
+                return Ok(());
+            }
+            tracing::info!(container = %ctr.id, timeout_s = timeout.as_secs(), "stop timeout passed; sending SIGKILL");
+        }
+        self.signal(ctr, libc::SIGKILL, true).await?;
+        if self.wait_exited(ctr, KILL_WAIT).await? {
+            tracing::info!(container = %ctr.id, elapsed_ms = started.elapsed().as_millis() as u64, "container killed");
+            Ok(())
+        } else {
+            Err(HandlerError::deadline_exceeded(format!(
+                "handler {}: container {} did not exit within {KILL_WAIT:?} of SIGKILL",
+                self.config.name, ctr.id
+            )))
+        }
+    }
+
+    /// Deletes the runtime state, waits out conmon and removes the
+    /// container's handler files.
+    async fn destroy(&self, ctr: &Container) -> HandlerResult<()> {
+        self.runtime()
+            .delete(&ctr.id)
+            .await
+            .map_err(|e| self.err(format!("delete container {}", ctr.id), e))?;
+        reap_conmon(ctr.conmon_pid, CONMON_EXIT_WAIT).await;
+        remove_path(&ctr.exit_file());
+        remove_path(&ctr.attach_dir.join(&ctr.id));
+        remove_path(&ctr.dir);
+        Ok(())
+    }
+
+    /// Undoes a failed create: conmon, runtime state, files.
+    async fn roll_back_create(&self, id: &str, bundle: &Path, dir: &Path, layout: &Layout) {
+        if let Err(e) = self.runtime().delete(id).await {
+            tracing::warn!(container = id, error = %e, "rollback: runtime delete failed");
+        }
+        reap_conmon(read_conmon_pid(bundle), CONMON_EXIT_WAIT).await;
+        remove_path(&layout.exit_dir().join(id));
+        remove_path(&layout.attach_dir().join(id));
+        remove_path(dir);
+    }
+
+    /// Creates (and for the infra container starts) a container under
+    /// conmon; rolls back on any failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        &self,
+        layout: &Layout,
+        record: ContainerRecord,
+        name: String,
+        log_path: Option<PathBuf>,
+        log_size_max: Option<u64>,
+        terminal: bool,
+        stdin: bool,
+        stdin_once: bool,
+    ) -> HandlerResult<Container> {
+        let mut ctr = Container::from_record(&record, layout);
+        let what = if record.infra {
+            format!("sandbox {} infra container", record.sandbox_id)
+        } else {
+            format!("container {}", record.id)
+        };
+        for dir in [
+            layout.exit_dir(),
+            layout.attach_dir(),
+            ctr.persist_dir(),
+            ctr.exec_dir(),
+        ] {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                remove_path(&ctr.dir);
+                return Err(self.err(format!("create {}", dir.display()), e));
+            }
+        }
+        let spec = LaunchSpec {
+            id: record.id.clone(),
+            name,
+            bundle: record.bundle.clone(),
+            log_path,
+            exit_dir: layout.exit_dir(),
+            persist_dir: ctr.persist_dir(),
+            socket_dir: layout.attach_dir(),
+            log_size_max,
+            terminal,
+            stdin,
+            stdin_once,
+        };
+        let started = Instant::now();
+        let launched = match self.monitor().create(&spec).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.roll_back_create(&record.id, &record.bundle, &ctr.dir, layout)
+                    .await;
+                let kind = match e {
+                    MonitorError::RuntimeFailed { .. } => "runtime create failed",
+                    _ => "conmon failed",
+                };
+                return Err(self.err(
+                    format!(
+                        "create {what} with {} under {} ({kind})",
+                        self.config.runtime_path.display(),
+                        self.config.monitor_path.display()
+                    ),
+                    e,
+                ));
+            }
+        };
+        ctr.pid = launched.container_pid as u32;
+        ctr.conmon_pid = launched.monitor_pid;
+        let created_ms = started.elapsed().as_millis() as u64;
+        if record.infra {
+            if let Err(e) = self.runtime().start(&record.id).await {
+                self.roll_back_create(&record.id, &record.bundle, &ctr.dir, layout)
+                    .await;
+                return Err(self.err(format!("start {what}"), e));
+            }
+            ctr.set_started_at(now_ns());
+        }
+        if let Err(e) = ctr.save() {
+            self.roll_back_create(&record.id, &record.bundle, &ctr.dir, layout)
+                .await;
+            return Err(self.err(format!("persist record of {what}"), e));
+        }
+        tracing::info!(
+            handler = %self.config.name,
+            container = %record.id,
+            sandbox = %record.sandbox_id,
+            pid = ctr.pid,
+            conmon_pid = ?ctr.conmon_pid,
+            created_ms,
+            total_ms = started.elapsed().as_millis() as u64,
+            "container created under conmon"
+        );
+        Ok(ctr)
+    }
+
+    pub(crate) async fn do_run_sandbox(
+        &self,
+        req: RunSandboxRequest,
+    ) -> HandlerResult<RunSandboxResponse> {
+        check_id("sandbox id", &req.sandbox_id)?;
+        if req.state_dir.is_empty() || !Path::new(&req.state_dir).is_absolute() {
+            return Err(HandlerError::invalid_argument(format!(
+                "sandbox {}: state_dir {:?} must be an absolute path",
+                req.sandbox_id, req.state_dir
+            )));
+        }
+        let infra = req.infra.as_ref().filter(|b| !b.dir.is_empty()).ok_or_else(|| {
+            HandlerError::invalid_argument(format!(
+                "sandbox {}: handler {} needs an infra container bundle",
+                req.sandbox_id, self.config.name
+            ))
+        })?;
+        let bundle = PathBuf::from(&infra.dir);
+        let spec = load_spec(&bundle)?;
+        if self.pods.get(&req.sandbox_id).is_some() || self.runtime().has_state(&req.sandbox_id) {
+            return Err(HandlerError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "handler {}: sandbox {} already exists",
+                    self.config.name, req.sandbox_id
+                ),
+            ));
+        }
+        let layout = Layout::new(&req.state_dir);
+        let name = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| format!("{}_{}_infra", m.namespace, m.name))
+            .unwrap_or_else(|| format!("{}_infra", req.sandbox_id));
+        let record = ContainerRecord {
+            version: RECORD_VERSION,
+            id: req.sandbox_id.clone(),
+            sandbox_id: req.sandbox_id.clone(),
+            infra: true,
+            bundle: bundle.clone(),
+            log_path: None,
+            cgroup: spec_cgroup(&spec),
+            stop_signal: libc::SIGKILL,
+            created_at: now_ns(),
+            started_at: 0,
+            pid: 0,
+            conmon_pid: None,
+        };
+        let infra_log = layout.infra_dir().join("infra.log");
+        let ctr = match self
+            .launch(
+                &layout,
+                record,
+                name,
+                Some(infra_log),
+                Some(INFRA_LOG_SIZE_MAX),
+                false,
+                false,
+                false,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                for entry in layout.owned_entries() {
+                    remove_path(&entry);
+                }
+                return Err(e);
+            }
+        };
+        let sandbox = SandboxRecord {
+            version: RECORD_VERSION,
+            sandbox_id: req.sandbox_id.clone(),
+            state_dir: layout.root.clone(),
+            infra: ctr.record(),
+        };
+        let bytes = serde_json::to_vec(&sandbox).map_err(|e| self.err("encode sandbox record", e))?;
+        if let Err(e) = write_atomic(&layout.sandbox_record(), &bytes) {
+            let _ = self.destroy(&ctr).await;
+            for entry in layout.owned_entries() {
+                remove_path(&entry);
+            }
+            return Err(self.err(format!("persist sandbox {}", req.sandbox_id), e));
+        }
+        let infra_pid = ctr.pid;
+        let pod = Pod {
+            id: req.sandbox_id.clone(),
+            layout,
+            infra: Arc::new(ctr),
+            containers: Default::default(),
+        };
+        self.pods
+            .map
+            .lock()
+            .unwrap()
+            .insert(req.sandbox_id.clone(), Arc::new(pod));
+        Ok(RunSandboxResponse {
+            handler_state: bytes,
+            infra_pid,
+        })
+    }
+
+    pub(crate) async fn do_stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        let Some(pod) = self.pods.get(&req.sandbox_id) else {
+            return Ok(());
+        };
+        // Every process of the pod: containers first (the kubelet stopped
+        // them with their grace periods already), then the infra.
+        for ctr in pod.all_containers() {
+            let _guard = ctr.lifecycle.lock().await;
+            self.stop(&ctr, Duration::ZERO).await?;
+        }
+        let _guard = pod.infra.lifecycle.lock().await;
+        self.stop(&pod.infra, Duration::ZERO).await
+    }
+
+    pub(crate) async fn do_remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        let Some(pod) = self.pods.get(&req.sandbox_id) else {
+            return Ok(());
+        };
+        for ctr in pod.all_containers() {
+            let _guard = ctr.lifecycle.lock().await;
+            self.stop(&ctr, Duration::ZERO).await?;
+            self.destroy(&ctr).await?;
+            pod.containers.lock().unwrap().remove(&ctr.id);
+        }
+        {
+            let _guard = pod.infra.lifecycle.lock().await;
+            self.stop(&pod.infra, Duration::ZERO).await?;
+            self.destroy(&pod.infra).await?;
+        }
+        for entry in pod.layout.owned_entries() {
+            remove_path(&entry);
+        }
+        self.pods.map.lock().unwrap().remove(&pod.id);
+        tracing::info!(handler = %self.config.name, sandbox = %pod.id, "sandbox removed");
+        Ok(())
+    }
+
+    pub(crate) async fn do_sandbox_status(
+        &self,
+        req: SandboxRef,
+    ) -> HandlerResult<SandboxStatusResponse> {
+        let pod = self.pod(&req.sandbox_id)?;
+        let observed = self.observe(&pod.infra).await?;
+        let mut info = HashMap::new();
+        info.insert("infraPid".to_string(), pod.infra.pid.to_string());
+        info.insert(
+            "runtime".to_string(),
+            self.config.runtime_path.display().to_string(),
+        );
+        info.insert("infraState".to_string(), format!("{observed:?}"));
+        Ok(SandboxStatusResponse {
+            ready: observed == Observed::Running,
+            info,
+        })
+    }
+
+    pub(crate) async fn do_restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
+        check_id("sandbox id", &req.sandbox_id)?;
+        let layout = Layout::new(&req.state_dir);
+        // The file in the state dir is the newest; handler_state is the
+        // core's copy from RunSandbox.
+        let sandbox: SandboxRecord = std::fs::read(layout.sandbox_record())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .or_else(|| serde_json::from_slice(&req.handler_state).ok())
+            .ok_or_else(|| {
+                HandlerError::invalid_argument(format!(
+                    "handler {}: sandbox {} has no readable handler state (neither {} nor the persisted handler_state)",
+                    self.config.name,
+                    req.sandbox_id,
+                    layout.sandbox_record().display()
+                ))
+            })?;
+        if sandbox.sandbox_id != req.sandbox_id {
+            return Err(HandlerError::invalid_argument(format!(
+                "handler state belongs to sandbox {}, not {}",
+                sandbox.sandbox_id, req.sandbox_id
+            )));
+        }
+        let infra = Arc::new(Container::from_record(&sandbox.infra, &layout));
+        let mut containers = HashMap::new();
+        for rc in &req.containers {
+            check_id("container id", &rc.container_id)?;
+            let from_file = std::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok());
+            let record = from_file
+                .or_else(|| serde_json::from_slice(&rc.handler_state).ok())
+                .unwrap_or_else(|| ContainerRecord {
+                    // Nothing persisted (a crash inside CreateContainer):
+                    // rebuild what the layout implies; status asks the
+                    // runtime.
+                    version: RECORD_VERSION,
+                    id: rc.container_id.clone(),
+                    sandbox_id: req.sandbox_id.clone(),
+                    infra: false,
+                    bundle: PathBuf::from(&rc.bundle_dir),
+                    log_path: (!rc.log_path.is_empty()).then(|| PathBuf::from(&rc.log_path)),
+                    cgroup: load_spec(Path::new(&rc.bundle_dir)).ok().as_ref().and_then(spec_cgroup),
+                    stop_signal: libc::SIGTERM,
+                    created_at: 0,
+                    started_at: 0,
+                    pid: 0,
+                    conmon_pid: read_conmon_pid(Path::new(&rc.bundle_dir)),
+                });
+            let ctr = Container::from_record(&record, &layout);
+            if ctr.started_at() == 0 && matches!(self.observe(&ctr).await, Ok(Observed::Running)) {
+                // Started, but the daemon died before recording it.
+                ctr.set_started_at(ctr.created_at.max(1));
+            }
+            containers.insert(rc.container_id.clone(), Arc::new(ctr));
+        }
+        let ready = self.observe(&infra).await? == Observed::Running;
+        let pod = Pod {
+            id: req.sandbox_id.clone(),
+            layout,
+            infra,
+            containers: std::sync::Mutex::new(containers),
+        };
+        tracing::info!(handler = %self.config.name, sandbox = %req.sandbox_id, ready, containers = req.containers.len(), "sandbox restored");
+        self.pods
+            .map
+            .lock()
+            .unwrap()
+            .insert(req.sandbox_id.clone(), Arc::new(pod));
+        Ok(RestoreSandboxResponse { ready })
+    }
+
+    pub(crate) async fn do_create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
+        check_id("container id", &req.container_id)?;
+        let pod = self.pod(&req.sandbox_id)?;
+        let bundle = req
+            .bundle
+            .as_ref()
+            .filter(|b| !b.dir.is_empty())
+            .map(|b| PathBuf::from(&b.dir))
+            .ok_or_else(|| {
+                HandlerError::invalid_argument(format!(
+                    "container {}: no bundle given",
+                    req.container_id
+                ))
+            })?;
+        let spec = load_spec(&bundle)?;
+        if pod.container(&req.container_id).is_some() || self.runtime().has_state(&req.container_id)
+        {
+            return Err(HandlerError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "handler {}: container {} already exists",
+                    self.config.name, req.container_id
+                ),
+            ));
+        }
+        if !matches!(self.observe(&pod.infra).await?, Observed::Running) {
+            return Err(HandlerError::failed_precondition(format!(
+                "handler {}: sandbox {} is not ready (its infra container is not running)",
+                self.config.name, req.sandbox_id
+            )));
+        }
+        let config = req.config.clone().unwrap_or_default();
+        // The spec decides whether the runtime expects a console socket.
+        let terminal = spec
+            .pointer("/process/terminal")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if terminal != config.tty {
+            tracing::warn!(container = %req.container_id, tty = config.tty, spec_terminal = terminal, "CRI tty and spec process.terminal disagree; following the spec");
+        }
+        let annotations = spec_annotations(&spec);
+        let log_path = (!req.log_path.is_empty()).then(|| PathBuf::from(&req.log_path));
+        if let Some(p) = &log_path
+            && !p.is_absolute()
+        {
+            return Err(HandlerError::invalid_argument(format!(
+                "container {}: log path {} is not absolute",
+                req.container_id,
+                p.display()
+            )));
+        }
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| format!("{}_{}", m.name, m.attempt))
+            .unwrap_or_else(|| req.container_id.clone());
+        let record = ContainerRecord {
+            version: RECORD_VERSION,
+            id: req.container_id.clone(),
+            sandbox_id: req.sandbox_id.clone(),
+            infra: false,
+            bundle,
+            log_path: log_path.clone(),
+            cgroup: spec_cgroup(&spec),
+            stop_signal: signal::stop_signal(config.stop_signal, Some(&annotations)),
+            created_at: now_ns(),
+            started_at: 0,
+            pid: 0,
+            conmon_pid: None,
+        };
+        let ctr = self
+            .launch(
+                &pod.layout,
+                record,
+                name,
+                log_path,
+                None,
+                terminal,
+                config.stdin,
+                config.stdin_once,
+            )
+            .await?;
+        let handler_state = serde_json::to_vec(&ctr.record())
+            .map_err(|e| self.err("encode container record", e))?;
+        pod.containers
+            .lock()
+            .unwrap()
+            .insert(req.container_id.clone(), Arc::new(ctr));
+        Ok(CreateContainerResponse { handler_state })
+    }
+
+    pub(crate) async fn do_start_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        let _guard = ctr.lifecycle.lock().await;
+        match self.observe(&ctr).await? {
+            Observed::Created => {}
+            other => {
+                return Err(HandlerError::failed_precondition(format!(
+                    "handler {}: container {} cannot be started: it is {other:?}",
+                    self.config.name, ctr.id
+                )));
+            }
+        }
+        let started = Instant::now();
+        self.runtime().start(&ctr.id).await.map_err(|e| {
+            self.err(
+                format!(
+                    "start container {} with {}",
+                    ctr.id,
+                    self.config.runtime_path.display()
+                ),
+                e,
+            )
+        })?;
+        ctr.set_started_at(now_ns());
+        if let Err(e) = ctr.save() {
+            tracing::warn!(container = %ctr.id, error = %e, "cannot persist start time");
+        }
+        tracing::info!(handler = %self.config.name, container = %ctr.id, start_ms = started.elapsed().as_millis() as u64, "container started");
+        Ok(())
+    }
+
+    pub(crate) async fn do_stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
+        let Some((_, ctr)) = self.known_container(&req.sandbox_id, &req.container_id) else {
+            return Ok(());
+        };
+        if req.timeout_seconds < 0 {
+            return Err(HandlerError::invalid_argument(format!(
+                "container {}: negative stop timeout {}",
+                req.container_id, req.timeout_seconds
+            )));
+        }
+        let _guard = ctr.lifecycle.lock().await;
+        self.stop(&ctr, Duration::from_secs(req.timeout_seconds as u64))
+            .await
+    }
+
+    pub(crate) async fn do_remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        let Some((pod, ctr)) = self.known_container(&req.sandbox_id, &req.container_id) else {
+            return Ok(());
+        };
+        let _guard = ctr.lifecycle.lock().await;
+        if self.observe(&ctr).await? == Observed::Running {
+            return Err(HandlerError::failed_precondition(format!(
+                "handler {}: container {} is running; stop it first",
+                self.config.name, ctr.id
+            )));
+        }
+        self.destroy(&ctr).await?;
+        pod.containers.lock().unwrap().remove(&ctr.id);
+        Ok(())
+    }
+
+    pub(crate) async fn do_container_status(
+        &self,
+        req: ContainerRef,
+    ) -> HandlerResult<ContainerStatusResponse> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        let mut resp = ContainerStatusResponse {
+            created_at: ctr.created_at,
+            started_at: ctr.started_at(),
+            ..Default::default()
+        };
+        match self.observe(&ctr).await? {
+            Observed::Created => {
+                resp.state = ContainerState::Created as i32;
+                resp.pid = ctr.pid;
+            }
+            Observed::Running => {
+                resp.state = ContainerState::Running as i32;
+                resp.pid = ctr.pid;
+            }
+            Observed::Exited {
+                exit_code,
+                finished_at,
+                oom_killed,
+                message,
+            } => {
+                resp.state = ContainerState::Exited as i32;
+                resp.exit_code = exit_code;
+                resp.finished_at = finished_at;
+                resp.reason = if oom_killed {
+                    "OOMKilled"
+                } else if exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_string();
+                resp.message = message;
+            }
+            Observed::Unknown(message) => {
+                resp.state = ContainerState::Unknown as i32;
+                resp.message = message;
+            }
+        }
+        Ok(resp)
+    }
+
+    pub(crate) async fn do_exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        if req.cmd.is_empty() {
+            return Err(HandlerError::invalid_argument(format!(
+                "exec in container {}: empty command",
+                ctr.id
+            )));
+        }
+        if req.timeout_seconds < 0 {
+            return Err(HandlerError::invalid_argument(format!(
+                "exec in container {}: negative timeout {}",
+                ctr.id, req.timeout_seconds
+            )));
+        }
+        if self.observe(&ctr).await? != Observed::Running {
+            return Err(HandlerError::failed_precondition(format!(
+                "handler {}: container {} is not running",
+                self.config.name, ctr.id
+            )));
+        }
+        // The exec'd process gets the container's user, env, cwd,
+        // capabilities and limits; only the command differs.
+        let spec = load_spec(&ctr.bundle)?;
+        let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
+        let obj = process.as_object_mut().ok_or_else(|| {
+            HandlerError::invalid_argument(format!(
+                "container {}: spec has no process",
+                ctr.id
+            ))
+        })?;
+        obj.insert("args".into(), serde_json::json!(req.cmd));
+        obj.insert("terminal".into(), Value::Bool(false));
+        obj.remove("consoleSize");
+        let process: oci_spec::runtime::Process = serde_json::from_value(process)
+            .map_err(|e| self.err(format!("exec process spec of {}", ctr.id), e))?;
+        let timeout = (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds as u64));
+        let started = Instant::now();
+        let out = self
+            .monitor()
+            .exec_sync(&ExecSyncSpec {
+                id: ctr.id.clone(),
+                process,
+                timeout,
+                scratch_dir: ctr.exec_dir(),
+            })
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // The runtime could not start the command (no such binary,
+            // bad cwd): report it the way a shell would, as a failed
+            // command with the runtime's words on stderr.
+            Err(MonitorError::RuntimeFailed { message, .. }) => crate::monitor::ExecSyncOutput {
+                stdout: Vec::new(),
+                stderr: format!("{message}\n").into_bytes(),
+                exit_code: exec_failure_code(&message),
+                timed_out: false,
+            },
+            Err(e) => return Err(self.err(format!("exec in container {}", ctr.id), e)),
+        };
+        tracing::debug!(container = %ctr.id, exit_code = out.exit_code, timed_out = out.timed_out, elapsed_ms = started.elapsed().as_millis() as u64, "exec sync finished");
+        Ok(ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+            timed_out: out.timed_out,
+        })
+    }
+
+    pub(crate) async fn do_update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        let Some(linux) = req.linux.as_ref() else {
+            return Ok(());
+        };
+        let resources = crate::resources::oci_resources(linux).map_err(|e| {
+            HandlerError::invalid_argument(format!("container {}: {e}", ctr.id))
+        })?;
+        match self.observe(&ctr).await? {
+            Observed::Created | Observed::Running => {}
+            other => {
+                return Err(HandlerError::failed_precondition(format!(
+                    "handler {}: cannot update resources of container {}: it is {other:?}",
+                    self.config.name, ctr.id
+                )));
+            }
+        }
+        let file = tempfile::Builder::new()
+            .prefix("resources-")
+            .suffix(".json")
+            .tempfile_in(&ctr.dir)
+            .map_err(|e| self.err(format!("resources file for {}", ctr.id), e))?;
+        std::fs::write(file.path(), serde_json::to_vec(&resources).unwrap_or_default())
+            .map_err(|e| self.err(format!("write {}", file.path().display()), e))?;
+        self.runtime()
+            .update(&ctr.id, file.path())
+            .await
+            .map_err(|e| self.err(format!("update resources of container {}", ctr.id), e))?;
+        tracing::info!(container = %ctr.id, resources = %resources, "container resources updated");
+        Ok(())
+    }
+
+    pub(crate) async fn do_reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        let Some(log_path) = ctr.log_path.clone() else {
+            return Ok(());
+        };
+        if !conmon_alive(ctr.conmon_pid) {
+            return Err(HandlerError::failed_precondition(format!(
+                "handler {}: container {} is not running (its conmon is gone); no log to reopen",
+                self.config.name, ctr.id
+            )));
+        }
+        let fifo = ctr.ctl_fifo();
+        // conmon's control FIFO takes "<type> <height> <width>\n"; type 2
+        // reopens the log files. Non-blocking open fails with ENXIO when
+        // nobody reads it, instead of hanging.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)?;
+            f.write_all(b"2 0 0\n")
+        };
+        write().map_err(|e| self.err(format!("write {}", fifo.display()), e))?;
+        // conmon reopens asynchronously; the kubelet expects the new file
+        // once this call returns.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log_path.exists() {
+            if Instant::now() >= deadline {
+                return Err(self.err(
+                    format!("reopen log of container {}", ctr.id),
+                    format!("conmon did not recreate {} within 5s", log_path.display()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn do_container_stats(
+        &self,
+        req: ContainerRef,
+    ) -> HandlerResult<ContainerStatsResponse> {
+        let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        let cgroup = ctr.cgroup.as_deref().ok_or_else(|| {
+            HandlerError::failed_precondition(format!(
+                "container {} has no cgroupsPath in its spec",
+                ctr.id
+            ))
+        })?;
+        let stats = cgroupfs::stats(&self.mounts(), cgroup).ok_or_else(|| {
+            HandlerError::failed_precondition(format!(
+                "handler {}: cgroup {cgroup} of container {} does not exist",
+                self.config.name, ctr.id
+            ))
+        })?;
+        Ok(ContainerStatsResponse {
+            timestamp: now_ns(),
+            cpu_usage_core_nanoseconds: stats.cpu_usage_ns,
+            memory_working_set_bytes: stats.memory_working_set_bytes,
+            memory_usage_bytes: stats.memory_usage_bytes,
+            memory_rss_bytes: stats.memory_rss_bytes,
+        })
+    }
+}
+
+/// Exit code for a command the runtime could not start: 127 when it was
+/// not found (as shells report), 126 otherwise.
+fn exec_failure_code(message: &str) -> i32 {
+    let m = message.to_ascii_lowercase();
+    if m.contains("not found") || m.contains("no such file") {
+        127
+    } else {
+        126
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        check_id("x", "abc-DEF_1.2").unwrap();
+        for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
+            assert!(check_id("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_fields() {
+        let spec: Value = serde_json::json!({
+            "linux": {"cgroupsPath": "/pod/c"},
+            "annotations": {"a": "b", "n": 1}
+        });
+        assert_eq!(spec_cgroup(&spec).as_deref(), Some("/pod/c"));
+        assert_eq!(spec_annotations(&spec).len(), 1);
+        assert_eq!(spec_cgroup(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn exec_failure_codes() {
+        assert_eq!(exec_failure_code("exec: \"nope\": executable file not found in $PATH"), 127);
+        assert_eq!(exec_failure_code("permission denied"), 126);
+    }
+}
