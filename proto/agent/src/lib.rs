@@ -40,3 +40,5 @@ pub const HEALTH_SERVICE: &str = "grpc.Health";
 
 /// The vsock port the guest agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+pub mod convert;
