@@ -15,6 +15,16 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod abi;
+mod params;
+#[cfg(feature = "plugin")]
+pub mod plugin;
+#[cfg(feature = "shim")]
+pub mod shim;
+pub mod wire;
+
+pub use params::HandlerParams;
+
 /// Messages of the handler contract (`crius.handler.v1`).
 pub use crius_proto::handler as types;
 /// CRI `runtime.v1` messages referenced by the contract.

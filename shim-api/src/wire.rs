@@ -1,0 +1,196 @@
+//! The contract as (method name, encoded request) → encoded response: what
+//! crosses the plugin ABI and the ttrpc socket. [`dispatch`] is the serving
+//! side used by both; hosts encode with [`encode`] and decode answers with
+//! [`decode_response`].
+
+use crate::prost::Message;
+use crate::types::{
+    ContainerRef, CreateContainerRequest, Empty, ExecSyncRequest, InfoResponse,
+    RestoreSandboxRequest, RunSandboxRequest, SandboxRef, StopContainerRequest,
+    UpdateContainerResourcesRequest,
+};
+use crate::{HandlerError, HandlerResult, RuntimeHandler};
+
+/// ttrpc service name of the contract.
+pub const SERVICE: &str = "crius.handler.v1.Handler";
+
+/// Method names, as in the proto `service Handler`.
+pub mod method {
+    pub const INFO: &str = "Info";
+    pub const CHECK_READY: &str = "CheckReady";
+    pub const RUN_SANDBOX: &str = "RunSandbox";
+    pub const STOP_SANDBOX: &str = "StopSandbox";
+    pub const REMOVE_SANDBOX: &str = "RemoveSandbox";
+    pub const SANDBOX_STATUS: &str = "SandboxStatus";
+    pub const RESTORE_SANDBOX: &str = "RestoreSandbox";
+    pub const CREATE_CONTAINER: &str = "CreateContainer";
+    pub const START_CONTAINER: &str = "StartContainer";
+    pub const STOP_CONTAINER: &str = "StopContainer";
+    pub const REMOVE_CONTAINER: &str = "RemoveContainer";
+    pub const CONTAINER_STATUS: &str = "ContainerStatus";
+    pub const EXEC_SYNC: &str = "ExecSync";
+    pub const UPDATE_CONTAINER_RESOURCES: &str = "UpdateContainerResources";
+    pub const REOPEN_CONTAINER_LOG: &str = "ReopenContainerLog";
+    pub const CONTAINER_STATS: &str = "ContainerStats";
+
+    /// Every method, in proto order.
+    pub const ALL: [&str; 16] = [
+        INFO,
+        CHECK_READY,
+        RUN_SANDBOX,
+        STOP_SANDBOX,
+        REMOVE_SANDBOX,
+        SANDBOX_STATUS,
+        RESTORE_SANDBOX,
+        CREATE_CONTAINER,
+        START_CONTAINER,
+        STOP_CONTAINER,
+        REMOVE_CONTAINER,
+        CONTAINER_STATUS,
+        EXEC_SYNC,
+        UPDATE_CONTAINER_RESOURCES,
+        REOPEN_CONTAINER_LOG,
+        CONTAINER_STATS,
+    ];
+}
+
+/// Encodes a message for the wire.
+pub fn encode<M: Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+/// Decodes what a handler answered to `method`; garbage is the handler's
+/// fault, so it becomes an `Internal` error naming the method.
+pub fn decode_response<M: Message + Default>(method: &str, bytes: &[u8]) -> HandlerResult<M> {
+    M::decode(bytes)
+        .map_err(|e| HandlerError::internal(format!("the handler's {method} response is not valid protobuf: {e}")))
+}
+
+fn decode_request<M: Message + Default>(method: &str, bytes: &[u8]) -> HandlerResult<M> {
+    M::decode(bytes)
+        .map_err(|e| HandlerError::invalid_argument(format!("the {method} request is not valid protobuf: {e}")))
+}
+
+/// Serves one call: decodes the request of `method`, runs it on `handler`
+/// and encodes the response. `version` is reported by `Info`.
+pub async fn dispatch(
+    handler: &dyn RuntimeHandler,
+    version: &str,
+    name: &str,
+    payload: &[u8],
+) -> HandlerResult<Vec<u8>> {
+    // One arm per method: decode the request type, call, encode the answer
+    // (methods answering `()` answer `Empty` on the wire).
+    macro_rules! call {
+        ($req:ty, $fn:ident) => {
+            Ok(encode(&handler.$fn(decode_request::<$req>(name, payload)?).await?))
+        };
+        ($req:ty, $fn:ident, empty) => {{
+            handler.$fn(decode_request::<$req>(name, payload)?).await?;
+            Ok(encode(&Empty {}))
+        }};
+    }
+    match name {
+        method::INFO => Ok(encode(&InfoResponse {
+            name: handler.name().to_string(),
+            version: version.to_string(),
+            capabilities: Some(handler.capabilities()),
+        })),
+        method::CHECK_READY => {
+            handler.check_ready().await?;
+            Ok(encode(&Empty {}))
+        }
+        method::RUN_SANDBOX => call!(RunSandboxRequest, run_sandbox),
+        method::STOP_SANDBOX => call!(SandboxRef, stop_sandbox, empty),
+        method::REMOVE_SANDBOX => call!(SandboxRef, remove_sandbox, empty),
+        method::SANDBOX_STATUS => call!(SandboxRef, sandbox_status),
+        method::RESTORE_SANDBOX => call!(RestoreSandboxRequest, restore_sandbox),
+        method::CREATE_CONTAINER => call!(CreateContainerRequest, create_container),
+        method::START_CONTAINER => call!(ContainerRef, start_container, empty),
+        method::STOP_CONTAINER => call!(StopContainerRequest, stop_container, empty),
+        method::REMOVE_CONTAINER => call!(ContainerRef, remove_container, empty),
+        method::CONTAINER_STATUS => call!(ContainerRef, container_status),
+        method::EXEC_SYNC => call!(ExecSyncRequest, exec_sync),
+        method::UPDATE_CONTAINER_RESOURCES => {
+            call!(UpdateContainerResourcesRequest, update_container_resources, empty)
+        }
+        method::REOPEN_CONTAINER_LOG => call!(ContainerRef, reopen_container_log, empty),
+        method::CONTAINER_STATS => call!(ContainerRef, container_stats),
+        other => Err(HandlerError::new(
+            crate::ErrorKind::Unimplemented,
+            format!("handler {} does not know the method {other:?}", handler.name()),
+        )),
+    }
+}
+
+/// Text of a caught panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Capabilities, SandboxStatusResponse};
+
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl RuntimeHandler for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { user_namespaces: true, ..Default::default() }
+        }
+        async fn check_ready(&self) -> HandlerResult<()> {
+            Ok(())
+        }
+        async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
+            if req.sandbox_id == "gone" {
+                return Err(HandlerError::not_found("pod gone not found"));
+            }
+            Ok(SandboxStatusResponse {
+                ready: true,
+                info: [("id".to_string(), req.sandbox_id)].into_iter().collect(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn dispatch_decodes_calls_and_encodes() {
+        let info: InfoResponse =
+            decode_response("Info", &dispatch(&Echo, "1.2.3", method::INFO, &[]).await.unwrap()).unwrap();
+        assert_eq!(info.name, "echo");
+        assert_eq!(info.version, "1.2.3");
+        assert!(info.capabilities.unwrap().user_namespaces);
+
+        let req = encode(&SandboxRef { sandbox_id: "p1".into() });
+        let status: SandboxStatusResponse = decode_response(
+            "SandboxStatus",
+            &dispatch(&Echo, "", method::SANDBOX_STATUS, &req).await.unwrap(),
+        )
+        .unwrap();
+        assert!(status.ready);
+        assert_eq!(status.info["id"], "p1");
+
+        let req = encode(&SandboxRef { sandbox_id: "gone".into() });
+        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &req).await.unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::NotFound);
+
+        let err = dispatch(&Echo, "", method::RUN_SANDBOX, &[]).await.unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Unimplemented);
+
+        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &[0xff, 0xff]).await.unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::InvalidArgument, "{err}");
+
+        let err = dispatch(&Echo, "", "Nope", &[]).await.unwrap_err();
+        assert!(err.message.contains("\"Nope\""), "{err}");
+    }
+}
