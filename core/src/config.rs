@@ -46,6 +46,22 @@ pub struct Config {
     pub image: ImageConfig,
     /// Per-registry settings: mirrors and plain-HTTP (insecure) registries.
     pub registries: Vec<RegistryConfig>,
+    /// The pause (infra) process of pods.
+    pub pause: PauseConfig,
+}
+
+/// The infra (pause) container of pods whose handler needs one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PauseConfig {
+    /// A static pause binary run as `<binary> -P` (Debian's catatonit).
+    pub catatonit_path: PathBuf,
+}
+
+impl Default for PauseConfig {
+    fn default() -> Self {
+        Self { catatonit_path: PathBuf::from("/usr/bin/catatonit") }
+    }
 }
 
 /// How pod and container cgroups are managed.
@@ -204,6 +220,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             image: ImageConfig::default(),
             registries: Vec::new(),
+            pause: PauseConfig::default(),
         }
     }
 }

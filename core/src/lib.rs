@@ -4,6 +4,7 @@
 pub mod config;
 pub mod handlers;
 pub mod image;
+pub mod pod;
 pub mod rootfs;
 pub mod sandbox;
 pub mod server;

@@ -77,10 +77,18 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .context("opening the image store")?;
 
+    let cgroups = crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
+    info!(mode = ?cgroups.mode(), "cgroup layout detected");
+    let pods = crius_core::pod::PodManager::new(config.clone(), handlers.clone(), images.clone(), cgroups);
+    // Reattach to the pods a previous run left before serving anything, so
+    // the kubelet never sees them missing.
+    pods.restore().await.context("restoring pods")?;
+    info!(pods = pods.store().pods().len(), containers = pods.store().containers().len(), "pod records restored");
+
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), "serving CRI runtime.v1");
 
-    let runtime_service = RuntimeServiceServer::new(RuntimeServer::new(config.clone(), handlers))
+    let runtime_service = RuntimeServiceServer::new(RuntimeServer::new(config.clone(), handlers, pods))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
     let image_service = crius_proto::cri::image_service_server::ImageServiceServer::new(

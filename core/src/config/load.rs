@@ -23,7 +23,7 @@ use serde_saphyr::MessageFormatter as _;
 use super::validate::{Key, Problem, join_problems};
 use super::{
     CgroupDriver, CniConfig, Config, FeatureOverrides, HandlerConfig, HandlerKind, ImageConfig,
-    RegistryConfig,
+    PauseConfig, RegistryConfig,
 };
 
 /// A configuration that cannot be used. `Display` is self-contained
@@ -229,6 +229,13 @@ struct FileConfig {
     cni: Option<FileCni>,
     image: Option<FileImage>,
     registries: Option<Src<Vec<Src<RegistryConfig>>>>,
+    pause: Option<FilePause>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilePause {
+    catatonit_path: Option<Src<PathBuf>>,
 }
 
 /// [`HandlerConfig`] with every key optional, so a drop-in can change one
@@ -300,6 +307,10 @@ impl FileConfig {
             put(&mut merged.max_concurrent_downloads, image.max_concurrent_downloads, file);
             put(&mut merged.default_registry, image.default_registry, file);
         }
+        if let Some(pause) = other.pause {
+            let merged = self.pause.get_or_insert_default();
+            put(&mut merged.catatonit_path, pause.catatonit_path, file);
+        }
         if let Some(mut registries) = other.registries {
             for entry in &mut registries.value {
                 entry.file = file;
@@ -367,6 +378,14 @@ impl FileConfig {
             registries: self.registries.as_ref().map_or(defaults.registries, |registries| {
                 registries.value.iter().map(|entry| entry.value.clone()).collect()
             }),
+            pause: PauseConfig {
+                catatonit_path: self
+                    .pause
+                    .as_ref()
+                    .map_or(defaults.pause.catatonit_path.clone(), |p| {
+                        value(&p.catatonit_path, defaults.pause.catatonit_path.clone())
+                    }),
+            },
         })
     }
 

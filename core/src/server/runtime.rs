@@ -1,8 +1,10 @@
 //! CRI RuntimeService.
 //!
-//! Version, Status and RuntimeConfig answer from the daemon's real state.
-//! Every RPC that is not implemented yet answers `Unimplemented` and names
-//! itself, so the kubelet's logs say exactly what is missing.
+//! Version, Status and RuntimeConfig answer from the daemon's real state;
+//! the pod and container RPCs are thin wrappers over [`PodManager`], whose
+//! typed errors become gRPC statuses here ([`pod_status`]). Every RPC that
+//! is not implemented yet answers `Unimplemented` and names itself, so the
+//! kubelet's logs say exactly what is missing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::handlers::HandlerRegistry;
+use crate::pod::{PodError, PodManager};
 
 /// The CRI API version this daemon speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -28,11 +31,12 @@ pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct RuntimeServer {
     config: Arc<Config>,
     handlers: Arc<HandlerRegistry>,
+    pods: Arc<PodManager>,
 }
 
 impl RuntimeServer {
-    pub fn new(config: Arc<Config>, handlers: Arc<HandlerRegistry>) -> Self {
-        Self { config, handlers }
+    pub fn new(config: Arc<Config>, handlers: Arc<HandlerRegistry>, pods: Arc<PodManager>) -> Self {
+        Self { config, handlers, pods }
     }
 
     async fn runtime_condition(&self) -> cri::RuntimeCondition {
@@ -76,6 +80,39 @@ fn cni_config_present(dir: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("no CNI network configuration found in {}", dir.display()))
+    }
+}
+
+/// The gRPC status of a pod/container failure. An unknown runtime handler
+/// is `InvalidArgument` (the request names something that does not exist
+/// in this daemon's configuration), with the known names in the message.
+pub fn pod_status(err: PodError) -> Status {
+    use crius_shim_api::ErrorKind;
+    let message = err.to_string();
+    match &err {
+        PodError::InvalidArgument(_) | PodError::UnknownHandler(_) => Status::invalid_argument(message),
+        PodError::NotFound(_) => Status::not_found(message),
+        PodError::AlreadyExists { .. } => Status::already_exists(message),
+        PodError::FailedPrecondition(_) => Status::failed_precondition(message),
+        PodError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+        PodError::Handler { source, .. } => match source.kind {
+            ErrorKind::Internal => Status::internal(message),
+            ErrorKind::NotFound => Status::not_found(message),
+            ErrorKind::InvalidArgument => Status::invalid_argument(message),
+            ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+            ErrorKind::Unimplemented => Status::unimplemented(message),
+            ErrorKind::NotReady => Status::unavailable(message),
+            ErrorKind::DeadlineExceeded => Status::deadline_exceeded(message),
+            ErrorKind::AlreadyExists => Status::already_exists(message),
+        },
+        PodError::Image { source, .. } => match source.root() {
+            crate::image::ImageError::NotFound(_) => Status::not_found(message),
+            crate::image::ImageError::InvalidReference { .. } => Status::invalid_argument(message),
+            _ => Status::internal(message),
+        },
+        PodError::Spec(crate::spec::SpecError::InvalidArgument(_)) => Status::invalid_argument(message),
+        PodError::Cgroup(crate::sandbox::CgroupError::InvalidPath { .. }) => Status::invalid_argument(message),
+        _ => Status::internal(message),
     }
 }
 
@@ -164,68 +201,86 @@ impl RuntimeService for RuntimeServer {
         }))
     }
 
-    async fn run_pod_sandbox(&self, _request: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+    async fn run_pod_sandbox(&self, request: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let pod_sandbox_id = self.pods.run_pod_sandbox(request.into_inner()).await.map_err(pod_status)?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
-    async fn stop_pod_sandbox(&self, _request: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+    async fn stop_pod_sandbox(&self, request: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        self.pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
-    async fn remove_pod_sandbox(&self, _request: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+    async fn remove_pod_sandbox(&self, request: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        self.pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
-    async fn pod_sandbox_status(&self, _request: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+    async fn pod_sandbox_status(&self, request: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        let resp = self.pods.pod_sandbox_status(&req.pod_sandbox_id, req.verbose).await.map_err(pod_status)?;
+        Ok(Response::new(resp))
     }
 
-    async fn list_pod_sandbox(&self, _request: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+    async fn list_pod_sandbox(&self, request: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let items = self.pods.list_pod_sandbox(request.into_inner().filter).await;
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
 
     async fn stream_pod_sandboxes(&self, _request: Request<cri::StreamPodSandboxesRequest>) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
         Err(unimplemented("StreamPodSandboxes"))
     }
 
-    async fn create_container(&self, _request: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+    async fn create_container(&self, request: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let container_id = self.pods.create_container(request.into_inner()).await.map_err(pod_status)?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
 
-    async fn start_container(&self, _request: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+    async fn start_container(&self, request: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+        self.pods.start_container(&request.get_ref().container_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
-    async fn stop_container(&self, _request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+    async fn stop_container(&self, request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        self.pods.stop_container(&req.container_id, req.timeout).await.map_err(pod_status)?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
-    async fn remove_container(&self, _request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+    async fn remove_container(&self, request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        self.pods.remove_container(&request.get_ref().container_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
-    async fn list_containers(&self, _request: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+    async fn list_containers(&self, request: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let containers = self.pods.list_containers(request.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
     async fn stream_containers(&self, _request: Request<cri::StreamContainersRequest>) -> Result<Response<Self::StreamContainersStream>, Status> {
         Err(unimplemented("StreamContainers"))
     }
 
-    async fn container_status(&self, _request: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+    async fn container_status(&self, request: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        let resp = self.pods.container_status(&req.container_id, req.verbose).await.map_err(pod_status)?;
+        Ok(Response::new(resp))
     }
 
-    async fn update_container_resources(&self, _request: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+    async fn update_container_resources(&self, request: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        self.pods.update_container_resources(&req.container_id, req.linux).await.map_err(pod_status)?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
-    async fn reopen_container_log(&self, _request: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+    async fn reopen_container_log(&self, request: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.pods.reopen_container_log(&request.get_ref().container_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _request: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, request: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let resp = self.pods.exec_sync(request.into_inner()).await.map_err(pod_status)?;
+        Ok(Response::new(resp))
     }
 
     async fn exec(&self, _request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {

@@ -1,0 +1,493 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ContainerStatus, ListContainers, UpdateContainerResources,
+//! ReopenContainerLog and ExecSync.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crius_proto::cri;
+use crius_shim_api::types;
+use crius_shim_api::{ErrorKind, RuntimeHandler};
+use tracing::{info, warn};
+
+use super::error::{PodError, PodResult};
+use super::store::{ContainerRecord, PodRecord, PodState, new_id, now_nanos};
+use super::{PodManager, files, is_gone, labels_match};
+use crate::image::ImageError;
+use crate::rootfs;
+use crate::spec::{self, ContainerSpecInput, PodNamespaces};
+
+/// The container's cgroup, below its pod's.
+fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
+    format!("{pod_cgroup}/crius-{id}")
+}
+
+/// What the handler says about a container, or UNKNOWN when it cannot tell.
+fn unknown_status() -> types::ContainerStatusResponse {
+    types::ContainerStatusResponse { state: types::ContainerState::Unknown as i32, ..Default::default() }
+}
+
+impl PodManager {
+    fn container_record(&self, id: &str) -> PodResult<ContainerRecord> {
+        self.store
+            .find_container_id(id)
+            .and_then(|id| self.store.container(&id))
+            .ok_or_else(|| PodError::NotFound(format!("container {id:?} not found")))
+    }
+
+    fn container_ref(c: &ContainerRecord) -> types::ContainerRef {
+        types::ContainerRef { sandbox_id: c.pod_id.clone(), container_id: c.id.clone() }
+    }
+
+    /// The handler's view of a container's state.
+    async fn handler_status(&self, c: &ContainerRecord) -> types::ContainerStatusResponse {
+        let Some(pod) = self.store.pod(&c.pod_id) else {
+            return unknown_status();
+        };
+        let Ok(handler) = self.handler(&pod.handler) else {
+            return unknown_status();
+        };
+        match handler.container_status(Self::container_ref(c)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(container_id = %c.id, error = %e, "container status from handler failed");
+                unknown_status()
+            }
+        }
+    }
+
+    /// CreateContainer: returns the new container's id. On failure nothing
+    /// is left (no mount, bundle, record or runtime container).
+    pub async fn create_container(&self, req: cri::CreateContainerRequest) -> PodResult<String> {
+        let config = req
+            .config
+            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config is required".into()))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config.metadata is required".into()))?;
+        if meta.name.is_empty() {
+            return Err(PodError::InvalidArgument("CreateContainer: metadata.name is required".into()));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config.image is required".into()))?;
+        let pod_id = self
+            .store
+            .find_pod_id(&req.pod_sandbox_id)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
+        let _guard = self.lock_pod(&pod_id).await;
+        let pod = self
+            .store
+            .pod(&pod_id)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
+        if pod.state != PodState::Ready {
+            return Err(PodError::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready; containers can only be created in a ready pod"
+            )));
+        }
+        let handler = self.handler(&pod.handler)?;
+
+        let image = self.images.resolve(&image_name).map_err(|e| match e {
+            ImageError::NotFound(_) => PodError::NotFound(format!("image {image_name:?} not found; pull it first")),
+            other => PodError::Image { image: image_name.clone(), source: other },
+        })?;
+        let layers = self
+            .images
+            .layer_dirs(&image.id)
+            .map_err(|e| PodError::Image { image: image_name.clone(), source: e })?;
+        let defaults = image.config.config.clone();
+
+        let id = new_id()?;
+        let name = format!("{pod_id}/{}_{}", meta.name, meta.attempt);
+        self.store.reserve(&name, &id, "container")?;
+        let log_path = if config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&pod.config.log_directory).join(&config.log_path).display().to_string()
+        };
+        let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod_id.clone(),
+            name,
+            created_at: now_nanos(),
+            config,
+            image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+            image_id: image.id.clone(),
+            image_name,
+            bundle_dir: pod.containers_dir().join(&id),
+            rootfs: None,
+            log_path,
+            handler_created: false,
+            handler_state: Vec::new(),
+            resources,
+        };
+        let started = std::time::Instant::now();
+        match self.setup_container(&mut rec, &pod, handler.as_ref(), &layers, &defaults).await {
+            Ok(()) => {
+                info!(pod_id = %pod_id, container_id = %id, handler = %pod.handler, image = %rec.image_id,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                warn!(pod_id = %pod_id, container_id = %id, error = %e, "CreateContainer failed; rolling back");
+                if let Err(undo) = self.remove_container_resources(&rec, handler.as_ref()).await {
+                    warn!(container_id = %id, error = %undo, "rollback of the container left something behind");
+                }
+                self.store.release(&rec.name, &rec.id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn setup_container(
+        &self,
+        rec: &mut ContainerRecord,
+        pod: &PodRecord,
+        handler: &dyn RuntimeHandler,
+        layers: &[PathBuf],
+        defaults: &crate::image::ContainerDefaults,
+    ) -> PodResult<()> {
+        std::fs::create_dir_all(&rec.bundle_dir)
+            .map_err(|e| PodError::io(format!("creating {}", rec.bundle_dir.display()), e))?;
+        // Recorded before mounting so a crash right after still unmounts.
+        rec.rootfs = Some(rec.bundle_dir.join("rootfs"));
+        self.store.save_container(rec)?;
+        let overlay = rootfs::mount_overlay(layers, &rec.bundle_dir)?;
+        rec.rootfs = Some(overlay.mount_point.clone());
+
+        let caps = handler.capabilities();
+        let namespaces = PodNamespaces {
+            netns_path: pod.netns_path.clone(),
+            infra_pid: (pod.infra_pid != 0).then_some(pod.infra_pid),
+        };
+        let cgroups_path = container_cgroup(&pod.cgroup_path, &rec.id);
+        let pod_files = Self::pod_files(pod);
+        let privileged_without_host_devices = self
+            .handler_config(&pod.handler)
+            .map(|h| h.privileged_without_host_devices)
+            .unwrap_or(false);
+        let spec = spec::container_spec(&ContainerSpecInput {
+            container_id: &rec.id,
+            sandbox_id: &pod.id,
+            config: &rec.config,
+            sandbox_config: &pod.config,
+            image: defaults,
+            rootfs: &overlay.mount_point,
+            namespaces: &namespaces,
+            cgroups_path: &cgroups_path,
+            pod_files: &pod_files,
+            capabilities: &caps,
+            privileged_without_host_devices,
+        })?;
+        let oci_spec = spec::write_spec(&rec.bundle_dir, &spec)?;
+
+        if !rec.log_path.is_empty()
+            && let Some(parent) = Path::new(&rec.log_path).parent()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| PodError::io(format!("creating log directory {}", parent.display()), e))?;
+        }
+
+        rec.handler_created = true;
+        self.store.save_container(rec)?;
+        let response = handler
+            .create_container(types::CreateContainerRequest {
+                sandbox_id: pod.id.clone(),
+                container_id: rec.id.clone(),
+                config: Some(rec.config.clone()),
+                bundle: Some(types::Bundle {
+                    dir: rec.bundle_dir.display().to_string(),
+                    oci_spec,
+                    rootfs: Some(types::Rootfs {
+                        lower_dirs: overlay.lower_dirs.iter().map(|p| p.display().to_string()).collect(),
+                        upper_dir: overlay.upper_dir.display().to_string(),
+                        work_dir: overlay.work_dir.display().to_string(),
+                        mount_point: overlay.mount_point.display().to_string(),
+                    }),
+                }),
+                log_path: rec.log_path.clone(),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await
+            .map_err(|e| PodError::handler(format!("handler {} could not create container {}", pod.handler, rec.id), e))?;
+        rec.handler_state = response.handler_state;
+        self.store.save_container(rec)?;
+        Ok(())
+    }
+
+    /// Stops (at once), removes from the handler, unmounts and deletes a
+    /// container and its record. Idempotent.
+    pub(super) async fn remove_container_resources(
+        &self,
+        c: &ContainerRecord,
+        handler: &dyn RuntimeHandler,
+    ) -> PodResult<()> {
+        if c.handler_created {
+            let stop = types::StopContainerRequest {
+                sandbox_id: c.pod_id.clone(),
+                container_id: c.id.clone(),
+                timeout_seconds: 0,
+            };
+            if let Err(e) = handler.stop_container(stop).await
+                && !is_gone(&e)
+            {
+                return Err(PodError::handler(format!("stopping container {}", c.id), e));
+            }
+            if let Err(e) = handler.remove_container(Self::container_ref(c)).await
+                && !is_gone(&e)
+            {
+                return Err(PodError::handler(format!("removing container {}", c.id), e));
+            }
+        }
+        if let Some(rootfs) = &c.rootfs {
+            rootfs::unmount(rootfs)?;
+        }
+        files::remove_dir_safely(&c.bundle_dir)?;
+        self.store.forget_container(c)?;
+        Ok(())
+    }
+
+    /// The container and its pod's handler, with the pod locked.
+    async fn locked_container(
+        &self,
+        id: &str,
+    ) -> PodResult<(ContainerRecord, std::sync::Arc<dyn RuntimeHandler>, tokio::sync::OwnedMutexGuard<()>)> {
+        let c = self.container_record(id)?;
+        let guard = self.lock_pod(&c.pod_id).await;
+        // Re-read under the lock: it may have been removed meanwhile.
+        let c = self.container_record(&c.id)?;
+        let pod = self
+            .store
+            .pod(&c.pod_id)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} of container {} not found", c.pod_id, c.id)))?;
+        Ok((c, self.handler(&pod.handler)?, guard))
+    }
+
+    pub async fn start_container(&self, id: &str) -> PodResult<()> {
+        let (c, handler, _guard) = self.locked_container(id).await?;
+        let status = self.handler_status(&c).await;
+        if status.state != types::ContainerState::Created as i32 {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is not in the created state (state {})",
+                c.id,
+                state_name(status.state)
+            )));
+        }
+        handler
+            .start_container(Self::container_ref(&c))
+            .await
+            .map_err(|e| PodError::handler(format!("starting container {}", c.id), e))?;
+        info!(pod_id = %c.pod_id, container_id = %c.id, "container started");
+        Ok(())
+    }
+
+    /// StopContainer: SIGTERM, SIGKILL after `timeout` seconds. Stopping a
+    /// stopped container is fine.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> PodResult<()> {
+        let (c, handler, _guard) = self.locked_container(id).await?;
+        let req = types::StopContainerRequest {
+            sandbox_id: c.pod_id.clone(),
+            container_id: c.id.clone(),
+            timeout_seconds: timeout.max(0),
+        };
+        match handler.stop_container(req).await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(PodError::handler(format!("stopping container {}", c.id), e)),
+        }
+        info!(pod_id = %c.pod_id, container_id = %c.id, timeout, "container stopped");
+        Ok(())
+    }
+
+    /// RemoveContainer: idempotent, stops the container first.
+    pub async fn remove_container(&self, id: &str) -> PodResult<()> {
+        let (c, handler, _guard) = match self.locked_container(id).await {
+            Ok(found) => found,
+            Err(PodError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.remove_container_resources(&c, handler.as_ref()).await?;
+        info!(pod_id = %c.pod_id, container_id = %c.id, "container removed");
+        Ok(())
+    }
+
+    fn cri_image_spec(c: &ContainerRecord) -> cri::ImageSpec {
+        let mut spec = c.config.image.clone().unwrap_or_default();
+        spec.image = c.image_name.clone();
+        spec
+    }
+
+    /// ContainerStatus.
+    pub async fn container_status(&self, id: &str, verbose: bool) -> PodResult<cri::ContainerStatusResponse> {
+        let c = self.container_record(id)?;
+        let s = self.handler_status(&c).await;
+        let status = cri::ContainerStatus {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            state: s.state,
+            created_at: if s.created_at != 0 { s.created_at } else { c.created_at },
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            image: Some(Self::cri_image_spec(&c)),
+            image_ref: c.image_ref.clone(),
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            mounts: c.config.mounts.clone(),
+            log_path: c.log_path.clone(),
+            resources: c.resources.clone().map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
+            image_id: c.image_id.clone(),
+            user: None,
+            stop_signal: c.config.stop_signal,
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let value = serde_json::json!({
+                "sandboxID": c.pod_id,
+                "pid": s.pid,
+                "bundle": c.bundle_dir,
+                "rootfs": c.rootfs,
+                "image": c.image_name,
+                "imageID": c.image_id,
+            });
+            info.insert("info".to_string(), value.to_string());
+        }
+        Ok(cri::ContainerStatusResponse { status: Some(status), info })
+    }
+
+    /// ListContainers with the CRI filter (id prefix, state, pod, labels).
+    pub async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let filter = filter.unwrap_or_default();
+        let mut out = Vec::new();
+        for c in self.store.containers() {
+            if !filter.id.is_empty() && !c.id.starts_with(&filter.id) {
+                continue;
+            }
+            if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
+                continue;
+            }
+            if !labels_match(&c.config.labels, &filter.label_selector) {
+                continue;
+            }
+            if !c.handler_created {
+                // Still being created.
+                continue;
+            }
+            let state = self.handler_status(&c).await.state;
+            if let Some(want) = &filter.state
+                && want.state != state
+            {
+                continue;
+            }
+            out.push(cri::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.pod_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: Some(Self::cri_image_spec(&c)),
+                image_ref: c.image_ref.clone(),
+                state,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                image_id: c.image_id.clone(),
+            });
+        }
+        out
+    }
+
+    async fn require_running(&self, c: &ContainerRecord, what: &str) -> PodResult<()> {
+        let state = self.handler_status(c).await.state;
+        if state != types::ContainerState::Running as i32 {
+            return Err(PodError::FailedPrecondition(format!(
+                "{what}: container {} is not running (state {})",
+                c.id,
+                state_name(state)
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> PodResult<()> {
+        let (mut c, handler, _guard) = self.locked_container(id).await?;
+        let Some(resources) = resources else {
+            return Ok(());
+        };
+        handler
+            .update_container_resources(types::UpdateContainerResourcesRequest {
+                sandbox_id: c.pod_id.clone(),
+                container_id: c.id.clone(),
+                linux: Some(resources.clone()),
+            })
+            .await
+            .map_err(|e| PodError::handler(format!("updating resources of container {}", c.id), e))?;
+        c.resources = Some(resources);
+        self.store.save_container(&c)?;
+        Ok(())
+    }
+
+    pub async fn reopen_container_log(&self, id: &str) -> PodResult<()> {
+        let (c, handler, _guard) = self.locked_container(id).await?;
+        self.require_running(&c, "ReopenContainerLog").await?;
+        handler
+            .reopen_container_log(Self::container_ref(&c))
+            .await
+            .map_err(|e| PodError::handler(format!("reopening the log of container {}", c.id), e))
+    }
+
+    /// ExecSync. Does not take the pod lock: probes run while the pod's
+    /// other operations proceed.
+    pub async fn exec_sync(&self, req: cri::ExecSyncRequest) -> PodResult<cri::ExecSyncResponse> {
+        if req.cmd.is_empty() {
+            return Err(PodError::InvalidArgument("ExecSync: cmd is required".into()));
+        }
+        let c = self.container_record(&req.container_id)?;
+        self.require_running(&c, "ExecSync").await?;
+        let pod = self
+            .store
+            .pod(&c.pod_id)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} not found", c.pod_id)))?;
+        let handler = self.handler(&pod.handler)?;
+        let resp = handler
+            .exec_sync(types::ExecSyncRequest {
+                sandbox_id: c.pod_id.clone(),
+                container_id: c.id.clone(),
+                cmd: req.cmd.clone(),
+                timeout_seconds: req.timeout.max(0),
+            })
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::DeadlineExceeded => PodError::DeadlineExceeded(format!(
+                    "command {:?} in container {} timed out after {}s",
+                    req.cmd, c.id, req.timeout
+                )),
+                _ => PodError::handler(format!("exec in container {}", c.id), e),
+            })?;
+        if resp.timed_out {
+            return Err(PodError::DeadlineExceeded(format!(
+                "command {:?} in container {} timed out after {}s",
+                req.cmd, c.id, req.timeout
+            )));
+        }
+        Ok(cri::ExecSyncResponse { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match types::ContainerState::try_from(state) {
+        Ok(types::ContainerState::Created) => "created",
+        Ok(types::ContainerState::Running) => "running",
+        Ok(types::ContainerState::Exited) => "exited",
+        _ => "unknown",
+    }
+}

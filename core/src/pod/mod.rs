@@ -1,0 +1,166 @@
+//! The pod and container lifecycle: what RunPodSandbox, CreateContainer and
+//! friends do, on top of the sandbox plumbing (`crate::sandbox`), image
+//! rootfs (`crate::rootfs`), OCI specs (`crate::spec`) and the runtime
+//! handlers. Records persist in [`store`] so pods outlive the daemon.
+//!
+//! Concurrency: one async lock per pod serializes the lifecycle operations
+//! of that pod and its containers (a container operation takes its pod's
+//! lock); different pods proceed in parallel. Status, list and exec calls
+//! do not take the lock.
+
+mod container;
+pub mod error;
+pub mod files;
+mod sandbox;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crius_proto::cri;
+use crius_shim_api::{ErrorKind, RuntimeHandler};
+
+use crate::config::{Config, HandlerConfig};
+use crate::handlers::HandlerRegistry;
+use crate::image::{ImageManager, ImageUsage};
+use crate::sandbox::CgroupLayout;
+
+pub use error::{PodError, PodResult};
+pub use store::{ContainerRecord, PodRecord, PodState, Store};
+
+/// Where the pause binary is taken from when the config does not say.
+pub const DEFAULT_CATATONIT: &str = "/usr/bin/catatonit";
+
+/// Runs pods and containers through the runtime handlers.
+pub struct PodManager {
+    config: Arc<Config>,
+    handlers: Arc<HandlerRegistry>,
+    images: Arc<ImageManager>,
+    cgroups: CgroupLayout,
+    store: Arc<Store>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes building the shared infra rootfs.
+    infra_rootfs: Mutex<Option<PathBuf>>,
+    catatonit: PathBuf,
+}
+
+impl PodManager {
+    /// A manager over the records under `<state_dir>/pods` (not loaded yet:
+    /// call [`PodManager::restore`]).
+    pub fn new(
+        config: Arc<Config>,
+        handlers: Arc<HandlerRegistry>,
+        images: Arc<ImageManager>,
+        cgroups: CgroupLayout,
+    ) -> Arc<Self> {
+        let store = Arc::new(Store::new(config.state_dir.join("pods")));
+        let catatonit = config.pause.catatonit_path.clone();
+        let manager = Arc::new(Self {
+            config,
+            handlers,
+            images,
+            cgroups,
+            store,
+            locks: Mutex::new(HashMap::new()),
+            infra_rootfs: Mutex::new(None),
+            catatonit,
+        });
+        manager.images.set_usage(Arc::new(StoreUsage(manager.store.clone())));
+        manager
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The per-pod lifecycle lock.
+    async fn lock_pod(&self, pod_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(pod_id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn drop_lock(&self, pod_id: &str) {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(pod_id);
+    }
+
+    fn handler(&self, name: &str) -> PodResult<Arc<dyn RuntimeHandler>> {
+        Ok(self.handlers.resolve(name)?)
+    }
+
+    fn handler_config(&self, name: &str) -> Option<&HandlerConfig> {
+        self.config.runtime_handlers.get(name)
+    }
+
+    /// Pod annotations the handler's allowlist admits, plus its defaults
+    /// for keys the pod does not set.
+    fn handler_annotations(&self, handler: &str, pod: &HashMap<String, String>) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(hc) = self.handler_config(handler) else {
+            return out;
+        };
+        for (k, v) in pod {
+            let allowed = hc.allowed_annotations.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => k.starts_with(prefix),
+                None => a == k,
+            });
+            if allowed {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &hc.default_annotations {
+            out.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out
+    }
+}
+
+/// Tells the image manager which containers use an image.
+struct StoreUsage(Arc<Store>);
+
+impl ImageUsage for StoreUsage {
+    fn users_of(&self, image_id: &str) -> Vec<String> {
+        self.0.users_of_image(image_id)
+    }
+}
+
+/// The namespace mode the pod asks for (network, pid, ipc).
+fn ns_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+fn is_node(mode: i32) -> bool {
+    mode == cri::NamespaceMode::Node as i32
+}
+
+/// A handler error whose kind says "already gone": fine for stop/remove.
+fn is_gone(err: &crius_shim_api::HandlerError) -> bool {
+    err.kind == ErrorKind::NotFound
+}
+
+/// Label selector match: every selector pair must be present.
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selector() {
+        let labels: HashMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        assert!(labels_match(&labels, &HashMap::new()));
+        assert!(labels_match(&labels, &[("a".into(), "1".into())].into()));
+        assert!(!labels_match(&labels, &[("a".into(), "2".into())].into()));
+        assert!(!labels_match(&labels, &[("c".into(), "1".into())].into()));
+    }
+}

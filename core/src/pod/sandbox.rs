@@ -1,0 +1,610 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and
+//! ListPodSandbox.
+//!
+//! A pod's resources are recorded in its [`PodRecord`] as they are created
+//! (and the record saved), so one teardown path serves a failed
+//! RunPodSandbox, StopPodSandbox/RemovePodSandbox and a pod left half-made
+//! by a crash: it undoes exactly what the record says exists.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crius_proto::cri;
+use crius_shim_api::RuntimeHandler;
+use crius_shim_api::types;
+use tracing::{info, warn};
+
+use super::error::{PodError, PodResult};
+use super::store::{PodRecord, PodState, new_id, now_nanos};
+use super::{PodManager, files, is_gone, is_node, labels_match, ns_options};
+use crate::sandbox::cgroup::{Resources, pod_cgroup_path};
+use crate::sandbox::{Attachment, CniNetwork, CniRequest, NetNs, PodCgroup, PortMapping, netns};
+use crate::spec::{self, InfraSpecInput, PodFiles};
+
+/// cgroup of a pod's infra container, below the pod cgroup.
+fn infra_cgroup(pod_cgroup: &str, id: &str) -> String {
+    format!("{pod_cgroup}/crius-{id}")
+}
+
+fn port_mappings(config: &cri::PodSandboxConfig) -> Vec<PortMapping> {
+    config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0 && p.container_port > 0)
+        .map(|p| PortMapping {
+            host_port: p.host_port as u16,
+            container_port: p.container_port as u16,
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_string(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect()
+}
+
+/// Pod-level limits for the pod cgroup: the pod's resources, grown by the
+/// handler's overhead when both are set.
+fn pod_resources(config: &cri::PodSandboxConfig) -> Option<Resources> {
+    let linux = config.linux.as_ref()?;
+    let r = linux.resources.as_ref()?;
+    let overhead = linux.overhead.clone().unwrap_or_default();
+    let positive = |v: i64| (v > 0).then_some(v);
+    let memory = positive(r.memory_limit_in_bytes).map(|m| m + overhead.memory_limit_in_bytes.max(0));
+    let quota = positive(r.cpu_quota).map(|q| q + overhead.cpu_quota.max(0));
+    Some(Resources {
+        cpu_shares: positive(r.cpu_shares).map(|s| s as u64),
+        cpu_quota: quota,
+        cpu_period: positive(r.cpu_period).map(|p| p as u64),
+        cpuset_cpus: (!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()),
+        cpuset_mems: (!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()),
+        memory_limit: memory,
+        pids_limit: None,
+    })
+}
+
+impl PodManager {
+    /// RunPodSandbox: returns the new pod's id. On failure everything made
+    /// so far is undone before the error is returned.
+    pub async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest) -> PodResult<String> {
+        let config = req
+            .config
+            .ok_or_else(|| PodError::InvalidArgument("RunPodSandbox: config is required".into()))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| PodError::InvalidArgument("RunPodSandbox: config.metadata is required".into()))?;
+        if meta.name.is_empty() {
+            return Err(PodError::InvalidArgument("RunPodSandbox: metadata.name is required".into()));
+        }
+        // An unknown handler is the caller's mistake: InvalidArgument, with
+        // the names that exist.
+        let handler = self.handler(&req.runtime_handler)?;
+        let handler_name = handler.name().to_string();
+        let id = new_id()?;
+        let name = format!("{}_{}_{}_{}", meta.name, meta.namespace, meta.uid, meta.attempt);
+        let cgroup_parent = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
+        let cgroup_path = pod_cgroup_path(cgroup_parent, &id)
+            .map_err(|e| PodError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
+        self.store.reserve(&name, &id, "pod")?;
+        let _guard = self.lock_pod(&id).await;
+
+        let dir = self.store.pod_dir(&id);
+        let mut rec = PodRecord {
+            id: id.clone(),
+            name,
+            handler: handler_name.clone(),
+            state: PodState::Creating,
+            created_at: now_nanos(),
+            config,
+            dir: dir.clone(),
+            netns_path: None,
+            cni_record: None,
+            cni_attached: false,
+            cgroup_path,
+            pod_ips: Vec::new(),
+            infra_pid: 0,
+            infra_bundle: None,
+            handler_dir: dir.join("handler"),
+            handler_started: false,
+            handler_state: Vec::new(),
+            handler_annotations: Default::default(),
+            hostname_path: None,
+            resolv_conf_path: None,
+            hosts_path: None,
+            shm_dir: None,
+            shm_mounted: false,
+        };
+        let started = std::time::Instant::now();
+        let result = match self.store.save_pod(&rec) {
+            Ok(()) => self.setup_pod(&mut rec, handler.as_ref()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                rec.state = PodState::Ready;
+                if let Err(e) = self.store.save_pod(&rec) {
+                    self.undo_pod(&mut rec, handler.as_ref()).await;
+                    return Err(e);
+                }
+                info!(pod_id = %id, handler = %handler_name, pod_ips = ?rec.pod_ips, infra_pid = rec.infra_pid,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                warn!(pod_id = %id, handler = %handler_name, error = %e, "RunPodSandbox failed; rolling back");
+                self.undo_pod(&mut rec, handler.as_ref()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rollback of a failed RunPodSandbox: tear down and forget the pod.
+    async fn undo_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) {
+        if let Err(e) = self.teardown_pod(rec, handler).await {
+            warn!(pod_id = %rec.id, error = %e, "rollback of the pod left something behind");
+        }
+        self.store.forget_pod(rec);
+        self.drop_lock(&rec.id);
+    }
+
+    async fn setup_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) -> PodResult<()> {
+        let id = rec.id.clone();
+        let ns = ns_options(&rec.config);
+        let host_network = is_node(ns.network);
+        let host_ipc = is_node(ns.ipc);
+
+        // The pod cgroup (kubelet usually made it already; that is fine).
+        let cgroup = PodCgroup::create(&self.cgroups, &rec.cgroup_path)?;
+        if let Some(resources) = pod_resources(&rec.config) {
+            cgroup.set_resources(&resources)?;
+        }
+
+        if !host_network {
+            let netns_dir = self.config.state_dir.join("netns");
+            let ns = NetNs::create(&netns_dir, &id)?;
+            rec.netns_path = Some(ns.path().to_path_buf());
+            self.store.save_pod(rec)?;
+            ns.bring_up_loopback()?;
+
+            let network = CniNetwork::load(&self.config.cni)?;
+            let record = rec.dir.join("cni.json");
+            rec.cni_record = Some(record.clone());
+            rec.cni_attached = true;
+            self.store.save_pod(rec)?;
+            let meta = rec.metadata();
+            let request = CniRequest {
+                port_mappings: port_mappings(&rec.config),
+                pod_namespace: meta.namespace,
+                pod_name: meta.name,
+                pod_uid: meta.uid,
+                ..CniRequest::new(id.clone(), ns.path())
+            };
+            let result = network.add_recorded(&request, &record).await?;
+            rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+            self.store.save_pod(rec)?;
+        }
+
+        let hostname = files::pod_hostname(&rec.config, host_network);
+        rec.hostname_path = Some(files::write_hostname(&rec.dir, &hostname)?);
+        rec.resolv_conf_path = Some(files::write_resolv_conf(&rec.dir, rec.config.dns_config.as_ref())?);
+        rec.hosts_path = Some(files::write_hosts(&rec.dir, &hostname, &rec.pod_ips)?);
+        if !host_ipc {
+            rec.shm_dir = Some(rec.dir.join("shm"));
+            rec.shm_mounted = true;
+            self.store.save_pod(rec)?;
+            files::mount_shm(&rec.dir)?;
+        }
+        std::fs::create_dir_all(&rec.handler_dir)
+            .map_err(|e| PodError::io(format!("creating {}", rec.handler_dir.display()), e))?;
+        rec.handler_annotations = self.handler_annotations(&rec.handler, &rec.config.annotations);
+
+        let caps = handler.capabilities();
+        let infra = if caps.needs_infra_container {
+            Some(self.infra_bundle(rec)?)
+        } else {
+            None
+        };
+
+        rec.handler_started = true;
+        self.store.save_pod(rec)?;
+        let response = handler
+            .run_sandbox(types::RunSandboxRequest {
+                sandbox_id: id.clone(),
+                config: Some(rec.config.clone()),
+                state_dir: rec.handler_dir.display().to_string(),
+                netns_path: rec.netns_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                cgroup_parent: rec.cgroup_path.clone(),
+                pod_ips: rec.pod_ips.clone(),
+                infra,
+                annotations: rec.handler_annotations.clone().into_iter().collect(),
+            })
+            .await
+            .map_err(|e| PodError::handler(format!("handler {} could not start pod {id}", rec.handler), e))?;
+        rec.infra_pid = response.infra_pid;
+        rec.handler_state = response.handler_state;
+        Ok(())
+    }
+
+    /// The pod files as the spec generator takes them.
+    pub(super) fn pod_files(rec: &PodRecord) -> PodFiles {
+        PodFiles {
+            hostname: rec.hostname_path.clone(),
+            resolv_conf: rec.resolv_conf_path.clone(),
+            hosts: rec.hosts_path.clone(),
+            shm_dir: rec.shm_dir.clone(),
+        }
+    }
+
+    /// The shared infra rootfs (built once per daemon root).
+    fn infra_rootfs(&self) -> PodResult<PathBuf> {
+        let mut cached = self.infra_rootfs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = cached.as_ref() {
+            return Ok(path.clone());
+        }
+        let path = crate::rootfs::prepare_infra_rootfs(&self.config.root.join("infra"), &self.catatonit)?;
+        *cached = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Writes the infra container's bundle (`<pod dir>/infra/config.json`,
+    /// rootfs = the shared read-only infra rootfs used in place).
+    fn infra_bundle(&self, rec: &mut PodRecord) -> PodResult<types::Bundle> {
+        let rootfs = self.infra_rootfs()?;
+        let bundle = rec.dir.join("infra");
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| PodError::io(format!("creating {}", bundle.display()), e))?;
+        let files = Self::pod_files(rec);
+        let cgroups_path = infra_cgroup(&rec.cgroup_path, &rec.id);
+        let spec = spec::infra_spec(&InfraSpecInput {
+            sandbox_id: &rec.id,
+            sandbox_config: &rec.config,
+            rootfs: &rootfs,
+            netns_path: rec.netns_path.as_deref(),
+            cgroups_path: &cgroups_path,
+            pod_files: &files,
+        })?;
+        let bytes = spec::write_spec(&bundle, &spec)?;
+        rec.infra_bundle = Some(bundle.clone());
+        Ok(types::Bundle {
+            dir: bundle.display().to_string(),
+            oci_spec: bytes,
+            rootfs: Some(types::Rootfs {
+                lower_dirs: Vec::new(),
+                upper_dir: String::new(),
+                work_dir: String::new(),
+                mount_point: rootfs.display().to_string(),
+            }),
+        })
+    }
+
+    /// Stops and removes everything the record says exists, then the pod
+    /// directory. Tries every step; returns the first error.
+    async fn teardown_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) -> PodResult<()> {
+        let mut first: Option<PodError> = None;
+        if let Err(e) = self.stop_pod_resources(rec, handler).await {
+            first.get_or_insert(e);
+        }
+        for c in self.store.containers_of(&rec.id) {
+            if let Err(e) = self.remove_container_resources(&c, handler).await {
+                first.get_or_insert(e);
+            }
+        }
+        if rec.handler_started {
+            match handler.remove_sandbox(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+                Ok(()) => rec.handler_started = false,
+                Err(e) if is_gone(&e) => rec.handler_started = false,
+                Err(e) => {
+                    first.get_or_insert(PodError::handler(format!("removing pod {} in handler {}", rec.id, rec.handler), e));
+                }
+            }
+        }
+        if let Err(e) = PodCgroup::open(&self.cgroups, &rec.cgroup_path).and_then(|cg| cg.remove()) {
+            first.get_or_insert(e.into());
+        }
+        if first.is_none()
+            && let Err(e) = files::remove_dir_safely(&rec.dir)
+        {
+            first.get_or_insert(e);
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Stops the pod's processes and releases its network and shm. Leaves
+    /// the cgroup, records and directories. Idempotent.
+    async fn stop_pod_resources(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) -> PodResult<()> {
+        let mut first: Option<PodError> = None;
+        for c in self.store.containers_of(&rec.id) {
+            if !c.handler_created {
+                continue;
+            }
+            let req = types::StopContainerRequest {
+                sandbox_id: rec.id.clone(),
+                container_id: c.id.clone(),
+                timeout_seconds: 0,
+            };
+            if let Err(e) = handler.stop_container(req).await
+                && !is_gone(&e)
+            {
+                first.get_or_insert(PodError::handler(format!("stopping container {}", c.id), e));
+            }
+        }
+        if rec.handler_started {
+            match handler.stop_sandbox(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => {
+                    first.get_or_insert(PodError::handler(format!("stopping pod {} in handler {}", rec.id, rec.handler), e));
+                }
+            }
+        }
+        if rec.cni_attached {
+            match self.detach_network(rec).await {
+                Ok(()) => rec.cni_attached = false,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(path) = rec.netns_path.clone() {
+            match netns::remove_path(&path) {
+                Ok(()) => rec.netns_path = None,
+                Err(e) => {
+                    first.get_or_insert(e.into());
+                }
+            }
+        }
+        if rec.shm_mounted
+            && let Some(shm) = rec.shm_dir.clone()
+        {
+            match files::unmount(&shm) {
+                Ok(()) => rec.shm_mounted = false,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// CNI DEL with the recorded attachment; without a record (a crash
+    /// between ADD and the record write) DEL with the current network and
+    /// no previous result, which host-local and bridge accept.
+    async fn detach_network(&self, rec: &PodRecord) -> PodResult<()> {
+        let Some(record) = rec.cni_record.as_deref() else {
+            return Ok(());
+        };
+        if Attachment::teardown(record, &self.config.cni.bin_dirs, None).await? {
+            return Ok(());
+        }
+        let network = match CniNetwork::load(&self.config.cni) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(pod_id = %rec.id, error = %e, "no CNI network to run DEL with; nothing recorded as attached");
+                return Ok(());
+            }
+        };
+        let meta = rec.metadata();
+        let netns = rec.netns_path.clone().unwrap_or_else(|| Path::new("/nonexistent").to_path_buf());
+        let request = CniRequest {
+            pod_namespace: meta.namespace,
+            pod_name: meta.name,
+            pod_uid: meta.uid,
+            ..CniRequest::new(rec.id.clone(), netns)
+        };
+        network.del(&request, None).await?;
+        Ok(())
+    }
+
+    /// StopPodSandbox: idempotent; an unknown pod is not an error (CRI).
+    pub async fn stop_pod_sandbox(&self, id: &str) -> PodResult<()> {
+        let Some(id) = self.store.find_pod_id(id) else {
+            return Ok(());
+        };
+        let _guard = self.lock_pod(&id).await;
+        let Some(mut rec) = self.store.pod(&id) else {
+            return Ok(());
+        };
+        let handler = self.handler(&rec.handler)?;
+        let result = self.stop_pod_resources(&mut rec, handler.as_ref()).await;
+        if rec.state != PodState::Creating {
+            rec.state = PodState::NotReady;
+        }
+        self.store.save_pod(&rec)?;
+        result?;
+        info!(pod_id = %id, handler = %rec.handler, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops the pod if needed, removes its containers
+    /// and everything it holds. Idempotent; unknown pods are fine.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> PodResult<()> {
+        let Some(id) = self.store.find_pod_id(id) else {
+            return Ok(());
+        };
+        let guard = self.lock_pod(&id).await;
+        let Some(mut rec) = self.store.pod(&id) else {
+            return Ok(());
+        };
+        let handler = self.handler(&rec.handler)?;
+        if let Err(e) = self.teardown_pod(&mut rec, handler.as_ref()).await {
+            // Keep the record (with what is left) so a retry finishes the job.
+            if rec.dir.exists() {
+                let _ = self.store.save_pod(&rec);
+            }
+            return Err(e);
+        }
+        self.store.forget_pod(&rec);
+        drop(guard);
+        self.drop_lock(&id);
+        info!(pod_id = %id, handler = %rec.handler, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Whether the pod is ready now: recorded ready and, if the handler can
+    /// tell, its infra/VM still running.
+    async fn pod_state(&self, rec: &PodRecord) -> cri::PodSandboxState {
+        if rec.state != PodState::Ready {
+            return cri::PodSandboxState::SandboxNotready;
+        }
+        let Ok(handler) = self.handler(&rec.handler) else {
+            return cri::PodSandboxState::SandboxNotready;
+        };
+        match handler.sandbox_status(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+            Ok(s) if !s.ready => cri::PodSandboxState::SandboxNotready,
+            _ => cri::PodSandboxState::SandboxReady,
+        }
+    }
+
+    /// PodSandboxStatus.
+    pub async fn pod_sandbox_status(&self, id: &str, verbose: bool) -> PodResult<cri::PodSandboxStatusResponse> {
+        let rec = self
+            .store
+            .find_pod_id(id)
+            .and_then(|id| self.store.pod(&id))
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        let state = self.pod_state(&rec).await;
+        let network = rec.pod_ips.split_first().map(|(first, rest)| cri::PodSandboxNetworkStatus {
+            ip: first.clone(),
+            additional_ips: rest.iter().map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+        });
+        let status = cri::PodSandboxStatus {
+            id: rec.id.clone(),
+            metadata: rec.config.metadata.clone(),
+            state: state as i32,
+            created_at: rec.created_at,
+            network,
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace { options: Some(ns_options(&rec.config)) }),
+            }),
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+            runtime_handler: rec.handler.clone(),
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let handler_info = match self.handler(&rec.handler) {
+                Ok(h) => h
+                    .sandbox_status(types::SandboxRef { sandbox_id: rec.id.clone() })
+                    .await
+                    .map(|s| s.info.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+                    .unwrap_or_default(),
+                Err(_) => Default::default(),
+            };
+            let value = serde_json::json!({
+                "pid": rec.infra_pid,
+                "runtimeHandler": rec.handler,
+                "netnsPath": rec.netns_path,
+                "cgroupPath": rec.cgroup_path,
+                "podDir": rec.dir,
+                "infraBundle": rec.infra_bundle,
+                "podIPs": rec.pod_ips,
+                "handlerAnnotations": rec.handler_annotations,
+                "handlerInfo": handler_info,
+            });
+            info.insert("info".to_string(), value.to_string());
+        }
+        Ok(cri::PodSandboxStatusResponse { status: Some(status), info, containers_statuses: Vec::new(), timestamp: now_nanos() })
+    }
+
+    /// ListPodSandbox with the CRI filter (id prefix, state, labels).
+    pub async fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let filter = filter.unwrap_or_default();
+        let mut out = Vec::new();
+        for rec in self.store.pods() {
+            if rec.state == PodState::Creating {
+                continue;
+            }
+            if !filter.id.is_empty() && !rec.id.starts_with(&filter.id) {
+                continue;
+            }
+            if !labels_match(&rec.config.labels, &filter.label_selector) {
+                continue;
+            }
+            let state = self.pod_state(&rec).await;
+            if let Some(want) = &filter.state
+                && want.state != state as i32
+            {
+                continue;
+            }
+            out.push(cri::PodSandbox {
+                id: rec.id.clone(),
+                metadata: rec.config.metadata.clone(),
+                state: state as i32,
+                created_at: rec.created_at,
+                labels: rec.config.labels.clone(),
+                annotations: rec.config.annotations.clone(),
+                runtime_handler: rec.handler.clone(),
+            });
+        }
+        out
+    }
+
+    /// After a daemon restart: loads the records and lets each pod's
+    /// handler reattach. Pods caught mid-creation are torn down.
+    pub async fn restore(self: &Arc<Self>) -> PodResult<()> {
+        self.store.load()?;
+        for mut rec in self.store.pods() {
+            let handler = match self.handler(&rec.handler) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "pod's handler is gone; pod marked not ready");
+                    rec.state = PodState::NotReady;
+                    let _ = self.store.save_pod(&rec);
+                    continue;
+                }
+            };
+            if rec.state == PodState::Creating {
+                warn!(pod_id = %rec.id, "pod was being created when the daemon stopped; removing it");
+                self.undo_pod(&mut rec, handler.as_ref()).await;
+                continue;
+            }
+            let containers = self
+                .store
+                .containers_of(&rec.id)
+                .into_iter()
+                .filter(|c| c.handler_created)
+                .map(|c| types::RestoreContainer {
+                    container_id: c.id.clone(),
+                    bundle_dir: c.bundle_dir.display().to_string(),
+                    log_path: c.log_path.clone(),
+                    handler_state: c.handler_state.clone(),
+                })
+                .collect();
+            let request = types::RestoreSandboxRequest {
+                sandbox_id: rec.id.clone(),
+                state_dir: rec.handler_dir.display().to_string(),
+                handler_state: rec.handler_state.clone(),
+                containers,
+                config: Some(rec.config.clone()),
+            };
+            match handler.restore_sandbox(request).await {
+                Ok(resp) => {
+                    if !resp.ready && rec.state == PodState::Ready {
+                        warn!(pod_id = %rec.id, "pod's infra is gone after restart; marked not ready");
+                        rec.state = PodState::NotReady;
+                        let _ = self.store.save_pod(&rec);
+                    }
+                    info!(pod_id = %rec.id, handler = %rec.handler, ready = resp.ready, "pod restored");
+                }
+                Err(e) => {
+                    warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "handler could not restore pod; marked not ready");
+                    if rec.state == PodState::Ready {
+                        rec.state = PodState::NotReady;
+                        let _ = self.store.save_pod(&rec);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

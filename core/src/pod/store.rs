@@ -1,0 +1,528 @@
+//! Pod and container records: kept in memory, persisted as one JSON file
+//! per object so a restarted daemon knows every pod it left running.
+//!
+//! Layout under `<state_dir>/pods/`:
+//! - `<pod id>/pod.json`: the [`PodRecord`];
+//! - `<pod id>/containers/<container id>.json`: a [`ContainerRecord`];
+//! - `<pod id>/containers/<container id>/`: the container's bundle.
+//!
+//! Every write is atomic (temporary file, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old or the new record.
+//!
+//! Names are reserved here too: a pod's name is its metadata
+//! `name_namespace_uid_attempt`, a container's its pod id plus
+//! `name_attempt`, as the kubelet expects from CRI-O and containerd.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use crius_proto::cri;
+use serde::{Deserialize, Serialize};
+
+use super::error::{PodError, PodResult};
+
+/// CRI messages persisted inside records as base64 protobuf: exact, and
+/// independent of whether the generated types implement serde.
+mod proto_b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use prost::Message;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<M: Message, S: Serializer>(msg: &M, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(msg.encode_to_vec()))
+    }
+
+    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = STANDARD.decode(text).map_err(serde::de::Error::custom)?;
+        M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<M: Message, S: Serializer>(msg: &Option<M>, s: S) -> Result<S::Ok, S::Error> {
+            match msg {
+                Some(m) => super::serialize(m, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<M>, D::Error> {
+            let text: Option<String> = Option::deserialize(d)?;
+            text.map(|t| {
+                let bytes = STANDARD.decode(t).map_err(serde::de::Error::custom)?;
+                M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+            })
+            .transpose()
+        }
+    }
+}
+
+/// Opaque bytes (handler state) as base64.
+mod bytes_b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Lifecycle state of a pod as the core tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodState {
+    /// RunPodSandbox is in progress (a record in this state after a
+    /// restart is a crash mid-creation: it is torn down).
+    Creating,
+    Ready,
+    NotReady,
+}
+
+/// Everything the core knows and holds for one pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    /// The reserved name (`name_namespace_uid_attempt`).
+    pub name: String,
+    /// Handler name as resolved (never empty).
+    pub handler: String,
+    pub state: PodState,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    #[serde(with = "proto_b64")]
+    pub config: cri::PodSandboxConfig,
+    /// `<state_dir>/pods/<id>`.
+    pub dir: PathBuf,
+    /// Pinned netns; `None` for host network or once removed.
+    pub netns_path: Option<PathBuf>,
+    /// CNI attachment record; set before ADD runs so a crash mid-ADD is
+    /// still cleaned up.
+    pub cni_record: Option<PathBuf>,
+    /// CNI ADD may have happened and DEL has not run yet.
+    pub cni_attached: bool,
+    pub cgroup_path: String,
+    pub pod_ips: Vec<String>,
+    pub infra_pid: u32,
+    /// Infra bundle dir, when the handler needs an infra container.
+    pub infra_bundle: Option<PathBuf>,
+    /// Handler's own per-pod directory.
+    pub handler_dir: PathBuf,
+    /// The handler's run_sandbox was called (so stop/remove must be too).
+    pub handler_started: bool,
+    #[serde(with = "bytes_b64")]
+    pub handler_state: Vec<u8>,
+    /// Annotations the handler was given.
+    pub handler_annotations: BTreeMap<String, String>,
+    pub hostname_path: Option<PathBuf>,
+    pub resolv_conf_path: Option<PathBuf>,
+    pub hosts_path: Option<PathBuf>,
+    pub shm_dir: Option<PathBuf>,
+    /// A tmpfs is mounted at `shm_dir`.
+    pub shm_mounted: bool,
+}
+
+impl PodRecord {
+    pub fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.dir.join("containers")
+    }
+}
+
+/// Everything the core knows and holds for one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    /// The reserved name (`<pod id>/name_attempt`).
+    pub name: String,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    #[serde(with = "proto_b64")]
+    pub config: cri::ContainerConfig,
+    /// The image as the request named it.
+    pub image_name: String,
+    /// `sha256:<config digest>`.
+    pub image_id: String,
+    /// A repo digest of the image (or its id when it has none).
+    pub image_ref: String,
+    /// `<pod dir>/containers/<id>`.
+    pub bundle_dir: PathBuf,
+    /// The mounted overlay (`<bundle>/rootfs`), while mounted.
+    pub rootfs: Option<PathBuf>,
+    /// Absolute CRI log path; empty = none.
+    pub log_path: String,
+    /// The handler's create_container was called.
+    pub handler_created: bool,
+    #[serde(with = "bytes_b64")]
+    pub handler_state: Vec<u8>,
+    /// Current resources (from the config, then UpdateContainerResources).
+    #[serde(with = "proto_b64::option", default)]
+    pub resources: Option<cri::LinuxContainerResources>,
+}
+
+impl ContainerRecord {
+    pub fn metadata(&self) -> cri::ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+}
+
+/// The in-memory view plus the files behind it.
+pub struct Store {
+    root: PathBuf,
+    pods: RwLock<BTreeMap<String, PodRecord>>,
+    containers: RwLock<BTreeMap<String, ContainerRecord>>,
+    /// Reserved name → owner id, pods and containers alike (container
+    /// names carry their pod id, so the two never collide).
+    names: Mutex<BTreeMap<String, String>>,
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Records are replaced whole; a panic elsewhere cannot leave one half-written.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// An empty store persisting under `root` (`<state_dir>/pods`).
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            pods: RwLock::new(BTreeMap::new()),
+            containers: RwLock::new(BTreeMap::new()),
+            names: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<pod id>`.
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Loads every record from disk (at start-up). Unreadable records are
+    /// skipped with a warning: one corrupt file must not keep the daemon
+    /// from serving the other pods.
+    pub fn load(&self) -> PodResult<()> {
+        fs::create_dir_all(&self.root)
+            .map_err(|e| PodError::io(format!("creating {}", self.root.display()), e))?;
+        let entries = fs::read_dir(&self.root)
+            .map_err(|e| PodError::io(format!("reading {}", self.root.display()), e))?;
+        for entry in entries.flatten() {
+            let pod_file = entry.path().join("pod.json");
+            let pod: PodRecord = match read_json(&pod_file) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable pod record");
+                    continue;
+                }
+            };
+            let cdir = pod.containers_dir();
+            if let Ok(centries) = fs::read_dir(&cdir) {
+                for c in centries.flatten() {
+                    let path = c.path();
+                    if path.extension().is_none_or(|e| e != "json") {
+                        continue;
+                    }
+                    match read_json::<ContainerRecord>(&path) {
+                        Ok(Some(rec)) => {
+                            self.reserve(&rec.name, &rec.id, "container").ok();
+                            write_lock(&self.containers).insert(rec.id.clone(), rec);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "skipping unreadable container record"),
+                    }
+                }
+            }
+            self.reserve(&pod.name, &pod.id, "pod").ok();
+            write_lock(&self.pods).insert(pod.id.clone(), pod);
+        }
+        Ok(())
+    }
+
+    /// Reserves `name` for `id`; fails naming the current owner.
+    pub fn reserve(&self, name: &str, id: &str, what: &'static str) -> PodResult<()> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        match names.get(name) {
+            Some(owner) if owner != id => Err(PodError::AlreadyExists {
+                what,
+                name: name.to_string(),
+                id: owner.clone(),
+            }),
+            _ => {
+                names.insert(name.to_string(), id.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees `name` if `id` holds it.
+    pub fn release(&self, name: &str, id: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.get(name).is_some_and(|owner| owner == id) {
+            names.remove(name);
+        }
+    }
+
+    pub fn pod(&self, id: &str) -> Option<PodRecord> {
+        read_lock(&self.pods).get(id).cloned()
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        read_lock(&self.pods).values().cloned().collect()
+    }
+
+    /// Writes and caches a pod record.
+    pub fn save_pod(&self, pod: &PodRecord) -> PodResult<()> {
+        write_json(&pod.dir.join("pod.json"), pod)?;
+        write_lock(&self.pods).insert(pod.id.clone(), pod.clone());
+        Ok(())
+    }
+
+    /// Forgets a pod (its directory is removed by the caller).
+    pub fn forget_pod(&self, pod: &PodRecord) {
+        write_lock(&self.pods).remove(&pod.id);
+        self.release(&pod.name, &pod.id);
+    }
+
+    pub fn container(&self, id: &str) -> Option<ContainerRecord> {
+        read_lock(&self.containers).get(id).cloned()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        read_lock(&self.containers).values().cloned().collect()
+    }
+
+    pub fn containers_of(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        read_lock(&self.containers)
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    fn container_file(&self, c: &ContainerRecord) -> PathBuf {
+        self.pod_dir(&c.pod_id).join("containers").join(format!("{}.json", c.id))
+    }
+
+    pub fn save_container(&self, c: &ContainerRecord) -> PodResult<()> {
+        write_json(&self.container_file(c), c)?;
+        write_lock(&self.containers).insert(c.id.clone(), c.clone());
+        Ok(())
+    }
+
+    /// Deletes a container's record file and forgets it.
+    pub fn forget_container(&self, c: &ContainerRecord) -> PodResult<()> {
+        let path = self.container_file(c);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PodError::io(format!("removing {}", path.display()), e)),
+        }
+        write_lock(&self.containers).remove(&c.id);
+        self.release(&c.name, &c.id);
+        Ok(())
+    }
+
+    /// Ids of the containers created from `image_id`.
+    pub fn users_of_image(&self, image_id: &str) -> Vec<String> {
+        read_lock(&self.containers)
+            .values()
+            .filter(|c| c.image_id == image_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// Resolves a pod id or unique id prefix.
+    pub fn find_pod_id(&self, id: &str) -> Option<String> {
+        find_id(read_lock(&self.pods).keys(), id)
+    }
+
+    /// Resolves a container id or unique id prefix.
+    pub fn find_container_id(&self, id: &str) -> Option<String> {
+        find_id(read_lock(&self.containers).keys(), id)
+    }
+}
+
+/// An exact id, or a prefix matching exactly one id.
+fn find_id<'a>(ids: impl Iterator<Item = &'a String>, wanted: &str) -> Option<String> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    for id in ids {
+        if id == wanted {
+            return Some(id.clone());
+        }
+        if id.starts_with(wanted) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(id.clone());
+        }
+    }
+    found
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> PodResult<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PodError::io(format!("reading {}", path.display()), e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| PodError::Record { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// Atomic write: temp file, fsync, rename, fsync of the directory.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
+    let dir = path.parent().ok_or_else(|| PodError::Record {
+        path: path.display().to_string(),
+        message: "no parent directory".into(),
+    })?;
+    fs::create_dir_all(dir).map_err(|e| PodError::io(format!("creating {}", dir.display()), e))?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| PodError::Record { path: path.display().to_string(), message: e.to_string() })?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        PodError::io(format!("writing {}", path.display()), e)
+    })
+}
+
+/// 64 hex characters from the kernel's random pool.
+pub fn new_id() -> PodResult<String> {
+    let mut buf = [0u8; 32];
+    let mut f = fs::File::open("/dev/urandom").map_err(|e| PodError::io("opening /dev/urandom", e))?;
+    std::io::Read::read_exact(&mut f, &mut buf).map_err(|e| PodError::io("reading /dev/urandom", e))?;
+    Ok(hex::encode(buf))
+}
+
+/// Unix nanoseconds now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(dir: &Path, id: &str, name: &str) -> PodRecord {
+        PodRecord {
+            id: id.into(),
+            name: name.into(),
+            handler: "runc".into(),
+            state: PodState::Ready,
+            created_at: 1,
+            config: cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata { name: "p".into(), ..Default::default() }),
+                ..Default::default()
+            },
+            dir: dir.join(id),
+            netns_path: None,
+            cni_record: None,
+            cni_attached: false,
+            cgroup_path: "/crius/pod".into(),
+            pod_ips: vec!["10.0.0.2".into()],
+            infra_pid: 42,
+            infra_bundle: None,
+            handler_dir: dir.join(id).join("handler"),
+            handler_started: true,
+            handler_state: vec![0, 1, 2, 255],
+            handler_annotations: BTreeMap::new(),
+            hostname_path: None,
+            resolv_conf_path: None,
+            hosts_path: None,
+            shm_dir: None,
+            shm_mounted: false,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_path_buf());
+        let p = pod(dir.path(), "abc", "p_ns_uid_0");
+        store.reserve(&p.name, &p.id, "pod").unwrap();
+        store.save_pod(&p).unwrap();
+        let c = ContainerRecord {
+            id: "c1".into(),
+            pod_id: "abc".into(),
+            name: "abc/c_0".into(),
+            created_at: 2,
+            config: cri::ContainerConfig::default(),
+            image_name: "busybox".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "sha256:1".into(),
+            bundle_dir: dir.path().join("abc/containers/c1"),
+            rootfs: None,
+            log_path: String::new(),
+            handler_created: true,
+            handler_state: b"state".to_vec(),
+            resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 5, ..Default::default() }),
+        };
+        store.reserve(&c.name, &c.id, "container").unwrap();
+        store.save_container(&c).unwrap();
+
+        let again = Store::new(dir.path().to_path_buf());
+        again.load().unwrap();
+        let p2 = again.pod("abc").unwrap();
+        assert_eq!(p2.handler_state, vec![0, 1, 2, 255]);
+        assert_eq!(p2.config.metadata.unwrap().name, "p");
+        let c2 = again.container("c1").unwrap();
+        assert_eq!(c2.resources.as_ref().unwrap().memory_limit_in_bytes, 5);
+        assert_eq!(again.users_of_image("sha256:1"), vec!["c1".to_string()]);
+        // Names are reserved again after loading.
+        let err = again.reserve("p_ns_uid_0", "other", "pod").unwrap_err();
+        assert!(err.to_string().contains("already reserved by abc"), "{err}");
+        again.forget_container(&c2).unwrap();
+        assert!(!dir.path().join("abc/containers/c1.json").exists());
+        again.reserve("abc/c_0", "c2", "container").unwrap();
+    }
+
+    #[test]
+    fn id_prefixes_must_be_unique() {
+        let ids = ["abc1".to_string(), "abc2".to_string(), "def".to_string()];
+        assert_eq!(find_id(ids.iter(), "d"), Some("def".into()));
+        assert_eq!(find_id(ids.iter(), "abc"), None);
+        assert_eq!(find_id(ids.iter(), "abc2"), Some("abc2".into()));
+        assert_eq!(find_id(ids.iter(), ""), None);
+        assert_eq!(new_id().unwrap().len(), 64);
+    }
+}
