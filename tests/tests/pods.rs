@@ -1,0 +1,743 @@
+//! Pods and containers through the daemon's CRI socket, for the runc and the
+//! crun handler: real conmon, real OCI runtimes, real CNI bridge networking.
+//!
+//! Each test runs its own registry and daemon, with a CNI network of its own
+//! (unique network name, bridge, subnet and IPAM data dir), so the tests can
+//! run in parallel.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crius_proto::cri;
+use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_tests::cri::images;
+use crius_tests::image::{
+    self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
+};
+use crius_tests::registry::{REGISTRY_BIN, Registry};
+use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Runtime = RuntimeServiceClient<Channel>;
+
+const CONMON: &str = "/usr/bin/conmon";
+const CATATONIT: &str = "/usr/bin/catatonit";
+const CNI_PLUGINS: [&str; 3] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap"];
+
+/// Busybox applets the pod tests need beyond the standard image's.
+const EXTRA_APPLETS: &[&str] = &["httpd", "wget", "nc", "dd", "tr", "seq"];
+
+fn runtime_binary(handler: &str) -> &'static str {
+    match handler {
+        "runc" => "/usr/sbin/runc",
+        "crun" => "/usr/bin/crun",
+        other => panic!("no binary known for handler {other}"),
+    }
+}
+
+struct Env {
+    // Field order is drop order: the daemon stops before the registry goes away.
+    daemon: Daemon,
+    handler: &'static str,
+    image: String,
+    subnet_prefix: String,
+    log_dir: tempfile::TempDir,
+    _cni_dir: tempfile::TempDir,
+    _registry: Registry,
+}
+
+/// Distinct /24 subnets for the tests of one run.
+fn next_subnet() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("10.{}.{}", 200 + (std::process::id() % 50), n % 250)
+}
+
+/// A conflist like `configs/cni/10-crius-bridge.conflist`, with a network
+/// name, bridge, subnet and IPAM data dir of this test's own.
+fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
+    let shipped = crius_tests::workspace_root().join("configs/cni/10-crius-bridge.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
+    conf["name"] = format!("crius-test-{token}").into();
+    let bridge = &mut conf["plugins"][0];
+    bridge["bridge"] = format!("crt{}", &token[..8]).into();
+    // No masquerading rules: the test pods talk only among themselves.
+    bridge["ipMasq"] = false.into();
+    bridge["ipam"]["ranges"] = serde_json::json!([[{ "subnet": format!("{subnet_prefix}.0/24") }]]);
+    bridge["ipam"]["dataDir"] = dir.join("ipam").display().to_string().into();
+    let path = dir.join("10-test.conflist");
+    std::fs::write(&path, serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+    path
+}
+
+/// Registry with a busybox image that has the extra applets, a CNI network
+/// of the test's own and a daemon using both. `None` (skipped, reason
+/// printed) without root or the tools.
+async fn setup(handler: &'static str) -> Option<Env> {
+    let mut tools = vec![REGISTRY_BIN, BUSYBOX_STATIC, CONMON, CATATONIT, runtime_binary(handler)];
+    tools.extend(CNI_PLUGINS);
+    if !require_root_and_tools(&tools) {
+        return None;
+    }
+    let registry = Registry::start().await.expect("registry starts");
+    let mut extra = LayerBuilder::new();
+    extra.dir("bin", 0o755).unwrap();
+    for applet in EXTRA_APPLETS {
+        extra.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let layers = vec![
+        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
+        Layer::new(extra.finish().unwrap(), Compression::Gzip),
+    ];
+    image::push_image(&registry, "podbox", "1", layers, &ImageConfig::default(), ManifestFormat::Docker)
+        .await
+        .expect("push podbox image");
+    let image = registry.image_ref("podbox", "1");
+
+    let token = unique_token();
+    let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();
+    let subnet_prefix = next_subnet();
+    write_cni_config(cni_dir.path(), &token, &subnet_prefix);
+    let daemon = Daemon::builder()
+        .registry(&registry)
+        .extra_yaml(&format!(
+            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
+            cni_dir.path().display()
+        ))
+        .start()
+        .await
+        .expect("daemon starts");
+    images::pull(&mut daemon.image(), &image).await.expect("pull podbox");
+    let log_dir = tempfile::Builder::new().prefix("crius-podlogs-").tempdir().unwrap();
+    Some(Env {
+        daemon,
+        handler,
+        image,
+        subnet_prefix,
+        log_dir,
+        _cni_dir: cni_dir,
+        _registry: registry,
+    })
+}
+
+impl Env {
+    fn rt(&self) -> Runtime {
+        self.daemon.runtime()
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let uid = unique_token();
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.to_string(),
+                uid: uid.clone(),
+                namespace: "crius-test".into(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: self.log_dir.path().join(&uid).display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(kubelet_namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: self.handler.into() };
+        Ok(self.rt().run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    }
+
+    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            labels: HashMap::from([("container".to_string(), name.to_string())]),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: None,
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(kubelet_namespaces()),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        Ok(self.rt().create_container(req).await?.into_inner().container_id)
+    }
+
+    async fn create_and_start(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self.create(pod_id, pod, config).await.expect("CreateContainer");
+        self.rt()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    async fn container_status(&self, id: &str) -> cri::ContainerStatus {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
+        self.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap()
+    }
+
+    /// Polls until the container is EXITED (or panics after `timeout`).
+    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.container_status(id).await;
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn pod_status(&self, id: &str) -> cri::PodSandboxStatusResponse {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: true };
+        self.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner()
+    }
+
+    /// What the verbose pod status says the pod holds, for cleanup checks.
+    async fn pod_resources(&self, id: &str) -> PodResources {
+        let status = self.pod_status(id).await;
+        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
+        PodResources {
+            id: id.to_string(),
+            netns: info["netnsPath"].as_str().map(PathBuf::from),
+            cgroup: info["cgroupPath"].as_str().expect("cgroupPath").to_string(),
+            dir: PathBuf::from(info["podDir"].as_str().expect("podDir")),
+            infra_pid: info["pid"].as_u64().unwrap_or(0) as u32,
+        }
+    }
+
+    async fn stop_and_remove_pod(&self, id: &str) {
+        let mut rt = self.rt();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("StopPodSandbox");
+        // Stop is idempotent.
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("second StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .expect("RemovePodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .expect("second RemovePodSandbox");
+    }
+
+    async fn list_pods(&self) -> Vec<cri::PodSandbox> {
+        self.rt().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items
+    }
+
+    async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        self.rt().list_containers(cri::ListContainersRequest { filter }).await.unwrap().into_inner().containers
+    }
+
+    /// Nothing of any pod left: no pod directory, no netns pin, no runtime
+    /// state, no conmon, no mount below the daemon's state dir.
+    fn assert_no_pods_left(&self, context: &str) {
+        let pods_dir = self.daemon.state_dir().join("pods");
+        let left = crius_tests::dir_entries(&pods_dir);
+        assert!(left.is_empty(), "{context}: pod dirs left: {left:?}");
+        let netns = crius_tests::dir_entries(&self.daemon.state_dir().join("netns"));
+        assert!(netns.is_empty(), "{context}: netns pins left: {netns:?}");
+        let runtime_root = self.daemon.state_dir().join(self.handler);
+        let state: Vec<_> = crius_tests::dir_entries(&runtime_root);
+        assert!(state.is_empty(), "{context}: runtime state left in {}: {state:?}", runtime_root.display());
+        let mounts = mounts_containing(&pods_dir.display().to_string());
+        assert!(mounts.is_empty(), "{context}: mounts left: {mounts:?}");
+        let conmons = processes_matching(&[CONMON.trim_start_matches("/usr/bin/"), &self.daemon.state_dir().display().to_string()]);
+        assert!(conmons.is_empty(), "{context}: conmon processes left: {conmons:?}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The netns directory is a (shared) bind mount of itself; detach it
+        // so the daemon's temporary directory can be deleted.
+        let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// What the kubelet sends by default: pod network and IPC, a PID namespace
+/// per container.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+struct PodResources {
+    id: String,
+    netns: Option<PathBuf>,
+    cgroup: String,
+    dir: PathBuf,
+    infra_pid: u32,
+}
+
+impl PodResources {
+    /// After RemovePodSandbox: every piece is gone.
+    fn assert_gone(&self) {
+        if let Some(netns) = &self.netns {
+            assert!(!netns.exists(), "netns pin {} left", netns.display());
+            assert!(mounts_containing(&netns.display().to_string()).is_empty(), "netns still mounted");
+        }
+        assert!(!self.dir.exists(), "pod dir {} left", self.dir.display());
+        let mounts = mounts_containing(&self.dir.display().to_string());
+        assert!(mounts.is_empty(), "mounts below the pod dir left: {mounts:?}");
+        for dir in cgroup_dirs(&self.cgroup) {
+            assert!(!dir.exists(), "cgroup {} left", dir.display());
+        }
+        if self.infra_pid != 0 {
+            assert!(!Path::new(&format!("/proc/{}", self.infra_pid)).exists(), "infra process {} still runs", self.infra_pid);
+        }
+        let procs = processes_matching(&[&self.id]);
+        assert!(procs.is_empty(), "processes mentioning pod {} left: {procs:?}", self.id);
+    }
+}
+
+/// `<mount>/<path>` for every mounted cgroup hierarchy.
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .filter(|l| l.contains(" - cgroup ") || l.contains(" - cgroup2 "))
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mount| Path::new(mount).join(path.trim_start_matches('/')))
+        .collect()
+}
+
+fn mounts_containing(needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+}
+
+/// Command lines of processes containing every one of `needles`.
+fn processes_matching(needles: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.is_empty() && needles.iter().all(|n| cmdline.contains(n)) {
+            out.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{} never contained {needle:?}; it has:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `<RFC 3339 nano> <stream> <P|F> <text>`.
+fn assert_cri_log_line(line: &str, stream: &str, text: &str) {
+    let mut parts = line.splitn(4, ' ');
+    let (ts, s, tag, rest) = (parts.next().unwrap(), parts.next(), parts.next(), parts.next());
+    assert!(
+        ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && ts.contains('.'),
+        "timestamp {ts:?} in {line:?}"
+    );
+    assert_eq!((s, tag, rest), (Some(stream), Some("F"), Some(text)), "line {line:?}");
+}
+
+macro_rules! per_handler {
+    ($($name:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name("runc").await
+                }
+            )*
+        }
+        mod crun {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name("crun").await
+                }
+            )*
+        }
+    };
+}
+
+per_handler!(
+    two_containers_share_the_pod_network,
+    oom_killed_under_a_memory_limit,
+    stop_timeout_is_honoured,
+    bad_requests_leave_nothing_behind,
+    pods_survive_a_daemon_crash,
+);
+
+/// A web server and a client in one pod: the client reaches the server on
+/// localhost, both log to CRI log files, ExecSync runs in them, the pod has
+/// an IP from CNI, and Stop+Remove leave nothing behind.
+async fn two_containers_share_the_pod_network(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let pod = env.pod_config("web");
+    let started = Instant::now();
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let run_pod_ms = started.elapsed().as_millis();
+
+    let status = env.pod_status(&pod_id).await;
+    let st = status.status.as_ref().unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st.runtime_handler, handler);
+    assert_eq!(st.labels["app"], "web");
+    let ip = &st.network.as_ref().expect("network status").ip;
+    assert!(ip.starts_with(&format!("{}.", env.subnet_prefix)), "pod IP {ip} is not from the test subnet {}", env.subnet_prefix);
+    let resources = env.pod_resources(&pod_id).await;
+    assert!(resources.netns.as_ref().is_some_and(|p| p.exists()), "netns pinned");
+    assert!(resources.infra_pid != 0 && Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra runs");
+    assert!(cgroup_dirs(&resources.cgroup).iter().all(|d| d.exists()), "pod cgroup exists in every hierarchy");
+
+    let server = env.container_config(
+        "server",
+        &["sh", "-c", "mkdir -p /www && echo hello-from-server > /www/index.html && echo server-up && exec httpd -f -p 8080 -h /www"],
+    );
+    let started = Instant::now();
+    let server_id = env.create_and_start(&pod_id, &pod, server).await;
+    let start_container_ms = started.elapsed().as_millis();
+    let client = env.container_config(
+        "client",
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/index.html && break; sleep 0.1; done; \
+             echo client-done; echo to-stderr >&2; exec sleep 1000",
+        ],
+    );
+    let client_id = env.create_and_start(&pod_id, &pod, client).await;
+    eprintln!("{handler}: RunPodSandbox {run_pod_ms} ms, CreateContainer+StartContainer {start_container_ms} ms");
+
+    let client_log = Path::new(&pod.log_directory).join("client/0.log");
+    let text = wait_for_log(&client_log, "client-done", Duration::from_secs(20)).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    assert_cri_log_line(lines[0], "stdout", "hello-from-server");
+    assert_cri_log_line(lines[1], "stdout", "client-done");
+    let text = wait_for_log(&client_log, "to-stderr", Duration::from_secs(5)).await;
+    assert!(text.lines().any(|l| l.ends_with(" stderr F to-stderr")), "{text}");
+    let server_log = Path::new(&pod.log_directory).join("server/0.log");
+    wait_for_log(&server_log, "stdout F server-up", Duration::from_secs(5)).await;
+
+    // Both containers run, and are listed with the pod and label filters.
+    let listed = env
+        .list_containers(Some(cri::ContainerFilter { pod_sandbox_id: pod_id.clone(), ..Default::default() }))
+        .await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|c| c.state == cri::ContainerState::ContainerRunning as i32), "{listed:?}");
+    let by_label = env
+        .list_containers(Some(cri::ContainerFilter {
+            label_selector: HashMap::from([("container".to_string(), "server".to_string())]),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(by_label.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [server_id.as_str()]);
+
+    let status = env.container_status(&client_id).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(status.started_at > 0 && status.created_at > 0, "{status:?}");
+    assert_eq!(status.log_path, client_log.display().to_string());
+    assert!(status.image_id.starts_with("sha256:"), "{status:?}");
+    assert_eq!(status.image.as_ref().unwrap().image, env.image);
+
+    // ExecSync: output, exit code, and the pod's hostname/hosts files.
+    let exec = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: client_id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!((exec.stdout.as_slice(), exec.stderr.as_slice(), exec.exit_code), (&b"out\n"[..], &b"err\n"[..], 3));
+    let exec = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: server_id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "cat /etc/hostname; grep web /etc/hosts".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync in server")
+        .into_inner();
+    let out = String::from_utf8_lossy(&exec.stdout);
+    assert_eq!(exec.exit_code, 0, "{exec:?}");
+    assert!(out.starts_with("web\n") && out.contains(&format!("{ip}\tweb")), "{out}");
+
+    // An exec that outlives its timeout is a DeadlineExceeded error.
+    let err = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest { container_id: client_id.clone(), cmd: vec!["sleep".into(), "30".into()], timeout: 1 })
+        .await
+        .expect_err("exec timeout");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    // Stop the server: exited, ExecSync refused.
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: server_id.clone(), timeout: 5 })
+        .await
+        .expect("StopContainer");
+    let st = env.wait_exited(&server_id, Duration::from_secs(10)).await;
+    assert!(st.finished_at >= st.started_at, "{st:?}");
+    let err = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest { container_id: server_id.clone(), cmd: vec!["true".into()], timeout: 5 })
+        .await
+        .expect_err("exec in a stopped container");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    assert!(env.list_pods().await.is_empty());
+    assert!(env.list_containers(None).await.is_empty());
+    env.assert_no_pods_left("after RemovePodSandbox");
+    // The CRI log files belong to the kubelet and stay.
+    assert!(client_log.exists());
+}
+
+/// A container that allocates past its memory limit is reported OOMKilled.
+async fn oom_killed_under_a_memory_limit(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let pod = env.pod_config("oom");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let mut config = env.container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"]);
+    config.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() });
+    let id = env.create_and_start(&pod_id, &pod, config).await;
+    let status = env.wait_exited(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(
+        status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes),
+        Some(32 << 20)
+    );
+    let resources = env.pod_resources(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    env.assert_no_pods_left("after the OOM test");
+}
+
+/// StopContainer with a timeout waits that long for a process that ignores
+/// SIGTERM, then kills it.
+async fn stop_timeout_is_honoured(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let pod = env.pod_config("stubborn");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let config = env.container_config("stubborn", &["sh", "-c", "trap '' TERM; echo trapped; while true; do sleep 1; done"]);
+    let id = env.create_and_start(&pod_id, &pod, config).await;
+    wait_for_log(&Path::new(&pod.log_directory).join("stubborn/0.log"), "trapped", Duration::from_secs(10)).await;
+
+    let started = Instant::now();
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 })
+        .await
+        .expect("StopContainer");
+    let elapsed = started.elapsed();
+    let status = env.wait_exited(&id, Duration::from_secs(5)).await;
+    eprintln!("{handler}: StopContainer(timeout 2) took {elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(2), "stopped after {elapsed:?}, before the timeout");
+    assert!(elapsed < Duration::from_secs(8), "stop took {elapsed:?}");
+    assert_eq!(status.exit_code, 137, "killed by SIGKILL: {status:?}");
+    // Stopping again is fine and quick.
+    let again = Instant::now();
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 })
+        .await
+        .expect("second StopContainer");
+    assert!(again.elapsed() < Duration::from_secs(2));
+
+    // RemoveContainer removes the record and its bundle; twice is fine.
+    env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("RemoveContainer");
+    env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("second RemoveContainer");
+    assert!(env.list_containers(None).await.is_empty());
+    let err = env
+        .rt()
+        .container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .await
+        .expect_err("status of a removed container");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let resources = env.pod_resources(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+}
+
+/// Unknown handler, duplicate names, unknown image, missing metadata:
+/// clear errors, and nothing created.
+async fn bad_requests_leave_nothing_behind(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let mut rt = env.rt();
+
+    let pod = env.pod_config("bad");
+    let err = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: "gvisor".into() })
+        .await
+        .expect_err("unknown handler");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("gvisor") && err.message().contains(handler), "{err:?}");
+    env.assert_no_pods_left("after an unknown handler");
+
+    let mut no_meta = pod.clone();
+    no_meta.metadata = None;
+    let err = env.run_pod(&no_meta).await.expect_err("no metadata");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    env.assert_no_pods_left("after missing metadata");
+
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let err = env.run_pod(&pod).await.expect_err("duplicate pod");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains(&pod_id), "names the existing pod: {err:?}");
+    assert_eq!(env.list_pods().await.len(), 1);
+
+    let bundles = || crius_tests::dir_entries(&env.daemon.state_dir().join("pods").join(&pod_id).join("containers"));
+    let mut missing = env.container_config("c", &["true"]);
+    missing.image.as_mut().unwrap().image = format!("{}-nope", env.image);
+    let err = env.create(&pod_id, &pod, missing).await.expect_err("unknown image");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("-nope"), "names the image: {err:?}");
+    assert!(bundles().is_empty(), "{:?}", bundles());
+
+    let mut no_image = env.container_config("c", &["true"]);
+    no_image.image = None;
+    let err = env.create(&pod_id, &pod, no_image).await.expect_err("no image");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let err = env.create("0123456789abcdef", &pod, env.container_config("c", &["true"])).await.expect_err("no pod");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let first = env.create(&pod_id, &pod, env.container_config("c", &["sleep", "100"])).await.expect("create c");
+    let err = env.create(&pod_id, &pod, env.container_config("c", &["true"])).await.expect_err("duplicate container");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains(&first), "names the existing container: {err:?}");
+    assert_eq!(bundles().len(), 2, "one bundle dir and one record: {:?}", bundles());
+
+    // The image is in use: RemoveImage refuses.
+    let err = images::remove(&mut env.daemon.image(), &env.image).await.expect_err("image in use");
+    assert!(err.message().contains(&first), "{err:?}");
+
+    // Not-running containers: exec and log reopen are refused.
+    let err = rt
+        .exec_sync(cri::ExecSyncRequest { container_id: first.clone(), cmd: vec!["true".into()], timeout: 5 })
+        .await
+        .expect_err("exec in a created container");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: first.clone() })
+        .await
+        .expect_err("reopen log of a created container");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // A stopped pod takes no new containers.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await.unwrap();
+    let err = env.create(&pod_id, &pod, env.container_config("d", &["true"])).await.expect_err("pod not ready");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let listed = env.list_pods().await;
+    assert_eq!(listed[0].state, cri::PodSandboxState::SandboxNotready as i32);
+
+    // Unknown ids: stop/remove of pods are no-ops, statuses are NotFound.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: "nope".into() }).await.expect("stop unknown pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: "nope".into() }).await.expect("remove unknown pod");
+    let err = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: "nope".into(), verbose: false })
+        .await
+        .expect_err("status of unknown pod");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let resources = env.pod_resources(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    env.assert_no_pods_left("after cleanup");
+    // No container uses the image any more.
+    images::remove(&mut env.daemon.image(), &env.image).await.expect("RemoveImage after the pod is gone");
+}
+
+/// `kill -9` of the daemon leaves pods running; the restarted daemon lists
+/// them again and can still exec in, stop and remove them.
+async fn pods_survive_a_daemon_crash(handler: &'static str) {
+    let Some(mut env) = setup(handler).await else { return };
+    let pod = env.pod_config("survivor");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let config = env.container_config("sleeper", &["sh", "-c", "echo before; exec sleep 1000"]);
+    let id = env.create_and_start(&pod_id, &pod, config).await;
+    let log = Path::new(&pod.log_directory).join("sleeper/0.log");
+    wait_for_log(&log, "before", Duration::from_secs(10)).await;
+    let resources = env.pod_resources(&pod_id).await;
+
+    env.daemon.kill9();
+    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra survives the daemon");
+    assert!(!processes_matching(&["conmon", &id]).is_empty(), "the container's conmon survives the daemon");
+    env.daemon.restart().await.expect("daemon restarts");
+
+    let pods = env.list_pods().await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!((pods[0].id.as_str(), pods[0].state), (pod_id.as_str(), cri::PodSandboxState::SandboxReady as i32));
+    let containers = env.list_containers(None).await;
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].state, cri::ContainerState::ContainerRunning as i32, "{containers:?}");
+    let exec = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "after".into()], timeout: 10 })
+        .await
+        .expect("ExecSync after restart")
+        .into_inner();
+    assert_eq!(exec.stdout, b"after\n");
+    let status = env.pod_status(&pod_id).await;
+    assert!(status.status.unwrap().network.is_some_and(|n| !n.ip.is_empty()), "pod IP remembered");
+
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 1 })
+        .await
+        .expect("StopContainer after restart");
+    let st = env.wait_exited(&id, Duration::from_secs(10)).await;
+    // PID 1 of its namespace ignores SIGTERM without a handler: SIGKILL after the timeout.
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    env.assert_no_pods_left("after cleanup following a restart");
+}
