@@ -1,0 +1,314 @@
+//! The `vm:` sub-table of a `kind: vm` handler entry, and how a pod's
+//! resources and annotations size its VM.
+//!
+//! [`VmConfig`] is the resolved value; [`VmConfigOverlay`] has the same keys,
+//! all optional, so the daemon's config loader can merge drop-ins key by key
+//! (a drop-in may change `boot_timeout_seconds` alone).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    #[default]
+    Q35,
+    Microvm,
+}
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// Software emulation (`-accel tcg,thread=multi -cpu max`): slow but
+    /// works where /dev/kvm cannot boot an unmodified kernel.
+    #[default]
+    Tcg,
+}
+
+/// How the host reaches the guest agent's vsock port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VsockMode {
+    /// The kernel's vhost-vsock (`/dev/vhost-vsock`, `vhost-vsock-pci`).
+    Vhost,
+    /// `vhost-device-vsock` (vhost-user) exposing the guest's ports on a
+    /// unix socket (`CONNECT <port>` handshake). Needs no host module.
+    #[default]
+    Hybrid,
+}
+
+/// How container rootfs and volumes are shared into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedFs {
+    /// virtio-9p served by QEMU itself.
+    #[default]
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-fs served by one `virtiofsd` per VM.
+    Virtiofs,
+}
+
+macro_rules! vm_config {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr ),* $(,)?) => {
+        /// Settings of a `kind: vm` (kata) handler; the QEMU binary itself is
+        /// the entry's `runtime_path`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct VmConfig {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for VmConfig {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// [`VmConfig`] with every key optional: what one config file sets.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct VmConfigOverlay {
+            $( pub $field: Option<$ty>, )*
+        }
+
+        impl VmConfigOverlay {
+            /// Applies the keys a later file sets on top of this one.
+            pub fn merge(&mut self, later: VmConfigOverlay) {
+                $( if later.$field.is_some() { self.$field = later.$field; } )*
+            }
+
+            /// The defaults with the keys set here applied.
+            pub fn resolve(&self) -> VmConfig {
+                let mut out = VmConfig::default();
+                $( if let Some(v) = &self.$field { out.$field = v.clone(); } )*
+                out
+            }
+        }
+    };
+}
+
+vm_config! {
+    /// `q35` or `microvm`.
+    machine: Machine = Machine::Q35,
+    /// `kvm` or `tcg`.
+    accelerator: Accelerator = Accelerator::Tcg,
+    /// `-cpu` model; empty = `host` with kvm, `max` with tcg.
+    cpu_model: String = String::new(),
+    /// Extra `-cpu` flags appended to the model (`+x2apic`, `-svm`).
+    cpu_flags: Vec<String> = Vec::new(),
+    /// Guest kernel (an uncompressed vmlinux boots fastest under TCG).
+    kernel: PathBuf = PathBuf::from("/var/lib/crius/kata/vmlinux"),
+    /// Guest initramfs holding the agent.
+    initrd: PathBuf = PathBuf::from("/var/lib/crius/kata/initramfs.cpio.gz"),
+    /// Appended to the kernel command line after crius's own parameters.
+    kernel_params: String = "crius.agent_log=info".to_string(),
+    /// vCPUs of a pod without CPU limits; limits add to it.
+    default_vcpus: u32 = 1,
+    /// Guest memory of a pod without memory limits; limits add to it.
+    default_memory_mib: u64 = 256,
+    /// Host memory QEMU, its helpers and the shim use beyond the guest's.
+    memory_overhead_mib: u64 = 64,
+    /// CPU the VM's fixed work costs, reported as pod overhead.
+    cpu_overhead_millis: i64 = 250,
+    /// Seconds from starting QEMU until the agent must answer.
+    boot_timeout_seconds: u64 = 60,
+    /// `hybrid` (vhost-device-vsock) or `vhost` (/dev/vhost-vsock).
+    vsock: VsockMode = VsockMode::Hybrid,
+    /// The vhost-device-vsock binary (absolute, or a name searched on PATH).
+    vhost_device_vsock_path: PathBuf = PathBuf::from("vhost-device-vsock"),
+    /// `9p` or `virtiofs`.
+    shared_fs: SharedFs = SharedFs::NineP,
+    /// The virtiofsd binary (absolute, or a name searched on PATH).
+    virtiofsd_path: PathBuf = PathBuf::from("virtiofsd"),
+    /// The VM shim binary; empty = `crius-kata-shim` next to the daemon.
+    shim_path: PathBuf = PathBuf::new(),
+    /// Guest vsock CID (each VM has its own vsock device, so all may share it).
+    guest_cid: u32 = 3,
+}
+
+/// Annotation keys a pod may use to size its VM (they reach the handler
+/// only if the entry's `allowed_annotations` admits them).
+pub const ANNOTATION_MEMORY: &str = "io.katacontainers.config.hypervisor.default_memory";
+pub const ANNOTATION_VCPUS: &str = "io.katacontainers.config.hypervisor.default_vcpus";
+pub const ANNOTATION_KERNEL_PARAMS: &str = "io.katacontainers.config.hypervisor.kernel_params";
+
+/// A problem with a [`VmConfig`], named by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfigProblem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl VmConfig {
+    /// Checks what typing cannot; one entry per problem.
+    pub fn problems(&self) -> Vec<VmConfigProblem> {
+        let mut out = Vec::new();
+        let mut problem = |key, message: String| out.push(VmConfigProblem { key, message });
+        for (key, path) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if !path.is_absolute() {
+                problem(key, format!("path `{}` must be absolute", path.display()));
+            }
+        }
+        if !self.shim_path.as_os_str().is_empty() && !self.shim_path.is_absolute() {
+            problem("shim_path", format!("path `{}` must be absolute", self.shim_path.display()));
+        }
+        if self.default_vcpus == 0 {
+            problem("default_vcpus", "must be at least 1".to_string());
+        }
+        if self.default_memory_mib < 64 {
+            problem("default_memory_mib", "must be at least 64 (MiB)".to_string());
+        }
+        if self.boot_timeout_seconds == 0 {
+            problem("boot_timeout_seconds", "must be at least 1".to_string());
+        }
+        if self.guest_cid < 3 {
+            problem("guest_cid", "CIDs 0-2 are reserved; use 3 or more".to_string());
+        }
+        if self.kernel_params.contains('\n') {
+            problem("kernel_params", "must be one line".to_string());
+        }
+        out
+    }
+
+    /// The `-cpu` value: the model (or the accelerator's best) plus flags.
+    pub fn cpu(&self) -> String {
+        let model = if !self.cpu_model.is_empty() {
+            self.cpu_model.as_str()
+        } else {
+            match self.accelerator {
+                Accelerator::Kvm => "host",
+                Accelerator::Tcg => "max",
+            }
+        };
+        let mut out = model.to_string();
+        for flag in &self.cpu_flags {
+            out.push(',');
+            out.push_str(flag);
+        }
+        out
+    }
+}
+
+/// How big one pod's VM is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Extra kernel parameters from the pod's annotations.
+    pub extra_kernel_params: String,
+}
+
+/// Sizes a pod's VM: the defaults (or the pod's allowed annotations), plus
+/// its CPU and memory limits so the workload gets what it asked for on top
+/// of the guest's own needs. Bad annotation values are errors, not ignored:
+/// the user asked for something specific.
+pub fn size_vm(
+    config: &VmConfig,
+    annotations: &HashMap<String, String>,
+    memory_limit_bytes: i64,
+    cpu_quota: i64,
+    cpu_period: i64,
+) -> Result<VmSize, String> {
+    let mut vcpus = config.default_vcpus;
+    let mut memory_mib = config.default_memory_mib;
+    if let Some(value) = annotations.get(ANNOTATION_VCPUS) {
+        vcpus = value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v <= 256.0)
+            .map(|v| v.ceil() as u32)
+            .ok_or_else(|| format!("annotation {ANNOTATION_VCPUS}={value:?} is not a vCPU count"))?;
+    }
+    if let Some(value) = annotations.get(ANNOTATION_MEMORY) {
+        memory_mib = value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|v| (64..=1 << 20).contains(v))
+            .ok_or_else(|| {
+                format!("annotation {ANNOTATION_MEMORY}={value:?} is not a memory size in MiB (64 or more)")
+            })?;
+    }
+    if memory_limit_bytes > 0 {
+        memory_mib += (memory_limit_bytes as u64).div_ceil(1 << 20);
+    }
+    if cpu_quota > 0 && cpu_period > 0 {
+        vcpus += (cpu_quota as u64).div_ceil(cpu_period as u64) as u32;
+    }
+    let extra_kernel_params = annotations.get(ANNOTATION_KERNEL_PARAMS).cloned().unwrap_or_default();
+    if extra_kernel_params.contains('\n') {
+        return Err(format!("annotation {ANNOTATION_KERNEL_PARAMS} must be one line"));
+    }
+    Ok(VmSize { vcpus, memory_mib, extra_kernel_params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_merges_key_by_key() {
+        let mut first = VmConfigOverlay { boot_timeout_seconds: Some(5), ..Default::default() };
+        first.merge(VmConfigOverlay { accelerator: Some(Accelerator::Kvm), ..Default::default() });
+        let config = first.resolve();
+        assert_eq!(config.boot_timeout_seconds, 5);
+        assert_eq!(config.accelerator, Accelerator::Kvm);
+        assert_eq!(config.default_memory_mib, VmConfig::default().default_memory_mib);
+    }
+
+    #[test]
+    fn cpu_defaults_follow_the_accelerator() {
+        let mut config = VmConfig::default();
+        assert_eq!(config.cpu(), "max");
+        config.accelerator = Accelerator::Kvm;
+        config.cpu_flags = vec!["-svm".into(), "+x2apic".into()];
+        assert_eq!(config.cpu(), "host,-svm,+x2apic");
+        config.cpu_model = "Skylake-Server".into();
+        assert_eq!(config.cpu(), "Skylake-Server,-svm,+x2apic");
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let config = VmConfig {
+            kernel: "vmlinux".into(),
+            default_vcpus: 0,
+            guest_cid: 2,
+            ..Default::default()
+        };
+        let keys: Vec<_> = config.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["kernel", "default_vcpus", "guest_cid"]);
+        assert!(VmConfig::default().problems().is_empty());
+    }
+
+    #[test]
+    fn size_adds_limits_to_defaults_and_honours_annotations() {
+        let config = VmConfig::default();
+        let none = HashMap::new();
+        let size = size_vm(&config, &none, 0, 0, 0).unwrap();
+        assert_eq!((size.vcpus, size.memory_mib), (1, 256));
+        // 100 MiB + 1 byte rounds up; 1.5 CPUs round up to 2.
+        let size = size_vm(&config, &none, (100 << 20) + 1, 150_000, 100_000).unwrap();
+        assert_eq!((size.vcpus, size.memory_mib), (3, 256 + 101));
+
+        let annotations = HashMap::from([
+            (ANNOTATION_MEMORY.to_string(), "512".to_string()),
+            (ANNOTATION_VCPUS.to_string(), "2".to_string()),
+            (ANNOTATION_KERNEL_PARAMS.to_string(), "debug".to_string()),
+        ]);
+        let size = size_vm(&config, &annotations, 0, 0, 0).unwrap();
+        assert_eq!((size.vcpus, size.memory_mib), (2, 512));
+        assert_eq!(size.extra_kernel_params, "debug");
+
+        let bad = HashMap::from([(ANNOTATION_MEMORY.to_string(), "lots".to_string())]);
+        let err = size_vm(&config, &bad, 0, 0, 0).unwrap_err();
+        assert!(err.contains(ANNOTATION_MEMORY), "{err}");
+    }
+}
