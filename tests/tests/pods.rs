@@ -409,6 +409,7 @@ per_handler!(
     stop_timeout_is_honoured,
     bad_requests_leave_nothing_behind,
     pods_survive_a_daemon_crash,
+    host_network_pod_with_dns_config,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -564,14 +565,51 @@ async fn oom_killed_under_a_memory_limit(handler: &'static str) {
 }
 
 /// StopContainer with a timeout waits that long for a process that ignores
-/// SIGTERM, then kills it.
+/// SIGTERM, then kills it. Before that: UpdateContainerResources reaches the
+/// container's cgroup and ReopenContainerLog follows a rotated log file.
 async fn stop_timeout_is_honoured(handler: &'static str) {
     let Some(env) = setup(handler).await else { return };
     let pod = env.pod_config("stubborn");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
-    let config = env.container_config("stubborn", &["sh", "-c", "trap '' TERM; echo trapped; while true; do sleep 1; done"]);
+    let config = env.container_config(
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; echo trapped; while true; do echo tick; sleep 0.2; done"],
+    );
     let id = env.create_and_start(&pod_id, &pod, config).await;
-    wait_for_log(&Path::new(&pod.log_directory).join("stubborn/0.log"), "trapped", Duration::from_secs(10)).await;
+    let log = Path::new(&pod.log_directory).join("stubborn/0.log");
+    wait_for_log(&log, "trapped", Duration::from_secs(10)).await;
+
+    // UpdateContainerResources lands in the container's memory cgroup.
+    let resources = env.pod_resources(&pod_id).await;
+    let limit = 48i64 << 20;
+    env.rt()
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: limit, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let memory_cgroup = cgroup_dirs(&format!("{}/crius-{id}", resources.cgroup))
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists())
+        .expect("the container has a memory cgroup");
+    let written = std::fs::read_to_string(memory_cgroup.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(memory_cgroup.join("memory.max")))
+        .unwrap();
+    assert_eq!(written.trim(), limit.to_string(), "limit in {}", memory_cgroup.display());
+    let status = env.container_status(&id).await;
+    assert_eq!(status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes), Some(limit));
+
+    // The kubelet rotates the log: rename, then ReopenContainerLog.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.rt()
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() })
+        .await
+        .expect("ReopenContainerLog");
+    let text = wait_for_log(&log, "stdout F tick", Duration::from_secs(10)).await;
+    assert!(!text.contains("trapped"), "the new file starts after the rotation: {text}");
 
     let started = Instant::now();
     env.rt()
@@ -603,7 +641,6 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
         .expect_err("status of a removed container");
     assert_eq!(err.code(), Code::NotFound);
 
-    let resources = env.pod_resources(&pod_id).await;
     env.stop_and_remove_pod(&pod_id).await;
     resources.assert_gone();
 }
@@ -740,4 +777,94 @@ async fn pods_survive_a_daemon_crash(handler: &'static str) {
     env.stop_and_remove_pod(&pod_id).await;
     resources.assert_gone();
     env.assert_no_pods_left("after cleanup following a restart");
+}
+
+/// A host-network pod: no netns, no CNI, the host's interfaces; its DNS
+/// config becomes the containers' resolv.conf. Also: list filters.
+async fn host_network_pod_with_dns_config(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let mut pod = env.pod_config("hostnet");
+    let ns = pod.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap();
+    ns.network = cri::NamespaceMode::Node as i32;
+    pod.dns_config = Some(cri::DnsConfig {
+        servers: vec!["192.0.2.53".into()],
+        searches: vec!["crius.test".into()],
+        options: vec!["ndots:2".into()],
+    });
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let other = env.run_pod(&env.pod_config("other")).await.expect("second pod");
+    let resources = env.pod_resources(&pod_id).await;
+    assert!(resources.netns.is_none(), "no netns for a host-network pod");
+    let status = env.pod_status(&pod_id).await.status.unwrap();
+    assert!(status.network.is_none_or(|n| n.ip.is_empty()), "no CNI IP");
+    assert_eq!(
+        status.linux.unwrap().namespaces.unwrap().options.unwrap().network,
+        cri::NamespaceMode::Node as i32
+    );
+
+    let mut config = env.container_config("c", &["sleep", "1000"]);
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network =
+        cri::NamespaceMode::Node as i32;
+    let id = env.create_and_start(&pod_id, &pod, config).await;
+    let exec = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "cat /etc/resolv.conf; readlink /proc/1/ns/net".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    let out = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        out.starts_with("nameserver 192.0.2.53\nsearch crius.test\noptions ndots:2\n"),
+        "resolv.conf from the DNS config: {out}"
+    );
+    let host_netns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(out.trim_end().ends_with(&host_netns.display().to_string()), "the host's netns: {out}");
+
+    // List filters: id prefix, label, state.
+    let mut rt = env.rt();
+    let by_id = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter { id: pod_id[..12].to_string(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(by_id.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod_id.as_str()]);
+    let by_label = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("app".to_string(), "other".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(by_label.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [other.as_str()]);
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: other.clone() }).await.unwrap();
+    let ready = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(ready.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod_id.as_str()]);
+
+    let other_resources = env.pod_resources(&other).await;
+    env.stop_and_remove_pod(&other).await;
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    other_resources.assert_gone();
+    env.assert_no_pods_left("after removing both pods");
 }
