@@ -410,6 +410,7 @@ per_handler!(
     bad_requests_leave_nothing_behind,
     pods_survive_a_daemon_crash,
     host_network_pod_with_dns_config,
+    pods_run_concurrently,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -767,6 +768,13 @@ async fn pods_survive_a_daemon_crash(handler: &'static str) {
     let status = env.pod_status(&pod_id).await;
     assert!(status.status.unwrap().network.is_some_and(|n| !n.ip.is_empty()), "pod IP remembered");
 
+    // A clean stop (SIGTERM) of the daemon does not stop pods either.
+    env.daemon.restart().await.expect("daemon restarts after SIGTERM");
+    let containers = env.list_containers(None).await;
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].state, cri::ContainerState::ContainerRunning as i32, "{containers:?}");
+    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra survives a clean daemon stop");
+
     env.rt()
         .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 1 })
         .await
@@ -867,4 +875,58 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
     resources.assert_gone();
     other_resources.assert_gone();
     env.assert_no_pods_left("after removing both pods");
+}
+
+/// Several pods started, used and removed at the same time on one daemon:
+/// distinct IPs, every container reachable, nothing left.
+async fn pods_run_concurrently(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let env = std::sync::Arc::new(env);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move {
+            let pod = env.pod_config(&format!("par{i}"));
+            let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+            let config = env.container_config("c", &["sleep", "1000"]);
+            let id = env.create_and_start(&pod_id, &pod, config).await;
+            let exec = env
+                .rt()
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["cat".into(), "/etc/hostname".into()],
+                    timeout: 10,
+                })
+                .await
+                .expect("ExecSync")
+                .into_inner();
+            assert_eq!(exec.stdout, format!("par{i}\n").into_bytes());
+            let ip = env.pod_status(&pod_id).await.status.unwrap().network.unwrap().ip;
+            (pod_id, ip)
+        }));
+    }
+    let mut pods = Vec::new();
+    for t in tasks {
+        pods.push(t.await.expect("pod task"));
+    }
+    let mut ips: Vec<&str> = pods.iter().map(|(_, ip)| ip.as_str()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 4, "distinct pod IPs: {pods:?}");
+    let mut resources = Vec::new();
+    for (id, _) in &pods {
+        resources.push(env.pod_resources(id).await);
+    }
+    let mut tasks = Vec::new();
+    for (id, _) in pods {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move { env.stop_and_remove_pod(&id).await }));
+    }
+    for t in tasks {
+        t.await.expect("remove task");
+    }
+    for r in &resources {
+        r.assert_gone();
+    }
+    env.assert_no_pods_left("after removing the concurrent pods");
 }

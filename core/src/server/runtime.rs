@@ -116,6 +116,20 @@ pub fn pod_status(err: PodError) -> Status {
     }
 }
 
+/// Runs a lifecycle operation in a task of its own: if the caller gives up
+/// (the kubelet's deadline passes, the connection drops), the operation
+/// still finishes or rolls back instead of stopping half-way.
+async fn detached<T, F>(fut: F) -> Result<T, Status>
+where
+    F: std::future::Future<Output = Result<T, PodError>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(fut).await {
+        Ok(result) => result.map_err(pod_status),
+        Err(e) => Err(Status::internal(format!("lifecycle task failed: {e}"))),
+    }
+}
+
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
 }
@@ -202,17 +216,20 @@ impl RuntimeService for RuntimeServer {
     }
 
     async fn run_pod_sandbox(&self, request: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let pod_sandbox_id = self.pods.run_pod_sandbox(request.into_inner()).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        let pod_sandbox_id = detached(async move { pods.run_pod_sandbox(request.into_inner()).await }).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, request: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        self.pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id).await }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(&self, request: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        self.pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id).await }).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -232,23 +249,27 @@ impl RuntimeService for RuntimeServer {
     }
 
     async fn create_container(&self, request: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let container_id = self.pods.create_container(request.into_inner()).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        let container_id = detached(async move { pods.create_container(request.into_inner()).await }).await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, request: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
-        self.pods.start_container(&request.get_ref().container_id).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.start_container(&request.get_ref().container_id).await }).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
     async fn stop_container(&self, request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        self.pods.stop_container(&req.container_id, req.timeout).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
     async fn remove_container(&self, request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        self.pods.remove_container(&request.get_ref().container_id).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.remove_container(&request.get_ref().container_id).await }).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -269,7 +290,8 @@ impl RuntimeService for RuntimeServer {
 
     async fn update_container_resources(&self, request: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
-        self.pods.update_container_resources(&req.container_id, req.linux).await.map_err(pod_status)?;
+        let pods = self.pods.clone();
+        detached(async move { pods.update_container_resources(&req.container_id, req.linux).await }).await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
