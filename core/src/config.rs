@@ -111,6 +111,33 @@ pub struct HandlerConfig {
     /// Feature overrides; unset features are probed from the runtime itself.
     #[serde(default)]
     pub features: FeatureOverrides,
+    /// Settings of `plugin` handlers: always set for them (keys left out
+    /// keep their defaults), `None` for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginConfig>,
+}
+
+/// The `plugin:` sub-table of a `kind: plugin` handler.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// How `runtime_path` is run.
+    pub mode: PluginMode,
+    /// Handler-specific settings, handed to the handler as given.
+    pub options: BTreeMap<String, String>,
+}
+
+/// How a third-party handler runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    /// `runtime_path` is a shim executable, started once per pod; a crash
+    /// only affects that pod (recommended).
+    #[default]
+    Process,
+    /// `runtime_path` is a shared library loaded into the daemon (root-owned,
+    /// not writable by others); fastest, but a crash takes the daemon down.
+    Library,
 }
 
 /// Optional overrides of what a handler reports in `Status`.
@@ -206,6 +233,7 @@ impl Default for Config {
                     default_annotations: BTreeMap::new(),
                     privileged_without_host_devices: false,
                     features: FeatureOverrides::default(),
+                    plugin: None,
                 },
             );
         }

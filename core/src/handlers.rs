@@ -90,11 +90,39 @@ async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Ar
             name: name.to_string(),
             reason: "handlers of kind `vm` (kata) are not implemented in this build yet".to_string(),
         }),
-        HandlerKind::Plugin => Arc::new(UnavailableHandler {
-            name: name.to_string(),
-            reason: "handlers of kind `plugin` are not implemented in this build yet".to_string(),
-        }),
+        HandlerKind::Plugin => build_plugin(name, entry, config).await,
     }
+}
+
+/// A third-party handler: a plugin library loaded into the daemon, or a shim
+/// executable run once per pod. One that cannot be loaded is registered as
+/// unavailable with the reason, and the daemon serves everything else.
+async fn build_plugin(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn RuntimeHandler> {
+    let plugin = entry.plugin.clone().unwrap_or_default();
+    let state_dir = config.state_dir.join("plugins").join(name);
+    if let Err(err) = std::fs::create_dir_all(&state_dir) {
+        tracing::warn!(handler = name, dir = %state_dir.display(), "creating the handler state dir: {err}");
+    }
+    let params = crius_shim_api::HandlerParams {
+        name: name.to_string(),
+        state_dir: state_dir.display().to_string(),
+        options: plugin.options.clone(),
+    };
+    let built = match plugin.mode {
+        crate::config::PluginMode::Library => {
+            crate::plugin::load_handler(&entry.runtime_path, params).await.map_err(|e| e.to_string())
+        }
+        crate::config::PluginMode::Process => {
+            crate::remote::RemoteHandler::new(&entry.runtime_path, params, &config.state_dir.join("shims"))
+                .await
+                .map(|h| Arc::new(h) as Arc<dyn RuntimeHandler>)
+                .map_err(|e| e.to_string())
+        }
+    };
+    built.unwrap_or_else(|reason| {
+        tracing::error!(handler = name, "cannot load the handler: {reason}");
+        Arc::new(UnavailableHandler { name: name.to_string(), reason })
+    })
 }
 
 /// A configured handler this build cannot serve. It is listed in `Status`
@@ -116,6 +144,21 @@ impl RuntimeHandler for UnavailableHandler {
     }
 
     async fn check_ready(&self) -> Result<(), HandlerError> {
+        Err(HandlerError::not_ready(&self.name, &self.reason))
+    }
+
+    // Pods routed here fail with the reason, not a generic "unimplemented".
+    async fn run_sandbox(
+        &self,
+        _req: crius_shim_api::types::RunSandboxRequest,
+    ) -> Result<crius_shim_api::types::RunSandboxResponse, HandlerError> {
+        Err(HandlerError::not_ready(&self.name, &self.reason))
+    }
+
+    async fn create_container(
+        &self,
+        _req: crius_shim_api::types::CreateContainerRequest,
+    ) -> Result<crius_shim_api::types::CreateContainerResponse, HandlerError> {
         Err(HandlerError::not_ready(&self.name, &self.reason))
     }
 }

@@ -4,7 +4,9 @@
 pub mod config;
 pub mod handlers;
 pub mod image;
+pub mod plugin;
 pub mod pod;
+pub mod remote;
 pub mod rootfs;
 pub mod sandbox;
 pub mod server;

@@ -251,6 +251,7 @@ struct FileHandler {
     default_annotations: Option<BTreeMap<String, Src<String>>>,
     privileged_without_host_devices: Option<Src<bool>>,
     features: Option<FileFeatures>,
+    plugin: Option<Src<super::PluginConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +416,7 @@ impl FileConfig {
                     "runtime_root" => pos(&value.runtime_root),
                     "monitor_path" => pos(&value.monitor_path),
                     "allowed_annotations" => pos(&value.allowed_annotations),
+                    "plugin" => pos(&value.plugin),
                     _ => None,
                 };
                 field_pos.unwrap_or((h.file, h.line, h.column))
@@ -455,6 +457,8 @@ impl FileHandler {
             put(&mut merged.recursive_read_only_mounts, features.recursive_read_only_mounts, file);
             put(&mut merged.user_namespaces, features.user_namespaces, file);
         }
+        // The plugin sub-table is small; a later file replaces it whole.
+        put(&mut self.plugin, other.plugin, file);
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
@@ -499,6 +503,11 @@ impl FileHandler {
                     .and_then(|f| f.recursive_read_only_mounts.as_ref())
                     .map(|s| s.value),
                 user_namespaces: features.and_then(|f| f.user_namespaces.as_ref()).map(|s| s.value),
+            },
+            plugin: match (&self.plugin, kind.value) {
+                (Some(plugin), _) => Some(plugin.value.clone()),
+                (None, HandlerKind::Plugin) => Some(Default::default()),
+                (None, _) => None,
             },
         })
     }

@@ -1,0 +1,564 @@
+//! Out-of-process handlers (`kind: plugin`, `plugin.mode: process`): one
+//! shim process per pod speaking the handler contract over ttrpc on a unix
+//! socket (see `crius_shim_api::shim` for the command line).
+//!
+//! The shim is started by RunSandbox in its own process group, so it outlives
+//! a daemon crash or restart; its socket path and pid are kept in the pod's
+//! handler_state (wrapped around the shim's own state), and RestoreSandbox
+//! reconnects. A shim that dies only fails its own pod's calls, with an error
+//! naming the pod and how the shim ended; stop and remove of such a pod still
+//! succeed so the core can clean up. `Info` and `CheckReady` run the
+//! executable as one-shot commands (`info`, `check-ready`).
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use crius_shim_api::prost::Message;
+use crius_shim_api::shim::{CallError, EXIT_HANDLER_ERROR, ShimClient};
+use crius_shim_api::types::{
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse, CreateContainerRequest,
+    CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse, InfoResponse, RestoreSandboxRequest,
+    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
+    StopContainerRequest, UpdateContainerResourcesRequest,
+};
+use crius_shim_api::wire::{self, method};
+use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// How long one-shot commands (`info`, `check-ready`) may take.
+const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new shim has to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on one call into a shim.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a CheckReady answer is reused (the kubelet polls Status often).
+const READY_CACHE: Duration = Duration::from_secs(5);
+/// Longest unix socket path (sun_path minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Why an out-of-process handler could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("shim executable {path}: {message}")]
+    Exe { path: PathBuf, message: String },
+    #[error("shim executable {path} failed to describe handler {name} (info): {error}")]
+    Info { path: PathBuf, name: String, error: HandlerError },
+}
+
+/// What the core persists for a pod of this handler (its handler_state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShimState {
+    socket: PathBuf,
+    pid: u32,
+    log: PathBuf,
+    /// The shim's own handler_state, base64.
+    state: String,
+}
+
+/// A running (or dead) shim of one pod.
+struct Shim {
+    sandbox_id: String,
+    socket: PathBuf,
+    pid: u32,
+    log: PathBuf,
+    client: Option<ShimClient>,
+    /// How the shim ended, once known (set by the reaper of shims this daemon
+    /// started, or when a restored shim turns out to be gone).
+    exited: Arc<Mutex<Option<String>>>,
+    /// This daemon started it, so its exit is reaped and reported.
+    ours: bool,
+}
+
+impl Shim {
+    fn exit_status(&self) -> Option<String> {
+        self.exited.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn dead_error(&self, how: &str) -> HandlerError {
+        HandlerError::internal(format!(
+            "shim for pod {} {how}{}",
+            self.sandbox_id,
+            log_tail(&self.log).map(|t| format!("; its log {} ends with: {t}", self.log.display())).unwrap_or_default()
+        ))
+    }
+
+    /// One call; a broken connection is reported as the shim's death.
+    async fn call(&self, name: &str, payload: Vec<u8>) -> HandlerResult<Vec<u8>> {
+        if let Some(status) = self.exit_status() {
+            return Err(self.dead_error(&format!("exited ({status})")));
+        }
+        let Some(client) = &self.client else {
+            return Err(self.dead_error("is not reachable"));
+        };
+        match client.call(name, payload, CALL_TIMEOUT).await {
+            Ok(bytes) => Ok(bytes),
+            Err(CallError::Handler(err)) => Err(err),
+            Err(CallError::Transport(err)) => {
+                // The reaper usually learns the exit status a moment after the
+                // connection breaks.
+                if self.ours {
+                    for _ in 0..20 {
+                        if let Some(status) = self.exit_status() {
+                            return Err(self.dead_error(&format!("exited ({status}) during {name}")));
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                } else if !process_alive(self.pid) {
+                    self.mark_exited("gone");
+                    return Err(self.dead_error(&format!("(pid {}) is gone", self.pid)));
+                }
+                Err(self.dead_error(&format!("did not answer {name}: {err}")))
+            }
+        }
+    }
+
+    fn mark_exited(&self, status: &str) {
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        exited.get_or_insert_with(|| status.to_string());
+    }
+
+    fn is_dead(&self) -> bool {
+        self.exit_status().is_some() || (!self.ours && !process_alive(self.pid))
+    }
+
+    /// Ends the shim process (its whole process group) if it still runs.
+    async fn terminate(&self) {
+        for _ in 0..40 {
+            if self.is_dead() {
+                return;
+            }
+            if !self.ours {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.is_dead() || !self.is_our_shim_process() {
+            return;
+        }
+        let Ok(pid) = i32::try_from(self.pid) else { return };
+        if let Err(err) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+            warn!(pod = %self.sandbox_id, pid, "killing the shim: {err}");
+        }
+    }
+
+    /// Guards against pid reuse before signalling a shim this daemon did not
+    /// start: its command line must name its socket.
+    fn is_our_shim_process(&self) -> bool {
+        if self.ours {
+            return true;
+        }
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .map(|cmdline| {
+                let socket = self.socket.as_os_str().as_encoded_bytes();
+                cmdline.split(|b| *b == 0).any(|arg| arg == socket)
+            })
+            .unwrap_or(false)
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok())
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(signal)) => {
+                let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_default();
+                format!("killed by signal {signal} {name}").trim_end().to_string()
+            }
+            _ => status.to_string(),
+        },
+        Err(err) => format!("unknown status: {err}"),
+    }
+}
+
+/// The last few non-empty lines of a shim's log, for error messages.
+fn log_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    Some(if tail.len() > 600 { format!("...{}", &tail[tail.len() - 600..]) } else { tail })
+        .map(|t| t.chars().filter(|c| !c.is_control()).collect())
+}
+
+/// A handler whose pods each run under a shim process.
+pub struct RemoteHandler {
+    name: String,
+    exe: PathBuf,
+    params: HandlerParams,
+    socket_dir: PathBuf,
+    info: InfoResponse,
+    shims: Mutex<HashMap<String, Arc<Shim>>>,
+    ready: Mutex<Option<(Instant, HandlerResult<()>)>>,
+}
+
+impl std::fmt::Debug for RemoteHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteHandler").field("name", &self.name).field("exe", &self.exe).finish()
+    }
+}
+
+impl RemoteHandler {
+    /// Describes the handler by running `<exe> info`. Shim sockets go to
+    /// `socket_dir` (kept short: unix socket paths are limited).
+    pub async fn new(exe: &Path, params: HandlerParams, socket_dir: &Path) -> Result<Self, RemoteError> {
+        let exe_error = |message: String| RemoteError::Exe { path: exe.to_path_buf(), message };
+        let meta = std::fs::metadata(exe).map_err(|e| exe_error(e.to_string()))?;
+        if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
+            return Err(exe_error("is not an executable file".to_string()));
+        }
+        let name = params.name.clone();
+        let info = one_shot(exe, "info", &params)
+            .await
+            .and_then(|bytes| wire::decode_response::<InfoResponse>(method::INFO, &bytes))
+            .map_err(|error| RemoteError::Info { path: exe.to_path_buf(), name: name.clone(), error })?;
+        info!(handler = %name, shim = %exe.display(), version = %info.version, "out-of-process handler ready to start shims");
+        Ok(Self {
+            name,
+            exe: exe.to_path_buf(),
+            params,
+            socket_dir: socket_dir.to_path_buf(),
+            info,
+            shims: Mutex::new(HashMap::new()),
+            ready: Mutex::new(None),
+        })
+    }
+
+    fn shim(&self, sandbox_id: &str) -> HandlerResult<Arc<Shim>> {
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sandbox_id)
+            .cloned()
+            .ok_or_else(|| HandlerError::not_found(format!("handler {}: no shim is known for pod {sandbox_id}", self.name)))
+    }
+
+    fn forget(&self, sandbox_id: &str) -> Option<Arc<Shim>> {
+        self.shims.lock().unwrap_or_else(|e| e.into_inner()).remove(sandbox_id)
+    }
+
+    async fn rpc<Req: Message, Resp: Message + Default>(
+        &self,
+        sandbox_id: &str,
+        name: &'static str,
+        request: &Req,
+    ) -> HandlerResult<Resp> {
+        let answer = self.shim(sandbox_id)?.call(name, wire::encode(request)).await?;
+        wire::decode_response(name, &answer)
+    }
+
+    async fn rpc_unit<Req: Message>(&self, sandbox_id: &str, name: &'static str, request: &Req) -> HandlerResult<()> {
+        self.rpc::<Req, Empty>(sandbox_id, name, request).await.map(|_| ())
+    }
+
+    /// Like [`Self::rpc_unit`] for stop/remove calls: a pod whose shim is
+    /// gone (or unknown) has nothing left to stop, so that succeeds.
+    async fn rpc_idempotent<Req: Message>(&self, sandbox_id: &str, name: &'static str, request: &Req) -> HandlerResult<()> {
+        let Ok(shim) = self.shim(sandbox_id) else { return Ok(()) };
+        if shim.is_dead() {
+            warn!(handler = %self.name, pod = sandbox_id, "{name}: the pod's shim is gone; nothing to do");
+            return Ok(());
+        }
+        match shim.call(name, wire::encode(request)).await {
+            Err(_) if shim.is_dead() => {
+                warn!(handler = %self.name, pod = sandbox_id, "{name}: the pod's shim died; nothing to do");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn socket_path(&self, sandbox_id: &str) -> HandlerResult<PathBuf> {
+        let short: String = sandbox_id.chars().filter(char::is_ascii_alphanumeric).take(24).collect();
+        let socket = self.socket_dir.join(format!("{}-{short}.sock", self.name));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(HandlerError::failed_precondition(format!(
+                "handler {}: the shim socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter state_dir",
+                self.name,
+                socket.display()
+            )));
+        }
+        Ok(socket)
+    }
+
+    /// Starts the pod's shim and connects to it.
+    async fn start_shim(&self, req: &RunSandboxRequest) -> HandlerResult<Shim> {
+        let id = &req.sandbox_id;
+        let socket = self.socket_path(id)?;
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            HandlerError::internal(format!("handler {}: {what} for pod {id}: {e}", self.name))
+        };
+        std::fs::create_dir_all(&self.socket_dir).map_err(|e| internal("creating the shim socket dir", &e))?;
+        let log_dir = if req.state_dir.is_empty() { self.socket_dir.clone() } else { PathBuf::from(&req.state_dir) };
+        std::fs::create_dir_all(&log_dir).map_err(|e| internal("creating the pod state dir", &e))?;
+        let log = log_dir.join(if req.state_dir.is_empty() { format!("{id}.log") } else { "shim.log".to_string() });
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| internal("opening the shim log", &e))?;
+        let log_err = log_file.try_clone().map_err(|e| internal("opening the shim log", &e))?;
+        let _ = std::fs::remove_file(&socket);
+        let mut child = tokio::process::Command::new(&self.exe)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--sandbox-id")
+            .arg(id)
+            .arg("--params")
+            .arg(self.params.to_json())
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            // Its own process group: signals for the daemon's group (a
+            // terminal's ^C, a service manager's stop) must not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| internal(&format!("starting the shim {}", self.exe.display()), &e))?;
+        let pid = child.id().unwrap_or_default();
+        let exited = Arc::new(Mutex::new(None));
+        let reaper_exited = exited.clone();
+        let (handler, pod) = (self.name.clone(), id.clone());
+        tokio::spawn(async move {
+            let status = describe(&child.wait().await);
+            info!(handler = %handler, pod = %pod, "shim exited: {status}");
+            *reaper_exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        });
+        let mut shim = Shim { sandbox_id: id.clone(), socket: socket.clone(), pid, log, client: None, exited, ours: true };
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = shim.exit_status() {
+                return Err(shim.dead_error(&format!("exited before serving ({status})")));
+            }
+            match ShimClient::connect(&socket).await {
+                Ok(client) => {
+                    shim.client = Some(client);
+                    return Ok(shim);
+                }
+                Err(err) if Instant::now() > deadline => {
+                    shim.client = None;
+                    shim.terminate_now();
+                    return Err(shim.dead_error(&format!("did not listen on {} within {START_TIMEOUT:?}: {err}", socket.display())));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Shim {
+    fn terminate_now(&self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `<exe> <command> --params <json>` and returns its stdout, or the
+/// handler's error.
+async fn one_shot(exe: &Path, command: &str, params: &HandlerParams) -> HandlerResult<Vec<u8>> {
+    let name = &params.name;
+    let run = tokio::process::Command::new(exe)
+        .arg(command)
+        .arg("--params")
+        .arg(params.to_json())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(ONE_SHOT_TIMEOUT, run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(err)) => {
+            return Err(HandlerError::internal(format!("handler {name}: cannot run {} {command}: {err}", exe.display())));
+        }
+        Err(_) => {
+            return Err(HandlerError::deadline_exceeded(format!(
+                "handler {name}: {} {command} did not finish within {ONE_SHOT_TIMEOUT:?}",
+                exe.display()
+            )));
+        }
+    };
+    if output.status.success() {
+        return Ok(output.stdout);
+    }
+    if output.status.code() == Some(i32::from(EXIT_HANDLER_ERROR))
+        && let Ok(error) = crius_shim_api::types::Error::decode(output.stdout.as_slice())
+    {
+        return Err(HandlerError::from_wire(error));
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(HandlerError::internal(format!(
+        "handler {name}: {} {command} failed ({}): {}",
+        exe.display(),
+        describe(&Ok(output.status)),
+        stderr.trim()
+    )))
+}
+
+fn wrap_state(shim: &Shim, state: &[u8]) -> Vec<u8> {
+    let wrapped = ShimState {
+        socket: shim.socket.clone(),
+        pid: shim.pid,
+        log: shim.log.clone(),
+        state: base64::engine::general_purpose::STANDARD.encode(state),
+    };
+    serde_json::to_vec(&wrapped).unwrap_or_default()
+}
+
+#[async_trait]
+impl RuntimeHandler for RemoteHandler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.info.capabilities.unwrap_or_default()
+    }
+
+    async fn check_ready(&self) -> HandlerResult<()> {
+        if let Some((at, result)) = &*self.ready.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < READY_CACHE
+        {
+            return result.clone();
+        }
+        let result = one_shot(&self.exe, "check-ready", &self.params).await.map(|_| ());
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
+        let id = req.sandbox_id.clone();
+        if let Ok(old) = self.shim(&id) {
+            if !old.is_dead() {
+                return Err(HandlerError::new(
+                    crius_shim_api::ErrorKind::AlreadyExists,
+                    format!("handler {}: pod {id} already has a running shim", self.name),
+                ));
+            }
+            self.forget(&id);
+        }
+        let shim = Arc::new(self.start_shim(&req).await?);
+        info!(handler = %self.name, pod = %id, pid = shim.pid, socket = %shim.socket.display(), "shim started");
+        let answer = shim
+            .call(method::RUN_SANDBOX, wire::encode(&req))
+            .await
+            .and_then(|bytes| wire::decode_response::<RunSandboxResponse>(method::RUN_SANDBOX, &bytes));
+        match answer {
+            Ok(mut response) => {
+                response.handler_state = wrap_state(&shim, &response.handler_state);
+                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id, shim);
+                Ok(response)
+            }
+            Err(err) => {
+                // RunSandbox must leave nothing behind.
+                shim.terminate_now();
+                let _ = std::fs::remove_file(&shim.socket);
+                Err(err)
+            }
+        }
+    }
+
+    async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_SANDBOX, &req).await
+    }
+
+    async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        let id = req.sandbox_id.clone();
+        self.rpc_idempotent(&id, method::REMOVE_SANDBOX, &req).await?;
+        if let Some(shim) = self.forget(&id) {
+            // The shim exits by itself after RemoveSandbox; make sure.
+            shim.terminate().await;
+            let _ = std::fs::remove_file(&shim.socket);
+        }
+        Ok(())
+    }
+
+    async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
+        let shim = self.shim(&req.sandbox_id)?;
+        if let Some(status) = shim.exit_status() {
+            // The pod is not ready; say why instead of failing the status call.
+            return Ok(SandboxStatusResponse {
+                ready: false,
+                info: [("shim".to_string(), format!("exited ({status})"))].into_iter().collect(),
+            });
+        }
+        self.rpc(&req.sandbox_id.clone(), method::SANDBOX_STATUS, &req).await
+    }
+
+    async fn restore_sandbox(&self, mut req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+        let id = req.sandbox_id.clone();
+        let state: ShimState = serde_json::from_slice(&req.handler_state).map_err(|e| {
+            HandlerError::invalid_argument(format!("handler {}: pod {id} has no usable shim state: {e}", self.name))
+        })?;
+        req.handler_state = base64::engine::general_purpose::STANDARD.decode(&state.state).map_err(|e| {
+            HandlerError::invalid_argument(format!("handler {}: pod {id} has corrupt shim state: {e}", self.name))
+        })?;
+        let client = ShimClient::connect(&state.socket).await;
+        let mut shim = Shim {
+            sandbox_id: id.clone(),
+            socket: state.socket,
+            pid: state.pid,
+            log: state.log,
+            client: None,
+            exited: Arc::new(Mutex::new(None)),
+            ours: false,
+        };
+        let shim = match client {
+            Ok(client) => {
+                shim.client = Some(client);
+                Arc::new(shim)
+            }
+            Err(err) => {
+                warn!(handler = %self.name, pod = %id, "the pod's shim is gone after the restart: {err}");
+                shim.mark_exited(&format!("gone after the daemon restart: {err}"));
+                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(shim));
+                return Ok(RestoreSandboxResponse { ready: false });
+            }
+        };
+        self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), shim.clone());
+        let answer = shim.call(method::RESTORE_SANDBOX, wire::encode(&req)).await?;
+        wire::decode_response(method::RESTORE_SANDBOX, &answer)
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::CREATE_CONTAINER, &req).await
+    }
+    async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::START_CONTAINER, &req).await
+    }
+    async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_CONTAINER, &req).await
+    }
+    async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::REMOVE_CONTAINER, &req).await
+    }
+    async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATUS, &req).await
+    }
+    async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::EXEC_SYNC, &req).await
+    }
+    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::UPDATE_CONTAINER_RESOURCES, &req).await
+    }
+    async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::REOPEN_CONTAINER_LOG, &req).await
+    }
+    async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATS, &req).await
+    }
+}
