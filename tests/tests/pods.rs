@@ -45,7 +45,7 @@ struct Env {
     image: String,
     subnet_prefix: String,
     log_dir: tempfile::TempDir,
-    _cni_dir: tempfile::TempDir,
+    cni_dir: tempfile::TempDir,
     _registry: Registry,
 }
 
@@ -78,6 +78,11 @@ fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
 /// of the test's own and a daemon using both. `None` (skipped, reason
 /// printed) without root or the tools.
 async fn setup(handler: &'static str) -> Option<Env> {
+    setup_with(handler, "").await
+}
+
+/// [`setup`] with extra top-level config keys.
+async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
     let mut tools = vec![REGISTRY_BIN, BUSYBOX_STATIC, CONMON, CATATONIT, runtime_binary(handler)];
     tools.extend(CNI_PLUGINS);
     if !require_root_and_tools(&tools) {
@@ -105,7 +110,7 @@ async fn setup(handler: &'static str) -> Option<Env> {
     let daemon = Daemon::builder()
         .registry(&registry)
         .extra_yaml(&format!(
-            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
+            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n{extra_yaml}",
             cni_dir.path().display()
         ))
         .start()
@@ -119,7 +124,7 @@ async fn setup(handler: &'static str) -> Option<Env> {
         image,
         subnet_prefix,
         log_dir,
-        _cni_dir: cni_dir,
+        cni_dir,
         _registry: registry,
     })
 }
@@ -411,6 +416,8 @@ per_handler!(
     pods_survive_a_daemon_crash,
     host_network_pod_with_dns_config,
     pods_run_concurrently,
+    failures_half_way_roll_back,
+    infra_failure_rolls_back,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -929,4 +936,92 @@ async fn pods_run_concurrently(handler: &'static str) {
         r.assert_gone();
     }
     env.assert_no_pods_left("after removing the concurrent pods");
+}
+
+/// IP allocations host-local holds in the test network's data dir.
+fn ipam_allocations(env: &Env) -> Vec<PathBuf> {
+    crius_tests::files_below(&env.cni_dir.path().join("ipam"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&env.subnet_prefix)))
+        .collect()
+}
+
+/// A CNI plugin failing after the bridge attached the pod, and a container
+/// whose executable does not exist: errors, and nothing left behind.
+async fn failures_half_way_roll_back(handler: &'static str) {
+    let Some(env) = setup(handler).await else { return };
+    let conflist = env.cni_dir.path().join("10-test.conflist");
+    let good = std::fs::read(&conflist).unwrap();
+    let mut broken: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    broken["plugins"].as_array_mut().unwrap().push(serde_json::json!({ "type": "crius-no-such-plugin" }));
+    std::fs::write(&conflist, serde_json::to_vec(&broken).unwrap()).unwrap();
+
+    let pod = env.pod_config("cnifail");
+    let err = env.run_pod(&pod).await.expect_err("CNI failure");
+    assert!(err.message().contains("crius-no-such-plugin"), "{err:?}");
+    env.assert_no_pods_left("after a CNI failure");
+    assert!(env.list_pods().await.is_empty());
+    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    // The pod cgroup is gone too: the daemon logged the pod's id.
+    let log = env.daemon.stderr_text();
+    let failed_id = log
+        .lines()
+        .find(|l| l.contains("RunPodSandbox failed"))
+        .and_then(|l| l.split("pod_id=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the failure is logged with the pod id")
+        .to_string();
+    for dir in cgroup_dirs(&format!("/crius/pod-{failed_id}")) {
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
+    }
+
+    // The same pod (name) runs once the network is fixed: the name was released.
+    std::fs::write(&conflist, &good).unwrap();
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox after the fix");
+    assert_eq!(ipam_allocations(&env).len(), 1, "{:?}", ipam_allocations(&env));
+
+    let config = env.container_config("ghost", &["/no/such/binary"]);
+    match env.create(&pod_id, &pod, config.clone()).await {
+        Err(err) => {
+            // Rejected at create: no bundle, mount or record left.
+            assert!(err.message().contains("/no/such/binary"), "{err:?}");
+            let bundles = crius_tests::dir_entries(&env.daemon.state_dir().join("pods").join(&pod_id).join("containers"));
+            assert!(bundles.is_empty(), "{bundles:?}");
+            assert!(env.list_containers(None).await.is_empty());
+            // The name is free again.
+            let mut ok = env.container_config("ghost", &["true"]);
+            ok.metadata = config.metadata.clone();
+            env.create(&pod_id, &pod, ok).await.expect("the name is free again");
+        }
+        Ok(id) => {
+            // Or at start; the container is then not running and removable.
+            let err = env
+                .rt()
+                .start_container(cri::StartContainerRequest { container_id: id.clone() })
+                .await
+                .expect_err("start of a missing executable");
+            assert!(err.message().contains("/no/such/binary") || err.message().contains("no such file"), "{err:?}");
+            let st = env.container_status(&id).await;
+            assert_ne!(st.state, cri::ContainerState::ContainerRunning as i32, "{st:?}");
+            env.rt().remove_container(cri::RemoveContainerRequest { container_id: id }).await.expect("RemoveContainer");
+        }
+    }
+    let resources = env.pod_resources(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
+    resources.assert_gone();
+    env.assert_no_pods_left("after cleanup");
+    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+}
+
+/// The infra container cannot start (the pause binary is missing) after
+/// the network is set up: the pod's netns, IP, shm mount, cgroup and
+/// directory are all undone.
+async fn infra_failure_rolls_back(handler: &'static str) {
+    let Some(env) = setup_with(handler, "pause:\n  catatonit_path: /no/such/catatonit\n").await else { return };
+    let pod = env.pod_config("noinfra");
+    let err = env.run_pod(&pod).await.expect_err("no pause binary");
+    assert!(err.message().contains("/no/such/catatonit"), "{err:?}");
+    env.assert_no_pods_left("after an infra failure");
+    assert!(env.list_pods().await.is_empty());
+    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
 }

@@ -183,7 +183,15 @@ impl PodManager {
                 pod_uid: meta.uid,
                 ..CniRequest::new(id.clone(), ns.path())
             };
-            let result = network.add_recorded(&request, &record).await?;
+            let result = match network.add_recorded(&request, &record).await {
+                Ok(result) => result,
+                Err(e) => {
+                    // The CNI client already ran DEL for what the failed ADD
+                    // (or record write) did: nothing is attached.
+                    rec.cni_attached = false;
+                    return Err(e.into());
+                }
+            };
             rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
             self.store.save_pod(rec)?;
         }
@@ -401,7 +409,11 @@ impl PodManager {
             pod_uid: meta.uid,
             ..CniRequest::new(rec.id.clone(), netns)
         };
-        network.del(&request, None).await?;
+        // Best effort: without a record, ADD may never have run; a plugin
+        // that cannot DEL must not keep the pod from being removed.
+        if let Err(e) = network.del(&request, None).await {
+            warn!(pod_id = %rec.id, error = %e, "CNI DEL without an attachment record failed");
+        }
         Ok(())
     }
 
