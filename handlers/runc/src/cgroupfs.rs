@@ -38,7 +38,9 @@ impl CgroupMounts {
                     let controllers = super_opts
                         .split(',')
                         .filter(|o| {
-                            !matches!(*o, "rw" | "ro") && !o.starts_with("name=") && !o.contains('=')
+                            !matches!(*o, "rw" | "ro")
+                                && !o.starts_with("name=")
+                                && !o.contains('=')
                         })
                         .map(str::to_string)
                         .collect();
@@ -71,7 +73,11 @@ impl CgroupMounts {
         let v2 = self.v2.as_ref()?;
         let offered = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
         // cpu accounting (cpu.stat usage_usec) exists in every v2 cgroup.
-        let wanted = if controller == "cpuacct" { "cpu" } else { controller };
+        let wanted = if controller == "cpuacct" {
+            "cpu"
+        } else {
+            controller
+        };
         if controller == "cpuacct" || offered.split_whitespace().any(|c| c == wanted) {
             Some(v2.join(rel))
         } else {
@@ -176,7 +182,10 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/kube/c1"))
         );
         // name=systemd is not a controller.
-        assert!(m.v1.iter().all(|(c, _)| !c.iter().any(|c| c.contains("systemd"))));
+        assert!(
+            m.v1.iter()
+                .all(|(c, _)| !c.iter().any(|c| c.contains("systemd")))
+        );
     }
 
     #[test]

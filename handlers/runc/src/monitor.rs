@@ -224,9 +224,11 @@ impl Conmon {
         push("-l", prefixed("k8s-file:", &dir.join("exec.log")));
         push("--log-level", self.log_level.clone().into());
         if let Some(timeout) = timeout {
-            // conmon counts whole seconds; round up so we never cut short.
+            // conmon's timer (g_timeout_add_seconds) may fire up to a
+            // second early, so crius enforces the timeout itself (see
+            // `exec_sync`); conmon's, a second later, is only a backstop.
             let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-            push("-T", secs.max(1).to_string().into());
+            push("-T", (secs.max(1) + 1).to_string().into());
         }
         args.push("-e".into());
         args
@@ -461,22 +463,43 @@ impl ContainerMonitor for Conmon {
         let args = self.exec_args(&spec.id, dir.path(), spec.timeout);
         let (receiver, _) = self.spawn(&spec.id, dir.path(), &args).await?;
         // In exec mode conmon writes one message when the command ends (or
-        // fails to start) and then exits: read to EOF. conmon enforces the
-        // timeout itself; ours only guards against a wedged conmon.
+        // fails to start) and then exits: read to EOF. At the timeout the
+        // command is killed here (conmon then reports it killed); the guard
+        // only protects against a wedged conmon.
         let guard = spec
             .timeout
             .map(|t| t + Duration::from_secs(30))
             .unwrap_or(Duration::MAX);
         let mut text = String::new();
         let read = async { BufReader::new(receiver).read_to_string(&mut text).await };
-        match tokio::time::timeout(guard, read).await {
-            Err(_) => {
+        let started = tokio::time::Instant::now();
+        let mut killed_at_timeout = false;
+        let read_result = {
+            tokio::pin!(read);
+            let mut result = None;
+            if let Some(timeout) = spec.timeout {
+                tokio::select! {
+                    r = &mut read => result = Some(r),
+                    _ = tokio::time::sleep(timeout) => {
+                        killed_at_timeout = kill_exec_process(&dir.path().join("exec.pid"));
+                    }
+                }
+            }
+            match result {
+                Some(r) => Some(r),
+                None => tokio::time::timeout(guard.saturating_sub(started.elapsed()), read)
+                    .await
+                    .ok(),
+            }
+        };
+        match read_result {
+            None => {
                 return Err(MonitorError::Timeout {
                     id: spec.id.clone(),
                     timeout: guard,
                 });
             }
-            Ok(r) => r.map_err(MonitorError::Pipe)?,
+            Some(r) => r.map_err(MonitorError::Pipe)?,
         };
         let line = text
             .lines()
@@ -488,8 +511,8 @@ impl ContainerMonitor for Conmon {
                 stderr: "no output".to_string(),
             })?;
         let msg = parse_sync_line(&spec.id, line)?;
-        let code = msg.pid.unwrap_or(-1);
-        let timed_out = msg.message.as_deref() == Some("command timed out");
+        let timed_out = killed_at_timeout || msg.message.as_deref() == Some("command timed out");
+        let code = if timed_out { -1 } else { msg.pid.unwrap_or(-1) };
         if code < 0 && !timed_out {
             return Err(MonitorError::RuntimeFailed {
                 id: spec.id.clone(),
@@ -601,6 +624,26 @@ pub async fn wait_for_exit(
     }
 }
 
+/// SIGKILLs the exec'd process (and its process group when it leads one,
+/// as conmon does). `false` when no process was found.
+fn kill_exec_process(pidfile: &Path) -> bool {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::{Pid, getpgid};
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return false;
+    };
+    let pid = Pid::from_raw(pid);
+    // The group kill can take the process with it and conmon may reap it
+    // before the direct kill: either success counts.
+    let group =
+        getpgid(Some(pid)).is_ok_and(|pg| pg == pid) && killpg(pid, Signal::SIGKILL).is_ok();
+    kill(pid, Signal::SIGKILL).is_ok() || group
+}
+
 fn prefixed(prefix: &str, path: &Path) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(path.as_os_str());
@@ -701,7 +744,7 @@ mod tests {
         let args =
             strings(conmon().exec_args("c1", Path::new("/x"), Some(Duration::from_millis(1500))));
         let t = args.iter().position(|a| a == "-T").unwrap();
-        assert_eq!(args[t + 1], "2");
+        assert_eq!(args[t + 1], "3");
         assert!(args.contains(&"-e".to_string()));
         assert!(args.contains(&"/x/process.json".to_string()));
         let none = strings(conmon().exec_args("c1", Path::new("/x"), None));

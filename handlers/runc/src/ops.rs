@@ -300,10 +300,7 @@ impl OciHandler {
             Ok(()) => Ok(()),
             Err(e) => match self.observe(ctr).await? {
                 Observed::Exited { .. } | Observed::Unknown(_) => Ok(()),
-                _ => Err(self.err(
-                    format!("send signal {signal} to container {}", ctr.id),
-                    e,
-                )),
+                _ => Err(self.err(format!("send signal {signal} to container {}", ctr.id), e)),
             },
         }
     }
@@ -469,12 +466,16 @@ impl OciHandler {
                 req.sandbox_id, req.state_dir
             )));
         }
-        let infra = req.infra.as_ref().filter(|b| !b.dir.is_empty()).ok_or_else(|| {
-            HandlerError::invalid_argument(format!(
-                "sandbox {}: handler {} needs an infra container bundle",
-                req.sandbox_id, self.config.name
-            ))
-        })?;
+        let infra = req
+            .infra
+            .as_ref()
+            .filter(|b| !b.dir.is_empty())
+            .ok_or_else(|| {
+                HandlerError::invalid_argument(format!(
+                    "sandbox {}: handler {} needs an infra container bundle",
+                    req.sandbox_id, self.config.name
+                ))
+            })?;
         let bundle = PathBuf::from(&infra.dir);
         let spec = load_spec(&bundle)?;
         if self.pods.get(&req.sandbox_id).is_some() || self.runtime().has_state(&req.sandbox_id) {
@@ -535,7 +536,8 @@ impl OciHandler {
             state_dir: layout.root.clone(),
             infra: ctr.record(),
         };
-        let bytes = serde_json::to_vec(&sandbox).map_err(|e| self.err("encode sandbox record", e))?;
+        let bytes =
+            serde_json::to_vec(&sandbox).map_err(|e| self.err("encode sandbox record", e))?;
         if let Err(e) = write_atomic(&layout.sandbox_record(), &bytes) {
             let _ = self.destroy(&ctr).await;
             for entry in layout.owned_entries() {
@@ -647,9 +649,10 @@ impl OciHandler {
         let mut containers = HashMap::new();
         for rc in &req.containers {
             check_id("container id", &rc.container_id)?;
-            let from_file = std::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok());
+            let from_file =
+                std::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok());
             let record = from_file
                 .or_else(|| serde_json::from_slice(&rc.handler_state).ok())
                 .unwrap_or_else(|| ContainerRecord {
@@ -662,7 +665,10 @@ impl OciHandler {
                     infra: false,
                     bundle: PathBuf::from(&rc.bundle_dir),
                     log_path: (!rc.log_path.is_empty()).then(|| PathBuf::from(&rc.log_path)),
-                    cgroup: load_spec(Path::new(&rc.bundle_dir)).ok().as_ref().and_then(spec_cgroup),
+                    cgroup: load_spec(Path::new(&rc.bundle_dir))
+                        .ok()
+                        .as_ref()
+                        .and_then(spec_cgroup),
                     stop_signal: libc::SIGTERM,
                     created_at: 0,
                     started_at: 0,
@@ -799,7 +805,11 @@ impl OciHandler {
             }
         }
         let started = Instant::now();
+        // Recorded before the call: a short-lived process can exit (and
+        // conmon stamp its exit file) before `start` returns.
+        ctr.set_started_at(now_ns());
         self.runtime().start(&ctr.id).await.map_err(|e| {
+            ctr.set_started_at(0);
             self.err(
                 format!(
                     "start container {} with {}",
@@ -809,7 +819,6 @@ impl OciHandler {
                 e,
             )
         })?;
-        ctr.set_started_at(now_ns());
         if let Err(e) = ctr.save() {
             tracing::warn!(container = %ctr.id, error = %e, "cannot persist start time");
         }
@@ -875,7 +884,9 @@ impl OciHandler {
             } => {
                 resp.state = ContainerState::Exited as i32;
                 resp.exit_code = exit_code;
-                resp.finished_at = finished_at;
+                // The exit file's mtime comes from the coarse kernel clock
+                // and may precede the start stamp by a few milliseconds.
+                resp.finished_at = finished_at.max(resp.started_at);
                 resp.reason = if oom_killed {
                     "OOMKilled"
                 } else if exit_code == 0 {
@@ -894,7 +905,10 @@ impl OciHandler {
         Ok(resp)
     }
 
-    pub(crate) async fn do_exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+    pub(crate) async fn do_exec_sync(
+        &self,
+        req: ExecSyncRequest,
+    ) -> HandlerResult<ExecSyncResponse> {
         let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
         if req.cmd.is_empty() {
             return Err(HandlerError::invalid_argument(format!(
@@ -919,17 +933,15 @@ impl OciHandler {
         let spec = load_spec(&ctr.bundle)?;
         let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
         let obj = process.as_object_mut().ok_or_else(|| {
-            HandlerError::invalid_argument(format!(
-                "container {}: spec has no process",
-                ctr.id
-            ))
+            HandlerError::invalid_argument(format!("container {}: spec has no process", ctr.id))
         })?;
         obj.insert("args".into(), serde_json::json!(req.cmd));
         obj.insert("terminal".into(), Value::Bool(false));
         obj.remove("consoleSize");
         let process: oci_spec::runtime::Process = serde_json::from_value(process)
             .map_err(|e| self.err(format!("exec process spec of {}", ctr.id), e))?;
-        let timeout = (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds as u64));
+        let timeout =
+            (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds as u64));
         let started = Instant::now();
         let out = self
             .monitor()
@@ -970,9 +982,8 @@ impl OciHandler {
         let Some(linux) = req.linux.as_ref() else {
             return Ok(());
         };
-        let resources = crate::resources::oci_resources(linux).map_err(|e| {
-            HandlerError::invalid_argument(format!("container {}: {e}", ctr.id))
-        })?;
+        let resources = crate::resources::oci_resources(linux)
+            .map_err(|e| HandlerError::invalid_argument(format!("container {}: {e}", ctr.id)))?;
         match self.observe(&ctr).await? {
             Observed::Created | Observed::Running => {}
             other => {
@@ -987,8 +998,11 @@ impl OciHandler {
             .suffix(".json")
             .tempfile_in(&ctr.dir)
             .map_err(|e| self.err(format!("resources file for {}", ctr.id), e))?;
-        std::fs::write(file.path(), serde_json::to_vec(&resources).unwrap_or_default())
-            .map_err(|e| self.err(format!("write {}", file.path().display()), e))?;
+        std::fs::write(
+            file.path(),
+            serde_json::to_vec(&resources).unwrap_or_default(),
+        )
+        .map_err(|e| self.err(format!("write {}", file.path().display()), e))?;
         self.runtime()
             .update(&ctr.id, file.path())
             .await
@@ -1100,7 +1114,10 @@ mod tests {
 
     #[test]
     fn exec_failure_codes() {
-        assert_eq!(exec_failure_code("exec: \"nope\": executable file not found in $PATH"), 127);
+        assert_eq!(
+            exec_failure_code("exec: \"nope\": executable file not found in $PATH"),
+            127
+        );
         assert_eq!(exec_failure_code("permission denied"), 126);
     }
 }

@@ -146,7 +146,12 @@ mod tests {
             memory_limit_in_bytes: -5,
             ..Default::default()
         };
-        assert!(oci_resources(&neg).unwrap_err().to_string().contains("negative"));
+        assert!(
+            oci_resources(&neg)
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
         let swap = LinuxContainerResources {
             memory_limit_in_bytes: 100 << 20,
             memory_swap_limit_in_bytes: 50 << 20,

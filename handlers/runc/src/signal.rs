@@ -111,8 +111,11 @@ mod tests {
 
     #[test]
     fn precedence() {
-        let ann: HashMap<String, String> =
-            [("org.opencontainers.image.stopSignal".to_string(), "SIGINT".to_string())].into();
+        let ann: HashMap<String, String> = [(
+            "org.opencontainers.image.stopSignal".to_string(),
+            "SIGINT".to_string(),
+        )]
+        .into();
         assert_eq!(stop_signal(0, Some(&ann)), libc::SIGINT);
         assert_eq!(
             stop_signal(CriSignal::Sigquit as i32, Some(&ann)),
