@@ -115,7 +115,14 @@ pub struct HandlerConfig {
     /// keep their defaults), `None` for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginConfig>,
+    /// VM settings of `vm` (kata) handlers: always set for them (keys left
+    /// out keep their defaults), `None` for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmConfig>,
 }
+
+/// The `vm:` sub-table of a `kind: vm` handler (defined by the kata handler).
+pub use crius_handler_kata::config::VmConfig;
 
 /// The `plugin:` sub-table of a `kind: plugin` handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +241,7 @@ impl Default for Config {
                     privileged_without_host_devices: false,
                     features: FeatureOverrides::default(),
                     plugin: None,
+                    vm: None,
                 },
             );
         }

@@ -86,10 +86,13 @@ async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Ar
             .await;
             Arc::new(handler)
         }
-        HandlerKind::Vm => Arc::new(UnavailableHandler {
-            name: name.to_string(),
-            reason: "handlers of kind `vm` (kata) are not implemented in this build yet".to_string(),
-        }),
+        HandlerKind::Vm => Arc::new(crius_handler_kata::KataHandler::new(
+            crius_handler_kata::KataHandlerConfig {
+                name: name.to_string(),
+                qemu_path: entry.runtime_path.clone(),
+                vm: entry.vm.clone().unwrap_or_default(),
+            },
+        )),
         HandlerKind::Plugin => build_plugin(name, entry, config).await,
     }
 }

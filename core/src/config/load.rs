@@ -252,6 +252,7 @@ struct FileHandler {
     privileged_without_host_devices: Option<Src<bool>>,
     features: Option<FileFeatures>,
     plugin: Option<Src<super::PluginConfig>>,
+    vm: Option<Src<crius_handler_kata::config::VmConfigOverlay>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +418,7 @@ impl FileConfig {
                     "monitor_path" => pos(&value.monitor_path),
                     "allowed_annotations" => pos(&value.allowed_annotations),
                     "plugin" => pos(&value.plugin),
+                    "vm" => pos(&value.vm),
                     _ => None,
                 };
                 field_pos.unwrap_or((h.file, h.line, h.column))
@@ -459,6 +461,12 @@ impl FileHandler {
         }
         // The plugin sub-table is small; a later file replaces it whole.
         put(&mut self.plugin, other.plugin, file);
+        if let Some(vm) = other.vm {
+            match &mut self.vm {
+                Some(merged) => merged.value.merge(vm.value),
+                None => put(&mut self.vm, Some(vm), file),
+            }
+        }
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
@@ -509,6 +517,11 @@ impl FileHandler {
                 (None, HandlerKind::Plugin) => Some(Default::default()),
                 (None, _) => None,
             },
+            vm: match (&self.vm, kind.value) {
+                (Some(vm), _) => Some(vm.value.resolve()),
+                (None, HandlerKind::Vm) => Some(Default::default()),
+                (None, _) => None,
+            },
         })
     }
 }
@@ -519,6 +532,7 @@ mod tests {
 
     use super::*;
     use crate::config::MirrorConfig;
+    use crate::config::VmConfig;
 
     /// A config file (and optional drop-ins) in a fresh temporary directory.
     struct Fixture {
@@ -587,6 +601,56 @@ mod tests {
             vec![MirrorConfig { location: "127.0.0.1:5000/dockerhub".into(), insecure: true }]
         );
         assert!(config.registry_for("127.0.0.1:5000/busybox:1").expect("local").insecure);
+    }
+
+    #[test]
+    fn shipped_kata_example_is_valid_and_merges_key_by_key() {
+        // The commented-out kata example documents every `vm` key with its
+        // default value: it must load and equal the defaults.
+        let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
+        let example: String = text
+            .lines()
+            .skip_while(|line| !line.starts_with("# runtime_handlers:"))
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(example.contains("kind: vm"), "example not found: {example}");
+        let fx = Fixture::new(&format!("default_runtime_handler: kata\n{example}"))
+            .drop_in("10-fast.yaml", "runtime_handlers:\n  kata:\n    vm:\n      boot_timeout_seconds: 5\n");
+        let config = fx.load().expect("example loads");
+        let kata = &config.runtime_handlers["kata"];
+        assert_eq!(kata.kind, HandlerKind::Vm);
+        let vm = kata.vm.clone().expect("vm handlers always have a vm table");
+        assert_eq!(vm.boot_timeout_seconds, 5, "the drop-in changed one key");
+        assert_eq!(VmConfig { boot_timeout_seconds: 60, ..vm }, VmConfig::default(), "the rest are defaults");
+
+        // A vm handler without a vm table gets the defaults; other kinds none.
+        let fx = Fixture::new(
+            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n",
+        );
+        assert_eq!(fx.load().expect("load").runtime_handlers["k"].vm, Some(VmConfig::default()));
+        assert_eq!(Config::default().runtime_handlers["runc"].vm, None);
+
+        // Bad values are reported under the handler's `vm` key.
+        let fx = Fixture::new(
+            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
+             vm:\n      kernel: vmlinux\n      default_vcpus: 0\n",
+        );
+        let err = fx.load().unwrap_err().to_string();
+        assert!(err.contains("runtime_handlers.k.vm: kernel: path `vmlinux` must be absolute"), "{err}");
+        assert!(err.contains("runtime_handlers.k.vm: default_vcpus: must be at least 1"), "{err}");
+        let fx = Fixture::new(
+            "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
+             vm:\n      default_vcpus: 2\n",
+        );
+        let err = fx.load().unwrap_err().to_string();
+        assert!(err.contains("only handlers of kind `vm` take a `vm` table"), "{err}");
+        let fx = Fixture::new(
+            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
+             vm:\n      bogus: 1\n",
+        );
+        assert!(fx.load().unwrap_err().to_string().contains("bogus"));
     }
 
     #[test]

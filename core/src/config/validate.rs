@@ -246,6 +246,17 @@ fn check_handler(out: &mut Vec<Problem>, name: &str, handler: &HandlerConfig) {
             ));
         }
     }
+    match (&handler.vm, handler.kind) {
+        (Some(_), HandlerKind::Oci | HandlerKind::Plugin) => {
+            out.push(Problem::new(field("vm"), "only handlers of kind `vm` take a `vm` table"));
+        }
+        (Some(vm), HandlerKind::Vm) => {
+            for problem in vm.problems() {
+                out.push(Problem::new(field("vm"), format!("{}: {}", problem.key, problem.message)));
+            }
+        }
+        (None, _) => {}
+    }
     if handler.default_annotations.keys().any(String::is_empty) {
         out.push(Problem::new(field("default_annotations"), "an annotation key is empty"));
     }

@@ -9,6 +9,8 @@
 
 pub mod agent_client;
 pub mod config;
+pub mod container;
+pub mod crilog;
 pub mod handler;
 pub mod qemu;
 pub mod shim;

@@ -7,17 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+
 use crius_shim_api::types::{
-    Capabilities, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse,
+    Capabilities, ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest,
+    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
+    StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, RuntimeHandler};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::config::{VmConfig, VsockMode, size_vm};
+use crate::agent_client::{AgentAddr, AgentClient, AgentError, shared_9p_storage};
+use crate::config::{SharedFs, VmConfig, VsockMode, size_vm};
+use crate::container::{Container, Status, adapt_spec, mount_share, now_nanos, unshare_container};
+use crate::crilog::{CriLog, LineSplitter};
 use crate::spawn::ProcessSpawner;
-use crate::vm::{AGENT_PORT, BootError, Vm, VmLayout, VmParams, connect_hybrid};
+use crate::vm::{AGENT_PORT, BootError, Vm, VmLayout, VmParams};
 
 /// What the daemon hands the shim (as JSON in the pod's state dir).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +64,7 @@ enum Phase {
 
 struct Running {
     vm: Vm,
+    agent: AgentClient,
     timings: Timings,
 }
 
@@ -65,11 +73,58 @@ pub struct PodShim {
     config: ShimConfig,
     spawner: Arc<dyn ProcessSpawner>,
     phase: Mutex<Phase>,
+    containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
+    /// Containers the agent reported OOM-killed.
+    oom_killed: Arc<std::sync::Mutex<HashSet<String>>>,
+    exec_counter: std::sync::atomic::AtomicU64,
+}
+
+/// Exit code of a process killed by SIGKILL, as the agent reports it.
+const SIGKILL_EXIT: i32 = 128 + 9;
+
+fn agent_err(what: &str, err: AgentError) -> HandlerError {
+    HandlerError::internal(format!("{what}: {err}"))
 }
 
 impl PodShim {
     pub fn new(config: ShimConfig, spawner: Arc<dyn ProcessSpawner>) -> Self {
-        Self { config, spawner, phase: Mutex::new(Phase::Empty) }
+        Self {
+            config,
+            spawner,
+            phase: Mutex::new(Phase::Empty),
+            containers: std::sync::Mutex::new(HashMap::new()),
+            oom_killed: Arc::new(std::sync::Mutex::new(HashSet::new())),
+            exec_counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn layout(&self) -> VmLayout {
+        VmLayout::new(&self.config.state_dir, &self.config.sandbox_id)
+    }
+
+    /// The agent of the running VM.
+    async fn agent(&self) -> HandlerResult<AgentClient> {
+        match &*self.phase.lock().await {
+            Phase::Running(running) => Ok(running.agent.clone()),
+            Phase::Empty => Err(HandlerError::failed_precondition(format!(
+                "pod {} has no VM yet",
+                self.config.sandbox_id
+            ))),
+            Phase::Stopped { reason } => Err(HandlerError::failed_precondition(format!(
+                "the VM of pod {} is not running: {reason}",
+                self.config.sandbox_id
+            ))),
+        }
+    }
+
+    fn container(&self, req_sandbox: &str, id: &str) -> HandlerResult<Arc<Container>> {
+        self.check_pod(req_sandbox)?;
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HandlerError::not_found(format!("container {id} not found in pod {req_sandbox}")))
     }
 
     fn check_pod(&self, sandbox_id: &str) -> HandlerResult<()> {
@@ -83,7 +138,7 @@ impl PodShim {
         }
     }
 
-    async fn boot(&self, req: &RunSandboxRequest) -> HandlerResult<(Vm, Timings)> {
+    async fn boot(&self, req: &RunSandboxRequest) -> HandlerResult<(Vm, AgentClient, Timings)> {
         let config = &self.config.vm;
         let resources = req.config.as_ref().and_then(|c| c.linux.as_ref()).and_then(|l| l.resources.as_ref());
         let annotations = req.annotations.clone().into_iter().collect();
@@ -111,15 +166,23 @@ impl PodShim {
         let mut vm = Vm::start(self.spawner.as_ref(), &params).await.map_err(|err| self.boot_error(err))?;
         let vm_start = begin.elapsed();
         let timeout = Duration::from_secs(config.boot_timeout_seconds);
-        let uds = layout.vsock_uds();
+        let addr = AgentAddr::Hybrid { uds: layout.vsock_uds(), port: AGENT_PORT };
         let ready = vm
             .wait_ready(timeout, || {
-                let uds = uds.clone();
-                async move { connect_hybrid(&uds, AGENT_PORT).await.ok() }
+                let addr = addr.clone();
+                async move {
+                    let agent = AgentClient::connect(&addr).await.ok()?.with_timeout(Duration::from_secs(2));
+                    agent.check().await.ok()?;
+                    Some(agent.with_timeout(crate::agent_client::DEFAULT_TIMEOUT))
+                }
             })
             .await;
+        let ready = match ready {
+            Ok(agent) => self.create_guest_sandbox(&agent, req).await.map(|()| agent),
+            Err(err) => Err(self.boot_error(err)),
+        };
         match ready {
-            Ok(_stream) => {
+            Ok(agent) => {
                 let timings = Timings { vm_start, agent_ready: begin.elapsed() };
                 tracing::info!(
                     sandbox = %self.config.sandbox_id,
@@ -129,13 +192,48 @@ impl PodShim {
                     memory_mib = size.memory_mib,
                     "VM ready"
                 );
-                Ok((vm, timings))
+                Ok((vm, agent, timings))
             }
             Err(err) => {
                 vm.stop().await;
-                Err(self.boot_error(err))
+                Err(err)
             }
         }
+    }
+
+    /// CreateSandbox in the guest: hostname, DNS and the shared directory.
+    async fn create_guest_sandbox(&self, agent: &AgentClient, req: &RunSandboxRequest) -> HandlerResult<()> {
+        let config = req.config.clone().unwrap_or_default();
+        let storage = match self.config.vm.shared_fs {
+            SharedFs::NineP => shared_9p_storage(),
+            SharedFs::Virtiofs => crius_agent_proto::agent::Storage {
+                driver: "virtio-fs".into(),
+                source: crate::vm::SHARED_TAG.into(),
+                fstype: "virtiofs".into(),
+                mount_point: crate::agent_client::GUEST_SHARED_DIR.into(),
+                ..Default::default()
+            },
+        };
+        let request = crius_agent_proto::agent::CreateSandboxRequest {
+            hostname: config.hostname.clone(),
+            dns: config.dns_config.map(|d| d.servers).unwrap_or_default(),
+            storages: vec![storage],
+            sandbox_id: req.sandbox_id.clone(),
+            ..Default::default()
+        };
+        agent.create_sandbox(request).await.map_err(|err| {
+            HandlerError::internal(format!("pod {}: guest agent CreateSandbox: {err}", req.sandbox_id))
+        })?;
+        // Collects OOM kills for the pod's lifetime; exits with the VM.
+        let oom = self.oom_killed.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Ok(id) = agent.get_oom_event().await {
+                tracing::info!(container = %id, "OOM kill reported by the guest");
+                oom.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+            }
+        });
+        Ok(())
     }
 
     fn boot_error(&self, err: BootError) -> HandlerError {
@@ -155,6 +253,21 @@ impl PodShim {
         if let Phase::Running(running) = &mut *phase {
             running.vm.stop().await;
             *phase = Phase::Stopped { reason: reason.to_string() };
+        }
+        drop(phase);
+        self.containers_gone(reason);
+    }
+
+    /// Every container that still ran is reported exited: its VM is gone.
+    fn containers_gone(&self, reason: &str) {
+        let containers: Vec<_> = self.containers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for c in containers {
+            let status = c.status();
+            if status.is(ContainerState::Running) {
+                c.set_exited(SIGKILL_EXIT, "Error", &format!("the pod's VM is gone: {reason}"));
+            } else if status.is(ContainerState::Created) {
+                c.set_exited(-1, "Error", &format!("the pod's VM is gone: {reason}"));
+            }
         }
     }
 }
@@ -185,14 +298,14 @@ impl RuntimeHandler for PodShim {
         if self.config.vm.vsock == VsockMode::Vhost {
             return Err(HandlerError::unimplemented(&self.config.handler, "vsock mode `vhost` (use `hybrid`)"));
         }
-        let (vm, timings) = self.boot(&req).await?;
+        let (vm, agent, timings) = self.boot(&req).await?;
         let state = VmState {
             qemu_pid: vm.qemu_pid(),
             helper_pids: vm.pids().into_iter().skip(1).collect(),
             socket_dir: vm.layout.socket_dir.clone(),
             boot_ms: timings.agent_ready.as_millis() as u64,
         };
-        *phase = Phase::Running(Box::new(Running { vm, timings }));
+        *phase = Phase::Running(Box::new(Running { vm, agent, timings }));
         Ok(RunSandboxResponse {
             handler_state: serde_json::to_vec(&state).unwrap_or_default(),
             infra_pid: 0,
@@ -208,7 +321,12 @@ impl RuntimeHandler for PodShim {
     async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
         self.check_pod(&req.sandbox_id)?;
         self.stop_vm("the pod was removed").await;
-        let layout = VmLayout::new(&self.config.state_dir, &self.config.sandbox_id);
+        let layout = self.layout();
+        let ids: Vec<String> =
+            self.containers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(id, _)| id).collect();
+        for id in ids {
+            unshare_container(&layout.shared_dir(), &id);
+        }
         let _ = std::fs::remove_dir(layout.shared_dir());
         layout.remove_socket_dir();
         Ok(())
@@ -223,7 +341,10 @@ impl RuntimeHandler for PodShim {
             let reason = format!("the VM died: {err}");
             tracing::warn!(sandbox = %req.sandbox_id, %reason, "VM gone");
             running.vm.stop().await;
-            *phase = Phase::Stopped { reason };
+            *phase = Phase::Stopped { reason: reason.clone() };
+            drop(phase);
+            self.containers_gone(&reason);
+            phase = self.phase.lock().await;
         }
         let mut info = std::collections::HashMap::new();
         let ready = match &*phase {
@@ -247,5 +368,353 @@ impl RuntimeHandler for PodShim {
         // current, so restoring is reporting it.
         let status = self.sandbox_status(SandboxRef { sandbox_id: req.sandbox_id }).await?;
         Ok(RestoreSandboxResponse { ready: status.ready })
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+        self.check_pod(&req.sandbox_id)?;
+        let cid = req.container_id.clone();
+        if self.containers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&cid) {
+            return Err(HandlerError::new(ErrorKind::AlreadyExists, format!("container {cid} already exists")));
+        }
+        let agent = self.agent().await?;
+        let bundle = req.bundle.clone().unwrap_or_default();
+        let mut spec: serde_json::Value = serde_json::from_slice(&bundle.oci_spec)
+            .map_err(|err| HandlerError::invalid_argument(format!("container {cid}: bad OCI spec: {err}")))?;
+        let rootfs = bundle
+            .rootfs
+            .as_ref()
+            .map(|r| PathBuf::from(&r.mount_point))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(&bundle.dir).join("rootfs"));
+        let shared_dir = self.layout().shared_dir();
+        let shares = adapt_spec(&mut spec, &cid, &rootfs, &shared_dir);
+        let log = if req.log_path.is_empty() {
+            None
+        } else {
+            Some(Arc::new(CriLog::open(std::path::Path::new(&req.log_path)).map_err(|err| {
+                HandlerError::internal(format!("container {cid}: cannot open log {}: {err}", req.log_path))
+            })?))
+        };
+        let result = async {
+            for share in &shares {
+                mount_share(share)
+                    .map_err(|err| HandlerError::internal(format!("container {cid}: sharing with the VM: {err}")))?;
+            }
+            let request = crius_agent_proto::agent::CreateContainerRequest {
+                container_id: cid.clone(),
+                exec_id: cid.clone(),
+                OCI: Some(crius_agent_proto::convert::spec_from_json(&spec)).into(),
+                ..Default::default()
+            };
+            agent.create_container(request).await.map_err(|err| agent_err(&format!("container {cid}: guest agent CreateContainer"), err))
+        }
+        .await;
+        if let Err(err) = result {
+            unshare_container(&shared_dir, &cid);
+            return Err(err);
+        }
+        let (exited, _) = tokio::sync::watch::channel(false);
+        let container = Arc::new(Container {
+            id: cid.clone(),
+            spec,
+            log,
+            status: std::sync::Mutex::new(Status {
+                state: ContainerState::Created as i32,
+                created_at: now_nanos(),
+                ..Default::default()
+            }),
+            exited,
+        });
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(cid, container);
+        Ok(CreateContainerResponse { handler_state: Vec::new() })
+    }
+
+    async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        if !c.status().is(ContainerState::Created) {
+            return Err(HandlerError::failed_precondition(format!(
+                "container {} is not in the created state",
+                c.id
+            )));
+        }
+        let agent = self.agent().await?;
+        let started = Instant::now();
+        agent
+            .start_container(&c.id)
+            .await
+            .map_err(|err| agent_err(&format!("container {}: guest agent StartContainer", c.id), err))?;
+        c.update(|s| {
+            s.state = ContainerState::Running as i32;
+            s.started_at = now_nanos();
+        });
+        tracing::info!(container = %c.id, start_ms = started.elapsed().as_millis() as u64, "container started in the VM");
+        let stdout = tokio::spawn(copy_output(agent.clone(), c.clone(), "stdout"));
+        let stderr = tokio::spawn(copy_output(agent.clone(), c.clone(), "stderr"));
+        let oom = self.oom_killed.clone();
+        tokio::spawn(async move {
+            let result = agent.wait_process(&c.id, "").await;
+            // The output is complete once both copiers saw EOF.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = stdout.await;
+                let _ = stderr.await;
+            })
+            .await;
+            match result {
+                Ok(code) => {
+                    // The OOM event may trail the exit a little.
+                    let mut oom_killed = false;
+                    for _ in 0..(if code == SIGKILL_EXIT { 10 } else { 1 }) {
+                        oom_killed = oom.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+                        if oom_killed {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let reason = match (oom_killed, code) {
+                        (true, _) => "OOMKilled",
+                        (false, 0) => "Completed",
+                        _ => "Error",
+                    };
+                    tracing::info!(container = %c.id, exit_code = code, reason, "container exited");
+                    c.set_exited(code, reason, "");
+                }
+                Err(err) => {
+                    tracing::warn!(container = %c.id, error = %err, "lost the container's process");
+                    c.set_exited(SIGKILL_EXIT, "Error", &format!("lost contact with the guest agent: {err}"));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        let status = c.status();
+        if status.is(ContainerState::Exited) {
+            return Ok(());
+        }
+        if status.is(ContainerState::Created) {
+            c.set_exited(0, "Completed", "stopped before it started");
+            return Ok(());
+        }
+        let agent = self.agent().await?;
+        if req.timeout_seconds > 0 {
+            let signal = stop_signal(&c.spec);
+            if let Err(err) = agent.signal_process(&c.id, "", signal).await {
+                tracing::debug!(container = %c.id, error = %err, "stop signal failed");
+            }
+            if c.wait_exited(Duration::from_secs(req.timeout_seconds as u64)).await {
+                return Ok(());
+            }
+        }
+        if let Err(err) = agent.signal_process(&c.id, "", libc::SIGKILL as u32).await {
+            tracing::debug!(container = %c.id, error = %err, "SIGKILL failed");
+        }
+        if c.wait_exited(Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(HandlerError::deadline_exceeded(format!("container {} did not exit 10 s after SIGKILL", c.id)))
+        }
+    }
+
+    async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
+        self.check_pod(&req.sandbox_id)?;
+        let Some(c) = self.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&req.container_id).cloned()
+        else {
+            return Ok(());
+        };
+        if c.status().is(ContainerState::Running) {
+            return Err(HandlerError::failed_precondition(format!("container {} is still running", c.id)));
+        }
+        if let Ok(agent) = self.agent().await
+            && let Err(err) = agent.remove_container(&c.id, 10).await
+        {
+            return Err(agent_err(&format!("container {}: guest agent RemoveContainer", c.id), err));
+        }
+        unshare_container(&self.layout().shared_dir(), &c.id);
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        Ok(())
+    }
+
+    async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        Ok(c.status().to_response())
+    }
+
+    async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        if !c.status().is(ContainerState::Running) {
+            return Err(HandlerError::failed_precondition(format!("container {} is not running", c.id)));
+        }
+        if req.cmd.is_empty() {
+            return Err(HandlerError::invalid_argument("ExecSync needs a command"));
+        }
+        let agent = self.agent().await?;
+        let n = self.exec_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exec_id = format!("exec-{}-{n}", std::process::id());
+        let mut process = c.spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+        process["args"] = serde_json::json!(req.cmd);
+        process["terminal"] = serde_json::Value::Bool(false);
+        let process = crius_agent_proto::convert::process_from_json(&process);
+        agent
+            .exec_process(&c.id, &exec_id, process)
+            .await
+            .map_err(|err| agent_err(&format!("container {}: guest agent ExecProcess", c.id), err))?;
+        let run = async {
+            let out = read_all(agent.clone(), c.id.clone(), exec_id.clone(), true);
+            let err = read_all(agent.clone(), c.id.clone(), exec_id.clone(), false);
+            let (stdout, stderr, code) = tokio::join!(out, err, agent.wait_process(&c.id, &exec_id));
+            (stdout, stderr, code)
+        };
+        let result = if req.timeout_seconds > 0 {
+            tokio::time::timeout(Duration::from_secs(req.timeout_seconds as u64), run).await.ok()
+        } else {
+            Some(run.await)
+        };
+        match result {
+            Some((stdout, stderr, code)) => Ok(ExecSyncResponse {
+                stdout,
+                stderr,
+                exit_code: code
+                    .map_err(|err| agent_err(&format!("container {}: guest agent WaitProcess", c.id), err))?,
+                timed_out: false,
+            }),
+            None => {
+                let _ = agent.signal_process(&c.id, &exec_id, libc::SIGKILL as u32).await;
+                Ok(ExecSyncResponse { exit_code: -1, timed_out: true, ..Default::default() })
+            }
+        }
+    }
+
+    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        let agent = self.agent().await?;
+        let linux = req.linux.unwrap_or_default();
+        let mut resources = serde_json::json!({});
+        if linux.memory_limit_in_bytes > 0 {
+            resources["memory"] = serde_json::json!({ "limit": linux.memory_limit_in_bytes });
+        }
+        let mut cpu = serde_json::Map::new();
+        if linux.cpu_shares > 0 {
+            cpu.insert("shares".into(), linux.cpu_shares.into());
+        }
+        if linux.cpu_quota > 0 {
+            cpu.insert("quota".into(), linux.cpu_quota.into());
+        }
+        if linux.cpu_period > 0 {
+            cpu.insert("period".into(), linux.cpu_period.into());
+        }
+        if !linux.cpuset_cpus.is_empty() {
+            cpu.insert("cpus".into(), linux.cpuset_cpus.clone().into());
+        }
+        if !linux.cpuset_mems.is_empty() {
+            cpu.insert("mems".into(), linux.cpuset_mems.clone().into());
+        }
+        if !cpu.is_empty() {
+            resources["cpu"] = serde_json::Value::Object(cpu);
+        }
+        agent
+            .update_container(&c.id, crius_agent_proto::convert::resources_from_json(&resources))
+            .await
+            .map_err(|err| agent_err(&format!("container {}: guest agent UpdateContainer", c.id), err))
+    }
+
+    async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        if let Some(log) = &c.log {
+            log.reopen()
+                .map_err(|err| HandlerError::internal(format!("container {}: reopening its log: {err}", c.id)))?;
+        }
+        Ok(())
+    }
+
+    async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
+        let c = self.container(&req.sandbox_id, &req.container_id)?;
+        let agent = self.agent().await?;
+        let stats = agent
+            .stats_container(&c.id)
+            .await
+            .map_err(|err| agent_err(&format!("container {}: guest agent StatsContainer", c.id), err))?;
+        let cgroup = stats.cgroup_stats.into_option().unwrap_or_default();
+        let cpu = cgroup.cpu_stats.into_option().unwrap_or_default().cpu_usage.into_option().unwrap_or_default();
+        let memory = cgroup.memory_stats.into_option().unwrap_or_default();
+        let usage = memory.usage.into_option().unwrap_or_default().usage;
+        let inactive = memory.stats.get("inactive_file").copied().unwrap_or(0);
+        Ok(ContainerStatsResponse {
+            timestamp: now_nanos(),
+            cpu_usage_core_nanoseconds: cpu.total_usage,
+            memory_working_set_bytes: usage.saturating_sub(inactive),
+            memory_usage_bytes: usage,
+            memory_rss_bytes: memory.stats.get("anon").or(memory.stats.get("rss")).copied().unwrap_or(0),
+        })
+    }
+}
+
+/// The signal that asks the container to stop: the image's STOPSIGNAL if
+/// the core recorded it as an annotation, else SIGTERM.
+fn stop_signal(spec: &serde_json::Value) -> u32 {
+    spec.pointer("/annotations/io.kubernetes.cri.stop-signal")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|name| {
+            let name = name.trim_start_matches("SIG");
+            match name {
+                "TERM" | "15" => Some(libc::SIGTERM),
+                "INT" | "2" => Some(libc::SIGINT),
+                "QUIT" | "3" => Some(libc::SIGQUIT),
+                "KILL" | "9" => Some(libc::SIGKILL),
+                "HUP" | "1" => Some(libc::SIGHUP),
+                "USR1" | "10" => Some(libc::SIGUSR1),
+                "USR2" | "12" => Some(libc::SIGUSR2),
+                _ => None,
+            }
+        })
+        .unwrap_or(libc::SIGTERM) as u32
+}
+
+/// Copies one stream of a container's main process into its CRI log
+/// until EOF (or until the agent is gone).
+async fn copy_output(agent: AgentClient, c: Arc<Container>, stream: &'static str) {
+    let mut splitter = LineSplitter::default();
+    loop {
+        let read = if stream == "stdout" {
+            agent.read_stdout(&c.id, "", 64 * 1024).await
+        } else {
+            agent.read_stderr(&c.id, "", 64 * 1024).await
+        };
+        let chunk = match read {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::debug!(container = %c.id, stream, error = %err, "output copy ended");
+                break;
+            }
+        };
+        if let Some(log) = &c.log {
+            for (partial, content) in splitter.feed(&chunk) {
+                if let Err(err) = log.write_record(stream, partial, &content) {
+                    tracing::warn!(container = %c.id, error = %err, "writing the CRI log failed");
+                }
+            }
+        }
+    }
+    if let (Some(log), Some((partial, content))) = (&c.log, splitter.finish()) {
+        let _ = log.write_record(stream, partial, &content);
+    }
+}
+
+/// All of an exec's stdout or stderr (bounded to 16 MiB, as kubelet output).
+async fn read_all(agent: AgentClient, cid: String, exec_id: String, stdout: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let read = if stdout {
+            agent.read_stdout(&cid, &exec_id, 64 * 1024).await
+        } else {
+            agent.read_stderr(&cid, &exec_id, 64 * 1024).await
+        };
+        match read {
+            Ok(Some(chunk)) if out.len() < 16 << 20 => out.extend_from_slice(&chunk),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return out,
+        }
     }
 }
