@@ -494,6 +494,24 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         "{st:?}"
     );
     let web_pid = st.pid;
+    // conmon detached from us (own session, not our child): it survives a
+    // daemon exit.
+    let record: Value = serde_json::from_slice(&web_state).unwrap();
+    let conmon_pid = record["conmon_pid"].as_i64().expect("conmon pid recorded");
+    let stat = std::fs::read_to_string(format!("/proc/{conmon_pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let (ppid, sid): (i64, i64) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert_ne!(
+        ppid,
+        i64::from(std::process::id()),
+        "conmon is still our child"
+    );
+    assert_eq!(sid, conmon_pid, "conmon does not lead its own session");
     for kind in ["ipc", "uts", "net"] {
         assert_eq!(
             ns(web_pid, kind),
@@ -915,13 +933,20 @@ async fn latency(runtime: &'static str, tag: &str) {
             sandbox_id: pod.clone(),
             container_id: id.clone(),
             bundle: Some(bundle),
-            log_path: fx.log_path(&id).display().to_string(),
+            // The first container has no log (conmon's `none` driver).
+            log_path: if i == 0 {
+                String::new()
+            } else {
+                fx.log_path(&id).display().to_string()
+            },
             ..Default::default()
         })
         .await
         .unwrap();
         h.start_container(cref(&pod, &id)).await.unwrap();
         samples.push(t.elapsed());
+        let st = h.container_status(cref(&pod, &id)).await.unwrap();
+        assert_eq!(st.state, ContainerState::Running as i32, "{id}: {st:?}");
     }
     samples.sort();
     eprintln!(
