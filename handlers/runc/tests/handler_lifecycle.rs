@@ -957,6 +957,27 @@ async fn latency(runtime: &'static str, tag: &str) {
         samples[samples.len() - 1]
     );
     assert!(samples[samples.len() / 2] < Duration::from_secs(5));
+    // A created, never started container: stop ends it at once (the
+    // runtime's init only waits for `start`), remove cleans it up.
+    fx.create(&pod, "idle", infra_pid, &["sleep", "60"], None)
+        .await;
+    let st = h.container_status(cref(&pod, "idle")).await.unwrap();
+    assert_eq!(st.state, ContainerState::Created as i32, "{st:?}");
+    assert!(st.pid > 0 && st.started_at == 0, "{st:?}");
+    let t = Instant::now();
+    h.stop_container(StopContainerRequest {
+        sandbox_id: pod.clone(),
+        container_id: "idle".into(),
+        timeout_seconds: 10,
+    })
+    .await
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let st = h.container_status(cref(&pod, "idle")).await.unwrap();
+    assert_eq!(st.state, ContainerState::Exited as i32, "{st:?}");
+    h.remove_container(cref(&pod, "idle")).await.unwrap();
+    assert!(!fx.runtime_list().contains(&"idle".to_string()));
+
     // Removing the pod takes its running containers with it.
     h.stop_sandbox(SandboxRef {
         sandbox_id: pod.clone(),
