@@ -493,6 +493,29 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
     assert!(status.image_id.starts_with("sha256:"), "{status:?}");
     assert_eq!(status.image.as_ref().unwrap().image, env.image);
 
+    // Stats come from the container's cgroup.
+    let stats = env
+        .rt()
+        .container_stats(cri::ContainerStatsRequest { container_id: server_id.clone() })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, server_id);
+    assert!(stats.memory.as_ref().and_then(|m| m.usage_bytes.as_ref()).is_some_and(|v| v.value > 0), "{stats:?}");
+    assert!(stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).is_some_and(|v| v.value > 0), "{stats:?}");
+    let all = env
+        .rt()
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod_id.clone(), ..Default::default() }),
+        })
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 2, "{all:?}");
+
     // ExecSync: output, exit code, and the pod's hostname/hosts files.
     let exec = env
         .rt()

@@ -28,14 +28,14 @@ fn unknown_status() -> types::ContainerStatusResponse {
 }
 
 impl PodManager {
-    fn container_record(&self, id: &str) -> PodResult<ContainerRecord> {
+    pub(super) fn container_record(&self, id: &str) -> PodResult<ContainerRecord> {
         self.store
             .find_container_id(id)
             .and_then(|id| self.store.container(&id))
             .ok_or_else(|| PodError::NotFound(format!("container {id:?} not found")))
     }
 
-    fn container_ref(c: &ContainerRecord) -> types::ContainerRef {
+    pub(super) fn container_ref(c: &ContainerRecord) -> types::ContainerRef {
         types::ContainerRef { sandbox_id: c.pod_id.clone(), container_id: c.id.clone() }
     }
 

@@ -12,6 +12,7 @@ mod container;
 pub mod error;
 pub mod files;
 mod sandbox;
+mod stats;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};

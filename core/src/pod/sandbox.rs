@@ -580,6 +580,14 @@ impl PodManager {
                 self.undo_pod(&mut rec, handler.as_ref()).await;
                 continue;
             }
+            // Containers caught mid-creation never reached the handler:
+            // only their rootfs and bundle exist.
+            for c in self.store.containers_of(&rec.id).into_iter().filter(|c| !c.handler_created) {
+                warn!(pod_id = %rec.id, container_id = %c.id, "container was being created when the daemon stopped; removing it");
+                if let Err(e) = self.remove_container_resources(&c, handler.as_ref()).await {
+                    warn!(container_id = %c.id, error = %e, "removing a half-created container failed");
+                }
+            }
             let containers = self
                 .store
                 .containers_of(&rec.id)

@@ -317,12 +317,14 @@ impl RuntimeService for RuntimeServer {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _request: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, request: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let stats = self.pods.container_stats(&request.get_ref().container_id).await.map_err(pod_status)?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
-    async fn list_container_stats(&self, _request: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+    async fn list_container_stats(&self, request: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let stats = self.pods.list_container_stats(request.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn stream_container_stats(&self, _request: Request<cri::StreamContainerStatsRequest>) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
