@@ -47,6 +47,11 @@ pub fn adapt_spec(spec: &mut Value, cid: &str, rootfs: &Path, shared_dir: &Path)
     }
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("hooks");
+        // Containers share the VM's UTS namespace (the pod's): the agent
+        // set its hostname at CreateSandbox, and a runtime refuses to set
+        // one without a private UTS namespace.
+        obj.remove("hostname");
+        obj.remove("domainname");
     }
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         for (index, mount) in mounts.iter_mut().enumerate() {
@@ -207,6 +212,7 @@ mod tests {
         let mut spec = json!({
             "root": {"path": "/host/bundle/rootfs", "readonly": true},
             "hooks": {"prestart": [{"path": "/usr/bin/hook"}]},
+            "hostname": "pod",
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "type": "bind", "source": "/pods/p/hosts", "options": ["rbind", "ro"]},
@@ -216,6 +222,7 @@ mod tests {
         let shares = adapt_spec(&mut spec, "c1", Path::new("/b/rootfs"), Path::new("/s/shared"));
         assert_eq!(spec["root"], json!({"path": "/run/crius/shared/c1/rootfs", "readonly": true}));
         assert!(spec.get("hooks").is_none());
+        assert!(spec.get("hostname").is_none());
         assert_eq!(spec["mounts"][0]["source"], "proc");
         assert_eq!(spec["mounts"][1]["source"], "/run/crius/shared/c1/mounts/1");
         assert_eq!(spec["mounts"][2]["source"], "/run/crius/shared/c1/mounts/2");

@@ -1,0 +1,429 @@
+//! The kata (VM) handler through the daemon's CRI socket: real QEMU (TCG
+//! here), vhost-device-vsock, the guest image from handlers/kata/guest and
+//! the crius guest agent.
+//!
+//! Needs root, QEMU, vhost-device-vsock and the guest image
+//! (`scripts/setup --with-kata`); skipped with the reason otherwise.
+//! `CRIUS_KATA_GUEST_DIR` overrides where the guest image is looked for.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crius_proto::cri;
+use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_tests::cri::images;
+use crius_tests::image::{self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat};
+use crius_tests::registry::{REGISTRY_BIN, Registry};
+use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use tonic::transport::Channel;
+
+type Runtime = RuntimeServiceClient<Channel>;
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+const CONMON: &str = "/usr/bin/conmon";
+const CATATONIT: &str = "/usr/bin/catatonit";
+const RUNC: &str = "/usr/sbin/runc";
+const CNI_PLUGINS: [&str; 2] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"];
+/// Generous: TCG on a loaded 2-core machine.
+const BOOT_TIMEOUT_SECONDS: u64 = 150;
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("CRIUS_KATA_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/crius/kata".into())
+}
+
+fn vhost_device_vsock() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.push(PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin"));
+    dirs.into_iter().map(|d| d.join("vhost-device-vsock")).find(|p| p.exists())
+}
+
+struct Env {
+    // Field order is drop order: the daemon stops before the registry goes away.
+    daemon: Daemon,
+    image: String,
+    guest_release: String,
+    log_dir: tempfile::TempDir,
+    _cni_dir: tempfile::TempDir,
+    _registry: Registry,
+}
+
+/// A CNI bridge network of the test's own (like tests/pods.rs).
+fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) {
+    let shipped = crius_tests::workspace_root().join("configs/cni/10-crius-bridge.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
+    conf["name"] = format!("crius-kata-{token}").into();
+    let bridge = &mut conf["plugins"][0];
+    bridge["bridge"] = format!("crk{}", &token[..8]).into();
+    bridge["ipMasq"] = false.into();
+    bridge["ipam"]["ranges"] = serde_json::json!([[{ "subnet": format!("{subnet_prefix}.0/24") }]]);
+    bridge["ipam"]["dataDir"] = dir.join("ipam").display().to_string().into();
+    std::fs::write(dir.join("10-test.conflist"), serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+}
+
+/// Registry + busybox image + daemon with `runc`, `kata` and `kata-slow`
+/// (a boot timeout no VM can meet). `None` (reason printed) when something
+/// is missing.
+async fn setup(subnet: u32) -> Option<Env> {
+    let guest = guest_dir();
+    let kernel = guest.join("vmlinux");
+    let initrd = guest.join("initramfs.cpio.gz");
+    let mut tools = vec![REGISTRY_BIN, BUSYBOX_STATIC, QEMU, CONMON, CATATONIT, RUNC];
+    tools.extend(CNI_PLUGINS);
+    let (kernel_s, initrd_s) = (kernel.display().to_string(), initrd.display().to_string());
+    tools.push(&kernel_s);
+    tools.push(&initrd_s);
+    if !require_root_and_tools(&tools) {
+        return None;
+    }
+    let Some(vsock) = vhost_device_vsock() else {
+        eprintln!("SKIP: vhost-device-vsock is not installed (run `scripts/setup --with-kata`)");
+        return None;
+    };
+    let guest_release = std::fs::read_to_string(guest.join("kernel-release"))
+        .expect("the guest image has kernel-release")
+        .trim()
+        .to_string();
+
+    let registry = Registry::start().await.expect("registry starts");
+    let mut extra = LayerBuilder::new();
+    extra.dir("bin", 0o755).unwrap();
+    for applet in ["dd", "uname"] {
+        extra.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let layers = vec![
+        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
+        Layer::new(extra.finish().unwrap(), Compression::Gzip),
+    ];
+    image::push_image(&registry, "katabox", "1", layers, &ImageConfig::default(), ManifestFormat::Docker)
+        .await
+        .expect("push image");
+    let image = registry.image_ref("katabox", "1");
+
+    let token = unique_token();
+    let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();
+    write_cni_config(cni_dir.path(), &token, &format!("10.{}.{subnet}", 150 + std::process::id() % 40));
+    let vm = |timeout: u64| {
+        format!(
+            "    kind: vm\n    runtime_path: {QEMU}\n    vm:\n      kernel: \"{}\"\n      initrd: \"{}\"\n      \
+             boot_timeout_seconds: {timeout}\n      vhost_device_vsock_path: \"{}\"\n",
+            kernel.display(),
+            initrd.display(),
+            vsock.display()
+        )
+    };
+    let handlers = format!(
+        "default_runtime_handler: runc\nruntime_handlers:\n  runc:\n    kind: oci\n    runtime_path: {RUNC}\n    \
+         monitor_path: {CONMON}\n  kata:\n{}  kata-slow:\n{}",
+        vm(BOOT_TIMEOUT_SECONDS),
+        vm(1)
+    );
+    let daemon = Daemon::builder()
+        .registry(&registry)
+        .runtime_handlers_yaml(&handlers)
+        .extra_yaml(&format!("cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n", cni_dir.path().display()))
+        .start()
+        .await
+        .expect("daemon starts");
+    images::pull(&mut daemon.image(), &image).await.expect("pull image");
+    let log_dir = tempfile::Builder::new().prefix("crius-katalogs-").tempdir().unwrap();
+    Some(Env { daemon, image, guest_release, log_dir, _cni_dir: cni_dir, _registry: registry })
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl Env {
+    fn rt(&self) -> Runtime {
+        self.daemon.runtime()
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let uid = unique_token();
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.to_string(),
+                uid: uid.clone(),
+                namespace: "crius-test".into(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: self.log_dir.path().join(&uid).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        Ok(self.rt().run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    }
+
+    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    fn log_path(&self, pod: &cri::PodSandboxConfig, name: &str) -> PathBuf {
+        Path::new(&pod.log_directory).join(name).join("0.log")
+    }
+
+    async fn create_and_start(&self, pod_id: &str, pod: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        let id = self.rt().create_container(req).await.expect("CreateContainer").into_inner().container_id;
+        self.rt()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
+            let status = self.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap();
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        let req = cri::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        };
+        self.rt().exec_sync(req).await.expect("ExecSync").into_inner()
+    }
+
+    async fn handler_info(&self, pod_id: &str) -> serde_json::Value {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.to_string(), verbose: true };
+        let status = self.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner();
+        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
+        info
+    }
+
+    async fn stop_and_remove_pod(&self, id: &str) {
+        let mut rt = self.rt();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .expect("RemovePodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .expect("second RemovePodSandbox");
+    }
+
+    /// No VM process of any pod, no pod dir, netns pin or mount left.
+    fn assert_nothing_left(&self, context: &str) {
+        let state = self.daemon.state_dir().display().to_string();
+        let pods_dir = self.daemon.state_dir().join("pods");
+        let left = crius_tests::dir_entries(&pods_dir);
+        assert!(left.is_empty(), "{context}: pod dirs left: {left:?}");
+        let netns = crius_tests::dir_entries(&self.daemon.state_dir().join("netns"));
+        assert!(netns.is_empty(), "{context}: netns pins left: {netns:?}");
+        let mounts = mounts_containing(&pods_dir.display().to_string());
+        assert!(mounts.is_empty(), "{context}: mounts left: {mounts:?}");
+        for needle in ["qemu-system", "vhost-device-vsock", "crius-kata-shim"] {
+            let procs = processes_matching(&[needle, &state]);
+            assert!(procs.is_empty(), "{context}: {needle} processes left: {procs:?}");
+        }
+    }
+}
+
+/// The processes of one pod's VM, found by the pod id QEMU and the helpers
+/// carry in their command lines.
+fn vm_processes(pod_id: &str) -> Vec<String> {
+    let short = &pod_id[..16];
+    ["qemu-system", "vhost-device-vsock", "crius-kata-shim"]
+        .iter()
+        .flat_map(|needle| processes_matching(&[needle, short]))
+        .collect()
+}
+
+fn mounts_containing(needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+}
+
+/// Command lines of processes containing every one of `needles`.
+fn processes_matching(needles: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.is_empty() && needles.iter().all(|n| cmdline.contains(n)) {
+            out.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    out
+}
+
+fn host_release() -> String {
+    nix::sys::utsname::uname().expect("uname").release().to_string_lossy().into_owned()
+}
+
+async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{} never contained {needle:?}; it has:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One kata pod: its containers run on the guest kernel, their output
+/// reaches the CRI log files, ExecSync works, exit codes and OOM kills are
+/// reported, and stop/remove leave no VM process, mount or netns behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn kata_pod_runs_containers_on_the_guest_kernel() {
+    let Some(env) = setup(1).await else { return };
+    assert_ne!(env.guest_release, host_release(), "the test needs a guest kernel unlike the host's");
+    let pod = env.pod_config("vm");
+    let started = Instant::now();
+    let pod_id = env.run_pod(&pod, "kata").await.expect("RunPodSandbox with kata");
+    let run_pod = started.elapsed();
+    let info = env.handler_info(&pod_id).await;
+    eprintln!(
+        "kata RunPodSandbox took {run_pod:?}; handler info: {}",
+        serde_json::to_string(&info["handlerInfo"]).unwrap_or_default()
+    );
+    assert_eq!(vm_processes(&pod_id).len(), 3, "shim, QEMU and vhost-device-vsock run: {:?}", vm_processes(&pod_id));
+
+    // A short-lived container: output, stderr and exit code.
+    let started = Instant::now();
+    let config = env.container_config("uname", &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"]);
+    let id = env.create_and_start(&pod_id, &pod, config).await;
+    let create_start = started.elapsed();
+    let status = env.wait_exited(&id, Duration::from_secs(60)).await;
+    eprintln!("kata container create+start took {create_start:?}, ran to exit in {:?}", started.elapsed());
+    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"), "{status:?}");
+    assert!(status.finished_at >= status.started_at && status.started_at > 0, "{status:?}");
+    let log = wait_for_log(&env.log_path(&pod, "uname"), "to-stderr", Duration::from_secs(10)).await;
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(" stdout F {}", env.guest_release))),
+        "the container saw the guest kernel {}, not the host's {}: {log}",
+        env.guest_release,
+        host_release()
+    );
+    assert!(lines.iter().any(|l| l.ends_with(" stderr F to-stderr")), "{log}");
+
+    // A long-running container: ExecSync runs in the VM too.
+    // PID 1 of its namespace: without a handler SIGTERM would be ignored.
+    let sleeper_cmd = ["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 1; done"];
+    let sleeper = env.create_and_start(&pod_id, &pod, env.container_config("sleeper", &sleeper_cmd)).await;
+    let out = env.exec(&sleeper, &["uname", "-r"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), env.guest_release, "{out:?}");
+    assert_eq!(out.exit_code, 0);
+    let out = env.exec(&sleeper, &["sh", "-c", "echo e >&2; exit 7"]).await;
+    assert_eq!((out.exit_code, out.stderr.as_slice()), (7, &b"e\n"[..]), "{out:?}");
+
+    // Past its memory limit: OOMKilled.
+    let mut hog = env.container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
+    hog.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() });
+    let hog = env.create_and_start(&pod_id, &pod, hog).await;
+    let status = env.wait_exited(&hog, Duration::from_secs(60)).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}");
+
+    // Stop: the sleeper gets SIGTERM (and exits on it, within the timeout).
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: sleeper.clone(), timeout: 20 })
+        .await
+        .expect("StopContainer");
+    let status = env.wait_exited(&sleeper, Duration::from_secs(5)).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (42, "Error"), "{status:?}");
+
+    // A container that ignores SIGTERM is killed once the timeout passes.
+    let stubborn = env.create_and_start(&pod_id, &pod, env.container_config("stubborn", &["sleep", "1000"])).await;
+    let started = Instant::now();
+    env.rt()
+        .stop_container(cri::StopContainerRequest { container_id: stubborn.clone(), timeout: 2 })
+        .await
+        .expect("StopContainer");
+    assert!(started.elapsed() >= Duration::from_secs(2), "stopped after {:?}", started.elapsed());
+    let status = env.wait_exited(&stubborn, Duration::from_secs(5)).await;
+    assert_eq!(status.exit_code, 137, "{status:?}");
+
+    // Stop and remove the pod: nothing left.
+    env.stop_and_remove_pod(&pod_id).await;
+    assert!(vm_processes(&pod_id).is_empty(), "VM processes left: {:?}", vm_processes(&pod_id));
+    env.assert_nothing_left("after the kata pod");
+}
+
+/// A runc pod and a kata pod on one daemon, each routed to its handler:
+/// the runc container sees the host kernel, the kata one the guest's. A
+/// VM that cannot boot in time fails RunPodSandbox and leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_and_kata_pods_side_by_side() {
+    let Some(env) = setup(2).await else { return };
+
+    // The boot timeout: a clear error, then nothing of that pod left.
+    let slow = env.pod_config("slow");
+    let started = Instant::now();
+    let err = env.run_pod(&slow, "kata-slow").await.expect_err("a 1 s boot timeout cannot be met under TCG");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        err.message().contains("did not answer within"),
+        "the error says the agent did not answer in time: {err:?}"
+    );
+    env.assert_nothing_left("after the failed kata pod");
+
+    let runc_pod = env.pod_config("host");
+    let kata_pod = env.pod_config("guest");
+    let (runc_id, kata_id) = tokio::join!(env.run_pod(&runc_pod, "runc"), env.run_pod(&kata_pod, "kata"));
+    let (runc_id, kata_id) = (runc_id.expect("runc pod"), kata_id.expect("kata pod"));
+    let pods = env.rt().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    let handlers: HashMap<String, String> = pods.into_iter().map(|p| (p.id, p.runtime_handler)).collect();
+    assert_eq!(handlers.get(&runc_id).map(String::as_str), Some("runc"));
+    assert_eq!(handlers.get(&kata_id).map(String::as_str), Some("kata"));
+
+    let runc_c = env.create_and_start(&runc_id, &runc_pod, env.container_config("uname", &["uname", "-r"])).await;
+    let kata_c = env.create_and_start(&kata_id, &kata_pod, env.container_config("uname", &["uname", "-r"])).await;
+    for (id, pod, release) in [(&runc_c, &runc_pod, host_release()), (&kata_c, &kata_pod, env.guest_release.clone())] {
+        let status = env.wait_exited(id, Duration::from_secs(60)).await;
+        assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"), "{status:?}");
+        wait_for_log(&env.log_path(pod, "uname"), &format!(" stdout F {release}"), Duration::from_secs(10)).await;
+    }
+    assert!(vm_processes(&runc_id).is_empty(), "a runc pod has no VM");
+    env.stop_and_remove_pod(&kata_id).await;
+    env.stop_and_remove_pod(&runc_id).await;
+    env.assert_nothing_left("after both pods");
+}
