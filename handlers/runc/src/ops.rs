@@ -45,6 +45,10 @@ pub(crate) struct Pod {
     pub layout: Layout,
     pub infra: Arc<Container>,
     pub containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
+    /// Serialises container creation against pod stop/remove, so no
+    /// container appears in a pod being torn down and two creates of one
+    /// ID cannot both pass the existence check.
+    pub lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl Pod {
@@ -551,6 +555,7 @@ impl OciHandler {
             layout,
             infra: Arc::new(ctr),
             containers: Default::default(),
+            lifecycle: Default::default(),
         };
         self.pods
             .map
@@ -567,6 +572,7 @@ impl OciHandler {
         let Some(pod) = self.pods.get(&req.sandbox_id) else {
             return Ok(());
         };
+        let _pod_guard = pod.lifecycle.lock().await;
         // Every process of the pod: containers first (the kubelet stopped
         // them with their grace periods already), then the infra.
         for ctr in pod.all_containers() {
@@ -581,6 +587,7 @@ impl OciHandler {
         let Some(pod) = self.pods.get(&req.sandbox_id) else {
             return Ok(());
         };
+        let _pod_guard = pod.lifecycle.lock().await;
         for ctr in pod.all_containers() {
             let _guard = ctr.lifecycle.lock().await;
             self.stop(&ctr, Duration::ZERO).await?;
@@ -688,6 +695,7 @@ impl OciHandler {
             layout,
             infra,
             containers: std::sync::Mutex::new(containers),
+            lifecycle: Default::default(),
         };
         tracing::info!(handler = %self.config.name, sandbox = %req.sandbox_id, ready, containers = req.containers.len(), "sandbox restored");
         self.pods
@@ -716,6 +724,13 @@ impl OciHandler {
                 ))
             })?;
         let spec = load_spec(&bundle)?;
+        let _pod_guard = pod.lifecycle.lock().await;
+        if self.pods.get(&req.sandbox_id).is_none() {
+            return Err(HandlerError::not_found(format!(
+                "handler {}: sandbox {} was removed",
+                self.config.name, req.sandbox_id
+            )));
+        }
         if pod.container(&req.container_id).is_some() || self.runtime().has_state(&req.container_id)
         {
             return Err(HandlerError::new(
