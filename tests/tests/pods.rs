@@ -418,6 +418,7 @@ per_handler!(
     pods_run_concurrently,
     failures_half_way_roll_back,
     infra_failure_rolls_back,
+    pod_caught_mid_creation_is_removed_after_a_crash,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -1047,4 +1048,32 @@ async fn infra_failure_rolls_back(handler: &'static str) {
     env.assert_no_pods_left("after an infra failure");
     assert!(env.list_pods().await.is_empty());
     assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+}
+
+/// A crash while RunPodSandbox was still running (simulated: the record is
+/// put back to its "creating" state while the daemon is down): the
+/// restarted daemon removes the pod and everything it held, including the
+/// processes the handler had started.
+async fn pod_caught_mid_creation_is_removed_after_a_crash(handler: &'static str) {
+    let Some(mut env) = setup(handler).await else { return };
+    let pod = env.pod_config("halfmade");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let resources = env.pod_resources(&pod_id).await;
+    env.daemon.kill9();
+
+    let record = env.daemon.state_dir().join("pods").join(&pod_id).join("pod.json");
+    let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(value["state"], "ready", "{value}");
+    value["state"] = "creating".into();
+    std::fs::write(&record, serde_json::to_vec(&value).unwrap()).unwrap();
+    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra still runs");
+
+    env.daemon.restart().await.expect("daemon restarts");
+    assert!(env.list_pods().await.is_empty(), "the half-made pod is not listed");
+    resources.assert_gone();
+    env.assert_no_pods_left("after recovering from a crash mid-creation");
+    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    // Its name is free again.
+    let again = env.run_pod(&pod).await.expect("the same pod runs again");
+    env.stop_and_remove_pod(&again).await;
 }

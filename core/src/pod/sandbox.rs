@@ -575,7 +575,8 @@ impl PodManager {
                     continue;
                 }
             };
-            if rec.state == PodState::Creating {
+            let creating = rec.state == PodState::Creating;
+            if creating && !rec.handler_started {
                 warn!(pod_id = %rec.id, "pod was being created when the daemon stopped; removing it");
                 self.undo_pod(&mut rec, handler.as_ref()).await;
                 continue;
@@ -607,7 +608,15 @@ impl PodManager {
                 containers,
                 config: Some(rec.config.clone()),
             };
-            match handler.restore_sandbox(request).await {
+            let restored = handler.restore_sandbox(request).await;
+            if creating {
+                // The handler may have started the infra before the crash;
+                // restoring first lets it find and stop what it made.
+                warn!(pod_id = %rec.id, restored = restored.is_ok(), "pod was being created when the daemon stopped; removing it");
+                self.undo_pod(&mut rec, handler.as_ref()).await;
+                continue;
+            }
+            match restored {
                 Ok(resp) => {
                     if !resp.ready && rec.state == PodState::Ready {
                         warn!(pod_id = %rec.id, "pod's infra is gone after restart; marked not ready");
