@@ -1,1 +1,121 @@
-fn main() {}
+//! crius guest agent: runs inside the kata VM (as PID 1, exec'd by the
+//! initramfs `/init`) and serves the Kata-compatible agent API over ttrpc on
+//! vsock port 1024. Containers run under runc inside the guest.
+//!
+//! Usage: `crius-kata-agent [--listen ADDR] [--runtime PATH]`
+//! (ADDR defaults to `vsock://-1:1024`; `unix:///path` works for debugging).
+
+mod cgroup;
+mod mount;
+mod network;
+mod reaper;
+mod runc;
+mod service;
+mod spec;
+mod state;
+mod stdio;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+struct Args {
+    listen: String,
+    runtime: PathBuf,
+    log: String,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    // Kernel command line options (`crius.agent_log=debug`) apply first;
+    // explicit arguments override them.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut log = "info".to_string();
+    for word in cmdline.split_whitespace() {
+        if let Some(v) = word.strip_prefix("crius.agent_log=") {
+            log = v.to_string();
+        }
+    }
+    let mut args = Args {
+        listen: format!("vsock://-1:{}", crius_agent_proto::AGENT_VSOCK_PORT),
+        runtime: PathBuf::from("/usr/sbin/runc"),
+        log,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => args.listen = it.next().context("--listen needs a value")?,
+            "--runtime" => args.runtime = it.next().context("--runtime needs a value")?.into(),
+            "--log" => args.log = it.next().context("--log needs a value")?,
+            other => anyhow::bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("crius-agent: fatal: {e:#}");
+        // As PID 1, exiting panics the kernel; with `panic=-1` the VM
+        // reboots and QEMU (-no-reboot) exits, which the host notices.
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("crius_kata_agent={}", args.log)))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    // Orphaned container processes must become our children so we can
+    // report their exit status (automatic when we are PID 1).
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument
+    // and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "PR_SET_CHILD_SUBREAPER");
+    }
+    for dir in ["containers", "runc"] {
+        std::fs::create_dir_all(std::path::Path::new(state::STATE_DIR).join(dir))?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let reaper = reaper::Reaper::default();
+    tokio::spawn(reaper.clone().run());
+    let runc = runc::Runc {
+        bin: args.runtime.clone(),
+        root: std::path::Path::new(state::STATE_DIR).join("runc"),
+        reaper: reaper.clone(),
+    };
+    let agent = service::Agent::new(runc, reaper);
+    tokio::spawn(agent.clone().watch_oom());
+
+    let mut server = ttrpc::asynchronous::Server::new()
+        .bind(&args.listen)
+        .with_context(|| format!("listen on {}", args.listen))?
+        .register_service(service::services(agent));
+    server.start().await.context("start ttrpc server")?;
+    tracing::info!(listen = %args.listen, runtime = %args.runtime.display(), "agent ready");
+    // The host waits for this line on the console (see README).
+    eprintln!("crius-agent: listening on {}", args.listen);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        term.recv().await;
+        if std::process::id() != 1 {
+            tracing::info!("SIGTERM: exiting");
+            return Ok(());
+        }
+        // PID 1 never exits on a signal: the host tears the VM down.
+    }
+}

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Builds the kata guest image: an uncompressed kernel and an initramfs with
+# busybox-static, the needed kernel modules, runc and the crius guest agent.
+#
+# Usage: build-guest.sh [OUT_DIR] [--agent PATH] [--force]
+#   OUT_DIR   default /var/lib/crius/kata
+#   --agent   use this agent binary instead of `cargo build --release`
+#   --force   rebuild even if the inputs did not change
+#
+# Output: OUT_DIR/{vmlinux,initramfs.cpio.gz,kernel-release,stamp}.
+# Reproducible: same inputs give byte-identical files (fixed mtimes, sorted
+# cpio, gzip -n). Runs as root (device nodes in the initramfs).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
+out=/var/lib/crius/kata
+agent=""
+force=0
+while (($#)); do
+    case "$1" in
+        --agent) agent="$2"; shift 2 ;;
+        --force) force=1; shift ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "build-guest: unknown option $1" >&2; exit 2 ;;
+        *) out="$1"; shift ;;
+    esac
+done
+say() { echo "build-guest: $*"; }
+die() { echo "build-guest: $*" >&2; exit 1; }
+
+# --- inputs ------------------------------------------------------------------
+# The newest Debian kernel installed (linux-image-amd64 pulls it in).
+kver="$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | grep -- '-amd64$' | sort -V | tail -n1 || true)"
+[[ -n "$kver" ]] || die "no /boot/vmlinuz-*-amd64 (apt-get install linux-image-amd64)"
+bzimage="/boot/vmlinuz-$kver"
+moddir="/lib/modules/$kver"
+[[ -f "$moddir/modules.dep" ]] || die "$moddir/modules.dep missing"
+busybox=/bin/busybox
+file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (apt-get install busybox-static)"
+runc=/usr/sbin/runc
+[[ -x "$runc" ]] || die "$runc missing (apt-get install runc)"
+for tool in cpio gzip xz; do command -v "$tool" >/dev/null || die "$tool missing"; done
+
+if [[ -z "$agent" ]]; then
+    say "cargo build --release -p crius-kata-agent"
+    (cd "$repo" && cargo build --release -q -p crius-kata-agent)
+    target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+    agent="${target_dir:-$repo/target}/release/crius-kata-agent"
+fi
+[[ -x "$agent" ]] || die "agent binary $agent missing"
+
+# Modules, in load order (dependencies first, via modules.dep).
+wanted=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk
+        vmw_vsock_virtio_transport 9pnet_virtio 9p virtiofs overlay)
+
+stamp_of() {
+    {
+        echo "kernel $kver"; sha256sum "$bzimage" "$busybox" "$runc" "$agent" "$0"
+        ldd "$runc" "$agent" | awk '/=>/ {print $3}' | sort -u | xargs -r sha256sum
+        echo "${wanted[*]}"
+    } | sha256sum | cut -d' ' -f1
+}
+stamp="$(stamp_of)"
+if ((force == 0)) && [[ -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" \
+      && -f "$out/vmlinux" && -f "$out/initramfs.cpio.gz" ]]; then
+    say "guest image in $out is up to date ($kver)"
+    exit 0
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"
+
+# --- kernel: extract the ELF vmlinux from the bzImage ------------------------
+# The bzImage embeds the compressed kernel after a setup stub; find each
+# candidate compression header and keep the first one that decompresses to
+# an ELF image (the approach of the kernel's scripts/extract-vmlinux).
+extract_vmlinux() {
+    local img="$1" dst="$2" magic tool off
+    for pair in 'FD377A585A00:xz -dc' '1F8B0800:gzip -dc' '28B52FFD:zstd -dc' '5D000000:lzma -dc'; do
+        magic="${pair%%:*}"; tool="${pair#*:}"
+        command -v "${tool%% *}" >/dev/null || continue
+        local pattern
+        pattern="$(echo "$magic" | sed 's/\(..\)/\\x\1/g')"
+        for off in $(LC_ALL=C grep -obUaP "$pattern" "$img" | cut -d: -f1); do
+            tail -c +"$((off + 1))" "$img" | $tool >"$dst" 2>/dev/null || true
+            if [[ "$(head -c4 "$dst" | od -An -tx1 | tr -d ' \n')" == 7f454c46 ]]; then
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+say "extracting vmlinux from $bzimage"
+extract_vmlinux "$bzimage" "$work/vmlinux" || die "could not extract an ELF kernel from $bzimage"
+
+# --- initramfs ---------------------------------------------------------------
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,etc,newroot,usr/sbin,lib/modules}
+chmod 1777 "$root/tmp"
+
+install -m0755 "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list); do
+    [[ "$applet" == busybox ]] && continue
+    ln -sf busybox "$root/bin/$applet"
+done
+
+# Binaries and the shared libraries they need (glibc, libseccomp…).
+copy_with_libs() {
+    local bin="$1" dst="$2"
+    install -D -m0755 "$bin" "$root$dst"
+    for lib in $(ldd "$bin" | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | sort -u); do
+        [[ -f "$lib" ]] || continue
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+        # Also reachable via the merged-/usr path the loader may use.
+        case "$lib" in
+            /lib/*|/lib64/*) mkdir -p "$root/usr$(dirname "$lib")"; cp -L "$lib" "$root/usr$lib" ;;
+        esac
+    done
+}
+copy_with_libs "$runc" /usr/sbin/runc
+copy_with_libs "$agent" /sbin/crius-kata-agent
+# Debug symbols only cost boot time (the initramfs is unpacked under TCG).
+if command -v strip >/dev/null; then strip --strip-debug "$root/sbin/crius-kata-agent"; fi
+
+# Modules: resolve dependencies from modules.dep, deepest first.
+declare -A seen=()
+order=()
+resolve() {
+    local name="$1" line path deps dep
+    line="$(grep -E "(^|/)${name}\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -n1)" \
+        || die "module $name not in $moddir/modules.dep"
+    path="${line%%:*}"
+    [[ -n "${seen[$path]:-}" ]] && return 0
+    deps="${line#*:}"
+    # modules.dep lists all (transitive) deps; load them in reverse order.
+    for dep in $(echo "$deps" | tr ' ' '\n' | tac); do
+        [[ -n "$dep" && -z "${seen[$dep]:-}" ]] || continue
+        seen[$dep]=1; order+=("$dep")
+    done
+    seen[$path]=1; order+=("$path")
+}
+for m in "${wanted[@]}"; do resolve "$m"; done
+for path in "${order[@]}"; do
+    case "$path" in
+        *.ko) install -D -m0644 "$moddir/$path" "$root/lib/modules/$kver/$path" ;;
+        *.ko.xz) install -D -m0644 "$moddir/$path" "$root/lib/modules/$kver/$path"; xz -d "$root/lib/modules/$kver/$path"; path="${path%.xz}" ;;
+        *) die "unsupported module file $path" ;;
+    esac
+    echo "$path" >>"$root/etc/modules.order"
+done
+echo "$kver" >"$root/etc/kernel-release"
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+
+install -m0755 "$here/init" "$root/init"
+mknod -m 600 "$root/dev/console" c 5 1
+mknod -m 666 "$root/dev/null" c 1 3
+
+say "packing initramfs ($(du -sh "$root" | cut -f1) unpacked, ${#order[@]} modules)"
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && find . -print0 | LC_ALL=C sort -z \
+    | cpio --null -o -H newc --reproducible --quiet) | gzip -n -6 >"$work/initramfs.cpio.gz"
+
+install -m0644 "$work/vmlinux" "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"
+install -m0644 "$work/initramfs.cpio.gz" "$out/initramfs.cpio.gz.tmp" && mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+echo "$kver" >"$out/kernel-release"
+echo "$stamp" >"$out/stamp"
+say "wrote $out/vmlinux ($(du -h "$out/vmlinux" | cut -f1)) and $out/initramfs.cpio.gz ($(du -h "$out/initramfs.cpio.gz" | cut -f1)) for $kver"
