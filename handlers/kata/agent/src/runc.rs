@@ -105,9 +105,18 @@ impl Runc {
                     let (stream, _) = accepted?;
                     let stream = stream.into_std()?;
                     stream.set_nonblocking(false)?;
-                    master = Some(recv_fd(&stream).map_err(|reason| RuncError::Console {
-                        bin: self.name(), cmd: cmd_name.clone(), reason,
-                    })?);
+                    match recv_fd(&stream) {
+                        Ok(fd) => master = Some(fd),
+                        Err(reason) => {
+                            // runc hung up without a pty: its log says why.
+                            let code = reaper::wait(exit.clone()).await;
+                            let _ = std::fs::remove_file(&path);
+                            if code != 0 {
+                                return Err(failed(code));
+                            }
+                            return Err(RuncError::Console { bin: self.name(), cmd: cmd_name.clone(), reason });
+                        }
+                    }
                 }
                 code = async { loop {
                     if let Some(c) = *exit_wait.borrow_and_update() { break c; }
@@ -157,5 +166,5 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
-    Err("no fd received".into())
+    Err(format!("no fd received ({} bytes, flags {:?})", msg.bytes, msg.flags))
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crius_agent_proto::agent::{CreateContainerRequest, CreateSandboxRequest};
-use crius_agent_proto::convert;
+use crius_agent_proto::{convert, types};
 use crius_handler_kata::agent_client::{self, AgentAddr, AgentClient};
 use serde_json::json;
 
@@ -108,7 +108,7 @@ fn make_rootfs(shared: &Path, cid: &str) {
         std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "uname", "cat", "echo", "dd", "sleep", "head"] {
+    for applet in ["sh", "uname", "cat", "echo", "dd", "sleep", "head", "ip", "tty", "stty"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink applet");
     }
 }
@@ -133,6 +133,7 @@ fn spec(args: &[&str], memory_limit: Option<i64>) -> serde_json::Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
         ],
         "linux": {
@@ -230,6 +231,9 @@ async fn guest_agent_runs_containers_in_the_vm() {
             .arg("-fsdev")
             .arg(format!("local,id=crius,path={},security_model=none,multidevs=remap", shared.display()))
             .args(["-device", "virtio-9p-pci,fsdev=crius,mount_tag=crius"])
+            // A NIC on a hub with no other port: the guest sees a link that
+            // reaches nothing.
+            .args(["-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:c1:05:01"])
             .arg("-kernel")
             .arg(cache.join("vmlinux"))
             .arg("-initrd")
@@ -303,7 +307,65 @@ async fn guest_agent_runs_containers_in_the_vm() {
     assert_eq!(read_all(&agent, "c-uname", "e2", false).await, "ping\n");
     assert_eq!(agent.wait_process("c-uname", "e2").await.expect("WaitProcess e2"), 0);
 
-    // Stats of the running container, then SIGTERM to every process.
+    // Exec with a terminal: output through the pty, window size applied.
+    let p = convert::process_from_json(&json!({
+        "terminal": true,
+        "args": ["sh", "-c", "tty; read size; stty size"],
+        "env": ["PATH=/bin"], "cwd": "/"
+    }));
+    agent.exec_process("c-uname", "e3", p).await.expect("ExecProcess tty");
+    agent.tty_win_resize("c-uname", "e3", 42, 123).await.expect("TtyWinResize");
+    agent.write_stdin("c-uname", "e3", b"go\n").await.expect("WriteStdin tty");
+    let out = read_all(&agent, "c-uname", "e3", false).await;
+    assert!(out.contains("/dev/pts/"), "tty output: {out:?}");
+    assert!(out.contains("42 123"), "window size in tty output: {out:?}");
+    assert_eq!(read_all(&agent, "c-uname", "e3", true).await, "", "a tty process has no separate stderr");
+    assert_eq!(agent.wait_process("c-uname", "e3").await.expect("WaitProcess e3"), 0);
+    let err = agent.tty_win_resize("c-uname", "e1", 1, 1).await.expect_err("resize without a tty");
+    assert_eq!(err.code(), Some(ttrpc::Code::FAILED_PRECONDITION), "{err}");
+
+    // UpdateContainer: a new memory limit shows in the stats.
+    let res = convert::resources_from_json(&json!({"memory": {"limit": 48 << 20}}));
+    agent.update_container("c-uname", res).await.expect("UpdateContainer");
+    let stats = agent.stats_container("c-uname").await.expect("StatsContainer");
+    assert_eq!(stats.cgroup_stats.memory_stats.usage.limit, 48 << 20, "{stats:?}");
+
+    // Network: the agent configures the VM's NIC (found by MAC) and routes;
+    // containers share the VM's network namespace and see them.
+    let iface = agent
+        .update_interface(types::Interface {
+            name: "eth0".into(),
+            hwAddr: "52:54:00:c1:05:01".into(),
+            mtu: 1400,
+            IPAddresses: vec![types::IPAddress {
+                address: "10.254.3.7".into(),
+                mask: "24".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateInterface");
+    assert_eq!(iface.name, "eth0");
+    agent
+        .update_routes(vec![types::Route {
+            gateway: "10.254.3.1".into(),
+            device: "eth0".into(),
+            ..Default::default()
+        }])
+        .await
+        .expect("UpdateRoutes");
+    let p = convert::process_from_json(&json!({
+        "args": ["sh", "-c", "ip -4 addr show dev eth0; ip route"], "env": ["PATH=/bin"], "cwd": "/"
+    }));
+    agent.exec_process("c-uname", "e4", p).await.expect("ExecProcess ip");
+    let out = read_all(&agent, "c-uname", "e4", false).await;
+    assert!(out.contains("inet 10.254.3.7/24"), "address inside the container: {out}");
+    assert!(out.contains("mtu 1400"), "mtu: {out}");
+    assert!(out.contains("default via 10.254.3.1 dev eth0"), "default route: {out}");
+    assert_eq!(agent.wait_process("c-uname", "e4").await.expect("WaitProcess e4"), 0);
+
+    // Stats of the running container, then SIGKILL to every process.
     let stats = agent.stats_container("c-uname").await.expect("StatsContainer");
     let mem = stats.cgroup_stats.memory_stats.usage.usage;
     assert!(mem > 0, "memory usage of a running container: {stats:?}");
