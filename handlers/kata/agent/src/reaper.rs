@@ -149,3 +149,43 @@ pub async fn output(reaper: &Reaper, mut cmd: Command) -> std::io::Result<(ExitC
     .unwrap_or_default();
     Ok((wait(exit).await, text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_codes_signals_and_early_exits_reach_waiters() {
+        let reaper = Reaper::default();
+        tokio::spawn(reaper.clone().run());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        let (_, exit) = reaper.spawn(&mut cmd).expect("spawn");
+        assert_eq!(wait(exit).await, 3);
+
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let (pid, exit) = reaper.spawn(&mut cmd).expect("spawn");
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        assert_eq!(wait(exit).await, 137);
+
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2"]);
+        let (code, text) = output(&reaper, cmd).await.expect("output");
+        assert_eq!((code, text.as_str()), (0, "out\nerr\n"));
+
+        // An exit reaped before anyone registered is kept for the watcher.
+        // (One test: a second reaper in this process would steal exits.)
+        let child = Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        drop(child);
+        // Reap until the exit is recorded as unclaimed, then register.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !reaper.lock().unclaimed.contains_key(&(pid as i32)) {
+            assert!(std::time::Instant::now() < deadline, "child {pid} never reaped");
+            reaper.reap_all();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(wait(reaper.watch(pid)).await, 0);
+    }
+}

@@ -176,3 +176,41 @@ pub fn resize_pty(master: &OwnedFd, rows: u16, cols: u16) -> std::io::Result<()>
 pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn buffered_output_is_read_in_chunks_then_eof() {
+        let (r, w) = pipe().expect("pipe");
+        let buf = OutBuf::default();
+        buf.spawn_pump(r);
+        let mut w = File::from(w);
+        w.write_all(b"hello world").expect("write");
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            let chunk = buf.read(4).await;
+            assert!(!chunk.is_empty() && chunk.len() <= 4, "{chunk:?}");
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"hello world");
+        drop(w);
+        assert!(buf.read(4).await.is_empty(), "EOF after the writer closed");
+        assert!(OutBuf::closed().read(1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn closed_stdin_refuses_writes() {
+        let (r, w) = pipe().expect("pipe");
+        let stdin = Stdin::new(Some(w));
+        assert_eq!(stdin.write(b"abc".to_vec()).await.expect("write"), 3);
+        stdin.close(false).await.expect("close");
+        let err = stdin.write(b"x".to_vec()).await.expect_err("closed");
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut File::from(r), &mut s).expect("read");
+        assert_eq!(s, "abc");
+    }
+}
