@@ -37,7 +37,9 @@ bzimage="/boot/vmlinuz-$kver"
 moddir="/lib/modules/$kver"
 [[ -f "$moddir/modules.dep" ]] || die "$moddir/modules.dep missing"
 busybox=/bin/busybox
-file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (apt-get install busybox-static)"
+[[ -x "$busybox" ]] || die "$busybox missing (apt-get install busybox-static)"
+# ldd fails on a static binary ("not a dynamic executable").
+if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is not static (apt-get install busybox-static)"; fi
 runc=/usr/sbin/runc
 [[ -x "$runc" ]] || die "$runc missing (apt-get install runc)"
 for tool in cpio gzip xz; do command -v "$tool" >/dev/null || die "$tool missing"; done
