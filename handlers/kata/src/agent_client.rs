@@ -466,3 +466,62 @@ pub fn shared_9p_storage() -> agent::Storage {
 pub fn guest_rootfs(cid: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{cid}/rootfs")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A fake hybrid-vsock endpoint answering the CONNECT line with `reply`.
+    async fn fake_endpoint(dir: &std::path::Path, reply: &'static [u8]) -> PathBuf {
+        let path = dir.join("vsock.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).await.unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                assert_eq!(line, b"CONNECT 1024");
+                let _ = s.write_all(reply).await;
+                // Keep the stream open briefly, then hang up.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn handshake_accepts_ok_and_leaves_the_rest_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fake_endpoint(dir.path(), b"OK 1073741824\nTTRPC").await;
+        let mut s = connect_hybrid(&path, 1024).await.expect("handshake");
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.expect("rest");
+        assert_eq!(&rest, b"TTRPC", "bytes after the OK line belong to ttrpc");
+    }
+
+    #[tokio::test]
+    async fn handshake_rejects_hangup_and_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fake_endpoint(dir.path(), b"").await;
+        let err = connect_hybrid(&path, 1024).await.expect_err("hangup");
+        assert!(matches!(err, AgentError::Handshake { .. }), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fake_endpoint(dir.path(), b"NOPE\n").await;
+        let err = connect_hybrid(&path, 1024).await.expect_err("garbage");
+        assert!(err.to_string().contains("NOPE"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_ready_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = AgentAddr::Hybrid { uds: dir.path().join("absent.sock"), port: AGENT_VSOCK_PORT };
+        let start = Instant::now();
+        let err = AgentClient::wait_ready(&addr, Duration::from_millis(500)).await.expect_err("no agent");
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(matches!(err, AgentError::NotReady { .. }), "{err}");
+    }
+}
