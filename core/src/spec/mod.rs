@@ -1,11 +1,81 @@
 //! OCI runtime spec (config.json) generation from the CRI container/pod
 //! config and the image config.
 //!
-//! Skeleton: the public API is fixed; content is filled in incrementally.
+//! Everything in the produced spec is set explicitly: the `oci-spec`
+//! defaults (a youki shell with its own mounts and capabilities) are never
+//! relied upon.
+//!
+//! Namespaces: containers join the pod's network namespace by path, and the
+//! infra (pause) process's IPC, UTS and (pod pid mode) PID namespaces via
+//! `/proc/<infra_pid>/ns/*`. Without an infra process they get fresh ones.
+//! The mount namespace is always new; a cgroup namespace is added on a
+//! unified cgroup v2 host.
+//!
+//! Sysctls belong to the namespaces of the pod: the infra spec carries
+//! them, and container specs only when there is no infra process holding
+//! the namespaces (then each container sets them in its own).
 
+mod caps;
+mod mounts;
+mod seccomp;
+mod sysctl;
+mod user;
+
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use crius_proto::cri::{self, NamespaceMode, security_profile::ProfileType};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+pub use seccomp::runtime_default as runtime_default_seccomp;
+
+/// Annotation keys the kubelet-facing runtimes put on OCI specs (shims and
+/// VM handlers read them to tell pods from containers).
+pub mod annotations {
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
+    pub const CONTAINER_TYPE_CONTAINER: &str = "container";
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+    pub const SANDBOX_LOG_DIRECTORY: &str = "io.kubernetes.cri.sandbox-log-directory";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+}
+
+/// OCI spec version written into config.json.
+pub const OCI_VERSION: &str = "1.0.2";
+/// The pause process inside the infra rootfs (see `rootfs::prepare_infra_rootfs`).
+pub const INFRA_COMMAND: &[&str] = &["/catatonit", "-P"];
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const NOFILE: u64 = 1_048_576;
+
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Where a container's namespaces come from.
 #[derive(Debug, Clone, Default)]
@@ -25,7 +95,8 @@ pub struct PodFiles {
     pub hostname: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
     pub hosts: Option<PathBuf>,
-    /// A directory (usually a tmpfs mounted by the core) bound at /dev/shm.
+    /// A directory (usually a tmpfs mounted by the core) bound at /dev/shm;
+    /// `None` gives each container a private tmpfs.
     pub shm_dir: Option<PathBuf>,
 }
 
@@ -52,7 +123,9 @@ pub struct ContainerSpecInput<'a> {
 pub struct InfraSpecInput<'a> {
     pub sandbox_id: &'a str,
     pub sandbox_config: &'a crius_proto::cri::PodSandboxConfig,
+    /// The shared infra rootfs (`rootfs::prepare_infra_rootfs`).
     pub rootfs: &'a Path,
+    /// Pod network namespace; `None` = host network.
     pub netns_path: Option<&'a Path>,
     pub cgroups_path: &'a str,
     pub pod_files: &'a PodFiles,
@@ -61,7 +134,8 @@ pub struct InfraSpecInput<'a> {
 /// Why a spec could not be built or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    /// The request asks for something invalid (bad mount, unknown user, ...).
+    /// The request asks for something invalid (bad mount, unknown user,
+    /// unknown capability, non-namespaced sysctl, ...): a client error.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{context}: {source}")]
@@ -74,23 +148,576 @@ pub enum SpecError {
     Build(String),
 }
 
+fn build_err(e: impl std::fmt::Display) -> SpecError {
+    SpecError::Build(e.to_string())
+}
+
+fn mode(v: i32) -> Option<NamespaceMode> {
+    NamespaceMode::try_from(v).ok()
+}
+
+fn ns(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
+    let b = LinuxNamespaceBuilder::default().typ(typ);
+    match path {
+        Some(p) => b.path(p),
+        None => b,
+    }
+    .build()
+    .expect("complete namespace")
+}
+
+/// Whether /sys/fs/cgroup is a unified cgroup v2 hierarchy.
+fn cgroup_v2_unified() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
+}
+
+fn host_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
+}
+
+fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+/// The AppArmor profile to apply, only when the host has AppArmor: a
+/// Localhost profile by name. RuntimeDefault has no crius profile loaded
+/// and runs under the runtime's default (unconfined); privileged
+/// containers are unconfined.
+fn apparmor_profile(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    privileged: bool,
+) -> Result<Option<String>, SpecError> {
+    let Some(sc) = sc else { return Ok(None) };
+    let wanted = match &sc.apparmor {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::Localhost) => {
+                let name = p.localhost_ref.trim_start_matches("localhost/");
+                if name.is_empty() {
+                    return Err(SpecError::InvalidArgument(
+                        "apparmor Localhost profile without a name".into(),
+                    ));
+                }
+                Some(name.to_string())
+            }
+            _ => None,
+        },
+        #[allow(deprecated)] // still sent by older kubelets
+        None => sc
+            .apparmor_profile
+            .strip_prefix("localhost/")
+            .map(String::from),
+    };
+    if privileged || !apparmor_enabled() {
+        if let Some(w) = &wanted {
+            tracing::debug!(profile = %w, privileged, "apparmor profile not applied");
+        }
+        return Ok(None);
+    }
+    Ok(wanted)
+}
+
+/// `user:role:type:level` from the CRI's SELinux options, only on SELinux
+/// hosts (missing parts take the usual container defaults).
+fn selinux_label(opts: Option<&cri::SeLinuxOption>) -> Option<String> {
+    let o = opts?;
+    if (o.r#type.is_empty() && o.level.is_empty()) || !selinux_enabled() {
+        return None;
+    }
+    let or = |v: &str, d: &str| if v.is_empty() { d.to_string() } else { v.to_string() };
+    Some(format!(
+        "{}:{}:{}:{}",
+        or(&o.user, "system_u"),
+        or(&o.role, "system_r"),
+        or(&o.r#type, "container_t"),
+        or(&o.level, "s0")
+    ))
+}
+
+/// Kubernetes command rules: `command` replaces the entrypoint and drops the
+/// image's cmd; `args` replace the cmd.
+fn process_args(cfg: &cri::ContainerConfig, image: &crate::image::ContainerDefaults) -> Vec<String> {
+    let mut args = if cfg.command.is_empty() {
+        image.entrypoint.clone()
+    } else {
+        cfg.command.clone()
+    };
+    if !cfg.args.is_empty() {
+        args.extend(cfg.args.iter().cloned());
+    } else if cfg.command.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    }
+    args
+}
+
+/// HOSTNAME, then the image's env, then the CRI's (later keys replace
+/// earlier ones in place); PATH is added when nobody set it.
+fn merge_env(image_env: &[String], cri_env: &[cri::KeyValue], hostname: &str) -> Vec<String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let set = |k: &str, v: &str, out: &mut Vec<(String, String)>| {
+        if k.is_empty() {
+            return;
+        }
+        match out.iter_mut().find(|(ok, _)| ok == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => out.push((k.to_string(), v.to_string())),
+        }
+    };
+    if !hostname.is_empty() {
+        set("HOSTNAME", hostname, &mut out);
+    }
+    for e in image_env {
+        let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+        set(k, v, &mut out);
+    }
+    for kv in cri_env {
+        set(&kv.key, &String::from_utf8_lossy(&kv.value), &mut out);
+    }
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        let (k, v) = DEFAULT_PATH.split_once('=').expect("PATH=...");
+        out.insert(0, (k.into(), v.into()));
+    }
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// RLIMIT_NOFILE of 1048576, capped at the daemon's own hard limit: the
+/// runtime cannot raise a hard limit where the host denies it (it fails
+/// with EPERM), and a lower one is what the host operator chose.
+fn nofile_limit() -> u64 {
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    own.map_or(NOFILE, |max| max.min(NOFILE))
+}
+
+fn rlimits() -> Vec<oci_spec::runtime::PosixRlimit> {
+    let nofile = nofile_limit();
+    vec![
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(nofile)
+            .soft(nofile)
+            .build()
+            .expect("complete rlimit"),
+    ]
+}
+
+fn paths(cri: &[String], default: &[&str]) -> Vec<String> {
+    if cri.is_empty() {
+        default.iter().map(|s| s.to_string()).collect()
+    } else {
+        cri.to_vec()
+    }
+}
+
+fn resources(
+    r: Option<&cri::LinuxContainerResources>,
+    device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
+) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
+    let mut b = LinuxResourcesBuilder::default().devices(device_rules);
+    if let Some(r) = r {
+        let mut cpu = LinuxCpuBuilder::default();
+        let mut any_cpu = false;
+        if r.cpu_shares > 0 {
+            cpu = cpu.shares(r.cpu_shares as u64);
+            any_cpu = true;
+        }
+        if r.cpu_quota != 0 {
+            cpu = cpu.quota(r.cpu_quota);
+            any_cpu = true;
+        }
+        if r.cpu_period > 0 {
+            cpu = cpu.period(r.cpu_period as u64);
+            any_cpu = true;
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(r.cpuset_cpus.clone());
+            any_cpu = true;
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu = cpu.mems(r.cpuset_mems.clone());
+            any_cpu = true;
+        }
+        if any_cpu {
+            b = b.cpu(cpu.build().map_err(build_err)?);
+        }
+        if r.memory_limit_in_bytes > 0 || r.memory_swap_limit_in_bytes > 0 {
+            let mut mem = LinuxMemoryBuilder::default();
+            if r.memory_limit_in_bytes > 0 {
+                mem = mem.limit(r.memory_limit_in_bytes);
+            }
+            if r.memory_swap_limit_in_bytes > 0 {
+                mem = mem.swap(r.memory_swap_limit_in_bytes);
+            }
+            b = b.memory(mem.build().map_err(build_err)?);
+        }
+        if !r.hugepage_limits.is_empty() {
+            let limits = r
+                .hugepage_limits
+                .iter()
+                .map(|h| {
+                    LinuxHugepageLimitBuilder::default()
+                        .page_size(h.page_size.clone())
+                        .limit(i64::try_from(h.limit).unwrap_or(i64::MAX))
+                        .build()
+                        .map_err(build_err)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            b = b.hugepage_limits(limits);
+        }
+        if !r.unified.is_empty() {
+            b = b.unified(r.unified.clone());
+        }
+    }
+    b.build().map_err(build_err)
+}
+
 /// Builds the OCI spec of a workload container.
-pub fn container_spec(_input: &ContainerSpecInput) -> Result<Spec, SpecError> {
-    Err(SpecError::Build("container_spec not implemented yet".into()))
+pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
+    let cfg = input.config;
+    let pod = input.sandbox_config;
+    let sc = cfg.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let res = cfg.linux.as_ref().and_then(|l| l.resources.as_ref());
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
+    let opts = sc.and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+
+    // Namespaces.
+    let host_network = input.namespaces.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
+    let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
+    if let Some(u) = &opts.userns_options
+        && mode(u.mode) != Some(NamespaceMode::Node)
+        && !(u.uids.is_empty() && u.gids.is_empty())
+    {
+        return Err(SpecError::InvalidArgument("user namespaces are not supported".into()));
+    }
+    let infra_ns = |name: &str| input.namespaces.infra_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/{name}")));
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
+    if !host_network {
+        namespaces.push(ns(LinuxNamespaceType::Network, input.namespaces.netns_path.clone()));
+    }
+    if !host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, infra_ns("ipc")));
+    }
+    // The pod's hostname lives in its UTS namespace; host-network pods use
+    // the host's.
+    let own_uts = !host_network && input.namespaces.infra_pid.is_none();
+    if !host_network {
+        namespaces.push(ns(LinuxNamespaceType::Uts, infra_ns("uts")));
+    }
+    match mode(opts.pid) {
+        Some(NamespaceMode::Node) => {}
+        Some(NamespaceMode::Pod) => namespaces.push(ns(LinuxNamespaceType::Pid, infra_ns("pid"))),
+        Some(NamespaceMode::Container) => namespaces.push(ns(LinuxNamespaceType::Pid, None)),
+        Some(NamespaceMode::Target) => {
+            return Err(SpecError::InvalidArgument(
+                "pid namespace mode TARGET is not supported".into(),
+            ));
+        }
+        None => {
+            return Err(SpecError::InvalidArgument(format!("unknown pid namespace mode {}", opts.pid)));
+        }
+    }
+    if cgroup_v2_unified() {
+        namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
+    }
+
+    let hostname = if !pod.hostname.is_empty() {
+        pod.hostname.clone()
+    } else if host_network {
+        host_hostname()
+    } else {
+        String::new()
+    };
+
+    let sysctls = sysctl::validate(
+        pod.linux.as_ref().map(|l| &l.sysctls).unwrap_or(&HashMap::new()),
+        host_network,
+        host_ipc,
+    )?;
+
+    // Process.
+    let args = process_args(cfg, input.image);
+    if args.is_empty() {
+        return Err(SpecError::InvalidArgument(
+            "no command: neither the container config nor the image specify one".into(),
+        ));
+    }
+    let cwd = if !cfg.working_dir.is_empty() {
+        cfg.working_dir.clone()
+    } else if !input.image.working_dir.is_empty() {
+        input.image.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    if !cwd.starts_with('/') {
+        return Err(SpecError::InvalidArgument(format!("working directory {cwd:?} must be absolute")));
+    }
+    let user = user::resolve_user(input.rootfs, sc, &input.image.user)?;
+    let cap_set: HashSet<Capability> = if privileged {
+        caps::all()
+    } else {
+        let c = sc.and_then(|s| s.capabilities.as_ref());
+        caps::effective_set(
+            c.map(|c| c.add_capabilities.as_slice()).unwrap_or_default(),
+            c.map(|c| c.drop_capabilities.as_slice()).unwrap_or_default(),
+        )?
+    };
+    let ambient = sc
+        .and_then(|s| s.capabilities.as_ref())
+        .map(|c| c.add_ambient_capabilities.clone())
+        .unwrap_or_default();
+    let seccomp = if privileged {
+        None
+    } else {
+        let choice = seccomp::choice(
+            sc.and_then(|s| s.seccomp.as_ref()),
+            #[allow(deprecated)] // still sent by older kubelets
+            sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or_default(),
+        )?;
+        seccomp::profile(&choice, &cap_set)?
+    };
+    let process_caps = caps::process_caps(cap_set, &ambient)?;
+    let mut process = ProcessBuilder::default()
+        .terminal(cfg.tty)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()
+                .map_err(build_err)?,
+        )
+        .args(args)
+        .env(merge_env(&input.image.env, &cfg.envs, &hostname))
+        .cwd(cwd)
+        .capabilities(process_caps)
+        .rlimits(rlimits())
+        .no_new_privileges(sc.is_some_and(|s| s.no_new_privs))
+        .build()
+        .map_err(build_err)?;
+    process.set_apparmor_profile(apparmor_profile(sc, privileged)?);
+    let label = if privileged { None } else { selinux_label(sc.and_then(|s| s.selinux_options.as_ref())) };
+    process.set_selinux_label(label);
+    // The CRI's value as is: no negative default is invented here.
+    process.set_oom_score_adj(res.map(|r| r.oom_score_adj as i32));
+
+    // Mounts: kernel filesystems, pod files, then the CRI's; a CRI mount
+    // replaces a default one at the same destination (the kubelet manages
+    // /etc/hosts and may bind its own /dev/shm).
+    let cri_mounts = mounts::cri_mounts(&cfg.mounts, input.capabilities.recursive_read_only_mounts)?;
+    let taken: HashSet<PathBuf> = cri_mounts.mounts.iter().map(|m| m.destination().clone()).collect();
+    let mut all_mounts: Vec<Mount> = mounts::standard(privileged);
+    all_mounts.extend(mounts::pod_files(input.pod_files, readonly_rootfs));
+    all_mounts.retain(|m| !taken.contains(m.destination()));
+    all_mounts.extend(cri_mounts.mounts);
+
+    // Devices.
+    let cri_devices = mounts::cri_devices(&cfg.devices)?;
+    let (mut devices, mut rules) = (Vec::new(), Vec::new());
+    if privileged {
+        rules.push(mounts::allow_all());
+        if !input.privileged_without_host_devices {
+            devices = mounts::host_devices();
+        }
+    } else {
+        rules.push(mounts::deny_all());
+    }
+    for (d, r) in cri_devices {
+        devices.retain(|x: &oci_spec::runtime::LinuxDevice| x.path() != d.path());
+        devices.push(d);
+        if !privileged {
+            rules.push(r);
+        }
+    }
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources(res, rules)?)
+        .cgroups_path(PathBuf::from(input.cgroups_path))
+        .devices(devices)
+        .build()
+        .map_err(build_err)?;
+    linux.set_masked_paths(Some(if privileged {
+        Vec::new()
+    } else {
+        paths(sc.map(|s| s.masked_paths.as_slice()).unwrap_or_default(), DEFAULT_MASKED_PATHS)
+    }));
+    linux.set_readonly_paths(Some(if privileged {
+        Vec::new()
+    } else {
+        paths(sc.map(|s| s.readonly_paths.as_slice()).unwrap_or_default(), DEFAULT_READONLY_PATHS)
+    }));
+    linux.set_seccomp(seccomp);
+    linux.set_rootfs_propagation(cri_mounts.rootfs_propagation);
+    linux.set_mount_label(None);
+    linux.set_sysctl(if input.namespaces.infra_pid.is_none() && !sysctls.is_empty() { Some(sysctls) } else { None });
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+
+    let mut ann: HashMap<String, String> = cfg.annotations.clone();
+    let meta = pod.metadata.clone().unwrap_or_default();
+    for (k, v) in [
+        (annotations::CONTAINER_TYPE, annotations::CONTAINER_TYPE_CONTAINER.to_string()),
+        (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
+        (annotations::SANDBOX_NAME, meta.name.clone()),
+        (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
+        (annotations::SANDBOX_UID, meta.uid.clone()),
+        (annotations::CONTAINER_NAME, cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()),
+        (annotations::IMAGE_NAME, cfg.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()),
+    ] {
+        ann.insert(k.to_string(), v);
+    }
+
+    let mut spec = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs)
+                .readonly(readonly_rootfs)
+                .build()
+                .map_err(build_err)?,
+        )
+        .mounts(all_mounts)
+        .process(process)
+        .linux(linux)
+        .annotations(ann)
+        .build()
+        .map_err(build_err)?;
+    spec.set_hostname(if own_uts && !hostname.is_empty() { Some(hostname) } else { None });
+    spec.set_domainname(None);
+    spec.set_hooks(None);
+    tracing::debug!(container_id = input.container_id, sandbox_id = input.sandbox_id, "container spec built");
+    Ok(spec)
 }
 
-/// Builds the OCI spec of a pod's infra (pause) container.
-pub fn infra_spec(_input: &InfraSpecInput) -> Result<Spec, SpecError> {
-    Err(SpecError::Build("infra_spec not implemented yet".into()))
+/// Builds the OCI spec of a pod's infra (pause) container: `/catatonit -P`
+/// as root without capabilities on the read-only shared infra rootfs,
+/// holding new IPC and UTS namespaces (unless the pod uses the host's), a
+/// new PID namespace unless the pod uses the host's, the pod network
+/// namespace, the pod hostname and the pod sysctls.
+pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
+    let pod = input.sandbox_config;
+    let sc = pod.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let opts = sc.and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+    let host_network = input.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
+    let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
+    let host_pid = mode(opts.pid) == Some(NamespaceMode::Node);
+
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
+    if !host_network {
+        namespaces.push(ns(LinuxNamespaceType::Network, input.netns_path.map(Path::to_path_buf)));
+        namespaces.push(ns(LinuxNamespaceType::Uts, None));
+    }
+    if !host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, None));
+    }
+    if !host_pid {
+        namespaces.push(ns(LinuxNamespaceType::Pid, None));
+    }
+    if cgroup_v2_unified() {
+        namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
+    }
+    let sysctls = sysctl::validate(
+        pod.linux.as_ref().map(|l| &l.sysctls).unwrap_or(&HashMap::new()),
+        host_network,
+        host_ipc,
+    )?;
+
+    let uid = match sc.and_then(|s| s.run_as_user.as_ref()) {
+        Some(v) => u32::try_from(v.value).map_err(|_| SpecError::InvalidArgument(format!("run_as_user {} out of range", v.value)))?,
+        None => 0,
+    };
+    let gid = match sc.and_then(|s| s.run_as_group.as_ref()) {
+        Some(v) => u32::try_from(v.value).map_err(|_| SpecError::InvalidArgument(format!("run_as_group {} out of range", v.value)))?,
+        None => 0,
+    };
+    let seccomp = if sc.is_some_and(|s| s.privileged) {
+        None
+    } else {
+        let choice = seccomp::choice(
+            sc.and_then(|s| s.seccomp.as_ref()),
+            #[allow(deprecated)] // still sent by older kubelets
+            sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or_default(),
+        )?;
+        seccomp::profile(&choice, &HashSet::new())?
+    };
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(vec![gid]).build().map_err(build_err)?)
+        .args(INFRA_COMMAND.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .env(vec![DEFAULT_PATH.to_string()])
+        .cwd("/")
+        .capabilities(caps::process_caps(HashSet::new(), &[])?)
+        .rlimits(rlimits())
+        .no_new_privileges(true)
+        .build()
+        .map_err(build_err)?;
+
+    let mut all_mounts = mounts::standard(false);
+    all_mounts.extend(mounts::pod_files(input.pod_files, true));
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources(None, vec![mounts::deny_all()])?)
+        .cgroups_path(PathBuf::from(input.cgroups_path))
+        .devices(Vec::new())
+        .build()
+        .map_err(build_err)?;
+    linux.set_masked_paths(Some(DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
+    linux.set_readonly_paths(Some(DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
+    linux.set_seccomp(seccomp);
+    linux.set_sysctl(if sysctls.is_empty() { None } else { Some(sysctls) });
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let mut ann: HashMap<String, String> = pod.annotations.clone();
+    for (k, v) in [
+        (annotations::CONTAINER_TYPE, annotations::CONTAINER_TYPE_SANDBOX.to_string()),
+        (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
+        (annotations::SANDBOX_NAME, meta.name.clone()),
+        (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
+        (annotations::SANDBOX_UID, meta.uid.clone()),
+        (annotations::SANDBOX_LOG_DIRECTORY, pod.log_directory.clone()),
+    ] {
+        ann.insert(k.to_string(), v);
+    }
+
+    let mut spec = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .root(RootBuilder::default().path(input.rootfs).readonly(true).build().map_err(build_err)?)
+        .mounts(all_mounts)
+        .process(process)
+        .linux(linux)
+        .annotations(ann)
+        .build()
+        .map_err(build_err)?;
+    spec.set_hostname(if !host_network && !pod.hostname.is_empty() { Some(pod.hostname.clone()) } else { None });
+    spec.set_domainname(None);
+    spec.set_hooks(None);
+    Ok(spec)
 }
 
-/// Writes `config.json` into `bundle_dir` and returns the bytes written.
+/// Writes `config.json` into `bundle_dir` (atomically: a temporary file
+/// renamed into place) and returns the bytes written.
 pub fn write_spec(bundle_dir: &Path, spec: &Spec) -> Result<Vec<u8>, SpecError> {
-    let bytes = serde_json::to_vec_pretty(spec).map_err(|e| SpecError::Build(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(spec).map_err(build_err)?;
     let path = bundle_dir.join("config.json");
-    std::fs::write(&path, &bytes).map_err(|source| SpecError::Io {
-        context: format!("writing {}", path.display()),
-        source,
-    })?;
+    let tmp = bundle_dir.join(".config.json.tmp");
+    let io = |what: &str, p: &Path| {
+        let context = format!("{what} {}", p.display());
+        move |source| SpecError::Io { context, source }
+    };
+    std::fs::write(&tmp, &bytes).map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests;
