@@ -660,9 +660,25 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
 #[test]
 fn runc_accepts_infra_and_container_specs() {
     let Some(bin) = runc_ready() else { return };
+    infra_and_container_specs_run(bin, "runc");
+}
+
+#[test]
+fn crun_accepts_infra_and_container_specs() {
+    if runc_ready().is_none() {
+        return;
+    }
+    if !Path::new("/usr/bin/crun").exists() {
+        eprintln!("skipping crun test: /usr/bin/crun missing");
+        return;
+    }
+    infra_and_container_specs_run("/usr/bin/crun", "crun");
+}
+
+fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let infra_rootfs = crate::rootfs::prepare_infra_rootfs(&tmp.path().join("infra-rootfs"), Path::new("/usr/bin/catatonit")).unwrap();
-    let tag = format!("crius-spec-test-{}", std::process::id());
+    let tag = format!("crius-spec-{name}-{}", std::process::id());
     let mut runc = Runc { bin, root: tmp.path().join("runc-root"), ids: vec![] };
 
     let mut pod = PodSandboxConfig {
