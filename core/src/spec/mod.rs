@@ -169,7 +169,9 @@ fn ns(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
 /// Whether /sys/fs/cgroup is a unified cgroup v2 hierarchy.
 fn cgroup_v2_unified() -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
+    // f_type's width differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| i64::from(s.f_type) == CGROUP2_SUPER_MAGIC)
 }
 
 fn host_hostname() -> String {

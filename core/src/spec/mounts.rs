@@ -222,7 +222,7 @@ pub(crate) fn cri_mounts(mounts: &[cri::Mount], rro_supported: bool) -> Result<C
 }
 
 /// A device node and its cgroup rule, from a host device file.
-fn device_of(host: &Path, container: &Path, meta: &std::fs::Metadata, perms: &str) -> Option<(LinuxDevice, LinuxDeviceCgroup)> {
+fn device_of(container: &Path, meta: &std::fs::Metadata, perms: &str) -> Option<(LinuxDevice, LinuxDeviceCgroup)> {
     let ft = meta.file_type();
     let typ = if ft.is_char_device() {
         LinuxDeviceType::C
@@ -233,7 +233,6 @@ fn device_of(host: &Path, container: &Path, meta: &std::fs::Metadata, perms: &st
     };
     let rdev = meta.rdev();
     let (major, minor) = (rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64);
-    let _ = host;
     let dev = LinuxDeviceBuilder::default()
         .path(container)
         .typ(typ)
@@ -268,7 +267,7 @@ fn walk_devices(host_dir: &Path, container_dir: &Path, perms: &str, skip: &[&str
         let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
         if meta.is_dir() {
             walk_devices(&host, &container_dir.join(&*name_s), perms, skip, out);
-        } else if let Some(d) = device_of(&host, &container_dir.join(&*name_s), &meta, perms) {
+        } else if let Some(d) = device_of(&container_dir.join(&*name_s), &meta, perms) {
             out.push(d);
         }
     }
@@ -306,7 +305,7 @@ pub(crate) fn cri_devices(devices: &[cri::Device]) -> Result<Vec<(LinuxDevice, L
                 )));
             }
         } else {
-            let dev = device_of(host, Path::new(&d.container_path), &meta, perms).ok_or_else(|| {
+            let dev = device_of(Path::new(&d.container_path), &meta, perms).ok_or_else(|| {
                 SpecError::InvalidArgument(format!("{} is not a device", d.host_path))
             })?;
             out.push(dev);

@@ -441,7 +441,7 @@ fn resources_and_oom_score() {
     let cpu = res.cpu().clone().unwrap();
     assert_eq!((cpu.shares(), cpu.quota(), cpu.period()), (Some(512), Some(50_000), Some(100_000)));
     assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
-    let mem = res.memory().clone().unwrap();
+    let mem = res.memory().unwrap();
     assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(128 << 20)));
     assert_eq!(res.hugepage_limits().as_ref().unwrap()[0].page_size(), "2MB");
     assert_eq!(res.unified().as_ref().unwrap()["memory.high"], "1000000");
