@@ -265,20 +265,35 @@ impl RemoteHandler {
         self.rpc::<Req, Empty>(sandbox_id, name, request).await.map(|_| ())
     }
 
-    /// Like [`Self::rpc_unit`] for stop/remove calls: a pod whose shim is
-    /// gone (or unknown) has nothing left to stop, so that succeeds.
+    /// Like [`Self::rpc_unit`] for stop/remove calls, which must work even
+    /// when the pod's shim died: a fresh shim is started for the pod (the
+    /// handler cleans up from what it keeps on disk). An unknown pod, or one
+    /// for which no shim can be started, has nothing left to stop.
     async fn rpc_idempotent<Req: Message>(&self, sandbox_id: &str, name: &'static str, request: &Req) -> HandlerResult<()> {
-        let Ok(shim) = self.shim(sandbox_id) else { return Ok(()) };
+        let Ok(mut shim) = self.shim(sandbox_id) else { return Ok(()) };
         if shim.is_dead() {
-            warn!(handler = %self.name, pod = sandbox_id, "{name}: the pod's shim is gone; nothing to do");
-            return Ok(());
-        }
-        match shim.call(name, wire::encode(request)).await {
-            Err(_) if shim.is_dead() => {
-                warn!(handler = %self.name, pod = sandbox_id, "{name}: the pod's shim died; nothing to do");
-                Ok(())
+            match self.respawn(&shim).await {
+                Some(fresh) => shim = fresh,
+                None => return Ok(()),
             }
-            other => other.map(|_| ()),
+        }
+        shim.call(name, wire::encode(request)).await.map(|_| ())
+    }
+
+    /// A new shim for a pod whose shim died, so it can be stopped and removed.
+    async fn respawn(&self, dead: &Shim) -> Option<Arc<Shim>> {
+        let id = &dead.sandbox_id;
+        warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one to clean up");
+        match self.spawn_shim(id, dead.socket.clone(), dead.log.clone()).await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), fresh.clone());
+                Some(fresh)
+            }
+            Err(err) => {
+                warn!(handler = %self.name, pod = %id, "cannot start a shim to clean up; nothing left to stop: {err}");
+                None
+            }
         }
     }
 
@@ -299,13 +314,20 @@ impl RemoteHandler {
     async fn start_shim(&self, req: &RunSandboxRequest) -> HandlerResult<Shim> {
         let id = &req.sandbox_id;
         let socket = self.socket_path(id)?;
+        let log_dir = if req.state_dir.is_empty() { self.socket_dir.clone() } else { PathBuf::from(&req.state_dir) };
+        let log = log_dir.join(if req.state_dir.is_empty() { format!("{id}.log") } else { "shim.log".to_string() });
+        self.spawn_shim(id, socket, log).await
+    }
+
+    /// Starts a shim serving pod `id` on `socket`, logging to `log`.
+    async fn spawn_shim(&self, id: &str, socket: PathBuf, log: PathBuf) -> HandlerResult<Shim> {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             HandlerError::internal(format!("handler {}: {what} for pod {id}: {e}", self.name))
         };
         std::fs::create_dir_all(&self.socket_dir).map_err(|e| internal("creating the shim socket dir", &e))?;
-        let log_dir = if req.state_dir.is_empty() { self.socket_dir.clone() } else { PathBuf::from(&req.state_dir) };
-        std::fs::create_dir_all(&log_dir).map_err(|e| internal("creating the pod state dir", &e))?;
-        let log = log_dir.join(if req.state_dir.is_empty() { format!("{id}.log") } else { "shim.log".to_string() });
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| internal("creating the pod state dir", &e))?;
+        }
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -332,13 +354,14 @@ impl RemoteHandler {
         let pid = child.id().unwrap_or_default();
         let exited = Arc::new(Mutex::new(None));
         let reaper_exited = exited.clone();
-        let (handler, pod) = (self.name.clone(), id.clone());
+        let (handler, pod) = (self.name.clone(), id.to_string());
         tokio::spawn(async move {
             let status = describe(&child.wait().await);
             info!(handler = %handler, pod = %pod, "shim exited: {status}");
             *reaper_exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
         });
-        let mut shim = Shim { sandbox_id: id.clone(), socket: socket.clone(), pid, log, client: None, exited, ours: true };
+        let mut shim =
+            Shim { sandbox_id: id.to_string(), socket: socket.clone(), pid, log, client: None, exited, ours: true };
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -12,7 +12,7 @@
 //! proto so that the same values cross the in-process trait, the plugin C ABI
 //! and out-of-process shims unchanged.
 
-use async_trait::async_trait;
+pub use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod abi;

@@ -121,6 +121,30 @@ impl HelloHandler {
         }
     }
 
+    /// Runs a runc command that leaves a detached container behind. The
+    /// container inherits runc's stdio, so no pipes (they would never
+    /// close): stderr goes to a file read back on failure.
+    async fn runc_detached(&self, args: &[&str]) -> HandlerResult<()> {
+        let internal = |e: std::io::Error| HandlerError::internal(format!("hello: running {}: {e}", self.runc.display()));
+        let err_path = self.root.join(format!("runc-{}.stderr", args.last().unwrap_or(&"run")));
+        let err_file = std::fs::File::create(&err_path).map_err(internal)?;
+        let status = self
+            .runc()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .status()
+            .await
+            .map_err(internal)?;
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HandlerError::internal(format!("hello: runc {} failed: {}", args.join(" "), stderr.trim())))
+        }
+    }
+
     /// `runc state` of a container: (status, pid), `None` if runc does not know it.
     async fn state(&self, id: &str) -> Option<(String, u32)> {
         let out = self.runc_ok(&["state", id]).await.ok()?;
@@ -206,7 +230,7 @@ impl RuntimeHandler for HelloHandler {
         let pid_file = Path::new(&infra.dir).join("hello-infra.pid");
         let pid_arg = pid_file.display().to_string();
         let run = self
-            .runc_ok(&["run", "--detach", "--bundle", &infra.dir, "--pid-file", &pid_arg, &req.sandbox_id])
+            .runc_detached(&["run", "--detach", "--bundle", &infra.dir, "--pid-file", &pid_arg, &req.sandbox_id])
             .await;
         if let Err(err) = run {
             self.destroy(&req.sandbox_id).await;
@@ -256,7 +280,8 @@ impl RuntimeHandler for HelloHandler {
                 started: Mutex::new(None),
                 finished: Arc::new(Mutex::new(None)),
             };
-            self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(c.container_id, Arc::new(container));
+            // A shim that outlived the daemon still knows its containers.
+            self.containers.lock().unwrap_or_else(|e| e.into_inner()).entry(c.container_id).or_insert(Arc::new(container));
         }
         let ready = self.state(&req.sandbox_id).await.is_some_and(|(status, _)| status == "running");
         Ok(RestoreSandboxResponse { ready })
@@ -288,11 +313,17 @@ impl RuntimeHandler for HelloHandler {
         {
             let _ = tokio::fs::create_dir_all(dir).await;
         }
+        // The pid file tells a container that ran and exited at once apart
+        // from one runc could not start.
+        let pid_file = container.bundle.join("hello.pid");
+        let _ = std::fs::remove_file(&pid_file);
         let mut child = self
             .runc()
             .arg("run")
             .arg("--bundle")
             .arg(&container.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(&req.container_id)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -326,9 +357,10 @@ impl RuntimeHandler for HelloHandler {
         }
         let finished = *container.finished.lock().unwrap_or_else(|e| e.into_inner());
         match finished {
-            Some((_, code)) if code != 0 => {
-                Err(HandlerError::internal(format!("hello: container {} failed to start (exit {code})", req.container_id)))
-            }
+            Some((_, code)) if !pid_file.exists() => Err(HandlerError::internal(format!(
+                "hello: runc could not start container {} (exit {code}); see its log {}",
+                req.container_id, container.log_path
+            ))),
             _ => {
                 *container.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((now_nanos(), 0));
                 Ok(())
@@ -339,18 +371,33 @@ impl RuntimeHandler for HelloHandler {
     async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
         self.fault("StopContainer");
         let id = &req.container_id;
+        let container = self.container(id).ok();
+        // Stopped once its `runc run` reported the exit (containers of an
+        // earlier process: once runc no longer runs it).
+        let stopped = async || match &container {
+            Some(c) if c.started.lock().unwrap_or_else(|e| e.into_inner()).is_some() => {
+                c.finished.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            }
+            _ => !matches!(self.state(id).await, Some((status, _)) if status == "running"),
+        };
         if req.timeout_seconds > 0 {
             let _ = self.runc_ok(&["kill", id, "TERM"]).await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(req.timeout_seconds.unsigned_abs());
             while tokio::time::Instant::now() < deadline {
-                if !matches!(self.state(id).await, Some((status, _)) if status == "running") {
+                if stopped().await {
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         let _ = self.runc_ok(&["kill", id, "KILL"]).await;
-        Ok(())
+        for _ in 0..100 {
+            if stopped().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(HandlerError::deadline_exceeded(format!("hello: container {id} did not stop after SIGKILL")))
     }
 
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
