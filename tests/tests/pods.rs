@@ -1077,3 +1077,53 @@ async fn pod_caught_mid_creation_is_removed_after_a_crash(handler: &'static str)
     let again = env.run_pod(&pod).await.expect("the same pod runs again");
     env.stop_and_remove_pod(&again).await;
 }
+
+/// A pod whose handler was removed from the configuration while the daemon
+/// was down: listed not ready, and Stop/Remove still release the network,
+/// cgroup (killing what runs in it), mounts and records.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_of_a_removed_handler_can_still_be_removed() {
+    let Some(mut env) = setup("crun").await else { return };
+    let pod = env.pod_config("orphan");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let resources = env.pod_resources(&pod_id).await;
+    env.daemon.kill9();
+
+    // Drop the crun entry from the handler table.
+    let config = std::fs::read_to_string(env.daemon.config_path()).unwrap();
+    let mut kept = Vec::new();
+    let mut in_crun = false;
+    for line in config.lines() {
+        if line.starts_with("  ") && !line.starts_with("    ") {
+            in_crun = line.trim() == "crun:";
+        } else if !line.starts_with(' ') {
+            in_crun = false;
+        }
+        if !in_crun {
+            kept.push(line);
+        }
+    }
+    assert!(kept.len() < config.lines().count(), "crun entry found in:\n{config}");
+    std::fs::write(env.daemon.config_path(), kept.join("\n") + "\n").unwrap();
+    env.daemon.restart().await.expect("daemon restarts without crun");
+
+    let pods = env.list_pods().await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    env.stop_and_remove_pod(&pod_id).await;
+    assert!(env.list_pods().await.is_empty());
+    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+
+    // The infra crun ran was killed with the pod cgroup; crun's own state
+    // entry is out of the daemon's reach now: clean it up here.
+    let root = env.daemon.state_dir().join("crun");
+    let status = std::process::Command::new("/usr/bin/crun")
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", &pod_id])
+        .status()
+        .expect("run crun delete");
+    assert!(status.success(), "crun delete: {status}");
+    resources.assert_gone();
+    env.assert_no_pods_left("after removing a pod of a removed handler");
+}

@@ -306,11 +306,15 @@ impl PodManager {
 
     /// RemoveContainer: idempotent, stops the container first.
     pub async fn remove_container(&self, id: &str) -> PodResult<()> {
-        let (c, handler, _guard) = match self.locked_container(id).await {
-            Ok(found) => found,
-            Err(PodError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        let Ok(c) = self.container_record(id) else {
+            return Ok(());
         };
+        let _guard = self.lock_pod(&c.pod_id).await;
+        let Ok(c) = self.container_record(&c.id) else {
+            return Ok(());
+        };
+        let handler_name = self.store.pod(&c.pod_id).map(|p| p.handler).unwrap_or_default();
+        let handler = self.handler_for_teardown(&handler_name);
         self.remove_container_resources(&c, handler.as_ref()).await?;
         info!(pod_id = %c.pod_id, container_id = %c.id, "container removed");
         Ok(())

@@ -92,6 +92,19 @@ impl PodManager {
         Ok(self.handlers.resolve(name)?)
     }
 
+    /// The pod's handler for stop/remove; a handler no longer in the
+    /// configuration becomes [`GoneHandler`], so the core's own resources
+    /// (network, cgroup, mounts, records) can still be released.
+    fn handler_for_teardown(&self, name: &str) -> Arc<dyn RuntimeHandler> {
+        match self.handlers.resolve(name) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(handler = %name, error = %e, "handler is gone; releasing the core's resources only");
+                Arc::new(GoneHandler(name.to_string()))
+            }
+        }
+    }
+
     fn handler_config(&self, name: &str) -> Option<&HandlerConfig> {
         self.config.runtime_handlers.get(name)
     }
@@ -116,6 +129,36 @@ impl PodManager {
             out.entry(k.clone()).or_insert_with(|| v.clone());
         }
         out
+    }
+}
+
+/// Stands in for a handler removed from the configuration while it still
+/// had pods: stop and remove succeed without doing anything (whatever that
+/// handler ran is out of reach), everything else fails.
+struct GoneHandler(String);
+
+#[async_trait::async_trait]
+impl RuntimeHandler for GoneHandler {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn capabilities(&self) -> crius_shim_api::types::Capabilities {
+        Default::default()
+    }
+    async fn check_ready(&self) -> crius_shim_api::HandlerResult<()> {
+        Err(crius_shim_api::HandlerError::not_ready(&self.0, "not in the configuration any more"))
+    }
+    async fn stop_sandbox(&self, _: crius_shim_api::types::SandboxRef) -> crius_shim_api::HandlerResult<()> {
+        Ok(())
+    }
+    async fn remove_sandbox(&self, _: crius_shim_api::types::SandboxRef) -> crius_shim_api::HandlerResult<()> {
+        Ok(())
+    }
+    async fn stop_container(&self, _: crius_shim_api::types::StopContainerRequest) -> crius_shim_api::HandlerResult<()> {
+        Ok(())
+    }
+    async fn remove_container(&self, _: crius_shim_api::types::ContainerRef) -> crius_shim_api::HandlerResult<()> {
+        Ok(())
     }
 }
 

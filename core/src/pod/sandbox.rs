@@ -310,8 +310,8 @@ impl PodManager {
                 }
             }
         }
-        if let Err(e) = PodCgroup::open(&self.cgroups, &rec.cgroup_path).and_then(|cg| cg.remove()) {
-            first.get_or_insert(e.into());
+        if let Err(e) = self.remove_pod_cgroup(rec).await {
+            first.get_or_insert(e);
         }
         if first.is_none()
             && let Err(e) = files::remove_dir_safely(&rec.dir)
@@ -322,6 +322,34 @@ impl PodManager {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// Removes the pod cgroup in every hierarchy. Processes still in it at
+    /// this point escaped the handler (or their handler is gone): they are
+    /// killed, since a pod being removed must not leave anything running.
+    async fn remove_pod_cgroup(&self, rec: &PodRecord) -> PodResult<()> {
+        let cgroup = PodCgroup::open(&self.cgroups, &rec.cgroup_path)?;
+        match cgroup.remove() {
+            Ok(()) => return Ok(()),
+            Err(e) => warn!(pod_id = %rec.id, error = %e, "pod cgroup busy; killing what is left in it"),
+        }
+        let mut killed = 0;
+        for _ in 0..50 {
+            let pids = files::cgroup_pids(&cgroup.dirs());
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if killed > 0 {
+            warn!(pod_id = %rec.id, killed, "killed processes left in the pod cgroup");
+        }
+        Ok(cgroup.remove()?)
     }
 
     /// Stops the pod's processes and releases its network and shm. Leaves
@@ -426,7 +454,7 @@ impl PodManager {
         let Some(mut rec) = self.store.pod(&id) else {
             return Ok(());
         };
-        let handler = self.handler(&rec.handler)?;
+        let handler = self.handler_for_teardown(&rec.handler);
         let result = self.stop_pod_resources(&mut rec, handler.as_ref()).await;
         if rec.state != PodState::Creating {
             rec.state = PodState::NotReady;
@@ -447,7 +475,7 @@ impl PodManager {
         let Some(mut rec) = self.store.pod(&id) else {
             return Ok(());
         };
-        let handler = self.handler(&rec.handler)?;
+        let handler = self.handler_for_teardown(&rec.handler);
         if let Err(e) = self.teardown_pod(&mut rec, handler.as_ref()).await {
             // Keep the record (with what is left) so a retry finishes the job.
             if rec.dir.exists() {
@@ -472,8 +500,10 @@ impl PodManager {
             return cri::PodSandboxState::SandboxNotready;
         };
         match handler.sandbox_status(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
-            Ok(s) if !s.ready => cri::PodSandboxState::SandboxNotready,
-            _ => cri::PodSandboxState::SandboxReady,
+            Ok(s) if s.ready => cri::PodSandboxState::SandboxReady,
+            // A handler that cannot report goes by the record.
+            Err(e) if e.kind == crius_shim_api::ErrorKind::Unimplemented => cri::PodSandboxState::SandboxReady,
+            _ => cri::PodSandboxState::SandboxNotready,
         }
     }
 
