@@ -44,6 +44,8 @@ struct Env {
     handler: &'static str,
     image: String,
     subnet_prefix: String,
+    /// The test network's bridge (the bridge plugin never deletes it).
+    bridge: String,
     log_dir: tempfile::TempDir,
     cni_dir: tempfile::TempDir,
     _registry: Registry,
@@ -56,6 +58,11 @@ fn next_subnet() -> String {
     format!("10.{}.{}", 200 + (std::process::id() % 50), n % 250)
 }
 
+/// The test network's bridge: `crt` + 8 hex digits (IFNAMSIZ allows 15).
+fn bridge_name(token: &str) -> String {
+    format!("crt{}", &token[..8])
+}
+
 /// A conflist like `configs/cni/10-crius-bridge.conflist`, with a network
 /// name, bridge, subnet and IPAM data dir of this test's own.
 fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
@@ -64,7 +71,7 @@ fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
         serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
     conf["name"] = format!("crius-test-{token}").into();
     let bridge = &mut conf["plugins"][0];
-    bridge["bridge"] = format!("crt{}", &token[..8]).into();
+    bridge["bridge"] = bridge_name(token).into();
     // No masquerading rules: the test pods talk only among themselves.
     bridge["ipMasq"] = false.into();
     bridge["ipam"]["ranges"] = serde_json::json!([[{ "subnet": format!("{subnet_prefix}.0/24") }]]);
@@ -123,6 +130,7 @@ async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
         handler,
         image,
         subnet_prefix,
+        bridge: bridge_name(&token),
         log_dir,
         cni_dir,
         _registry: registry,
@@ -288,6 +296,10 @@ impl Drop for Env {
         // The netns directory is a (shared) bind mount of itself; detach it
         // so the daemon's temporary directory can be deleted.
         let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge, "type", "bridge"])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
