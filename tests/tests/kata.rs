@@ -89,7 +89,7 @@ async fn setup(subnet: u32) -> Option<Env> {
     let registry = Registry::start().await.expect("registry starts");
     let mut extra = LayerBuilder::new();
     extra.dir("bin", 0o755).unwrap();
-    for applet in ["dd", "uname"] {
+    for applet in ["dd", "uname", "ip", "httpd", "wget", "seq"] {
         extra.symlink(&format!("bin/{applet}"), "busybox").unwrap();
     }
     let layers = vec![
@@ -423,6 +423,29 @@ async fn runc_and_kata_pods_side_by_side() {
         wait_for_log(&env.log_path(pod, "uname"), &format!(" stdout F {release}"), Duration::from_secs(10)).await;
     }
     assert!(vm_processes(&runc_id).is_empty(), "a runc pod has no VM");
+
+    // The kata pod's CNI address lives on the guest NIC, and the runc pod
+    // reaches it over the bridge.
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: kata_id.clone(), verbose: false };
+    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
+    let kata_ip = status.network.expect("pod network").ip;
+    assert!(!kata_ip.is_empty(), "the kata pod has an IP");
+    let server = ["sh", "-c", "echo kata-says-hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"];
+    let kata_s = env.create_and_start(&kata_id, &kata_pod, env.container_config("net", &server)).await;
+    let runc_s = env.create_and_start(&runc_id, &runc_pod, env.container_config("net", &["sleep", "1000"])).await;
+    let out = env.exec(&kata_s, &["ip", "-4", "addr", "show"]).await;
+    let addrs = String::from_utf8_lossy(&out.stdout);
+    assert!(addrs.contains(&format!("inet {kata_ip}/")), "guest addresses lack {kata_ip}: {addrs}");
+    let url = format!("http://{kata_ip}:8080/index.html");
+    // The server may still be starting: retry for up to 20 s.
+    let fetch = format!("for i in $(seq 1 100); do wget -q -O - {url} && exit 0; sleep 0.2; done; exit 1");
+    let out = env.exec(&runc_s, &["sh", "-c", &fetch]).await;
+    assert_eq!(
+        (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+        (0, "kata-says-hi"),
+        "the runc pod fetches from the kata pod at {kata_ip}: {out:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.stop_and_remove_pod(&kata_id).await;
     env.stop_and_remove_pod(&runc_id).await;
     env.assert_nothing_left("after both pods");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod container;
 pub mod crilog;
 pub mod handler;
+pub mod net;
 pub mod qemu;
 pub mod shim;
 pub mod spawn;

@@ -66,6 +66,7 @@ struct Running {
     vm: Vm,
     agent: AgentClient,
     timings: Timings,
+    net: Option<crate::net::NetSetup>,
 }
 
 /// The pod's handler as served by the shim.
@@ -138,7 +139,35 @@ impl PodShim {
         }
     }
 
-    async fn boot(&self, req: &RunSandboxRequest) -> HandlerResult<(Vm, AgentClient, Timings)> {
+    async fn boot(
+        &self,
+        req: &RunSandboxRequest,
+    ) -> HandlerResult<(Vm, AgentClient, Timings, Option<crate::net::NetSetup>)> {
+        let net = if req.netns_path.is_empty() {
+            None
+        } else {
+            let netns = PathBuf::from(&req.netns_path);
+            Some(crate::net::setup(&netns).await.map_err(|err| {
+                HandlerError::internal(format!("pod {}: bridging the pod network to the VM: {err}", req.sandbox_id))
+            })?)
+        };
+        let result = self.boot_with(req, net.as_ref()).await;
+        match result {
+            Ok((vm, agent, timings)) => Ok((vm, agent, timings, net)),
+            Err(err) => {
+                if let Some(net) = &net {
+                    crate::net::teardown(net).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn boot_with(
+        &self,
+        req: &RunSandboxRequest,
+        net: Option<&crate::net::NetSetup>,
+    ) -> HandlerResult<(Vm, AgentClient, Timings)> {
         let config = &self.config.vm;
         let resources = req.config.as_ref().and_then(|c| c.linux.as_ref()).and_then(|l| l.resources.as_ref());
         let annotations = req.annotations.clone().into_iter().collect();
@@ -159,14 +188,17 @@ impl PodShim {
             memory_mib: size.memory_mib,
             extra_kernel_params: size.extra_kernel_params,
             layout: layout.clone(),
-            netns: None,
-            net: None,
+            netns: net.map(|n| n.netns.clone()),
+            net: net.map(|n| crate::qemu::NetDevice { tap: n.tap.clone(), mac: n.interface.mac.clone() }),
         };
         let begin = Instant::now();
         let mut vm = Vm::start(self.spawner.as_ref(), &params).await.map_err(|err| self.boot_error(err))?;
         let vm_start = begin.elapsed();
         let timeout = Duration::from_secs(config.boot_timeout_seconds);
-        let addr = AgentAddr::Hybrid { uds: layout.vsock_uds(), port: AGENT_PORT };
+        let addr = match config.vsock {
+            VsockMode::Hybrid => AgentAddr::Hybrid { uds: layout.vsock_uds(), port: AGENT_PORT },
+            VsockMode::Vhost => AgentAddr::Vsock { cid: config.guest_cid, port: AGENT_PORT },
+        };
         let ready = vm
             .wait_ready(timeout, || {
                 let addr = addr.clone();
@@ -178,7 +210,7 @@ impl PodShim {
             })
             .await;
         let ready = match ready {
-            Ok(agent) => self.create_guest_sandbox(&agent, req).await.map(|()| agent),
+            Ok(agent) => self.create_guest_sandbox(&agent, req, net).await.map(|()| agent),
             Err(err) => Err(self.boot_error(err)),
         };
         match ready {
@@ -202,7 +234,12 @@ impl PodShim {
     }
 
     /// CreateSandbox in the guest: hostname, DNS and the shared directory.
-    async fn create_guest_sandbox(&self, agent: &AgentClient, req: &RunSandboxRequest) -> HandlerResult<()> {
+    async fn create_guest_sandbox(
+        &self,
+        agent: &AgentClient,
+        req: &RunSandboxRequest,
+        net: Option<&crate::net::NetSetup>,
+    ) -> HandlerResult<()> {
         let config = req.config.clone().unwrap_or_default();
         let storage = match self.config.vm.shared_fs {
             SharedFs::NineP => shared_9p_storage(),
@@ -224,6 +261,11 @@ impl PodShim {
         agent.create_sandbox(request).await.map_err(|err| {
             HandlerError::internal(format!("pod {}: guest agent CreateSandbox: {err}", req.sandbox_id))
         })?;
+        if let Some(net) = net {
+            self.configure_guest_network(agent, net).await.map_err(|err| {
+                HandlerError::internal(format!("pod {}: configuring the guest network: {err}", req.sandbox_id))
+            })?;
+        }
         // Collects OOM kills for the pod's lifetime; exits with the VM.
         let oom = self.oom_killed.clone();
         let agent = agent.clone();
@@ -233,6 +275,47 @@ impl PodShim {
                 oom.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
             }
         });
+        Ok(())
+    }
+
+    /// Gives the guest NIC (same MAC as the CNI interface) the pod's
+    /// addresses and routes.
+    async fn configure_guest_network(&self, agent: &AgentClient, net: &crate::net::NetSetup) -> Result<(), AgentError> {
+        use crius_agent_proto::types::{IPAddress, IPFamily, Interface, Route};
+        let family = |v6: bool| if v6 { IPFamily::v6 } else { IPFamily::v4 };
+        let interface = Interface {
+            device: net.interface.name.clone(),
+            name: net.interface.name.clone(),
+            hwAddr: net.interface.mac.clone(),
+            mtu: net.interface.mtu,
+            IPAddresses: net
+                .interface
+                .addresses
+                .iter()
+                .map(|(address, prefix, v6)| IPAddress {
+                    family: family(*v6).into(),
+                    address: address.clone(),
+                    mask: prefix.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        agent.update_interface(interface).await?;
+        let routes = net
+            .routes
+            .iter()
+            .map(|r| Route {
+                dest: if r.dest == "default" { String::new() } else { r.dest.clone() },
+                gateway: r.gateway.clone(),
+                device: r.device.clone(),
+                source: r.source.clone(),
+                scope: r.scope,
+                family: family(r.ipv6).into(),
+                ..Default::default()
+            })
+            .collect();
+        agent.update_routes(routes).await?;
         Ok(())
     }
 
@@ -252,6 +335,9 @@ impl PodShim {
         let mut phase = self.phase.lock().await;
         if let Phase::Running(running) = &mut *phase {
             running.vm.stop().await;
+            if let Some(net) = &running.net {
+                crate::net::teardown(net).await;
+            }
             *phase = Phase::Stopped { reason: reason.to_string() };
         }
         drop(phase);
@@ -295,17 +381,14 @@ impl RuntimeHandler for PodShim {
                 format!("pod {} already ran its VM", req.sandbox_id),
             ));
         }
-        if self.config.vm.vsock == VsockMode::Vhost {
-            return Err(HandlerError::unimplemented(&self.config.handler, "vsock mode `vhost` (use `hybrid`)"));
-        }
-        let (vm, agent, timings) = self.boot(&req).await?;
+        let (vm, agent, timings, net) = self.boot(&req).await?;
         let state = VmState {
             qemu_pid: vm.qemu_pid(),
             helper_pids: vm.pids().into_iter().skip(1).collect(),
             socket_dir: vm.layout.socket_dir.clone(),
             boot_ms: timings.agent_ready.as_millis() as u64,
         };
-        *phase = Phase::Running(Box::new(Running { vm, agent, timings }));
+        *phase = Phase::Running(Box::new(Running { vm, agent, timings, net }));
         Ok(RunSandboxResponse {
             handler_state: serde_json::to_vec(&state).unwrap_or_default(),
             infra_pid: 0,
@@ -341,6 +424,9 @@ impl RuntimeHandler for PodShim {
             let reason = format!("the VM died: {err}");
             tracing::warn!(sandbox = %req.sandbox_id, %reason, "VM gone");
             running.vm.stop().await;
+            if let Some(net) = &running.net {
+                crate::net::teardown(net).await;
+            }
             *phase = Phase::Stopped { reason: reason.clone() };
             drop(phase);
             self.containers_gone(&reason);
