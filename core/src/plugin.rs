@@ -298,3 +298,72 @@ impl RuntimeHandler for PluginHandler {
 pub async fn load_handler(path: &Path, params: HandlerParams) -> Result<Arc<dyn RuntimeHandler>, PluginError> {
     Ok(Arc::new(load(path, params).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn file_in(dir: &Path, mode: u32) -> PathBuf {
+        let path = dir.join("libx.so");
+        std::fs::write(&path, b"not really a library").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn refusal(path: &Path) -> String {
+        match check_ownership(path) {
+            Err(err @ PluginError::Insecure { .. }) => err.to_string(),
+            other => panic!("{} should be refused: {other:?}", path.display()),
+        }
+    }
+
+    #[test]
+    fn ownership_and_modes_are_checked_before_loading() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (files must be root-owned to pass)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ok = file_in(dir.path(), 0o755);
+        assert_eq!(check_ownership(&ok).unwrap(), std::fs::canonicalize(&ok).unwrap());
+
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(refusal(&ok).contains("writable by everyone (mode 0757)"), "{}", refusal(&ok));
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(refusal(&ok).contains("writable by its group"), "{}", refusal(&ok));
+
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refusal(&ok).contains("its directory"), "{}", refusal(&ok));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        std::os::unix::fs::chown(&ok, Some(65534), None).unwrap();
+        assert!(refusal(&ok).contains("owned by uid 65534, not root"), "{}", refusal(&ok));
+        std::os::unix::fs::chown(&ok, Some(0), None).unwrap();
+
+        // A symlink is judged by what it points to.
+        let link = dir.path().join("link.so");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        check_ownership(&link).unwrap();
+
+        assert!(refusal(&dir.path().join("missing.so")).contains("cannot resolve it"));
+        assert!(refusal(dir.path()).contains("is not a regular file"));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_no_library_is_a_clear_error() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (files must be root-owned to pass)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = file_in(dir.path(), 0o644);
+        let err = load(&path, HandlerParams::default()).await.unwrap_err();
+        assert!(matches!(err, PluginError::Open { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("cannot load plugin {}", path.display())), "{err}");
+    }
+}

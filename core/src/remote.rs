@@ -190,9 +190,9 @@ fn log_tail(path: &Path) -> Option<String> {
     if lines.is_empty() {
         return None;
     }
-    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-    Some(if tail.len() > 600 { format!("...{}", &tail[tail.len() - 600..]) } else { tail })
-        .map(|t| t.chars().filter(|c| !c.is_control()).collect())
+    let tail: Vec<char> = lines[lines.len().saturating_sub(3)..].join(" | ").chars().filter(|c| !c.is_control()).collect();
+    let start = tail.len().saturating_sub(600);
+    Some(format!("{}{}", if start > 0 { "..." } else { "" }, tail[start..].iter().collect::<String>()))
 }
 
 /// A handler whose pods each run under a shim process.

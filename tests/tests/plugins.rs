@@ -108,6 +108,15 @@ static HEADER: Header = Header { abi_version: 999, struct_size: 8 };
 pub extern "C" fn crius_handler_entry() -> *const Header { &HEADER }
 "#;
 
+/// A plugin of the right version whose vtable is too small for it.
+const SMALL_VTABLE: &str = r#"
+#[repr(C)]
+pub struct Header { abi_version: u32, struct_size: u32 }
+static HEADER: Header = Header { abi_version: 1, struct_size: 8 };
+#[no_mangle]
+pub extern "C" fn crius_handler_entry() -> *const Header { &HEADER }
+"#;
+
 /// A library that is not a crius plugin at all.
 const NO_SYMBOL: &str = r#"
 #[no_mangle]
@@ -218,6 +227,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
     let art = artifacts();
     let abi_999 = art.cdylib("abi999", ABI_999);
     let no_symbol = art.cdylib("nosymbol", NO_SYMBOL);
+    let small_vtable = art.cdylib("smallvtable", SMALL_VTABLE);
     let world_writable = art.insecure_copy("ww", 0o757, None);
     let group_writable_dir = {
         let path = art.insecure_copy("gw", 0o755, None);
@@ -231,6 +241,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         library_entry("hello-panic", &art.lib, "{fault: \"panic:RunSandbox\"}"),
         library_entry("bad-abi", &abi_999, "{}"),
         library_entry("no-symbol", &no_symbol, "{}"),
+        library_entry("small-vtable", &small_vtable, "{}"),
         library_entry("world-writable", &world_writable, "{}"),
         library_entry("group-writable-dir", &group_writable_dir, "{}"),
         library_entry("foreign-owner", &foreign, "{}"),
@@ -253,6 +264,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
     let expect_refused = [
         ("bad-abi", vec!["handler ABI version 999", "handler ABI version 1", abi_999.to_str().unwrap()]),
         ("no-symbol", vec!["does not export the `crius_handler_entry` symbol", no_symbol.to_str().unwrap()]),
+        ("small-vtable", vec!["declares a 8-byte vtable for handler ABI version 1", "needs at least"]),
         ("world-writable", vec!["refusing to load plugin", "writable by everyone", "mode 0757"]),
         ("group-writable-dir", vec!["refusing to load plugin", "its directory", "writable by its group"]),
         ("foreign-owner", vec!["refusing to load plugin", "owned by uid 65534, not root"]),
