@@ -655,17 +655,31 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
     let text = wait_for_log(&log, "stdout F tick", Duration::from_secs(10)).await;
     assert!(!text.contains("trapped"), "the new file starts after the rotation: {text}");
 
+    // A second stubborn container: the kubelet stops a pod's containers in
+    // parallel, and the grace periods must overlap, not add up.
+    let config = env.container_config(
+        "stubborn2",
+        &["sh", "-c", "trap '' TERM; echo trapped; while true; do sleep 0.2; done"],
+    );
+    let id2 = env.create_and_start(&pod_id, &pod, config).await;
+    wait_for_log(&Path::new(&pod.log_directory).join("stubborn2/0.log"), "trapped", Duration::from_secs(10)).await;
+
     let started = Instant::now();
-    env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 })
-        .await
-        .expect("StopContainer");
+    let (mut rt1, mut rt2) = (env.rt(), env.rt());
+    let (r1, r2) = tokio::join!(
+        rt1.stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 }),
+        rt2.stop_container(cri::StopContainerRequest { container_id: id2.clone(), timeout: 2 }),
+    );
+    r1.expect("StopContainer");
+    r2.expect("StopContainer of the second");
     let elapsed = started.elapsed();
     let status = env.wait_exited(&id, Duration::from_secs(5)).await;
-    eprintln!("{handler}: StopContainer(timeout 2) took {elapsed:?}");
+    let status2 = env.wait_exited(&id2, Duration::from_secs(5)).await;
+    eprintln!("{handler}: two parallel StopContainer(timeout 2) took {elapsed:?}");
     assert!(elapsed >= Duration::from_secs(2), "stopped after {elapsed:?}, before the timeout");
-    assert!(elapsed < Duration::from_secs(8), "stop took {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(3900), "parallel stops took {elapsed:?}: serialized?");
     assert_eq!(status.exit_code, 137, "killed by SIGKILL: {status:?}");
+    assert_eq!(status2.exit_code, 137, "killed by SIGKILL: {status2:?}");
     // Stopping again is fine and quick.
     let again = Instant::now();
     env.rt()
@@ -677,7 +691,8 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
     // RemoveContainer removes the record and its bundle; twice is fine.
     env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("RemoveContainer");
     env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("second RemoveContainer");
-    assert!(env.list_containers(None).await.is_empty());
+    let left = env.list_containers(None).await;
+    assert_eq!(left.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id2.as_str()]);
     let err = env
         .rt()
         .container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: false })

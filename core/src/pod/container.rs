@@ -288,8 +288,18 @@ impl PodManager {
 
     /// StopContainer: SIGTERM, SIGKILL after `timeout` seconds. Stopping a
     /// stopped container is fine.
+    ///
+    /// Does not take the pod lock: the kubelet stops a pod's containers in
+    /// parallel, each with its grace period, and they must not queue behind
+    /// each other. The handler serializes what it does per container, and
+    /// stop is idempotent against a concurrent pod stop/remove.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> PodResult<()> {
-        let (c, handler, _guard) = self.locked_container(id).await?;
+        let c = self.container_record(id)?;
+        let pod = self
+            .store
+            .pod(&c.pod_id)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} of container {} not found", c.pod_id, c.id)))?;
+        let handler = self.handler_for_teardown(&pod.handler);
         let req = types::StopContainerRequest {
             sandbox_id: c.pod_id.clone(),
             container_id: c.id.clone(),
