@@ -450,3 +450,55 @@ async fn runc_and_kata_pods_side_by_side() {
     env.stop_and_remove_pod(&runc_id).await;
     env.assert_nothing_left("after both pods");
 }
+
+/// The VM shim outlives the daemon: after `kill -9` of the daemon and a
+/// restart, the kata pod is still listed and ready and its container keeps
+/// logging. When QEMU then dies, the container is reported exited with the
+/// reason, the pod not ready, and stop/remove still clean up.
+#[tokio::test(flavor = "multi_thread")]
+async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
+    let Some(mut env) = setup(3).await else { return };
+    let pod = env.pod_config("durable");
+    let pod_id = env.run_pod(&pod, "kata").await.expect("RunPodSandbox with kata");
+    let ticker = ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.5; done"];
+    let id = env.create_and_start(&pod_id, &pod, env.container_config("ticker", &ticker)).await;
+    let log = env.log_path(&pod, "ticker");
+    wait_for_log(&log, "tick-1\n", Duration::from_secs(30)).await;
+
+    env.daemon.kill9();
+    let shim = processes_matching(&["crius-kata-shim", &pod_id]);
+    assert_eq!(shim.len(), 1, "the shim survives the daemon: {shim:?}");
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    env.daemon.restart().await.expect("daemon restarts");
+
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false };
+    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32, "{status:?}");
+    let req = cri::ContainerStatusRequest { container_id: id.clone(), verbose: false };
+    let c = env.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap();
+    assert_eq!(c.state, cri::ContainerState::ContainerRunning as i32, "{c:?}");
+    // Logging went on (the shim writes the log, not the daemon).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&log).unwrap().lines().count() <= before + 2 {
+        assert!(Instant::now() < deadline, "no new log lines after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = env.exec(&id, &["uname", "-r"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), env.guest_release);
+
+    // QEMU dies: the container is reported exited, with why.
+    let qemu = processes_matching(&["qemu-system", &pod_id]);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let pid: i32 = qemu[0].split(':').next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = env.wait_exited(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.reason, "Error", "{status:?}");
+    assert!(!status.message.is_empty(), "the exit says why: {status:?}");
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false };
+    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxNotready as i32, "{status:?}");
+
+    env.stop_and_remove_pod(&pod_id).await;
+    assert!(vm_processes(&pod_id).is_empty(), "VM processes left: {:?}", vm_processes(&pod_id));
+    env.assert_nothing_left("after the dead VM");
+}
