@@ -306,6 +306,26 @@ struct PodEnv {
     _registry: Registry,
 }
 
+impl Drop for PodEnv {
+    /// A failed test must not leave shims or containers running: shims
+    /// outlive the daemon by design.
+    fn drop(&mut self) {
+        let state = self.daemon.state_dir().display().to_string();
+        for pid in processes_with(&format!("--socket\0{state}/")) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for root in crius_tests::dir_entries(&self.daemon.state_dir().join("plugins")) {
+            let root = root.join("runc");
+            let Ok(out) = std::process::Command::new(RUNC).arg("--root").arg(&root).args(["list", "-q"]).output() else {
+                continue;
+            };
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = std::process::Command::new(RUNC).arg("--root").arg(&root).args(["delete", "--force", id]).status();
+            }
+        }
+    }
+}
+
 async fn pod_env(entries: &[String]) -> Option<PodEnv> {
     if !require_root_and_tools(&[RUNC, CATATONIT, REGISTRY_BIN, BUSYBOX_STATIC]) {
         return None;
