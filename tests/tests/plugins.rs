@@ -471,7 +471,8 @@ fn processes_with(needle: &str) -> Vec<u32> {
     out
 }
 
-/// A pod runs through the plugin library, inside the daemon's process.
+/// A pod runs through the plugin library, inside the daemon's process, and
+/// is restored by the reloaded plugin after a daemon crash.
 #[tokio::test]
 async fn pod_runs_through_the_plugin_library() {
     within(pod_runs_through_the_plugin_library_inner()).await;
@@ -484,8 +485,16 @@ async fn within(test: impl std::future::Future<Output = ()>) {
 
 async fn pod_runs_through_the_plugin_library_inner() {
     let art = artifacts();
-    let Some(env) = pod_env(&[library_entry("hello-lib", &art.lib, "{}")]).await else { return };
+    let Some(mut env) = pod_env(&[library_entry("hello-lib", &art.lib, "{}")]).await else { return };
     let (pod_id, pod, running) = env.run_hello_pod("hello-lib").await;
+
+    // After a daemon crash the reloaded plugin restores the pod from runc.
+    env.daemon.kill9();
+    env.daemon.restart().await.expect("daemon restarts");
+    assert!(env.pod_ready(&pod_id).await, "the pod is still ready after the restart");
+    let status = env.container_state(&running).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32, "{status:?}");
+
     env.exit_code_and_cleanup(&pod_id, &pod, &running).await;
 }
 

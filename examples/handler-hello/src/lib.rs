@@ -426,14 +426,21 @@ impl RuntimeHandler for HelloHandler {
                 status.started_at = started_at;
                 status.pid = pid;
             }
+            // Created here and not started yet.
+            (None, None) if container.created_at != 0 => status.set_state(ContainerState::Created),
+            // Restored after a restart: only runc knows, and `runc run`
+            // deletes the container when it exits.
             (None, None) => match self.state(&req.container_id).await {
-                // Restored after a restart: only runc knows.
                 Some((state, pid)) if state == "running" => {
                     status.set_state(ContainerState::Running);
                     status.pid = pid;
                 }
-                Some(_) => status.set_state(ContainerState::Exited),
-                None => status.set_state(ContainerState::Created),
+                _ => {
+                    status.set_state(ContainerState::Exited);
+                    status.exit_code = -1;
+                    status.reason = "Unknown".to_string();
+                    status.message = "the exit status was lost with the handler's restart".to_string();
+                }
             },
         }
         Ok(status)
