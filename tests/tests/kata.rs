@@ -435,7 +435,16 @@ async fn runc_and_kata_pods_side_by_side() {
     let runc_s = env.create_and_start(&runc_id, &runc_pod, env.container_config("net", &["sleep", "1000"])).await;
     let out = env.exec(&kata_s, &["ip", "-4", "addr", "show"]).await;
     let addrs = String::from_utf8_lossy(&out.stdout);
-    assert!(addrs.contains(&format!("inet {kata_ip}/")), "guest addresses lack {kata_ip}: {addrs}");
+    if !addrs.contains(&format!("inet {kata_ip}/")) {
+        let all = env.exec(&kata_s, &["ip", "addr", "show"]).await;
+        let dir = env.daemon.state_dir().join("pods").join(&kata_id);
+        let console = std::fs::read_to_string(dir.join("handler/console.log")).unwrap_or_default();
+        let shim = std::fs::read_to_string(dir.join("handler/shim.log")).unwrap_or_default();
+        panic!(
+            "guest addresses lack {kata_ip}: {}\nconsole:\n{console}\nshim:\n{shim}",
+            String::from_utf8_lossy(&all.stdout)
+        );
+    }
     let url = format!("http://{kata_ip}:8080/index.html");
     // The server may still be starting: retry for up to 20 s.
     let fetch = format!("for i in $(seq 1 100); do wget -q -O - {url} && exit 0; sleep 0.2; done; exit 1");
