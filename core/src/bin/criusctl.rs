@@ -358,7 +358,19 @@ async fn bench(c: &mut Clients, args: &BenchArgs) -> Result<()> {
             let (pod, _) = result.with_context(|| format!("handler {handler}, pod {i}"))?;
             times.push(elapsed);
             let status = c.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await?.into_inner();
-            for (k, v) in status.info {
+            // Top-level `*_ms` keys, and those the handler reports in the
+            // verbose info's `handlerInfo` (kata: VM start, agent ready,
+            // container start).
+            let nested: Vec<(String, String)> = status
+                .info
+                .get("info")
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                .and_then(|info| info.get("handlerInfo").and_then(|h| h.as_object()).cloned())
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                .collect();
+            for (k, v) in status.info.into_iter().chain(nested) {
                 if let (true, Ok(ms)) = (k.ends_with("_ms"), v.trim().parse::<f64>()) {
                     splits.entry(k).or_default().push(ms);
                 }

@@ -192,7 +192,7 @@ mod tests {
         };
         let mut child = RealSpawner.spawn(&spec).unwrap();
         let pid = child.pid();
-        assert!(kill_stale(pid, "nonmatching-name") == false);
+        assert!(!kill_stale(pid, "nonmatching-name"));
         kill_and_reap(child.as_mut()).await;
         assert!(child.try_wait().unwrap().is_some());
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
