@@ -495,6 +495,27 @@ async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
     let out = env.exec(&id, &["uname", "-r"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), env.guest_release);
 
+    // Log rotation: after ReopenContainerLog the shim writes the new file.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.rt()
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() })
+        .await
+        .expect("ReopenContainerLog");
+    wait_for_log(&log, "tick-", Duration::from_secs(20)).await;
+
+    // Stats come from the container's cgroup in the guest.
+    let stats = env
+        .rt()
+        .container_stats(cri::ContainerStatsRequest { container_id: id.clone() })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let memory = stats.memory.and_then(|m| m.usage_bytes).map(|v| v.value).unwrap_or(0);
+    assert!(memory > 0, "memory usage from the guest: {stats:?}");
+
     // QEMU dies: the container is reported exited, with why.
     let qemu = processes_matching(&["qemu-system", &pod_id]);
     assert_eq!(qemu.len(), 1, "{qemu:?}");
