@@ -34,6 +34,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Default log filter (`error`, `warn`, `info`, `debug`, `trace`), overridden by `--log-level`.
     pub log_level: String,
+    /// Never give a container a lower `oom_score_adj` than the daemon's own
+    /// (containerd's `restrict_oom_score_adj`): where even root may not lower
+    /// it (unprivileged user namespaces, some sandboxes) a negative value from
+    /// the kubelet would make every Guaranteed pod fail to start.
+    pub restrict_oom_score_adj: bool,
     /// Only `cgroupfs` is supported.
     pub cgroup_driver: CgroupDriver,
     /// Handler used when a pod's `runtime_handler` is empty.
@@ -250,6 +255,7 @@ impl Default for Config {
             root: PathBuf::from("/var/lib/crius"),
             state_dir: PathBuf::from("/run/crius"),
             log_level: "info".to_string(),
+            restrict_oom_score_adj: true,
             cgroup_driver: CgroupDriver::Cgroupfs,
             default_runtime_handler: "runc".to_string(),
             runtime_handlers,

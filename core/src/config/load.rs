@@ -223,6 +223,7 @@ struct FileConfig {
     root: Option<Src<PathBuf>>,
     state_dir: Option<Src<PathBuf>>,
     log_level: Option<Src<String>>,
+    restrict_oom_score_adj: Option<Src<bool>>,
     cgroup_driver: Option<Src<CgroupDriver>>,
     default_runtime_handler: Option<Src<String>>,
     runtime_handlers: Option<BTreeMap<String, Src<FileHandler>>>,
@@ -283,6 +284,7 @@ impl FileConfig {
         put(&mut self.root, other.root, file);
         put(&mut self.state_dir, other.state_dir, file);
         put(&mut self.log_level, other.log_level, file);
+        put(&mut self.restrict_oom_score_adj, other.restrict_oom_score_adj, file);
         put(&mut self.cgroup_driver, other.cgroup_driver, file);
         put(&mut self.default_runtime_handler, other.default_runtime_handler, file);
         if let Some(handlers) = other.runtime_handlers {
@@ -360,6 +362,7 @@ impl FileConfig {
             root: value(&self.root, defaults.root),
             state_dir: value(&self.state_dir, defaults.state_dir),
             log_level: value(&self.log_level, defaults.log_level),
+            restrict_oom_score_adj: value(&self.restrict_oom_score_adj, defaults.restrict_oom_score_adj),
             cgroup_driver: value(&self.cgroup_driver, defaults.cgroup_driver),
             default_runtime_handler: value(
                 &self.default_runtime_handler,

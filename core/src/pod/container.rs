@@ -183,6 +183,7 @@ impl PodManager {
             pod_files: &pod_files,
             capabilities: &caps,
             privileged_without_host_devices,
+            min_oom_score_adj: self.min_oom_score_adj,
         })?;
         let oci_spec = spec::write_spec(&rec.bundle_dir, &spec)?;
 

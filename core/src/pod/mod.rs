@@ -33,6 +33,15 @@ pub use store::{ContainerRecord, PodRecord, PodState, Store};
 /// Where the pause binary is taken from when the config does not say.
 pub const DEFAULT_CATATONIT: &str = "/usr/bin/catatonit";
 
+/// The daemon's own `oom_score_adj`: the floor for restricted containers
+/// (0 when it cannot be read, the kernel's default).
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs pods and containers through the runtime handlers.
 pub struct PodManager {
     config: Arc<Config>,
@@ -44,6 +53,8 @@ pub struct PodManager {
     /// Serializes building the shared infra rootfs.
     infra_rootfs: Mutex<Option<PathBuf>>,
     catatonit: PathBuf,
+    /// Floor for containers' `oom_score_adj` (`restrict_oom_score_adj`).
+    min_oom_score_adj: Option<i32>,
 }
 
 impl PodManager {
@@ -57,6 +68,7 @@ impl PodManager {
     ) -> Arc<Self> {
         let store = Arc::new(Store::new(config.state_dir.join("pods")));
         let catatonit = config.pause.catatonit_path.clone();
+        let min_oom_score_adj = config.restrict_oom_score_adj.then(own_oom_score_adj);
         let manager = Arc::new(Self {
             config,
             handlers,
@@ -66,6 +78,7 @@ impl PodManager {
             locks: Mutex::new(HashMap::new()),
             infra_rootfs: Mutex::new(None),
             catatonit,
+            min_oom_score_adj,
         });
         manager.images.set_usage(Arc::new(StoreUsage(manager.store.clone())));
         manager

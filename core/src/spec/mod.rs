@@ -116,6 +116,9 @@ pub struct ContainerSpecInput<'a> {
     pub pod_files: &'a PodFiles,
     pub capabilities: &'a crius_shim_api::types::Capabilities,
     pub privileged_without_host_devices: bool,
+    /// Lowest `oom_score_adj` a container may get (`restrict_oom_score_adj`);
+    /// `None` passes the CRI's value through.
+    pub min_oom_score_adj: Option<i32>,
 }
 
 /// Everything [`infra_spec`] needs.
@@ -506,8 +509,10 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     process.set_apparmor_profile(apparmor_profile(sc, privileged)?);
     let label = if privileged { None } else { selinux_label(sc.and_then(|s| s.selinux_options.as_ref())) };
     process.set_selinux_label(label);
-    // The CRI's value as is: no negative default is invented here.
-    process.set_oom_score_adj(res.map(|r| r.oom_score_adj as i32));
+    // The CRI's value, raised to the floor when restricted; no negative
+    // default is invented here.
+    let oom_score_adj = res.map(|r| r.oom_score_adj as i32);
+    process.set_oom_score_adj(oom_score_adj.map(|v| input.min_oom_score_adj.map_or(v, |floor| v.max(floor))));
 
     // Mounts: kernel filesystems, pod files, then the CRI's; a CRI mount
     // replaces a default one at the same destination (the kubelet manages

@@ -25,6 +25,7 @@ struct Fixture {
     files: PodFiles,
     caps: crius_shim_api::types::Capabilities,
     no_host_devices: bool,
+    min_oom_score_adj: Option<i32>,
 }
 
 impl Fixture {
@@ -80,6 +81,7 @@ impl Fixture {
             },
             caps: Default::default(),
             no_host_devices: false,
+            min_oom_score_adj: None,
             _tmp: tmp,
         }
     }
@@ -113,6 +115,7 @@ impl Fixture {
             pod_files: &self.files,
             capabilities: &self.caps,
             privileged_without_host_devices: self.no_host_devices,
+            min_oom_score_adj: self.min_oom_score_adj,
         })
     }
 }
@@ -448,6 +451,12 @@ fn resources_and_oom_score() {
     assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), Some(500));
     f.res().oom_score_adj = -997;
     assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(-997));
+    // Restricted: never below the floor, values above it untouched.
+    f.min_oom_score_adj = Some(0);
+    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(0));
+    f.res().oom_score_adj = 300;
+    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(300));
+    f.min_oom_score_adj = None;
     f.config.linux = None;
     let s = f.spec().unwrap();
     assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), None);
@@ -777,6 +786,7 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
         pod_files: &files,
         capabilities: &Default::default(),
         privileged_without_host_devices: false,
+        min_oom_score_adj: None,
     })
     .unwrap();
     let ctr_id = format!("{tag}-ctr");
