@@ -81,6 +81,12 @@ async fn setup(subnet: u32) -> Option<Env> {
         eprintln!("SKIP: vhost-device-vsock is not installed (run `scripts/setup --with-kata`)");
         return None;
     };
+    let shim = crius_tests::daemon::crius_bin().with_file_name("crius-kata-shim");
+    assert!(
+        shim.exists(),
+        "{} does not exist: build it (`cargo build -p crius-handler-kata`) with the daemon",
+        shim.display()
+    );
     let guest_release = std::fs::read_to_string(guest.join("kernel-release"))
         .expect("the guest image has kernel-release")
         .trim()
