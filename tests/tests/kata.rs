@@ -139,6 +139,14 @@ async fn setup(subnet: u32) -> Option<Env> {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // A failed test leaves its pods: SIGTERM makes each VM shim stop its
+        // VM and exit, so no QEMU outlives the test.
+        let state = self.daemon.state_dir().display().to_string();
+        for shim in processes_matching(&["crius-kata-shim", &state]) {
+            if let Some(Ok(pid)) = shim.split(':').next().map(str::parse::<i32>) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
         let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -60,6 +60,12 @@ async fn main() -> anyhow::Result<()> {
     shim.stop_vm("the VM shim exited").await;
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
+    // A short socket dir (deep state dirs) holds only this pod's sockets.
+    if let Some(dir) = socket.parent()
+        && dir.starts_with(crius_handler_kata::vm::SHORT_SOCKET_ROOT)
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     tracing::info!(%sandbox, "VM shim exiting");
     Ok(())
 }
