@@ -47,6 +47,9 @@ pub mod annotations {
     pub const SANDBOX_LOG_DIRECTORY: &str = "io.kubernetes.cri.sandbox-log-directory";
     pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
     pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+    /// The image config's StopSignal, for handlers that stop containers
+    /// (the OCI image-spec annotation key).
+    pub const IMAGE_STOP_SIGNAL: &str = "org.opencontainers.image.stopSignal";
 }
 
 /// OCI spec version written into config.json.
@@ -579,6 +582,9 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         (annotations::IMAGE_NAME, cfg.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()),
     ] {
         ann.insert(k.to_string(), v);
+    }
+    if !input.image.stop_signal.is_empty() {
+        ann.insert(annotations::IMAGE_STOP_SIGNAL.to_string(), input.image.stop_signal.clone());
     }
 
     let mut spec = SpecBuilder::default()

@@ -876,3 +876,12 @@ fn runc_infra_in_pod_netns_sets_hostname() {
     // Nothing was written into the shared infra rootfs.
     assert_eq!(fs::read_to_string(infra_rootfs.join("etc/hostname")).unwrap(), "");
 }
+
+#[test]
+fn image_stop_signal_is_annotated_for_handlers() {
+    let mut f = Fixture::new();
+    let key = crate::spec::annotations::IMAGE_STOP_SIGNAL;
+    assert!(!f.spec().unwrap().annotations().as_ref().unwrap().contains_key(key));
+    f.image.stop_signal = "SIGQUIT".into();
+    assert_eq!(f.spec().unwrap().annotations().as_ref().unwrap()[key], "SIGQUIT");
+}
