@@ -12,6 +12,7 @@
 
 pub mod cri;
 pub mod daemon;
+pub mod host;
 pub mod image;
 pub mod registry;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::images;
 use crius_tests::image::{self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
@@ -50,16 +51,7 @@ struct Env {
 
 /// A CNI bridge network of the test's own (like tests/pods.rs).
 fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) {
-    let shipped = crius_tests::workspace_root().join("configs/cni/10-crius-bridge.conflist");
-    let mut conf: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
-    conf["name"] = format!("crius-kata-{token}").into();
-    let bridge = &mut conf["plugins"][0];
-    bridge["bridge"] = format!("crk{}", &token[..8]).into();
-    bridge["ipMasq"] = false.into();
-    bridge["ipam"]["ranges"] = serde_json::json!([[{ "subnet": format!("{subnet_prefix}.0/24") }]]);
-    bridge["ipam"]["dataDir"] = dir.join("ipam").display().to_string().into();
-    std::fs::write(dir.join("10-test.conflist"), serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+    write_test_cni_config(dir, &format!("crius-kata-{token}"), &format!("crk{}", &token[..8]), subnet_prefix);
 }
 
 /// Registry + busybox image + daemon with `runc`, `kata` and `kata-slow`
@@ -284,42 +276,8 @@ fn vm_processes(pod_id: &str) -> Vec<String> {
         .collect()
 }
 
-fn mounts_containing(needle: &str) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
-}
-
-/// Command lines of processes containing every one of `needles`.
-fn processes_matching(needles: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if !cmdline.is_empty() && needles.iter().all(|n| cmdline.contains(n)) {
-            out.push(format!("{}: {cmdline}", name.to_string_lossy()));
-        }
-    }
-    out
-}
-
 fn host_release() -> String {
     nix::sys::utsname::uname().expect("uname").release().to_string_lossy().into_owned()
-}
-
-async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{} never contained {needle:?}; it has:\n{text}", path.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// One kata pod: its containers run on the guest kernel, their output

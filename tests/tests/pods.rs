@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::images;
 use crius_tests::image::{
     self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
@@ -66,19 +67,7 @@ fn bridge_name(token: &str) -> String {
 /// A conflist like `configs/cni/10-crius-bridge.conflist`, with a network
 /// name, bridge, subnet and IPAM data dir of this test's own.
 fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
-    let shipped = crius_tests::workspace_root().join("configs/cni/10-crius-bridge.conflist");
-    let mut conf: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
-    conf["name"] = format!("crius-test-{token}").into();
-    let bridge = &mut conf["plugins"][0];
-    bridge["bridge"] = bridge_name(token).into();
-    // No masquerading rules: the test pods talk only among themselves.
-    bridge["ipMasq"] = false.into();
-    bridge["ipam"]["ranges"] = serde_json::json!([[{ "subnet": format!("{subnet_prefix}.0/24") }]]);
-    bridge["ipam"]["dataDir"] = dir.join("ipam").display().to_string().into();
-    let path = dir.join("10-test.conflist");
-    std::fs::write(&path, serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
-    path
+    write_test_cni_config(dir, &format!("crius-test-{token}"), &bridge_name(token), subnet_prefix)
 }
 
 /// Registry with a busybox image that has the extra applets, a CNI network
@@ -351,41 +340,6 @@ fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
         .filter_map(|l| l.split(' ').nth(4))
         .map(|mount| Path::new(mount).join(path.trim_start_matches('/')))
         .collect()
-}
-
-fn mounts_containing(needle: &str) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
-}
-
-/// Command lines of processes containing every one of `needles`.
-fn processes_matching(needles: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if !cmdline.is_empty() && needles.iter().all(|n| cmdline.contains(n)) {
-            out.push(format!("{}: {cmdline}", name.to_string_lossy()));
-        }
-    }
-    out
-}
-
-/// Waits until the file at `path` contains `needle`; returns its text.
-async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{} never contained {needle:?}; it has:\n{text}", path.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `<RFC 3339 nano> <stream> <P|F> <text>`.
