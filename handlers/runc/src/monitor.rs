@@ -27,6 +27,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::crilog::{CriLogError, split_streams};
 
+/// Cap of an ExecSync's CRI log file (stdout and stderr with their CRI
+/// prefixes), below the kubelet's 16 MiB gRPC message limit.
+pub const EXEC_SYNC_LOG_MAX_BYTES: u64 = 8 << 20;
+
 /// What the caller provides to create a container under the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -222,6 +226,10 @@ impl Conmon {
         push("--exec-process-spec", dir.join("process.json").into());
         push("-p", dir.join("exec.pid").into());
         push("-l", prefixed("k8s-file:", &dir.join("exec.log")));
+        // The whole log is read into memory and returned in one gRPC message
+        // (the kubelet accepts 16 MiB), so a chatty command must not grow it
+        // without bound: conmon truncates the file at this size.
+        push("--log-size-max", EXEC_SYNC_LOG_MAX_BYTES.to_string().into());
         push("--log-level", self.log_level.clone().into());
         if let Some(timeout) = timeout {
             // conmon's timer (g_timeout_add_seconds) may fire up to a
@@ -749,6 +757,8 @@ mod tests {
         assert!(args.contains(&"/x/process.json".to_string()));
         let none = strings(conmon().exec_args("c1", Path::new("/x"), None));
         assert!(!none.contains(&"-T".to_string()));
+        let m = none.iter().position(|a| a == "--log-size-max").unwrap();
+        assert_eq!(none[m + 1], EXEC_SYNC_LOG_MAX_BYTES.to_string());
     }
 
     #[test]

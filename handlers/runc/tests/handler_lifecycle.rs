@@ -567,6 +567,23 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     assert!(!out.stderr.is_empty());
     let err = h.exec_sync(exec(&pod, web, &[], 10)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument);
+    // 24 MiB of output: what comes back stays under the cap, not all of it.
+    let out = h
+        .exec_sync(exec(
+            &pod,
+            web,
+            &["sh", "-c", "head -c 25165824 /dev/zero | tr '\\0' a"],
+            30,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{:?}", String::from_utf8_lossy(&out.stderr));
+    let cap = crius_handler_runc::monitor::EXEC_SYNC_LOG_MAX_BYTES as usize;
+    assert!(
+        !out.stdout.is_empty() && out.stdout.len() <= cap,
+        "{} bytes of stdout",
+        out.stdout.len()
+    );
 
     // --- stats and resources -------------------------------------------------
     let stats = h.container_stats(cref(&pod, web)).await.unwrap();
