@@ -90,3 +90,78 @@ pub mod images {
         id.trim_start_matches("sha256:")
     }
 }
+
+/// Pod and container configs shaped like the kubelet's, so every suite
+/// exercises the runtime the way a node does.
+pub mod configs {
+    use std::path::Path;
+
+    use crius_proto::cri;
+
+    /// The kubelet's namespace choice: `network` (pod or host), pod IPC, a
+    /// PID namespace per container.
+    pub fn namespaces(network: cri::NamespaceMode) -> cri::NamespaceOption {
+        cri::NamespaceOption {
+            network: network as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }
+    }
+
+    /// A pod `name` in `namespace` with a fresh uid, hostname `name` and its
+    /// log directory `<log_root>/<uid>`.
+    pub fn pod(name: &str, namespace: &str, log_root: &Path, network: cri::NamespaceMode) -> cri::PodSandboxConfig {
+        let uid = crate::unique_token();
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.to_string(),
+                uid: uid.clone(),
+                namespace: namespace.to_string(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: log_root.join(&uid).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces(network)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A container `name` running `command` from `image`, logging to
+    /// `<name>/0.log` under the pod's log directory.
+    pub fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    /// [`container`] with the kubelet's namespace options in its security
+    /// context.
+    pub fn container_with_namespaces(
+        name: &str,
+        image: &str,
+        command: &[&str],
+        network: cri::NamespaceMode,
+    ) -> cri::ContainerConfig {
+        let mut config = container(name, image, command);
+        config.linux = Some(cri::LinuxContainerConfig {
+            resources: None,
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces(network)),
+                ..Default::default()
+            }),
+        });
+        config
+    }
+}

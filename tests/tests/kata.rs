@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
-use crius_tests::cri::images;
+use crius_tests::cri::{configs, images};
 use crius_tests::image::{self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
@@ -149,30 +149,7 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let uid = unique_token();
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.to_string(),
-                uid: uid.clone(),
-                namespace: "crius-test".into(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.log_dir.path().join(&uid).display().to_string(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        configs::pod(name, "crius-test", self.log_dir.path(), cri::NamespaceMode::Pod)
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
@@ -181,14 +158,7 @@ impl Env {
     }
 
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        }
+        configs::container(name, &self.image, command)
     }
 
     fn log_path(&self, pod: &cri::PodSandboxConfig, name: &str) -> PathBuf {

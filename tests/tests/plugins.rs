@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crius_tests::cri::images;
+use crius_tests::cri::{configs, images};
 use crius_tests::image::{self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, ManifestFormat};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
-use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use crius_tests::{Daemon, require_root_and_tools};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -174,35 +174,8 @@ fn features_of(status: &cri::StatusResponse, name: &str) -> cri::RuntimeHandlerF
 }
 
 fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    let uid = unique_token();
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_string(),
-            uid: uid.clone(),
-            namespace: "crius-plugins".into(),
-            attempt: 0,
-        }),
-        hostname: name.to_string(),
-        log_directory: log_dir.join(&uid).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(host_network()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Host network (no CNI needed), pod IPC, a PID namespace per container.
-fn host_network() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
+    // Host network: no CNI needed.
+    configs::pod(name, "crius-plugins", log_dir, cri::NamespaceMode::Node)
 }
 
 async fn run_pod(rt: &mut Runtime, config: &cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
@@ -349,20 +322,7 @@ async fn pod_env(entries: &[String]) -> Option<PodEnv> {
 
 impl PodEnv {
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            linux: Some(cri::LinuxContainerConfig {
-                resources: None,
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }
+        configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Node)
     }
 
     async fn create(&self, pod_id: &str, pod: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
-use crius_tests::cri::images;
+use crius_tests::cri::{configs, images};
 use crius_tests::image::{
     self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
 };
@@ -132,26 +132,9 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let uid = unique_token();
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.to_string(),
-                uid: uid.clone(),
-                namespace: "crius-test".into(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.log_dir.path().join(&uid).display().to_string(),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        let mut pod = configs::pod(name, "crius-test", self.log_dir.path(), cri::NamespaceMode::Pod);
+        pod.labels = HashMap::from([("app".to_string(), name.to_string())]);
+        pod
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
@@ -160,21 +143,9 @@ impl Env {
     }
 
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            labels: HashMap::from([("container".to_string(), name.to_string())]),
-            linux: Some(cri::LinuxContainerConfig {
-                resources: None,
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }
+        let mut config = configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod);
+        config.labels = HashMap::from([("container".to_string(), name.to_string())]);
+        config
     }
 
     async fn create(
@@ -289,17 +260,6 @@ impl Drop for Env {
             .args(["link", "delete", &self.bridge, "type", "bridge"])
             .stderr(std::process::Stdio::null())
             .status();
-    }
-}
-
-/// What the kubelet sends by default: pod network and IPC, a PID namespace
-/// per container.
-fn kubelet_namespaces() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
     }
 }
 
