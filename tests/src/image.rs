@@ -540,6 +540,23 @@ pub struct StandardImages {
     pub zstd: PushedImage,
 }
 
+/// A busybox image `name:tag` whose second layer links `applets` (beyond
+/// the standard set) to busybox, for tests whose containers need them
+/// (httpd, wget, ...). Returns the image reference.
+pub async fn push_busybox_with_applets(registry: &Registry, name: &str, tag: &str, applets: &[&str]) -> Result<String> {
+    let mut extra = LayerBuilder::new();
+    extra.dir("bin", 0o755)?;
+    for applet in applets {
+        extra.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    let layers = vec![
+        Layer::new(busybox_rootfs_tar()?, Compression::Gzip),
+        Layer::new(extra.finish()?, Compression::Gzip),
+    ];
+    push_image(registry, name, tag, layers, &ImageConfig::default(), ManifestFormat::Docker).await?;
+    Ok(registry.image_ref(name, tag))
+}
+
 /// A busybox image `name:tag` (one rootfs layer) in the given format.
 pub async fn push_busybox(
     registry: &Registry,

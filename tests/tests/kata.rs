@@ -14,7 +14,7 @@ use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::{configs, images};
-use crius_tests::image::{self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat};
+use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
 use tonic::transport::Channel;
@@ -85,19 +85,9 @@ async fn setup(subnet: u32) -> Option<Env> {
         .to_string();
 
     let registry = Registry::start().await.expect("registry starts");
-    let mut extra = LayerBuilder::new();
-    extra.dir("bin", 0o755).unwrap();
-    for applet in ["dd", "uname", "ip", "httpd", "wget", "seq"] {
-        extra.symlink(&format!("bin/{applet}"), "busybox").unwrap();
-    }
-    let layers = vec![
-        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
-        Layer::new(extra.finish().unwrap(), Compression::Gzip),
-    ];
-    image::push_image(&registry, "katabox", "1", layers, &ImageConfig::default(), ManifestFormat::Docker)
+    let image = image::push_busybox_with_applets(&registry, "katabox", "1", &["dd", "uname", "ip", "httpd", "wget", "seq"])
         .await
         .expect("push image");
-    let image = registry.image_ref("katabox", "1");
 
     let token = unique_token();
     let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();

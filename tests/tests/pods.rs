@@ -14,9 +14,7 @@ use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::{configs, images};
-use crius_tests::image::{
-    self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
-};
+use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
 use tonic::Code;
@@ -85,19 +83,9 @@ async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
         return None;
     }
     let registry = Registry::start().await.expect("registry starts");
-    let mut extra = LayerBuilder::new();
-    extra.dir("bin", 0o755).unwrap();
-    for applet in EXTRA_APPLETS {
-        extra.symlink(&format!("bin/{applet}"), "busybox").unwrap();
-    }
-    let layers = vec![
-        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
-        Layer::new(extra.finish().unwrap(), Compression::Gzip),
-    ];
-    image::push_image(&registry, "podbox", "1", layers, &ImageConfig::default(), ManifestFormat::Docker)
+    let image = image::push_busybox_with_applets(&registry, "podbox", "1", EXTRA_APPLETS)
         .await
         .expect("push podbox image");
-    let image = registry.image_ref("podbox", "1");
 
     let token = unique_token();
     let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();
