@@ -271,10 +271,9 @@ fn pod_config(args: &RunArgs, index: usize) -> cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata { name: name.clone(), uid: uid.clone(), namespace: args.namespace.clone(), attempt: 0 }),
         hostname: name.clone(),
         log_directory: args.log_root.join(format!("{}_{}_{uid}", args.namespace, name)).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/crius-demo/pod{uid}"),
-            ..Default::default()
-        }),
+        // No cgroup_parent: unlike a kubelet, criusctl owns no cgroup tree, so
+        // the daemon's default (`/crius/pod-<id>`) is used and removed with the pod.
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
         ..Default::default()
     }
 }
