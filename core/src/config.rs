@@ -65,7 +65,9 @@ pub struct PauseConfig {
 
 impl Default for PauseConfig {
     fn default() -> Self {
-        Self { catatonit_path: PathBuf::from("/usr/bin/catatonit") }
+        Self {
+            catatonit_path: PathBuf::from("/usr/bin/catatonit"),
+        }
     }
 }
 
@@ -193,7 +195,10 @@ pub struct ImageConfig {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        Self { max_concurrent_downloads: 3, default_registry: "docker.io".to_string() }
+        Self {
+            max_concurrent_downloads: 3,
+            default_registry: "docker.io".to_string(),
+        }
     }
 }
 

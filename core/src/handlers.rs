@@ -44,11 +44,18 @@ impl HandlerRegistry {
 
     /// The handler for a pod's `runtime_handler` (empty = the default).
     pub fn resolve(&self, requested: &str) -> Result<Arc<dyn RuntimeHandler>, UnknownHandler> {
-        let name = if requested.is_empty() { self.default.as_str() } else { requested };
-        self.handlers.get(name).cloned().ok_or_else(|| UnknownHandler {
-            requested: requested.to_string(),
-            known: self.handlers.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        let name = if requested.is_empty() {
+            self.default.as_str()
+        } else {
+            requested
+        };
+        self.handlers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| UnknownHandler {
+                requested: requested.to_string(),
+                known: self.handlers.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// Name of the default handler.
@@ -58,11 +65,17 @@ impl HandlerRegistry {
 
     /// All handlers, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn RuntimeHandler>)> {
-        self.handlers.iter().map(|(name, handler)| (name.as_str(), handler))
+        self.handlers
+            .iter()
+            .map(|(name, handler)| (name.as_str(), handler))
     }
 }
 
-async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn RuntimeHandler> {
+async fn build_handler(
+    name: &str,
+    entry: &HandlerConfig,
+    config: &Config,
+) -> Arc<dyn RuntimeHandler> {
     match entry.kind {
         HandlerKind::Oci => {
             let runtime_root = entry
@@ -73,17 +86,18 @@ async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Ar
                 .monitor_path
                 .clone()
                 .unwrap_or_else(|| "/usr/bin/conmon".into());
-            let handler = crius_handler_runc::OciHandler::new(crius_handler_runc::OciHandlerConfig {
-                name: name.to_string(),
-                runtime_path: entry.runtime_path.clone(),
-                runtime_root,
-                monitor_path,
-                feature_overrides: crius_handler_runc::FeatureOverrides {
-                    recursive_read_only_mounts: entry.features.recursive_read_only_mounts,
-                    user_namespaces: entry.features.user_namespaces,
-                },
-            })
-            .await;
+            let handler =
+                crius_handler_runc::OciHandler::new(crius_handler_runc::OciHandlerConfig {
+                    name: name.to_string(),
+                    runtime_path: entry.runtime_path.clone(),
+                    runtime_root,
+                    monitor_path,
+                    feature_overrides: crius_handler_runc::FeatureOverrides {
+                        recursive_read_only_mounts: entry.features.recursive_read_only_mounts,
+                        user_namespaces: entry.features.user_namespaces,
+                    },
+                })
+                .await;
             Arc::new(handler)
         }
         HandlerKind::Vm => Arc::new(crius_handler_kata::KataHandler::new(
@@ -100,7 +114,11 @@ async fn build_handler(name: &str, entry: &HandlerConfig, config: &Config) -> Ar
 /// A third-party handler: a plugin library loaded into the daemon, or a shim
 /// executable run once per pod. One that cannot be loaded is registered as
 /// unavailable with the reason, and the daemon serves everything else.
-async fn build_plugin(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn RuntimeHandler> {
+async fn build_plugin(
+    name: &str,
+    entry: &HandlerConfig,
+    config: &Config,
+) -> Arc<dyn RuntimeHandler> {
     let plugin = entry.plugin.clone().unwrap_or_default();
     let state_dir = config.state_dir.join("plugins").join(name);
     if let Err(err) = std::fs::create_dir_all(&state_dir) {
@@ -113,18 +131,25 @@ async fn build_plugin(name: &str, entry: &HandlerConfig, config: &Config) -> Arc
     };
     let built = match plugin.mode {
         crate::config::PluginMode::Library => {
-            crate::plugin::load_handler(&entry.runtime_path, params).await.map_err(|e| e.to_string())
-        }
-        crate::config::PluginMode::Process => {
-            crate::remote::RemoteHandler::new(&entry.runtime_path, params, &config.state_dir.join("shims"))
+            crate::plugin::load_handler(&entry.runtime_path, params)
                 .await
-                .map(|h| Arc::new(h) as Arc<dyn RuntimeHandler>)
                 .map_err(|e| e.to_string())
         }
+        crate::config::PluginMode::Process => crate::remote::RemoteHandler::new(
+            &entry.runtime_path,
+            params,
+            &config.state_dir.join("shims"),
+        )
+        .await
+        .map(|h| Arc::new(h) as Arc<dyn RuntimeHandler>)
+        .map_err(|e| e.to_string()),
     };
     built.unwrap_or_else(|reason| {
         tracing::error!(handler = name, "cannot load the handler: {reason}");
-        Arc::new(UnavailableHandler { name: name.to_string(), reason })
+        Arc::new(UnavailableHandler {
+            name: name.to_string(),
+            reason,
+        })
     })
 }
 
@@ -175,7 +200,10 @@ mod tests {
         for name in ["runc", "kata"] {
             handlers.insert(
                 name.to_string(),
-                Arc::new(UnavailableHandler { name: name.to_string(), reason: "test".to_string() }),
+                Arc::new(UnavailableHandler {
+                    name: name.to_string(),
+                    reason: "test".to_string(),
+                }),
             );
         }
         HandlerRegistry::new("runc".to_string(), handlers)
@@ -190,6 +218,9 @@ mod tests {
     #[test]
     fn unknown_name_lists_known_handlers() {
         let err = registry().resolve("gvisor").err().unwrap();
-        assert_eq!(err.to_string(), "unknown runtime handler \"gvisor\"; known handlers: kata, runc");
+        assert_eq!(
+            err.to_string(),
+            "unknown runtime handler \"gvisor\"; known handlers: kata, runc"
+        );
     }
 }

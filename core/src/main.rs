@@ -37,13 +37,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let filter = args.log_level.clone().unwrap_or_else(|| config.log_level.clone());
+    let filter = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.log_level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("crius: cannot start the async runtime: {err}");
@@ -69,7 +75,9 @@ async fn serve(config: Config) -> Result<()> {
     let handlers = Arc::new(HandlerRegistry::from_config(&config).await);
     for (name, handler) in handlers.iter() {
         match handler.check_ready().await {
-            Ok(()) => info!(handler = name, features = ?handler.features(), "runtime handler ready"),
+            Ok(()) => {
+                info!(handler = name, features = ?handler.features(), "runtime handler ready")
+            }
             Err(err) => tracing::warn!(handler = name, "runtime handler not ready: {err}"),
         }
     }
@@ -77,20 +85,27 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .context("opening the image store")?;
 
-    let cgroups = crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
+    let cgroups =
+        crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
     info!(mode = ?cgroups.mode(), "cgroup layout detected");
-    let pods = crius_core::pod::PodManager::new(config.clone(), handlers.clone(), images.clone(), cgroups);
+    let pods =
+        crius_core::pod::PodManager::new(config.clone(), handlers.clone(), images.clone(), cgroups);
     // Reattach to the pods a previous run left before serving anything, so
     // the kubelet never sees them missing.
     pods.restore().await.context("restoring pods")?;
-    info!(pods = pods.store().pods().len(), containers = pods.store().containers().len(), "pod records restored");
+    info!(
+        pods = pods.store().pods().len(),
+        containers = pods.store().containers().len(),
+        "pod records restored"
+    );
 
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), "serving CRI runtime.v1");
 
-    let runtime_service = RuntimeServiceServer::new(RuntimeServer::new(config.clone(), handlers, pods))
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(16 * 1024 * 1024);
+    let runtime_service =
+        RuntimeServiceServer::new(RuntimeServer::new(config.clone(), handlers, pods))
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
     let image_service = crius_proto::cri::image_service_server::ImageServiceServer::new(
         crius_core::server::image::ImageServer::new(images),
     );
@@ -111,23 +126,29 @@ async fn serve(config: Config) -> Result<()> {
 /// restricts it to root and the socket's group.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     if path.exists() {
         // A live daemon would still answer on it; refuse to steal its socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("another daemon is already serving {}", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting permissions of {}", path.display()))?;
     Ok(listener)
 }
 
 async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stop crius with SIGKILL");
         return std::future::pending().await;
     };

@@ -22,10 +22,11 @@ use crius_shim_api::abi::{
 };
 use crius_shim_api::prost::Message;
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse, InfoResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse,
+    InfoResponse, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest,
 };
 use crius_shim_api::wire::{self, method};
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
@@ -47,16 +48,32 @@ pub enum PluginError {
         "plugin {path} implements handler ABI version {found}, but this crius speaks handler ABI \
          version {expected}: rebuild the plugin against a crius-shim-api with ABI version {expected}"
     )]
-    AbiVersion { path: PathBuf, found: u32, expected: u32 },
+    AbiVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error(
         "plugin {path} declares a {found}-byte vtable for handler ABI version {ABI_VERSION}, which \
          needs at least {expected} bytes: the plugin is corrupt or built against an incompatible crius-shim-api"
     )]
-    VtableSize { path: PathBuf, found: u32, expected: u32 },
+    VtableSize {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("plugin {path} failed to create handler {name}: {error}")]
-    Create { path: PathBuf, name: String, error: HandlerError },
+    Create {
+        path: PathBuf,
+        name: String,
+        error: HandlerError,
+    },
     #[error("plugin {path} failed to describe handler {name} (Info): {error}")]
-    Info { path: PathBuf, name: String, error: HandlerError },
+    Info {
+        path: PathBuf,
+        name: String,
+        error: HandlerError,
+    },
 }
 
 /// A plugin's handler instance, callable from any thread: the ABI requires
@@ -81,14 +98,26 @@ impl Instance {
         // SAFETY: `ptr` came from this vtable's `create`; the method and
         // request slices outlive the call; `out` is a valid output slot.
         let status = unsafe {
-            (self.vtable.call)(self.ptr, name.as_ptr(), name.len(), request.as_ptr(), request.len(), &mut out)
+            (self.vtable.call)(
+                self.ptr,
+                name.as_ptr(),
+                name.len(),
+                request.as_ptr(),
+                request.len(),
+                &mut out,
+            )
         };
         take_answer(self.vtable, status, out, name)
     }
 }
 
 /// Copies a plugin's answer and hands its buffer back to it.
-fn take_answer(vtable: &HandlerVtable, status: i32, out: Buffer, name: &str) -> HandlerResult<Vec<u8>> {
+fn take_answer(
+    vtable: &HandlerVtable,
+    status: i32,
+    out: Buffer,
+    name: &str,
+) -> HandlerResult<Vec<u8>> {
     // SAFETY: the plugin filled `out` with a buffer it allocated (or left it
     // empty); it stays valid until free_buffer below.
     let bytes = unsafe { out.as_slice() }.to_vec();
@@ -98,11 +127,17 @@ fn take_answer(vtable: &HandlerVtable, status: i32, out: Buffer, name: &str) -> 
     }
     match status {
         STATUS_OK => Ok(bytes),
-        STATUS_ERROR => Err(match crius_shim_api::types::Error::decode(bytes.as_slice()) {
-            Ok(error) => HandlerError::from_wire(error),
-            Err(e) => HandlerError::internal(format!("the plugin's {name} error is not valid protobuf: {e}")),
-        }),
-        other => Err(HandlerError::internal(format!("the plugin answered {name} with unknown status {other}"))),
+        STATUS_ERROR => Err(
+            match crius_shim_api::types::Error::decode(bytes.as_slice()) {
+                Ok(error) => HandlerError::from_wire(error),
+                Err(e) => HandlerError::internal(format!(
+                    "the plugin's {name} error is not valid protobuf: {e}"
+                )),
+            },
+        ),
+        other => Err(HandlerError::internal(format!(
+            "the plugin answered {name} with unknown status {other}"
+        ))),
     }
 }
 
@@ -116,31 +151,54 @@ pub struct PluginHandler {
 
 impl std::fmt::Debug for PluginHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginHandler").field("name", &self.name).field("path", &self.path).finish()
+        f.debug_struct("PluginHandler")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 /// Checks that `path` (after resolving symlinks) and its directory belong to
 /// root and are not writable by group or others.
 pub fn check_ownership(path: &Path) -> Result<PathBuf, PluginError> {
-    let insecure = |reason: String| PluginError::Insecure { path: path.to_path_buf(), reason };
-    let real = std::fs::canonicalize(path).map_err(|e| insecure(format!("cannot resolve it: {e}")))?;
-    let meta = std::fs::metadata(&real).map_err(|e| insecure(format!("cannot stat {}: {e}", real.display())))?;
+    let insecure = |reason: String| PluginError::Insecure {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let real =
+        std::fs::canonicalize(path).map_err(|e| insecure(format!("cannot resolve it: {e}")))?;
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| insecure(format!("cannot stat {}: {e}", real.display())))?;
     if !meta.is_file() {
-        return Err(insecure(format!("{} is not a regular file", real.display())));
+        return Err(insecure(format!(
+            "{} is not a regular file",
+            real.display()
+        )));
     }
     let dir = real.parent().unwrap_or(Path::new("/"));
-    let dir_meta = std::fs::metadata(dir).map_err(|e| insecure(format!("cannot stat {}: {e}", dir.display())))?;
-    for (what, p, m) in [("the file", &real, &meta), ("its directory", &dir.to_path_buf(), &dir_meta)] {
+    let dir_meta = std::fs::metadata(dir)
+        .map_err(|e| insecure(format!("cannot stat {}: {e}", dir.display())))?;
+    for (what, p, m) in [
+        ("the file", &real, &meta),
+        ("its directory", &dir.to_path_buf(), &dir_meta),
+    ] {
         if m.uid() != 0 {
-            return Err(insecure(format!("{what} {} is owned by uid {}, not root", p.display(), m.uid())));
+            return Err(insecure(format!(
+                "{what} {} is owned by uid {}, not root",
+                p.display(),
+                m.uid()
+            )));
         }
         let mode = m.mode() & 0o7777;
         if mode & 0o022 != 0 {
             return Err(insecure(format!(
                 "{what} {} is writable by {} (mode {mode:04o})",
                 p.display(),
-                if mode & 0o002 != 0 { "everyone" } else { "its group" }
+                if mode & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                }
             )));
         }
     }
@@ -154,26 +212,38 @@ pub async fn load(path: &Path, params: HandlerParams) -> Result<PluginHandler, P
     tokio::task::spawn_blocking(move || load_blocking(&path, params))
         .await
         .unwrap_or_else(|e| {
-            Err(PluginError::Open { path: PathBuf::new(), message: format!("the loading task failed: {e}") })
+            Err(PluginError::Open {
+                path: PathBuf::new(),
+                message: format!("the loading task failed: {e}"),
+            })
         })
 }
 
 fn load_blocking(path: &Path, params: HandlerParams) -> Result<PluginHandler, PluginError> {
     let real = check_ownership(path)?;
-    let open_error = |message: String| PluginError::Open { path: path.to_path_buf(), message };
+    let open_error = |message: String| PluginError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
     // SAFETY: loading runs the library's initializers with our privileges;
     // check_ownership made sure only root could have put this code there.
-    let library = unsafe { libloading::Library::new(&real) }.map_err(|e| open_error(e.to_string()))?;
+    let library =
+        unsafe { libloading::Library::new(&real) }.map_err(|e| open_error(e.to_string()))?;
     // The library is never unloaded (see the module docs).
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol is declared with the ABI's entry type; a library
     // exporting that name with another type would break the ABI contract.
-    let entry = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) }
-        .map_err(|_| PluginError::MissingSymbol { path: path.to_path_buf() })?;
+    let entry = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) }.map_err(|_| {
+        PluginError::MissingSymbol {
+            path: path.to_path_buf(),
+        }
+    })?;
     // SAFETY: calling the entry point per the ABI; it only returns a pointer.
     let header = unsafe { entry() };
     if header.is_null() {
-        return Err(open_error(format!("`{ENTRY_SYMBOL}` returned a null vtable")));
+        return Err(open_error(format!(
+            "`{ENTRY_SYMBOL}` returned a null vtable"
+        )));
     }
     // SAFETY: every ABI version starts with the frozen VtableHeader.
     let header_value = unsafe { header.read() };
@@ -204,19 +274,36 @@ fn load_blocking(path: &Path, params: HandlerParams) -> Result<PluginHandler, Pl
     let status = unsafe { (vtable.create)(json.as_ptr(), json.len(), &mut ptr, &mut out) };
     let created = take_answer(vtable, status, out, "create");
     if let Err(error) = created {
-        return Err(PluginError::Create { path: path.to_path_buf(), name, error });
+        return Err(PluginError::Create {
+            path: path.to_path_buf(),
+            name,
+            error,
+        });
     }
     if ptr.is_null() {
         let error = HandlerError::internal("create succeeded but returned no instance");
-        return Err(PluginError::Create { path: path.to_path_buf(), name, error });
+        return Err(PluginError::Create {
+            path: path.to_path_buf(),
+            name,
+            error,
+        });
     }
     let instance = Instance { vtable, ptr };
     let info = instance
         .call(method::INFO, &[])
         .and_then(|bytes| wire::decode_response::<InfoResponse>(method::INFO, &bytes))
-        .map_err(|error| PluginError::Info { path: path.to_path_buf(), name: name.clone(), error })?;
+        .map_err(|error| PluginError::Info {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            error,
+        })?;
     info!(handler = %name, plugin = %real.display(), version = %info.version, abi = ABI_VERSION, "plugin loaded");
-    Ok(PluginHandler { name, path: path.to_path_buf(), instance, info })
+    Ok(PluginHandler {
+        name,
+        path: path.to_path_buf(),
+        instance,
+        info,
+    })
 }
 
 impl PluginHandler {
@@ -225,12 +312,21 @@ impl PluginHandler {
         &self.info.version
     }
 
-    async fn rpc<Req: Message, Resp: Message + Default>(&self, name: &'static str, request: &Req) -> HandlerResult<Resp> {
+    async fn rpc<Req: Message, Resp: Message + Default>(
+        &self,
+        name: &'static str,
+        request: &Req,
+    ) -> HandlerResult<Resp> {
         let bytes = wire::encode(request);
         let instance = self.instance;
         let answer = tokio::task::spawn_blocking(move || instance.call(name, &bytes))
             .await
-            .map_err(|e| HandlerError::internal(format!("handler {}: the call to {name} failed: {e}", self.name)))??;
+            .map_err(|e| {
+                HandlerError::internal(format!(
+                    "handler {}: the call to {name} failed: {e}",
+                    self.name
+                ))
+            })??;
         wire::decode_response(name, &answer)
     }
 
@@ -262,10 +358,16 @@ impl RuntimeHandler for PluginHandler {
     async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
         self.rpc(method::SANDBOX_STATUS, &req).await
     }
-    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         self.rpc(method::RESTORE_SANDBOX, &req).await
     }
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
         self.rpc(method::CREATE_CONTAINER, &req).await
     }
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
@@ -283,8 +385,12 @@ impl RuntimeHandler for PluginHandler {
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
         self.rpc(method::EXEC_SYNC, &req).await
     }
-    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
-        self.rpc_unit(method::UPDATE_CONTAINER_RESOURCES, &req).await
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.rpc_unit(method::UPDATE_CONTAINER_RESOURCES, &req)
+            .await
     }
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
         self.rpc_unit(method::REOPEN_CONTAINER_LOG, &req).await
@@ -295,7 +401,10 @@ impl RuntimeHandler for PluginHandler {
 }
 
 /// Convenience for the registry: the loaded handler as a trait object.
-pub async fn load_handler(path: &Path, params: HandlerParams) -> Result<Arc<dyn RuntimeHandler>, PluginError> {
+pub async fn load_handler(
+    path: &Path,
+    params: HandlerParams,
+) -> Result<Arc<dyn RuntimeHandler>, PluginError> {
     Ok(Arc::new(load(path, params).await?))
 }
 
@@ -328,12 +437,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let ok = file_in(dir.path(), 0o755);
-        assert_eq!(check_ownership(&ok).unwrap(), std::fs::canonicalize(&ok).unwrap());
+        assert_eq!(
+            check_ownership(&ok).unwrap(),
+            std::fs::canonicalize(&ok).unwrap()
+        );
 
         std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o757)).unwrap();
-        assert!(refusal(&ok).contains("writable by everyone (mode 0757)"), "{}", refusal(&ok));
+        assert!(
+            refusal(&ok).contains("writable by everyone (mode 0757)"),
+            "{}",
+            refusal(&ok)
+        );
         std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(refusal(&ok).contains("writable by its group"), "{}", refusal(&ok));
+        assert!(
+            refusal(&ok).contains("writable by its group"),
+            "{}",
+            refusal(&ok)
+        );
 
         std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -341,7 +461,11 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
 
         std::os::unix::fs::chown(&ok, Some(65534), None).unwrap();
-        assert!(refusal(&ok).contains("owned by uid 65534, not root"), "{}", refusal(&ok));
+        assert!(
+            refusal(&ok).contains("owned by uid 65534, not root"),
+            "{}",
+            refusal(&ok)
+        );
         std::os::unix::fs::chown(&ok, Some(0), None).unwrap();
 
         // A symlink is judged by what it points to.
@@ -364,6 +488,10 @@ mod tests {
         let path = file_in(dir.path(), 0o644);
         let err = load(&path, HandlerParams::default()).await.unwrap_err();
         assert!(matches!(err, PluginError::Open { .. }), "{err:?}");
-        assert!(err.to_string().starts_with(&format!("cannot load plugin {}", path.display())), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot load plugin {}", path.display())),
+            "{err}"
+        );
     }
 }

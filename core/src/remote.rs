@@ -22,10 +22,11 @@ use base64::Engine;
 use crius_shim_api::prost::Message;
 use crius_shim_api::shim::{CallError, EXIT_HANDLER_ERROR, ShimClient};
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse, InfoResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse,
+    InfoResponse, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest,
 };
 use crius_shim_api::wire::{self, method};
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
@@ -51,7 +52,11 @@ pub enum RemoteError {
     #[error("shim executable {path}: {message}")]
     Exe { path: PathBuf, message: String },
     #[error("shim executable {path} failed to describe handler {name} (info): {error}")]
-    Info { path: PathBuf, name: String, error: HandlerError },
+    Info {
+        path: PathBuf,
+        name: String,
+        error: HandlerError,
+    },
 }
 
 /// What the core persists for a pod of this handler (its handler_state).
@@ -80,14 +85,19 @@ struct Shim {
 
 impl Shim {
     fn exit_status(&self) -> Option<String> {
-        self.exited.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn dead_error(&self, how: &str) -> HandlerError {
         HandlerError::internal(format!(
             "shim for pod {} {how}{}",
             self.sandbox_id,
-            log_tail(&self.log).map(|t| format!("; its log {} ends with: {t}", self.log.display())).unwrap_or_default()
+            log_tail(&self.log)
+                .map(|t| format!("; its log {} ends with: {t}", self.log.display()))
+                .unwrap_or_default()
         ))
     }
 
@@ -108,7 +118,9 @@ impl Shim {
                 if self.ours {
                     for _ in 0..20 {
                         if let Some(status) = self.exit_status() {
-                            return Err(self.dead_error(&format!("exited ({status}) during {name}")));
+                            return Err(
+                                self.dead_error(&format!("exited ({status}) during {name}"))
+                            );
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -144,7 +156,9 @@ impl Shim {
         if self.is_dead() || !self.is_our_shim_process() {
             return;
         }
-        let Ok(pid) = i32::try_from(self.pid) else { return };
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
         if let Err(err) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
             warn!(pod = %self.sandbox_id, pid, "killing the shim: {err}");
         }
@@ -174,8 +188,12 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),
             (None, Some(signal)) => {
-                let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_default();
-                format!("killed by signal {signal} {name}").trim_end().to_string()
+                let name = Signal::try_from(signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                format!("killed by signal {signal} {name}")
+                    .trim_end()
+                    .to_string()
             }
             _ => status.to_string(),
         },
@@ -190,9 +208,17 @@ fn log_tail(path: &Path) -> Option<String> {
     if lines.is_empty() {
         return None;
     }
-    let tail: Vec<char> = lines[lines.len().saturating_sub(3)..].join(" | ").chars().filter(|c| !c.is_control()).collect();
+    let tail: Vec<char> = lines[lines.len().saturating_sub(3)..]
+        .join(" | ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     let start = tail.len().saturating_sub(600);
-    Some(format!("{}{}", if start > 0 { "..." } else { "" }, tail[start..].iter().collect::<String>()))
+    Some(format!(
+        "{}{}",
+        if start > 0 { "..." } else { "" },
+        tail[start..].iter().collect::<String>()
+    ))
 }
 
 /// A handler whose pods each run under a shim process.
@@ -208,24 +234,40 @@ pub struct RemoteHandler {
 
 impl std::fmt::Debug for RemoteHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteHandler").field("name", &self.name).field("exe", &self.exe).finish()
+        f.debug_struct("RemoteHandler")
+            .field("name", &self.name)
+            .field("exe", &self.exe)
+            .finish()
     }
 }
 
 impl RemoteHandler {
     /// Describes the handler by running `<exe> info`. Shim sockets go to
     /// `socket_dir` (kept short: unix socket paths are limited).
-    pub async fn new(exe: &Path, params: HandlerParams, socket_dir: &Path) -> Result<Self, RemoteError> {
-        let exe_error = |message: String| RemoteError::Exe { path: exe.to_path_buf(), message };
+    pub async fn new(
+        exe: &Path,
+        params: HandlerParams,
+        socket_dir: &Path,
+    ) -> Result<Self, RemoteError> {
+        let exe_error = |message: String| RemoteError::Exe {
+            path: exe.to_path_buf(),
+            message,
+        };
         let meta = std::fs::metadata(exe).map_err(|e| exe_error(e.to_string()))?;
-        if !meta.is_file() || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
+        if !meta.is_file()
+            || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
+        {
             return Err(exe_error("is not an executable file".to_string()));
         }
         let name = params.name.clone();
         let info = one_shot(exe, "info", &params)
             .await
             .and_then(|bytes| wire::decode_response::<InfoResponse>(method::INFO, &bytes))
-            .map_err(|error| RemoteError::Info { path: exe.to_path_buf(), name: name.clone(), error })?;
+            .map_err(|error| RemoteError::Info {
+                path: exe.to_path_buf(),
+                name: name.clone(),
+                error,
+            })?;
         info!(handler = %name, shim = %exe.display(), version = %info.version, "out-of-process handler ready to start shims");
         Ok(Self {
             name,
@@ -244,11 +286,19 @@ impl RemoteHandler {
             .unwrap_or_else(|e| e.into_inner())
             .get(sandbox_id)
             .cloned()
-            .ok_or_else(|| HandlerError::not_found(format!("handler {}: no shim is known for pod {sandbox_id}", self.name)))
+            .ok_or_else(|| {
+                HandlerError::not_found(format!(
+                    "handler {}: no shim is known for pod {sandbox_id}",
+                    self.name
+                ))
+            })
     }
 
     fn forget(&self, sandbox_id: &str) -> Option<Arc<Shim>> {
-        self.shims.lock().unwrap_or_else(|e| e.into_inner()).remove(sandbox_id)
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sandbox_id)
     }
 
     async fn rpc<Req: Message, Resp: Message + Default>(
@@ -257,20 +307,37 @@ impl RemoteHandler {
         name: &'static str,
         request: &Req,
     ) -> HandlerResult<Resp> {
-        let answer = self.shim(sandbox_id)?.call(name, wire::encode(request)).await?;
+        let answer = self
+            .shim(sandbox_id)?
+            .call(name, wire::encode(request))
+            .await?;
         wire::decode_response(name, &answer)
     }
 
-    async fn rpc_unit<Req: Message>(&self, sandbox_id: &str, name: &'static str, request: &Req) -> HandlerResult<()> {
-        self.rpc::<Req, Empty>(sandbox_id, name, request).await.map(|_| ())
+    async fn rpc_unit<Req: Message>(
+        &self,
+        sandbox_id: &str,
+        name: &'static str,
+        request: &Req,
+    ) -> HandlerResult<()> {
+        self.rpc::<Req, Empty>(sandbox_id, name, request)
+            .await
+            .map(|_| ())
     }
 
     /// Like [`Self::rpc_unit`] for stop/remove calls, which must work even
     /// when the pod's shim died: a fresh shim is started for the pod (the
     /// handler cleans up from what it keeps on disk). An unknown pod, or one
     /// for which no shim can be started, has nothing left to stop.
-    async fn rpc_idempotent<Req: Message>(&self, sandbox_id: &str, name: &'static str, request: &Req) -> HandlerResult<()> {
-        let Ok(mut shim) = self.shim(sandbox_id) else { return Ok(()) };
+    async fn rpc_idempotent<Req: Message>(
+        &self,
+        sandbox_id: &str,
+        name: &'static str,
+        request: &Req,
+    ) -> HandlerResult<()> {
+        let Ok(mut shim) = self.shim(sandbox_id) else {
+            return Ok(());
+        };
         if shim.is_dead() {
             match self.respawn(&shim).await {
                 Some(fresh) => shim = fresh,
@@ -284,10 +351,16 @@ impl RemoteHandler {
     async fn respawn(&self, dead: &Shim) -> Option<Arc<Shim>> {
         let id = &dead.sandbox_id;
         warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one to clean up");
-        match self.spawn_shim(id, dead.socket.clone(), dead.log.clone()).await {
+        match self
+            .spawn_shim(id, dead.socket.clone(), dead.log.clone())
+            .await
+        {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
-                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), fresh.clone());
+                self.shims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), fresh.clone());
                 Some(fresh)
             }
             Err(err) => {
@@ -298,7 +371,11 @@ impl RemoteHandler {
     }
 
     fn socket_path(&self, sandbox_id: &str) -> HandlerResult<PathBuf> {
-        let short: String = sandbox_id.chars().filter(char::is_ascii_alphanumeric).take(24).collect();
+        let short: String = sandbox_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(24)
+            .collect();
         let socket = self.socket_dir.join(format!("{}-{short}.sock", self.name));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(HandlerError::failed_precondition(format!(
@@ -314,8 +391,16 @@ impl RemoteHandler {
     async fn start_shim(&self, req: &RunSandboxRequest) -> HandlerResult<Shim> {
         let id = &req.sandbox_id;
         let socket = self.socket_path(id)?;
-        let log_dir = if req.state_dir.is_empty() { self.socket_dir.clone() } else { PathBuf::from(&req.state_dir) };
-        let log = log_dir.join(if req.state_dir.is_empty() { format!("{id}.log") } else { "shim.log".to_string() });
+        let log_dir = if req.state_dir.is_empty() {
+            self.socket_dir.clone()
+        } else {
+            PathBuf::from(&req.state_dir)
+        };
+        let log = log_dir.join(if req.state_dir.is_empty() {
+            format!("{id}.log")
+        } else {
+            "shim.log".to_string()
+        });
         self.spawn_shim(id, socket, log).await
     }
 
@@ -324,7 +409,8 @@ impl RemoteHandler {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             HandlerError::internal(format!("handler {}: {what} for pod {id}: {e}", self.name))
         };
-        std::fs::create_dir_all(&self.socket_dir).map_err(|e| internal("creating the shim socket dir", &e))?;
+        std::fs::create_dir_all(&self.socket_dir)
+            .map_err(|e| internal("creating the shim socket dir", &e))?;
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| internal("creating the pod state dir", &e))?;
         }
@@ -333,7 +419,9 @@ impl RemoteHandler {
             .append(true)
             .open(&log)
             .map_err(|e| internal("opening the shim log", &e))?;
-        let log_err = log_file.try_clone().map_err(|e| internal("opening the shim log", &e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| internal("opening the shim log", &e))?;
         let _ = std::fs::remove_file(&socket);
         let mut child = tokio::process::Command::new(&self.exe)
             .arg("serve")
@@ -360,8 +448,15 @@ impl RemoteHandler {
             info!(handler = %handler, pod = %pod, "shim exited: {status}");
             *reaper_exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
         });
-        let mut shim =
-            Shim { sandbox_id: id.to_string(), socket: socket.clone(), pid, log, client: None, exited, ours: true };
+        let mut shim = Shim {
+            sandbox_id: id.to_string(),
+            socket: socket.clone(),
+            pid,
+            log,
+            client: None,
+            exited,
+            ours: true,
+        };
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -376,7 +471,10 @@ impl RemoteHandler {
                 Err(err) if Instant::now() > deadline => {
                     shim.client = None;
                     shim.terminate_now();
-                    return Err(shim.dead_error(&format!("did not listen on {} within {START_TIMEOUT:?}: {err}", socket.display())));
+                    return Err(shim.dead_error(&format!(
+                        "did not listen on {} within {START_TIMEOUT:?}: {err}",
+                        socket.display()
+                    )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -406,7 +504,10 @@ async fn one_shot(exe: &Path, command: &str, params: &HandlerParams) -> HandlerR
     let output = match tokio::time::timeout(ONE_SHOT_TIMEOUT, run).await {
         Ok(Ok(output)) => output,
         Ok(Err(err)) => {
-            return Err(HandlerError::internal(format!("handler {name}: cannot run {} {command}: {err}", exe.display())));
+            return Err(HandlerError::internal(format!(
+                "handler {name}: cannot run {} {command}: {err}",
+                exe.display()
+            )));
         }
         Err(_) => {
             return Err(HandlerError::deadline_exceeded(format!(
@@ -458,8 +559,11 @@ impl RuntimeHandler for RemoteHandler {
         {
             return result.clone();
         }
-        let result = one_shot(&self.exe, "check-ready", &self.params).await.map(|_| ());
-        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), result.clone()));
+        let result = one_shot(&self.exe, "check-ready", &self.params)
+            .await
+            .map(|_| ());
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), result.clone()));
         result
     }
 
@@ -479,11 +583,16 @@ impl RuntimeHandler for RemoteHandler {
         let answer = shim
             .call(method::RUN_SANDBOX, wire::encode(&req))
             .await
-            .and_then(|bytes| wire::decode_response::<RunSandboxResponse>(method::RUN_SANDBOX, &bytes));
+            .and_then(|bytes| {
+                wire::decode_response::<RunSandboxResponse>(method::RUN_SANDBOX, &bytes)
+            });
         match answer {
             Ok(mut response) => {
                 response.handler_state = wrap_state(&shim, &response.handler_state);
-                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id, shim);
+                self.shims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, shim);
                 Ok(response)
             }
             Err(err) => {
@@ -496,12 +605,14 @@ impl RuntimeHandler for RemoteHandler {
     }
 
     async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
-        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_SANDBOX, &req).await
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_SANDBOX, &req)
+            .await
     }
 
     async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
         let id = req.sandbox_id.clone();
-        self.rpc_idempotent(&id, method::REMOVE_SANDBOX, &req).await?;
+        self.rpc_idempotent(&id, method::REMOVE_SANDBOX, &req)
+            .await?;
         if let Some(shim) = self.forget(&id) {
             // The shim exits by itself after RemoveSandbox; make sure.
             shim.terminate().await;
@@ -516,20 +627,34 @@ impl RuntimeHandler for RemoteHandler {
             // The pod is not ready; say why instead of failing the status call.
             return Ok(SandboxStatusResponse {
                 ready: false,
-                info: [("shim".to_string(), format!("exited ({status})"))].into_iter().collect(),
+                info: [("shim".to_string(), format!("exited ({status})"))]
+                    .into_iter()
+                    .collect(),
             });
         }
-        self.rpc(&req.sandbox_id.clone(), method::SANDBOX_STATUS, &req).await
+        self.rpc(&req.sandbox_id.clone(), method::SANDBOX_STATUS, &req)
+            .await
     }
 
-    async fn restore_sandbox(&self, mut req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        mut req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         let id = req.sandbox_id.clone();
         let state: ShimState = serde_json::from_slice(&req.handler_state).map_err(|e| {
-            HandlerError::invalid_argument(format!("handler {}: pod {id} has no usable shim state: {e}", self.name))
+            HandlerError::invalid_argument(format!(
+                "handler {}: pod {id} has no usable shim state: {e}",
+                self.name
+            ))
         })?;
-        req.handler_state = base64::engine::general_purpose::STANDARD.decode(&state.state).map_err(|e| {
-            HandlerError::invalid_argument(format!("handler {}: pod {id} has corrupt shim state: {e}", self.name))
-        })?;
+        req.handler_state = base64::engine::general_purpose::STANDARD
+            .decode(&state.state)
+            .map_err(|e| {
+                HandlerError::invalid_argument(format!(
+                    "handler {}: pod {id} has corrupt shim state: {e}",
+                    self.name
+                ))
+            })?;
         let client = ShimClient::connect(&state.socket).await;
         let mut shim = Shim {
             sandbox_id: id.clone(),
@@ -548,40 +673,67 @@ impl RuntimeHandler for RemoteHandler {
             Err(err) => {
                 warn!(handler = %self.name, pod = %id, "the pod's shim is gone after the restart: {err}");
                 shim.mark_exited(&format!("gone after the daemon restart: {err}"));
-                self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(shim));
+                self.shims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, Arc::new(shim));
                 return Ok(RestoreSandboxResponse { ready: false });
             }
         };
-        self.shims.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), shim.clone());
-        let answer = shim.call(method::RESTORE_SANDBOX, wire::encode(&req)).await?;
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), shim.clone());
+        let answer = shim
+            .call(method::RESTORE_SANDBOX, wire::encode(&req))
+            .await?;
         wire::decode_response(method::RESTORE_SANDBOX, &answer)
     }
 
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::CREATE_CONTAINER, &req).await
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::CREATE_CONTAINER, &req)
+            .await
     }
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.rpc_unit(&req.sandbox_id.clone(), method::START_CONTAINER, &req).await
+        self.rpc_unit(&req.sandbox_id.clone(), method::START_CONTAINER, &req)
+            .await
     }
     async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
-        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_CONTAINER, &req).await
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_CONTAINER, &req)
+            .await
     }
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.rpc_idempotent(&req.sandbox_id.clone(), method::REMOVE_CONTAINER, &req).await
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::REMOVE_CONTAINER, &req)
+            .await
     }
     async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATUS, &req).await
+        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATUS, &req)
+            .await
     }
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::EXEC_SYNC, &req).await
+        self.rpc(&req.sandbox_id.clone(), method::EXEC_SYNC, &req)
+            .await
     }
-    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
-        self.rpc_unit(&req.sandbox_id.clone(), method::UPDATE_CONTAINER_RESOURCES, &req).await
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.rpc_unit(
+            &req.sandbox_id.clone(),
+            method::UPDATE_CONTAINER_RESOURCES,
+            &req,
+        )
+        .await
     }
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.rpc_unit(&req.sandbox_id.clone(), method::REOPEN_CONTAINER_LOG, &req).await
+        self.rpc_unit(&req.sandbox_id.clone(), method::REOPEN_CONTAINER_LOG, &req)
+            .await
     }
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATS, &req).await
+        self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATS, &req)
+            .await
     }
 }

@@ -126,7 +126,10 @@ pub fn mount_overlay(
             MountFlags::empty(),
             data.as_c_str(),
         )
-        .map_err(errno_err(format!("mounting overlay at {}", mount_point.display())))?;
+        .map_err(errno_err(format!(
+            "mounting overlay at {}",
+            mount_point.display()
+        )))?;
     } else {
         mount_overlay_fsconfig(&lower_dirs, &upper_dir, &work_dir, &mount_point)?;
     }
@@ -152,8 +155,12 @@ fn mount_overlay_fsconfig(
     mount_point: &Path,
 ) -> Result<(), RootfsError> {
     let count = lower_dirs.len();
-    let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| RootfsError::TooManyLayers { count, reason: format!("fsopen: {e}") })?;
+    let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
+        RootfsError::TooManyLayers {
+            count,
+            reason: format!("fsopen: {e}"),
+        }
+    })?;
     for dir in lower_dirs {
         rustix::mount::fsconfig_set_string(&fs_fd, "lowerdir+", dir).map_err(|e| {
             RootfsError::TooManyLayers {
@@ -162,13 +169,20 @@ fn mount_overlay_fsconfig(
             }
         })?;
     }
-    rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper_dir)
-        .map_err(errno_err(format!("fsconfig upperdir {}", upper_dir.display())))?;
-    rustix::mount::fsconfig_set_string(&fs_fd, "workdir", work_dir)
-        .map_err(errno_err(format!("fsconfig workdir {}", work_dir.display())))?;
+    rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper_dir).map_err(errno_err(
+        format!("fsconfig upperdir {}", upper_dir.display()),
+    ))?;
+    rustix::mount::fsconfig_set_string(&fs_fd, "workdir", work_dir).map_err(errno_err(format!(
+        "fsconfig workdir {}",
+        work_dir.display()
+    )))?;
     rustix::mount::fsconfig_create(&fs_fd).map_err(errno_err("creating the overlay superblock"))?;
-    let mnt = rustix::mount::fsmount(&fs_fd, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-        .map_err(errno_err("fsmount overlay"))?;
+    let mnt = rustix::mount::fsmount(
+        &fs_fd,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .map_err(errno_err("fsmount overlay"))?;
     rustix::mount::move_mount(
         &mnt,
         "",
@@ -176,7 +190,10 @@ fn mount_overlay_fsconfig(
         mount_point,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(errno_err(format!("attaching overlay at {}", mount_point.display())))
+    .map_err(errno_err(format!(
+        "attaching overlay at {}",
+        mount_point.display()
+    )))
 }
 
 /// Whether `path` is the root of a mount: its device differs from its
@@ -212,7 +229,11 @@ pub fn unmount(mount_point: &Path) -> Result<(), RootfsError> {
                 rustix::mount::unmount(mount_point, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
                     .map_err(errno_err(format!("detaching {}", mount_point.display())))?;
             }
-            Err(e) => return Err(errno_err(format!("unmounting {}", mount_point.display()))(e)),
+            Err(e) => {
+                return Err(errno_err(format!("unmounting {}", mount_point.display()))(
+                    e,
+                ));
+            }
         }
     }
 }
@@ -267,7 +288,11 @@ pub fn prepare_infra_rootfs(dir: &Path, catatonit: &Path) -> Result<PathBuf, Roo
         }
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
-            Err(io_err(format!("renaming {} to {}", tmp.display(), rootfs.display()))(e))
+            Err(io_err(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                rootfs.display()
+            ))(e))
         }
     }
 }
@@ -275,7 +300,8 @@ pub fn prepare_infra_rootfs(dir: &Path, catatonit: &Path) -> Result<PathBuf, Roo
 fn read_file(path: &Path) -> Result<Vec<u8>, RootfsError> {
     let mut f = fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(io_err(format!("reading {}", path.display())))?;
+    f.read_to_end(&mut buf)
+        .map_err(io_err(format!("reading {}", path.display())))?;
     Ok(buf)
 }
 
@@ -295,7 +321,10 @@ mod tests {
         let dir = tmp.path().join("infra-rootfs");
         let a = prepare_infra_rootfs(&dir, &bin).unwrap();
         assert_eq!(fs::read(a.join("catatonit")).unwrap(), b"#!fake binary v1");
-        let mode = fs::metadata(a.join("catatonit")).unwrap().permissions().mode();
+        let mode = fs::metadata(a.join("catatonit"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         for d in ["proc", "dev", "sys", "etc"] {
             assert!(a.join(d).is_dir(), "{d}");
@@ -381,7 +410,11 @@ mod tests {
         assert_eq!(ov.lower_dirs, vec![top.clone(), base.clone()]);
         assert!(mounted(&ov.mount_point));
         let root = &ov.mount_point;
-        assert_eq!(fs::read(root.join("etc/who")).unwrap(), b"top", "top layer wins");
+        assert_eq!(
+            fs::read(root.join("etc/who")).unwrap(),
+            b"top",
+            "top layer wins"
+        );
         assert_eq!(fs::read(root.join("kept")).unwrap(), b"kept");
         assert!(!root.join("gone").exists(), "whiteout hides the lower file");
         // Writes land in the upper dir, never in a layer.
@@ -414,7 +447,9 @@ mod tests {
         // 80 layers with 100+ character paths: well past one page of options.
         let layers: Vec<PathBuf> = (0..80)
             .map(|i| {
-                let d = tmp.path().join(format!("layers/{i:03}-{}", "x".repeat(100)));
+                let d = tmp
+                    .path()
+                    .join(format!("layers/{i:03}-{}", "x".repeat(100)));
                 fs::create_dir_all(&d).unwrap();
                 fs::write(d.join(format!("f{i}")), format!("{i}")).unwrap();
                 fs::write(d.join("which"), format!("{i}")).unwrap();
@@ -441,7 +476,10 @@ mod tests {
                 let mut parts = release.split(|c: char| !c.is_ascii_digit());
                 let major: u32 = parts.next().unwrap().parse().unwrap();
                 let minor: u32 = parts.next().unwrap().parse().unwrap();
-                assert!((major, minor) < (6, 8), "kernel {release} should support lowerdir+");
+                assert!(
+                    (major, minor) < (6, 8),
+                    "kernel {release} should support lowerdir+"
+                );
             }
             Err(e) => panic!("{e}"),
         }

@@ -46,7 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|l| !l.trim_start().starts_with("#![") && !l.trim_start().starts_with("//!"))
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(Path::new(&out_dir).join(path.file_name().unwrap_or_default()), cleaned)?;
+        std::fs::write(
+            Path::new(&out_dir).join(path.file_name().unwrap_or_default()),
+            cleaned,
+        )?;
     }
     Ok(())
 }

@@ -25,10 +25,10 @@ pub mod wire;
 
 pub use params::HandlerParams;
 
-/// Messages of the handler contract (`crius.handler.v1`).
-pub use crius_proto::handler as types;
 /// CRI `runtime.v1` messages referenced by the contract.
 pub use crius_proto::cri;
+/// Messages of the handler contract (`crius.handler.v1`).
+pub use crius_proto::handler as types;
 /// The protobuf runtime used to (de)serialize [`types`].
 pub use crius_proto::prost;
 
@@ -103,7 +103,10 @@ pub struct HandlerError {
 
 impl HandlerError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
@@ -122,20 +125,34 @@ impl HandlerError {
     }
     /// The handler cannot serve requests (missing binary, broken setup).
     pub fn not_ready(handler: &str, reason: impl std::fmt::Display) -> Self {
-        Self::new(ErrorKind::NotReady, format!("handler {handler} is not ready: {reason}"))
+        Self::new(
+            ErrorKind::NotReady,
+            format!("handler {handler} is not ready: {reason}"),
+        )
     }
     /// The handler does not implement `operation` (yet); says so by name.
     pub fn unimplemented(handler: &str, operation: &str) -> Self {
-        Self::new(ErrorKind::Unimplemented, format!("handler {handler} does not implement {operation}"))
+        Self::new(
+            ErrorKind::Unimplemented,
+            format!("handler {handler} does not implement {operation}"),
+        )
     }
     /// The error as it crosses a process or ABI boundary.
     pub fn to_wire(&self) -> types::Error {
-        types::Error { code: ErrorCode::from(self.kind) as i32, message: self.message.clone() }
+        types::Error {
+            code: ErrorCode::from(self.kind) as i32,
+            message: self.message.clone(),
+        }
     }
     /// An error received across a boundary; unknown codes become `Internal`.
     pub fn from_wire(error: types::Error) -> Self {
-        let kind = ErrorCode::try_from(error.code).map(ErrorKind::from).unwrap_or(ErrorKind::Internal);
-        Self { kind, message: error.message }
+        let kind = ErrorCode::try_from(error.code)
+            .map(ErrorKind::from)
+            .unwrap_or(ErrorKind::Internal);
+        Self {
+            kind,
+            message: error.message,
+        }
     }
 }
 
@@ -191,12 +208,18 @@ pub trait RuntimeHandler: Send + Sync {
         Err(HandlerError::unimplemented(self.name(), "SandboxStatus"))
     }
     /// Reattaches to a pod after a daemon restart.
-    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         let _ = req;
         Err(HandlerError::unimplemented(self.name(), "RestoreSandbox"))
     }
 
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
         let _ = req;
         Err(HandlerError::unimplemented(self.name(), "CreateContainer"))
     }
@@ -222,14 +245,23 @@ pub trait RuntimeHandler: Send + Sync {
         let _ = req;
         Err(HandlerError::unimplemented(self.name(), "ExecSync"))
     }
-    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
         let _ = req;
-        Err(HandlerError::unimplemented(self.name(), "UpdateContainerResources"))
+        Err(HandlerError::unimplemented(
+            self.name(),
+            "UpdateContainerResources",
+        ))
     }
     /// Reopens the container's CRI log file after the kubelet rotated it.
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
         let _ = req;
-        Err(HandlerError::unimplemented(self.name(), "ReopenContainerLog"))
+        Err(HandlerError::unimplemented(
+            self.name(),
+            "ReopenContainerLog",
+        ))
     }
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         let _ = req;
@@ -249,7 +281,10 @@ mod tests {
             "minimal"
         }
         fn capabilities(&self) -> Capabilities {
-            Capabilities { user_namespaces: true, ..Default::default() }
+            Capabilities {
+                user_namespaces: true,
+                ..Default::default()
+            }
         }
         async fn check_ready(&self) -> HandlerResult<()> {
             Ok(())
@@ -258,7 +293,10 @@ mod tests {
 
     #[tokio::test]
     async fn unimplemented_operations_name_themselves() {
-        let err = Minimal.run_sandbox(RunSandboxRequest::default()).await.unwrap_err();
+        let err = Minimal
+            .run_sandbox(RunSandboxRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unimplemented);
         assert_eq!(err.message, "handler minimal does not implement RunSandbox");
         assert!(Minimal.features().user_namespaces);
@@ -269,7 +307,10 @@ mod tests {
     fn errors_round_trip_the_wire() {
         let err = HandlerError::not_found("container abc not found");
         assert_eq!(HandlerError::from_wire(err.to_wire()), err);
-        let unknown = types::Error { code: 99, message: "x".into() };
+        let unknown = types::Error {
+            code: 99,
+            message: "x".into(),
+        };
         assert_eq!(HandlerError::from_wire(unknown).kind, ErrorKind::Internal);
     }
 }

@@ -68,20 +68,27 @@ where
     // SAFETY: the core passes a buffer valid for the duration of the call.
     let params = unsafe { borrowed(params, params_len) };
     let result = catch_unwind(AssertUnwindSafe(|| -> HandlerResult<Instance> {
-        let params: HandlerParams = serde_json::from_slice(params)
-            .map_err(|e| HandlerError::invalid_argument(format!("invalid handler parameters: {e}")))?;
+        let params: HandlerParams = serde_json::from_slice(params).map_err(|e| {
+            HandlerError::invalid_argument(format!("invalid handler parameters: {e}"))
+        })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKER_THREADS)
             .thread_name(format!("{}-plugin", params.name))
             .enable_all()
             .build()
-            .map_err(|e| HandlerError::internal(format!("cannot start the plugin's async runtime: {e}")))?;
+            .map_err(|e| {
+                HandlerError::internal(format!("cannot start the plugin's async runtime: {e}"))
+            })?;
         // The constructor may spawn background tasks onto the runtime.
         let handler = {
             let _guard = runtime.enter();
             ctor(params)?
         };
-        Ok(Instance { handler: Arc::new(handler), runtime, version })
+        Ok(Instance {
+            handler: Arc::new(handler),
+            runtime,
+            version,
+        })
     }));
     let result = match result {
         Ok(result) => result,
@@ -118,12 +125,16 @@ pub unsafe extern "C" fn call(
     // core may call (it never calls destroy).
     let instance = unsafe { &*(instance.cast_const().cast::<Instance>()) };
     // SAFETY: the core passes buffers valid for the duration of the call.
-    let (method, request) = unsafe { (borrowed(method, method_len), borrowed(request, request_len)) };
+    let (method, request) =
+        unsafe { (borrowed(method, method_len), borrowed(request, request_len)) };
     let method = String::from_utf8_lossy(method);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        instance
-            .runtime
-            .block_on(wire::dispatch(instance.handler.as_ref(), instance.version, &method, request))
+        instance.runtime.block_on(wire::dispatch(
+            instance.handler.as_ref(),
+            instance.version,
+            &method,
+            request,
+        ))
     }));
     let result = result.unwrap_or_else(|panic| {
         Err(HandlerError::internal(format!(
@@ -156,7 +167,9 @@ pub unsafe extern "C" fn destroy(instance: *mut c_void) {
     // SAFETY: per this function's contract.
     let instance = unsafe { Box::from_raw(instance.cast::<Instance>()) };
     let _ = catch_unwind(AssertUnwindSafe(move || {
-        let Instance { handler, runtime, .. } = *instance;
+        let Instance {
+            handler, runtime, ..
+        } = *instance;
         drop(handler);
         runtime.shutdown_background();
     }));

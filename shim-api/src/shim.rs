@@ -78,7 +78,12 @@ struct Args {
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut out = Args { command: args.next().ok_or("missing command (info, check-ready or serve)")?, ..Default::default() };
+    let mut out = Args {
+        command: args
+            .next()
+            .ok_or("missing command (info, check-ready or serve)")?,
+        ..Default::default()
+    };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -104,11 +109,16 @@ where
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(err) => {
-            eprintln!("usage: {{info|check-ready|serve --socket PATH --sandbox-id ID}} --params JSON: {err}");
+            eprintln!(
+                "usage: {{info|check-ready|serve --socket PATH --sandbox-id ID}} --params JSON: {err}"
+            );
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -123,10 +133,18 @@ where
         }
     };
     match args.command.as_str() {
-        "info" => one_shot_answer(runtime.block_on(wire::dispatch(handler.as_ref(), version, method::INFO, &[]))),
-        "check-ready" => {
-            one_shot_answer(runtime.block_on(wire::dispatch(handler.as_ref(), version, method::CHECK_READY, &[])))
-        }
+        "info" => one_shot_answer(runtime.block_on(wire::dispatch(
+            handler.as_ref(),
+            version,
+            method::INFO,
+            &[],
+        ))),
+        "check-ready" => one_shot_answer(runtime.block_on(wire::dispatch(
+            handler.as_ref(),
+            version,
+            method::CHECK_READY,
+            &[],
+        ))),
         "serve" => {
             let (Some(socket), Some(sandbox_id)) = (args.socket, args.sandbox_id) else {
                 eprintln!("serve needs --socket and --sandbox-id");
@@ -151,10 +169,17 @@ fn one_shot_answer(result: HandlerResult<Vec<u8>>) -> ExitCode {
     use std::io::Write;
     let (code, bytes) = match result {
         Ok(bytes) => (ExitCode::SUCCESS, bytes),
-        Err(err) => (ExitCode::from(EXIT_HANDLER_ERROR), wire::encode(&err.to_wire())),
+        Err(err) => (
+            ExitCode::from(EXIT_HANDLER_ERROR),
+            wire::encode(&err.to_wire()),
+        ),
     };
     let mut stdout = std::io::stdout().lock();
-    if stdout.write_all(&bytes).and_then(|()| stdout.flush()).is_err() {
+    if stdout
+        .write_all(&bytes)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         return ExitCode::FAILURE;
     }
     code
@@ -170,16 +195,29 @@ struct Method {
 
 #[async_trait]
 impl MethodHandler for Method {
-    async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+    async fn handler(
+        &self,
+        _ctx: TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
         let (handler, name, version) = (self.handler.clone(), self.name, self.version);
         // A task of its own, so a panicking handler becomes an error answer
         // instead of a request that never gets one.
-        let result = tokio::spawn(async move { wire::dispatch(handler.as_ref(), version, name, &req.payload).await })
-            .await
-            .unwrap_or_else(|join| {
-                let why = if join.is_panic() { panic_message(&*join.into_panic()) } else { join.to_string() };
-                Err(HandlerError::internal(format!("handler {} panicked in {name}: {why}", self.handler.name())))
-            });
+        let result = tokio::spawn(async move {
+            wire::dispatch(handler.as_ref(), version, name, &req.payload).await
+        })
+        .await
+        .unwrap_or_else(|join| {
+            let why = if join.is_panic() {
+                panic_message(&*join.into_panic())
+            } else {
+                join.to_string()
+            };
+            Err(HandlerError::internal(format!(
+                "handler {} panicked in {name}: {why}",
+                self.handler.name()
+            )))
+        });
         let mut response = ttrpc::Response::new();
         match result {
             Ok(payload) => {
@@ -195,24 +233,46 @@ impl MethodHandler for Method {
     }
 }
 
-async fn serve(handler: Arc<dyn RuntimeHandler>, version: &'static str, socket: &str, sandbox_id: &str) -> Result<(), String> {
+async fn serve(
+    handler: Arc<dyn RuntimeHandler>,
+    version: &'static str,
+    socket: &str,
+    sandbox_id: &str,
+) -> Result<(), String> {
     let removed = Arc::new(tokio::sync::Notify::new());
     let methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = method::ALL
         .iter()
         .map(|name| {
-            let method = Method { name, version, handler: handler.clone(), removed: removed.clone() };
-            (name.to_string(), Box::new(method) as Box<dyn MethodHandler + Send + Sync>)
+            let method = Method {
+                name,
+                version,
+                handler: handler.clone(),
+                removed: removed.clone(),
+            };
+            (
+                name.to_string(),
+                Box::new(method) as Box<dyn MethodHandler + Send + Sync>,
+            )
         })
         .collect();
-    let service = Service { methods, streams: HashMap::new() };
+    let service = Service {
+        methods,
+        streams: HashMap::new(),
+    };
     // A socket left by an earlier shim of this pod that crashed.
     let _ = std::fs::remove_file(socket);
     let mut server = Server::new()
         .bind(&format!("unix://{socket}"))
         .map_err(|e| format!("cannot listen on {socket}: {e}"))?
         .register_service(HashMap::from([(wire::SERVICE.to_string(), service)]));
-    server.start().await.map_err(|e| format!("cannot serve on {socket}: {e}"))?;
-    eprintln!("shim for pod {sandbox_id} serving {} on {socket}", wire::SERVICE);
+    server
+        .start()
+        .await
+        .map_err(|e| format!("cannot serve on {socket}: {e}"))?;
+    eprintln!(
+        "shim for pod {sandbox_id} serving {} on {socket}",
+        wire::SERVICE
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
@@ -261,7 +321,12 @@ impl ShimClient {
     }
 
     /// One call; `timeout` bounds the wait for the answer.
-    pub async fn call(&self, method: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+    pub async fn call(
+        &self,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         let mut request = ttrpc::Request::new();
         request.set_service(wire::SERVICE.to_string());
         request.set_method(method.to_string());
@@ -269,9 +334,10 @@ impl ShimClient {
         request.payload = payload;
         match self.inner.request(request).await {
             Ok(response) => Ok(response.payload),
-            Err(ttrpc::Error::RpcStatus(status)) => {
-                Err(CallError::Handler(HandlerError::new(kind_of(status.code()), status.message().to_string())))
-            }
+            Err(ttrpc::Error::RpcStatus(status)) => Err(CallError::Handler(HandlerError::new(
+                kind_of(status.code()),
+                status.message().to_string(),
+            ))),
             Err(err) => Err(CallError::Transport(err.to_string())),
         }
     }
@@ -290,7 +356,10 @@ mod tests {
             "crashy"
         }
         fn capabilities(&self) -> Capabilities {
-            Capabilities { recursive_read_only_mounts: true, ..Default::default() }
+            Capabilities {
+                recursive_read_only_mounts: true,
+                ..Default::default()
+            }
         }
         async fn check_ready(&self) -> HandlerResult<()> {
             Err(HandlerError::not_ready("crashy", "no coffee"))
@@ -320,12 +389,23 @@ mod tests {
     #[test]
     fn args_parse() {
         let args = parse_args(
-            ["serve", "--socket", "/s", "--sandbox-id", "p", "--params", r#"{"name":"x","future":1}"#]
-                .into_iter()
-                .map(String::from),
+            [
+                "serve",
+                "--socket",
+                "/s",
+                "--sandbox-id",
+                "p",
+                "--params",
+                r#"{"name":"x","future":1}"#,
+            ]
+            .into_iter()
+            .map(String::from),
         )
         .unwrap();
-        assert_eq!((args.command.as_str(), args.socket.as_deref()), ("serve", Some("/s")));
+        assert_eq!(
+            (args.command.as_str(), args.socket.as_deref()),
+            ("serve", Some("/s"))
+        );
         assert_eq!(args.params.name, "x");
         assert!(parse_args(["serve", "--bogus"].into_iter().map(String::from)).is_err());
     }
@@ -335,7 +415,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("s.sock");
         let socket_str = socket.to_str().unwrap().to_string();
-        let server = tokio::spawn(async move { serve(Arc::new(Crashy), "9.9", &socket_str, "p1").await });
+        let server =
+            tokio::spawn(async move { serve(Arc::new(Crashy), "9.9", &socket_str, "p1").await });
         let client = loop {
             if let Ok(client) = ShimClient::connect(&socket).await {
                 break client;
@@ -343,22 +424,35 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let timeout = Duration::from_secs(5);
-        let info: InfoResponse =
-            wire::decode_response("Info", &client.call(method::INFO, vec![], timeout).await.unwrap()).unwrap();
-        assert_eq!((info.name.as_str(), info.version.as_str()), ("crashy", "9.9"));
+        let info: InfoResponse = wire::decode_response(
+            "Info",
+            &client.call(method::INFO, vec![], timeout).await.unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (info.name.as_str(), info.version.as_str()),
+            ("crashy", "9.9")
+        );
 
-        let Err(CallError::Handler(err)) = client.call(method::CHECK_READY, vec![], timeout).await else {
+        let Err(CallError::Handler(err)) = client.call(method::CHECK_READY, vec![], timeout).await
+        else {
             panic!("CheckReady should fail");
         };
         assert_eq!(err.kind, ErrorKind::NotReady);
         assert!(err.message.contains("no coffee"), "{err}");
 
-        let req = wire::encode(&SandboxRef { sandbox_id: "p1".into() });
-        let Err(CallError::Handler(err)) = client.call(method::STOP_SANDBOX, req, timeout).await else {
+        let req = wire::encode(&SandboxRef {
+            sandbox_id: "p1".into(),
+        });
+        let Err(CallError::Handler(err)) = client.call(method::STOP_SANDBOX, req, timeout).await
+        else {
             panic!("StopSandbox should fail");
         };
         assert_eq!(err.kind, ErrorKind::Internal);
-        assert!(err.message.contains("panicked in StopSandbox: boom in p1"), "{err}");
+        assert!(
+            err.message.contains("panicked in StopSandbox: boom in p1"),
+            "{err}"
+        );
 
         // The server survived the panic.
         client.call(method::INFO, vec![], timeout).await.unwrap();

@@ -62,13 +62,17 @@ pub fn encode<M: Message>(message: &M) -> Vec<u8> {
 /// Decodes what a handler answered to `method`; garbage is the handler's
 /// fault, so it becomes an `Internal` error naming the method.
 pub fn decode_response<M: Message + Default>(method: &str, bytes: &[u8]) -> HandlerResult<M> {
-    M::decode(bytes)
-        .map_err(|e| HandlerError::internal(format!("the handler's {method} response is not valid protobuf: {e}")))
+    M::decode(bytes).map_err(|e| {
+        HandlerError::internal(format!(
+            "the handler's {method} response is not valid protobuf: {e}"
+        ))
+    })
 }
 
 fn decode_request<M: Message + Default>(method: &str, bytes: &[u8]) -> HandlerResult<M> {
-    M::decode(bytes)
-        .map_err(|e| HandlerError::invalid_argument(format!("the {method} request is not valid protobuf: {e}")))
+    M::decode(bytes).map_err(|e| {
+        HandlerError::invalid_argument(format!("the {method} request is not valid protobuf: {e}"))
+    })
 }
 
 /// Serves one call: decodes the request of `method`, runs it on `handler`
@@ -83,7 +87,9 @@ pub async fn dispatch(
     // (methods answering `()` answer `Empty` on the wire).
     macro_rules! call {
         ($req:ty, $fn:ident) => {
-            Ok(encode(&handler.$fn(decode_request::<$req>(name, payload)?).await?))
+            Ok(encode(
+                &handler.$fn(decode_request::<$req>(name, payload)?).await?,
+            ))
         };
         ($req:ty, $fn:ident, empty) => {{
             handler.$fn(decode_request::<$req>(name, payload)?).await?;
@@ -112,13 +118,20 @@ pub async fn dispatch(
         method::CONTAINER_STATUS => call!(ContainerRef, container_status),
         method::EXEC_SYNC => call!(ExecSyncRequest, exec_sync),
         method::UPDATE_CONTAINER_RESOURCES => {
-            call!(UpdateContainerResourcesRequest, update_container_resources, empty)
+            call!(
+                UpdateContainerResourcesRequest,
+                update_container_resources,
+                empty
+            )
         }
         method::REOPEN_CONTAINER_LOG => call!(ContainerRef, reopen_container_log, empty),
         method::CONTAINER_STATS => call!(ContainerRef, container_stats),
         other => Err(HandlerError::new(
             crate::ErrorKind::Unimplemented,
-            format!("handler {} does not know the method {other:?}", handler.name()),
+            format!(
+                "handler {} does not know the method {other:?}",
+                handler.name()
+            ),
         )),
     }
 }
@@ -147,7 +160,10 @@ mod tests {
             "echo"
         }
         fn capabilities(&self) -> Capabilities {
-            Capabilities { user_namespaces: true, ..Default::default() }
+            Capabilities {
+                user_namespaces: true,
+                ..Default::default()
+            }
         }
         async fn check_ready(&self) -> HandlerResult<()> {
             Ok(())
@@ -165,29 +181,44 @@ mod tests {
 
     #[tokio::test]
     async fn dispatch_decodes_calls_and_encodes() {
-        let info: InfoResponse =
-            decode_response("Info", &dispatch(&Echo, "1.2.3", method::INFO, &[]).await.unwrap()).unwrap();
+        let info: InfoResponse = decode_response(
+            "Info",
+            &dispatch(&Echo, "1.2.3", method::INFO, &[]).await.unwrap(),
+        )
+        .unwrap();
         assert_eq!(info.name, "echo");
         assert_eq!(info.version, "1.2.3");
         assert!(info.capabilities.unwrap().user_namespaces);
 
-        let req = encode(&SandboxRef { sandbox_id: "p1".into() });
+        let req = encode(&SandboxRef {
+            sandbox_id: "p1".into(),
+        });
         let status: SandboxStatusResponse = decode_response(
             "SandboxStatus",
-            &dispatch(&Echo, "", method::SANDBOX_STATUS, &req).await.unwrap(),
+            &dispatch(&Echo, "", method::SANDBOX_STATUS, &req)
+                .await
+                .unwrap(),
         )
         .unwrap();
         assert!(status.ready);
         assert_eq!(status.info["id"], "p1");
 
-        let req = encode(&SandboxRef { sandbox_id: "gone".into() });
-        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &req).await.unwrap_err();
+        let req = encode(&SandboxRef {
+            sandbox_id: "gone".into(),
+        });
+        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &req)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::NotFound);
 
-        let err = dispatch(&Echo, "", method::RUN_SANDBOX, &[]).await.unwrap_err();
+        let err = dispatch(&Echo, "", method::RUN_SANDBOX, &[])
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::Unimplemented);
 
-        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &[0xff, 0xff]).await.unwrap_err();
+        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &[0xff, 0xff])
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::InvalidArgument, "{err}");
 
         let err = dispatch(&Echo, "", "Nope", &[]).await.unwrap_err();

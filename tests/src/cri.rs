@@ -53,36 +53,64 @@ pub mod images {
     pub type Client = ImageServiceClient<Channel>;
 
     pub fn spec(image: &str) -> ImageSpec {
-        ImageSpec { image: image.to_string(), ..Default::default() }
+        ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }
     }
 
     /// PullImage; returns the image_ref.
     pub async fn pull(client: &mut Client, image: &str) -> Result<String, Status> {
-        let req = PullImageRequest { image: Some(spec(image)), ..Default::default() };
+        let req = PullImageRequest {
+            image: Some(spec(image)),
+            ..Default::default()
+        };
         Ok(client.pull_image(req).await?.into_inner().image_ref)
     }
 
     pub async fn list(client: &mut Client) -> Result<Vec<Image>, Status> {
-        Ok(client.list_images(ListImagesRequest::default()).await?.into_inner().images)
+        Ok(client
+            .list_images(ListImagesRequest::default())
+            .await?
+            .into_inner()
+            .images)
     }
 
     pub async fn list_filtered(client: &mut Client, image: &str) -> Result<Vec<Image>, Status> {
-        let req = ListImagesRequest { filter: Some(ImageFilter { image: Some(spec(image)) }) };
+        let req = ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: Some(spec(image)),
+            }),
+        };
         Ok(client.list_images(req).await?.into_inner().images)
     }
 
-    pub async fn status(client: &mut Client, image: &str, verbose: bool) -> Result<ImageStatusResponse, Status> {
-        let req = ImageStatusRequest { image: Some(spec(image)), verbose };
+    pub async fn status(
+        client: &mut Client,
+        image: &str,
+        verbose: bool,
+    ) -> Result<ImageStatusResponse, Status> {
+        let req = ImageStatusRequest {
+            image: Some(spec(image)),
+            verbose,
+        };
         Ok(client.image_status(req).await?.into_inner())
     }
 
     pub async fn remove(client: &mut Client, image: &str) -> Result<(), Status> {
-        client.remove_image(RemoveImageRequest { image: Some(spec(image)) }).await?;
+        client
+            .remove_image(RemoveImageRequest {
+                image: Some(spec(image)),
+            })
+            .await?;
         Ok(())
     }
 
     pub async fn fs_info(client: &mut Client) -> Result<ImageFsInfoResponse, Status> {
-        Ok(client.image_fs_info(ImageFsInfoRequest {}).await?.into_inner())
+        Ok(client
+            .image_fs_info(ImageFsInfoRequest {})
+            .await?
+            .into_inner())
     }
 
     /// The hex of an image id, whether it is reported as `sha256:<hex>` or bare `<hex>`.
@@ -111,7 +139,12 @@ pub mod configs {
 
     /// A pod `name` in `namespace` with a fresh uid, hostname `name` and its
     /// log directory `<log_root>/<uid>`.
-    pub fn pod(name: &str, namespace: &str, log_root: &Path, network: cri::NamespaceMode) -> cri::PodSandboxConfig {
+    pub fn pod(
+        name: &str,
+        namespace: &str,
+        log_root: &Path,
+        network: cri::NamespaceMode,
+    ) -> cri::PodSandboxConfig {
         let uid = crate::unique_token();
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -137,8 +170,14 @@ pub mod configs {
     /// `<name>/0.log` under the pod's log directory.
     pub fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }),
+            metadata: Some(cri::ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
             command: command.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}/0.log"),
             linux: Some(cri::LinuxContainerConfig::default()),

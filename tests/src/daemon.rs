@@ -6,9 +6,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use crius_proto::cri::VersionRequest;
 use crius_proto::cri::image_service_client::ImageServiceClient;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crius_proto::cri::VersionRequest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
@@ -29,7 +29,11 @@ pub fn crius_bin() -> PathBuf {
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { crate::workspace_root().join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                crate::workspace_root().join(dir)
+            }
         }
         None => crate::workspace_root().join("target"),
     };
@@ -59,7 +63,10 @@ impl Default for DaemonBuilder {
 impl DaemonBuilder {
     /// Marks `registry` as a plain-HTTP (insecure) registry in the config.
     pub fn registry(mut self, registry: &Registry) -> Self {
-        self.registries = Some(format!("registries:\n  - prefix: \"{}\"\n    insecure: true\n", registry.addr()));
+        self.registries = Some(format!(
+            "registries:\n  - prefix: \"{}\"\n    insecure: true\n",
+            registry.addr()
+        ));
         self
     }
 
@@ -139,7 +146,11 @@ impl DaemonBuilder {
 }
 
 fn ensure_newline(s: &str) -> String {
-    if s.is_empty() || s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+    if s.is_empty() || s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
 }
 
 /// A running `crius`; stopped (SIGTERM, then SIGKILL) on drop. When the test
@@ -173,7 +184,10 @@ impl Daemon {
 
     /// A daemon with the default config plus `extra_yaml` (top-level keys).
     pub async fn start(extra_yaml: &str) -> Result<Self> {
-        DaemonBuilder::default().extra_yaml(extra_yaml).start().await
+        DaemonBuilder::default()
+            .extra_yaml(extra_yaml)
+            .start()
+            .await
     }
 
     /// A daemon that may pull from `registry` over plain HTTP.
@@ -182,7 +196,10 @@ impl Daemon {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let stderr = OpenOptions::new().create(true).append(true).open(&self.stderr_path)?;
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)?;
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config_path)
@@ -208,7 +225,10 @@ impl Daemon {
                 && let Some(status) = child.try_wait()?
             {
                 self.child = None;
-                bail!("crius exited with {status} before serving; its output:\n{}", self.stderr_text());
+                bail!(
+                    "crius exited with {status} before serving; its output:\n{}",
+                    self.stderr_text()
+                );
             }
             if self.socket.exists() {
                 match self.try_version().await {
@@ -229,9 +249,12 @@ impl Daemon {
 
     async fn try_version(&self) -> Result<CriClients> {
         let mut clients = cri::connect(&self.socket).await?;
-        tokio::time::timeout(Duration::from_secs(2), clients.runtime.version(VersionRequest::default()))
-            .await
-            .context("Version timed out")??;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            clients.runtime.version(VersionRequest::default()),
+        )
+        .await
+        .context("Version timed out")??;
         Ok(clients)
     }
 

@@ -7,10 +7,16 @@ use std::time::{Duration, Instant};
 /// Writes `<dir>/10-test.conflist`: the shipped example bridge network with
 /// a network name, bridge, subnet (`<subnet_prefix>.0/24`) and IPAM data dir
 /// of the test's own, so parallel tests never share addresses.
-pub fn write_test_cni_config(dir: &Path, network: &str, bridge: &str, subnet_prefix: &str) -> PathBuf {
+pub fn write_test_cni_config(
+    dir: &Path,
+    network: &str,
+    bridge: &str,
+    subnet_prefix: &str,
+) -> PathBuf {
     let shipped = crate::workspace_root().join("configs/cni/10-crius-bridge.conflist");
     let mut conf: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist")).expect("conflist is JSON");
+        serde_json::from_slice(&std::fs::read(&shipped).expect("read shipped conflist"))
+            .expect("conflist is JSON");
     conf["name"] = network.into();
     let plugin = &mut conf["plugins"][0];
     plugin["bridge"] = bridge.into();
@@ -26,7 +32,10 @@ pub fn write_test_cni_config(dir: &Path, network: &str, bridge: &str, subnet_pre
 /// Lines of this process's mountinfo that contain `needle`.
 pub fn mounts_containing(needle: &str) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 /// `<pid>: <command line>` of processes whose command line contains every
@@ -38,7 +47,9 @@ pub fn processes_matching(needles: &[&str]) -> Vec<String> {
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if !cmdline.is_empty() && needles.iter().all(|n| cmdline.contains(n)) {
             out.push(format!("{}: {cmdline}", name.to_string_lossy()));
@@ -56,7 +67,11 @@ pub async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Strin
         if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "{} never contained {needle:?}; it has:\n{text}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never contained {needle:?}; it has:\n{text}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

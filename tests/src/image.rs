@@ -41,9 +41,10 @@ const MTIME: u64 = 1_700_000_000;
 
 /// Applets linked into `/bin` of the busybox rootfs.
 pub const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "sleep", "uname", "id", "env", "true", "false", "test", "[", "mkdir",
-    "rm", "touch", "ps", "hostname", "wc", "grep", "head", "tail", "printf", "kill", "date", "stat",
-    "whoami", "cut", "mount", "df", "readlink", "pwd", "cp", "mv", "ln", "chmod", "seq", "yes",
+    "sh", "echo", "cat", "ls", "sleep", "uname", "id", "env", "true", "false", "test", "[",
+    "mkdir", "rm", "touch", "ps", "hostname", "wc", "grep", "head", "tail", "printf", "kill",
+    "date", "stat", "whoami", "cut", "mount", "df", "readlink", "pwd", "cp", "mv", "ln", "chmod",
+    "seq", "yes",
 ];
 
 /// `sha256:<hex>` of `bytes`.
@@ -100,7 +101,8 @@ impl LayerBuilder {
     /// A directory (`path` without trailing slash).
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<&mut Self> {
         let mut header = Self::header(tar::EntryType::Directory, mode, 0);
-        self.builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
+        self.builder
+            .append_data(&mut header, format!("{path}/"), std::io::empty())?;
         Ok(self)
     }
 
@@ -116,9 +118,13 @@ impl LayerBuilder {
         let mut header = Self::header(tar::EntryType::Symlink, 0o777, 0);
         // The link name is written verbatim: the tar crate renders "/" as "//".
         let field = &mut header.as_old_mut().linkname;
-        ensure!(target.len() < field.len(), "symlink target too long: {target}");
+        ensure!(
+            target.len() < field.len(),
+            "symlink target too long: {target}"
+        );
         field[..target.len()].copy_from_slice(target.as_bytes());
-        self.builder.append_data(&mut header, path, std::io::empty())?;
+        self.builder
+            .append_data(&mut header, path, std::io::empty())?;
         Ok(self)
     }
 
@@ -186,7 +192,8 @@ impl Layer {
             Compression::None => self.tar.clone(),
             Compression::Gzip => {
                 // GzEncoder writes mtime 0 in its header: reproducible output.
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 enc.write_all(&self.tar)?;
                 enc.finish()?
             }
@@ -211,13 +218,17 @@ impl Layer {
 /// without a libc.
 pub fn check_busybox_static() -> Result<()> {
     let elf = std::fs::read(BUSYBOX_STATIC).with_context(|| format!("reading {BUSYBOX_STATIC}"))?;
-    ensure!(elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2, "{BUSYBOX_STATIC} is not a 64-bit ELF");
+    ensure!(
+        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2,
+        "{BUSYBOX_STATIC} is not a 64-bit ELF"
+    );
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into()?) as usize;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
         let off = phoff + i * phentsize;
-        let p_type = u32::from_le_bytes(elf.get(off..off + 4).context("truncated ELF")?.try_into()?);
+        let p_type =
+            u32::from_le_bytes(elf.get(off..off + 4).context("truncated ELF")?.try_into()?);
         const PT_INTERP: u32 = 3;
         if p_type == PT_INTERP {
             bail!("{BUSYBOX_STATIC} is dynamically linked; install busybox-static");
@@ -339,7 +350,10 @@ impl PushedImage {
 
     /// `<registry>/<name>:<tag>` for the first tag.
     pub fn reference(&self, registry: &Registry) -> String {
-        registry.image_ref(&self.name, self.tags.first().map(String::as_str).unwrap_or("latest"))
+        registry.image_ref(
+            &self.name,
+            self.tags.first().map(String::as_str).unwrap_or("latest"),
+        )
     }
 
     /// `<registry>/<name>@<manifest digest>`.
@@ -349,7 +363,10 @@ impl PushedImage {
 
     /// Hex parts of the diff IDs: the directory names under `<root>/layers/sha256/`.
     pub fn diff_id_hexes(&self) -> Vec<String> {
-        self.diff_ids.iter().map(|d| d.trim_start_matches("sha256:").to_string()).collect()
+        self.diff_ids
+            .iter()
+            .map(|d| d.trim_start_matches("sha256:").to_string())
+            .collect()
     }
 }
 
@@ -363,19 +380,33 @@ pub async fn push_blob(registry: &Registry, name: &str, bytes: &[u8]) -> Result<
     let digest = sha256_digest(bytes);
     let client = http();
     let base = registry.base_url();
-    let head = client.head(format!("{base}/v2/{name}/blobs/{digest}")).send().await?;
+    let head = client
+        .head(format!("{base}/v2/{name}/blobs/{digest}"))
+        .send()
+        .await?;
     if head.status().is_success() {
         return Ok(digest);
     }
-    let resp = client.post(format!("{base}/v2/{name}/blobs/uploads/")).send().await?;
-    ensure!(resp.status().as_u16() == 202, "starting upload to {name}: HTTP {}", resp.status());
+    let resp = client
+        .post(format!("{base}/v2/{name}/blobs/uploads/"))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 202,
+        "starting upload to {name}: HTTP {}",
+        resp.status()
+    );
     let location = resp
         .headers()
         .get("location")
         .context("upload response has no Location")?
         .to_str()?
         .to_string();
-    let location = if location.starts_with('/') { format!("{base}{location}") } else { location };
+    let location = if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location
+    };
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = client
         .put(format!("{location}{sep}digest={digest}"))
@@ -384,7 +415,11 @@ pub async fn push_blob(registry: &Registry, name: &str, bytes: &[u8]) -> Result<
         .send()
         .await?;
     let status = resp.status();
-    ensure!(status.as_u16() == 201, "uploading blob {digest} to {name}: HTTP {status}: {}", resp.text().await?);
+    ensure!(
+        status.as_u16() == 201,
+        "uploading blob {digest} to {name}: HTTP {status}: {}",
+        resp.text().await?
+    );
     Ok(digest)
 }
 
@@ -398,16 +433,30 @@ pub async fn push_manifest(
 ) -> Result<String> {
     let digest = sha256_digest(manifest);
     let resp = http()
-        .put(format!("{}/v2/{name}/manifests/{reference}", registry.base_url()))
+        .put(format!(
+            "{}/v2/{name}/manifests/{reference}",
+            registry.base_url()
+        ))
         .header("content-type", media_type)
         .body(manifest.to_vec())
         .send()
         .await?;
     let status = resp.status();
-    let served = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
-    ensure!(status.as_u16() == 201, "putting manifest {name}:{reference}: HTTP {status}: {}", resp.text().await?);
+    let served = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    ensure!(
+        status.as_u16() == 201,
+        "putting manifest {name}:{reference}: HTTP {status}: {}",
+        resp.text().await?
+    );
     if let Some(served) = served {
-        ensure!(served == digest, "registry computed {served} for manifest {digest}");
+        ensure!(
+            served == digest,
+            "registry computed {served} for manifest {digest}"
+        );
     }
     Ok(digest)
 }
@@ -428,7 +477,9 @@ pub async fn push_image(
     for layer in &layers {
         let blob = layer.blob()?;
         let digest = push_blob(registry, name, &blob).await?;
-        descriptors.push(json!({ "mediaType": layer.media_type(format), "digest": digest, "size": blob.len() }));
+        descriptors.push(
+            json!({ "mediaType": layer.media_type(format), "digest": digest, "size": blob.len() }),
+        );
         layer_digests.push(digest);
         diff_ids.push(layer.diff_id());
     }
@@ -446,10 +497,15 @@ pub async fn push_image(
     }))?;
     let digest = sha256_digest(&manifest);
     let reference = if tag.is_empty() { digest.as_str() } else { tag };
-    let manifest_digest = push_manifest(registry, name, reference, manifest_type, &manifest).await?;
+    let manifest_digest =
+        push_manifest(registry, name, reference, manifest_type, &manifest).await?;
     Ok(PushedImage {
         name: name.to_string(),
-        tags: if tag.is_empty() { Vec::new() } else { vec![tag.to_string()] },
+        tags: if tag.is_empty() {
+            Vec::new()
+        } else {
+            vec![tag.to_string()]
+        },
         manifest_digest,
         manifest_media_type: manifest_type,
         manifest,
@@ -462,7 +518,14 @@ pub async fn push_image(
 
 /// Tags an already pushed image's manifest with another tag.
 pub async fn add_tag(registry: &Registry, image: &mut PushedImage, tag: &str) -> Result<()> {
-    push_manifest(registry, &image.name, tag, image.manifest_media_type, &image.manifest).await?;
+    push_manifest(
+        registry,
+        &image.name,
+        tag,
+        image.manifest_media_type,
+        &image.manifest,
+    )
+    .await?;
     image.tags.push(tag.to_string());
     Ok(())
 }
@@ -477,7 +540,11 @@ pub struct Platform {
 
 impl Platform {
     pub fn linux(architecture: &str) -> Self {
-        Self { os: "linux".into(), architecture: architecture.into(), variant: None }
+        Self {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 }
 
@@ -509,7 +576,9 @@ pub async fn push_index(
         ManifestFormat::Oci => OCI_INDEX,
         ManifestFormat::Docker => DOCKER_MANIFEST_LIST,
     };
-    let index = serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": media_type, "manifests": manifests }))?;
+    let index = serde_json::to_vec(
+        &json!({ "schemaVersion": 2, "mediaType": media_type, "manifests": manifests }),
+    )?;
     push_manifest(registry, name, tag, media_type, &index).await
 }
 
@@ -543,7 +612,12 @@ pub struct StandardImages {
 /// A busybox image `name:tag` whose second layer links `applets` (beyond
 /// the standard set) to busybox, for tests whose containers need them
 /// (httpd, wget, ...). Returns the image reference.
-pub async fn push_busybox_with_applets(registry: &Registry, name: &str, tag: &str, applets: &[&str]) -> Result<String> {
+pub async fn push_busybox_with_applets(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+    applets: &[&str],
+) -> Result<String> {
     let mut extra = LayerBuilder::new();
     extra.dir("bin", 0o755)?;
     for applet in applets {
@@ -553,7 +627,15 @@ pub async fn push_busybox_with_applets(registry: &Registry, name: &str, tag: &st
         Layer::new(busybox_rootfs_tar()?, Compression::Gzip),
         Layer::new(extra.finish()?, Compression::Gzip),
     ];
-    push_image(registry, name, tag, layers, &ImageConfig::default(), ManifestFormat::Docker).await?;
+    push_image(
+        registry,
+        name,
+        tag,
+        layers,
+        &ImageConfig::default(),
+        ManifestFormat::Docker,
+    )
+    .await?;
     Ok(registry.image_ref(name, tag))
 }
 
@@ -566,13 +648,24 @@ pub async fn push_busybox(
     compression: Compression,
 ) -> Result<PushedImage> {
     let rootfs = Layer::new(busybox_rootfs_tar()?, compression);
-    push_image(registry, name, tag, vec![rootfs], &ImageConfig::default(), format).await
+    push_image(
+        registry,
+        name,
+        tag,
+        vec![rootfs],
+        &ImageConfig::default(),
+        format,
+    )
+    .await
 }
 
 /// Layer 1 of `multilayer:wh`: adds `/data/a`, `/data/b`, `/old/x`.
 pub fn multilayer_data_tar() -> Result<Vec<u8>> {
     let mut layer = LayerBuilder::new();
-    layer.dir("data", 0o755)?.file("data/a", b"a\n", 0o644)?.file("data/b", b"b\n", 0o644)?;
+    layer
+        .dir("data", 0o755)?
+        .file("data/a", b"a\n", 0o644)?
+        .file("data/b", b"b\n", 0o644)?;
     layer.dir("old", 0o755)?.file("old/x", b"x\n", 0o644)?;
     layer.finish()
 }
@@ -582,13 +675,23 @@ pub fn multilayer_data_tar() -> Result<Vec<u8>> {
 pub fn multilayer_whiteout_tar() -> Result<Vec<u8>> {
     let mut layer = LayerBuilder::new();
     layer.dir("data", 0o755)?.whiteout("data/a")?;
-    layer.dir("old", 0o755)?.opaque("old")?.file("old/new", b"new\n", 0o644)?;
+    layer
+        .dir("old", 0o755)?
+        .opaque("old")?
+        .file("old/new", b"new\n", 0o644)?;
     layer.finish()
 }
 
 /// Pushes [`StandardImages`].
 pub async fn push_standard_images(registry: &Registry) -> Result<StandardImages> {
-    let mut busybox = push_busybox(registry, "busybox", "1", ManifestFormat::Docker, Compression::Gzip).await?;
+    let mut busybox = push_busybox(
+        registry,
+        "busybox",
+        "1",
+        ManifestFormat::Docker,
+        Compression::Gzip,
+    )
+    .await?;
     add_tag(registry, &mut busybox, "latest").await?;
 
     let rootfs = busybox_rootfs_tar()?;
@@ -607,19 +710,35 @@ pub async fn push_standard_images(registry: &Registry) -> Result<StandardImages>
     .await?;
 
     let indexed = push_multi_arch(registry, "indexed", "1", &rootfs, ManifestFormat::Oci).await?;
-    let docker_list = push_multi_arch(registry, "indexed", "docker", &rootfs, ManifestFormat::Docker).await?;
+    let docker_list = push_multi_arch(
+        registry,
+        "indexed",
+        "docker",
+        &rootfs,
+        ManifestFormat::Docker,
+    )
+    .await?;
 
     let zstd = push_image(
         registry,
         "zstd",
         "1",
-        vec![Layer::new(rootfs, Compression::Zstd), Layer::new(arch_marker_tar("zstd")?, Compression::Zstd)],
+        vec![
+            Layer::new(rootfs, Compression::Zstd),
+            Layer::new(arch_marker_tar("zstd")?, Compression::Zstd),
+        ],
         &ImageConfig::default(),
         ManifestFormat::Oci,
     )
     .await?;
 
-    Ok(StandardImages { busybox, multilayer, indexed, docker_list, zstd })
+    Ok(StandardImages {
+        busybox,
+        multilayer,
+        indexed,
+        docker_list,
+        zstd,
+    })
 }
 
 /// An index (or manifest list) `name:tag` listing an arm64 decoy first and
@@ -633,7 +752,10 @@ pub async fn push_multi_arch(
 ) -> Result<PushedIndex> {
     let mut images = Vec::new();
     for arch in ["arm64", "amd64"] {
-        let config = ImageConfig { architecture: arch.into(), ..ImageConfig::default() };
+        let config = ImageConfig {
+            architecture: arch.into(),
+            ..ImageConfig::default()
+        };
         let layers = vec![
             Layer::new(rootfs.to_vec(), Compression::Gzip),
             Layer::new(arch_marker_tar(arch)?, Compression::Gzip),
@@ -647,17 +769,30 @@ pub async fn push_multi_arch(
         registry,
         name,
         tag,
-        &[(&arm64, Platform::linux("arm64")), (&amd64, Platform::linux("amd64"))],
+        &[
+            (&arm64, Platform::linux("arm64")),
+            (&amd64, Platform::linux("amd64")),
+        ],
         format,
     )
     .await?;
-    Ok(PushedIndex { name: name.into(), tag: tag.into(), digest, amd64, arm64 })
+    Ok(PushedIndex {
+        name: name.into(),
+        tag: tag.into(),
+        digest,
+        amd64,
+        arm64,
+    })
 }
 
 /// A one-file layer `/etc/crius-test-marker` containing `marker`.
 pub fn arch_marker_tar(marker: &str) -> Result<Vec<u8>> {
     let mut layer = LayerBuilder::new();
-    layer.dir("etc", 0o755)?.file("etc/crius-test-marker", format!("{marker}\n").as_bytes(), 0o644)?;
+    layer.dir("etc", 0o755)?.file(
+        "etc/crius-test-marker",
+        format!("{marker}\n").as_bytes(),
+        0o644,
+    )?;
     layer.finish()
 }
 
@@ -673,11 +808,21 @@ pub struct EscapeImage {
 
 /// A single-layer image whose tar entry `../../…/tmp/crius-escape-<random>`
 /// climbs out of any extraction directory (deep enough for any root).
-pub async fn push_dotdot_escape_image(registry: &Registry, name: &str, tag: &str) -> Result<EscapeImage> {
+pub async fn push_dotdot_escape_image(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+) -> Result<EscapeImage> {
     let marker = format!("crius-escape-{}", crate::unique_token());
     let mut layer = LayerBuilder::new();
-    layer.dir("etc", 0o755)?.file("etc/harmless", b"ok\n", 0o644)?;
-    layer.raw_file(&format!("{}tmp/{marker}", "../".repeat(16)), b"escaped\n", 0o644)?;
+    layer
+        .dir("etc", 0o755)?
+        .file("etc/harmless", b"ok\n", 0o644)?;
+    layer.raw_file(
+        &format!("{}tmp/{marker}", "../".repeat(16)),
+        b"escaped\n",
+        0o644,
+    )?;
     let image = push_image(
         registry,
         name,
@@ -687,12 +832,20 @@ pub async fn push_dotdot_escape_image(registry: &Registry, name: &str, tag: &str
         ManifestFormat::Oci,
     )
     .await?;
-    Ok(EscapeImage { image, escape_path: Path::new("/tmp").join(&marker), marker })
+    Ok(EscapeImage {
+        image,
+        escape_path: Path::new("/tmp").join(&marker),
+        marker,
+    })
 }
 
 /// A single-layer image with a symlink `evil -> /` followed by a file
 /// `evil/tmp/crius-escape2-<random>` written through it.
-pub async fn push_symlink_escape_image(registry: &Registry, name: &str, tag: &str) -> Result<EscapeImage> {
+pub async fn push_symlink_escape_image(
+    registry: &Registry,
+    name: &str,
+    tag: &str,
+) -> Result<EscapeImage> {
     let marker = format!("crius-escape2-{}", crate::unique_token());
     let mut layer = LayerBuilder::new();
     layer.symlink("evil", "/")?;
@@ -706,26 +859,51 @@ pub async fn push_symlink_escape_image(registry: &Registry, name: &str, tag: &st
         ManifestFormat::Oci,
     )
     .await?;
-    Ok(EscapeImage { image, escape_path: Path::new("/tmp").join(&marker), marker })
+    Ok(EscapeImage {
+        image,
+        escape_path: Path::new("/tmp").join(&marker),
+        marker,
+    })
 }
 
 /// GETs a manifest; returns its bytes and Content-Type.
-pub async fn fetch_manifest(registry: &Registry, name: &str, reference: &str) -> Result<(Vec<u8>, String)> {
+pub async fn fetch_manifest(
+    registry: &Registry,
+    name: &str,
+    reference: &str,
+) -> Result<(Vec<u8>, String)> {
     let resp = http()
-        .get(format!("{}/v2/{name}/manifests/{reference}", registry.base_url()))
+        .get(format!(
+            "{}/v2/{name}/manifests/{reference}",
+            registry.base_url()
+        ))
         .header("accept", ALL_MANIFEST_TYPES)
         .send()
         .await?;
     let status = resp.status();
-    ensure!(status.is_success(), "GET manifest {name}:{reference}: HTTP {status}");
-    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    ensure!(
+        status.is_success(),
+        "GET manifest {name}:{reference}: HTTP {status}"
+    );
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     Ok((resp.bytes().await?.to_vec(), content_type))
 }
 
 /// GETs a blob's bytes (unverified: the point is to see what is served).
 pub async fn fetch_blob(registry: &Registry, name: &str, digest: &str) -> Result<Vec<u8>> {
-    let resp = http().get(format!("{}/v2/{name}/blobs/{digest}", registry.base_url())).send().await?;
+    let resp = http()
+        .get(format!("{}/v2/{name}/blobs/{digest}", registry.base_url()))
+        .send()
+        .await?;
     let status = resp.status();
-    ensure!(status.is_success(), "GET blob {name}@{digest}: HTTP {status}");
+    ensure!(
+        status.is_success(),
+        "GET blob {name}@{digest}: HTTP {status}"
+    );
     Ok(resp.bytes().await?.to_vec())
 }

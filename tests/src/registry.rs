@@ -21,7 +21,10 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("addr", &self.addr).field("storage", &self.storage).finish()
+        f.debug_struct("Registry")
+            .field("addr", &self.addr)
+            .field("storage", &self.storage)
+            .finish()
     }
 }
 
@@ -41,7 +44,9 @@ impl Registry {
     }
 
     async fn try_start() -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("crius-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("crius-registry-")
+            .tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage)?;
         let port = free_port()?;
@@ -67,7 +72,13 @@ impl Registry {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("spawning {REGISTRY_BIN}"))?;
-        let mut registry = Registry { child, addr, storage, log, _dir: dir };
+        let mut registry = Registry {
+            child,
+            addr,
+            storage,
+            log,
+            _dir: dir,
+        };
         registry.wait_ready().await?;
         Ok(registry)
     }
@@ -78,7 +89,10 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("docker-registry exited with {status} before serving: {}", self.log_text());
+                bail!(
+                    "docker-registry exited with {status} before serving: {}",
+                    self.log_text()
+                );
             }
             if let Ok(resp) = client.get(&url).send().await
                 && resp.status().is_success()
@@ -86,7 +100,10 @@ impl Registry {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("docker-registry did not answer {url} within 10 s: {}", self.log_text());
+                bail!(
+                    "docker-registry did not answer {url} within 10 s: {}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -112,7 +129,12 @@ impl Registry {
         let hex = digest
             .strip_prefix("sha256:")
             .with_context(|| format!("not a sha256 digest: {digest}"))?;
-        Ok(self.storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data"))
+        Ok(self
+            .storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data"))
     }
 
     /// The registry's own log output so far.

@@ -23,13 +23,24 @@ async fn setup() -> Option<Env> {
         return None;
     }
     let registry = Registry::start().await.expect("registry starts");
-    let images = image::push_standard_images(&registry).await.expect("push standard images");
-    let daemon = Daemon::with_registry(&registry).await.expect("daemon starts");
-    Some(Env { daemon, images, registry })
+    let images = image::push_standard_images(&registry)
+        .await
+        .expect("push standard images");
+    let daemon = Daemon::with_registry(&registry)
+        .await
+        .expect("daemon starts");
+    Some(Env {
+        daemon,
+        images,
+        registry,
+    })
 }
 
 fn layer_dir(daemon: &Daemon, diff_id: &str) -> PathBuf {
-    daemon.root().join("layers/sha256").join(diff_id.trim_start_matches("sha256:"))
+    daemon
+        .root()
+        .join("layers/sha256")
+        .join(diff_id.trim_start_matches("sha256:"))
 }
 
 /// Nothing below `<root>/layers` and `<root>/tmp`: what a failed pull must leave.
@@ -37,8 +48,16 @@ fn assert_store_empty(daemon: &Daemon, context: &str) {
     for sub in ["layers", "tmp"] {
         let dir = daemon.root().join(sub);
         let left = files_below(&dir);
-        let dirs: Vec<_> = if sub == "layers" { dir_entries(&dir.join("sha256")) } else { dir_entries(&dir) };
-        assert!(left.is_empty() && dirs.is_empty(), "{context}: left behind in {}: {left:?} {dirs:?}", dir.display());
+        let dirs: Vec<_> = if sub == "layers" {
+            dir_entries(&dir.join("sha256"))
+        } else {
+            dir_entries(&dir)
+        };
+        assert!(
+            left.is_empty() && dirs.is_empty(),
+            "{context}: left behind in {}: {left:?} {dirs:?}",
+            dir.display()
+        );
     }
 }
 
@@ -51,8 +70,14 @@ async fn pull_list_inspect_remove() {
     let latest = registry.image_ref("busybox", "latest");
     let by_digest = busybox.digest_reference(registry);
 
-    let image_ref = images::pull(&mut client, &tag1).await.expect("pull busybox:1");
-    assert_eq!(id_hex(&image_ref), busybox.id_hex(), "PullImage returns the image id");
+    let image_ref = images::pull(&mut client, &tag1)
+        .await
+        .expect("pull busybox:1");
+    assert_eq!(
+        id_hex(&image_ref),
+        busybox.id_hex(),
+        "PullImage returns the image id"
+    );
 
     // Listed with its tag, digest, id and size.
     let listed = images::list(&mut client).await.unwrap();
@@ -60,29 +85,51 @@ async fn pull_list_inspect_remove() {
     let img = &listed[0];
     assert_eq!(id_hex(&img.id), busybox.id_hex());
     assert_eq!(img.repo_tags, vec![tag1.clone()]);
-    assert!(img.repo_digests.contains(&by_digest), "{:?} lacks {by_digest}", img.repo_digests);
+    assert!(
+        img.repo_digests.contains(&by_digest),
+        "{:?} lacks {by_digest}",
+        img.repo_digests
+    );
     assert!(img.size > 0);
     let id = img.id.clone();
 
     // The layer is unpacked under its diff id.
     let layer = layer_dir(daemon, &busybox.diff_ids[0]);
-    assert!(layer.join("bin/busybox").is_file(), "{} not unpacked", layer.display());
-    assert_eq!(std::fs::read_link(layer.join("bin/sh")).unwrap(), Path::new("busybox"));
-    assert_eq!(std::fs::metadata(layer.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+    assert!(
+        layer.join("bin/busybox").is_file(),
+        "{} not unpacked",
+        layer.display()
+    );
+    assert_eq!(
+        std::fs::read_link(layer.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(layer.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
 
     // ImageStatus by tag, id and digest all find it; verbose adds info.
     for name in [tag1.as_str(), id.as_str(), by_digest.as_str()] {
         let status = images::status(&mut client, name, false).await.unwrap();
-        let found = status.image.unwrap_or_else(|| panic!("ImageStatus({name}) found nothing"));
+        let found = status
+            .image
+            .unwrap_or_else(|| panic!("ImageStatus({name}) found nothing"));
         assert_eq!(found.id, id, "ImageStatus({name})");
     }
     let verbose = images::status(&mut client, &tag1, true).await.unwrap();
     assert!(!verbose.info.is_empty(), "verbose ImageStatus has no info");
     let terse = images::status(&mut client, &tag1, false).await.unwrap();
-    assert!(terse.info.is_empty(), "non-verbose ImageStatus should carry no info: {:?}", terse.info);
+    assert!(
+        terse.info.is_empty(),
+        "non-verbose ImageStatus should carry no info: {:?}",
+        terse.info
+    );
 
     // A second tag of the same manifest: same id, both tags.
-    let image_ref2 = images::pull(&mut client, &latest).await.expect("pull busybox:latest");
+    let image_ref2 = images::pull(&mut client, &latest)
+        .await
+        .expect("pull busybox:latest");
     assert_eq!(image_ref2, image_ref);
     let listed = images::list(&mut client).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -91,7 +138,9 @@ async fn pull_list_inspect_remove() {
     assert_eq!(tags, vec![tag1.clone(), latest.clone()]);
 
     // Filters.
-    let other = images::pull(&mut client, &registry.image_ref("zstd", "1")).await.expect("pull zstd:1");
+    let other = images::pull(&mut client, &registry.image_ref("zstd", "1"))
+        .await
+        .expect("pull zstd:1");
     assert_eq!(images::list(&mut client).await.unwrap().len(), 2);
     let filtered = images::list_filtered(&mut client, &tag1).await.unwrap();
     assert_eq!(filtered.len(), 1, "{filtered:?}");
@@ -112,22 +161,39 @@ async fn pull_list_inspect_remove() {
     images::remove(&mut client, &id).await.expect("RemoveImage");
     for name in [tag1.as_str(), latest.as_str(), id.as_str()] {
         let status = images::status(&mut client, name, false).await.unwrap();
-        assert!(status.image.is_none(), "ImageStatus({name}) after removal: {:?}", status.image);
+        assert!(
+            status.image.is_none(),
+            "ImageStatus({name}) after removal: {:?}",
+            status.image
+        );
     }
     let listed = images::list(&mut client).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(id_hex(&listed[0].id), env.images.zstd.id_hex());
     // busybox's rootfs layer is also zstd:1's first layer (same diff id), so it stays.
     assert_eq!(busybox.diff_ids[0], env.images.zstd.diff_ids[0]);
-    assert!(layer.join("bin/busybox").is_file(), "shared layer removed while zstd:1 uses it");
-    images::remove(&mut client, &other).await.expect("RemoveImage zstd:1");
+    assert!(
+        layer.join("bin/busybox").is_file(),
+        "shared layer removed while zstd:1 uses it"
+    );
+    images::remove(&mut client, &other)
+        .await
+        .expect("RemoveImage zstd:1");
     assert!(images::list(&mut client).await.unwrap().is_empty());
-    assert!(!layer.exists(), "{} left after removing every image", layer.display());
+    assert!(
+        !layer.exists(),
+        "{} left after removing every image",
+        layer.display()
+    );
     assert_store_empty(daemon, "after removing every image");
 
     // Removing something unknown is not an error (CRI: idempotent).
-    images::remove(&mut client, &tag1).await.expect("RemoveImage of a removed image");
-    images::remove(&mut client, "127.0.0.1:1/never/pulled:1").await.expect("RemoveImage of an unknown image");
+    images::remove(&mut client, &tag1)
+        .await
+        .expect("RemoveImage of a removed image");
+    images::remove(&mut client, "127.0.0.1:1/never/pulled:1")
+        .await
+        .expect("RemoveImage of an unknown image");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,25 +201,59 @@ async fn pull_by_digest() {
     let Some(env) = setup().await else { return };
     let mut client = env.daemon.image();
     let by_digest = env.images.busybox.digest_reference(&env.registry);
-    let image_ref = images::pull(&mut client, &by_digest).await.expect("pull by digest");
+    let image_ref = images::pull(&mut client, &by_digest)
+        .await
+        .expect("pull by digest");
     assert_eq!(id_hex(&image_ref), env.images.busybox.id_hex());
-    let img = images::status(&mut client, &by_digest, false).await.unwrap().image.expect("listed");
-    assert!(img.repo_digests.contains(&by_digest), "{:?}", img.repo_digests);
-    assert!(img.repo_tags.is_empty(), "a digest pull adds no tag: {:?}", img.repo_tags);
+    let img = images::status(&mut client, &by_digest, false)
+        .await
+        .unwrap()
+        .image
+        .expect("listed");
+    assert!(
+        img.repo_digests.contains(&by_digest),
+        "{:?}",
+        img.repo_digests
+    );
+    assert!(
+        img.repo_tags.is_empty(),
+        "a digest pull adds no tag: {:?}",
+        img.repo_tags
+    );
 }
 
 async fn assert_index_pull_picks_amd64(env: &Env, indexed: &image::PushedIndex) {
     let mut client = env.daemon.image();
     let name = env.registry.image_ref(&indexed.name, &indexed.tag);
     let image_ref = images::pull(&mut client, &name).await.expect("pull index");
-    assert_eq!(id_hex(&image_ref), indexed.amd64.id_hex(), "picked the wrong platform");
+    assert_eq!(
+        id_hex(&image_ref),
+        indexed.amd64.id_hex(),
+        "picked the wrong platform"
+    );
     assert_ne!(id_hex(&image_ref), indexed.arm64.id_hex());
-    let img = images::status(&mut client, &name, false).await.unwrap().image.expect("listed");
-    let index_ref = format!("{}/{}@{}", env.registry.addr(), indexed.name, indexed.digest);
-    assert!(img.repo_digests.contains(&index_ref), "{:?} lacks the index digest {index_ref}", img.repo_digests);
+    let img = images::status(&mut client, &name, false)
+        .await
+        .unwrap()
+        .image
+        .expect("listed");
+    let index_ref = format!(
+        "{}/{}@{}",
+        env.registry.addr(),
+        indexed.name,
+        indexed.digest
+    );
+    assert!(
+        img.repo_digests.contains(&index_ref),
+        "{:?} lacks the index digest {index_ref}",
+        img.repo_digests
+    );
     let marker = layer_dir(&env.daemon, &indexed.amd64.diff_ids[1]).join("etc/crius-test-marker");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "amd64\n");
-    assert!(!layer_dir(&env.daemon, &indexed.arm64.diff_ids[1]).exists(), "arm64 layer was fetched");
+    assert!(
+        !layer_dir(&env.daemon, &indexed.arm64.diff_ids[1]).exists(),
+        "arm64 layer was fetched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,9 +273,15 @@ async fn zstd_layers_unpack() {
     let Some(env) = setup().await else { return };
     let zstd = &env.images.zstd;
     let mut client = env.daemon.image();
-    let image_ref = images::pull(&mut client, &env.registry.image_ref("zstd", "1")).await.expect("pull zstd:1");
+    let image_ref = images::pull(&mut client, &env.registry.image_ref("zstd", "1"))
+        .await
+        .expect("pull zstd:1");
     assert_eq!(id_hex(&image_ref), zstd.id_hex());
-    assert!(layer_dir(&env.daemon, &zstd.diff_ids[0]).join("bin/busybox").is_file());
+    assert!(
+        layer_dir(&env.daemon, &zstd.diff_ids[0])
+            .join("bin/busybox")
+            .is_file()
+    );
     let marker = layer_dir(&env.daemon, &zstd.diff_ids[1]).join("etc/crius-test-marker");
     assert_eq!(std::fs::read_to_string(marker).unwrap(), "zstd\n");
 }
@@ -185,25 +291,46 @@ async fn whiteouts_become_overlay_whiteouts() {
     let Some(env) = setup().await else { return };
     let ml = &env.images.multilayer;
     let mut client = env.daemon.image();
-    let image_ref =
-        images::pull(&mut client, &env.registry.image_ref("multilayer", "wh")).await.expect("pull multilayer:wh");
+    let image_ref = images::pull(&mut client, &env.registry.image_ref("multilayer", "wh"))
+        .await
+        .expect("pull multilayer:wh");
     assert_eq!(id_hex(&image_ref), ml.id_hex());
 
     let data = layer_dir(&env.daemon, &ml.diff_ids[1]);
     for (file, contents) in [("data/a", "a\n"), ("data/b", "b\n"), ("old/x", "x\n")] {
-        assert_eq!(std::fs::read_to_string(data.join(file)).unwrap(), contents, "{file}");
+        assert_eq!(
+            std::fs::read_to_string(data.join(file)).unwrap(),
+            contents,
+            "{file}"
+        );
     }
 
     let wh = layer_dir(&env.daemon, &ml.diff_ids[2]);
     let a = std::fs::symlink_metadata(wh.join("data/a")).expect("whiteout for data/a");
-    assert!(a.file_type().is_char_device(), "data/a whiteout is not a char device: {:?}", a.file_type());
+    assert!(
+        a.file_type().is_char_device(),
+        "data/a whiteout is not a char device: {:?}",
+        a.file_type()
+    );
     assert_eq!(a.rdev(), 0, "whiteout device must be 0/0");
-    assert!(!wh.join("data/.wh.a").exists(), "OCI whiteout marker kept as a file");
-    assert!(!wh.join("old/.wh..wh..opq").exists(), "OCI opaque marker kept as a file");
+    assert!(
+        !wh.join("data/.wh.a").exists(),
+        "OCI whiteout marker kept as a file"
+    );
+    assert!(
+        !wh.join("old/.wh..wh..opq").exists(),
+        "OCI opaque marker kept as a file"
+    );
     let mut buf = [0u8; 16];
     let opaque = rustix::fs::getxattr(wh.join("old"), "trusted.overlay.opaque", &mut buf[..]);
-    assert!(matches!(opaque, Ok(1)) && buf[0] == b'y', "old/ lacks trusted.overlay.opaque=y: {opaque:?}");
-    assert_eq!(std::fs::read_to_string(wh.join("old/new")).unwrap(), "new\n");
+    assert!(
+        matches!(opaque, Ok(1)) && buf[0] == b'y',
+        "old/ lacks trusted.overlay.opaque=y: {opaque:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(wh.join("old/new")).unwrap(),
+        "new\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,11 +338,21 @@ async fn missing_tag_is_not_found() {
     let Some(env) = setup().await else { return };
     let mut client = env.daemon.image();
     let name = env.registry.image_ref("busybox", "nosuchtag");
-    let err = images::pull(&mut client, &name).await.expect_err("pull of a missing tag");
+    let err = images::pull(&mut client, &name)
+        .await
+        .expect_err("pull of a missing tag");
     let msg = err.message().to_lowercase();
-    assert!(err.message().contains("nosuchtag"), "error does not name the image: {err:?}");
-    assert!(err.code() == Code::NotFound || msg.contains("not found") || msg.contains("unknown"), "{err:?}");
-    let err = images::pull(&mut client, &env.registry.image_ref("nosuchrepo", "1")).await.expect_err("missing repo");
+    assert!(
+        err.message().contains("nosuchtag"),
+        "error does not name the image: {err:?}"
+    );
+    assert!(
+        err.code() == Code::NotFound || msg.contains("not found") || msg.contains("unknown"),
+        "{err:?}"
+    );
+    let err = images::pull(&mut client, &env.registry.image_ref("nosuchrepo", "1"))
+        .await
+        .expect_err("missing repo");
     assert!(err.message().contains("nosuchrepo"), "{err:?}");
     assert!(images::list(&mut client).await.unwrap().is_empty());
     assert_store_empty(&env.daemon, "after failed pulls");
@@ -228,26 +365,60 @@ async fn corrupt_blob_is_rejected_and_not_kept() {
     // repositories, so corrupting the busybox rootfs would break busybox:1 too.
     let mut layer = image::LayerBuilder::new();
     let unique = crius_tests::unique_token();
-    layer.dir("etc", 0o755).unwrap().file(&format!("etc/corrupt-{unique}"), &[7u8; 64 * 1024], 0o644).unwrap();
-    let layers = vec![image::Layer::new(layer.finish().unwrap(), Compression::Gzip)];
-    let pushed = image::push_image(&env.registry, "corrupt", "1", layers, &Default::default(), ManifestFormat::Oci)
-        .await
+    layer
+        .dir("etc", 0o755)
+        .unwrap()
+        .file(&format!("etc/corrupt-{unique}"), &[7u8; 64 * 1024], 0o644)
         .unwrap();
+    let layers = vec![image::Layer::new(
+        layer.finish().unwrap(),
+        Compression::Gzip,
+    )];
+    let pushed = image::push_image(
+        &env.registry,
+        "corrupt",
+        "1",
+        layers,
+        &Default::default(),
+        ManifestFormat::Oci,
+    )
+    .await
+    .unwrap();
     let bad = &pushed.layer_digests[0];
     corrupt_blob(&env.registry, bad).unwrap();
     let mut client = env.daemon.image();
-    let err = images::pull(&mut client, &env.registry.image_ref("corrupt", "1")).await.expect_err("corrupt pull");
+    let err = images::pull(&mut client, &env.registry.image_ref("corrupt", "1"))
+        .await
+        .expect_err("corrupt pull");
     let msg = err.message();
-    assert!(msg.to_lowercase().contains("digest"), "error does not mention a digest: {err:?}");
-    assert!(msg.contains(bad.trim_start_matches("sha256:")), "error does not name the blob {bad}: {err:?}");
+    assert!(
+        msg.to_lowercase().contains("digest"),
+        "error does not mention a digest: {err:?}"
+    );
+    assert!(
+        msg.contains(bad.trim_start_matches("sha256:")),
+        "error does not name the blob {bad}: {err:?}"
+    );
     assert!(images::list(&mut client).await.unwrap().is_empty());
-    assert!(images::status(&mut client, &env.registry.image_ref("corrupt", "1"), false).await.unwrap().image.is_none());
+    assert!(
+        images::status(&mut client, &env.registry.image_ref("corrupt", "1"), false)
+            .await
+            .unwrap()
+            .image
+            .is_none()
+    );
     assert_store_empty(&env.daemon, "after a corrupt pull");
-    let blob = env.daemon.root().join("blobs/sha256").join(bad.trim_start_matches("sha256:"));
+    let blob = env
+        .daemon
+        .root()
+        .join("blobs/sha256")
+        .join(bad.trim_start_matches("sha256:"));
     assert!(!blob.exists(), "corrupt blob kept at {}", blob.display());
 
     // The daemon is still healthy: a good image pulls fine afterwards.
-    images::pull(&mut client, &env.registry.image_ref("busybox", "1")).await.expect("good pull after corrupt one");
+    images::pull(&mut client, &env.registry.image_ref("busybox", "1"))
+        .await
+        .expect("good pull after corrupt one");
 }
 
 async fn assert_escape_refused(env: &Env, escape: &image::EscapeImage) {
@@ -256,14 +427,24 @@ async fn assert_escape_refused(env: &Env, escape: &image::EscapeImage) {
     let result = images::pull(&mut client, &name).await;
     let escaped = escape.escape_path.exists();
     let _ = std::fs::remove_file(&escape.escape_path);
-    assert!(!escaped, "layer wrote {} outside its root", escape.escape_path.display());
+    assert!(
+        !escaped,
+        "layer wrote {} outside its root",
+        escape.escape_path.display()
+    );
     let err = result.expect_err("a path-traversal layer must fail the pull");
-    assert!(err.message().contains(&escape.marker), "error does not name the offending entry: {err:?}");
+    assert!(
+        err.message().contains(&escape.marker),
+        "error does not name the offending entry: {err:?}"
+    );
     let stray: Vec<_> = files_below(env.daemon.dir())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(&escape.marker))
         .collect();
-    assert!(stray.is_empty(), "escape file landed in the test dir: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "escape file landed in the test dir: {stray:?}"
+    );
     assert!(images::list(&mut client).await.unwrap().is_empty());
     assert_store_empty(&env.daemon, "after a refused layer");
 }
@@ -271,7 +452,9 @@ async fn assert_escape_refused(env: &Env, escape: &image::EscapeImage) {
 #[tokio::test(flavor = "multi_thread")]
 async fn dotdot_layer_cannot_escape() {
     let Some(env) = setup().await else { return };
-    let escape = image::push_dotdot_escape_image(&env.registry, "evil", "dotdot").await.unwrap();
+    let escape = image::push_dotdot_escape_image(&env.registry, "evil", "dotdot")
+        .await
+        .unwrap();
     assert_escape_refused(&env, &escape).await;
 }
 
@@ -282,12 +465,18 @@ async fn dotdot_layer_cannot_escape() {
 #[tokio::test(flavor = "multi_thread")]
 async fn symlink_layer_cannot_escape() {
     let Some(env) = setup().await else { return };
-    let escape = image::push_symlink_escape_image(&env.registry, "evil", "symlink").await.unwrap();
+    let escape = image::push_symlink_escape_image(&env.registry, "evil", "symlink")
+        .await
+        .unwrap();
     let mut client = env.daemon.image();
     let result = images::pull(&mut client, &escape.image.reference(&env.registry)).await;
     let escaped = escape.escape_path.exists();
     let _ = std::fs::remove_file(&escape.escape_path);
-    assert!(!escaped, "layer wrote {} outside its root", escape.escape_path.display());
+    assert!(
+        !escaped,
+        "layer wrote {} outside its root",
+        escape.escape_path.display()
+    );
     match result {
         Err(_) => assert_escape_refused(&env, &escape).await,
         Ok(image_ref) => {
@@ -296,12 +485,21 @@ async fn symlink_layer_cannot_escape() {
             let evil = std::fs::read_link(layer.join("evil")).expect("evil symlink kept");
             assert_eq!(evil, Path::new("/"));
             let inside = layer.join("tmp").join(&escape.marker);
-            assert_eq!(std::fs::read_to_string(&inside).ok().as_deref(), Some("escaped\n"), "{} not written inside the layer", inside.display());
+            assert_eq!(
+                std::fs::read_to_string(&inside).ok().as_deref(),
+                Some("escaped\n"),
+                "{} not written inside the layer",
+                inside.display()
+            );
             let stray: Vec<_> = files_below(env.daemon.dir())
                 .into_iter()
                 .filter(|p| p.to_string_lossy().contains(&escape.marker))
                 .collect();
-            assert_eq!(stray.len(), 1, "only the confined copy may exist: {stray:?}");
+            assert_eq!(
+                stray.len(),
+                1,
+                "only the confined copy may exist: {stray:?}"
+            );
         }
     }
 }
@@ -319,7 +517,10 @@ async fn concurrent_pulls_of_one_image_dedupe() {
     let listed = images::list(&mut a).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].repo_tags, vec![name]);
-    assert!(dir_entries(&env.daemon.root().join("tmp")).is_empty(), "in-flight files left in tmp/");
+    assert!(
+        dir_entries(&env.daemon.root().join("tmp")).is_empty(),
+        "in-flight files left in tmp/"
+    );
     let mut layers: Vec<String> = dir_entries(&env.daemon.root().join("layers/sha256"))
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -334,7 +535,9 @@ async fn concurrent_pulls_of_one_image_dedupe() {
 async fn images_survive_a_daemon_crash() {
     let Some(mut env) = setup().await else { return };
     let name = env.registry.image_ref("busybox", "1");
-    let image_ref = images::pull(&mut env.daemon.image(), &name).await.expect("pull");
+    let image_ref = images::pull(&mut env.daemon.image(), &name)
+        .await
+        .expect("pull");
     env.daemon.kill9();
     env.daemon.restart().await.expect("restart after SIGKILL");
     let mut client = env.daemon.image();
@@ -344,7 +547,11 @@ async fn images_survive_a_daemon_crash() {
     assert_eq!(listed[0].repo_tags, vec![name.clone()]);
     let status = images::status(&mut client, &name, false).await.unwrap();
     assert_eq!(status.image.expect("still known").id, image_ref);
-    assert!(layer_dir(&env.daemon, &env.images.busybox.diff_ids[0]).join("bin/busybox").is_file());
+    assert!(
+        layer_dir(&env.daemon, &env.images.busybox.diff_ids[0])
+            .join("bin/busybox")
+            .is_file()
+    );
 
     // A clean restart keeps it too, and it can still be removed.
     env.daemon.restart().await.unwrap();
@@ -359,14 +566,36 @@ async fn plain_http_needs_insecure_config() {
         return;
     }
     let registry = Registry::start().await.unwrap();
-    image::push_busybox(&registry, "busybox", "1", ManifestFormat::Docker, Compression::Gzip).await.unwrap();
+    image::push_busybox(
+        &registry,
+        "busybox",
+        "1",
+        ManifestFormat::Docker,
+        Compression::Gzip,
+    )
+    .await
+    .unwrap();
     let daemon = Daemon::start("").await.unwrap();
     let mut client = daemon.image();
-    let err = images::pull(&mut client, &registry.image_ref("busybox", "1")).await.expect_err("TLS to a plain-HTTP registry");
+    let err = images::pull(&mut client, &registry.image_ref("busybox", "1"))
+        .await
+        .expect_err("TLS to a plain-HTTP registry");
     let msg = err.message().to_lowercase();
-    assert!(msg.contains(registry.addr()), "error does not name the registry: {err:?}");
     assert!(
-        ["tls", "https", "ssl", "certificate", "insecure", "handshake"].iter().any(|w| msg.contains(w)),
+        msg.contains(registry.addr()),
+        "error does not name the registry: {err:?}"
+    );
+    assert!(
+        [
+            "tls",
+            "https",
+            "ssl",
+            "certificate",
+            "insecure",
+            "handshake"
+        ]
+        .iter()
+        .any(|w| msg.contains(w)),
         "error does not say TLS failed: {err:?}"
     );
     assert!(images::list(&mut client).await.unwrap().is_empty());
@@ -378,9 +607,15 @@ async fn blocked_registry_pulls_from_its_mirror() {
         return;
     }
     let registry = Registry::start().await.unwrap();
-    let pushed = image::push_busybox(&registry, "busybox", "1", ManifestFormat::Docker, Compression::Gzip)
-        .await
-        .unwrap();
+    let pushed = image::push_busybox(
+        &registry,
+        "busybox",
+        "1",
+        ManifestFormat::Docker,
+        Compression::Gzip,
+    )
+    .await
+    .unwrap();
     let daemon = Daemon::builder()
         .registries_yaml(&format!(
             "registries:\n  - prefix: mirror.example.invalid\n    blocked: true\n    mirrors:\n      - location: \"{}\"\n        insecure: true\n",
@@ -391,13 +626,23 @@ async fn blocked_registry_pulls_from_its_mirror() {
         .unwrap();
     let mut client = daemon.image();
     let name = "mirror.example.invalid/busybox:1";
-    let image_ref = images::pull(&mut client, name).await.expect("pull through the mirror");
+    let image_ref = images::pull(&mut client, name)
+        .await
+        .expect("pull through the mirror");
     assert_eq!(id_hex(&image_ref), pushed.id_hex());
     let listed = images::list(&mut client).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].repo_tags, vec![name.to_string()], "listed under the name that was asked for");
+    assert_eq!(
+        listed[0].repo_tags,
+        vec![name.to_string()],
+        "listed under the name that was asked for"
+    );
     let digest_ref = format!("mirror.example.invalid/busybox@{}", pushed.manifest_digest);
-    assert!(listed[0].repo_digests.contains(&digest_ref), "{:?}", listed[0].repo_digests);
+    assert!(
+        listed[0].repo_digests.contains(&digest_ref),
+        "{:?}",
+        listed[0].repo_digests
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -407,10 +652,15 @@ async fn blocked_registry_without_mirror_is_refused() {
     }
     let registry = Registry::start().await.unwrap();
     let daemon = Daemon::builder()
-        .registries_yaml(&format!("registries:\n  - prefix: \"{}\"\n    insecure: true\n    blocked: true\n", registry.addr()))
+        .registries_yaml(&format!(
+            "registries:\n  - prefix: \"{}\"\n    insecure: true\n    blocked: true\n",
+            registry.addr()
+        ))
         .start()
         .await
         .unwrap();
-    let err = images::pull(&mut daemon.image(), &registry.image_ref("busybox", "1")).await.expect_err("blocked");
+    let err = images::pull(&mut daemon.image(), &registry.image_ref("busybox", "1"))
+        .await
+        .expect_err("blocked");
     assert!(err.message().to_lowercase().contains("blocked"), "{err:?}");
 }

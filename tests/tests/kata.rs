@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::{configs, images};
+use crius_tests::host::{
+    mounts_containing, processes_matching, wait_for_log, write_test_cni_config,
+};
 use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
@@ -30,13 +32,21 @@ const CNI_PLUGINS: [&str; 2] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"
 const BOOT_TIMEOUT_SECONDS: u64 = 150;
 
 fn guest_dir() -> PathBuf {
-    std::env::var_os("CRIUS_KATA_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/crius/kata".into())
+    std::env::var_os("CRIUS_KATA_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/crius/kata".into())
 }
 
 fn vhost_device_vsock() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.push(PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin"));
-    dirs.into_iter().map(|d| d.join("vhost-device-vsock")).find(|p| p.exists())
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push(
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin"),
+    );
+    dirs.into_iter()
+        .map(|d| d.join("vhost-device-vsock"))
+        .find(|p| p.exists())
 }
 
 struct Env {
@@ -51,7 +61,12 @@ struct Env {
 
 /// A CNI bridge network of the test's own (like tests/pods.rs).
 fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) {
-    write_test_cni_config(dir, &format!("crius-kata-{token}"), &format!("crk{}", &token[..8]), subnet_prefix);
+    write_test_cni_config(
+        dir,
+        &format!("crius-kata-{token}"),
+        &format!("crk{}", &token[..8]),
+        subnet_prefix,
+    );
 }
 
 /// Registry + busybox image + daemon with `runc`, `kata` and `kata-slow`
@@ -85,13 +100,25 @@ async fn setup(subnet: u32) -> Option<Env> {
         .to_string();
 
     let registry = Registry::start().await.expect("registry starts");
-    let image = image::push_busybox_with_applets(&registry, "katabox", "1", &["dd", "uname", "ip", "httpd", "wget", "seq"])
-        .await
-        .expect("push image");
+    let image = image::push_busybox_with_applets(
+        &registry,
+        "katabox",
+        "1",
+        &["dd", "uname", "ip", "httpd", "wget", "seq"],
+    )
+    .await
+    .expect("push image");
 
     let token = unique_token();
-    let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();
-    write_cni_config(cni_dir.path(), &token, &format!("10.{}.{subnet}", 150 + std::process::id() % 40));
+    let cni_dir = tempfile::Builder::new()
+        .prefix("crius-cni-")
+        .tempdir()
+        .unwrap();
+    write_cni_config(
+        cni_dir.path(),
+        &token,
+        &format!("10.{}.{subnet}", 150 + std::process::id() % 40),
+    );
     let vm = |timeout: u64| {
         format!(
             "    kind: vm\n    runtime_path: {QEMU}\n    vm:\n      kernel: \"{}\"\n      initrd: \"{}\"\n      \
@@ -110,13 +137,28 @@ async fn setup(subnet: u32) -> Option<Env> {
     let daemon = Daemon::builder()
         .registry(&registry)
         .runtime_handlers_yaml(&handlers)
-        .extra_yaml(&format!("cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n", cni_dir.path().display()))
+        .extra_yaml(&format!(
+            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
+            cni_dir.path().display()
+        ))
         .start()
         .await
         .expect("daemon starts");
-    images::pull(&mut daemon.image(), &image).await.expect("pull image");
-    let log_dir = tempfile::Builder::new().prefix("crius-katalogs-").tempdir().unwrap();
-    Some(Env { daemon, image, guest_release, log_dir, _cni_dir: cni_dir, _registry: registry })
+    images::pull(&mut daemon.image(), &image)
+        .await
+        .expect("pull image");
+    let log_dir = tempfile::Builder::new()
+        .prefix("crius-katalogs-")
+        .tempdir()
+        .unwrap();
+    Some(Env {
+        daemon,
+        image,
+        guest_release,
+        log_dir,
+        _cni_dir: cni_dir,
+        _registry: registry,
+    })
 }
 
 impl Drop for Env {
@@ -126,10 +168,16 @@ impl Drop for Env {
         let state = self.daemon.state_dir().display().to_string();
         for shim in processes_matching(&["crius-kata-shim", &state]) {
             if let Some(Ok(pid)) = shim.split(':').next().map(str::parse::<i32>) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
-        let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(
+            &self.daemon.state_dir().join("netns"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
     }
 }
 
@@ -139,12 +187,29 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        configs::pod(name, "crius-test", self.log_dir.path(), cri::NamespaceMode::Pod)
+        configs::pod(
+            name,
+            "crius-test",
+            self.log_dir.path(),
+            cri::NamespaceMode::Pod,
+        )
     }
 
-    async fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
-        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
-        Ok(self.rt().run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    async fn run_pod(
+        &self,
+        config: &cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        Ok(self
+            .rt()
+            .run_pod_sandbox(req)
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
     }
 
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
@@ -155,15 +220,28 @@ impl Env {
         Path::new(&pod.log_directory).join(name).join("0.log")
     }
 
-    async fn create_and_start(&self, pod_id: &str, pod: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+    async fn create_and_start(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.to_string(),
             config: Some(config),
             sandbox_config: Some(pod.clone()),
         };
-        let id = self.rt().create_container(req).await.expect("CreateContainer").into_inner().container_id;
+        let id = self
+            .rt()
+            .create_container(req)
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
         self.rt()
-            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
             .await
             .expect("StartContainer");
         id
@@ -172,12 +250,25 @@ impl Env {
     async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
-            let status = self.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap();
+            let req = cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            };
+            let status = self
+                .rt()
+                .container_status(req)
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .unwrap();
             if status.state == cri::ContainerState::ContainerExited as i32 {
                 return status;
             }
-            assert!(Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {status:?}");
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit within {timeout:?}: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -188,25 +279,46 @@ impl Env {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: 60,
         };
-        self.rt().exec_sync(req).await.expect("ExecSync").into_inner()
+        self.rt()
+            .exec_sync(req)
+            .await
+            .expect("ExecSync")
+            .into_inner()
     }
 
     async fn handler_info(&self, pod_id: &str) -> serde_json::Value {
-        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.to_string(), verbose: true };
-        let status = self.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner();
-        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            verbose: true,
+        };
+        let status = self
+            .rt()
+            .pod_sandbox_status(req)
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let info: serde_json::Value =
+            serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
         info
     }
 
     async fn stop_and_remove_pod(&self, id: &str) {
         let mut rt = self.rt();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("StopPodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .expect("RemovePodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .expect("second RemovePodSandbox");
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("second RemovePodSandbox");
     }
 
     /// No VM process of any pod, no pod dir, netns pin or mount left.
@@ -221,7 +333,10 @@ impl Env {
         assert!(mounts.is_empty(), "{context}: mounts left: {mounts:?}");
         for needle in ["qemu-system", "vhost-device-vsock", "crius-kata-shim"] {
             let procs = processes_matching(&[needle, &state]);
-            assert!(procs.is_empty(), "{context}: {needle} processes left: {procs:?}");
+            assert!(
+                procs.is_empty(),
+                "{context}: {needle} processes left: {procs:?}"
+            );
         }
     }
 }
@@ -237,7 +352,11 @@ fn vm_processes(pod_id: &str) -> Vec<String> {
 }
 
 fn host_release() -> String {
-    nix::sys::utsname::uname().expect("uname").release().to_string_lossy().into_owned()
+    nix::sys::utsname::uname()
+        .expect("uname")
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// One kata pod: its containers run on the guest kernel, their output
@@ -246,77 +365,161 @@ fn host_release() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn kata_pod_runs_containers_on_the_guest_kernel() {
     let Some(env) = setup(1).await else { return };
-    assert_ne!(env.guest_release, host_release(), "the test needs a guest kernel unlike the host's");
+    assert_ne!(
+        env.guest_release,
+        host_release(),
+        "the test needs a guest kernel unlike the host's"
+    );
     let pod = env.pod_config("vm");
     let started = Instant::now();
-    let pod_id = env.run_pod(&pod, "kata").await.expect("RunPodSandbox with kata");
+    let pod_id = env
+        .run_pod(&pod, "kata")
+        .await
+        .expect("RunPodSandbox with kata");
     let run_pod = started.elapsed();
     let info = env.handler_info(&pod_id).await;
     eprintln!(
         "kata RunPodSandbox took {run_pod:?}; handler info: {}",
         serde_json::to_string(&info["handlerInfo"]).unwrap_or_default()
     );
-    assert_eq!(vm_processes(&pod_id).len(), 3, "shim, QEMU and vhost-device-vsock run: {:?}", vm_processes(&pod_id));
+    assert_eq!(
+        vm_processes(&pod_id).len(),
+        3,
+        "shim, QEMU and vhost-device-vsock run: {:?}",
+        vm_processes(&pod_id)
+    );
 
     // A short-lived container: output, stderr and exit code.
     let started = Instant::now();
-    let config = env.container_config("uname", &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"]);
+    let config = env.container_config(
+        "uname",
+        &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"],
+    );
     let id = env.create_and_start(&pod_id, &pod, config).await;
     let create_start = started.elapsed();
     let status = env.wait_exited(&id, Duration::from_secs(60)).await;
-    eprintln!("kata container create+start took {create_start:?}, ran to exit in {:?}", started.elapsed());
-    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"), "{status:?}");
-    assert!(status.finished_at >= status.started_at && status.started_at > 0, "{status:?}");
-    let log = wait_for_log(&env.log_path(&pod, "uname"), "to-stderr", Duration::from_secs(10)).await;
+    eprintln!(
+        "kata container create+start took {create_start:?}, ran to exit in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (3, "Error"),
+        "{status:?}"
+    );
+    assert!(
+        status.finished_at >= status.started_at && status.started_at > 0,
+        "{status:?}"
+    );
+    let log = wait_for_log(
+        &env.log_path(&pod, "uname"),
+        "to-stderr",
+        Duration::from_secs(10),
+    )
+    .await;
     let lines: Vec<&str> = log.lines().collect();
     assert!(
-        lines.iter().any(|l| l.ends_with(&format!(" stdout F {}", env.guest_release))),
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!(" stdout F {}", env.guest_release))),
         "the container saw the guest kernel {}, not the host's {}: {log}",
         env.guest_release,
         host_release()
     );
-    assert!(lines.iter().any(|l| l.ends_with(" stderr F to-stderr")), "{log}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stderr F to-stderr")),
+        "{log}"
+    );
 
     // A long-running container: ExecSync runs in the VM too.
     // PID 1 of its namespace: without a handler SIGTERM would be ignored.
-    let sleeper_cmd = ["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 1; done"];
-    let sleeper = env.create_and_start(&pod_id, &pod, env.container_config("sleeper", &sleeper_cmd)).await;
+    let sleeper_cmd = [
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; while true; do sleep 1; done",
+    ];
+    let sleeper = env
+        .create_and_start(&pod_id, &pod, env.container_config("sleeper", &sleeper_cmd))
+        .await;
     let out = env.exec(&sleeper, &["uname", "-r"]).await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), env.guest_release, "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        env.guest_release,
+        "{out:?}"
+    );
     assert_eq!(out.exit_code, 0);
-    let out = env.exec(&sleeper, &["sh", "-c", "echo e >&2; exit 7"]).await;
-    assert_eq!((out.exit_code, out.stderr.as_slice()), (7, &b"e\n"[..]), "{out:?}");
+    let out = env
+        .exec(&sleeper, &["sh", "-c", "echo e >&2; exit 7"])
+        .await;
+    assert_eq!(
+        (out.exit_code, out.stderr.as_slice()),
+        (7, &b"e\n"[..]),
+        "{out:?}"
+    );
 
     // Past its memory limit: OOMKilled.
-    let mut hog = env.container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
-    hog.linux.as_mut().unwrap().resources =
-        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() });
+    let mut hog = env.container_config(
+        "hog",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+    );
+    hog.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
     let hog = env.create_and_start(&pod_id, &pod, hog).await;
     let status = env.wait_exited(&hog, Duration::from_secs(60)).await;
-    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:?}");
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}"
+    );
 
     // Stop: the sleeper gets SIGTERM (and exits on it, within the timeout).
     env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: sleeper.clone(), timeout: 20 })
+        .stop_container(cri::StopContainerRequest {
+            container_id: sleeper.clone(),
+            timeout: 20,
+        })
         .await
         .expect("StopContainer");
     let status = env.wait_exited(&sleeper, Duration::from_secs(5)).await;
-    assert_eq!((status.exit_code, status.reason.as_str()), (42, "Error"), "{status:?}");
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (42, "Error"),
+        "{status:?}"
+    );
 
     // A container that ignores SIGTERM is killed once the timeout passes.
-    let stubborn = env.create_and_start(&pod_id, &pod, env.container_config("stubborn", &["sleep", "1000"])).await;
+    let stubborn = env
+        .create_and_start(
+            &pod_id,
+            &pod,
+            env.container_config("stubborn", &["sleep", "1000"]),
+        )
+        .await;
     let started = Instant::now();
     env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: stubborn.clone(), timeout: 2 })
+        .stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 2,
+        })
         .await
         .expect("StopContainer");
-    assert!(started.elapsed() >= Duration::from_secs(2), "stopped after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "stopped after {:?}",
+        started.elapsed()
+    );
     let status = env.wait_exited(&stubborn, Duration::from_secs(5)).await;
     assert_eq!(status.exit_code, 137, "{status:?}");
 
     // Stop and remove the pod: nothing left.
     env.stop_and_remove_pod(&pod_id).await;
-    assert!(vm_processes(&pod_id).is_empty(), "VM processes left: {:?}", vm_processes(&pod_id));
+    assert!(
+        vm_processes(&pod_id).is_empty(),
+        "VM processes left: {:?}",
+        vm_processes(&pod_id)
+    );
     env.assert_nothing_left("after the kata pod");
 }
 
@@ -330,8 +533,15 @@ async fn runc_and_kata_pods_side_by_side() {
     // The boot timeout: a clear error, then nothing of that pod left.
     let slow = env.pod_config("slow");
     let started = Instant::now();
-    let err = env.run_pod(&slow, "kata-slow").await.expect_err("a 1 s boot timeout cannot be met under TCG");
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    let err = env
+        .run_pod(&slow, "kata-slow")
+        .await
+        .expect_err("a 1 s boot timeout cannot be met under TCG");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(
         err.message().contains("did not answer within"),
         "the error says the agent did not answer in time: {err:?}"
@@ -340,31 +550,89 @@ async fn runc_and_kata_pods_side_by_side() {
 
     let runc_pod = env.pod_config("host");
     let kata_pod = env.pod_config("guest");
-    let (runc_id, kata_id) = tokio::join!(env.run_pod(&runc_pod, "runc"), env.run_pod(&kata_pod, "kata"));
+    let (runc_id, kata_id) = tokio::join!(
+        env.run_pod(&runc_pod, "runc"),
+        env.run_pod(&kata_pod, "kata")
+    );
     let (runc_id, kata_id) = (runc_id.expect("runc pod"), kata_id.expect("kata pod"));
-    let pods = env.rt().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
-    let handlers: HashMap<String, String> = pods.into_iter().map(|p| (p.id, p.runtime_handler)).collect();
+    let pods = env
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let handlers: HashMap<String, String> = pods
+        .into_iter()
+        .map(|p| (p.id, p.runtime_handler))
+        .collect();
     assert_eq!(handlers.get(&runc_id).map(String::as_str), Some("runc"));
     assert_eq!(handlers.get(&kata_id).map(String::as_str), Some("kata"));
 
-    let runc_c = env.create_and_start(&runc_id, &runc_pod, env.container_config("uname", &["uname", "-r"])).await;
-    let kata_c = env.create_and_start(&kata_id, &kata_pod, env.container_config("uname", &["uname", "-r"])).await;
-    for (id, pod, release) in [(&runc_c, &runc_pod, host_release()), (&kata_c, &kata_pod, env.guest_release.clone())] {
+    let runc_c = env
+        .create_and_start(
+            &runc_id,
+            &runc_pod,
+            env.container_config("uname", &["uname", "-r"]),
+        )
+        .await;
+    let kata_c = env
+        .create_and_start(
+            &kata_id,
+            &kata_pod,
+            env.container_config("uname", &["uname", "-r"]),
+        )
+        .await;
+    for (id, pod, release) in [
+        (&runc_c, &runc_pod, host_release()),
+        (&kata_c, &kata_pod, env.guest_release.clone()),
+    ] {
         let status = env.wait_exited(id, Duration::from_secs(60)).await;
-        assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"), "{status:?}");
-        wait_for_log(&env.log_path(pod, "uname"), &format!(" stdout F {release}"), Duration::from_secs(10)).await;
+        assert_eq!(
+            (status.exit_code, status.reason.as_str()),
+            (0, "Completed"),
+            "{status:?}"
+        );
+        wait_for_log(
+            &env.log_path(pod, "uname"),
+            &format!(" stdout F {release}"),
+            Duration::from_secs(10),
+        )
+        .await;
     }
     assert!(vm_processes(&runc_id).is_empty(), "a runc pod has no VM");
 
     // The kata pod's CNI address lives on the guest NIC, and the runc pod
     // reaches it over the bridge.
-    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: kata_id.clone(), verbose: false };
-    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
+    let req = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: kata_id.clone(),
+        verbose: false,
+    };
+    let status = env
+        .rt()
+        .pod_sandbox_status(req)
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
     let kata_ip = status.network.expect("pod network").ip;
     assert!(!kata_ip.is_empty(), "the kata pod has an IP");
-    let server = ["sh", "-c", "echo kata-says-hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"];
-    let kata_s = env.create_and_start(&kata_id, &kata_pod, env.container_config("net", &server)).await;
-    let runc_s = env.create_and_start(&runc_id, &runc_pod, env.container_config("net", &["sleep", "1000"])).await;
+    let server = [
+        "sh",
+        "-c",
+        "echo kata-says-hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+    ];
+    let kata_s = env
+        .create_and_start(&kata_id, &kata_pod, env.container_config("net", &server))
+        .await;
+    let runc_s = env
+        .create_and_start(
+            &runc_id,
+            &runc_pod,
+            env.container_config("net", &["sleep", "1000"]),
+        )
+        .await;
     let out = env.exec(&kata_s, &["ip", "-4", "addr", "show"]).await;
     let addrs = String::from_utf8_lossy(&out.stdout);
     if !addrs.contains(&format!("inet {kata_ip}/")) {
@@ -379,7 +647,8 @@ async fn runc_and_kata_pods_side_by_side() {
     }
     let url = format!("http://{kata_ip}:8080/index.html");
     // The server may still be starting: retry for up to 20 s.
-    let fetch = format!("for i in $(seq 1 100); do wget -q -O - {url} && exit 0; sleep 0.2; done; exit 1");
+    let fetch =
+        format!("for i in $(seq 1 100); do wget -q -O - {url} && exit 0; sleep 0.2; done; exit 1");
     let out = env.exec(&runc_s, &["sh", "-c", &fetch]).await;
     assert_eq!(
         (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
@@ -398,11 +667,22 @@ async fn runc_and_kata_pods_side_by_side() {
 /// reason, the pod not ready, and stop/remove still clean up.
 #[tokio::test(flavor = "multi_thread")]
 async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
-    let Some(mut env) = setup(3).await else { return };
+    let Some(mut env) = setup(3).await else {
+        return;
+    };
     let pod = env.pod_config("durable");
-    let pod_id = env.run_pod(&pod, "kata").await.expect("RunPodSandbox with kata");
-    let ticker = ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.5; done"];
-    let id = env.create_and_start(&pod_id, &pod, env.container_config("ticker", &ticker)).await;
+    let pod_id = env
+        .run_pod(&pod, "kata")
+        .await
+        .expect("RunPodSandbox with kata");
+    let ticker = [
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.5; done",
+    ];
+    let id = env
+        .create_and_start(&pod_id, &pod, env.container_config("ticker", &ticker))
+        .await;
     let log = env.log_path(&pod, "ticker");
     wait_for_log(&log, "tick-1\n", Duration::from_secs(30)).await;
 
@@ -412,26 +692,62 @@ async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
     let before = std::fs::read_to_string(&log).unwrap().lines().count();
     env.daemon.restart().await.expect("daemon restarts");
 
-    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false };
-    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
-    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32, "{status:?}");
-    let req = cri::ContainerStatusRequest { container_id: id.clone(), verbose: false };
-    let c = env.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap();
-    assert_eq!(c.state, cri::ContainerState::ContainerRunning as i32, "{c:?}");
+    let req = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.clone(),
+        verbose: false,
+    };
+    let status = env
+        .rt()
+        .pod_sandbox_status(req)
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        status.state,
+        cri::PodSandboxState::SandboxReady as i32,
+        "{status:?}"
+    );
+    let req = cri::ContainerStatusRequest {
+        container_id: id.clone(),
+        verbose: false,
+    };
+    let c = env
+        .rt()
+        .container_status(req)
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        c.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{c:?}"
+    );
     // Logging went on (the shim writes the log, not the daemon).
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&log).unwrap().lines().count() <= before + 2 {
-        assert!(Instant::now() < deadline, "no new log lines after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "no new log lines after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let out = env.exec(&id, &["uname", "-r"]).await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), env.guest_release);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        env.guest_release
+    );
 
     // Log rotation: after ReopenContainerLog the shim writes the new file.
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
     env.rt()
-        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() })
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
         .await
         .expect("ReopenContainerLog");
     wait_for_log(&log, "tick-", Duration::from_secs(20)).await;
@@ -439,28 +755,56 @@ async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
     // Stats come from the container's cgroup in the guest.
     let stats = env
         .rt()
-        .container_stats(cri::ContainerStatsRequest { container_id: id.clone() })
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
         .await
         .expect("ContainerStats")
         .into_inner()
         .stats
         .expect("stats");
-    let memory = stats.memory.and_then(|m| m.usage_bytes).map(|v| v.value).unwrap_or(0);
+    let memory = stats
+        .memory
+        .and_then(|m| m.usage_bytes)
+        .map(|v| v.value)
+        .unwrap_or(0);
     assert!(memory > 0, "memory usage from the guest: {stats:?}");
 
     // QEMU dies: the container is reported exited, with why.
     let qemu = processes_matching(&["qemu-system", &pod_id]);
     assert_eq!(qemu.len(), 1, "{qemu:?}");
     let pid: i32 = qemu[0].split(':').next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let status = env.wait_exited(&id, Duration::from_secs(30)).await;
     assert_eq!(status.reason, "Error", "{status:?}");
     assert!(!status.message.is_empty(), "the exit says why: {status:?}");
-    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.clone(), verbose: false };
-    let status = env.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.unwrap();
-    assert_eq!(status.state, cri::PodSandboxState::SandboxNotready as i32, "{status:?}");
+    let req = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.clone(),
+        verbose: false,
+    };
+    let status = env
+        .rt()
+        .pod_sandbox_status(req)
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        status.state,
+        cri::PodSandboxState::SandboxNotready as i32,
+        "{status:?}"
+    );
 
     env.stop_and_remove_pod(&pod_id).await;
-    assert!(vm_processes(&pod_id).is_empty(), "VM processes left: {:?}", vm_processes(&pod_id));
+    assert!(
+        vm_processes(&pod_id).is_empty(),
+        "VM processes left: {:?}",
+        vm_processes(&pod_id)
+    );
     env.assert_nothing_left("after the dead VM");
 }

@@ -30,7 +30,10 @@ const CATATONIT: &str = "/usr/bin/catatonit";
 
 /// The built example handler: (plugin library, shim executable).
 fn example_artifacts() -> (PathBuf, PathBuf) {
-    let dir = crius_tests::daemon::crius_bin().parent().expect("target dir").to_path_buf();
+    let dir = crius_tests::daemon::crius_bin()
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
     let lib = dir.join("libhandler_hello.so");
     let shim = dir.join("handler-hello-shim");
     for path in [&lib, &shim] {
@@ -53,7 +56,10 @@ struct Artifacts {
 
 fn artifacts() -> Artifacts {
     let (lib, shim) = example_artifacts();
-    let dir = tempfile::Builder::new().prefix("crius-plugins-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("crius-plugins-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = |from: &Path, name: &str| {
         let to = dir.path().join(name);
@@ -74,7 +80,15 @@ impl Artifacts {
         let out = self.dir.path().join(format!("lib{name}.so"));
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
         let status = std::process::Command::new(&rustc)
-            .args(["--edition", "2021", "--crate-type", "cdylib", "-C", "opt-level=0", "-o"])
+            .args([
+                "--edition",
+                "2021",
+                "--crate-type",
+                "cdylib",
+                "-C",
+                "opt-level=0",
+                "-o",
+            ])
             .arg(&out)
             .arg(&src)
             .status()
@@ -150,14 +164,25 @@ fn handlers_yaml(entries: &[String]) -> String {
 
 /// Per-handler readiness from verbose Status: name → (ready, reason).
 async fn handler_info(rt: &mut Runtime) -> (cri::StatusResponse, HashMap<String, (bool, String)>) {
-    let status = rt.status(cri::StatusRequest { verbose: true }).await.expect("Status").into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["handlers"]).expect("handlers info is JSON");
+    let status = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(&status.info["handlers"]).expect("handlers info is JSON");
     let map = info
         .as_object()
         .expect("handlers info is an object")
         .iter()
         .map(|(name, v)| {
-            (name.clone(), (v["ready"].as_bool().unwrap_or(false), v["reason"].as_str().unwrap_or("").to_string()))
+            (
+                name.clone(),
+                (
+                    v["ready"].as_bool().unwrap_or(false),
+                    v["reason"].as_str().unwrap_or("").to_string(),
+                ),
+            )
         })
         .collect();
     (status, map)
@@ -168,7 +193,12 @@ fn features_of(status: &cri::StatusResponse, name: &str) -> cri::RuntimeHandlerF
         .runtime_handlers
         .iter()
         .find(|h| h.name == name)
-        .unwrap_or_else(|| panic!("Status does not list handler {name}: {:?}", status.runtime_handlers))
+        .unwrap_or_else(|| {
+            panic!(
+                "Status does not list handler {name}: {:?}",
+                status.runtime_handlers
+            )
+        })
         .features
         .unwrap_or_default()
 }
@@ -178,14 +208,25 @@ fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     configs::pod(name, "crius-plugins", log_dir, cri::NamespaceMode::Node)
 }
 
-async fn run_pod(rt: &mut Runtime, config: &cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
-    let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+async fn run_pod(
+    rt: &mut Runtime,
+    config: &cri::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    let req = cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    };
     Ok(rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
 }
 
 async fn assert_daemon_up(rt: &mut Runtime, daemon: &Daemon, context: &str) {
     let version = rt.version(cri::VersionRequest::default()).await;
-    assert!(version.is_ok(), "{context}: the daemon no longer answers: {version:?}\n{}", daemon.stderr_text());
+    assert!(
+        version.is_ok(),
+        "{context}: the daemon no longer answers: {version:?}\n{}",
+        daemon.stderr_text()
+    );
 }
 
 /// Status lists the example handler (both modes) with its features; broken
@@ -204,7 +245,11 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
     let world_writable = art.insecure_copy("ww", 0o757, None);
     let group_writable_dir = {
         let path = art.insecure_copy("gw", 0o755, None);
-        std::fs::set_permissions(path.parent().unwrap(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o775),
+        )
+        .unwrap();
         path
     };
     let foreign = art.insecure_copy("foreign", 0o755, Some(65534));
@@ -221,26 +266,72 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         library_entry("missing-lib", &art.dir.path().join("nope.so"), "{}"),
         process_entry("missing-shim", &art.dir.path().join("nope-shim"), "{}"),
     ];
-    let daemon = Daemon::builder().runtime_handlers_yaml(&handlers_yaml(&entries)).start().await.expect("daemon starts");
+    let daemon = Daemon::builder()
+        .runtime_handlers_yaml(&handlers_yaml(&entries))
+        .start()
+        .await
+        .expect("daemon starts");
     let mut rt = daemon.runtime();
 
     let (status, info) = handler_info(&mut rt).await;
     for name in ["hello-lib", "hello-shim", "hello-panic"] {
         let features = features_of(&status, name);
-        assert!(features.user_namespaces, "{name} declares user namespaces: {features:?}");
-        assert!(!features.recursive_read_only_mounts, "{name} does not declare rro mounts: {features:?}");
+        assert!(
+            features.user_namespaces,
+            "{name} declares user namespaces: {features:?}"
+        );
+        assert!(
+            !features.recursive_read_only_mounts,
+            "{name} does not declare rro mounts: {features:?}"
+        );
         assert_eq!(info[name], (true, String::new()), "{name} is ready");
     }
     // runc's features come from runc, not from the example.
     features_of(&status, "runc");
 
     let expect_refused = [
-        ("bad-abi", vec!["handler ABI version 999", "handler ABI version 1", abi_999.to_str().unwrap()]),
-        ("no-symbol", vec!["does not export the `crius_handler_entry` symbol", no_symbol.to_str().unwrap()]),
-        ("small-vtable", vec!["declares a 8-byte vtable for handler ABI version 1", "needs at least"]),
-        ("world-writable", vec!["refusing to load plugin", "writable by everyone", "mode 0757"]),
-        ("group-writable-dir", vec!["refusing to load plugin", "its directory", "writable by its group"]),
-        ("foreign-owner", vec!["refusing to load plugin", "owned by uid 65534, not root"]),
+        (
+            "bad-abi",
+            vec![
+                "handler ABI version 999",
+                "handler ABI version 1",
+                abi_999.to_str().unwrap(),
+            ],
+        ),
+        (
+            "no-symbol",
+            vec![
+                "does not export the `crius_handler_entry` symbol",
+                no_symbol.to_str().unwrap(),
+            ],
+        ),
+        (
+            "small-vtable",
+            vec![
+                "declares a 8-byte vtable for handler ABI version 1",
+                "needs at least",
+            ],
+        ),
+        (
+            "world-writable",
+            vec![
+                "refusing to load plugin",
+                "writable by everyone",
+                "mode 0757",
+            ],
+        ),
+        (
+            "group-writable-dir",
+            vec![
+                "refusing to load plugin",
+                "its directory",
+                "writable by its group",
+            ],
+        ),
+        (
+            "foreign-owner",
+            vec!["refusing to load plugin", "owned by uid 65534, not root"],
+        ),
         ("missing-lib", vec!["nope.so"]),
         ("missing-shim", vec!["nope-shim"]),
     ];
@@ -249,25 +340,54 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         let (ready, reason) = &info[*name];
         assert!(!ready, "{name} must not be ready");
         for needle in needles {
-            assert!(reason.contains(needle), "{name}: reason {reason:?} should contain {needle:?}");
+            assert!(
+                reason.contains(needle),
+                "{name}: reason {reason:?} should contain {needle:?}"
+            );
         }
         // Listed, with no features.
-        assert_eq!(features_of(&status, name), cri::RuntimeHandlerFeatures::default());
-        let err = run_pod(&mut rt, &pod_config("refused", pod_logs.path()), name).await.expect_err("pod must fail");
+        assert_eq!(
+            features_of(&status, name),
+            cri::RuntimeHandlerFeatures::default()
+        );
+        let err = run_pod(&mut rt, &pod_config("refused", pod_logs.path()), name)
+            .await
+            .expect_err("pod must fail");
         assert_eq!(err.code(), Code::Unavailable, "{name}: {err:?}");
-        assert!(err.message().contains(needles[0]), "{name}: RunPodSandbox error {err:?} should say why");
+        assert!(
+            err.message().contains(needles[0]),
+            "{name}: RunPodSandbox error {err:?} should say why"
+        );
         assert_daemon_up(&mut rt, &daemon, name).await;
     }
 
     // A handler that panics inside the plugin: an Internal error, daemon up,
     // and the same library's other instance still serves.
-    let err = run_pod(&mut rt, &pod_config("panics", pod_logs.path()), "hello-panic").await.expect_err("panics");
+    let err = run_pod(
+        &mut rt,
+        &pod_config("panics", pod_logs.path()),
+        "hello-panic",
+    )
+    .await
+    .expect_err("panics");
     assert_eq!(err.code(), Code::Internal, "{err:?}");
-    assert!(err.message().contains("panicked in RunSandbox: hello: injected panic in RunSandbox"), "{err:?}");
+    assert!(
+        err.message()
+            .contains("panicked in RunSandbox: hello: injected panic in RunSandbox"),
+        "{err:?}"
+    );
     assert_daemon_up(&mut rt, &daemon, "after the panic").await;
     let (_, info) = handler_info(&mut rt).await;
-    assert!(info["hello-lib"].0 && info["hello-panic"].0, "plugins still answer after a panic: {info:?}");
-    let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(
+        info["hello-lib"].0 && info["hello-panic"].0,
+        "plugins still answer after a panic: {info:?}"
+    );
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
     assert!(pods.is_empty(), "failed pods leave no record: {pods:?}");
 }
 
@@ -285,15 +405,27 @@ impl Drop for PodEnv {
     fn drop(&mut self) {
         let state = self.daemon.state_dir().display().to_string();
         for pid in processes_with(&format!("--socket\0{state}/")) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         for root in crius_tests::dir_entries(&self.daemon.state_dir().join("plugins")) {
             let root = root.join("runc");
-            let Ok(out) = std::process::Command::new(RUNC).arg("--root").arg(&root).args(["list", "-q"]).output() else {
+            let Ok(out) = std::process::Command::new(RUNC)
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+            else {
                 continue;
             };
             for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = std::process::Command::new(RUNC).arg("--root").arg(&root).args(["delete", "--force", id]).status();
+                let _ = std::process::Command::new(RUNC)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .status();
             }
         }
     }
@@ -304,10 +436,20 @@ async fn pod_env(entries: &[String]) -> Option<PodEnv> {
         return None;
     }
     let registry = Registry::start().await.expect("registry starts");
-    let layers = vec![Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip)];
-    image::push_image(&registry, "hellobox", "1", layers, &ImageConfig::default(), ManifestFormat::Docker)
-        .await
-        .expect("push image");
+    let layers = vec![Layer::new(
+        image::busybox_rootfs_tar().unwrap(),
+        Compression::Gzip,
+    )];
+    image::push_image(
+        &registry,
+        "hellobox",
+        "1",
+        layers,
+        &ImageConfig::default(),
+        ManifestFormat::Docker,
+    )
+    .await
+    .expect("push image");
     let image = registry.image_ref("hellobox", "1");
     let daemon = Daemon::builder()
         .registry(&registry)
@@ -315,9 +457,19 @@ async fn pod_env(entries: &[String]) -> Option<PodEnv> {
         .start()
         .await
         .expect("daemon starts");
-    images::pull(&mut daemon.image(), &image).await.expect("pull");
-    let log_dir = tempfile::Builder::new().prefix("crius-plugin-logs-").tempdir().unwrap();
-    Some(PodEnv { daemon, image, log_dir, _registry: registry })
+    images::pull(&mut daemon.image(), &image)
+        .await
+        .expect("pull");
+    let log_dir = tempfile::Builder::new()
+        .prefix("crius-plugin-logs-")
+        .tempdir()
+        .unwrap();
+    Some(PodEnv {
+        daemon,
+        image,
+        log_dir,
+        _registry: registry,
+    })
 }
 
 impl PodEnv {
@@ -325,33 +477,74 @@ impl PodEnv {
         configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Node)
     }
 
-    async fn create(&self, pod_id: &str, pod: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+    async fn create(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.to_string(),
             config: Some(config),
             sandbox_config: Some(pod.clone()),
         };
-        Ok(self.daemon.runtime().create_container(req).await?.into_inner().container_id)
+        Ok(self
+            .daemon
+            .runtime()
+            .create_container(req)
+            .await?
+            .into_inner()
+            .container_id)
     }
 
     async fn container_state(&self, id: &str) -> cri::ContainerStatus {
-        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
-        self.daemon.runtime().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap()
+        let req = cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        self.daemon
+            .runtime()
+            .container_status(req)
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap()
     }
 
     async fn pod_ready(&self, id: &str) -> bool {
-        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false };
-        let status = self.daemon.runtime().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner();
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: false,
+        };
+        let status = self
+            .daemon
+            .runtime()
+            .pod_sandbox_status(req)
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
         status.status.unwrap().state == cri::PodSandboxState::SandboxReady as i32
     }
 
     async fn stop_and_remove(&self, pod_id: &str) {
         let mut rt = self.daemon.runtime();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod_id.into() }).await.expect("StopPodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod_id.into() })
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+        let pods = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
             .await
-            .expect("RemovePodSandbox");
-        let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+            .unwrap()
+            .into_inner()
+            .items;
         assert!(pods.iter().all(|p| p.id != pod_id), "pod {pod_id} removed");
     }
 
@@ -360,14 +553,31 @@ impl PodEnv {
     async fn run_hello_pod(&self, handler: &str) -> (String, cri::PodSandboxConfig, String) {
         let mut rt = self.daemon.runtime();
         let pod = pod_config(&format!("pod-{handler}"), self.log_dir.path());
-        let pod_id = run_pod(&mut rt, &pod, handler).await.expect("RunPodSandbox");
+        let pod_id = run_pod(&mut rt, &pod, handler)
+            .await
+            .expect("RunPodSandbox");
         assert!(self.pod_ready(&pod_id).await, "pod is ready");
 
         let script = format!("echo hello from {handler}; exec sleep 1000");
-        let id = self.create(&pod_id, &pod, self.container_config("hello", &["sh", "-c", &script])).await.expect("CreateContainer");
-        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
+        let id = self
+            .create(
+                &pod_id,
+                &pod,
+                self.container_config("hello", &["sh", "-c", &script]),
+            )
+            .await
+            .expect("CreateContainer");
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
         let status = self.container_state(&id).await;
-        assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32, "{status:?}");
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{status:?}"
+        );
 
         let log = Path::new(&pod.log_directory).join("hello/0.log");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -377,29 +587,58 @@ impl PodEnv {
             if text.contains(&expected) {
                 break;
             }
-            assert!(Instant::now() < deadline, "log {} lacks {expected:?}: {text:?}", log.display());
+            assert!(
+                Instant::now() < deadline,
+                "log {} lacks {expected:?}: {text:?}",
+                log.display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         let exec = rt
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "echo exec in $0; exit 3".into(), "hello".into()],
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo exec in $0; exit 3".into(),
+                    "hello".into(),
+                ],
                 timeout: 10,
             })
             .await
             .expect("ExecSync")
             .into_inner();
         assert_eq!(exec.exit_code, 3, "{exec:?}");
-        assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "exec in hello", "{exec:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&exec.stdout).trim(),
+            "exec in hello",
+            "{exec:?}"
+        );
         (pod_id, pod, id)
     }
 
     /// A short-lived container's exit code arrives, then the pod goes away.
-    async fn exit_code_and_cleanup(&self, pod_id: &str, pod: &cri::PodSandboxConfig, running: &str) {
+    async fn exit_code_and_cleanup(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        running: &str,
+    ) {
         let mut rt = self.daemon.runtime();
-        let id = self.create(pod_id, pod, self.container_config("short", &["sh", "-c", "exit 7"])).await.expect("CreateContainer");
-        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
+        let id = self
+            .create(
+                pod_id,
+                pod,
+                self.container_config("short", &["sh", "-c", "exit 7"]),
+            )
+            .await
+            .expect("CreateContainer");
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let status = self.container_state(&id).await;
@@ -407,14 +646,24 @@ impl PodEnv {
                 assert_eq!(status.exit_code, 7, "{status:?}");
                 break;
             }
-            assert!(Instant::now() < deadline, "container did not exit: {status:?}");
+            assert!(
+                Instant::now() < deadline,
+                "container did not exit: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        rt.stop_container(cri::StopContainerRequest { container_id: running.into(), timeout: 1 })
-            .await
-            .expect("StopContainer");
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: running.into(),
+            timeout: 1,
+        })
+        .await
+        .expect("StopContainer");
         let status = self.container_state(running).await;
-        assert_eq!(status.state, cri::ContainerState::ContainerExited as i32, "{status:?}");
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerExited as i32,
+            "{status:?}"
+        );
         self.stop_and_remove(pod_id).await;
     }
 }
@@ -422,8 +671,12 @@ impl PodEnv {
 fn processes_with(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         if String::from_utf8_lossy(&cmdline).contains(needle) {
             out.push(pid);
         }
@@ -440,20 +693,31 @@ async fn pod_runs_through_the_plugin_library() {
 
 /// Fails a test that hangs instead of blocking the run.
 async fn within(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(240), test).await.expect("the test timed out");
+    tokio::time::timeout(Duration::from_secs(240), test)
+        .await
+        .expect("the test timed out");
 }
 
 async fn pod_runs_through_the_plugin_library_inner() {
     let art = artifacts();
-    let Some(mut env) = pod_env(&[library_entry("hello-lib", &art.lib, "{}")]).await else { return };
+    let Some(mut env) = pod_env(&[library_entry("hello-lib", &art.lib, "{}")]).await else {
+        return;
+    };
     let (pod_id, pod, running) = env.run_hello_pod("hello-lib").await;
 
     // After a daemon crash the reloaded plugin restores the pod from runc.
     env.daemon.kill9();
     env.daemon.restart().await.expect("daemon restarts");
-    assert!(env.pod_ready(&pod_id).await, "the pod is still ready after the restart");
+    assert!(
+        env.pod_ready(&pod_id).await,
+        "the pod is still ready after the restart"
+    );
     let status = env.container_state(&running).await;
-    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32, "{status:?}");
+    assert_eq!(
+        status.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
 
     env.exit_code_and_cleanup(&pod_id, &pod, &running).await;
 }
@@ -471,37 +735,73 @@ async fn shim_inner() {
     let art = artifacts();
     let entries = [
         process_entry("hello-shim", &art.shim, "{}"),
-        process_entry("hello-crash", &art.shim, "{fault: \"abort:CreateContainer\"}"),
+        process_entry(
+            "hello-crash",
+            &art.shim,
+            "{fault: \"abort:CreateContainer\"}",
+        ),
     ];
-    let Some(mut env) = pod_env(&entries).await else { return };
+    let Some(mut env) = pod_env(&entries).await else {
+        return;
+    };
     let (pod_id, pod, running) = env.run_hello_pod("hello-shim").await;
     let shims = processes_with(&format!("--sandbox-id\0{pod_id}"));
     assert_eq!(shims.len(), 1, "one shim process for the pod: {shims:?}");
 
     env.daemon.kill9();
     env.daemon.restart().await.expect("daemon restarts");
-    assert!(env.pod_ready(&pod_id).await, "the pod is still ready after the restart");
+    assert!(
+        env.pod_ready(&pod_id).await,
+        "the pod is still ready after the restart"
+    );
     let status = env.container_state(&running).await;
-    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32, "{status:?}");
-    assert_eq!(processes_with(&format!("--sandbox-id\0{pod_id}")), shims, "the same shim serves the pod");
+    assert_eq!(
+        status.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+    assert_eq!(
+        processes_with(&format!("--sandbox-id\0{pod_id}")),
+        shims,
+        "the same shim serves the pod"
+    );
 
     env.exit_code_and_cleanup(&pod_id, &pod, &running).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_with(&format!("--sandbox-id\0{pod_id}")).is_empty() {
-        assert!(Instant::now() < deadline, "the shim exits after RemovePodSandbox");
+        assert!(
+            Instant::now() < deadline,
+            "the shim exits after RemovePodSandbox"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The crashing shim.
     let mut rt = env.daemon.runtime();
     let pod = pod_config("crashy", env.log_dir.path());
-    let pod_id = run_pod(&mut rt, &pod, "hello-crash").await.expect("RunPodSandbox");
-    let err = env.create(&pod_id, &pod, env.container_config("c", &["sleep", "100"])).await.expect_err("shim aborts");
+    let pod_id = run_pod(&mut rt, &pod, "hello-crash")
+        .await
+        .expect("RunPodSandbox");
+    let err = env
+        .create(&pod_id, &pod, env.container_config("c", &["sleep", "100"]))
+        .await
+        .expect_err("shim aborts");
     assert_eq!(err.code(), Code::Internal, "{err:?}");
-    for needle in [format!("shim for pod {pod_id} exited"), "signal 6".to_string(), "injected abort in CreateContainer".to_string()] {
-        assert!(err.message().contains(&needle), "error {:?} should contain {needle:?}", err.message());
+    for needle in [
+        format!("shim for pod {pod_id} exited"),
+        "signal 6".to_string(),
+        "injected abort in CreateContainer".to_string(),
+    ] {
+        assert!(
+            err.message().contains(&needle),
+            "error {:?} should contain {needle:?}",
+            err.message()
+        );
     }
     assert_daemon_up(&mut rt, &env.daemon, "after the shim crash").await;
     env.stop_and_remove(&pod_id).await;
-    assert!(processes_with(&format!("--sandbox-id\0{pod_id}")).is_empty(), "no shim left");
+    assert!(
+        processes_with(&format!("--sandbox-id\0{pod_id}")).is_empty(),
+        "no shim left"
+    );
 }

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crius_tests::host::{mounts_containing, processes_matching, wait_for_log, write_test_cni_config};
 use crius_tests::cri::{configs, images};
+use crius_tests::host::{
+    mounts_containing, processes_matching, wait_for_log, write_test_cni_config,
+};
 use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
@@ -24,7 +26,11 @@ type Runtime = RuntimeServiceClient<Channel>;
 
 const CONMON: &str = "/usr/bin/conmon";
 const CATATONIT: &str = "/usr/bin/catatonit";
-const CNI_PLUGINS: [&str; 3] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap"];
+const CNI_PLUGINS: [&str; 3] = [
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/portmap",
+];
 
 /// Busybox applets the pod tests need beyond the standard image's.
 const EXTRA_APPLETS: &[&str] = &["httpd", "wget", "nc", "dd", "tr", "seq"];
@@ -65,7 +71,12 @@ fn bridge_name(token: &str) -> String {
 /// A conflist like `configs/cni/10-crius-bridge.conflist`, with a network
 /// name, bridge, subnet and IPAM data dir of this test's own.
 fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
-    write_test_cni_config(dir, &format!("crius-test-{token}"), &bridge_name(token), subnet_prefix)
+    write_test_cni_config(
+        dir,
+        &format!("crius-test-{token}"),
+        &bridge_name(token),
+        subnet_prefix,
+    )
 }
 
 /// Registry with a busybox image that has the extra applets, a CNI network
@@ -77,7 +88,13 @@ async fn setup(handler: &'static str) -> Option<Env> {
 
 /// [`setup`] with extra top-level config keys.
 async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
-    let mut tools = vec![REGISTRY_BIN, BUSYBOX_STATIC, CONMON, CATATONIT, runtime_binary(handler)];
+    let mut tools = vec![
+        REGISTRY_BIN,
+        BUSYBOX_STATIC,
+        CONMON,
+        CATATONIT,
+        runtime_binary(handler),
+    ];
     tools.extend(CNI_PLUGINS);
     if !require_root_and_tools(&tools) {
         return None;
@@ -88,7 +105,10 @@ async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
         .expect("push podbox image");
 
     let token = unique_token();
-    let cni_dir = tempfile::Builder::new().prefix("crius-cni-").tempdir().unwrap();
+    let cni_dir = tempfile::Builder::new()
+        .prefix("crius-cni-")
+        .tempdir()
+        .unwrap();
     let subnet_prefix = next_subnet();
     write_cni_config(cni_dir.path(), &token, &subnet_prefix);
     let daemon = Daemon::builder()
@@ -100,8 +120,13 @@ async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
         .start()
         .await
         .expect("daemon starts");
-    images::pull(&mut daemon.image(), &image).await.expect("pull podbox");
-    let log_dir = tempfile::Builder::new().prefix("crius-podlogs-").tempdir().unwrap();
+    images::pull(&mut daemon.image(), &image)
+        .await
+        .expect("pull podbox");
+    let log_dir = tempfile::Builder::new()
+        .prefix("crius-podlogs-")
+        .tempdir()
+        .unwrap();
     Some(Env {
         daemon,
         handler,
@@ -120,18 +145,32 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let mut pod = configs::pod(name, "crius-test", self.log_dir.path(), cri::NamespaceMode::Pod);
+        let mut pod = configs::pod(
+            name,
+            "crius-test",
+            self.log_dir.path(),
+            cri::NamespaceMode::Pod,
+        );
         pod.labels = HashMap::from([("app".to_string(), name.to_string())]);
         pod
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: self.handler.into() };
-        Ok(self.rt().run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: self.handler.into(),
+        };
+        Ok(self
+            .rt()
+            .run_pod_sandbox(req)
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
     }
 
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        let mut config = configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod);
+        let mut config =
+            configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod);
         config.labels = HashMap::from([("container".to_string(), name.to_string())]);
         config
     }
@@ -147,7 +186,12 @@ impl Env {
             config: Some(config),
             sandbox_config: Some(pod.clone()),
         };
-        Ok(self.rt().create_container(req).await?.into_inner().container_id)
+        Ok(self
+            .rt()
+            .create_container(req)
+            .await?
+            .into_inner()
+            .container_id)
     }
 
     async fn create_and_start(
@@ -156,17 +200,31 @@ impl Env {
         pod: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> String {
-        let id = self.create(pod_id, pod, config).await.expect("CreateContainer");
+        let id = self
+            .create(pod_id, pod, config)
+            .await
+            .expect("CreateContainer");
         self.rt()
-            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
             .await
             .expect("StartContainer");
         id
     }
 
     async fn container_status(&self, id: &str) -> cri::ContainerStatus {
-        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
-        self.rt().container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap()
+        let req = cri::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        self.rt()
+            .container_status(req)
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap()
     }
 
     /// Polls until the container is EXITED (or panics after `timeout`).
@@ -177,20 +235,31 @@ impl Env {
             if status.state == cri::ContainerState::ContainerExited as i32 {
                 return status;
             }
-            assert!(Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {status:?}");
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit within {timeout:?}: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn pod_status(&self, id: &str) -> cri::PodSandboxStatusResponse {
-        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: true };
-        self.rt().pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner()
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: true,
+        };
+        self.rt()
+            .pod_sandbox_status(req)
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
     }
 
     /// What the verbose pod status says the pod holds, for cleanup checks.
     async fn pod_resources(&self, id: &str) -> PodResources {
         let status = self.pod_status(id).await;
-        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
+        let info: serde_json::Value =
+            serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
         PodResources {
             id: id.to_string(),
             netns: info["netnsPath"].as_str().map(PathBuf::from),
@@ -202,23 +271,45 @@ impl Env {
 
     async fn stop_and_remove_pod(&self, id: &str) {
         let mut rt = self.rt();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("StopPodSandbox");
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("StopPodSandbox");
         // Stop is idempotent.
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("second StopPodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .expect("RemovePodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
-            .await
-            .expect("second RemovePodSandbox");
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("second StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("second RemovePodSandbox");
     }
 
     async fn list_pods(&self) -> Vec<cri::PodSandbox> {
-        self.rt().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items
+        self.rt()
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
     }
 
     async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
-        self.rt().list_containers(cri::ListContainersRequest { filter }).await.unwrap().into_inner().containers
+        self.rt()
+            .list_containers(cri::ListContainersRequest { filter })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
     }
 
     /// Nothing of any pod left: no pod directory, no netns pin, no runtime
@@ -231,11 +322,21 @@ impl Env {
         assert!(netns.is_empty(), "{context}: netns pins left: {netns:?}");
         let runtime_root = self.daemon.state_dir().join(self.handler);
         let state: Vec<_> = crius_tests::dir_entries(&runtime_root);
-        assert!(state.is_empty(), "{context}: runtime state left in {}: {state:?}", runtime_root.display());
+        assert!(
+            state.is_empty(),
+            "{context}: runtime state left in {}: {state:?}",
+            runtime_root.display()
+        );
         let mounts = mounts_containing(&pods_dir.display().to_string());
         assert!(mounts.is_empty(), "{context}: mounts left: {mounts:?}");
-        let conmons = processes_matching(&[CONMON.trim_start_matches("/usr/bin/"), &self.daemon.state_dir().display().to_string()]);
-        assert!(conmons.is_empty(), "{context}: conmon processes left: {conmons:?}");
+        let conmons = processes_matching(&[
+            CONMON.trim_start_matches("/usr/bin/"),
+            &self.daemon.state_dir().display().to_string(),
+        ]);
+        assert!(
+            conmons.is_empty(),
+            "{context}: conmon processes left: {conmons:?}"
+        );
     }
 }
 
@@ -243,7 +344,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         // The netns directory is a (shared) bind mount of itself; detach it
         // so the daemon's temporary directory can be deleted.
-        let _ = nix::mount::umount2(&self.daemon.state_dir().join("netns"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(
+            &self.daemon.state_dir().join("netns"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
         let _ = std::process::Command::new("ip")
             .args(["link", "delete", &self.bridge, "type", "bridge"])
             .stderr(std::process::Stdio::null())
@@ -264,19 +368,33 @@ impl PodResources {
     fn assert_gone(&self) {
         if let Some(netns) = &self.netns {
             assert!(!netns.exists(), "netns pin {} left", netns.display());
-            assert!(mounts_containing(&netns.display().to_string()).is_empty(), "netns still mounted");
+            assert!(
+                mounts_containing(&netns.display().to_string()).is_empty(),
+                "netns still mounted"
+            );
         }
         assert!(!self.dir.exists(), "pod dir {} left", self.dir.display());
         let mounts = mounts_containing(&self.dir.display().to_string());
-        assert!(mounts.is_empty(), "mounts below the pod dir left: {mounts:?}");
+        assert!(
+            mounts.is_empty(),
+            "mounts below the pod dir left: {mounts:?}"
+        );
         for dir in cgroup_dirs(&self.cgroup) {
             assert!(!dir.exists(), "cgroup {} left", dir.display());
         }
         if self.infra_pid != 0 {
-            assert!(!Path::new(&format!("/proc/{}", self.infra_pid)).exists(), "infra process {} still runs", self.infra_pid);
+            assert!(
+                !Path::new(&format!("/proc/{}", self.infra_pid)).exists(),
+                "infra process {} still runs",
+                self.infra_pid
+            );
         }
         let procs = processes_matching(&[&self.id]);
-        assert!(procs.is_empty(), "processes mentioning pod {} left: {procs:?}", self.id);
+        assert!(
+            procs.is_empty(),
+            "processes mentioning pod {} left: {procs:?}",
+            self.id
+        );
     }
 }
 
@@ -293,12 +411,21 @@ fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
 /// `<RFC 3339 nano> <stream> <P|F> <text>`.
 fn assert_cri_log_line(line: &str, stream: &str, text: &str) {
     let mut parts = line.splitn(4, ' ');
-    let (ts, s, tag, rest) = (parts.next().unwrap(), parts.next(), parts.next(), parts.next());
+    let (ts, s, tag, rest) = (
+        parts.next().unwrap(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    );
     assert!(
         ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && ts.contains('.'),
         "timestamp {ts:?} in {line:?}"
     );
-    assert_eq!((s, tag, rest), (Some(stream), Some("F"), Some(text)), "line {line:?}");
+    assert_eq!(
+        (s, tag, rest),
+        (Some(stream), Some("F"), Some(text)),
+        "line {line:?}"
+    );
 }
 
 macro_rules! per_handler {
@@ -339,7 +466,9 @@ per_handler!(
 /// localhost, both log to CRI log files, ExecSync runs in them, the pod has
 /// an IP from CNI, and Stop+Remove leave nothing behind.
 async fn two_containers_share_the_pod_network(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let pod = env.pod_config("web");
     let started = Instant::now();
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
@@ -351,11 +480,24 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
     assert_eq!(st.runtime_handler, handler);
     assert_eq!(st.labels["app"], "web");
     let ip = &st.network.as_ref().expect("network status").ip;
-    assert!(ip.starts_with(&format!("{}.", env.subnet_prefix)), "pod IP {ip} is not from the test subnet {}", env.subnet_prefix);
+    assert!(
+        ip.starts_with(&format!("{}.", env.subnet_prefix)),
+        "pod IP {ip} is not from the test subnet {}",
+        env.subnet_prefix
+    );
     let resources = env.pod_resources(&pod_id).await;
-    assert!(resources.netns.as_ref().is_some_and(|p| p.exists()), "netns pinned");
-    assert!(resources.infra_pid != 0 && Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra runs");
-    assert!(cgroup_dirs(&resources.cgroup).iter().all(|d| d.exists()), "pod cgroup exists in every hierarchy");
+    assert!(
+        resources.netns.as_ref().is_some_and(|p| p.exists()),
+        "netns pinned"
+    );
+    assert!(
+        resources.infra_pid != 0 && Path::new(&format!("/proc/{}", resources.infra_pid)).exists(),
+        "infra runs"
+    );
+    assert!(
+        cgroup_dirs(&resources.cgroup).iter().all(|d| d.exists()),
+        "pod cgroup exists in every hierarchy"
+    );
 
     let server = env.container_config(
         "server",
@@ -374,7 +516,9 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
         ],
     );
     let client_id = env.create_and_start(&pod_id, &pod, client).await;
-    eprintln!("{handler}: RunPodSandbox {run_pod_ms} ms, CreateContainer+StartContainer {start_container_ms} ms");
+    eprintln!(
+        "{handler}: RunPodSandbox {run_pod_ms} ms, CreateContainer+StartContainer {start_container_ms} ms"
+    );
 
     let client_log = Path::new(&pod.log_directory).join("client/0.log");
     let text = wait_for_log(&client_log, "client-done", Duration::from_secs(20)).await;
@@ -383,23 +527,37 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
     assert_cri_log_line(lines[0], "stdout", "hello-from-server");
     assert_cri_log_line(lines[1], "stdout", "client-done");
     let text = wait_for_log(&client_log, "to-stderr", Duration::from_secs(5)).await;
-    assert!(text.lines().any(|l| l.ends_with(" stderr F to-stderr")), "{text}");
+    assert!(
+        text.lines().any(|l| l.ends_with(" stderr F to-stderr")),
+        "{text}"
+    );
     let server_log = Path::new(&pod.log_directory).join("server/0.log");
     wait_for_log(&server_log, "stdout F server-up", Duration::from_secs(5)).await;
 
     // Both containers run, and are listed with the pod and label filters.
     let listed = env
-        .list_containers(Some(cri::ContainerFilter { pod_sandbox_id: pod_id.clone(), ..Default::default() }))
+        .list_containers(Some(cri::ContainerFilter {
+            pod_sandbox_id: pod_id.clone(),
+            ..Default::default()
+        }))
         .await;
     assert_eq!(listed.len(), 2, "{listed:?}");
-    assert!(listed.iter().all(|c| c.state == cri::ContainerState::ContainerRunning as i32), "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|c| c.state == cri::ContainerState::ContainerRunning as i32),
+        "{listed:?}"
+    );
     let by_label = env
         .list_containers(Some(cri::ContainerFilter {
             label_selector: HashMap::from([("container".to_string(), "server".to_string())]),
             ..Default::default()
         }))
         .await;
-    assert_eq!(by_label.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [server_id.as_str()]);
+    assert_eq!(
+        by_label.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [server_id.as_str()]
+    );
 
     let status = env.container_status(&client_id).await;
     assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
@@ -411,19 +569,38 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
     // Stats come from the container's cgroup.
     let stats = env
         .rt()
-        .container_stats(cri::ContainerStatsRequest { container_id: server_id.clone() })
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: server_id.clone(),
+        })
         .await
         .expect("ContainerStats")
         .into_inner()
         .stats
         .unwrap();
     assert_eq!(stats.attributes.as_ref().unwrap().id, server_id);
-    assert!(stats.memory.as_ref().and_then(|m| m.usage_bytes.as_ref()).is_some_and(|v| v.value > 0), "{stats:?}");
-    assert!(stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).is_some_and(|v| v.value > 0), "{stats:?}");
+    assert!(
+        stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.usage_bytes.as_ref())
+            .is_some_and(|v| v.value > 0),
+        "{stats:?}"
+    );
+    assert!(
+        stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .is_some_and(|v| v.value > 0),
+        "{stats:?}"
+    );
     let all = env
         .rt()
         .list_container_stats(cri::ListContainerStatsRequest {
-            filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod_id.clone(), ..Default::default() }),
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
         })
         .await
         .expect("ListContainerStats")
@@ -436,18 +613,33 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
         .rt()
         .exec_sync(cri::ExecSyncRequest {
             container_id: client_id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
             timeout: 10,
         })
         .await
         .expect("ExecSync")
         .into_inner();
-    assert_eq!((exec.stdout.as_slice(), exec.stderr.as_slice(), exec.exit_code), (&b"out\n"[..], &b"err\n"[..], 3));
+    assert_eq!(
+        (
+            exec.stdout.as_slice(),
+            exec.stderr.as_slice(),
+            exec.exit_code
+        ),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
     let exec = env
         .rt()
         .exec_sync(cri::ExecSyncRequest {
             container_id: server_id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "cat /etc/hostname; grep web /etc/hosts".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /etc/hostname; grep web /etc/hosts".into(),
+            ],
             timeout: 10,
         })
         .await
@@ -455,26 +647,40 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
         .into_inner();
     let out = String::from_utf8_lossy(&exec.stdout);
     assert_eq!(exec.exit_code, 0, "{exec:?}");
-    assert!(out.starts_with("web\n") && out.contains(&format!("{ip}\tweb")), "{out}");
+    assert!(
+        out.starts_with("web\n") && out.contains(&format!("{ip}\tweb")),
+        "{out}"
+    );
 
     // An exec that outlives its timeout is a DeadlineExceeded error.
     let err = env
         .rt()
-        .exec_sync(cri::ExecSyncRequest { container_id: client_id.clone(), cmd: vec!["sleep".into(), "30".into()], timeout: 1 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: client_id.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
         .await
         .expect_err("exec timeout");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
 
     // Stop the server: exited, ExecSync refused.
     env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: server_id.clone(), timeout: 5 })
+        .stop_container(cri::StopContainerRequest {
+            container_id: server_id.clone(),
+            timeout: 5,
+        })
         .await
         .expect("StopContainer");
     let st = env.wait_exited(&server_id, Duration::from_secs(10)).await;
     assert!(st.finished_at >= st.started_at, "{st:?}");
     let err = env
         .rt()
-        .exec_sync(cri::ExecSyncRequest { container_id: server_id.clone(), cmd: vec!["true".into()], timeout: 5 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: server_id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
         .await
         .expect_err("exec in a stopped container");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -490,18 +696,28 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
 
 /// A container that allocates past its memory limit is reported OOMKilled.
 async fn oom_killed_under_a_memory_limit(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let pod = env.pod_config("oom");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
-    let mut config = env.container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"]);
-    config.linux.as_mut().unwrap().resources =
-        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() });
+    let mut config = env.container_config(
+        "hog",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
+    config.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
     let id = env.create_and_start(&pod_id, &pod, config).await;
     let status = env.wait_exited(&id, Duration::from_secs(30)).await;
     assert_eq!(status.reason, "OOMKilled", "{status:?}");
     assert_eq!(status.exit_code, 137, "{status:?}");
     assert_eq!(
-        status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes),
+        status
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
         Some(32 << 20)
     );
     let resources = env.pod_resources(&pod_id).await;
@@ -514,12 +730,18 @@ async fn oom_killed_under_a_memory_limit(handler: &'static str) {
 /// SIGTERM, then kills it. Before that: UpdateContainerResources reaches the
 /// container's cgroup and ReopenContainerLog follows a rotated log file.
 async fn stop_timeout_is_honoured(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let pod = env.pod_config("stubborn");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
     let config = env.container_config(
         "stubborn",
-        &["sh", "-c", "trap '' TERM; echo trapped; while true; do echo tick; sleep 0.2; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo trapped; while true; do echo tick; sleep 0.2; done",
+        ],
     );
     let id = env.create_and_start(&pod_id, &pod, config).await;
     let log = Path::new(&pod.log_directory).join("stubborn/0.log");
@@ -531,7 +753,10 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
     env.rt()
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: id.clone(),
-            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: limit, ..Default::default() }),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -543,34 +768,65 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
     let written = std::fs::read_to_string(memory_cgroup.join("memory.limit_in_bytes"))
         .or_else(|_| std::fs::read_to_string(memory_cgroup.join("memory.max")))
         .unwrap();
-    assert_eq!(written.trim(), limit.to_string(), "limit in {}", memory_cgroup.display());
+    assert_eq!(
+        written.trim(),
+        limit.to_string(),
+        "limit in {}",
+        memory_cgroup.display()
+    );
     let status = env.container_status(&id).await;
-    assert_eq!(status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes), Some(limit));
+    assert_eq!(
+        status
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(limit)
+    );
 
     // The kubelet rotates the log: rename, then ReopenContainerLog.
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
     env.rt()
-        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() })
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
         .await
         .expect("ReopenContainerLog");
     let text = wait_for_log(&log, "stdout F tick", Duration::from_secs(10)).await;
-    assert!(!text.contains("trapped"), "the new file starts after the rotation: {text}");
+    assert!(
+        !text.contains("trapped"),
+        "the new file starts after the rotation: {text}"
+    );
 
     // A second stubborn container: the kubelet stops a pod's containers in
     // parallel, and the grace periods must overlap, not add up.
     let config = env.container_config(
         "stubborn2",
-        &["sh", "-c", "trap '' TERM; echo trapped; while true; do sleep 0.2; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo trapped; while true; do sleep 0.2; done",
+        ],
     );
     let id2 = env.create_and_start(&pod_id, &pod, config).await;
-    wait_for_log(&Path::new(&pod.log_directory).join("stubborn2/0.log"), "trapped", Duration::from_secs(10)).await;
+    wait_for_log(
+        &Path::new(&pod.log_directory).join("stubborn2/0.log"),
+        "trapped",
+        Duration::from_secs(10),
+    )
+    .await;
 
     let started = Instant::now();
     let (mut rt1, mut rt2) = (env.rt(), env.rt());
     let (r1, r2) = tokio::join!(
-        rt1.stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 }),
-        rt2.stop_container(cri::StopContainerRequest { container_id: id2.clone(), timeout: 2 }),
+        rt1.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2
+        }),
+        rt2.stop_container(cri::StopContainerRequest {
+            container_id: id2.clone(),
+            timeout: 2
+        }),
     );
     r1.expect("StopContainer");
     r2.expect("StopContainer of the second");
@@ -578,26 +834,51 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
     let status = env.wait_exited(&id, Duration::from_secs(5)).await;
     let status2 = env.wait_exited(&id2, Duration::from_secs(5)).await;
     eprintln!("{handler}: two parallel StopContainer(timeout 2) took {elapsed:?}");
-    assert!(elapsed >= Duration::from_secs(2), "stopped after {elapsed:?}, before the timeout");
-    assert!(elapsed < Duration::from_millis(3900), "parallel stops took {elapsed:?}: serialized?");
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "stopped after {elapsed:?}, before the timeout"
+    );
+    assert!(
+        elapsed < Duration::from_millis(3900),
+        "parallel stops took {elapsed:?}: serialized?"
+    );
     assert_eq!(status.exit_code, 137, "killed by SIGKILL: {status:?}");
     assert_eq!(status2.exit_code, 137, "killed by SIGKILL: {status2:?}");
     // Stopping again is fine and quick.
     let again = Instant::now();
     env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 2 })
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2,
+        })
         .await
         .expect("second StopContainer");
     assert!(again.elapsed() < Duration::from_secs(2));
 
     // RemoveContainer removes the record and its bundle; twice is fine.
-    env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("RemoveContainer");
-    env.rt().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.expect("second RemoveContainer");
+    env.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    env.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("second RemoveContainer");
     let left = env.list_containers(None).await;
-    assert_eq!(left.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id2.as_str()]);
+    assert_eq!(
+        left.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [id2.as_str()]
+    );
     let err = env
         .rt()
-        .container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
         .await
         .expect_err("status of a removed container");
     assert_eq!(err.code(), Code::NotFound);
@@ -609,16 +890,24 @@ async fn stop_timeout_is_honoured(handler: &'static str) {
 /// Unknown handler, duplicate names, unknown image, missing metadata:
 /// clear errors, and nothing created.
 async fn bad_requests_leave_nothing_behind(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let mut rt = env.rt();
 
     let pod = env.pod_config("bad");
     let err = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: "gvisor".into() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: "gvisor".into(),
+        })
         .await
         .expect_err("unknown handler");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("gvisor") && err.message().contains(handler), "{err:?}");
+    assert!(
+        err.message().contains("gvisor") && err.message().contains(handler),
+        "{err:?}"
+    );
     env.assert_no_pods_left("after an unknown handler");
 
     let mut no_meta = pod.clone();
@@ -630,59 +919,126 @@ async fn bad_requests_leave_nothing_behind(handler: &'static str) {
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
     let err = env.run_pod(&pod).await.expect_err("duplicate pod");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert!(err.message().contains(&pod_id), "names the existing pod: {err:?}");
+    assert!(
+        err.message().contains(&pod_id),
+        "names the existing pod: {err:?}"
+    );
     assert_eq!(env.list_pods().await.len(), 1);
 
-    let bundles = || crius_tests::dir_entries(&env.daemon.state_dir().join("pods").join(&pod_id).join("containers"));
+    let bundles = || {
+        crius_tests::dir_entries(
+            &env.daemon
+                .state_dir()
+                .join("pods")
+                .join(&pod_id)
+                .join("containers"),
+        )
+    };
     let mut missing = env.container_config("c", &["true"]);
     missing.image.as_mut().unwrap().image = format!("{}-nope", env.image);
-    let err = env.create(&pod_id, &pod, missing).await.expect_err("unknown image");
+    let err = env
+        .create(&pod_id, &pod, missing)
+        .await
+        .expect_err("unknown image");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("-nope"), "names the image: {err:?}");
     assert!(bundles().is_empty(), "{:?}", bundles());
 
     let mut no_image = env.container_config("c", &["true"]);
     no_image.image = None;
-    let err = env.create(&pod_id, &pod, no_image).await.expect_err("no image");
+    let err = env
+        .create(&pod_id, &pod, no_image)
+        .await
+        .expect_err("no image");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
-    let err = env.create("0123456789abcdef", &pod, env.container_config("c", &["true"])).await.expect_err("no pod");
+    let err = env
+        .create(
+            "0123456789abcdef",
+            &pod,
+            env.container_config("c", &["true"]),
+        )
+        .await
+        .expect_err("no pod");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-    let first = env.create(&pod_id, &pod, env.container_config("c", &["sleep", "100"])).await.expect("create c");
-    let err = env.create(&pod_id, &pod, env.container_config("c", &["true"])).await.expect_err("duplicate container");
+    let first = env
+        .create(&pod_id, &pod, env.container_config("c", &["sleep", "100"]))
+        .await
+        .expect("create c");
+    let err = env
+        .create(&pod_id, &pod, env.container_config("c", &["true"]))
+        .await
+        .expect_err("duplicate container");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert!(err.message().contains(&first), "names the existing container: {err:?}");
-    assert_eq!(bundles().len(), 2, "one bundle dir and one record: {:?}", bundles());
+    assert!(
+        err.message().contains(&first),
+        "names the existing container: {err:?}"
+    );
+    assert_eq!(
+        bundles().len(),
+        2,
+        "one bundle dir and one record: {:?}",
+        bundles()
+    );
 
     // The image is in use: RemoveImage refuses.
-    let err = images::remove(&mut env.daemon.image(), &env.image).await.expect_err("image in use");
+    let err = images::remove(&mut env.daemon.image(), &env.image)
+        .await
+        .expect_err("image in use");
     assert!(err.message().contains(&first), "{err:?}");
 
     // Not-running containers: exec and log reopen are refused.
     let err = rt
-        .exec_sync(cri::ExecSyncRequest { container_id: first.clone(), cmd: vec!["true".into()], timeout: 5 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: first.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
         .await
         .expect_err("exec in a created container");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let err = rt
-        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: first.clone() })
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: first.clone(),
+        })
         .await
         .expect_err("reopen log of a created container");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // A stopped pod takes no new containers.
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await.unwrap();
-    let err = env.create(&pod_id, &pod, env.container_config("d", &["true"])).await.expect_err("pod not ready");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    let err = env
+        .create(&pod_id, &pod, env.container_config("d", &["true"]))
+        .await
+        .expect_err("pod not ready");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let listed = env.list_pods().await;
-    assert_eq!(listed[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(
+        listed[0].state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
 
     // Unknown ids: stop/remove of pods are no-ops, statuses are NotFound.
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: "nope".into() }).await.expect("stop unknown pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: "nope".into() }).await.expect("remove unknown pod");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .expect("stop unknown pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .expect("remove unknown pod");
     let err = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: "nope".into(), verbose: false })
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
         .await
         .expect_err("status of unknown pod");
     assert_eq!(err.code(), Code::NotFound);
@@ -692,13 +1048,17 @@ async fn bad_requests_leave_nothing_behind(handler: &'static str) {
     resources.assert_gone();
     env.assert_no_pods_left("after cleanup");
     // No container uses the image any more.
-    images::remove(&mut env.daemon.image(), &env.image).await.expect("RemoveImage after the pod is gone");
+    images::remove(&mut env.daemon.image(), &env.image)
+        .await
+        .expect("RemoveImage after the pod is gone");
 }
 
 /// `kill -9` of the daemon leaves pods running; the restarted daemon lists
 /// them again and can still exec in, stop and remove them.
 async fn pods_survive_a_daemon_crash(handler: &'static str) {
-    let Some(mut env) = setup(handler).await else { return };
+    let Some(mut env) = setup(handler).await else {
+        return;
+    };
     let pod = env.pod_config("survivor");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
     let config = env.container_config("sleeper", &["sh", "-c", "echo before; exec sleep 1000"]);
@@ -708,35 +1068,72 @@ async fn pods_survive_a_daemon_crash(handler: &'static str) {
     let resources = env.pod_resources(&pod_id).await;
 
     env.daemon.kill9();
-    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra survives the daemon");
-    assert!(!processes_matching(&["conmon", &id]).is_empty(), "the container's conmon survives the daemon");
+    assert!(
+        Path::new(&format!("/proc/{}", resources.infra_pid)).exists(),
+        "infra survives the daemon"
+    );
+    assert!(
+        !processes_matching(&["conmon", &id]).is_empty(),
+        "the container's conmon survives the daemon"
+    );
     env.daemon.restart().await.expect("daemon restarts");
 
     let pods = env.list_pods().await;
     assert_eq!(pods.len(), 1, "{pods:?}");
-    assert_eq!((pods[0].id.as_str(), pods[0].state), (pod_id.as_str(), cri::PodSandboxState::SandboxReady as i32));
+    assert_eq!(
+        (pods[0].id.as_str(), pods[0].state),
+        (pod_id.as_str(), cri::PodSandboxState::SandboxReady as i32)
+    );
     let containers = env.list_containers(None).await;
     assert_eq!(containers.len(), 1, "{containers:?}");
-    assert_eq!(containers[0].state, cri::ContainerState::ContainerRunning as i32, "{containers:?}");
+    assert_eq!(
+        containers[0].state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{containers:?}"
+    );
     let exec = env
         .rt()
-        .exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "after".into()], timeout: 10 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "after".into()],
+            timeout: 10,
+        })
         .await
         .expect("ExecSync after restart")
         .into_inner();
     assert_eq!(exec.stdout, b"after\n");
     let status = env.pod_status(&pod_id).await;
-    assert!(status.status.unwrap().network.is_some_and(|n| !n.ip.is_empty()), "pod IP remembered");
+    assert!(
+        status
+            .status
+            .unwrap()
+            .network
+            .is_some_and(|n| !n.ip.is_empty()),
+        "pod IP remembered"
+    );
 
     // A clean stop (SIGTERM) of the daemon does not stop pods either.
-    env.daemon.restart().await.expect("daemon restarts after SIGTERM");
+    env.daemon
+        .restart()
+        .await
+        .expect("daemon restarts after SIGTERM");
     let containers = env.list_containers(None).await;
     assert_eq!(containers.len(), 1, "{containers:?}");
-    assert_eq!(containers[0].state, cri::ContainerState::ContainerRunning as i32, "{containers:?}");
-    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra survives a clean daemon stop");
+    assert_eq!(
+        containers[0].state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{containers:?}"
+    );
+    assert!(
+        Path::new(&format!("/proc/{}", resources.infra_pid)).exists(),
+        "infra survives a clean daemon stop"
+    );
 
     env.rt()
-        .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 1 })
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
         .await
         .expect("StopContainer after restart");
     let st = env.wait_exited(&id, Duration::from_secs(10)).await;
@@ -750,9 +1147,20 @@ async fn pods_survive_a_daemon_crash(handler: &'static str) {
 /// A host-network pod: no netns, no CNI, the host's interfaces; its DNS
 /// config becomes the containers' resolv.conf. Also: list filters.
 async fn host_network_pod_with_dns_config(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let mut pod = env.pod_config("hostnet");
-    let ns = pod.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap();
+    let ns = pod
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
     ns.network = cri::NamespaceMode::Node as i32;
     pod.dns_config = Some(cri::DnsConfig {
         servers: vec!["192.0.2.53".into()],
@@ -760,25 +1168,48 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
         options: vec!["ndots:2".into()],
     });
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
-    let other = env.run_pod(&env.pod_config("other")).await.expect("second pod");
+    let other = env
+        .run_pod(&env.pod_config("other"))
+        .await
+        .expect("second pod");
     let resources = env.pod_resources(&pod_id).await;
     assert!(resources.netns.is_none(), "no netns for a host-network pod");
     let status = env.pod_status(&pod_id).await.status.unwrap();
     assert!(status.network.is_none_or(|n| n.ip.is_empty()), "no CNI IP");
     assert_eq!(
-        status.linux.unwrap().namespaces.unwrap().options.unwrap().network,
+        status
+            .linux
+            .unwrap()
+            .namespaces
+            .unwrap()
+            .options
+            .unwrap()
+            .network,
         cri::NamespaceMode::Node as i32
     );
 
     let mut config = env.container_config("c", &["sleep", "1000"]);
-    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network =
-        cri::NamespaceMode::Node as i32;
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = cri::NamespaceMode::Node as i32;
     let id = env.create_and_start(&pod_id, &pod, config).await;
     let exec = env
         .rt()
         .exec_sync(cri::ExecSyncRequest {
             container_id: id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "cat /etc/resolv.conf; readlink /proc/1/ns/net".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /etc/resolv.conf; readlink /proc/1/ns/net".into(),
+            ],
             timeout: 10,
         })
         .await
@@ -790,19 +1221,28 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
         "resolv.conf from the DNS config: {out}"
     );
     let host_netns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert!(out.trim_end().ends_with(&host_netns.display().to_string()), "the host's netns: {out}");
+    assert!(
+        out.trim_end().ends_with(&host_netns.display().to_string()),
+        "the host's netns: {out}"
+    );
 
     // List filters: id prefix, label, state.
     let mut rt = env.rt();
     let by_id = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter { id: pod_id[..12].to_string(), ..Default::default() }),
+            filter: Some(cri::PodSandboxFilter {
+                id: pod_id[..12].to_string(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
         .into_inner()
         .items;
-    assert_eq!(by_id.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod_id.as_str()]);
+    assert_eq!(
+        by_id.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [pod_id.as_str()]
+    );
     let by_label = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
@@ -814,12 +1254,21 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
         .unwrap()
         .into_inner()
         .items;
-    assert_eq!(by_label.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [other.as_str()]);
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: other.clone() }).await.unwrap();
+    assert_eq!(
+        by_label.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [other.as_str()]
+    );
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: other.clone(),
+    })
+    .await
+    .unwrap();
     let ready = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
-                state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
                 ..Default::default()
             }),
         })
@@ -827,7 +1276,10 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
         .unwrap()
         .into_inner()
         .items;
-    assert_eq!(ready.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod_id.as_str()]);
+    assert_eq!(
+        ready.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [pod_id.as_str()]
+    );
 
     let other_resources = env.pod_resources(&other).await;
     env.stop_and_remove_pod(&other).await;
@@ -840,7 +1292,9 @@ async fn host_network_pod_with_dns_config(handler: &'static str) {
 /// Several pods started, used and removed at the same time on one daemon:
 /// distinct IPs, every container reachable, nothing left.
 async fn pods_run_concurrently(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let env = std::sync::Arc::new(env);
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -861,7 +1315,14 @@ async fn pods_run_concurrently(handler: &'static str) {
                 .expect("ExecSync")
                 .into_inner();
             assert_eq!(exec.stdout, format!("par{i}\n").into_bytes());
-            let ip = env.pod_status(&pod_id).await.status.unwrap().network.unwrap().ip;
+            let ip = env
+                .pod_status(&pod_id)
+                .await
+                .status
+                .unwrap()
+                .network
+                .unwrap()
+                .ip;
             (pod_id, ip)
         }));
     }
@@ -880,7 +1341,9 @@ async fn pods_run_concurrently(handler: &'static str) {
     let mut tasks = Vec::new();
     for (id, _) in pods {
         let env = env.clone();
-        tasks.push(tokio::spawn(async move { env.stop_and_remove_pod(&id).await }));
+        tasks.push(tokio::spawn(
+            async move { env.stop_and_remove_pod(&id).await },
+        ));
     }
     for t in tasks {
         t.await.expect("remove task");
@@ -895,18 +1358,26 @@ async fn pods_run_concurrently(handler: &'static str) {
 fn ipam_allocations(env: &Env) -> Vec<PathBuf> {
     crius_tests::files_below(&env.cni_dir.path().join("ipam"))
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&env.subnet_prefix)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&env.subnet_prefix))
+        })
         .collect()
 }
 
 /// A CNI plugin failing after the bridge attached the pod, and a container
 /// whose executable does not exist: errors, and nothing left behind.
 async fn failures_half_way_roll_back(handler: &'static str) {
-    let Some(env) = setup(handler).await else { return };
+    let Some(env) = setup(handler).await else {
+        return;
+    };
     let conflist = env.cni_dir.path().join("10-test.conflist");
     let good = std::fs::read(&conflist).unwrap();
     let mut broken: serde_json::Value = serde_json::from_slice(&good).unwrap();
-    broken["plugins"].as_array_mut().unwrap().push(serde_json::json!({ "type": "crius-no-such-plugin" }));
+    broken["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "type": "crius-no-such-plugin" }));
     std::fs::write(&conflist, serde_json::to_vec(&broken).unwrap()).unwrap();
 
     let pod = env.pod_config("cnifail");
@@ -914,7 +1385,11 @@ async fn failures_half_way_roll_back(handler: &'static str) {
     assert!(err.message().contains("crius-no-such-plugin"), "{err:?}");
     env.assert_no_pods_left("after a CNI failure");
     assert!(env.list_pods().await.is_empty());
-    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    assert!(
+        ipam_allocations(&env).is_empty(),
+        "IP released: {:?}",
+        ipam_allocations(&env)
+    );
     // The pod cgroup is gone too: the daemon logged the pod's id.
     let log = env.daemon.stderr_text();
     let failed_id = log
@@ -930,53 +1405,92 @@ async fn failures_half_way_roll_back(handler: &'static str) {
 
     // The same pod (name) runs once the network is fixed: the name was released.
     std::fs::write(&conflist, &good).unwrap();
-    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox after the fix");
-    assert_eq!(ipam_allocations(&env).len(), 1, "{:?}", ipam_allocations(&env));
+    let pod_id = env
+        .run_pod(&pod)
+        .await
+        .expect("RunPodSandbox after the fix");
+    assert_eq!(
+        ipam_allocations(&env).len(),
+        1,
+        "{:?}",
+        ipam_allocations(&env)
+    );
 
     let config = env.container_config("ghost", &["/no/such/binary"]);
     match env.create(&pod_id, &pod, config.clone()).await {
         Err(err) => {
             // Rejected at create: no bundle, mount or record left.
             assert!(err.message().contains("/no/such/binary"), "{err:?}");
-            let bundles = crius_tests::dir_entries(&env.daemon.state_dir().join("pods").join(&pod_id).join("containers"));
+            let bundles = crius_tests::dir_entries(
+                &env.daemon
+                    .state_dir()
+                    .join("pods")
+                    .join(&pod_id)
+                    .join("containers"),
+            );
             assert!(bundles.is_empty(), "{bundles:?}");
             assert!(env.list_containers(None).await.is_empty());
             // The name is free again.
             let mut ok = env.container_config("ghost", &["true"]);
             ok.metadata = config.metadata.clone();
-            env.create(&pod_id, &pod, ok).await.expect("the name is free again");
+            env.create(&pod_id, &pod, ok)
+                .await
+                .expect("the name is free again");
         }
         Ok(id) => {
             // Or at start; the container is then not running and removable.
             let err = env
                 .rt()
-                .start_container(cri::StartContainerRequest { container_id: id.clone() })
+                .start_container(cri::StartContainerRequest {
+                    container_id: id.clone(),
+                })
                 .await
                 .expect_err("start of a missing executable");
-            assert!(err.message().contains("/no/such/binary") || err.message().contains("no such file"), "{err:?}");
+            assert!(
+                err.message().contains("/no/such/binary") || err.message().contains("no such file"),
+                "{err:?}"
+            );
             let st = env.container_status(&id).await;
-            assert_ne!(st.state, cri::ContainerState::ContainerRunning as i32, "{st:?}");
-            env.rt().remove_container(cri::RemoveContainerRequest { container_id: id }).await.expect("RemoveContainer");
+            assert_ne!(
+                st.state,
+                cri::ContainerState::ContainerRunning as i32,
+                "{st:?}"
+            );
+            env.rt()
+                .remove_container(cri::RemoveContainerRequest { container_id: id })
+                .await
+                .expect("RemoveContainer");
         }
     }
     let resources = env.pod_resources(&pod_id).await;
     env.stop_and_remove_pod(&pod_id).await;
     resources.assert_gone();
     env.assert_no_pods_left("after cleanup");
-    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    assert!(
+        ipam_allocations(&env).is_empty(),
+        "IP released: {:?}",
+        ipam_allocations(&env)
+    );
 }
 
 /// The infra container cannot start (the pause binary is missing) after
 /// the network is set up: the pod's netns, IP, shm mount, cgroup and
 /// directory are all undone.
 async fn infra_failure_rolls_back(handler: &'static str) {
-    let Some(env) = setup_with(handler, "pause:\n  catatonit_path: /no/such/catatonit\n").await else { return };
+    let Some(env) = setup_with(handler, "pause:\n  catatonit_path: /no/such/catatonit\n").await
+    else {
+        return;
+    };
     let pod = env.pod_config("noinfra");
     let err = env.run_pod(&pod).await.expect_err("no pause binary");
     assert!(err.message().contains("/no/such/catatonit"), "{err:?}");
     env.assert_no_pods_left("after an infra failure");
     assert!(env.list_pods().await.is_empty());
-    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    assert!(
+        ipam_allocations(&env).is_empty(),
+        "IP released: {:?}",
+        ipam_allocations(&env)
+    );
 }
 
 /// A crash while RunPodSandbox was still running (simulated: the record is
@@ -984,24 +1498,42 @@ async fn infra_failure_rolls_back(handler: &'static str) {
 /// restarted daemon removes the pod and everything it held, including the
 /// processes the handler had started.
 async fn pod_caught_mid_creation_is_removed_after_a_crash(handler: &'static str) {
-    let Some(mut env) = setup(handler).await else { return };
+    let Some(mut env) = setup(handler).await else {
+        return;
+    };
     let pod = env.pod_config("halfmade");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
     let resources = env.pod_resources(&pod_id).await;
     env.daemon.kill9();
 
-    let record = env.daemon.state_dir().join("pods").join(&pod_id).join("pod.json");
-    let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let record = env
+        .daemon
+        .state_dir()
+        .join("pods")
+        .join(&pod_id)
+        .join("pod.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(value["state"], "ready", "{value}");
     value["state"] = "creating".into();
     std::fs::write(&record, serde_json::to_vec(&value).unwrap()).unwrap();
-    assert!(Path::new(&format!("/proc/{}", resources.infra_pid)).exists(), "infra still runs");
+    assert!(
+        Path::new(&format!("/proc/{}", resources.infra_pid)).exists(),
+        "infra still runs"
+    );
 
     env.daemon.restart().await.expect("daemon restarts");
-    assert!(env.list_pods().await.is_empty(), "the half-made pod is not listed");
+    assert!(
+        env.list_pods().await.is_empty(),
+        "the half-made pod is not listed"
+    );
     resources.assert_gone();
     env.assert_no_pods_left("after recovering from a crash mid-creation");
-    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    assert!(
+        ipam_allocations(&env).is_empty(),
+        "IP released: {:?}",
+        ipam_allocations(&env)
+    );
     // Its name is free again.
     let again = env.run_pod(&pod).await.expect("the same pod runs again");
     env.stop_and_remove_pod(&again).await;
@@ -1012,7 +1544,9 @@ async fn pod_caught_mid_creation_is_removed_after_a_crash(handler: &'static str)
 /// cgroup (killing what runs in it), mounts and records.
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_of_a_removed_handler_can_still_be_removed() {
-    let Some(mut env) = setup("crun").await else { return };
+    let Some(mut env) = setup("crun").await else {
+        return;
+    };
     let pod = env.pod_config("orphan");
     let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
     let resources = env.pod_resources(&pod_id).await;
@@ -1032,16 +1566,26 @@ async fn pod_of_a_removed_handler_can_still_be_removed() {
             kept.push(line);
         }
     }
-    assert!(kept.len() < config.lines().count(), "crun entry found in:\n{config}");
+    assert!(
+        kept.len() < config.lines().count(),
+        "crun entry found in:\n{config}"
+    );
     std::fs::write(env.daemon.config_path(), kept.join("\n") + "\n").unwrap();
-    env.daemon.restart().await.expect("daemon restarts without crun");
+    env.daemon
+        .restart()
+        .await
+        .expect("daemon restarts without crun");
 
     let pods = env.list_pods().await;
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
     env.stop_and_remove_pod(&pod_id).await;
     assert!(env.list_pods().await.is_empty());
-    assert!(ipam_allocations(&env).is_empty(), "IP released: {:?}", ipam_allocations(&env));
+    assert!(
+        ipam_allocations(&env).is_empty(),
+        "IP released: {:?}",
+        ipam_allocations(&env)
+    );
 
     // The infra crun ran was killed with the pod cgroup; crun's own state
     // entry is out of the daemon's reach now: clean it up here.

@@ -20,7 +20,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[command(name = "criusctl", about = "CRI client for crius", version)]
 struct Cli {
     /// The runtime's CRI socket.
-    #[arg(long, short = 's', default_value = "/run/crius/crius.sock", global = true)]
+    #[arg(
+        long,
+        short = 's',
+        default_value = "/run/crius/crius.sock",
+        global = true
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -131,7 +136,10 @@ async fn connect(socket: &Path) -> Result<Clients> {
 }
 
 fn image_spec(image: &str) -> Option<cri::ImageSpec> {
-    Some(cri::ImageSpec { image: image.to_string(), ..Default::default() })
+    Some(cri::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
 }
 
 fn print_info(info: &HashMap<String, String>) {
@@ -148,13 +156,27 @@ async fn main() -> Result<()> {
     let mut c = connect(&cli.socket).await?;
     match cli.command {
         Command::Version => {
-            let v = c.runtime.version(cri::VersionRequest::default()).await?.into_inner();
-            println!("RuntimeName: {}\nRuntimeVersion: {}\nRuntimeApiVersion: {}", v.runtime_name, v.runtime_version, v.runtime_api_version);
+            let v = c
+                .runtime
+                .version(cri::VersionRequest::default())
+                .await?
+                .into_inner();
+            println!(
+                "RuntimeName: {}\nRuntimeVersion: {}\nRuntimeApiVersion: {}",
+                v.runtime_name, v.runtime_version, v.runtime_api_version
+            );
         }
         Command::Status => {
-            let s = c.runtime.status(cri::StatusRequest { verbose: true }).await?.into_inner();
+            let s = c
+                .runtime
+                .status(cri::StatusRequest { verbose: true })
+                .await?
+                .into_inner();
             for cond in s.status.map(|s| s.conditions).unwrap_or_default() {
-                println!("{}: {} {} {}", cond.r#type, cond.status, cond.reason, cond.message);
+                println!(
+                    "{}: {} {} {}",
+                    cond.r#type, cond.status, cond.reason, cond.message
+                );
             }
             for h in s.runtime_handlers {
                 let f = h.features.unwrap_or_default();
@@ -166,17 +188,34 @@ async fn main() -> Result<()> {
             print_info(&s.info);
         }
         Command::Pull { image } => {
-            let r = c.image.pull_image(cri::PullImageRequest { image: image_spec(&image), ..Default::default() }).await?;
+            let r = c
+                .image
+                .pull_image(cri::PullImageRequest {
+                    image: image_spec(&image),
+                    ..Default::default()
+                })
+                .await?;
             println!("{}", r.into_inner().image_ref);
         }
         Command::Images => {
-            let r = c.image.list_images(cri::ListImagesRequest::default()).await?.into_inner();
+            let r = c
+                .image
+                .list_images(cri::ListImagesRequest::default())
+                .await?
+                .into_inner();
             for img in r.images {
                 println!("{}\t{}\t{}", &img.id, img.repo_tags.join(","), img.size);
             }
         }
         Command::Inspecti { image } => {
-            let r = c.image.image_status(cri::ImageStatusRequest { image: image_spec(&image), verbose: true }).await?.into_inner();
+            let r = c
+                .image
+                .image_status(cri::ImageStatusRequest {
+                    image: image_spec(&image),
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
             match r.image {
                 Some(img) => println!("{img:#?}"),
                 None => bail!("image {image} not found"),
@@ -184,10 +223,18 @@ async fn main() -> Result<()> {
             print_info(&r.info);
         }
         Command::Rmi { image } => {
-            c.image.remove_image(cri::RemoveImageRequest { image: image_spec(&image) }).await?;
+            c.image
+                .remove_image(cri::RemoveImageRequest {
+                    image: image_spec(&image),
+                })
+                .await?;
         }
         Command::Imagefsinfo => {
-            let r = c.image.image_fs_info(cri::ImageFsInfoRequest::default()).await?.into_inner();
+            let r = c
+                .image
+                .image_fs_info(cri::ImageFsInfoRequest::default())
+                .await?
+                .into_inner();
             println!("{r:#?}");
         }
         Command::Run(args) => {
@@ -195,44 +242,104 @@ async fn main() -> Result<()> {
             println!("pod {pod}\ncontainer {ctr}");
         }
         Command::Pods => {
-            let r = c.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner();
+            let r = c
+                .runtime
+                .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await?
+                .into_inner();
             for p in r.items {
                 let m = p.metadata.unwrap_or_default();
-                println!("{}\t{}/{}\t{:?}\t{}", p.id, m.namespace, m.name, cri::PodSandboxState::try_from(p.state).unwrap_or_default(), p.runtime_handler);
+                println!(
+                    "{}\t{}/{}\t{:?}\t{}",
+                    p.id,
+                    m.namespace,
+                    m.name,
+                    cri::PodSandboxState::try_from(p.state).unwrap_or_default(),
+                    p.runtime_handler
+                );
             }
         }
         Command::Ps => {
-            let r = c.runtime.list_containers(cri::ListContainersRequest::default()).await?.into_inner();
+            let r = c
+                .runtime
+                .list_containers(cri::ListContainersRequest::default())
+                .await?
+                .into_inner();
             for ctr in r.containers {
                 let m = ctr.metadata.unwrap_or_default();
-                println!("{}\t{}\t{:?}\tpod {}", ctr.id, m.name, cri::ContainerState::try_from(ctr.state).unwrap_or_default(), ctr.pod_sandbox_id);
+                println!(
+                    "{}\t{}\t{:?}\tpod {}",
+                    ctr.id,
+                    m.name,
+                    cri::ContainerState::try_from(ctr.state).unwrap_or_default(),
+                    ctr.pod_sandbox_id
+                );
             }
         }
         Command::Inspectp { pod } => {
-            let r = c.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod, verbose: true }).await?.into_inner();
+            let r = c
+                .runtime
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod,
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
             println!("{:#?}", r.status);
             print_info(&r.info);
         }
         Command::Inspect { container } => {
-            let r = c.runtime.container_status(cri::ContainerStatusRequest { container_id: container, verbose: true }).await?.into_inner();
+            let r = c
+                .runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: container,
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
             println!("{:#?}", r.status);
             print_info(&r.info);
         }
         Command::Logs { container } => {
-            let r = c.runtime.container_status(cri::ContainerStatusRequest { container_id: container, verbose: false }).await?.into_inner();
+            let r = c
+                .runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: container,
+                    verbose: false,
+                })
+                .await?
+                .into_inner();
             let path = r.status.map(|s| s.log_path).unwrap_or_default();
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading log file {path}"))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading log file {path}"))?;
             print!("{}", strip_cri_log(&text));
         }
-        Command::Exec { container, timeout, cmd } => {
-            let r = c.runtime.exec_sync(cri::ExecSyncRequest { container_id: container, cmd, timeout }).await?.into_inner();
+        Command::Exec {
+            container,
+            timeout,
+            cmd,
+        } => {
+            let r = c
+                .runtime
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: container,
+                    cmd,
+                    timeout,
+                })
+                .await?
+                .into_inner();
             use std::io::Write;
             std::io::stdout().write_all(&r.stdout)?;
             std::io::stderr().write_all(&r.stderr)?;
             std::process::exit(r.exit_code);
         }
         Command::Stop { container, timeout } => {
-            c.runtime.stop_container(cri::StopContainerRequest { container_id: container, timeout }).await?;
+            c.runtime
+                .stop_container(cri::StopContainerRequest {
+                    container_id: container,
+                    timeout,
+                })
+                .await?;
         }
         Command::Rmp { pod } => remove_pod(&mut c, &pod).await?,
         Command::Bench(args) => bench(&mut c, &args).await?,
@@ -246,7 +353,12 @@ fn strip_cri_log(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let mut parts = line.splitn(4, ' ');
-        let (_time, _stream, tag, msg) = (parts.next(), parts.next(), parts.next(), parts.next().unwrap_or(""));
+        let (_time, _stream, tag, msg) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next().unwrap_or(""),
+        );
         out.push_str(msg);
         if tag != Some("P") {
             out.push('\n');
@@ -256,9 +368,23 @@ fn strip_cri_log(text: &str) -> String {
 }
 
 async fn ensure_image(c: &mut Clients, image: &str) -> Result<()> {
-    let present = c.image.image_status(cri::ImageStatusRequest { image: image_spec(image), verbose: false }).await?.into_inner().image.is_some();
+    let present = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: image_spec(image),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image
+        .is_some();
     if !present {
-        c.image.pull_image(cri::PullImageRequest { image: image_spec(image), ..Default::default() }).await
+        c.image
+            .pull_image(cri::PullImageRequest {
+                image: image_spec(image),
+                ..Default::default()
+            })
+            .await
             .with_context(|| format!("pulling {image}"))?;
     }
     Ok(())
@@ -266,11 +392,24 @@ async fn ensure_image(c: &mut Clients, image: &str) -> Result<()> {
 
 fn pod_config(args: &RunArgs, index: usize) -> cri::PodSandboxConfig {
     let uid = format!("{:016x}", rand_u64());
-    let name = if index == 0 { args.name.clone() } else { format!("{}-{index}", args.name) };
+    let name = if index == 0 {
+        args.name.clone()
+    } else {
+        format!("{}-{index}", args.name)
+    };
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.clone(), uid: uid.clone(), namespace: args.namespace.clone(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: args.namespace.clone(),
+            attempt: 0,
+        }),
         hostname: name.clone(),
-        log_directory: args.log_root.join(format!("{}_{}_{uid}", args.namespace, name)).display().to_string(),
+        log_directory: args
+            .log_root
+            .join(format!("{}_{}_{uid}", args.namespace, name))
+            .display()
+            .to_string(),
         // No cgroup_parent: unlike a kubelet, criusctl owns no cgroup tree, so
         // the daemon's default (`/crius/pod-<id>`) is used and removed with the pod.
         linux: Some(cri::LinuxPodSandboxConfig::default()),
@@ -280,7 +419,10 @@ fn pod_config(args: &RunArgs, index: usize) -> cri::PodSandboxConfig {
 
 fn rand_u64() -> u64 {
     // Unique enough for names: time + pid; no extra dependency.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     nanos ^ ((std::process::id() as u64) << 32)
 }
 
@@ -288,20 +430,34 @@ fn rand_u64() -> u64 {
 async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(String, String)> {
     ensure_image(c, &args.image).await?;
     let config = pod_config(args, index);
-    let pod = c.runtime.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: args.handler.clone() })
-        .await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
+    let pod = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: args.handler.clone(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
     let ctr_config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: args.name.clone(), attempt: 0 }),
+        metadata: Some(cri::ContainerMetadata {
+            name: args.name.clone(),
+            attempt: 0,
+        }),
         image: image_spec(&args.image),
         command: args.cmd.clone(),
         log_path: format!("{}/0.log", args.name),
         ..Default::default()
     };
-    let created = c.runtime.create_container(cri::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(ctr_config),
-        sandbox_config: Some(config),
-    }).await;
+    let created = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ctr_config),
+            sandbox_config: Some(config),
+        })
+        .await;
     let ctr = match created {
         Ok(r) => r.into_inner().container_id,
         Err(e) => {
@@ -309,7 +465,13 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
             return Err(e).context("CreateContainer");
         }
     };
-    if let Err(e) = c.runtime.start_container(cri::StartContainerRequest { container_id: ctr.clone() }).await {
+    if let Err(e) = c
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+    {
         let _ = remove_pod(c, &pod).await;
         return Err(e).context("StartContainer");
     }
@@ -317,8 +479,18 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
 }
 
 async fn remove_pod(c: &mut Clients, pod: &str) -> Result<()> {
-    c.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.to_string() }).await.context("StopPodSandbox")?;
-    c.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.to_string() }).await.context("RemovePodSandbox")?;
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .context("StopPodSandbox")?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .context("RemovePodSandbox")?;
     Ok(())
 }
 
@@ -337,7 +509,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// their medians are printed too.
 async fn bench(c: &mut Clients, args: &BenchArgs) -> Result<()> {
     ensure_image(c, &args.image).await?;
-    println!("{:<10} {:>5} {:>10} {:>10} {:>10}  split (p50)", "handler", "pods", "p50 ms", "p95 ms", "max ms");
+    println!(
+        "{:<10} {:>5} {:>10} {:>10} {:>10}  split (p50)",
+        "handler", "pods", "p50 ms", "p95 ms", "max ms"
+    );
     for handler in &args.handlers {
         let run = RunArgs {
             handler: handler.clone(),
@@ -356,7 +531,14 @@ async fn bench(c: &mut Clients, args: &BenchArgs) -> Result<()> {
             let elapsed = start.elapsed();
             let (pod, _) = result.with_context(|| format!("handler {handler}, pod {i}"))?;
             times.push(elapsed);
-            let status = c.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await?.into_inner();
+            let status = c
+                .runtime
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
             // Top-level `*_ms` keys, and those the handler reports in the
             // verbose info's `handlerInfo` (kata: VM start, agent ready,
             // container start).

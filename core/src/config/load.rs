@@ -40,7 +40,12 @@ pub enum ConfigError {
     /// A file is not valid YAML, has an unknown key, or a value of the wrong
     /// type. `line` and `column` are 1-based; 0 when the parser gave none.
     #[error("{}: {message}", Located(path, *line, *column))]
-    Parse { path: PathBuf, line: u64, column: u64, message: String },
+    Parse {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
     /// The merged configuration is well-formed but unusable (unknown default
     /// handler, relative path, ...). The message names the file and line
     /// of each problem when a file set the key at fault.
@@ -75,7 +80,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     let located = |problems: Vec<Problem>| {
         let lines: Vec<String> = problems.iter().map(|p| merged.locate(p, &files)).collect();
-        ConfigError::Invalid { message: join_problems(&lines) }
+        ConfigError::Invalid {
+            message: join_problems(&lines),
+        }
     };
     let config = merged.resolve().map_err(located)?;
     let problems = config.problems();
@@ -129,8 +136,10 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 }
 
 fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     serde_saphyr::from_str::<FileConfig>(&text).map_err(|err| parse_error(path, &text, &err))
 }
 
@@ -163,7 +172,12 @@ fn parse_error(path: &Path, text: &str, err: &serde_saphyr::Error) -> ConfigErro
         }
         message = format!("{message} (at `{}`)", escape_controls(&shown));
     }
-    ConfigError::Parse { path: path.to_path_buf(), line, column, message }
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
 }
 
 fn escape_controls(text: &str) -> Cow<'_, str> {
@@ -171,8 +185,11 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
         Cow::Owned(
             text.chars()
                 .flat_map(|c| {
-                    let escaped: Vec<char> =
-                        if c.is_control() { c.escape_debug().collect() } else { vec![c] };
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_debug().collect()
+                    } else {
+                        vec![c]
+                    };
                     escaped
                 })
                 .collect(),
@@ -284,9 +301,17 @@ impl FileConfig {
         put(&mut self.root, other.root, file);
         put(&mut self.state_dir, other.state_dir, file);
         put(&mut self.log_level, other.log_level, file);
-        put(&mut self.restrict_oom_score_adj, other.restrict_oom_score_adj, file);
+        put(
+            &mut self.restrict_oom_score_adj,
+            other.restrict_oom_score_adj,
+            file,
+        );
         put(&mut self.cgroup_driver, other.cgroup_driver, file);
-        put(&mut self.default_runtime_handler, other.default_runtime_handler, file);
+        put(
+            &mut self.default_runtime_handler,
+            other.default_runtime_handler,
+            file,
+        );
         if let Some(handlers) = other.runtime_handlers {
             let merged = self.runtime_handlers.get_or_insert_default();
             for (name, handler) in handlers {
@@ -308,7 +333,11 @@ impl FileConfig {
         }
         if let Some(image) = other.image {
             let merged = self.image.get_or_insert_default();
-            put(&mut merged.max_concurrent_downloads, image.max_concurrent_downloads, file);
+            put(
+                &mut merged.max_concurrent_downloads,
+                image.max_concurrent_downloads,
+                file,
+            );
             put(&mut merged.default_registry, image.default_registry, file);
         }
         if let Some(pause) = other.pause {
@@ -362,7 +391,10 @@ impl FileConfig {
             root: value(&self.root, defaults.root),
             state_dir: value(&self.state_dir, defaults.state_dir),
             log_level: value(&self.log_level, defaults.log_level),
-            restrict_oom_score_adj: value(&self.restrict_oom_score_adj, defaults.restrict_oom_score_adj),
+            restrict_oom_score_adj: value(
+                &self.restrict_oom_score_adj,
+                defaults.restrict_oom_score_adj,
+            ),
             cgroup_driver: value(&self.cgroup_driver, defaults.cgroup_driver),
             default_runtime_handler: value(
                 &self.default_runtime_handler,
@@ -380,9 +412,16 @@ impl FileConfig {
                 ),
                 default_registry: value(&image.default_registry, image_defaults.default_registry),
             },
-            registries: self.registries.as_ref().map_or(defaults.registries, |registries| {
-                registries.value.iter().map(|entry| entry.value.clone()).collect()
-            }),
+            registries: self
+                .registries
+                .as_ref()
+                .map_or(defaults.registries, |registries| {
+                    registries
+                        .value
+                        .iter()
+                        .map(|entry| entry.value.clone())
+                        .collect()
+                }),
             pause: PauseConfig {
                 catatonit_path: self
                     .pause
@@ -428,9 +467,10 @@ impl FileConfig {
             }),
             Key::CniConfDir => self.cni.as_ref().and_then(|c| pos(&c.conf_dir)),
             Key::CniBinDirs => self.cni.as_ref().and_then(|c| pos(&c.bin_dirs)),
-            Key::MaxConcurrentDownloads => {
-                self.image.as_ref().and_then(|i| pos(&i.max_concurrent_downloads))
-            }
+            Key::MaxConcurrentDownloads => self
+                .image
+                .as_ref()
+                .and_then(|i| pos(&i.max_concurrent_downloads)),
             Key::DefaultRegistry => self.image.as_ref().and_then(|i| pos(&i.default_registry)),
             Key::Registry(index) => self
                 .registries
@@ -448,7 +488,11 @@ impl FileHandler {
         put(&mut self.runtime_path, other.runtime_path, file);
         put(&mut self.runtime_root, other.runtime_root, file);
         put(&mut self.monitor_path, other.monitor_path, file);
-        put(&mut self.allowed_annotations, other.allowed_annotations, file);
+        put(
+            &mut self.allowed_annotations,
+            other.allowed_annotations,
+            file,
+        );
         if let Some(annotations) = other.default_annotations {
             let merged = self.default_annotations.get_or_insert_default();
             for (key, mut value) in annotations {
@@ -456,10 +500,18 @@ impl FileHandler {
                 merged.insert(key, value);
             }
         }
-        put(&mut self.privileged_without_host_devices, other.privileged_without_host_devices, file);
+        put(
+            &mut self.privileged_without_host_devices,
+            other.privileged_without_host_devices,
+            file,
+        );
         if let Some(features) = other.features {
             let merged = self.features.get_or_insert_default();
-            put(&mut merged.recursive_read_only_mounts, features.recursive_read_only_mounts, file);
+            put(
+                &mut merged.recursive_read_only_mounts,
+                features.recursive_read_only_mounts,
+                file,
+            );
             put(&mut merged.user_namespaces, features.user_namespaces, file);
         }
         // The plugin sub-table is small; a later file replaces it whole.
@@ -473,18 +525,24 @@ impl FileHandler {
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
-        let missing: Vec<&str> =
-            [("kind", self.kind.is_none()), ("runtime_path", self.runtime_path.is_none())]
-                .into_iter()
-                .filter_map(|(key, missing)| missing.then_some(key))
-                .collect();
+        let missing: Vec<&str> = [
+            ("kind", self.kind.is_none()),
+            ("runtime_path", self.runtime_path.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(key, missing)| missing.then_some(key))
+        .collect();
         let (Some(kind), Some(runtime_path)) = (&self.kind, &self.runtime_path) else {
             return Err(Problem {
                 key: Key::Handler(name.to_string()),
                 message: format!(
                     "missing required {} (a handler needs `kind` and `runtime_path`; setting \
                      runtime_handlers in any file replaces the built-in runc/crun table)",
-                    missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
+                    missing
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 ),
             });
         };
@@ -513,7 +571,9 @@ impl FileHandler {
                 recursive_read_only_mounts: features
                     .and_then(|f| f.recursive_read_only_mounts.as_ref())
                     .map(|s| s.value),
-                user_namespaces: features.and_then(|f| f.user_namespaces.as_ref()).map(|s| s.value),
+                user_namespaces: features
+                    .and_then(|f| f.user_namespaces.as_ref())
+                    .map(|s| s.value),
             },
             plugin: match (&self.plugin, kind.value) {
                 (Some(plugin), _) => Some(plugin.value.clone()),
@@ -591,19 +651,35 @@ mod tests {
             .lines()
             .skip_while(|line| !line.starts_with("# registries:"))
             .take_while(|line| line.starts_with('#'))
-            .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .unwrap_or(line.trim_start_matches('#'))
+            })
             .map(|line| format!("{line}\n"))
             .collect();
-        assert!(example.contains("prefix: docker.io"), "example not found: {example}");
+        assert!(
+            example.contains("prefix: docker.io"),
+            "example not found: {example}"
+        );
         let config = Fixture::new(&example).load().expect("example loads");
         assert_eq!(config.registries.len(), 4);
-        let hub = config.registry_for("docker.io/library/busybox:latest").expect("docker.io entry");
+        let hub = config
+            .registry_for("docker.io/library/busybox:latest")
+            .expect("docker.io entry");
         assert!(hub.blocked);
         assert_eq!(
             hub.mirrors,
-            vec![MirrorConfig { location: "127.0.0.1:5000/dockerhub".into(), insecure: true }]
+            vec![MirrorConfig {
+                location: "127.0.0.1:5000/dockerhub".into(),
+                insecure: true
+            }]
         );
-        assert!(config.registry_for("127.0.0.1:5000/busybox:1").expect("local").insecure);
+        assert!(
+            config
+                .registry_for("127.0.0.1:5000/busybox:1")
+                .expect("local")
+                .insecure
+        );
     }
 
     #[test]
@@ -615,24 +691,39 @@ mod tests {
             .lines()
             .skip_while(|line| !line.starts_with("# runtime_handlers:"))
             .take_while(|line| line.starts_with('#'))
-            .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .unwrap_or(line.trim_start_matches('#'))
+            })
             .map(|line| format!("{line}\n"))
             .collect();
         assert!(example.contains("kind: vm"), "example not found: {example}");
-        let fx = Fixture::new(&format!("default_runtime_handler: kata\n{example}"))
-            .drop_in("10-fast.yaml", "runtime_handlers:\n  kata:\n    vm:\n      boot_timeout_seconds: 5\n");
+        let fx = Fixture::new(&format!("default_runtime_handler: kata\n{example}")).drop_in(
+            "10-fast.yaml",
+            "runtime_handlers:\n  kata:\n    vm:\n      boot_timeout_seconds: 5\n",
+        );
         let config = fx.load().expect("example loads");
         let kata = &config.runtime_handlers["kata"];
         assert_eq!(kata.kind, HandlerKind::Vm);
         let vm = kata.vm.clone().expect("vm handlers always have a vm table");
         assert_eq!(vm.boot_timeout_seconds, 5, "the drop-in changed one key");
-        assert_eq!(VmConfig { boot_timeout_seconds: 60, ..vm }, VmConfig::default(), "the rest are defaults");
+        assert_eq!(
+            VmConfig {
+                boot_timeout_seconds: 60,
+                ..vm
+            },
+            VmConfig::default(),
+            "the rest are defaults"
+        );
 
         // A vm handler without a vm table gets the defaults; other kinds none.
         let fx = Fixture::new(
             "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n",
         );
-        assert_eq!(fx.load().expect("load").runtime_handlers["k"].vm, Some(VmConfig::default()));
+        assert_eq!(
+            fx.load().expect("load").runtime_handlers["k"].vm,
+            Some(VmConfig::default())
+        );
         assert_eq!(Config::default().runtime_handlers["runc"].vm, None);
 
         // Bad values are reported under the handler's `vm` key.
@@ -641,14 +732,23 @@ mod tests {
              vm:\n      kernel: vmlinux\n      default_vcpus: 0\n",
         );
         let err = fx.load().unwrap_err().to_string();
-        assert!(err.contains("runtime_handlers.k.vm: kernel: path `vmlinux` must be absolute"), "{err}");
-        assert!(err.contains("runtime_handlers.k.vm: default_vcpus: must be at least 1"), "{err}");
+        assert!(
+            err.contains("runtime_handlers.k.vm: kernel: path `vmlinux` must be absolute"),
+            "{err}"
+        );
+        assert!(
+            err.contains("runtime_handlers.k.vm: default_vcpus: must be at least 1"),
+            "{err}"
+        );
         let fx = Fixture::new(
             "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
              vm:\n      default_vcpus: 2\n",
         );
         let err = fx.load().unwrap_err().to_string();
-        assert!(err.contains("only handlers of kind `vm` take a `vm` table"), "{err}");
+        assert!(
+            err.contains("only handlers of kind `vm` take a `vm` table"),
+            "{err}"
+        );
         let fx = Fixture::new(
             "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
              vm:\n      bogus: 1\n",
@@ -659,24 +759,40 @@ mod tests {
     #[test]
     fn empty_and_comment_only_files_give_the_defaults() {
         assert_eq!(Fixture::new("").load().expect("empty"), Config::default());
-        assert_eq!(Fixture::new("# nothing\n").load().expect("comments"), Config::default());
+        assert_eq!(
+            Fixture::new("# nothing\n").load().expect("comments"),
+            Config::default()
+        );
     }
 
     #[test]
     fn default_config_round_trips_through_yaml() {
         // Every field of Config must be accepted by the per-file types.
         let text = serde_saphyr::to_string(&Config::default()).expect("serialize");
-        assert_eq!(Fixture::new(&text).load().expect("load serialized"), Config::default());
+        assert_eq!(
+            Fixture::new(&text).load().expect("load serialized"),
+            Config::default()
+        );
     }
 
     #[test]
     fn unknown_top_level_key_names_file_and_line() {
         let fx = Fixture::new("listen: /run/x.sock\nroot: /var/lib/x\nruntime_handler: runc\n");
         let err = fx.err();
-        let expected = format!("{}:3:1: unknown field `runtime_handler`", fx.path().display());
+        let expected = format!(
+            "{}:3:1: unknown field `runtime_handler`",
+            fx.path().display()
+        );
         assert!(err.starts_with(&expected), "{err}");
         assert!(err.contains("expected one of"), "{err}");
-        assert!(matches!(fx.load(), Err(ConfigError::Parse { line: 3, column: 1, .. })));
+        assert!(matches!(
+            fx.load(),
+            Err(ConfigError::Parse {
+                line: 3,
+                column: 1,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -688,7 +804,10 @@ mod tests {
         let err = fx.err();
         let expected = format!("{}:5:5: unknown field `monitor`", fx.path().display());
         assert!(err.starts_with(&expected), "{err}");
-        assert!(err.contains("monitor_path"), "should list the known keys: {err}");
+        assert!(
+            err.contains("monitor_path"),
+            "should list the known keys: {err}"
+        );
     }
 
     #[test]
@@ -696,34 +815,55 @@ mod tests {
         let fx = Fixture::new("").drop_in("10-a.yaml", "image:\n  max_downloads: 2\n");
         let err = fx.err();
         let drop_in = fx.dir.path().join("crius.yaml.d/10-a.yaml");
-        assert!(err.starts_with(&format!("{}:2:3: unknown field", drop_in.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:2:3: unknown field", drop_in.display())),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_names_file_line_and_the_line_text() {
         let fx = Fixture::new("log_level: info\nimage:\n  max_concurrent_downloads: lots\n");
         let err = fx.err();
-        assert!(err.starts_with(&format!("{}:3:29: ", fx.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:3:29: ", fx.path().display())),
+            "{err}"
+        );
         assert!(err.contains("max_concurrent_downloads: lots"), "{err}");
 
         let fx = Fixture::new("runtime_handlers:\n  runc:\n    kind: docker\n");
         let err = fx.err();
-        assert!(err.starts_with(&format!("{}:3:11: ", fx.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:3:11: ", fx.path().display())),
+            "{err}"
+        );
         assert!(err.contains("docker"), "{err}");
 
         let fx = Fixture::new("cni:\n  bin_dirs: /usr/lib/cni\n");
-        assert!(fx.err().starts_with(&format!("{}:2:13: ", fx.path().display())));
+        assert!(
+            fx.err()
+                .starts_with(&format!("{}:2:13: ", fx.path().display()))
+        );
     }
 
     #[test]
     fn yaml_syntax_errors_and_duplicate_keys_are_located() {
         let fx = Fixture::new("listen: /a\nroot: [/b\n");
         let err = fx.err();
-        assert!(err.starts_with(&format!("{}:", fx.path().display())), "{err}");
-        assert!(matches!(fx.load(), Err(ConfigError::Parse { line: 2.., .. })), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:", fx.path().display())),
+            "{err}"
+        );
+        assert!(
+            matches!(fx.load(), Err(ConfigError::Parse { line: 2.., .. })),
+            "{err}"
+        );
 
         let fx = Fixture::new("listen: /a\nlisten: /b\n");
-        assert!(fx.err().starts_with(&format!("{}:2:1: duplicate", fx.path().display())));
+        assert!(
+            fx.err()
+                .starts_with(&format!("{}:2:1: duplicate", fx.path().display()))
+        );
     }
 
     #[test]
@@ -747,11 +887,19 @@ mod tests {
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.root, PathBuf::from("/srv/crius"));
         assert_eq!(config.image.max_concurrent_downloads, 5);
-        assert_eq!(config.image.default_registry, "docker.io", "unset nested key keeps default");
+        assert_eq!(
+            config.image.default_registry, "docker.io",
+            "unset nested key keeps default"
+        );
         let names: Vec<String> = config_files(&fx.path())
             .expect("files")
             .iter()
-            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(names, ["crius.yaml", "10-a.yaml", "20-b.yaml"]);
     }
@@ -769,10 +917,23 @@ mod tests {
 
         let runc = &config.runtime_handlers["runc"];
         assert_eq!(runc.monitor_path, Some(PathBuf::from("/opt/conmon")));
-        assert_eq!(runc.runtime_path, PathBuf::from("/usr/sbin/runc"), "other fields kept");
-        assert_eq!(runc.runtime_root, defaults.runtime_handlers["runc"].runtime_root);
-        assert_eq!(runc.default_annotations, BTreeMap::from([("a".into(), "b".into())]));
-        assert_eq!(config.runtime_handlers["crun"], defaults.runtime_handlers["crun"]);
+        assert_eq!(
+            runc.runtime_path,
+            PathBuf::from("/usr/sbin/runc"),
+            "other fields kept"
+        );
+        assert_eq!(
+            runc.runtime_root,
+            defaults.runtime_handlers["runc"].runtime_root
+        );
+        assert_eq!(
+            runc.default_annotations,
+            BTreeMap::from([("a".into(), "b".into())])
+        );
+        assert_eq!(
+            config.runtime_handlers["crun"],
+            defaults.runtime_handlers["crun"]
+        );
 
         let kata = &config.runtime_handlers["kata"];
         assert_eq!(kata.kind, HandlerKind::Vm);
@@ -806,15 +967,26 @@ mod tests {
                 user_namespaces: Some(true)
             }
         );
-        assert_eq!(config.runtime_handlers.len(), 1, "the file's table replaces the defaults");
+        assert_eq!(
+            config.runtime_handlers.len(),
+            1,
+            "the file's table replaces the defaults"
+        );
     }
 
     #[test]
     fn registries_list_is_replaced_by_a_drop_in() {
         let fx = Fixture::new("registries:\n  - prefix: a.example\n  - prefix: b.example\n")
-            .drop_in("1.yaml", "registries:\n  - prefix: c.example\n    insecure: true\n");
+            .drop_in(
+                "1.yaml",
+                "registries:\n  - prefix: c.example\n    insecure: true\n",
+            );
         let config = fx.load().expect("load");
-        let prefixes: Vec<&str> = config.registries.iter().map(|r| r.prefix.as_str()).collect();
+        let prefixes: Vec<&str> = config
+            .registries
+            .iter()
+            .map(|r| r.prefix.as_str())
+            .collect();
         assert_eq!(prefixes, ["c.example"]);
     }
 
@@ -824,19 +996,27 @@ mod tests {
         let err = fx.load().expect_err("unknown default handler");
         assert!(matches!(err, ConfigError::Invalid { .. }));
         let err = err.to_string();
-        assert!(err.starts_with(&format!("{}:1:26: ", fx.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}:1:26: ", fx.path().display())),
+            "{err}"
+        );
         assert!(err.contains("`kata`"), "{err}");
         assert!(err.contains("known handlers: crun, runc"), "{err}");
     }
 
     #[test]
     fn handler_missing_required_keys_after_merge_points_at_its_definition() {
-        let fx = Fixture::new("")
-            .drop_in("10-x.yaml", "runtime_handlers:\n  runc:\n    monitor_path: /m\n");
+        let fx = Fixture::new("").drop_in(
+            "10-x.yaml",
+            "runtime_handlers:\n  runc:\n    monitor_path: /m\n",
+        );
         let err = fx.err();
         let drop_in = fx.dir.path().join("crius.yaml.d/10-x.yaml");
         assert!(
-            err.starts_with(&format!("{}:3:5: runtime_handlers.runc:", drop_in.display())),
+            err.starts_with(&format!(
+                "{}:3:5: runtime_handlers.runc:",
+                drop_in.display()
+            )),
             "{err}"
         );
         assert!(err.contains("`kind` and `runtime_path`"), "{err}");
@@ -851,7 +1031,12 @@ mod tests {
         .drop_in("1.yaml", "image:\n  max_concurrent_downloads: 0\n");
         let err = fx.err();
         let main = fx.path().display().to_string();
-        let drop_in = fx.dir.path().join("crius.yaml.d/1.yaml").display().to_string();
+        let drop_in = fx
+            .dir
+            .path()
+            .join("crius.yaml.d/1.yaml")
+            .display()
+            .to_string();
         for expected in [
             format!("{main}:1:7: root: path `var/lib/crius` must be absolute"),
             format!("{main}:2:12: log_level: `loud` is not one of error, warn, info, debug, trace"),
@@ -892,16 +1077,25 @@ mod tests {
         config.runtime_handlers.insert("vm".into(), vm);
         let err = validate_err(&config);
         assert!(err.contains("the handler name is empty"), "{err}");
-        assert!(err.contains("the handler name `-x` is not a valid"), "{err}");
+        assert!(
+            err.contains("the handler name `-x` is not a valid"),
+            "{err}"
+        );
         assert!(err.contains("longer than 63"), "{err}");
         assert!(
             err.contains("runtime_handlers.rel.runtime_path: path `runc` must be absolute"),
             "{err}"
         );
         assert!(err.contains("`*` would allow every annotation"), "{err}");
-        assert!(err.contains("`io.a*.b`: `*` is only allowed at the end"), "{err}");
+        assert!(
+            err.contains("`io.a*.b`: `*` is only allowed at the end"),
+            "{err}"
+        );
         assert!(!err.contains("io.kata.*"), "a trailing * is fine: {err}");
-        assert!(!err.contains("runtime_handlers.vm"), "vm handlers need no monitor: {err}");
+        assert!(
+            !err.contains("runtime_handlers.vm"),
+            "vm handlers need no monitor: {err}"
+        );
         assert!(err.starts_with("6 problems:"), "{err}");
     }
 
@@ -921,17 +1115,32 @@ mod tests {
                 registry("docker.io"),
                 RegistryConfig {
                     location: Some("http://x".into()),
-                    mirrors: vec![MirrorConfig { location: String::new(), insecure: true }],
+                    mirrors: vec![MirrorConfig {
+                        location: String::new(),
+                        insecure: true,
+                    }],
                     ..registry("quay.io")
                 },
             ],
             ..Config::default()
         };
         let err = validate_err(&config);
-        assert!(err.contains("registries[1]: prefix must not be empty"), "{err}");
-        assert!(err.contains("registries[2]: prefix `docker.io` appears more than once"), "{err}");
-        assert!(err.contains("registries[3]: location `http://x` must be a host"), "{err}");
-        assert!(err.contains("registries[3]: mirrors[0].location must not be empty"), "{err}");
+        assert!(
+            err.contains("registries[1]: prefix must not be empty"),
+            "{err}"
+        );
+        assert!(
+            err.contains("registries[2]: prefix `docker.io` appears more than once"),
+            "{err}"
+        );
+        assert!(
+            err.contains("registries[3]: location `http://x` must be a host"),
+            "{err}"
+        );
+        assert!(
+            err.contains("registries[3]: mirrors[0].location must not be empty"),
+            "{err}"
+        );
         assert!(err.starts_with("4 problems:"), "{err}");
 
         let mut config = Config::default();
@@ -942,9 +1151,13 @@ mod tests {
     #[test]
     fn registry_for_picks_the_longest_prefix_at_a_boundary() {
         let mut config = Config::default();
-        for prefix in
-            ["docker.io", "docker.io/library", "docker.io/lib", "localhost", "quay.io/org/app"]
-        {
+        for prefix in [
+            "docker.io",
+            "docker.io/library",
+            "docker.io/lib",
+            "localhost",
+            "quay.io/org/app",
+        ] {
             config.registries.push(RegistryConfig {
                 prefix: prefix.into(),
                 location: None,
@@ -954,7 +1167,10 @@ mod tests {
             });
         }
         let prefix = |name: &str| config.registry_for(name).map(|r| r.prefix.as_str());
-        assert_eq!(prefix("docker.io/library/busybox:latest"), Some("docker.io/library"));
+        assert_eq!(
+            prefix("docker.io/library/busybox:latest"),
+            Some("docker.io/library")
+        );
         assert_eq!(
             prefix("docker.io/libfoo/x:1"),
             Some("docker.io"),
@@ -964,8 +1180,16 @@ mod tests {
         assert_eq!(prefix("docker.io"), Some("docker.io"));
         assert_eq!(prefix("docker.iox/a"), None);
         assert_eq!(prefix("localhost/a:1"), Some("localhost"));
-        assert_eq!(prefix("localhost:5000/a:1"), None, "a port names another registry");
-        assert_eq!(prefix("quay.io/org/app:v1"), Some("quay.io/org/app"), "tag after a path");
+        assert_eq!(
+            prefix("localhost:5000/a:1"),
+            None,
+            "a port names another registry"
+        );
+        assert_eq!(
+            prefix("quay.io/org/app:v1"),
+            Some("quay.io/org/app"),
+            "tag after a path"
+        );
         assert_eq!(prefix("quay.io/org/app@sha256:00"), Some("quay.io/org/app"));
         assert_eq!(prefix("quay.io/org/application:v1"), None);
         assert_eq!(prefix("registry.k8s.io/pause:3.10"), None);

@@ -60,7 +60,10 @@ impl fmt::Display for Key {
 
 impl Problem {
     fn new(key: Key, message: impl Into<String>) -> Self {
-        Self { key, message: message.into() }
+        Self {
+            key,
+            message: message.into(),
+        }
     }
 }
 
@@ -97,26 +100,37 @@ impl Config {
             return Ok(());
         }
         let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
-        Err(ConfigError::Invalid { message: join_problems(&lines) })
+        Err(ConfigError::Invalid {
+            message: join_problems(&lines),
+        })
     }
 
     pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
 
-        for (key, path) in
-            [(Key::Listen, &self.listen), (Key::Root, &self.root), (Key::StateDir, &self.state_dir)]
-        {
+        for (key, path) in [
+            (Key::Listen, &self.listen),
+            (Key::Root, &self.root),
+            (Key::StateDir, &self.state_dir),
+        ] {
             check_absolute(&mut out, key, path);
         }
 
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             out.push(Problem::new(
                 Key::LogLevel,
-                format!("`{}` is not one of {}", self.log_level, LOG_LEVELS.join(", ")),
+                format!(
+                    "`{}` is not one of {}",
+                    self.log_level,
+                    LOG_LEVELS.join(", ")
+                ),
             ));
         }
 
-        if !self.runtime_handlers.contains_key(&self.default_runtime_handler) {
+        if !self
+            .runtime_handlers
+            .contains_key(&self.default_runtime_handler)
+        {
             let known = if self.runtime_handlers.is_empty() {
                 "none are configured".to_string()
             } else {
@@ -142,7 +156,10 @@ impl Config {
         }
 
         if self.image.max_concurrent_downloads == 0 {
-            out.push(Problem::new(Key::MaxConcurrentDownloads, "must be at least 1"));
+            out.push(Problem::new(
+                Key::MaxConcurrentDownloads,
+                "must be at least 1",
+            ));
         }
         if let Some(problem) = host_problem(&self.image.default_registry) {
             out.push(Problem::new(Key::DefaultRegistry, problem));
@@ -188,7 +205,10 @@ fn prefix_matches(prefix: &str, name: &str) -> bool {
 
 fn check_absolute(out: &mut Vec<Problem>, key: Key, path: &Path) {
     if !path.is_absolute() {
-        out.push(Problem::new(key, format!("path `{}` must be absolute", path.display())));
+        out.push(Problem::new(
+            key,
+            format!("path `{}` must be absolute", path.display()),
+        ));
     }
 }
 
@@ -199,10 +219,13 @@ fn dns_label_problem(name: &str) -> Option<String> {
         return Some("the handler name is empty".to_string());
     }
     if name.len() > 63 {
-        return Some(format!("the handler name `{name}` is longer than 63 characters"));
+        return Some(format!(
+            "the handler name `{name}` is longer than 63 characters"
+        ));
     }
-    let valid_chars =
-        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let alnum_ends = !name.starts_with('-') && !name.ends_with('-');
     if !valid_chars || !alnum_ends {
         return Some(format!(
@@ -248,17 +271,26 @@ fn check_handler(out: &mut Vec<Problem>, name: &str, handler: &HandlerConfig) {
     }
     match (&handler.vm, handler.kind) {
         (Some(_), HandlerKind::Oci | HandlerKind::Plugin) => {
-            out.push(Problem::new(field("vm"), "only handlers of kind `vm` take a `vm` table"));
+            out.push(Problem::new(
+                field("vm"),
+                "only handlers of kind `vm` take a `vm` table",
+            ));
         }
         (Some(vm), HandlerKind::Vm) => {
             for problem in vm.problems() {
-                out.push(Problem::new(field("vm"), format!("{}: {}", problem.key, problem.message)));
+                out.push(Problem::new(
+                    field("vm"),
+                    format!("{}: {}", problem.key, problem.message),
+                ));
             }
         }
         (None, _) => {}
     }
     if handler.default_annotations.keys().any(String::is_empty) {
-        out.push(Problem::new(field("default_annotations"), "an annotation key is empty"));
+        out.push(Problem::new(
+            field("default_annotations"),
+            "an annotation key is empty",
+        ));
     }
 }
 
@@ -305,7 +337,10 @@ fn check_registry(
     }
     for (m, mirror) in registry.mirrors.iter().enumerate() {
         if let Some(problem) = host_problem(&mirror.location) {
-            out.push(Problem::new(key(), format!("mirrors[{m}].location {problem}")));
+            out.push(Problem::new(
+                key(),
+                format!("mirrors[{m}].location {problem}"),
+            ));
         }
     }
 }

@@ -24,7 +24,10 @@ fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
 
 /// What the handler says about a container, or UNKNOWN when it cannot tell.
 fn unknown_status() -> types::ContainerStatusResponse {
-    types::ContainerStatusResponse { state: types::ContainerState::Unknown as i32, ..Default::default() }
+    types::ContainerStatusResponse {
+        state: types::ContainerState::Unknown as i32,
+        ..Default::default()
+    }
 }
 
 impl PodManager {
@@ -36,7 +39,10 @@ impl PodManager {
     }
 
     pub(super) fn container_ref(c: &ContainerRecord) -> types::ContainerRef {
-        types::ContainerRef { sandbox_id: c.pod_id.clone(), container_id: c.id.clone() }
+        types::ContainerRef {
+            sandbox_id: c.pod_id.clone(),
+            container_id: c.id.clone(),
+        }
     }
 
     /// The handler's view of a container's state.
@@ -59,26 +65,28 @@ impl PodManager {
     /// CreateContainer: returns the new container's id. On failure nothing
     /// is left (no mount, bundle, record or runtime container).
     pub async fn create_container(&self, req: cri::CreateContainerRequest) -> PodResult<String> {
-        let config = req
-            .config
-            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config is required".into()))?;
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config.metadata is required".into()))?;
+        let config = req.config.ok_or_else(|| {
+            PodError::InvalidArgument("CreateContainer: config is required".into())
+        })?;
+        let meta = config.metadata.clone().ok_or_else(|| {
+            PodError::InvalidArgument("CreateContainer: config.metadata is required".into())
+        })?;
         if meta.name.is_empty() {
-            return Err(PodError::InvalidArgument("CreateContainer: metadata.name is required".into()));
+            return Err(PodError::InvalidArgument(
+                "CreateContainer: metadata.name is required".into(),
+            ));
         }
         let image_name = config
             .image
             .as_ref()
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
-            .ok_or_else(|| PodError::InvalidArgument("CreateContainer: config.image is required".into()))?;
-        let pod_id = self
-            .store
-            .find_pod_id(&req.pod_sandbox_id)
-            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
+            .ok_or_else(|| {
+                PodError::InvalidArgument("CreateContainer: config.image is required".into())
+            })?;
+        let pod_id = self.store.find_pod_id(&req.pod_sandbox_id).ok_or_else(|| {
+            PodError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+        })?;
         let _guard = self.lock_pod(&pod_id).await;
         let pod = self
             .store
@@ -92,13 +100,21 @@ impl PodManager {
         let handler = self.handler(&pod.handler)?;
 
         let image = self.images.resolve(&image_name).map_err(|e| match e {
-            ImageError::NotFound(_) => PodError::NotFound(format!("image {image_name:?} not found; pull it first")),
-            other => PodError::Image { image: image_name.clone(), source: other },
+            ImageError::NotFound(_) => {
+                PodError::NotFound(format!("image {image_name:?} not found; pull it first"))
+            }
+            other => PodError::Image {
+                image: image_name.clone(),
+                source: other,
+            },
         })?;
         let layers = self
             .images
             .layer_dirs(&image.id)
-            .map_err(|e| PodError::Image { image: image_name.clone(), source: e })?;
+            .map_err(|e| PodError::Image {
+                image: image_name.clone(),
+                source: e,
+            })?;
         let defaults = image.config.config.clone();
 
         let id = new_id()?;
@@ -107,7 +123,10 @@ impl PodManager {
         let log_path = if config.log_path.is_empty() {
             String::new()
         } else {
-            Path::new(&pod.config.log_directory).join(&config.log_path).display().to_string()
+            Path::new(&pod.config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
         };
         let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
         let mut rec = ContainerRecord {
@@ -116,7 +135,11 @@ impl PodManager {
             name,
             created_at: now_nanos(),
             config,
-            image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
             image_id: image.id.clone(),
             image_name,
             bundle_dir: pod.containers_dir().join(&id),
@@ -127,7 +150,10 @@ impl PodManager {
             resources,
         };
         let started = std::time::Instant::now();
-        match self.setup_container(&mut rec, &pod, handler.as_ref(), &layers, &defaults).await {
+        match self
+            .setup_container(&mut rec, &pod, handler.as_ref(), &layers, &defaults)
+            .await
+        {
             Ok(()) => {
                 info!(pod_id = %pod_id, container_id = %id, handler = %pod.handler, image = %rec.image_id,
                     elapsed_ms = started.elapsed().as_millis() as u64, "container created");
@@ -135,7 +161,10 @@ impl PodManager {
             }
             Err(e) => {
                 warn!(pod_id = %pod_id, container_id = %id, error = %e, "CreateContainer failed; rolling back");
-                if let Err(undo) = self.remove_container_resources(&rec, handler.as_ref()).await {
+                if let Err(undo) = self
+                    .remove_container_resources(&rec, handler.as_ref())
+                    .await
+                {
                     warn!(container_id = %id, error = %undo, "rollback of the container left something behind");
                 }
                 self.store.release(&rec.name, &rec.id);
@@ -190,8 +219,9 @@ impl PodManager {
         if !rec.log_path.is_empty()
             && let Some(parent) = Path::new(&rec.log_path).parent()
         {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| PodError::io(format!("creating log directory {}", parent.display()), e))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                PodError::io(format!("creating log directory {}", parent.display()), e)
+            })?;
         }
 
         rec.handler_created = true;
@@ -205,7 +235,11 @@ impl PodManager {
                     dir: rec.bundle_dir.display().to_string(),
                     oci_spec,
                     rootfs: Some(types::Rootfs {
-                        lower_dirs: overlay.lower_dirs.iter().map(|p| p.display().to_string()).collect(),
+                        lower_dirs: overlay
+                            .lower_dirs
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect(),
                         upper_dir: overlay.upper_dir.display().to_string(),
                         work_dir: overlay.work_dir.display().to_string(),
                         mount_point: overlay.mount_point.display().to_string(),
@@ -215,7 +249,15 @@ impl PodManager {
                 sandbox_config: Some(pod.config.clone()),
             })
             .await
-            .map_err(|e| PodError::handler(format!("handler {} could not create container {}", pod.handler, rec.id), e))?;
+            .map_err(|e| {
+                PodError::handler(
+                    format!(
+                        "handler {} could not create container {}",
+                        pod.handler, rec.id
+                    ),
+                    e,
+                )
+            })?;
         rec.handler_state = response.handler_state;
         self.store.save_container(rec)?;
         Ok(())
@@ -257,15 +299,21 @@ impl PodManager {
     async fn locked_container(
         &self,
         id: &str,
-    ) -> PodResult<(ContainerRecord, std::sync::Arc<dyn RuntimeHandler>, tokio::sync::OwnedMutexGuard<()>)> {
+    ) -> PodResult<(
+        ContainerRecord,
+        std::sync::Arc<dyn RuntimeHandler>,
+        tokio::sync::OwnedMutexGuard<()>,
+    )> {
         let c = self.container_record(id)?;
         let guard = self.lock_pod(&c.pod_id).await;
         // Re-read under the lock: it may have been removed meanwhile.
         let c = self.container_record(&c.id)?;
-        let pod = self
-            .store
-            .pod(&c.pod_id)
-            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} of container {} not found", c.pod_id, c.id)))?;
+        let pod = self.store.pod(&c.pod_id).ok_or_else(|| {
+            PodError::NotFound(format!(
+                "pod sandbox {} of container {} not found",
+                c.pod_id, c.id
+            ))
+        })?;
         Ok((c, self.handler(&pod.handler)?, guard))
     }
 
@@ -296,10 +344,12 @@ impl PodManager {
     /// stop is idempotent against a concurrent pod stop/remove.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> PodResult<()> {
         let c = self.container_record(id)?;
-        let pod = self
-            .store
-            .pod(&c.pod_id)
-            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} of container {} not found", c.pod_id, c.id)))?;
+        let pod = self.store.pod(&c.pod_id).ok_or_else(|| {
+            PodError::NotFound(format!(
+                "pod sandbox {} of container {} not found",
+                c.pod_id, c.id
+            ))
+        })?;
         let handler = self.handler_for_teardown(&pod.handler);
         let req = types::StopContainerRequest {
             sandbox_id: c.pod_id.clone(),
@@ -324,9 +374,14 @@ impl PodManager {
         let Ok(c) = self.container_record(&c.id) else {
             return Ok(());
         };
-        let handler_name = self.store.pod(&c.pod_id).map(|p| p.handler).unwrap_or_default();
+        let handler_name = self
+            .store
+            .pod(&c.pod_id)
+            .map(|p| p.handler)
+            .unwrap_or_default();
         let handler = self.handler_for_teardown(&handler_name);
-        self.remove_container_resources(&c, handler.as_ref()).await?;
+        self.remove_container_resources(&c, handler.as_ref())
+            .await?;
         info!(pod_id = %c.pod_id, container_id = %c.id, "container removed");
         Ok(())
     }
@@ -338,14 +393,22 @@ impl PodManager {
     }
 
     /// ContainerStatus.
-    pub async fn container_status(&self, id: &str, verbose: bool) -> PodResult<cri::ContainerStatusResponse> {
+    pub async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> PodResult<cri::ContainerStatusResponse> {
         let c = self.container_record(id)?;
         let s = self.handler_status(&c).await;
         let status = cri::ContainerStatus {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
             state: s.state,
-            created_at: if s.created_at != 0 { s.created_at } else { c.created_at },
+            created_at: if s.created_at != 0 {
+                s.created_at
+            } else {
+                c.created_at
+            },
             started_at: s.started_at,
             finished_at: s.finished_at,
             exit_code: s.exit_code,
@@ -357,7 +420,10 @@ impl PodManager {
             annotations: c.config.annotations.clone(),
             mounts: c.config.mounts.clone(),
             log_path: c.log_path.clone(),
-            resources: c.resources.clone().map(|r| cri::ContainerResources { linux: Some(r), windows: None }),
+            resources: c.resources.clone().map(|r| cri::ContainerResources {
+                linux: Some(r),
+                windows: None,
+            }),
             image_id: c.image_id.clone(),
             user: None,
             stop_signal: c.config.stop_signal,
@@ -374,11 +440,17 @@ impl PodManager {
             });
             info.insert("info".to_string(), value.to_string());
         }
-        Ok(cri::ContainerStatusResponse { status: Some(status), info })
+        Ok(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        })
     }
 
     /// ListContainers with the CRI filter (id prefix, state, pod, labels).
-    pub async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+    pub async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Vec<cri::Container> {
         let filter = filter.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.store.containers() {
@@ -445,7 +517,9 @@ impl PodManager {
                 linux: Some(resources.clone()),
             })
             .await
-            .map_err(|e| PodError::handler(format!("updating resources of container {}", c.id), e))?;
+            .map_err(|e| {
+                PodError::handler(format!("updating resources of container {}", c.id), e)
+            })?;
         c.resources = Some(resources);
         self.store.save_container(&c)?;
         Ok(())
@@ -464,7 +538,9 @@ impl PodManager {
     /// other operations proceed.
     pub async fn exec_sync(&self, req: cri::ExecSyncRequest) -> PodResult<cri::ExecSyncResponse> {
         if req.cmd.is_empty() {
-            return Err(PodError::InvalidArgument("ExecSync: cmd is required".into()));
+            return Err(PodError::InvalidArgument(
+                "ExecSync: cmd is required".into(),
+            ));
         }
         let c = self.container_record(&req.container_id)?;
         self.require_running(&c, "ExecSync").await?;
@@ -494,7 +570,11 @@ impl PodManager {
                 req.cmd, c.id, req.timeout
             )));
         }
-        Ok(cri::ExecSyncResponse { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
+        Ok(cri::ExecSyncResponse {
+            stdout: resp.stdout,
+            stderr: resp.stderr,
+            exit_code: resp.exit_code,
+        })
     }
 }
 

@@ -19,7 +19,11 @@ pub enum PodError {
     NotFound(String),
     /// The name is taken by another pod or container of the same pod.
     #[error("{what} name {name:?} is already reserved by {id}")]
-    AlreadyExists { what: &'static str, name: String, id: String },
+    AlreadyExists {
+        what: &'static str,
+        name: String,
+        id: String,
+    },
     /// The object is not in a state that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -65,11 +69,17 @@ pub enum PodError {
 
 impl PodError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn handler(context: impl Into<String>, source: HandlerError) -> Self {
-        Self::Handler { context: context.into(), source }
+        Self::Handler {
+            context: context.into(),
+            source,
+        }
     }
 }
 

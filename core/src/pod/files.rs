@@ -32,7 +32,11 @@ pub fn pod_hostname(config: &cri::PodSandboxConfig, host_network: bool) -> Strin
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
     }
-    let name = config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or("");
     name.chars().take(63).collect()
 }
 
@@ -86,7 +90,8 @@ pub fn write_hosts(dir: &Path, hostname: &str, pod_ips: &[String]) -> PodResult<
 /// Creates `<dir>/shm` and mounts a 64 MiB tmpfs on it.
 pub fn mount_shm(dir: &Path) -> PodResult<PathBuf> {
     let path = dir.join("shm");
-    fs::create_dir_all(&path).map_err(|e| PodError::io(format!("creating {}", path.display()), e))?;
+    fs::create_dir_all(&path)
+        .map_err(|e| PodError::io(format!("creating {}", path.display()), e))?;
     let data = format!("mode=1777,size={SHM_SIZE_BYTES}");
     mount(
         Some("shm"),
@@ -103,7 +108,10 @@ pub fn mount_shm(dir: &Path) -> PodResult<PathBuf> {
 pub fn unmount(path: &Path) -> PodResult<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(PodError::io(format!("unmounting {}", path.display()), e.into())),
+        Err(e) => Err(PodError::io(
+            format!("unmounting {}", path.display()),
+            e.into(),
+        )),
     }
 }
 
@@ -116,7 +124,12 @@ pub fn cgroup_pids(dirs: &[PathBuf]) -> Vec<i32> {
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         }
         if let Ok(entries) = fs::read_dir(&dir) {
-            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
     pids.sort_unstable();
@@ -214,7 +227,10 @@ mod tests {
     #[test]
     fn hostname_defaults() {
         let mut config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: "x".repeat(70), ..Default::default() }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "x".repeat(70),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert_eq!(pod_hostname(&config, false).len(), 63);

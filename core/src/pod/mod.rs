@@ -80,7 +80,9 @@ impl PodManager {
             catatonit,
             min_oom_score_adj,
         });
-        manager.images.set_usage(Arc::new(StoreUsage(manager.store.clone())));
+        manager
+            .images
+            .set_usage(Arc::new(StoreUsage(manager.store.clone())));
         manager
     }
 
@@ -98,7 +100,10 @@ impl PodManager {
     }
 
     fn drop_lock(&self, pod_id: &str) {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(pod_id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod_id);
     }
 
     fn handler(&self, name: &str) -> PodResult<Arc<dyn RuntimeHandler>> {
@@ -124,16 +129,23 @@ impl PodManager {
 
     /// Pod annotations the handler's allowlist admits, plus its defaults
     /// for keys the pod does not set.
-    fn handler_annotations(&self, handler: &str, pod: &HashMap<String, String>) -> BTreeMap<String, String> {
+    fn handler_annotations(
+        &self,
+        handler: &str,
+        pod: &HashMap<String, String>,
+    ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let Some(hc) = self.handler_config(handler) else {
             return out;
         };
         for (k, v) in pod {
-            let allowed = hc.allowed_annotations.iter().any(|a| match a.strip_suffix('*') {
-                Some(prefix) => k.starts_with(prefix),
-                None => a == k,
-            });
+            let allowed = hc
+                .allowed_annotations
+                .iter()
+                .any(|a| match a.strip_suffix('*') {
+                    Some(prefix) => k.starts_with(prefix),
+                    None => a == k,
+                });
             if allowed {
                 out.insert(k.clone(), v.clone());
             }
@@ -159,18 +171,33 @@ impl RuntimeHandler for GoneHandler {
         Default::default()
     }
     async fn check_ready(&self) -> crius_shim_api::HandlerResult<()> {
-        Err(crius_shim_api::HandlerError::not_ready(&self.0, "not in the configuration any more"))
+        Err(crius_shim_api::HandlerError::not_ready(
+            &self.0,
+            "not in the configuration any more",
+        ))
     }
-    async fn stop_sandbox(&self, _: crius_shim_api::types::SandboxRef) -> crius_shim_api::HandlerResult<()> {
+    async fn stop_sandbox(
+        &self,
+        _: crius_shim_api::types::SandboxRef,
+    ) -> crius_shim_api::HandlerResult<()> {
         Ok(())
     }
-    async fn remove_sandbox(&self, _: crius_shim_api::types::SandboxRef) -> crius_shim_api::HandlerResult<()> {
+    async fn remove_sandbox(
+        &self,
+        _: crius_shim_api::types::SandboxRef,
+    ) -> crius_shim_api::HandlerResult<()> {
         Ok(())
     }
-    async fn stop_container(&self, _: crius_shim_api::types::StopContainerRequest) -> crius_shim_api::HandlerResult<()> {
+    async fn stop_container(
+        &self,
+        _: crius_shim_api::types::StopContainerRequest,
+    ) -> crius_shim_api::HandlerResult<()> {
         Ok(())
     }
-    async fn remove_container(&self, _: crius_shim_api::types::ContainerRef) -> crius_shim_api::HandlerResult<()> {
+    async fn remove_container(
+        &self,
+        _: crius_shim_api::types::ContainerRef,
+    ) -> crius_shim_api::HandlerResult<()> {
         Ok(())
     }
 }
@@ -214,7 +241,8 @@ mod tests {
 
     #[test]
     fn label_selector() {
-        let labels: HashMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        let labels: HashMap<String, String> =
+            [("a".into(), "1".into()), ("b".into(), "2".into())].into();
         assert!(labels_match(&labels, &HashMap::new()));
         assert!(labels_match(&labels, &[("a".into(), "1".into())].into()));
         assert!(!labels_match(&labels, &[("a".into(), "2".into())].into()));

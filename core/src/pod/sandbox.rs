@@ -53,7 +53,8 @@ fn pod_resources(config: &cri::PodSandboxConfig) -> Option<Resources> {
     let r = linux.resources.as_ref()?;
     let overhead = linux.overhead.clone().unwrap_or_default();
     let positive = |v: i64| (v > 0).then_some(v);
-    let memory = positive(r.memory_limit_in_bytes).map(|m| m + overhead.memory_limit_in_bytes.max(0));
+    let memory =
+        positive(r.memory_limit_in_bytes).map(|m| m + overhead.memory_limit_in_bytes.max(0));
     let quota = positive(r.cpu_quota).map(|q| q + overhead.cpu_quota.max(0));
     Some(Resources {
         cpu_shares: positive(r.cpu_shares).map(|s| s as u64),
@@ -73,20 +74,28 @@ impl PodManager {
         let config = req
             .config
             .ok_or_else(|| PodError::InvalidArgument("RunPodSandbox: config is required".into()))?;
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| PodError::InvalidArgument("RunPodSandbox: config.metadata is required".into()))?;
+        let meta = config.metadata.clone().ok_or_else(|| {
+            PodError::InvalidArgument("RunPodSandbox: config.metadata is required".into())
+        })?;
         if meta.name.is_empty() {
-            return Err(PodError::InvalidArgument("RunPodSandbox: metadata.name is required".into()));
+            return Err(PodError::InvalidArgument(
+                "RunPodSandbox: metadata.name is required".into(),
+            ));
         }
         // An unknown handler is the caller's mistake: InvalidArgument, with
         // the names that exist.
         let handler = self.handler(&req.runtime_handler)?;
         let handler_name = handler.name().to_string();
         let id = new_id()?;
-        let name = format!("{}_{}_{}_{}", meta.name, meta.namespace, meta.uid, meta.attempt);
-        let cgroup_parent = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
+        let name = format!(
+            "{}_{}_{}_{}",
+            meta.name, meta.namespace, meta.uid, meta.attempt
+        );
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or("");
         let cgroup_path = pod_cgroup_path(cgroup_parent, &id)
             .map_err(|e| PodError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
         self.store.reserve(&name, &id, "pod")?;
@@ -198,7 +207,10 @@ impl PodManager {
 
         let hostname = files::pod_hostname(&rec.config, host_network);
         rec.hostname_path = Some(files::write_hostname(&rec.dir, &hostname)?);
-        rec.resolv_conf_path = Some(files::write_resolv_conf(&rec.dir, rec.config.dns_config.as_ref())?);
+        rec.resolv_conf_path = Some(files::write_resolv_conf(
+            &rec.dir,
+            rec.config.dns_config.as_ref(),
+        )?);
         rec.hosts_path = Some(files::write_hosts(&rec.dir, &hostname, &rec.pod_ips)?);
         if !host_ipc {
             rec.shm_dir = Some(rec.dir.join("shm"));
@@ -224,14 +236,23 @@ impl PodManager {
                 sandbox_id: id.clone(),
                 config: Some(rec.config.clone()),
                 state_dir: rec.handler_dir.display().to_string(),
-                netns_path: rec.netns_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                netns_path: rec
+                    .netns_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 cgroup_parent: rec.cgroup_path.clone(),
                 pod_ips: rec.pod_ips.clone(),
                 infra,
                 annotations: rec.handler_annotations.clone().into_iter().collect(),
             })
             .await
-            .map_err(|e| PodError::handler(format!("handler {} could not start pod {id}", rec.handler), e))?;
+            .map_err(|e| {
+                PodError::handler(
+                    format!("handler {} could not start pod {id}", rec.handler),
+                    e,
+                )
+            })?;
         rec.infra_pid = response.infra_pid;
         rec.handler_state = response.handler_state;
         Ok(())
@@ -253,7 +274,8 @@ impl PodManager {
         if let Some(path) = cached.as_ref() {
             return Ok(path.clone());
         }
-        let path = crate::rootfs::prepare_infra_rootfs(&self.config.root.join("infra"), &self.catatonit)?;
+        let path =
+            crate::rootfs::prepare_infra_rootfs(&self.config.root.join("infra"), &self.catatonit)?;
         *cached = Some(path.clone());
         Ok(path)
     }
@@ -291,7 +313,11 @@ impl PodManager {
 
     /// Stops and removes everything the record says exists, then the pod
     /// directory. Tries every step; returns the first error.
-    async fn teardown_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) -> PodResult<()> {
+    async fn teardown_pod(
+        &self,
+        rec: &mut PodRecord,
+        handler: &dyn RuntimeHandler,
+    ) -> PodResult<()> {
         let mut first: Option<PodError> = None;
         if let Err(e) = self.stop_pod_resources(rec, handler).await {
             first.get_or_insert(e);
@@ -302,11 +328,19 @@ impl PodManager {
             }
         }
         if rec.handler_started {
-            match handler.remove_sandbox(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+            match handler
+                .remove_sandbox(types::SandboxRef {
+                    sandbox_id: rec.id.clone(),
+                })
+                .await
+            {
                 Ok(()) => rec.handler_started = false,
                 Err(e) if is_gone(&e) => rec.handler_started = false,
                 Err(e) => {
-                    first.get_or_insert(PodError::handler(format!("removing pod {} in handler {}", rec.id, rec.handler), e));
+                    first.get_or_insert(PodError::handler(
+                        format!("removing pod {} in handler {}", rec.id, rec.handler),
+                        e,
+                    ));
                 }
             }
         }
@@ -331,7 +365,9 @@ impl PodManager {
         let cgroup = PodCgroup::open(&self.cgroups, &rec.cgroup_path)?;
         match cgroup.remove() {
             Ok(()) => return Ok(()),
-            Err(e) => warn!(pod_id = %rec.id, error = %e, "pod cgroup busy; killing what is left in it"),
+            Err(e) => {
+                warn!(pod_id = %rec.id, error = %e, "pod cgroup busy; killing what is left in it")
+            }
         }
         let mut killed = 0;
         for _ in 0..50 {
@@ -340,7 +376,12 @@ impl PodManager {
                 break;
             }
             for pid in pids {
-                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+                {
                     killed += 1;
                 }
             }
@@ -354,7 +395,11 @@ impl PodManager {
 
     /// Stops the pod's processes and releases its network and shm. Leaves
     /// the cgroup, records and directories. Idempotent.
-    async fn stop_pod_resources(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) -> PodResult<()> {
+    async fn stop_pod_resources(
+        &self,
+        rec: &mut PodRecord,
+        handler: &dyn RuntimeHandler,
+    ) -> PodResult<()> {
         let mut first: Option<PodError> = None;
         for c in self.store.containers_of(&rec.id) {
             if !c.handler_created {
@@ -372,11 +417,19 @@ impl PodManager {
             }
         }
         if rec.handler_started {
-            match handler.stop_sandbox(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+            match handler
+                .stop_sandbox(types::SandboxRef {
+                    sandbox_id: rec.id.clone(),
+                })
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if is_gone(&e) => {}
                 Err(e) => {
-                    first.get_or_insert(PodError::handler(format!("stopping pod {} in handler {}", rec.id, rec.handler), e));
+                    first.get_or_insert(PodError::handler(
+                        format!("stopping pod {} in handler {}", rec.id, rec.handler),
+                        e,
+                    ));
                 }
             }
         }
@@ -430,7 +483,10 @@ impl PodManager {
             }
         };
         let meta = rec.metadata();
-        let netns = rec.netns_path.clone().unwrap_or_else(|| Path::new("/nonexistent").to_path_buf());
+        let netns = rec
+            .netns_path
+            .clone()
+            .unwrap_or_else(|| Path::new("/nonexistent").to_path_buf());
         let request = CniRequest {
             pod_namespace: meta.namespace,
             pod_name: meta.name,
@@ -499,26 +555,43 @@ impl PodManager {
         let Ok(handler) = self.handler(&rec.handler) else {
             return cri::PodSandboxState::SandboxNotready;
         };
-        match handler.sandbox_status(types::SandboxRef { sandbox_id: rec.id.clone() }).await {
+        match handler
+            .sandbox_status(types::SandboxRef {
+                sandbox_id: rec.id.clone(),
+            })
+            .await
+        {
             Ok(s) if s.ready => cri::PodSandboxState::SandboxReady,
             // A handler that cannot report goes by the record.
-            Err(e) if e.kind == crius_shim_api::ErrorKind::Unimplemented => cri::PodSandboxState::SandboxReady,
+            Err(e) if e.kind == crius_shim_api::ErrorKind::Unimplemented => {
+                cri::PodSandboxState::SandboxReady
+            }
             _ => cri::PodSandboxState::SandboxNotready,
         }
     }
 
     /// PodSandboxStatus.
-    pub async fn pod_sandbox_status(&self, id: &str, verbose: bool) -> PodResult<cri::PodSandboxStatusResponse> {
+    pub async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> PodResult<cri::PodSandboxStatusResponse> {
         let rec = self
             .store
             .find_pod_id(id)
             .and_then(|id| self.store.pod(&id))
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
         let state = self.pod_state(&rec).await;
-        let network = rec.pod_ips.split_first().map(|(first, rest)| cri::PodSandboxNetworkStatus {
-            ip: first.clone(),
-            additional_ips: rest.iter().map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
-        });
+        let network = rec
+            .pod_ips
+            .split_first()
+            .map(|(first, rest)| cri::PodSandboxNetworkStatus {
+                ip: first.clone(),
+                additional_ips: rest
+                    .iter()
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            });
         let status = cri::PodSandboxStatus {
             id: rec.id.clone(),
             metadata: rec.config.metadata.clone(),
@@ -526,7 +599,9 @@ impl PodManager {
             created_at: rec.created_at,
             network,
             linux: Some(cri::LinuxPodSandboxStatus {
-                namespaces: Some(cri::Namespace { options: Some(ns_options(&rec.config)) }),
+                namespaces: Some(cri::Namespace {
+                    options: Some(ns_options(&rec.config)),
+                }),
             }),
             labels: rec.config.labels.clone(),
             annotations: rec.config.annotations.clone(),
@@ -536,9 +611,15 @@ impl PodManager {
         if verbose {
             let handler_info = match self.handler(&rec.handler) {
                 Ok(h) => h
-                    .sandbox_status(types::SandboxRef { sandbox_id: rec.id.clone() })
+                    .sandbox_status(types::SandboxRef {
+                        sandbox_id: rec.id.clone(),
+                    })
                     .await
-                    .map(|s| s.info.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+                    .map(|s| {
+                        s.info
+                            .into_iter()
+                            .collect::<std::collections::BTreeMap<_, _>>()
+                    })
                     .unwrap_or_default(),
                 Err(_) => Default::default(),
             };
@@ -555,11 +636,19 @@ impl PodManager {
             });
             info.insert("info".to_string(), value.to_string());
         }
-        Ok(cri::PodSandboxStatusResponse { status: Some(status), info, containers_statuses: Vec::new(), timestamp: now_nanos() })
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_nanos(),
+        })
     }
 
     /// ListPodSandbox with the CRI filter (id prefix, state, labels).
-    pub async fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+    pub async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Vec<cri::PodSandbox> {
         let filter = filter.unwrap_or_default();
         let mut out = Vec::new();
         for rec in self.store.pods() {
@@ -613,7 +702,12 @@ impl PodManager {
             }
             // Containers caught mid-creation never reached the handler:
             // only their rootfs and bundle exist.
-            for c in self.store.containers_of(&rec.id).into_iter().filter(|c| !c.handler_created) {
+            for c in self
+                .store
+                .containers_of(&rec.id)
+                .into_iter()
+                .filter(|c| !c.handler_created)
+            {
                 warn!(pod_id = %rec.id, container_id = %c.id, "container was being created when the daemon stopped; removing it");
                 if let Err(e) = self.remove_container_resources(&c, handler.as_ref()).await {
                     warn!(container_id = %c.id, error = %e, "removing a half-created container failed");

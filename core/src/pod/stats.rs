@@ -52,20 +52,26 @@ impl PodManager {
 
     /// ListContainerStats: containers the handler cannot measure (not
     /// running, gone) are left out rather than failing the whole list.
-    pub async fn list_container_stats(&self, filter: Option<cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Vec<cri::ContainerStats> {
         let filter = filter.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.store.containers() {
             if !c.handler_created
                 || (!filter.id.is_empty() && !c.id.starts_with(&filter.id))
-                || (!filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id))
+                || (!filter.pod_sandbox_id.is_empty()
+                    && !c.pod_id.starts_with(&filter.pod_sandbox_id))
                 || !labels_match(&c.config.labels, &filter.label_selector)
             {
                 continue;
             }
             match self.stats_of(&c).await {
                 Ok(stats) => out.push(stats),
-                Err(e) => tracing::debug!(container_id = %c.id, error = %e, "no stats for container"),
+                Err(e) => {
+                    tracing::debug!(container_id = %c.id, error = %e, "no stats for container")
+                }
             }
         }
         out

@@ -36,7 +36,9 @@ mod proto_b64 {
         s.serialize_str(&STANDARD.encode(msg.encode_to_vec()))
     }
 
-    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
+    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<M, D::Error> {
         let text = String::deserialize(d)?;
         let bytes = STANDARD.decode(text).map_err(serde::de::Error::custom)?;
         M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
@@ -45,7 +47,10 @@ mod proto_b64 {
     pub mod option {
         use super::*;
 
-        pub fn serialize<M: Message, S: Serializer>(msg: &Option<M>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<M: Message, S: Serializer>(
+            msg: &Option<M>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match msg {
                 Some(m) => super::serialize(m, s),
                 None => s.serialize_none(),
@@ -253,7 +258,9 @@ impl Store {
                             write_lock(&self.containers).insert(rec.id.clone(), rec);
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "skipping unreadable container record"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "skipping unreadable container record")
+                        }
                     }
                 }
             }
@@ -325,7 +332,9 @@ impl Store {
     }
 
     fn container_file(&self, c: &ContainerRecord) -> PathBuf {
-        self.pod_dir(&c.pod_id).join("containers").join(format!("{}.json", c.id))
+        self.pod_dir(&c.pod_id)
+            .join("containers")
+            .join(format!("{}.json", c.id))
     }
 
     pub fn save_container(&self, c: &ContainerRecord) -> PodResult<()> {
@@ -395,7 +404,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> PodResult<Option<T>> 
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| PodError::Record { path: path.display().to_string(), message: e.to_string() })
+        .map_err(|e| PodError::Record {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Atomic write: temp file, fsync, rename, fsync of the directory.
@@ -405,8 +417,10 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
         message: "no parent directory".into(),
     })?;
     fs::create_dir_all(dir).map_err(|e| PodError::io(format!("creating {}", dir.display()), e))?;
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| PodError::Record { path: path.display().to_string(), message: e.to_string() })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| PodError::Record {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -426,8 +440,10 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
 /// 64 hex characters from the kernel's random pool.
 pub fn new_id() -> PodResult<String> {
     let mut buf = [0u8; 32];
-    let mut f = fs::File::open("/dev/urandom").map_err(|e| PodError::io("opening /dev/urandom", e))?;
-    std::io::Read::read_exact(&mut f, &mut buf).map_err(|e| PodError::io("reading /dev/urandom", e))?;
+    let mut f =
+        fs::File::open("/dev/urandom").map_err(|e| PodError::io("opening /dev/urandom", e))?;
+    std::io::Read::read_exact(&mut f, &mut buf)
+        .map_err(|e| PodError::io("reading /dev/urandom", e))?;
     Ok(hex::encode(buf))
 }
 
@@ -451,7 +467,10 @@ mod tests {
             state: PodState::Ready,
             created_at: 1,
             config: cri::PodSandboxConfig {
-                metadata: Some(cri::PodSandboxMetadata { name: "p".into(), ..Default::default() }),
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "p".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             dir: dir.join(id),
@@ -495,7 +514,10 @@ mod tests {
             log_path: String::new(),
             handler_created: true,
             handler_state: b"state".to_vec(),
-            resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 5, ..Default::default() }),
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 5,
+                ..Default::default()
+            }),
         };
         store.reserve(&c.name, &c.id, "container").unwrap();
         store.save_container(&c).unwrap();

@@ -36,7 +36,11 @@ pub struct RuntimeServer {
 
 impl RuntimeServer {
     pub fn new(config: Arc<Config>, handlers: Arc<HandlerRegistry>, pods: Arc<PodManager>) -> Self {
-        Self { config, handlers, pods }
+        Self {
+            config,
+            handlers,
+            pods,
+        }
     }
 
     async fn runtime_condition(&self) -> cri::RuntimeCondition {
@@ -51,13 +55,25 @@ impl RuntimeServer {
     }
 
     fn network_condition(&self) -> cri::RuntimeCondition {
-        condition("NetworkReady", cni_config_present(&self.config.cni.conf_dir), "NetworkPluginNotReady")
+        condition(
+            "NetworkReady",
+            cni_config_present(&self.config.cni.conf_dir),
+            "NetworkPluginNotReady",
+        )
     }
 }
 
-fn condition(kind: &str, result: Result<(), String>, failure_reason: &str) -> cri::RuntimeCondition {
+fn condition(
+    kind: &str,
+    result: Result<(), String>,
+    failure_reason: &str,
+) -> cri::RuntimeCondition {
     match result {
-        Ok(()) => cri::RuntimeCondition { r#type: kind.to_string(), status: true, ..Default::default() },
+        Ok(()) => cri::RuntimeCondition {
+            r#type: kind.to_string(),
+            status: true,
+            ..Default::default()
+        },
         Err(message) => cri::RuntimeCondition {
             r#type: kind.to_string(),
             status: false,
@@ -74,12 +90,17 @@ fn cni_config_present(dir: &Path) -> Result<(), String> {
     let found = entries.filter_map(Result::ok).any(|entry| {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        [".conflist", ".conf", ".json"].iter().any(|ext| name.ends_with(ext))
+        [".conflist", ".conf", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
     });
     if found {
         Ok(())
     } else {
-        Err(format!("no CNI network configuration found in {}", dir.display()))
+        Err(format!(
+            "no CNI network configuration found in {}",
+            dir.display()
+        ))
     }
 }
 
@@ -90,7 +111,9 @@ pub fn pod_status(err: PodError) -> Status {
     use crius_shim_api::ErrorKind;
     let message = err.to_string();
     match &err {
-        PodError::InvalidArgument(_) | PodError::UnknownHandler(_) => Status::invalid_argument(message),
+        PodError::InvalidArgument(_) | PodError::UnknownHandler(_) => {
+            Status::invalid_argument(message)
+        }
         PodError::NotFound(_) => Status::not_found(message),
         PodError::AlreadyExists { .. } => Status::already_exists(message),
         PodError::FailedPrecondition(_) => Status::failed_precondition(message),
@@ -110,8 +133,12 @@ pub fn pod_status(err: PodError) -> Status {
             crate::image::ImageError::InvalidReference { .. } => Status::invalid_argument(message),
             _ => Status::internal(message),
         },
-        PodError::Spec(crate::spec::SpecError::InvalidArgument(_)) => Status::invalid_argument(message),
-        PodError::Cgroup(crate::sandbox::CgroupError::InvalidPath { .. }) => Status::invalid_argument(message),
+        PodError::Spec(crate::spec::SpecError::InvalidArgument(_)) => {
+            Status::invalid_argument(message)
+        }
+        PodError::Cgroup(crate::sandbox::CgroupError::InvalidPath { .. }) => {
+            Status::invalid_argument(message)
+        }
         _ => Status::internal(message),
     }
 }
@@ -177,7 +204,10 @@ impl RuntimeService for RuntimeServer {
                     features: handler_features,
                 });
             }
-            runtime_handlers.push(cri::RuntimeHandler { name: name.to_string(), features: handler_features });
+            runtime_handlers.push(cri::RuntimeHandler {
+                name: name.to_string(),
+                features: handler_features,
+            });
             let ready = handler.check_ready().await;
             handler_info.insert(
                 name.to_string(),
@@ -191,10 +221,14 @@ impl RuntimeService for RuntimeServer {
         }
         let mut info = HashMap::new();
         if request.get_ref().verbose {
-            info.insert("handlers".to_string(), serde_json::Value::Object(handler_info).to_string());
+            info.insert(
+                "handlers".to_string(),
+                serde_json::Value::Object(handler_info).to_string(),
+            );
             info.insert(
                 "config".to_string(),
-                serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?,
+                serde_json::to_string(&*self.config)
+                    .map_err(|e| Status::internal(e.to_string()))?,
             );
         }
         Ok(Response::new(cri::StatusResponse {
@@ -211,171 +245,318 @@ impl RuntimeService for RuntimeServer {
         _request: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
         }))
     }
 
-    async fn run_pod_sandbox(&self, request: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let pods = self.pods.clone();
-        let pod_sandbox_id = detached(async move { pods.run_pod_sandbox(request.into_inner()).await }).await?;
+        let pod_sandbox_id =
+            detached(async move { pods.run_pod_sandbox(request.into_inner()).await }).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
-    async fn stop_pod_sandbox(&self, request: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let pods = self.pods.clone();
-        detached(async move { pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id).await }).await?;
+        detached(async move {
+            pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id)
+                .await
+        })
+        .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
-    async fn remove_pod_sandbox(&self, request: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let pods = self.pods.clone();
-        detached(async move { pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id).await }).await?;
+        detached(async move {
+            pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id)
+                .await
+        })
+        .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
-    async fn pod_sandbox_status(&self, request: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
-        let resp = self.pods.pod_sandbox_status(&req.pod_sandbox_id, req.verbose).await.map_err(pod_status)?;
+        let resp = self
+            .pods
+            .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
+            .await
+            .map_err(pod_status)?;
         Ok(Response::new(resp))
     }
 
-    async fn list_pod_sandbox(&self, request: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        let items = self.pods.list_pod_sandbox(request.into_inner().filter).await;
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let items = self
+            .pods
+            .list_pod_sandbox(request.into_inner().filter)
+            .await;
         Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
 
-    async fn stream_pod_sandboxes(&self, _request: Request<cri::StreamPodSandboxesRequest>) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+    async fn stream_pod_sandboxes(
+        &self,
+        _request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
         Err(unimplemented("StreamPodSandboxes"))
     }
 
-    async fn create_container(&self, request: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let pods = self.pods.clone();
-        let container_id = detached(async move { pods.create_container(request.into_inner()).await }).await?;
+        let container_id =
+            detached(async move { pods.create_container(request.into_inner()).await }).await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
 
-    async fn start_container(&self, request: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let pods = self.pods.clone();
-        detached(async move { pods.start_container(&request.get_ref().container_id).await }).await?;
+        detached(async move { pods.start_container(&request.get_ref().container_id).await })
+            .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
-    async fn stop_container(&self, request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
         let pods = self.pods.clone();
         detached(async move { pods.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
-    async fn remove_container(&self, request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let pods = self.pods.clone();
-        detached(async move { pods.remove_container(&request.get_ref().container_id).await }).await?;
+        detached(async move { pods.remove_container(&request.get_ref().container_id).await })
+            .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
-    async fn list_containers(&self, request: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
         let containers = self.pods.list_containers(request.into_inner().filter).await;
         Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
-    async fn stream_containers(&self, _request: Request<cri::StreamContainersRequest>) -> Result<Response<Self::StreamContainersStream>, Status> {
+    async fn stream_containers(
+        &self,
+        _request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
         Err(unimplemented("StreamContainers"))
     }
 
-    async fn container_status(&self, request: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let resp = self.pods.container_status(&req.container_id, req.verbose).await.map_err(pod_status)?;
+        let resp = self
+            .pods
+            .container_status(&req.container_id, req.verbose)
+            .await
+            .map_err(pod_status)?;
         Ok(Response::new(resp))
     }
 
-    async fn update_container_resources(&self, request: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
         let pods = self.pods.clone();
-        detached(async move { pods.update_container_resources(&req.container_id, req.linux).await }).await?;
+        detached(async move {
+            pods.update_container_resources(&req.container_id, req.linux)
+                .await
+        })
+        .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
-    async fn reopen_container_log(&self, request: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        self.pods.reopen_container_log(&request.get_ref().container_id).await.map_err(pod_status)?;
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.pods
+            .reopen_container_log(&request.get_ref().container_id)
+            .await
+            .map_err(pod_status)?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, request: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        let resp = self.pods.exec_sync(request.into_inner()).await.map_err(pod_status)?;
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let resp = self
+            .pods
+            .exec_sync(request.into_inner())
+            .await
+            .map_err(pod_status)?;
         Ok(Response::new(resp))
     }
 
-    async fn exec(&self, _request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+    async fn exec(
+        &self,
+        _request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
         Err(unimplemented("Exec"))
     }
 
-    async fn attach(&self, _request: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+    async fn attach(
+        &self,
+        _request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
         Err(unimplemented("Attach"))
     }
 
-    async fn port_forward(&self, _request: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+    async fn port_forward(
+        &self,
+        _request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, request: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        let stats = self.pods.container_stats(&request.get_ref().container_id).await.map_err(pod_status)?;
-        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .container_stats(&request.get_ref().container_id)
+            .await
+            .map_err(pod_status)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
-    async fn list_container_stats(&self, request: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        let stats = self.pods.list_container_stats(request.into_inner().filter).await;
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .list_container_stats(request.into_inner().filter)
+            .await;
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
-    async fn stream_container_stats(&self, _request: Request<cri::StreamContainerStatsRequest>) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+    async fn stream_container_stats(
+        &self,
+        _request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
         Err(unimplemented("StreamContainerStats"))
     }
 
-    async fn pod_sandbox_stats(&self, _request: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         Err(unimplemented("PodSandboxStats"))
     }
 
-    async fn list_pod_sandbox_stats(&self, _request: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         Err(unimplemented("ListPodSandboxStats"))
     }
 
-    async fn stream_pod_sandbox_stats(&self, _request: Request<cri::StreamPodSandboxStatsRequest>) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
         Err(unimplemented("StreamPodSandboxStats"))
     }
 
-    async fn update_runtime_config(&self, _request: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+    async fn update_runtime_config(
+        &self,
+        _request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
         Err(unimplemented("UpdateRuntimeConfig"))
     }
 
-    async fn checkpoint_container(&self, _request: Request<cri::CheckpointContainerRequest>) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _request: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))
     }
 
-    async fn checkpoint_pod(&self, _request: Request<cri::CheckpointPodRequest>) -> Result<Response<cri::CheckpointPodResponse>, Status> {
+    async fn checkpoint_pod(
+        &self,
+        _request: Request<cri::CheckpointPodRequest>,
+    ) -> Result<Response<cri::CheckpointPodResponse>, Status> {
         Err(unimplemented("CheckpointPod"))
     }
 
-    async fn restore_pod(&self, _request: Request<cri::RestorePodRequest>) -> Result<Response<cri::RestorePodResponse>, Status> {
+    async fn restore_pod(
+        &self,
+        _request: Request<cri::RestorePodRequest>,
+    ) -> Result<Response<cri::RestorePodResponse>, Status> {
         Err(unimplemented("RestorePod"))
     }
 
-    async fn get_container_events(&self, _request: Request<cri::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(unimplemented("GetContainerEvents"))
     }
 
-    async fn list_metric_descriptors(&self, _request: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
         Err(unimplemented("ListMetricDescriptors"))
     }
 
-    async fn list_pod_sandbox_metrics(&self, _request: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 
-    async fn stream_pod_sandbox_metrics(&self, _request: Request<cri::StreamPodSandboxMetricsRequest>) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
         Err(unimplemented("StreamPodSandboxMetrics"))
     }
 
-    async fn update_pod_sandbox_resources(&self, _request: Request<cri::UpdatePodSandboxResourcesRequest>) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
         Err(unimplemented("UpdatePodSandboxResources"))
     }
 }

@@ -9,20 +9,61 @@ use super::SpecError;
 /// Every capability the spec format knows, for privileged containers and
 /// `add: [ALL]`.
 pub(crate) const ALL: &[&str] = &[
-    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER",
-    "KILL", "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN",
-    "NET_BIND_SERVICE", "NET_BROADCAST", "NET_RAW", "PERFMON", "SETGID", "SETFCAP", "SETPCAP",
-    "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT",
-    "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "SYSLOG",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETGID",
+    "SETFCAP",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
     "WAKE_ALARM",
 ];
 
 /// The default set of unprivileged containers (the one CRI-O and
 /// containerd use).
 pub(crate) const DEFAULT: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID", "SETUID", "SETPCAP",
-    "NET_BIND_SERVICE", "KILL",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "KILL",
 ];
 
 /// Parses `NET_ADMIN`, `CAP_NET_ADMIN` or `net_admin`.
@@ -36,15 +77,22 @@ fn is_all(name: &str) -> bool {
 }
 
 pub(crate) fn all() -> HashSet<Capability> {
-    ALL.iter().map(|c| parse(c).expect("known capability")).collect()
+    ALL.iter()
+        .map(|c| parse(c).expect("known capability"))
+        .collect()
 }
 
 /// Kubernetes semantics: start from the default set; `drop: [ALL]` empties
 /// it and `add: [ALL]` fills it; then named adds, then named drops (a
 /// capability both added and dropped ends up dropped).
-pub(crate) fn effective_set(add: &[String], drop: &[String]) -> Result<HashSet<Capability>, SpecError> {
-    let mut set: HashSet<Capability> =
-        DEFAULT.iter().map(|c| parse(c).expect("known capability")).collect();
+pub(crate) fn effective_set(
+    add: &[String],
+    drop: &[String],
+) -> Result<HashSet<Capability>, SpecError> {
+    let mut set: HashSet<Capability> = DEFAULT
+        .iter()
+        .map(|c| parse(c).expect("known capability"))
+        .collect();
     if drop.iter().any(|d| is_all(d)) {
         set.clear();
     }
@@ -68,7 +116,8 @@ pub(crate) fn process_caps(
     mut set: HashSet<Capability>,
     ambient: &[String],
 ) -> Result<LinuxCapabilities, SpecError> {
-    let ambient: HashSet<Capability> = ambient.iter().map(|a| parse(a)).collect::<Result<_, _>>()?;
+    let ambient: HashSet<Capability> =
+        ambient.iter().map(|a| parse(a)).collect::<Result<_, _>>()?;
     set.extend(ambient.iter().copied());
     let mut inheritable = HashSet::new();
     inheritable.extend(ambient.iter().copied());
@@ -117,19 +166,34 @@ mod tests {
         assert_eq!(most.len(), ALL.len() - 1);
         assert!(!most.contains(&Capability::SysAdmin));
         // add ALL + drop ALL: the add wins, as in the other CRI runtimes.
-        assert_eq!(effective_set(&s(&["ALL"]), &s(&["ALL"])).unwrap().len(), ALL.len());
+        assert_eq!(
+            effective_set(&s(&["ALL"]), &s(&["ALL"])).unwrap().len(),
+            ALL.len()
+        );
     }
 
     #[test]
     fn unknown_capability_is_invalid() {
-        assert!(matches!(effective_set(&s(&["FLY"]), &[]), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(effective_set(&[], &s(&["CAP_NOPE"])), Err(SpecError::InvalidArgument(_))));
+        assert!(matches!(
+            effective_set(&s(&["FLY"]), &[]),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            effective_set(&[], &s(&["CAP_NOPE"])),
+            Err(SpecError::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn ambient_caps_are_in_every_set() {
         let c = process_caps(effective_set(&[], &[]).unwrap(), &s(&["NET_RAW"])).unwrap();
-        for set in [c.bounding(), c.effective(), c.permitted(), c.ambient(), c.inheritable()] {
+        for set in [
+            c.bounding(),
+            c.effective(),
+            c.permitted(),
+            c.ambient(),
+            c.inheritable(),
+        ] {
             assert!(set.as_ref().unwrap().contains(&Capability::NetRaw));
         }
         let c = process_caps(effective_set(&[], &[]).unwrap(), &[]).unwrap();

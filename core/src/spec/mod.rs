@@ -239,7 +239,13 @@ fn selinux_label(opts: Option<&cri::SeLinuxOption>) -> Option<String> {
     if (o.r#type.is_empty() && o.level.is_empty()) || !selinux_enabled() {
         return None;
     }
-    let or = |v: &str, d: &str| if v.is_empty() { d.to_string() } else { v.to_string() };
+    let or = |v: &str, d: &str| {
+        if v.is_empty() {
+            d.to_string()
+        } else {
+            v.to_string()
+        }
+    };
     Some(format!(
         "{}:{}:{}:{}",
         or(&o.user, "system_u"),
@@ -251,7 +257,10 @@ fn selinux_label(opts: Option<&cri::SeLinuxOption>) -> Option<String> {
 
 /// Kubernetes command rules: `command` replaces the entrypoint and drops the
 /// image's cmd; `args` replace the cmd.
-fn process_args(cfg: &cri::ContainerConfig, image: &crate::image::ContainerDefaults) -> Vec<String> {
+fn process_args(
+    cfg: &cri::ContainerConfig,
+    image: &crate::image::ContainerDefaults,
+) -> Vec<String> {
     let mut args = if cfg.command.is_empty() {
         image.entrypoint.clone()
     } else {
@@ -393,21 +402,34 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let res = cfg.linux.as_ref().and_then(|l| l.resources.as_ref());
     let privileged = sc.is_some_and(|s| s.privileged);
     let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
-    let opts = sc.and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+    let opts = sc
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
 
     // Namespaces.
-    let host_network = input.namespaces.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
+    let host_network =
+        input.namespaces.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
     let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
     if let Some(u) = &opts.userns_options
         && mode(u.mode) != Some(NamespaceMode::Node)
         && !(u.uids.is_empty() && u.gids.is_empty())
     {
-        return Err(SpecError::InvalidArgument("user namespaces are not supported".into()));
+        return Err(SpecError::InvalidArgument(
+            "user namespaces are not supported".into(),
+        ));
     }
-    let infra_ns = |name: &str| input.namespaces.infra_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/{name}")));
+    let infra_ns = |name: &str| {
+        input
+            .namespaces
+            .infra_pid
+            .map(|p| PathBuf::from(format!("/proc/{p}/ns/{name}")))
+    };
     let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
     if !host_network {
-        namespaces.push(ns(LinuxNamespaceType::Network, input.namespaces.netns_path.clone()));
+        namespaces.push(ns(
+            LinuxNamespaceType::Network,
+            input.namespaces.netns_path.clone(),
+        ));
     }
     if !host_ipc {
         namespaces.push(ns(LinuxNamespaceType::Ipc, infra_ns("ipc")));
@@ -428,7 +450,10 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
             ));
         }
         None => {
-            return Err(SpecError::InvalidArgument(format!("unknown pid namespace mode {}", opts.pid)));
+            return Err(SpecError::InvalidArgument(format!(
+                "unknown pid namespace mode {}",
+                opts.pid
+            )));
         }
     }
     if cgroup_v2_unified() {
@@ -444,7 +469,10 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     };
 
     let sysctls = sysctl::validate(
-        pod.linux.as_ref().map(|l| &l.sysctls).unwrap_or(&HashMap::new()),
+        pod.linux
+            .as_ref()
+            .map(|l| &l.sysctls)
+            .unwrap_or(&HashMap::new()),
         host_network,
         host_ipc,
     )?;
@@ -464,7 +492,9 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         "/".to_string()
     };
     if !cwd.starts_with('/') {
-        return Err(SpecError::InvalidArgument(format!("working directory {cwd:?} must be absolute")));
+        return Err(SpecError::InvalidArgument(format!(
+            "working directory {cwd:?} must be absolute"
+        )));
     }
     let user = user::resolve_user(input.rootfs, sc, &input.image.user)?;
     let cap_set: HashSet<Capability> = if privileged {
@@ -473,7 +503,8 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         let c = sc.and_then(|s| s.capabilities.as_ref());
         caps::effective_set(
             c.map(|c| c.add_capabilities.as_slice()).unwrap_or_default(),
-            c.map(|c| c.drop_capabilities.as_slice()).unwrap_or_default(),
+            c.map(|c| c.drop_capabilities.as_slice())
+                .unwrap_or_default(),
         )?
     };
     let ambient = sc
@@ -486,7 +517,8 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         let choice = seccomp::choice(
             sc.and_then(|s| s.seccomp.as_ref()),
             #[allow(deprecated)] // still sent by older kubelets
-            sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or_default(),
+            sc.map(|s| s.seccomp_profile_path.as_str())
+                .unwrap_or_default(),
         )?;
         seccomp::profile(&choice, &cap_set)?
     };
@@ -510,18 +542,29 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         .build()
         .map_err(build_err)?;
     process.set_apparmor_profile(apparmor_profile(sc, privileged)?);
-    let label = if privileged { None } else { selinux_label(sc.and_then(|s| s.selinux_options.as_ref())) };
+    let label = if privileged {
+        None
+    } else {
+        selinux_label(sc.and_then(|s| s.selinux_options.as_ref()))
+    };
     process.set_selinux_label(label);
     // The CRI's value, raised to the floor when restricted; no negative
     // default is invented here.
     let oom_score_adj = res.map(|r| r.oom_score_adj as i32);
-    process.set_oom_score_adj(oom_score_adj.map(|v| input.min_oom_score_adj.map_or(v, |floor| v.max(floor))));
+    process.set_oom_score_adj(
+        oom_score_adj.map(|v| input.min_oom_score_adj.map_or(v, |floor| v.max(floor))),
+    );
 
     // Mounts: kernel filesystems, pod files, then the CRI's; a CRI mount
     // replaces a default one at the same destination (the kubelet manages
     // /etc/hosts and may bind its own /dev/shm).
-    let cri_mounts = mounts::cri_mounts(&cfg.mounts, input.capabilities.recursive_read_only_mounts)?;
-    let taken: HashSet<PathBuf> = cri_mounts.mounts.iter().map(|m| m.destination().clone()).collect();
+    let cri_mounts =
+        mounts::cri_mounts(&cfg.mounts, input.capabilities.recursive_read_only_mounts)?;
+    let taken: HashSet<PathBuf> = cri_mounts
+        .mounts
+        .iter()
+        .map(|m| m.destination().clone())
+        .collect();
     let mut all_mounts: Vec<Mount> = mounts::standard(privileged);
     all_mounts.extend(mounts::pod_files(input.pod_files, readonly_rootfs));
     all_mounts.retain(|m| !taken.contains(m.destination()));
@@ -556,35 +599,65 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     linux.set_masked_paths(Some(if privileged {
         Vec::new()
     } else {
-        paths(sc.map(|s| s.masked_paths.as_slice()).unwrap_or_default(), DEFAULT_MASKED_PATHS)
+        paths(
+            sc.map(|s| s.masked_paths.as_slice()).unwrap_or_default(),
+            DEFAULT_MASKED_PATHS,
+        )
     }));
     linux.set_readonly_paths(Some(if privileged {
         Vec::new()
     } else {
-        paths(sc.map(|s| s.readonly_paths.as_slice()).unwrap_or_default(), DEFAULT_READONLY_PATHS)
+        paths(
+            sc.map(|s| s.readonly_paths.as_slice()).unwrap_or_default(),
+            DEFAULT_READONLY_PATHS,
+        )
     }));
     linux.set_seccomp(seccomp);
     linux.set_rootfs_propagation(cri_mounts.rootfs_propagation);
     linux.set_mount_label(None);
-    linux.set_sysctl(if input.namespaces.infra_pid.is_none() && !sysctls.is_empty() { Some(sysctls) } else { None });
+    linux.set_sysctl(
+        if input.namespaces.infra_pid.is_none() && !sysctls.is_empty() {
+            Some(sysctls)
+        } else {
+            None
+        },
+    );
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
 
     let mut ann: HashMap<String, String> = cfg.annotations.clone();
     let meta = pod.metadata.clone().unwrap_or_default();
     for (k, v) in [
-        (annotations::CONTAINER_TYPE, annotations::CONTAINER_TYPE_CONTAINER.to_string()),
+        (
+            annotations::CONTAINER_TYPE,
+            annotations::CONTAINER_TYPE_CONTAINER.to_string(),
+        ),
         (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
         (annotations::SANDBOX_NAME, meta.name.clone()),
         (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
         (annotations::SANDBOX_UID, meta.uid.clone()),
-        (annotations::CONTAINER_NAME, cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()),
-        (annotations::IMAGE_NAME, cfg.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()),
+        (
+            annotations::CONTAINER_NAME,
+            cfg.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            annotations::IMAGE_NAME,
+            cfg.image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+        ),
     ] {
         ann.insert(k.to_string(), v);
     }
     if !input.image.stop_signal.is_empty() {
-        ann.insert(annotations::IMAGE_STOP_SIGNAL.to_string(), input.image.stop_signal.clone());
+        ann.insert(
+            annotations::IMAGE_STOP_SIGNAL.to_string(),
+            input.image.stop_signal.clone(),
+        );
     }
 
     let mut spec = SpecBuilder::default()
@@ -602,10 +675,18 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         .annotations(ann)
         .build()
         .map_err(build_err)?;
-    spec.set_hostname(if own_uts && !hostname.is_empty() { Some(hostname) } else { None });
+    spec.set_hostname(if own_uts && !hostname.is_empty() {
+        Some(hostname)
+    } else {
+        None
+    });
     spec.set_domainname(None);
     spec.set_hooks(None);
-    tracing::debug!(container_id = input.container_id, sandbox_id = input.sandbox_id, "container spec built");
+    tracing::debug!(
+        container_id = input.container_id,
+        sandbox_id = input.sandbox_id,
+        "container spec built"
+    );
     Ok(spec)
 }
 
@@ -617,14 +698,20 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
 pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
     let pod = input.sandbox_config;
     let sc = pod.linux.as_ref().and_then(|l| l.security_context.as_ref());
-    let opts = sc.and_then(|s| s.namespace_options.clone()).unwrap_or_default();
-    let host_network = input.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
+    let opts = sc
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let host_network =
+        input.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
     let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
     let host_pid = mode(opts.pid) == Some(NamespaceMode::Node);
 
     let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
     if !host_network {
-        namespaces.push(ns(LinuxNamespaceType::Network, input.netns_path.map(Path::to_path_buf)));
+        namespaces.push(ns(
+            LinuxNamespaceType::Network,
+            input.netns_path.map(Path::to_path_buf),
+        ));
         namespaces.push(ns(LinuxNamespaceType::Uts, None));
     }
     if !host_ipc {
@@ -637,17 +724,24 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
         namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
     }
     let sysctls = sysctl::validate(
-        pod.linux.as_ref().map(|l| &l.sysctls).unwrap_or(&HashMap::new()),
+        pod.linux
+            .as_ref()
+            .map(|l| &l.sysctls)
+            .unwrap_or(&HashMap::new()),
         host_network,
         host_ipc,
     )?;
 
     let uid = match sc.and_then(|s| s.run_as_user.as_ref()) {
-        Some(v) => u32::try_from(v.value).map_err(|_| SpecError::InvalidArgument(format!("run_as_user {} out of range", v.value)))?,
+        Some(v) => u32::try_from(v.value).map_err(|_| {
+            SpecError::InvalidArgument(format!("run_as_user {} out of range", v.value))
+        })?,
         None => 0,
     };
     let gid = match sc.and_then(|s| s.run_as_group.as_ref()) {
-        Some(v) => u32::try_from(v.value).map_err(|_| SpecError::InvalidArgument(format!("run_as_group {} out of range", v.value)))?,
+        Some(v) => u32::try_from(v.value).map_err(|_| {
+            SpecError::InvalidArgument(format!("run_as_group {} out of range", v.value))
+        })?,
         None => 0,
     };
     let seccomp = if sc.is_some_and(|s| s.privileged) {
@@ -656,14 +750,27 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
         let choice = seccomp::choice(
             sc.and_then(|s| s.seccomp.as_ref()),
             #[allow(deprecated)] // still sent by older kubelets
-            sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or_default(),
+            sc.map(|s| s.seccomp_profile_path.as_str())
+                .unwrap_or_default(),
         )?;
         seccomp::profile(&choice, &HashSet::new())?
     };
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(vec![gid]).build().map_err(build_err)?)
-        .args(INFRA_COMMAND.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .additional_gids(vec![gid])
+                .build()
+                .map_err(build_err)?,
+        )
+        .args(
+            INFRA_COMMAND
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .env(vec![DEFAULT_PATH.to_string()])
         .cwd("/")
         .capabilities(caps::process_caps(HashSet::new(), &[])?)
@@ -682,36 +789,63 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
         .devices(Vec::new())
         .build()
         .map_err(build_err)?;
-    linux.set_masked_paths(Some(DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
-    linux.set_readonly_paths(Some(DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
+    linux.set_masked_paths(Some(
+        DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
+    ));
+    linux.set_readonly_paths(Some(
+        DEFAULT_READONLY_PATHS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    ));
     linux.set_seccomp(seccomp);
-    linux.set_sysctl(if sysctls.is_empty() { None } else { Some(sysctls) });
+    linux.set_sysctl(if sysctls.is_empty() {
+        None
+    } else {
+        Some(sysctls)
+    });
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
 
     let meta = pod.metadata.clone().unwrap_or_default();
     let mut ann: HashMap<String, String> = pod.annotations.clone();
     for (k, v) in [
-        (annotations::CONTAINER_TYPE, annotations::CONTAINER_TYPE_SANDBOX.to_string()),
+        (
+            annotations::CONTAINER_TYPE,
+            annotations::CONTAINER_TYPE_SANDBOX.to_string(),
+        ),
         (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
         (annotations::SANDBOX_NAME, meta.name.clone()),
         (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
         (annotations::SANDBOX_UID, meta.uid.clone()),
-        (annotations::SANDBOX_LOG_DIRECTORY, pod.log_directory.clone()),
+        (
+            annotations::SANDBOX_LOG_DIRECTORY,
+            pod.log_directory.clone(),
+        ),
     ] {
         ann.insert(k.to_string(), v);
     }
 
     let mut spec = SpecBuilder::default()
         .version(OCI_VERSION)
-        .root(RootBuilder::default().path(input.rootfs).readonly(true).build().map_err(build_err)?)
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs)
+                .readonly(true)
+                .build()
+                .map_err(build_err)?,
+        )
         .mounts(all_mounts)
         .process(process)
         .linux(linux)
         .annotations(ann)
         .build()
         .map_err(build_err)?;
-    spec.set_hostname(if !host_network && !pod.hostname.is_empty() { Some(pod.hostname.clone()) } else { None });
+    spec.set_hostname(if !host_network && !pod.hostname.is_empty() {
+        Some(pod.hostname.clone())
+    } else {
+        None
+    });
     spec.set_domainname(None);
     spec.set_hooks(None);
     Ok(spec)

@@ -27,16 +27,38 @@ pub(crate) fn standard(privileged: bool) -> Vec<Mount> {
     let ro = if privileged { "rw" } else { "ro" };
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro]),
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", ro]),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", ro],
+        ),
     ]
 }
 
@@ -45,7 +67,12 @@ pub(crate) fn standard(privileged: bool) -> Vec<Mount> {
 pub(crate) fn pod_files(files: &PodFiles, readonly_rootfs: bool) -> Vec<Mount> {
     let mut out = Vec::new();
     match &files.shm_dir {
-        Some(dir) => out.push(mount("/dev/shm", "bind", dir, &["rbind", "rprivate", "nosuid", "noexec", "nodev"])),
+        Some(dir) => out.push(mount(
+            "/dev/shm",
+            "bind",
+            dir,
+            &["rbind", "rprivate", "nosuid", "noexec", "nodev"],
+        )),
         None => out.push(mount(
             "/dev/shm",
             "tmpfs",
@@ -103,7 +130,10 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -112,7 +142,9 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
             i += 1;
         }
     }
-    PathBuf::from(std::ffi::OsString::from(String::from_utf8_lossy(&out).into_owned()))
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 /// How the CRI mounts want the rootfs propagation set.
@@ -127,7 +159,10 @@ pub(crate) struct CriMounts {
 /// Converts the CRI mounts. The host path must exist (the kubelet creates
 /// hostPath directories) and is resolved through symlinks; the container
 /// path must be absolute. Mounts are ordered parents first.
-pub(crate) fn cri_mounts(mounts: &[cri::Mount], rro_supported: bool) -> Result<CriMounts, SpecError> {
+pub(crate) fn cri_mounts(
+    mounts: &[cri::Mount],
+    rro_supported: bool,
+) -> Result<CriMounts, SpecError> {
     let mut out: Vec<Mount> = Vec::new();
     let mut propagation: Option<&str> = None;
     for m in mounts {
@@ -222,7 +257,11 @@ pub(crate) fn cri_mounts(mounts: &[cri::Mount], rro_supported: bool) -> Result<C
 }
 
 /// A device node and its cgroup rule, from a host device file.
-fn device_of(container: &Path, meta: &std::fs::Metadata, perms: &str) -> Option<(LinuxDevice, LinuxDeviceCgroup)> {
+fn device_of(
+    container: &Path,
+    meta: &std::fs::Metadata,
+    perms: &str,
+) -> Option<(LinuxDevice, LinuxDeviceCgroup)> {
     let ft = meta.file_type();
     let typ = if ft.is_char_device() {
         LinuxDeviceType::C
@@ -232,7 +271,10 @@ fn device_of(container: &Path, meta: &std::fs::Metadata, perms: &str) -> Option<
         return None;
     };
     let rdev = meta.rdev();
-    let (major, minor) = (rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64);
+    let (major, minor) = (
+        rustix::fs::major(rdev) as i64,
+        rustix::fs::minor(rdev) as i64,
+    );
     let dev = LinuxDeviceBuilder::default()
         .path(container)
         .typ(typ)
@@ -254,8 +296,16 @@ fn device_of(container: &Path, meta: &std::fs::Metadata, perms: &str) -> Option<
     Some((dev, rule))
 }
 
-fn walk_devices(host_dir: &Path, container_dir: &Path, perms: &str, skip: &[&str], out: &mut Vec<(LinuxDevice, LinuxDeviceCgroup)>) {
-    let Ok(entries) = std::fs::read_dir(host_dir) else { return };
+fn walk_devices(
+    host_dir: &Path,
+    container_dir: &Path,
+    perms: &str,
+    skip: &[&str],
+    out: &mut Vec<(LinuxDevice, LinuxDeviceCgroup)>,
+) {
+    let Ok(entries) = std::fs::read_dir(host_dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let name_s = name.to_string_lossy();
@@ -264,7 +314,9 @@ fn walk_devices(host_dir: &Path, container_dir: &Path, perms: &str, skip: &[&str
             continue;
         }
         // No symlinks: they alias real nodes found elsewhere.
-        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
         if meta.is_dir() {
             walk_devices(&host, &container_dir.join(&*name_s), perms, skip, out);
         } else if let Some(d) = device_of(&container_dir.join(&*name_s), &meta, perms) {
@@ -275,7 +327,9 @@ fn walk_devices(host_dir: &Path, container_dir: &Path, perms: &str, skip: &[&str
 
 /// The CRI devices: each host path (a device, or a directory of devices)
 /// is stat'ed for type and numbers. Missing paths are invalid.
-pub(crate) fn cri_devices(devices: &[cri::Device]) -> Result<Vec<(LinuxDevice, LinuxDeviceCgroup)>, SpecError> {
+pub(crate) fn cri_devices(
+    devices: &[cri::Device],
+) -> Result<Vec<(LinuxDevice, LinuxDeviceCgroup)>, SpecError> {
     let mut out = Vec::new();
     for d in devices {
         if !d.container_path.starts_with('/') {
@@ -284,7 +338,11 @@ pub(crate) fn cri_devices(devices: &[cri::Device]) -> Result<Vec<(LinuxDevice, L
                 d.container_path
             )));
         }
-        let perms = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+        let perms = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            d.permissions.as_str()
+        };
         if !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return Err(SpecError::InvalidArgument(format!(
                 "device {} has invalid permissions {:?} (want a subset of rwm)",
@@ -292,9 +350,8 @@ pub(crate) fn cri_devices(devices: &[cri::Device]) -> Result<Vec<(LinuxDevice, L
             )));
         }
         let host = Path::new(&d.host_path);
-        let meta = std::fs::metadata(host).map_err(|e| {
-            SpecError::InvalidArgument(format!("device {}: {e}", d.host_path))
-        })?;
+        let meta = std::fs::metadata(host)
+            .map_err(|e| SpecError::InvalidArgument(format!("device {}: {e}", d.host_path)))?;
         if meta.is_dir() {
             let before = out.len();
             walk_devices(host, Path::new(&d.container_path), perms, &[], &mut out);
@@ -322,7 +379,15 @@ pub(crate) fn host_devices() -> Vec<LinuxDevice> {
         Path::new("/dev"),
         Path::new("/dev"),
         "rwm",
-        &["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/fd", "/dev/console", "/dev/.lxc", "/dev/.udev"],
+        &[
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/dev/fd",
+            "/dev/console",
+            "/dev/.lxc",
+            "/dev/.udev",
+        ],
         &mut out,
     );
     out.into_iter().map(|(d, _)| d).collect()
@@ -351,7 +416,11 @@ mod tests {
     use super::*;
 
     fn m(container: &str, host: &str) -> cri::Mount {
-        cri::Mount { container_path: container.into(), host_path: host.into(), ..Default::default() }
+        cri::Mount {
+            container_path: container.into(),
+            host_path: host.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -369,9 +438,18 @@ mod tests {
         assert_eq!(out.mounts[0].destination(), Path::new("/data"));
         assert_eq!(out.mounts[1].destination(), Path::new("/data/sub"));
         // Symlinked host path is resolved.
-        assert_eq!(out.mounts[1].source().as_deref(), Some(std::fs::canonicalize(&a).unwrap().as_path()));
-        assert_eq!(out.mounts[1].options().as_ref().unwrap(), &vec!["rbind".to_string(), "rprivate".into(), "ro".into()]);
-        assert_eq!(out.mounts[0].options().as_ref().unwrap(), &vec!["rbind".to_string(), "rprivate".into()]);
+        assert_eq!(
+            out.mounts[1].source().as_deref(),
+            Some(std::fs::canonicalize(&a).unwrap().as_path())
+        );
+        assert_eq!(
+            out.mounts[1].options().as_ref().unwrap(),
+            &vec!["rbind".to_string(), "rprivate".into(), "ro".into()]
+        );
+        assert_eq!(
+            out.mounts[0].options().as_ref().unwrap(),
+            &vec!["rbind".to_string(), "rprivate".into()]
+        );
         assert_eq!(out.mounts[0].typ().as_deref(), Some("bind"));
     }
 
@@ -383,9 +461,18 @@ mod tests {
         let e = cri_mounts(&[m("/x", missing.to_str().unwrap())], true).unwrap_err();
         assert!(matches!(e, SpecError::InvalidArgument(_)));
         assert!(e.to_string().contains(missing.to_str().unwrap()), "{e}");
-        assert!(matches!(cri_mounts(&[m("relative/x", host)], true), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(cri_mounts(&[m("", host)], true), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(cri_mounts(&[m("/x", "")], true), Err(SpecError::InvalidArgument(_))));
+        assert!(matches!(
+            cri_mounts(&[m("relative/x", host)], true),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            cri_mounts(&[m("", host)], true),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            cri_mounts(&[m("/x", "")], true),
+            Err(SpecError::InvalidArgument(_))
+        ));
         let mut rro = m("/x", host);
         rro.readonly = true;
         rro.recursive_read_only = true;
@@ -397,8 +484,14 @@ mod tests {
         rro.readonly = false;
         assert!(cri_mounts(&[rro], true).is_err());
         let mut img = m("/x", host);
-        img.image = Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() });
-        assert!(matches!(cri_mounts(&[img], true), Err(SpecError::InvalidArgument(_))));
+        img.image = Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        assert!(matches!(
+            cri_mounts(&[img], true),
+            Err(SpecError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -412,7 +505,13 @@ mod tests {
         if shared {
             let r = r.unwrap();
             assert_eq!(r.rootfs_propagation.as_deref(), Some("rshared"));
-            assert!(r.mounts[0].options().as_ref().unwrap().contains(&"rshared".to_string()));
+            assert!(
+                r.mounts[0]
+                    .options()
+                    .as_ref()
+                    .unwrap()
+                    .contains(&"rshared".to_string())
+            );
         } else {
             assert!(r.unwrap_err().to_string().contains("not shared"));
         }
@@ -428,7 +527,11 @@ mod tests {
 
     #[test]
     fn devices_from_host() {
-        let d = cri::Device { container_path: "/dev/mynull".into(), host_path: "/dev/null".into(), permissions: "rw".into() };
+        let d = cri::Device {
+            container_path: "/dev/mynull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rw".into(),
+        };
         let out = cri_devices(&[d]).unwrap();
         let (dev, rule) = &out[0];
         assert_eq!(dev.path(), Path::new("/dev/mynull"));
@@ -439,12 +542,28 @@ mod tests {
         assert_eq!(rule.access().as_deref(), Some("rw"));
 
         let bad = |host: &str, perms: &str, cpath: &str| {
-            cri_devices(&[cri::Device { container_path: cpath.into(), host_path: host.into(), permissions: perms.into() }])
+            cri_devices(&[cri::Device {
+                container_path: cpath.into(),
+                host_path: host.into(),
+                permissions: perms.into(),
+            }])
         };
-        assert!(matches!(bad("/dev/nonexistent-crius", "", "/dev/x"), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(bad("/dev/null", "rwx", "/dev/x"), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(bad("/dev/null", "", "dev/x"), Err(SpecError::InvalidArgument(_))));
-        assert!(matches!(bad("/etc/hostname", "", "/dev/x"), Err(SpecError::InvalidArgument(_))));
+        assert!(matches!(
+            bad("/dev/nonexistent-crius", "", "/dev/x"),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            bad("/dev/null", "rwx", "/dev/x"),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            bad("/dev/null", "", "dev/x"),
+            Err(SpecError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            bad("/etc/hostname", "", "/dev/x"),
+            Err(SpecError::InvalidArgument(_))
+        ));
         // Empty permissions mean rwm.
         let out = bad("/dev/zero", "", "/dev/z").unwrap();
         assert_eq!(out[0].1.access().as_deref(), Some("rwm"));

@@ -94,10 +94,7 @@ fn load_localhost(path: &Path) -> Result<LinuxSeccomp, SpecError> {
         )));
     }
     let data = std::fs::read(path).map_err(|e| {
-        SpecError::InvalidArgument(format!(
-            "seccomp localhost profile {}: {e}",
-            path.display()
-        ))
+        SpecError::InvalidArgument(format!("seccomp localhost profile {}: {e}", path.display()))
     })?;
     serde_json::from_slice(&data).map_err(|e| {
         SpecError::InvalidArgument(format!(
@@ -165,13 +162,25 @@ const DENIED: &[(&[Capability], &[&str])] = &[
         ],
     ),
     (&[Capability::SysAdmin, Capability::Bpf], &["bpf"]),
-    (&[Capability::SysAdmin, Capability::Perfmon], &["perf_event_open"]),
-    (&[Capability::SysBoot], &["reboot", "kexec_load", "kexec_file_load"]),
-    (&[Capability::SysModule], &["init_module", "finit_module", "delete_module"]),
+    (
+        &[Capability::SysAdmin, Capability::Perfmon],
+        &["perf_event_open"],
+    ),
+    (
+        &[Capability::SysBoot],
+        &["reboot", "kexec_load", "kexec_file_load"],
+    ),
+    (
+        &[Capability::SysModule],
+        &["init_module", "finit_module", "delete_module"],
+    ),
     (&[Capability::DacReadSearch], &["open_by_handle_at"]),
     (&[Capability::SysPtrace], &["userfaultfd"]),
     (&[Capability::SysPacct], &["acct"]),
-    (&[Capability::SysTime], &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
+    (
+        &[Capability::SysTime],
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
     (&[Capability::Syslog], &["syslog"]),
 ];
 
@@ -232,16 +241,31 @@ mod tests {
 
     #[test]
     fn choice_from_cri_fields() {
-        let p = |t: ProfileType, r: &str| SecurityProfile { profile_type: t as i32, localhost_ref: r.into() };
-        assert_eq!(choice(Some(&p(ProfileType::RuntimeDefault, "")), "").unwrap(), SeccompChoice::RuntimeDefault);
-        assert_eq!(choice(Some(&p(ProfileType::Unconfined, "")), "runtime/default").unwrap(), SeccompChoice::Unconfined);
+        let p = |t: ProfileType, r: &str| SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        assert_eq!(
+            choice(Some(&p(ProfileType::RuntimeDefault, "")), "").unwrap(),
+            SeccompChoice::RuntimeDefault
+        );
+        assert_eq!(
+            choice(Some(&p(ProfileType::Unconfined, "")), "runtime/default").unwrap(),
+            SeccompChoice::Unconfined
+        );
         assert_eq!(
             choice(Some(&p(ProfileType::Localhost, "/x.json")), "").unwrap(),
             SeccompChoice::Localhost("/x.json".into())
         );
         assert_eq!(choice(None, "").unwrap(), SeccompChoice::Unconfined);
-        assert_eq!(choice(None, "runtime/default").unwrap(), SeccompChoice::RuntimeDefault);
-        assert_eq!(choice(None, "localhost//p.json").unwrap(), SeccompChoice::Localhost("/p.json".into()));
+        assert_eq!(
+            choice(None, "runtime/default").unwrap(),
+            SeccompChoice::RuntimeDefault
+        );
+        assert_eq!(
+            choice(None, "localhost//p.json").unwrap(),
+            SeccompChoice::Localhost("/p.json".into())
+        );
         assert!(choice(None, "bogus").is_err());
     }
 
@@ -252,16 +276,43 @@ mod tests {
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
         assert!(!p.architectures().as_ref().unwrap().is_empty());
         let d = denied(&p);
-        for s in ["kexec_load", "open_by_handle_at", "init_module", "finit_module", "delete_module",
-            "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "mount",
-            "umount2", "pivot_root", "swapon", "swapoff", "reboot", "setns", "unshare"] {
+        for s in [
+            "kexec_load",
+            "open_by_handle_at",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "swapon",
+            "swapoff",
+            "reboot",
+            "setns",
+            "unshare",
+        ] {
             assert!(d.contains(&s.to_string()), "{s} not denied");
         }
         assert!(!d.contains(&"read".to_string()));
         let rules = p.syscalls().as_ref().unwrap();
-        let clone = rules.iter().find(|r| r.names() == &vec!["clone".to_string()]).unwrap();
-        assert_eq!(clone.args().as_ref().unwrap()[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
-        let clone3 = rules.iter().find(|r| r.names() == &vec!["clone3".to_string()]).unwrap();
+        let clone = rules
+            .iter()
+            .find(|r| r.names() == &vec!["clone".to_string()])
+            .unwrap();
+        assert_eq!(
+            clone.args().as_ref().unwrap()[0].op(),
+            LinuxSeccompOperator::ScmpCmpMaskedEq
+        );
+        let clone3 = rules
+            .iter()
+            .find(|r| r.names() == &vec!["clone3".to_string()])
+            .unwrap();
         assert_eq!(clone3.errno_ret(), Some(ENOSYS));
 
         let admin: HashSet<_> = [Capability::SysAdmin].into();
@@ -269,7 +320,13 @@ mod tests {
         let d = denied(&p);
         assert!(!d.contains(&"mount".to_string()) && !d.contains(&"bpf".to_string()));
         assert!(d.contains(&"keyctl".to_string()) && d.contains(&"init_module".to_string()));
-        assert!(!p.syscalls().as_ref().unwrap().iter().any(|r| r.names().contains(&"clone3".to_string())));
+        assert!(
+            !p.syscalls()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|r| r.names().contains(&"clone3".to_string()))
+        );
     }
 
     #[test]
@@ -277,18 +334,36 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("p.json");
         std::fs::write(&f, r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#).unwrap();
-        let p = profile(&SeccompChoice::Localhost(f.to_string_lossy().into()), &HashSet::new()).unwrap().unwrap();
+        let p = profile(
+            &SeccompChoice::Localhost(f.to_string_lossy().into()),
+            &HashSet::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.syscalls().as_ref().unwrap()[0].names().len(), 2);
-        for bad in ["relative.json".to_string(), tmp.path().join("missing.json").to_string_lossy().into_owned()] {
+        for bad in [
+            "relative.json".to_string(),
+            tmp.path()
+                .join("missing.json")
+                .to_string_lossy()
+                .into_owned(),
+        ] {
             let e = profile(&SeccompChoice::Localhost(bad.clone()), &HashSet::new()).unwrap_err();
             assert!(matches!(e, SpecError::InvalidArgument(_)), "{bad}: {e}");
         }
         std::fs::write(&f, "not json").unwrap();
         assert!(matches!(
-            profile(&SeccompChoice::Localhost(f.to_string_lossy().into()), &HashSet::new()),
+            profile(
+                &SeccompChoice::Localhost(f.to_string_lossy().into()),
+                &HashSet::new()
+            ),
             Err(SpecError::InvalidArgument(_))
         ));
-        assert!(profile(&SeccompChoice::Unconfined, &HashSet::new()).unwrap().is_none());
+        assert!(
+            profile(&SeccompChoice::Unconfined, &HashSet::new())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -81,7 +81,9 @@ mod tests {
     use super::*;
 
     fn m(v: &[(&str, &str)]) -> HashMap<String, String> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -102,7 +104,12 @@ mod tests {
 
     #[test]
     fn non_namespaced_and_host_namespace_sysctls_fail() {
-        for bad in ["vm.swappiness", "kernel.hostname", "fs.file-max", "kernel.semx"] {
+        for bad in [
+            "vm.swappiness",
+            "kernel.hostname",
+            "fs.file-max",
+            "kernel.semx",
+        ] {
             let e = validate(&m(&[(bad, "1")]), false, false).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }

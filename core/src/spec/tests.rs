@@ -38,7 +38,11 @@ impl Fixture {
             "root:x:0:0::/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n",
         )
         .unwrap();
-        fs::write(rootfs.join("etc/group"), "root:x:0:\nweb:x:33:\nlog:x:4:web\n").unwrap();
+        fs::write(
+            rootfs.join("etc/group"),
+            "root:x:0:\nweb:x:33:\nlog:x:4:web\n",
+        )
+        .unwrap();
         let files_dir = tmp.path().join("pod");
         fs::create_dir_all(files_dir.join("shm")).unwrap();
         for f in ["hostname", "resolv.conf", "hosts"] {
@@ -47,8 +51,14 @@ impl Fixture {
         Fixture {
             rootfs,
             config: ContainerConfig {
-                metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
-                image: Some(ImageSpec { image: "busybox:latest".into(), ..Default::default() }),
+                metadata: Some(ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: "busybox:latest".into(),
+                    ..Default::default()
+                }),
                 annotations: [("user.annotation".to_string(), "v".to_string())].into(),
                 ..Default::default()
             },
@@ -95,7 +105,11 @@ impl Fixture {
     }
 
     fn res(&mut self) -> &mut LinuxContainerResources {
-        self.config.linux.get_or_insert_with(Default::default).resources.get_or_insert_with(Default::default)
+        self.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources
+            .get_or_insert_with(Default::default)
     }
 
     fn pod_linux(&mut self) -> &mut LinuxPodSandboxConfig {
@@ -127,7 +141,15 @@ fn env(s: &Spec) -> Vec<String> {
     s.process().as_ref().unwrap().env().clone().unwrap()
 }
 fn caps(s: &Spec) -> std::collections::HashSet<Capability> {
-    s.process().as_ref().unwrap().capabilities().as_ref().unwrap().effective().clone().unwrap()
+    s.process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .as_ref()
+        .unwrap()
+        .effective()
+        .clone()
+        .unwrap()
 }
 fn namespaces(s: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
     s.linux()
@@ -141,13 +163,26 @@ fn namespaces(s: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
         .collect()
 }
 fn ns_of(s: &Spec, t: LinuxNamespaceType) -> Option<Option<PathBuf>> {
-    namespaces(s).into_iter().find(|(x, _)| *x == t).map(|(_, p)| p)
+    namespaces(s)
+        .into_iter()
+        .find(|(x, _)| *x == t)
+        .map(|(_, p)| p)
 }
 fn mount_dests(s: &Spec) -> Vec<String> {
-    s.mounts().as_ref().unwrap().iter().map(|m| m.destination().display().to_string()).collect()
+    s.mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| m.destination().display().to_string())
+        .collect()
 }
 fn mount_at<'a>(s: &'a Spec, dest: &str) -> &'a oci_spec::runtime::Mount {
-    s.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new(dest)).unwrap()
+    s.mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new(dest))
+        .unwrap()
 }
 fn invalid(r: Result<Spec, SpecError>) -> String {
     match r {
@@ -178,11 +213,26 @@ fn entrypoint_and_cmd_rules() {
 fn env_merge_and_workdir() {
     let mut f = Fixture::new();
     f.config.envs = vec![
-        KeyValue { key: "B".into(), value: b"cri".to_vec() },
-        KeyValue { key: "C".into(), value: b"x=y".to_vec() },
+        KeyValue {
+            key: "B".into(),
+            value: b"cri".to_vec(),
+        },
+        KeyValue {
+            key: "C".into(),
+            value: b"x=y".to_vec(),
+        },
     ];
     let s = f.spec().unwrap();
-    assert_eq!(env(&s), vec!["HOSTNAME=mypod", "PATH=/img/bin", "A=image", "B=cri", "C=x=y"]);
+    assert_eq!(
+        env(&s),
+        vec![
+            "HOSTNAME=mypod",
+            "PATH=/img/bin",
+            "A=image",
+            "B=cri",
+            "C=x=y"
+        ]
+    );
     assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/work"));
     f.image.env.clear();
     f.image.working_dir.clear();
@@ -190,7 +240,10 @@ fn env_merge_and_workdir() {
     assert!(env(&s)[0].starts_with("PATH=/usr/local/sbin"));
     assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/"));
     f.config.working_dir = "/cri".into();
-    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().cwd(), Path::new("/cri"));
+    assert_eq!(
+        f.spec().unwrap().process().as_ref().unwrap().cwd(),
+        Path::new("/cri")
+    );
     f.config.working_dir = "rel".into();
     assert!(invalid(f.spec()).contains("rel"));
 }
@@ -238,7 +291,13 @@ fn terminal_hostname_annotations_cgroups_root() {
     assert_eq!(root.path(), &f.rootfs);
     assert_eq!(root.readonly(), Some(true));
     // Pod files are read-only with a read-only rootfs.
-    assert!(mount_at(&s, "/etc/hosts").options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(
+        mount_at(&s, "/etc/hosts")
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string())
+    );
     // No youki defaults leak in.
     let json = serde_json::to_string(&s).unwrap();
     assert!(!json.contains("youki"), "{json}");
@@ -258,10 +317,27 @@ fn standard_mounts_pod_files_and_cri_overrides() {
     let mut f = Fixture::new();
     let s = f.spec().unwrap();
     let d = mount_dests(&s);
-    for want in ["/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/hostname", "/etc/resolv.conf", "/etc/hosts"] {
+    for want in [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/mqueue",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/dev/shm",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/etc/hosts",
+    ] {
         assert!(d.contains(&want.to_string()), "{want} missing in {d:?}");
     }
-    assert!(mount_at(&s, "/sys").options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(
+        mount_at(&s, "/sys")
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string())
+    );
     let shm = mount_at(&s, "/dev/shm");
     assert_eq!(shm.source().as_ref(), f.files.shm_dir.as_ref());
     // kubelet's own /etc/hosts replaces ours.
@@ -274,9 +350,18 @@ fn standard_mounts_pod_files_and_cri_overrides() {
     }];
     f.files.shm_dir = None;
     let s = f.spec().unwrap();
-    let hosts: Vec<_> = s.mounts().as_ref().unwrap().iter().filter(|m| m.destination() == Path::new("/etc/hosts")).collect();
+    let hosts: Vec<_> = s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|m| m.destination() == Path::new("/etc/hosts"))
+        .collect();
     assert_eq!(hosts.len(), 1);
-    assert_eq!(hosts[0].source().as_deref(), Some(fs::canonicalize(&host_dir).unwrap().as_path()));
+    assert_eq!(
+        hosts[0].source().as_deref(),
+        Some(fs::canonicalize(&host_dir).unwrap().as_path())
+    );
     assert_eq!(mount_at(&s, "/dev/shm").typ().as_deref(), Some("tmpfs"));
     // The CRI mounts come after the defaults.
     assert_eq!(mount_dests(&s).last().unwrap(), "/etc/hosts");
@@ -300,7 +385,13 @@ fn bad_mounts_are_invalid_arguments() {
     assert!(invalid(f.spec()).contains("recursive read-only"));
     f.caps.recursive_read_only_mounts = true;
     let s = f.spec().unwrap();
-    assert!(mount_at(&s, "/data").options().as_ref().unwrap().contains(&"rro".to_string()));
+    assert!(
+        mount_at(&s, "/data")
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"rro".to_string())
+    );
 }
 
 #[test]
@@ -316,8 +407,17 @@ fn capabilities_default_add_drop_all() {
     });
     let s = f.spec().unwrap();
     assert_eq!(caps(&s), [Capability::NetAdmin].into());
-    let pc = s.process().as_ref().unwrap().capabilities().clone().unwrap();
-    assert_eq!(pc.bounding().clone().unwrap(), [Capability::NetAdmin].into());
+    let pc = s
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        pc.bounding().clone().unwrap(),
+        [Capability::NetAdmin].into()
+    );
     assert!(pc.inheritable().as_ref().unwrap().is_empty());
     f.sc().capabilities = Some(CriCapability {
         add_capabilities: vec!["ALL".into()],
@@ -336,9 +436,22 @@ fn unprivileged_security_defaults() {
     f.sc().no_new_privs = true;
     let s = f.spec().unwrap();
     let l = s.linux().as_ref().unwrap();
-    assert!(l.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
-    assert!(l.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
-    assert_eq!(s.process().as_ref().unwrap().no_new_privileges(), Some(true));
+    assert!(
+        l.masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string())
+    );
+    assert!(
+        l.readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string())
+    );
+    assert_eq!(
+        s.process().as_ref().unwrap().no_new_privileges(),
+        Some(true)
+    );
     // Devices: deny all by default, no device nodes.
     let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
     assert_eq!(rules.len(), 1);
@@ -377,7 +490,10 @@ fn cri_devices_in_spec() {
 fn privileged_container() {
     let mut f = Fixture::new();
     f.sc().privileged = true;
-    f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() });
+    f.sc().seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
     let s = f.spec().unwrap();
     assert_eq!(caps(&s).len(), caps::ALL.len());
     let l = s.linux().as_ref().unwrap();
@@ -387,37 +503,112 @@ fn privileged_container() {
     assert_eq!(s.process().as_ref().unwrap().apparmor_profile(), &None);
     let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
     assert!(rules[0].allow());
-    assert!(l.devices().as_ref().unwrap().iter().any(|d| d.path() == Path::new("/dev/null")));
-    assert!(!mount_at(&s, "/sys").options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(
+        l.devices()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/null"))
+    );
+    assert!(
+        !mount_at(&s, "/sys")
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string())
+    );
     f.no_host_devices = true;
     let s = f.spec().unwrap();
-    assert!(s.linux().as_ref().unwrap().devices().as_ref().unwrap().is_empty());
+    assert!(
+        s.linux()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn seccomp_modes() {
     let mut f = Fixture::new();
-    assert!(f.spec().unwrap().linux().as_ref().unwrap().seccomp().is_none());
-    f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() });
+    assert!(
+        f.spec()
+            .unwrap()
+            .linux()
+            .as_ref()
+            .unwrap()
+            .seccomp()
+            .is_none()
+    );
+    f.sc().seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
     let s = f.spec().unwrap();
     let p = s.linux().as_ref().unwrap().seccomp().clone().unwrap();
     assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
-    let names: Vec<String> = p.syscalls().as_ref().unwrap().iter().flat_map(|r| r.names().clone()).collect();
+    let names: Vec<String> = p
+        .syscalls()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.names().clone())
+        .collect();
     assert!(names.contains(&"kexec_load".to_string()) && names.contains(&"mount".to_string()));
     // A granted CAP_SYS_ADMIN lifts the mount rules.
-    f.sc().capabilities = Some(CriCapability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
+    f.sc().capabilities = Some(CriCapability {
+        add_capabilities: vec!["SYS_ADMIN".into()],
+        ..Default::default()
+    });
     let s = f.spec().unwrap();
-    let names: Vec<String> = s.linux().as_ref().unwrap().seccomp().as_ref().unwrap().syscalls().as_ref().unwrap().iter().flat_map(|r| r.names().clone()).collect();
+    let names: Vec<String> = s
+        .linux()
+        .as_ref()
+        .unwrap()
+        .seccomp()
+        .as_ref()
+        .unwrap()
+        .syscalls()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.names().clone())
+        .collect();
     assert!(!names.contains(&"mount".to_string()) && names.contains(&"kexec_load".to_string()));
 
-    f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() });
-    assert!(f.spec().unwrap().linux().as_ref().unwrap().seccomp().is_none());
+    f.sc().seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::Unconfined as i32,
+        localhost_ref: String::new(),
+    });
+    assert!(
+        f.spec()
+            .unwrap()
+            .linux()
+            .as_ref()
+            .unwrap()
+            .seccomp()
+            .is_none()
+    );
 
     let prof = f._tmp.path().join("prof.json");
     fs::write(&prof, r#"{"defaultAction":"SCMP_ACT_LOG"}"#).unwrap();
-    f.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: prof.to_string_lossy().into() });
+    f.sc().seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: prof.to_string_lossy().into(),
+    });
     let s = f.spec().unwrap();
-    assert_eq!(s.linux().as_ref().unwrap().seccomp().as_ref().unwrap().default_action(), LinuxSeccompAction::ScmpActLog);
+    assert_eq!(
+        s.linux()
+            .as_ref()
+            .unwrap()
+            .seccomp()
+            .as_ref()
+            .unwrap()
+            .default_action(),
+        LinuxSeccompAction::ScmpActLog
+    );
     f.sc().seccomp.as_mut().unwrap().localhost_ref = "/nonexistent/profile.json".into();
     assert!(invalid(f.spec()).contains("/nonexistent/profile.json"));
     f.sc().seccomp.as_mut().unwrap().localhost_ref = "profile.json".into();
@@ -436,42 +627,96 @@ fn resources_and_oom_score() {
         r.memory_limit_in_bytes = 64 << 20;
         r.memory_swap_limit_in_bytes = 128 << 20;
         r.oom_score_adj = 500;
-        r.hugepage_limits = vec![cri::HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }];
+        r.hugepage_limits = vec![cri::HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 4 << 20,
+        }];
         r.unified = [("memory.high".to_string(), "1000000".to_string())].into();
     }
     let s = f.spec().unwrap();
     let res = s.linux().as_ref().unwrap().resources().clone().unwrap();
     let cpu = res.cpu().clone().unwrap();
-    assert_eq!((cpu.shares(), cpu.quota(), cpu.period()), (Some(512), Some(50_000), Some(100_000)));
+    assert_eq!(
+        (cpu.shares(), cpu.quota(), cpu.period()),
+        (Some(512), Some(50_000), Some(100_000))
+    );
     assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
     let mem = res.memory().unwrap();
     assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(128 << 20)));
-    assert_eq!(res.hugepage_limits().as_ref().unwrap()[0].page_size(), "2MB");
+    assert_eq!(
+        res.hugepage_limits().as_ref().unwrap()[0].page_size(),
+        "2MB"
+    );
     assert_eq!(res.unified().as_ref().unwrap()["memory.high"], "1000000");
     assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), Some(500));
     f.res().oom_score_adj = -997;
-    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(-997));
+    assert_eq!(
+        f.spec()
+            .unwrap()
+            .process()
+            .as_ref()
+            .unwrap()
+            .oom_score_adj(),
+        Some(-997)
+    );
     // Restricted: never below the floor, values above it untouched.
     f.min_oom_score_adj = Some(0);
-    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(0));
+    assert_eq!(
+        f.spec()
+            .unwrap()
+            .process()
+            .as_ref()
+            .unwrap()
+            .oom_score_adj(),
+        Some(0)
+    );
     f.res().oom_score_adj = 300;
-    assert_eq!(f.spec().unwrap().process().as_ref().unwrap().oom_score_adj(), Some(300));
+    assert_eq!(
+        f.spec()
+            .unwrap()
+            .process()
+            .as_ref()
+            .unwrap()
+            .oom_score_adj(),
+        Some(300)
+    );
     f.min_oom_score_adj = None;
     f.config.linux = None;
     let s = f.spec().unwrap();
     assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), None);
-    assert!(s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().is_none());
+    assert!(
+        s.linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .memory()
+            .is_none()
+    );
 }
 
 #[test]
 fn pod_namespaces_are_joined() {
     let f = Fixture::new();
     let s = f.spec().unwrap();
-    assert_eq!(ns_of(&s, LinuxNamespaceType::Network), Some(Some("/var/run/netns/pod".into())));
-    assert_eq!(ns_of(&s, LinuxNamespaceType::Ipc), Some(Some("/proc/4242/ns/ipc".into())));
-    assert_eq!(ns_of(&s, LinuxNamespaceType::Uts), Some(Some("/proc/4242/ns/uts".into())));
+    assert_eq!(
+        ns_of(&s, LinuxNamespaceType::Network),
+        Some(Some("/var/run/netns/pod".into()))
+    );
+    assert_eq!(
+        ns_of(&s, LinuxNamespaceType::Ipc),
+        Some(Some("/proc/4242/ns/ipc".into()))
+    );
+    assert_eq!(
+        ns_of(&s, LinuxNamespaceType::Uts),
+        Some(Some("/proc/4242/ns/uts".into()))
+    );
     // Pod pid mode (the proto default) joins the infra's pid namespace.
-    assert_eq!(ns_of(&s, LinuxNamespaceType::Pid), Some(Some("/proc/4242/ns/pid".into())));
+    assert_eq!(
+        ns_of(&s, LinuxNamespaceType::Pid),
+        Some(Some("/proc/4242/ns/pid".into()))
+    );
     assert_eq!(ns_of(&s, LinuxNamespaceType::Mount), Some(None));
 }
 
@@ -510,18 +755,41 @@ fn sysctls_filtered_and_placed() {
     let mut f = Fixture::new();
     f.pod_linux().sysctls = [("net.ipv4.ip_forward".to_string(), "1".to_string())].into();
     // With an infra process the sysctls are the infra's business.
-    assert!(f.spec().unwrap().linux().as_ref().unwrap().sysctl().is_none());
+    assert!(
+        f.spec()
+            .unwrap()
+            .linux()
+            .as_ref()
+            .unwrap()
+            .sysctl()
+            .is_none()
+    );
     f.namespaces.infra_pid = None;
     let s = f.spec().unwrap();
-    assert_eq!(s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["net.ipv4.ip_forward"], "1");
+    assert_eq!(
+        s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["net.ipv4.ip_forward"],
+        "1"
+    );
     f.namespaces.netns_path = None;
     assert!(invalid(f.spec()).contains("host network"));
     f.pod_linux().sysctls = [("vm.overcommit_memory".to_string(), "1".to_string())].into();
     assert!(invalid(f.spec()).contains("vm.overcommit_memory"));
 }
 
-fn infra_input<'a>(pod: &'a PodSandboxConfig, rootfs: &'a Path, netns: Option<&'a Path>, files: &'a PodFiles) -> InfraSpecInput<'a> {
-    InfraSpecInput { sandbox_id: "sid", sandbox_config: pod, rootfs, netns_path: netns, cgroups_path: "/crius-test/sid", pod_files: files }
+fn infra_input<'a>(
+    pod: &'a PodSandboxConfig,
+    rootfs: &'a Path,
+    netns: Option<&'a Path>,
+    files: &'a PodFiles,
+) -> InfraSpecInput<'a> {
+    InfraSpecInput {
+        sandbox_id: "sid",
+        sandbox_config: pod,
+        rootfs,
+        netns_path: netns,
+        cgroups_path: "/crius-test/sid",
+        pod_files: files,
+    }
 }
 
 #[test]
@@ -536,15 +804,27 @@ fn infra_spec_contents() {
     let s = infra_spec(&infra_input(&pod, &f.rootfs, Some(&netns), &f.files)).unwrap();
     assert_eq!(args(&s), vec!["/catatonit", "-P"]);
     assert_eq!(s.hostname().as_deref(), Some("mypod"));
-    assert_eq!(ns_of(&s, LinuxNamespaceType::Network), Some(Some(netns.clone())));
+    assert_eq!(
+        ns_of(&s, LinuxNamespaceType::Network),
+        Some(Some(netns.clone()))
+    );
     assert_eq!(ns_of(&s, LinuxNamespaceType::Ipc), Some(None));
     assert_eq!(ns_of(&s, LinuxNamespaceType::Uts), Some(None));
     assert_eq!(ns_of(&s, LinuxNamespaceType::Pid), Some(None));
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
     assert!(caps(&s).is_empty());
-    assert_eq!(s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"], "1");
-    assert_eq!(s.annotations().as_ref().unwrap()[annotations::CONTAINER_TYPE], "sandbox");
-    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/crius-test/sid")));
+    assert_eq!(
+        s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"],
+        "1"
+    );
+    assert_eq!(
+        s.annotations().as_ref().unwrap()[annotations::CONTAINER_TYPE],
+        "sandbox"
+    );
+    assert_eq!(
+        s.linux().as_ref().unwrap().cgroups_path().as_deref(),
+        Some(Path::new("/crius-test/sid"))
+    );
 
     // Host network, host pid, host ipc.
     pod.linux = Some(LinuxPodSandboxConfig {
@@ -567,8 +847,12 @@ fn infra_spec_contents() {
     assert!(!types.contains(&LinuxNamespaceType::Pid));
     assert_eq!(s.hostname(), &None);
     // net sysctls cannot go with the host network.
-    pod.linux.as_mut().unwrap().sysctls = [("net.core.somaxconn".to_string(), "1".to_string())].into();
-    assert!(matches!(infra_spec(&infra_input(&pod, &f.rootfs, None, &f.files)), Err(SpecError::InvalidArgument(_))));
+    pod.linux.as_mut().unwrap().sysctls =
+        [("net.core.somaxconn".to_string(), "1".to_string())].into();
+    assert!(matches!(
+        infra_spec(&infra_input(&pod, &f.rootfs, None, &f.files)),
+        Err(SpecError::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -582,7 +866,13 @@ fn write_spec_round_trips() {
     assert_eq!(back, s);
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(v["ociVersion"], OCI_VERSION);
-    assert!(v["process"]["capabilities"]["bounding"].as_array().unwrap().iter().any(|c| c == "CAP_CHOWN"));
+    assert!(
+        v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_CHOWN")
+    );
     assert!(!dir.path().join(".config.json.tmp").exists());
 }
 
@@ -630,11 +920,19 @@ impl Runc {
             .stderr(err)
             .status()
             .unwrap();
-        assert!(status.success(), "runc run {id}: {}", fs::read_to_string(&err_path).unwrap_or_default());
+        assert!(
+            status.success(),
+            "runc run {id}: {}",
+            fs::read_to_string(&err_path).unwrap_or_default()
+        );
     }
     fn state(&self, id: &str) -> serde_json::Value {
         let out = self.cmd().args(["state", id]).output().unwrap();
-        assert!(out.status.success(), "runc state: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "runc state: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -686,17 +984,33 @@ fn crun_accepts_infra_and_container_specs() {
 
 fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let infra_rootfs = crate::rootfs::prepare_infra_rootfs(&tmp.path().join("infra-rootfs"), Path::new("/usr/bin/catatonit")).unwrap();
+    let infra_rootfs = crate::rootfs::prepare_infra_rootfs(
+        &tmp.path().join("infra-rootfs"),
+        Path::new("/usr/bin/catatonit"),
+    )
+    .unwrap();
     let tag = format!("crius-spec-{name}-{}", std::process::id());
-    let mut runc = Runc { bin, root: tmp.path().join("runc-root"), ids: vec![] };
+    let mut runc = Runc {
+        bin,
+        root: tmp.path().join("runc-root"),
+        ids: vec![],
+    };
 
     let mut pod = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: "p".into(), uid: "u".into(), namespace: "n".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: "p".into(),
+            uid: "u".into(),
+            namespace: "n".into(),
+            attempt: 0,
+        }),
         hostname: "spec-test-pod".into(),
         linux: Some(LinuxPodSandboxConfig {
             sysctls: [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into(),
             security_context: Some(LinuxSandboxSecurityContext {
-                seccomp: Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+                seccomp: Some(SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -721,7 +1035,11 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     assert_eq!(st["status"], "running", "{st}");
     let pid = st["pid"].as_u64().unwrap() as u32;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with(b"/catatonit\0-P"), "{:?}", String::from_utf8_lossy(&cmdline));
+    assert!(
+        cmdline.starts_with(b"/catatonit\0-P"),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
     // Host network pod: the infra keeps the host UTS, but has its own IPC and PID namespaces.
     let link = |p: u32, n: &str| fs::read_link(format!("/proc/{p}/ns/{n}")).unwrap();
     let me = std::process::id();
@@ -735,7 +1053,11 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::create_dir_all(rootfs.join("etc")).unwrap();
     fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").unwrap();
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+    )
+    .unwrap();
     fs::write(rootfs.join("etc/group"), "app:x:1000:\nextra:x:2000:app\n").unwrap();
     let out_dir = tmp.path().join("out");
     fs::create_dir_all(&out_dir).unwrap();
@@ -743,7 +1065,10 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&out_dir, fs::Permissions::from_mode(0o777)).unwrap();
     let config = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: "c".into(), attempt: 0 }),
+        metadata: Some(ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
         command: vec!["/bin/busybox".into(), "sh".into(), "-c".into()],
         args: vec![concat!(
             "/bin/busybox id > /out/id; ",
@@ -754,20 +1079,36 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
             "/bin/busybox sleep 30"
         )
         .into()],
-        envs: vec![KeyValue { key: "FOO".into(), value: b"bar".to_vec() }],
+        envs: vec![KeyValue {
+            key: "FOO".into(),
+            value: b"bar".to_vec(),
+        }],
         mounts: vec![cri::Mount {
             container_path: "/out".into(),
             host_path: out_dir.to_string_lossy().into(),
             ..Default::default()
         }],
         linux: Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
             security_context: Some(LinuxContainerSecurityContext {
                 run_as_username: "app".into(),
-                capabilities: Some(CriCapability { drop_capabilities: vec!["ALL".into()], add_capabilities: vec!["NET_BIND_SERVICE".into()], ..Default::default() }),
-                seccomp: Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+                capabilities: Some(CriCapability {
+                    drop_capabilities: vec!["ALL".into()],
+                    add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                    ..Default::default()
+                }),
+                seccomp: Some(SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
                 no_new_privs: true,
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         }),
@@ -781,7 +1122,10 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
         sandbox_config: &pod,
         image: &ContainerDefaults::default(),
         rootfs: &rootfs,
-        namespaces: &PodNamespaces { netns_path: None, infra_pid: Some(pid) },
+        namespaces: &PodNamespaces {
+            netns_path: None,
+            infra_pid: Some(pid),
+        },
         cgroups_path: &ctr_cg,
         pod_files: &files,
         capabilities: &Default::default(),
@@ -794,15 +1138,29 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
     wait_for(|| out_dir.join("done").exists().then_some(()));
     let read = |f: &str| fs::read_to_string(out_dir.join(f)).unwrap();
     let id = read("id");
-    assert!(id.contains("uid=1000(app) gid=1000(app)") && id.contains("2000(extra)"), "{id}");
+    assert!(
+        id.contains("uid=1000(app) gid=1000(app)") && id.contains("2000(extra)"),
+        "{id}"
+    );
     // NET_BIND_SERVICE is bit 10; a non-root user keeps no effective caps
     // after exec (no ambient caps asked for).
-    assert!(read("caps").contains("0000000000000000"), "{}", read("caps"));
-    assert!(read("seccomp").contains('2'), "seccomp filter mode: {}", read("seccomp"));
+    assert!(
+        read("caps").contains("0000000000000000"),
+        "{}",
+        read("caps")
+    );
+    assert!(
+        read("seccomp").contains('2'),
+        "seccomp filter mode: {}",
+        read("seccomp")
+    );
     let unshare = read("unshare");
     // Outside seccomp an unprivileged `unshare -U` succeeds on this kernel;
     // the RuntimeDefault profile turns it into EPERM.
-    assert!(unshare.contains("Operation not permitted"), "unshare -U must fail: {unshare}");
+    assert!(
+        unshare.contains("Operation not permitted"),
+        "unshare -U must fail: {unshare}"
+    );
     assert_ne!(unshare.lines().last(), Some("0"), "{unshare}");
     let st = runc.state(&ctr_id);
     let cpid = st["pid"].as_u64().unwrap() as u32;
@@ -827,25 +1185,41 @@ fn runc_infra_in_pod_netns_sets_hostname() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let tag = format!("crius-spec-ns-{}", std::process::id());
-    let ok = std::process::Command::new("/usr/sbin/ip").args(["netns", "add", &tag]).status().unwrap();
+    let ok = std::process::Command::new("/usr/sbin/ip")
+        .args(["netns", "add", &tag])
+        .status()
+        .unwrap();
     assert!(ok.success());
     struct DelNs(String);
     impl Drop for DelNs {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("/usr/sbin/ip").args(["netns", "delete", &self.0]).status();
+            let _ = std::process::Command::new("/usr/sbin/ip")
+                .args(["netns", "delete", &self.0])
+                .status();
         }
     }
     let _ns = DelNs(tag.clone());
     let netns = PathBuf::from(format!("/var/run/netns/{tag}"));
-    let infra_rootfs = crate::rootfs::prepare_infra_rootfs(&tmp.path().join("infra-rootfs"), Path::new("/usr/bin/catatonit")).unwrap();
+    let infra_rootfs = crate::rootfs::prepare_infra_rootfs(
+        &tmp.path().join("infra-rootfs"),
+        Path::new("/usr/bin/catatonit"),
+    )
+    .unwrap();
     let files_dir = tmp.path().join("files");
     fs::create_dir_all(&files_dir).unwrap();
     fs::write(files_dir.join("hostname"), "netns-pod\n").unwrap();
-    let files = PodFiles { hostname: Some(files_dir.join("hostname")), ..Default::default() };
+    let files = PodFiles {
+        hostname: Some(files_dir.join("hostname")),
+        ..Default::default()
+    };
     let pod = PodSandboxConfig {
         hostname: "netns-pod".into(),
         linux: Some(LinuxPodSandboxConfig {
-            sysctls: [("net.ipv4.ip_unprivileged_port_start".to_string(), "80".to_string())].into(),
+            sysctls: [(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "80".to_string(),
+            )]
+            .into(),
             ..Default::default()
         }),
         ..Default::default()
@@ -860,28 +1234,61 @@ fn runc_infra_in_pod_netns_sets_hostname() {
         pod_files: &files,
     })
     .unwrap();
-    let mut runc = Runc { bin, root: tmp.path().join("runc-root"), ids: vec![] };
+    let mut runc = Runc {
+        bin,
+        root: tmp.path().join("runc-root"),
+        ids: vec![],
+    };
     runc.run_detached(&tag, &bundle_with(&tmp.path().join("b"), &spec));
     let pid = runc.state(&tag)["pid"].as_u64().unwrap();
     let out = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-u", "-n", "sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start"])
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-u",
+            "-n",
+            "sh",
+            "-c",
+            "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().collect::<Vec<_>>(), vec!["netns-pod", "80"], "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["netns-pod", "80"],
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let net = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let pinned = fs::metadata(&netns).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(net.to_string_lossy().contains(&pinned.ino().to_string()), "{net:?}");
+    assert!(
+        net.to_string_lossy().contains(&pinned.ino().to_string()),
+        "{net:?}"
+    );
     // Nothing was written into the shared infra rootfs.
-    assert_eq!(fs::read_to_string(infra_rootfs.join("etc/hostname")).unwrap(), "");
+    assert_eq!(
+        fs::read_to_string(infra_rootfs.join("etc/hostname")).unwrap(),
+        ""
+    );
 }
 
 #[test]
 fn image_stop_signal_is_annotated_for_handlers() {
     let mut f = Fixture::new();
     let key = crate::spec::annotations::IMAGE_STOP_SIGNAL;
-    assert!(!f.spec().unwrap().annotations().as_ref().unwrap().contains_key(key));
+    assert!(
+        !f.spec()
+            .unwrap()
+            .annotations()
+            .as_ref()
+            .unwrap()
+            .contains_key(key)
+    );
     f.image.stop_signal = "SIGQUIT".into();
-    assert_eq!(f.spec().unwrap().annotations().as_ref().unwrap()[key], "SIGQUIT");
+    assert_eq!(
+        f.spec().unwrap().annotations().as_ref().unwrap()[key],
+        "SIGQUIT"
+    );
 }

@@ -197,13 +197,15 @@ pub(crate) fn resolve_user(
         if let Some(g) = group.filter(|g| !g.is_empty()) {
             gid = match g.parse::<u32>() {
                 Ok(gid) => gid,
-                Err(_) => {
-                    groups.iter().find(|e| e.name == g).map(|e| e.gid).ok_or_else(|| {
+                Err(_) => groups
+                    .iter()
+                    .find(|e| e.name == g)
+                    .map(|e| e.gid)
+                    .ok_or_else(|| {
                         SpecError::InvalidArgument(format!(
                             "image group {g:?} not found in the image's /etc/group"
                         ))
-                    })?
-                }
+                    })?,
             };
         }
         (uid, gid, name)
@@ -212,9 +214,8 @@ pub(crate) fn resolve_user(
         gid = id_from_i64(g.value, "run_as_group")?;
     }
 
-    let strict = sc.is_some_and(|s| {
-        s.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32
-    });
+    let strict =
+        sc.is_some_and(|s| s.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32);
     let mut additional_gids = vec![gid];
     if !strict && let Some(name) = &name {
         for g in &groups {
@@ -223,7 +224,10 @@ pub(crate) fn resolve_user(
             }
         }
     }
-    for g in sc.map(|s| s.supplemental_groups.as_slice()).unwrap_or_default() {
+    for g in sc
+        .map(|s| s.supplemental_groups.as_slice())
+        .unwrap_or_default()
+    {
         additional_gids.push(id_from_i64(*g, "supplemental group")?);
     }
     let mut seen = std::collections::HashSet::new();
@@ -268,7 +272,14 @@ mod tests {
     fn empty_image_user_is_root_with_its_groups() {
         let r = rootfs();
         let u = resolve_user(r.path(), None, "").unwrap();
-        assert_eq!(u, ResolvedUser { uid: 0, gid: 0, additional_gids: vec![0, 10] });
+        assert_eq!(
+            u,
+            ResolvedUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![0, 10]
+            }
+        );
     }
 
     #[test]
@@ -286,7 +297,14 @@ mod tests {
         assert_eq!(u.additional_gids, vec![50, 10, 29]);
         // Unknown numeric uid: gid 0, no groups.
         let u = resolve_user(r.path(), None, "4242").unwrap();
-        assert_eq!(u, ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![0] });
+        assert_eq!(
+            u,
+            ResolvedUser {
+                uid: 4242,
+                gid: 0,
+                additional_gids: vec![0]
+            }
+        );
         let u = resolve_user(r.path(), None, "4242:4343").unwrap();
         assert_eq!((u.uid, u.gid), (4242, 4343));
     }
@@ -296,7 +314,10 @@ mod tests {
         let r = rootfs();
         for user in ["nobody", "app:nogroup"] {
             let err = resolve_user(r.path(), None, user).unwrap_err();
-            assert!(matches!(err, SpecError::InvalidArgument(_)), "{user}: {err}");
+            assert!(
+                matches!(err, SpecError::InvalidArgument(_)),
+                "{user}: {err}"
+            );
         }
         let mut s = sc();
         s.run_as_username = "ghost".into();
@@ -341,7 +362,14 @@ mod tests {
     fn no_passwd_numeric_ok_names_fail() {
         let r = tempfile::tempdir().unwrap();
         let u = resolve_user(r.path(), None, "123:456").unwrap();
-        assert_eq!(u, ResolvedUser { uid: 123, gid: 456, additional_gids: vec![456] });
+        assert_eq!(
+            u,
+            ResolvedUser {
+                uid: 123,
+                gid: 456,
+                additional_gids: vec![456]
+            }
+        );
         assert!(resolve_user(r.path(), None, "app").is_err());
     }
 

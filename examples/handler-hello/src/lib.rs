@@ -28,8 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crius_shim_api::types::{
     Capabilities, ContainerRef, ContainerState, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest, RestoreSandboxResponse,
-    RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest,
+    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef,
+    SandboxStatusResponse, StopContainerRequest,
 };
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
@@ -66,14 +67,21 @@ fn now_nanos() -> i64 {
 impl HelloHandler {
     /// The constructor both the plugin and the shim use.
     pub fn new(params: HandlerParams) -> HandlerResult<Self> {
-        let state_dir = if params.state_dir.is_empty() { "/run/crius/hello".to_string() } else { params.state_dir };
+        let state_dir = if params.state_dir.is_empty() {
+            "/run/crius/hello".to_string()
+        } else {
+            params.state_dir
+        };
         let fault = params.options.get("fault").and_then(|f| {
             let (kind, method) = f.split_once(':')?;
             Some((kind.to_string(), method.to_string()))
         });
         Ok(Self {
             name: params.name,
-            runc: params.options.get("runtime").map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from),
+            runc: params
+                .options
+                .get("runtime")
+                .map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from),
             root: Path::new(&state_dir).join("runc"),
             fault,
             containers: Mutex::new(HashMap::new()),
@@ -104,12 +112,9 @@ impl HelloHandler {
 
     /// Runs a short runc command; its stderr becomes the error message.
     async fn runc_ok(&self, args: &[&str]) -> HandlerResult<Vec<u8>> {
-        let out = self
-            .runc()
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| HandlerError::internal(format!("hello: running {}: {e}", self.runc.display())))?;
+        let out = self.runc().args(args).output().await.map_err(|e| {
+            HandlerError::internal(format!("hello: running {}: {e}", self.runc.display()))
+        })?;
         if out.status.success() {
             Ok(out.stdout)
         } else {
@@ -125,8 +130,12 @@ impl HelloHandler {
     /// container inherits runc's stdio, so no pipes (they would never
     /// close): stderr goes to a file read back on failure.
     async fn runc_detached(&self, args: &[&str]) -> HandlerResult<()> {
-        let internal = |e: std::io::Error| HandlerError::internal(format!("hello: running {}: {e}", self.runc.display()));
-        let err_path = self.root.join(format!("runc-{}.stderr", args.last().unwrap_or(&"run")));
+        let internal = |e: std::io::Error| {
+            HandlerError::internal(format!("hello: running {}: {e}", self.runc.display()))
+        };
+        let err_path = self
+            .root
+            .join(format!("runc-{}.stderr", args.last().unwrap_or(&"run")));
         let err_file = std::fs::File::create(&err_path).map_err(internal)?;
         let status = self
             .runc()
@@ -141,7 +150,11 @@ impl HelloHandler {
         if status.success() {
             Ok(())
         } else {
-            Err(HandlerError::internal(format!("hello: runc {} failed: {}", args.join(" "), stderr.trim())))
+            Err(HandlerError::internal(format!(
+                "hello: runc {} failed: {}",
+                args.join(" "),
+                stderr.trim()
+            )))
         }
     }
 
@@ -169,7 +182,11 @@ impl HelloHandler {
 
     fn pod_containers(&self, sandbox_id: &str) -> Vec<String> {
         let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
-        containers.iter().filter(|(_, c)| c.sandbox_id == sandbox_id).map(|(id, _)| id.clone()).collect()
+        containers
+            .iter()
+            .filter(|(_, c)| c.sandbox_id == sandbox_id)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Kills and deletes a runc container; absent containers are fine.
@@ -188,8 +205,15 @@ async fn copy_to_log(stream: impl AsyncRead + Unpin, tag: &'static str, log_path
         }
         let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, false);
         // Opened per line, so a rotated file (ReopenContainerLog) is picked up.
-        if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await {
-            let _ = file.write_all(format!("{stamp} {tag} F {line}\n").as_bytes()).await;
+        if let Ok(mut file) = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .await
+        {
+            let _ = file
+                .write_all(format!("{stamp} {tag} F {line}\n").as_bytes())
+                .await;
         }
     }
 }
@@ -214,30 +238,49 @@ impl RuntimeHandler for HelloHandler {
     async fn check_ready(&self) -> HandlerResult<()> {
         self.fault("CheckReady");
         if !self.runc.is_file() {
-            return Err(HandlerError::not_ready(&self.name, format!("{} is not installed", self.runc.display())));
+            return Err(HandlerError::not_ready(
+                &self.name,
+                format!("{} is not installed", self.runc.display()),
+            ));
         }
         Ok(())
     }
 
     async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
         self.fault("RunSandbox");
-        let infra = req
-            .infra
-            .ok_or_else(|| HandlerError::invalid_argument("hello: RunSandbox without an infra bundle"))?;
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| HandlerError::internal(format!("hello: creating {}: {e}", self.root.display())))?;
+        let infra = req.infra.ok_or_else(|| {
+            HandlerError::invalid_argument("hello: RunSandbox without an infra bundle")
+        })?;
+        tokio::fs::create_dir_all(&self.root).await.map_err(|e| {
+            HandlerError::internal(format!("hello: creating {}: {e}", self.root.display()))
+        })?;
         let pid_file = Path::new(&infra.dir).join("hello-infra.pid");
         let pid_arg = pid_file.display().to_string();
         let run = self
-            .runc_detached(&["run", "--detach", "--bundle", &infra.dir, "--pid-file", &pid_arg, &req.sandbox_id])
+            .runc_detached(&[
+                "run",
+                "--detach",
+                "--bundle",
+                &infra.dir,
+                "--pid-file",
+                &pid_arg,
+                &req.sandbox_id,
+            ])
             .await;
         if let Err(err) = run {
             self.destroy(&req.sandbox_id).await;
             return Err(err);
         }
-        let pid = tokio::fs::read_to_string(&pid_file).await.unwrap_or_default().trim().parse().unwrap_or(0);
-        Ok(RunSandboxResponse { handler_state: b"hello".to_vec(), infra_pid: pid })
+        let pid = tokio::fs::read_to_string(&pid_file)
+            .await
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        Ok(RunSandboxResponse {
+            handler_state: b"hello".to_vec(),
+            infra_pid: pid,
+        })
     }
 
     async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
@@ -253,7 +296,10 @@ impl RuntimeHandler for HelloHandler {
         self.fault("RemoveSandbox");
         for id in self.pod_containers(&req.sandbox_id) {
             self.destroy(&id).await;
-            self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         }
         self.destroy(&req.sandbox_id).await;
         Ok(())
@@ -261,7 +307,9 @@ impl RuntimeHandler for HelloHandler {
 
     async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
         let state = self.state(&req.sandbox_id).await;
-        let ready = state.as_ref().is_some_and(|(status, _)| status == "running");
+        let ready = state
+            .as_ref()
+            .is_some_and(|(status, _)| status == "running");
         let mut info = HashMap::new();
         info.insert("handler".to_string(), "hello".to_string());
         if let Some((status, pid)) = state {
@@ -270,7 +318,10 @@ impl RuntimeHandler for HelloHandler {
         Ok(SandboxStatusResponse { ready, info })
     }
 
-    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         for c in req.containers {
             let container = Container {
                 sandbox_id: req.sandbox_id.clone(),
@@ -281,16 +332,27 @@ impl RuntimeHandler for HelloHandler {
                 finished: Arc::new(Mutex::new(None)),
             };
             // A shim that outlived the daemon still knows its containers.
-            self.containers.lock().unwrap_or_else(|e| e.into_inner()).entry(c.container_id).or_insert(Arc::new(container));
+            self.containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(c.container_id)
+                .or_insert(Arc::new(container));
         }
-        let ready = self.state(&req.sandbox_id).await.is_some_and(|(status, _)| status == "running");
+        let ready = self
+            .state(&req.sandbox_id)
+            .await
+            .is_some_and(|(status, _)| status == "running");
         Ok(RestoreSandboxResponse { ready })
     }
 
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
         self.fault("CreateContainer");
-        let bundle =
-            req.bundle.ok_or_else(|| HandlerError::invalid_argument("hello: CreateContainer without a bundle"))?;
+        let bundle = req.bundle.ok_or_else(|| {
+            HandlerError::invalid_argument("hello: CreateContainer without a bundle")
+        })?;
         // runc creates and starts in one step (`runc run`), at StartContainer;
         // until then the container exists only here.
         let container = Container {
@@ -301,8 +363,13 @@ impl RuntimeHandler for HelloHandler {
             started: Mutex::new(None),
             finished: Arc::new(Mutex::new(None)),
         };
-        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(req.container_id, Arc::new(container));
-        Ok(CreateContainerResponse { handler_state: Vec::new() })
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.container_id, Arc::new(container));
+        Ok(CreateContainerResponse {
+            handler_state: Vec::new(),
+        })
     }
 
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
@@ -329,8 +396,14 @@ impl RuntimeHandler for HelloHandler {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| HandlerError::internal(format!("hello: starting runc run: {e}")))?;
-        let stdout = child.stdout.take().map(|s| tokio::spawn(copy_to_log(s, "stdout", container.log_path.clone())));
-        let stderr = child.stderr.take().map(|s| tokio::spawn(copy_to_log(s, "stderr", container.log_path.clone())));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(copy_to_log(s, "stdout", container.log_path.clone())));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(copy_to_log(s, "stderr", container.log_path.clone())));
         let finished = container.finished.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
@@ -344,13 +417,19 @@ impl RuntimeHandler for HelloHandler {
         });
         // Running once runc reports it (or it already finished).
         for _ in 0..200 {
-            if container.finished.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            if container
+                .finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
                 break;
             }
             if let Some((status, pid)) = self.state(&req.container_id).await
                 && status != "creating"
             {
-                *container.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((now_nanos(), pid));
+                *container.started.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((now_nanos(), pid));
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -362,7 +441,8 @@ impl RuntimeHandler for HelloHandler {
                 req.container_id, container.log_path
             ))),
             _ => {
-                *container.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((now_nanos(), 0));
+                *container.started.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((now_nanos(), 0));
                 Ok(())
             }
         }
@@ -375,14 +455,23 @@ impl RuntimeHandler for HelloHandler {
         // Stopped once its `runc run` reported the exit (containers of an
         // earlier process: once runc no longer runs it).
         let stopped = async || match &container {
-            Some(c) if c.started.lock().unwrap_or_else(|e| e.into_inner()).is_some() => {
-                c.finished.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            Some(c)
+                if c.started
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some() =>
+            {
+                c.finished
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
             }
             _ => !matches!(self.state(id).await, Some((status, _)) if status == "running"),
         };
         if req.timeout_seconds > 0 {
             let _ = self.runc_ok(&["kill", id, "TERM"]).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(req.timeout_seconds.unsigned_abs());
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_secs(req.timeout_seconds.unsigned_abs());
             while tokio::time::Instant::now() < deadline {
                 if stopped().await {
                     return Ok(());
@@ -397,13 +486,18 @@ impl RuntimeHandler for HelloHandler {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(HandlerError::deadline_exceeded(format!("hello: container {id} did not stop after SIGKILL")))
+        Err(HandlerError::deadline_exceeded(format!(
+            "hello: container {id} did not stop after SIGKILL"
+        )))
     }
 
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
         self.fault("RemoveContainer");
         self.destroy(&req.container_id).await;
-        self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.container_id);
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.container_id);
         Ok(())
     }
 
@@ -411,8 +505,10 @@ impl RuntimeHandler for HelloHandler {
         let container = self.container(&req.container_id)?;
         let started = *container.started.lock().unwrap_or_else(|e| e.into_inner());
         let finished = *container.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let mut status =
-            ContainerStatusResponse { created_at: container.created_at, ..Default::default() };
+        let mut status = ContainerStatusResponse {
+            created_at: container.created_at,
+            ..Default::default()
+        };
         match (started, finished) {
             (_, Some((finished_at, code))) => {
                 status.set_state(ContainerState::Exited);
@@ -439,7 +535,8 @@ impl RuntimeHandler for HelloHandler {
                     status.set_state(ContainerState::Exited);
                     status.exit_code = -1;
                     status.reason = "Unknown".to_string();
-                    status.message = "the exit status was lost with the handler's restart".to_string();
+                    status.message =
+                        "the exit status was lost with the handler's restart".to_string();
                 }
             },
         }
@@ -449,12 +546,23 @@ impl RuntimeHandler for HelloHandler {
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
         self.fault("ExecSync");
         let mut cmd = self.runc();
-        cmd.arg("exec").arg(&req.container_id).args(&req.cmd).kill_on_drop(true);
+        cmd.arg("exec")
+            .arg(&req.container_id)
+            .args(&req.cmd)
+            .kill_on_drop(true);
         let run = cmd.output();
         let output = if req.timeout_seconds > 0 {
-            match tokio::time::timeout(Duration::from_secs(req.timeout_seconds.unsigned_abs()), run).await {
+            match tokio::time::timeout(Duration::from_secs(req.timeout_seconds.unsigned_abs()), run)
+                .await
+            {
                 Ok(output) => output,
-                Err(_) => return Ok(ExecSyncResponse { exit_code: -1, timed_out: true, ..Default::default() }),
+                Err(_) => {
+                    return Ok(ExecSyncResponse {
+                        exit_code: -1,
+                        timed_out: true,
+                        ..Default::default()
+                    });
+                }
             }
         } else {
             run.await

@@ -8,9 +8,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crius_agent_proto::agent::{self, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest};
+use crius_agent_proto::agent::{
+    self, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
+};
 use crius_agent_proto::agent_ttrpc::AgentServiceClient;
-use crius_agent_proto::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response};
+use crius_agent_proto::health::{
+    CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response,
+};
 use crius_agent_proto::health_ttrpc::HealthClient;
 use crius_agent_proto::{oci, types};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,13 +48,23 @@ impl std::fmt::Display for AgentAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("connect to agent at {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("hybrid vsock handshake with {addr}: {reason}")]
     Handshake { addr: String, reason: String },
     #[error("agent did not answer at {addr} within {waited:?}: {last}")]
-    NotReady { addr: String, waited: Duration, last: String },
+    NotReady {
+        addr: String,
+        waited: Duration,
+        last: String,
+    },
     #[error("agent {method}: {source}")]
-    Rpc { method: &'static str, source: ttrpc::Error },
+    Rpc {
+        method: &'static str,
+        source: ttrpc::Error,
+    },
     #[error("agent health check: status {0:?}")]
     Unhealthy(health_check_response::ServingStatus),
 }
@@ -59,7 +73,10 @@ impl AgentError {
     /// The ttrpc status code when the agent answered with an error status.
     pub fn code(&self) -> Option<ttrpc::Code> {
         match self {
-            AgentError::Rpc { source: ttrpc::Error::RpcStatus(s), .. } => s.code.enum_value().ok(),
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => s.code.enum_value().ok(),
             _ => None,
         }
     }
@@ -78,7 +95,9 @@ pub struct AgentClient {
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentClient").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("AgentClient")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,11 +110,17 @@ pub async fn connect_hybrid(uds: &std::path::Path, port: u32) -> Result<UnixStre
     let addr = uds.display().to_string();
     let mut stream = UnixStream::connect(uds)
         .await
-        .map_err(|source| AgentError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| AgentError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
-        .map_err(|source| AgentError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| AgentError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     // Read byte by byte: anything after the newline already belongs to ttrpc.
     let mut line = Vec::with_capacity(16);
     loop {
@@ -103,7 +128,10 @@ pub async fn connect_hybrid(uds: &std::path::Path, port: u32) -> Result<UnixStre
         let n = stream
             .read(&mut b)
             .await
-            .map_err(|source| AgentError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| AgentError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         if n == 0 {
             // vhost-device-vsock closes the socket when nothing listens on the port.
             return Err(AgentError::Handshake {
@@ -116,12 +144,18 @@ pub async fn connect_hybrid(uds: &std::path::Path, port: u32) -> Result<UnixStre
         }
         line.push(b[0]);
         if line.len() > 64 {
-            return Err(AgentError::Handshake { addr, reason: "reply line too long".into() });
+            return Err(AgentError::Handshake {
+                addr,
+                reason: "reply line too long".into(),
+            });
         }
     }
     let line = String::from_utf8_lossy(&line);
     if !line.starts_with("OK") {
-        return Err(AgentError::Handshake { addr, reason: format!("unexpected reply {line:?}") });
+        return Err(AgentError::Handshake {
+            addr,
+            reason: format!("unexpected reply {line:?}"),
+        });
     }
     Ok(stream)
 }
@@ -130,7 +164,9 @@ impl AgentClient {
     /// Connects once (no retry, no health check).
     pub async fn connect(addr: &AgentAddr) -> Result<Self> {
         let client = match addr {
-            AgentAddr::Hybrid { uds, port } => Client::new(Socket::new(connect_hybrid(uds, *port).await?)),
+            AgentAddr::Hybrid { uds, port } => {
+                Client::new(Socket::new(connect_hybrid(uds, *port).await?))
+            }
             AgentAddr::Vsock { cid, port } => {
                 let a = format!("vsock://{cid}:{port}");
                 Client::connect(&a).await.map_err(|e| AgentError::Connect {
@@ -153,7 +189,9 @@ impl AgentClient {
         let mut last = String::from("no attempt");
         while start.elapsed() < deadline {
             let attempt = async {
-                let c = Self::connect(addr).await?.with_timeout(Duration::from_secs(2));
+                let c = Self::connect(addr)
+                    .await?
+                    .with_timeout(Duration::from_secs(2));
                 c.check().await?;
                 Ok::<_, AgentError>(c.with_timeout(DEFAULT_TIMEOUT))
             };
@@ -164,7 +202,11 @@ impl AgentClient {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(AgentError::NotReady { addr: addr.to_string(), waited: start.elapsed(), last })
+        Err(AgentError::NotReady {
+            addr: addr.to_string(),
+            waited: start.elapsed(),
+            last,
+        })
     }
 
     /// Sets the deadline of non-blocking calls.
@@ -191,7 +233,10 @@ impl AgentClient {
             .health
             .check(self.ctx(), &CheckRequest::default())
             .await
-            .map_err(|source| AgentError::Rpc { method: "Check", source })?;
+            .map_err(|source| AgentError::Rpc {
+                method: "Check",
+                source,
+            })?;
         match r.status.enum_value_or_default() {
             health_check_response::ServingStatus::SERVING => Ok(()),
             s => Err(AgentError::Unhealthy(s)),
@@ -202,15 +247,24 @@ impl AgentClient {
         self.health
             .version(self.ctx(), &CheckRequest::default())
             .await
-            .map_err(|source| AgentError::Rpc { method: "Version", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "Version",
+                source,
+            })
     }
 
     pub async fn guest_details(&self) -> Result<agent::GuestDetailsResponse> {
-        let req = agent::GuestDetailsRequest { mem_block_size: true, ..Default::default() };
+        let req = agent::GuestDetailsRequest {
+            mem_block_size: true,
+            ..Default::default()
+        };
         self.agent
             .get_guest_details(self.ctx(), &req)
             .await
-            .map_err(|source| AgentError::Rpc { method: "GetGuestDetails", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "GetGuestDetails",
+                source,
+            })
     }
 
     pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
@@ -218,7 +272,10 @@ impl AgentClient {
             .create_sandbox(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "CreateSandbox", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "CreateSandbox",
+                source,
+            })
     }
 
     pub async fn destroy_sandbox(&self) -> Result<()> {
@@ -226,7 +283,10 @@ impl AgentClient {
             .destroy_sandbox(self.ctx(), &agent::DestroySandboxRequest::default())
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "DestroySandbox", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "DestroySandbox",
+                source,
+            })
     }
 
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<()> {
@@ -234,16 +294,25 @@ impl AgentClient {
             .create_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "CreateContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "CreateContainer",
+                source,
+            })
     }
 
     pub async fn start_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::StartContainerRequest { container_id: container_id.into(), ..Default::default() };
+        let req = agent::StartContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
         self.agent
             .start_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "StartContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "StartContainer",
+                source,
+            })
     }
 
     /// Kills what still runs and deletes the container; `timeout_secs` bounds
@@ -258,10 +327,18 @@ impl AgentClient {
             .remove_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "RemoveContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "RemoveContainer",
+                source,
+            })
     }
 
-    pub async fn exec_process(&self, container_id: &str, exec_id: &str, process: oci::Process) -> Result<()> {
+    pub async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: oci::Process,
+    ) -> Result<()> {
         let req = ExecProcessRequest {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -272,11 +349,19 @@ impl AgentClient {
             .exec_process(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "ExecProcess", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "ExecProcess",
+                source,
+            })
     }
 
     /// `exec_id` empty: every process of the container.
-    pub async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+    pub async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+    ) -> Result<()> {
         let req = agent::SignalProcessRequest {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -287,7 +372,10 @@ impl AgentClient {
             .signal_process(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "SignalProcess", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "SignalProcess",
+                source,
+            })
     }
 
     /// Blocks until the process exits; exit code or 128+signal.
@@ -301,7 +389,10 @@ impl AgentClient {
             .wait_process(Self::forever(), &req)
             .await
             .map(|r| r.status)
-            .map_err(|source| AgentError::Rpc { method: "WaitProcess", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "WaitProcess",
+                source,
+            })
     }
 
     pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: &[u8]) -> Result<u32> {
@@ -315,7 +406,10 @@ impl AgentClient {
             .write_stdin(Self::forever(), &req)
             .await
             .map(|r| r.len)
-            .map_err(|source| AgentError::Rpc { method: "WriteStdin", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "WriteStdin",
+                source,
+            })
     }
 
     fn read_req(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
@@ -328,21 +422,37 @@ impl AgentClient {
     }
 
     /// Blocks until output is available; `None` at end of file.
-    pub async fn read_stdout(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Option<Vec<u8>>> {
+    pub async fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>> {
         self.agent
             .read_stdout(Self::forever(), &Self::read_req(container_id, exec_id, len))
             .await
             .map(|r| (!r.data.is_empty()).then_some(r.data))
-            .map_err(|source| AgentError::Rpc { method: "ReadStdout", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "ReadStdout",
+                source,
+            })
     }
 
     /// Blocks until output is available; `None` at end of file.
-    pub async fn read_stderr(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Option<Vec<u8>>> {
+    pub async fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>> {
         self.agent
             .read_stderr(Self::forever(), &Self::read_req(container_id, exec_id, len))
             .await
             .map(|r| (!r.data.is_empty()).then_some(r.data))
-            .map_err(|source| AgentError::Rpc { method: "ReadStderr", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "ReadStderr",
+                source,
+            })
     }
 
     pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
@@ -355,10 +465,19 @@ impl AgentClient {
             .close_stdin(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "CloseStdin", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "CloseStdin",
+                source,
+            })
     }
 
-    pub async fn tty_win_resize(&self, container_id: &str, exec_id: &str, row: u32, column: u32) -> Result<()> {
+    pub async fn tty_win_resize(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        row: u32,
+        column: u32,
+    ) -> Result<()> {
         let req = agent::TtyWinResizeRequest {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -370,18 +489,34 @@ impl AgentClient {
             .tty_win_resize(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "TtyWinResize", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "TtyWinResize",
+                source,
+            })
     }
 
-    pub async fn stats_container(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {
-        let req = agent::StatsContainerRequest { container_id: container_id.into(), ..Default::default() };
+    pub async fn stats_container(
+        &self,
+        container_id: &str,
+    ) -> Result<agent::StatsContainerResponse> {
+        let req = agent::StatsContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
         self.agent
             .stats_container(self.ctx(), &req)
             .await
-            .map_err(|source| AgentError::Rpc { method: "StatsContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "StatsContainer",
+                source,
+            })
     }
 
-    pub async fn update_container(&self, container_id: &str, resources: oci::LinuxResources) -> Result<()> {
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources: oci::LinuxResources,
+    ) -> Result<()> {
         let req = agent::UpdateContainerRequest {
             container_id: container_id.into(),
             resources: Some(resources).into(),
@@ -391,25 +526,40 @@ impl AgentClient {
             .update_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "UpdateContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "UpdateContainer",
+                source,
+            })
     }
 
     pub async fn pause_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::PauseContainerRequest { container_id: container_id.into(), ..Default::default() };
+        let req = agent::PauseContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
         self.agent
             .pause_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "PauseContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "PauseContainer",
+                source,
+            })
     }
 
     pub async fn resume_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::ResumeContainerRequest { container_id: container_id.into(), ..Default::default() };
+        let req = agent::ResumeContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        };
         self.agent
             .resume_container(self.ctx(), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc { method: "ResumeContainer", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "ResumeContainer",
+                source,
+            })
     }
 
     /// Blocks until a container is OOM-killed; returns its id.
@@ -418,27 +568,43 @@ impl AgentClient {
             .get_oom_event(Self::forever(), &agent::GetOOMEventRequest::default())
             .await
             .map(|e| e.container_id)
-            .map_err(|source| AgentError::Rpc { method: "GetOOMEvent", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "GetOOMEvent",
+                source,
+            })
     }
 
     pub async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface> {
-        let req = agent::UpdateInterfaceRequest { interface: Some(interface).into(), ..Default::default() };
+        let req = agent::UpdateInterfaceRequest {
+            interface: Some(interface).into(),
+            ..Default::default()
+        };
         self.agent
             .update_interface(self.ctx(), &req)
             .await
-            .map_err(|source| AgentError::Rpc { method: "UpdateInterface", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "UpdateInterface",
+                source,
+            })
     }
 
     pub async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>> {
         let req = agent::UpdateRoutesRequest {
-            routes: Some(agent::Routes { Routes: routes, ..Default::default() }).into(),
+            routes: Some(agent::Routes {
+                Routes: routes,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         };
         self.agent
             .update_routes(self.ctx(), &req)
             .await
             .map(|r| r.Routes)
-            .map_err(|source| AgentError::Rpc { method: "UpdateRoutes", source })
+            .map_err(|source| AgentError::Rpc {
+                method: "UpdateRoutes",
+                source,
+            })
     }
 }
 
@@ -454,9 +620,14 @@ pub fn shared_9p_storage() -> agent::Storage {
         driver: "9p".into(),
         source: SHARED_MOUNT_TAG.into(),
         fstype: "9p".into(),
-        options: ["trans=virtio", "version=9p2000.L", "msize=262144", "cache=none"]
-            .map(String::from)
-            .to_vec(),
+        options: [
+            "trans=virtio",
+            "version=9p2000.L",
+            "msize=262144",
+            "cache=none",
+        ]
+        .map(String::from)
+        .to_vec(),
         mount_point: GUEST_SHARED_DIR.into(),
         ..Default::default()
     }
@@ -518,10 +689,19 @@ mod tests {
     #[tokio::test]
     async fn wait_ready_gives_up_at_the_deadline() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = AgentAddr::Hybrid { uds: dir.path().join("absent.sock"), port: AGENT_VSOCK_PORT };
+        let addr = AgentAddr::Hybrid {
+            uds: dir.path().join("absent.sock"),
+            port: AGENT_VSOCK_PORT,
+        };
         let start = Instant::now();
-        let err = AgentClient::wait_ready(&addr, Duration::from_millis(500)).await.expect_err("no agent");
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        let err = AgentClient::wait_ready(&addr, Duration::from_millis(500))
+            .await
+            .expect_err("no agent");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         assert!(matches!(err, AgentError::NotReady { .. }), "{err}");
     }
 }

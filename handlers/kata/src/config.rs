@@ -157,19 +157,28 @@ impl VmConfig {
             }
         }
         if !self.shim_path.as_os_str().is_empty() && !self.shim_path.is_absolute() {
-            problem("shim_path", format!("path `{}` must be absolute", self.shim_path.display()));
+            problem(
+                "shim_path",
+                format!("path `{}` must be absolute", self.shim_path.display()),
+            );
         }
         if self.default_vcpus == 0 {
             problem("default_vcpus", "must be at least 1".to_string());
         }
         if self.default_memory_mib < 64 {
-            problem("default_memory_mib", "must be at least 64 (MiB)".to_string());
+            problem(
+                "default_memory_mib",
+                "must be at least 64 (MiB)".to_string(),
+            );
         }
         if self.boot_timeout_seconds == 0 {
             problem("boot_timeout_seconds", "must be at least 1".to_string());
         }
         if self.guest_cid < 3 {
-            problem("guest_cid", "CIDs 0-2 are reserved; use 3 or more".to_string());
+            problem(
+                "guest_cid",
+                "CIDs 0-2 are reserved; use 3 or more".to_string(),
+            );
         }
         if self.kernel_params.contains('\n') {
             problem("kernel_params", "must be one line".to_string());
@@ -225,7 +234,9 @@ pub fn size_vm(
             .ok()
             .filter(|v| v.is_finite() && *v > 0.0 && *v <= 256.0)
             .map(|v| v.ceil() as u32)
-            .ok_or_else(|| format!("annotation {ANNOTATION_VCPUS}={value:?} is not a vCPU count"))?;
+            .ok_or_else(|| {
+                format!("annotation {ANNOTATION_VCPUS}={value:?} is not a vCPU count")
+            })?;
     }
     if let Some(value) = annotations.get(ANNOTATION_MEMORY) {
         memory_mib = value
@@ -243,11 +254,20 @@ pub fn size_vm(
     if cpu_quota > 0 && cpu_period > 0 {
         vcpus += (cpu_quota as u64).div_ceil(cpu_period as u64) as u32;
     }
-    let extra_kernel_params = annotations.get(ANNOTATION_KERNEL_PARAMS).cloned().unwrap_or_default();
+    let extra_kernel_params = annotations
+        .get(ANNOTATION_KERNEL_PARAMS)
+        .cloned()
+        .unwrap_or_default();
     if extra_kernel_params.contains('\n') {
-        return Err(format!("annotation {ANNOTATION_KERNEL_PARAMS} must be one line"));
+        return Err(format!(
+            "annotation {ANNOTATION_KERNEL_PARAMS} must be one line"
+        ));
     }
-    Ok(VmSize { vcpus, memory_mib, extra_kernel_params })
+    Ok(VmSize {
+        vcpus,
+        memory_mib,
+        extra_kernel_params,
+    })
 }
 
 #[cfg(test)]
@@ -256,12 +276,21 @@ mod tests {
 
     #[test]
     fn overlay_merges_key_by_key() {
-        let mut first = VmConfigOverlay { boot_timeout_seconds: Some(5), ..Default::default() };
-        first.merge(VmConfigOverlay { accelerator: Some(Accelerator::Kvm), ..Default::default() });
+        let mut first = VmConfigOverlay {
+            boot_timeout_seconds: Some(5),
+            ..Default::default()
+        };
+        first.merge(VmConfigOverlay {
+            accelerator: Some(Accelerator::Kvm),
+            ..Default::default()
+        });
         let config = first.resolve();
         assert_eq!(config.boot_timeout_seconds, 5);
         assert_eq!(config.accelerator, Accelerator::Kvm);
-        assert_eq!(config.default_memory_mib, VmConfig::default().default_memory_mib);
+        assert_eq!(
+            config.default_memory_mib,
+            VmConfig::default().default_memory_mib
+        );
     }
 
     #[test]

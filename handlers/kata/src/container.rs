@@ -25,7 +25,10 @@ fn is_bind(mount: &Value) -> bool {
     let by_option = mount
         .get("options")
         .and_then(Value::as_array)
-        .is_some_and(|o| o.iter().any(|v| matches!(v.as_str(), Some("bind" | "rbind"))));
+        .is_some_and(|o| {
+            o.iter()
+                .any(|v| matches!(v.as_str(), Some("bind" | "rbind")))
+        });
     by_type || by_option
 }
 
@@ -33,7 +36,12 @@ fn is_bind(mount: &Value) -> bool {
 /// must be shared for it: the rootfs (first) and each bind-mount source.
 /// Hooks (host binaries) are dropped; namespaces and cgroups are the
 /// agent's business (it drops host namespace paths and places the cgroup).
-pub fn adapt_spec(spec: &mut Value, cid: &str, rootfs: &Path, shared_dir: &Path) -> Vec<ShareMount> {
+pub fn adapt_spec(
+    spec: &mut Value,
+    cid: &str,
+    rootfs: &Path,
+    shared_dir: &Path,
+) -> Vec<ShareMount> {
     let container_share = shared_dir.join(cid);
     let mut shares = vec![ShareMount {
         source: rootfs.to_path_buf(),
@@ -43,7 +51,10 @@ pub fn adapt_spec(spec: &mut Value, cid: &str, rootfs: &Path, shared_dir: &Path)
     if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
         root.insert("path".into(), Value::String(guest_rootfs(cid)));
     } else if let Some(obj) = spec.as_object_mut() {
-        obj.insert("root".into(), serde_json::json!({ "path": guest_rootfs(cid) }));
+        obj.insert(
+            "root".into(),
+            serde_json::json!({ "path": guest_rootfs(cid) }),
+        );
     }
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("hooks");
@@ -58,7 +69,11 @@ pub fn adapt_spec(spec: &mut Value, cid: &str, rootfs: &Path, shared_dir: &Path)
             if !is_bind(mount) {
                 continue;
             }
-            let Some(source) = mount.get("source").and_then(Value::as_str).map(PathBuf::from) else {
+            let Some(source) = mount
+                .get("source")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+            else {
                 continue;
             };
             let recursive = mount
@@ -66,7 +81,11 @@ pub fn adapt_spec(spec: &mut Value, cid: &str, rootfs: &Path, shared_dir: &Path)
                 .and_then(Value::as_array)
                 .is_some_and(|o| o.iter().any(|v| v.as_str() == Some("rbind")));
             let name = format!("mounts/{index}");
-            shares.push(ShareMount { source, target: container_share.join(&name), recursive });
+            shares.push(ShareMount {
+                source,
+                target: container_share.join(&name),
+                recursive,
+            });
             mount["source"] = Value::String(format!("{GUEST_SHARED_DIR}/{cid}/{name}"));
         }
     }
@@ -92,7 +111,14 @@ pub fn mount_share(share: &ShareMount) -> std::io::Result<()> {
     if share.recursive {
         flags |= MsFlags::MS_REC;
     }
-    mount(Some(&share.source), &share.target, None::<&str>, flags, None::<&str>).map_err(|err| {
+    mount(
+        Some(&share.source),
+        &share.target,
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(|err| {
         std::io::Error::other(format!(
             "bind-mounting {} at {}: {err}",
             share.source.display(),
@@ -173,7 +199,10 @@ pub struct Container {
 
 impl Container {
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
@@ -198,7 +227,9 @@ impl Container {
     /// Waits until the container exited, at most `timeout`; true if it did.
     pub async fn wait_exited(&self, timeout: std::time::Duration) -> bool {
         let mut rx = self.exited.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|exited| *exited)).await.is_ok()
+        tokio::time::timeout(timeout, rx.wait_for(|exited| *exited))
+            .await
+            .is_ok()
     }
 }
 
@@ -219,8 +250,16 @@ mod tests {
                 {"destination": "/data", "source": "/vol", "options": ["bind"]},
             ],
         });
-        let shares = adapt_spec(&mut spec, "c1", Path::new("/b/rootfs"), Path::new("/s/shared"));
-        assert_eq!(spec["root"], json!({"path": "/run/crius/shared/c1/rootfs", "readonly": true}));
+        let shares = adapt_spec(
+            &mut spec,
+            "c1",
+            Path::new("/b/rootfs"),
+            Path::new("/s/shared"),
+        );
+        assert_eq!(
+            spec["root"],
+            json!({"path": "/run/crius/shared/c1/rootfs", "readonly": true})
+        );
         assert!(spec.get("hooks").is_none());
         assert!(spec.get("hostname").is_none());
         assert_eq!(spec["mounts"][0]["source"], "proc");
@@ -229,13 +268,21 @@ mod tests {
         assert_eq!(
             shares,
             vec![
-                ShareMount { source: "/b/rootfs".into(), target: "/s/shared/c1/rootfs".into(), recursive: false },
+                ShareMount {
+                    source: "/b/rootfs".into(),
+                    target: "/s/shared/c1/rootfs".into(),
+                    recursive: false
+                },
                 ShareMount {
                     source: "/pods/p/hosts".into(),
                     target: "/s/shared/c1/mounts/1".into(),
                     recursive: true
                 },
-                ShareMount { source: "/vol".into(), target: "/s/shared/c1/mounts/2".into(), recursive: false },
+                ShareMount {
+                    source: "/vol".into(),
+                    target: "/s/shared/c1/mounts/2".into(),
+                    recursive: false
+                },
             ]
         );
     }

@@ -23,7 +23,10 @@ fn open(path: &Path) -> io::Result<File> {
 
 impl CriLog {
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self { path: path.to_path_buf(), file: Mutex::new(open(path)?) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(open(path)?),
+        })
     }
 
     /// Opens the path again (after the kubelet rotated the file away).
@@ -36,10 +39,14 @@ impl CriLog {
     /// Writes one record; one `write` call so records never interleave.
     pub fn write_record(&self, stream: &str, partial: bool, content: &[u8]) -> io::Result<()> {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.9f%:z");
-        let mut record = format!("{now} {stream} {} ", if partial { 'P' } else { 'F' }).into_bytes();
+        let mut record =
+            format!("{now} {stream} {} ", if partial { 'P' } else { 'F' }).into_bytes();
         record.extend_from_slice(content);
         record.push(b'\n');
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).write_all(&record)
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&record)
     }
 }
 
@@ -82,7 +89,10 @@ mod tests {
         let mut s = LineSplitter::default();
         assert_eq!(s.feed(b"hel"), vec![]);
         assert_eq!(s.feed(b"lo\nwor"), vec![(false, b"hello".to_vec())]);
-        assert_eq!(s.feed(b"ld\n\n"), vec![(false, b"world".to_vec()), (false, vec![])]);
+        assert_eq!(
+            s.feed(b"ld\n\n"),
+            vec![(false, b"world".to_vec()), (false, vec![])]
+        );
         assert_eq!(s.feed(b"tail"), vec![]);
         assert_eq!(s.finish(), Some((true, b"tail".to_vec())));
         assert_eq!(s.finish(), None);
@@ -110,6 +120,10 @@ mod tests {
         std::fs::rename(&path, dir.path().join("c.log.1")).unwrap();
         log.reopen().unwrap();
         log.write_record("stdout", false, b"after").unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with("stdout F after\n"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("stdout F after\n")
+        );
     }
 }

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use crius_shim_api::prost::Message;
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse,
+    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
+    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, RuntimeHandler};
-use crius_shim_api::prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{VmConfig, VsockMode};
@@ -66,27 +66,44 @@ impl KataHandler {
         } else {
             config.vm.shim_path.clone()
         };
-        Self { config, shim_path, pods: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            shim_path,
+            pods: Mutex::new(HashMap::new()),
+        }
     }
 
     fn pod(&self, sandbox_id: &str) -> HandlerResult<Arc<Pod>> {
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(sandbox_id).cloned().ok_or_else(|| {
-            HandlerError::not_found(format!("pod {sandbox_id} has no VM shim in handler {}", self.config.name))
-        })
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sandbox_id)
+            .cloned()
+            .ok_or_else(|| {
+                HandlerError::not_found(format!(
+                    "pod {sandbox_id} has no VM shim in handler {}",
+                    self.config.name
+                ))
+            })
     }
 
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let vm = &self.config.vm;
-        for (what, path) in
-            [("QEMU", &self.config.qemu_path), ("guest kernel", &vm.kernel), ("guest initrd", &vm.initrd)]
-        {
+        for (what, path) in [
+            ("QEMU", &self.config.qemu_path),
+            ("guest kernel", &vm.kernel),
+            ("guest initrd", &vm.initrd),
+        ] {
             if !path.exists() {
                 out.push(format!("{what} {} does not exist", path.display()));
             }
         }
         if !self.shim_path.exists() {
-            out.push(format!("the VM shim {} does not exist", self.shim_path.display()));
+            out.push(format!(
+                "the VM shim {} does not exist",
+                self.shim_path.display()
+            ));
         }
         if vm.vsock == VsockMode::Hybrid && find_program(&vm.vhost_device_vsock_path).is_none() {
             out.push(format!(
@@ -104,7 +121,8 @@ impl KataHandler {
         };
         std::fs::create_dir_all(&state_dir).map_err(|e| io("cannot create the state dir", e))?;
         let layout = VmLayout::new(&state_dir, &req.sandbox_id);
-        std::fs::create_dir_all(&layout.socket_dir).map_err(|e| io("cannot create the socket dir", e))?;
+        std::fs::create_dir_all(&layout.socket_dir)
+            .map_err(|e| io("cannot create the socket dir", e))?;
         let socket = layout.shim_socket();
         let _ = std::fs::remove_file(&socket);
         let shim_config = ShimConfig {
@@ -115,7 +133,8 @@ impl KataHandler {
             vm: self.config.vm.clone(),
         };
         let config_path = state_dir.join("shim.json");
-        let json = serde_json::to_vec_pretty(&shim_config).map_err(|e| io("shim config", e.into()))?;
+        let json =
+            serde_json::to_vec_pretty(&shim_config).map_err(|e| io("shim config", e.into()))?;
         std::fs::write(&config_path, json).map_err(|e| io("cannot write the shim config", e))?;
         let log_path = state_dir.join("shim.log");
         let log = std::fs::OpenOptions::new()
@@ -132,7 +151,10 @@ impl KataHandler {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| io("shim log", e))?)
             .stderr(log)
-            .env("RUST_LOG", std::env::var("CRIUS_SHIM_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("CRIUS_SHIM_LOG").unwrap_or_else(|_| "info".into()),
+            );
         // SAFETY: setsid is async-signal-safe and touches no parent state; the
         // shim gets its own session so it outlives the daemon (and its
         // process group signals).
@@ -147,7 +169,12 @@ impl KataHandler {
         let mut child = tokio::process::Command::from(command)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| io(&format!("cannot start the VM shim {}", self.shim_path.display()), e))?;
+            .map_err(|e| {
+                io(
+                    &format!("cannot start the VM shim {}", self.shim_path.display()),
+                    e,
+                )
+            })?;
         let shim_pid = child.id().unwrap_or_default();
         // Wait for the socket, or for the shim to die trying.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -178,8 +205,14 @@ impl KataHandler {
             let _ = child.wait().await;
         });
         let pod = Arc::new(Pod {
-            transport: UnixTransport { socket: socket.clone() },
-            state: HandlerState { shim_pid, socket, vm: VmState::default() },
+            transport: UnixTransport {
+                socket: socket.clone(),
+            },
+            state: HandlerState {
+                shim_pid,
+                socket,
+                vm: VmState::default(),
+            },
         });
         Ok((pod, shim_pid))
     }
@@ -187,13 +220,16 @@ impl KataHandler {
     /// Asks the shim to exit, then makes sure it and its VM are gone.
     async fn shutdown_shim(&self, state: &HandlerState) {
         let _ = call::<_, Empty>(
-            &UnixTransport { socket: state.socket.clone() },
+            &UnixTransport {
+                socket: state.socket.clone(),
+            },
             METHOD_SHUTDOWN,
             &Empty {},
             Duration::from_secs(10),
         )
         .await;
-        let gone = |pid: u32| pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+        let gone =
+            |pid: u32| pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !gone(state.shim_pid) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,13 +260,23 @@ impl KataHandler {
         timeout: Duration,
     ) -> HandlerResult<Resp> {
         let pod = self.pod(sandbox_id)?;
-        call(&pod.transport as &dyn ShimTransport, method, request, timeout).await
+        call(
+            &pod.transport as &dyn ShimTransport,
+            method,
+            request,
+            timeout,
+        )
+        .await
     }
 }
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -281,12 +327,20 @@ impl RuntimeHandler for KataHandler {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(HandlerError::not_ready(&self.config.name, problems.join("; ")))
+            Err(HandlerError::not_ready(
+                &self.config.name,
+                problems.join("; "),
+            ))
         }
     }
 
     async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
-        if self.pods.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&req.sandbox_id) {
+        if self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&req.sandbox_id)
+        {
             return Err(HandlerError::new(
                 ErrorKind::AlreadyExists,
                 format!("pod {} already has a VM", req.sandbox_id),
@@ -294,17 +348,35 @@ impl RuntimeHandler for KataHandler {
         }
         self.check_ready().await?;
         let (pod, _) = self.spawn_shim(&req).await?;
-        let timeout = Duration::from_secs(self.config.vm.boot_timeout_seconds) + Duration::from_secs(30);
-        let result: HandlerResult<RunSandboxResponse> =
-            call(&pod.transport as &dyn ShimTransport, "RunSandbox", &req, timeout).await;
+        let timeout =
+            Duration::from_secs(self.config.vm.boot_timeout_seconds) + Duration::from_secs(30);
+        let result: HandlerResult<RunSandboxResponse> = call(
+            &pod.transport as &dyn ShimTransport,
+            "RunSandbox",
+            &req,
+            timeout,
+        )
+        .await;
         match result {
             Ok(resp) => {
                 let vm: VmState = serde_json::from_slice(&resp.handler_state).unwrap_or_default();
-                let state = HandlerState { vm, ..pod.state.clone() };
+                let state = HandlerState {
+                    vm,
+                    ..pod.state.clone()
+                };
                 let handler_state = serde_json::to_vec(&state).unwrap_or_default();
-                let pod = Arc::new(Pod { transport: pod.transport.clone(), state });
-                self.pods.lock().unwrap_or_else(|e| e.into_inner()).insert(req.sandbox_id.clone(), pod);
-                Ok(RunSandboxResponse { handler_state, infra_pid: 0 })
+                let pod = Arc::new(Pod {
+                    transport: pod.transport.clone(),
+                    state,
+                });
+                self.pods
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(req.sandbox_id.clone(), pod);
+                Ok(RunSandboxResponse {
+                    handler_state,
+                    infra_pid: 0,
+                })
             }
             Err(err) => {
                 self.shutdown_shim(&pod.state).await;
@@ -318,7 +390,14 @@ impl RuntimeHandler for KataHandler {
             // Never ran here, or already removed: nothing to stop.
             return Ok(());
         };
-        match call::<_, Empty>(&pod.transport as &dyn ShimTransport, "StopSandbox", &req, CALL_TIMEOUT).await {
+        match call::<_, Empty>(
+            &pod.transport as &dyn ShimTransport,
+            "StopSandbox",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        {
             Ok(_) => Ok(()),
             // A dead shim took its VM with it; make sure and carry on.
             Err(err) if err.kind == ErrorKind::NotReady => {
@@ -334,37 +413,76 @@ impl RuntimeHandler for KataHandler {
         let Ok(pod) = self.pod(&req.sandbox_id) else {
             return Ok(());
         };
-        let result =
-            call::<_, Empty>(&pod.transport as &dyn ShimTransport, "RemoveSandbox", &req, CALL_TIMEOUT).await;
+        let result = call::<_, Empty>(
+            &pod.transport as &dyn ShimTransport,
+            "RemoveSandbox",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await;
         if let Err(err) = &result
             && err.kind != ErrorKind::NotReady
         {
             return Err(err.clone());
         }
         self.shutdown_shim(&pod.state).await;
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.sandbox_id);
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.sandbox_id);
         Ok(())
     }
 
     async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
         let pod = self.pod(&req.sandbox_id)?;
-        match call(&pod.transport as &dyn ShimTransport, "SandboxStatus", &req, CALL_TIMEOUT).await {
+        match call(
+            &pod.transport as &dyn ShimTransport,
+            "SandboxStatus",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        {
             Ok(status) => Ok(status),
             Err(err) if err.kind == ErrorKind::NotReady => Ok(SandboxStatusResponse {
                 ready: false,
-                info: HashMap::from([("reason".to_string(), format!("the VM shim is gone: {err}"))]),
+                info: HashMap::from([(
+                    "reason".to_string(),
+                    format!("the VM shim is gone: {err}"),
+                )]),
             }),
             Err(err) => Err(err),
         }
     }
 
-    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         let state: HandlerState = serde_json::from_slice(&req.handler_state).map_err(|err| {
-            HandlerError::invalid_argument(format!("pod {}: bad kata handler state: {err}", req.sandbox_id))
+            HandlerError::invalid_argument(format!(
+                "pod {}: bad kata handler state: {err}",
+                req.sandbox_id
+            ))
         })?;
-        let pod = Arc::new(Pod { transport: UnixTransport { socket: state.socket.clone() }, state });
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).insert(req.sandbox_id.clone(), pod.clone());
-        match call(&pod.transport as &dyn ShimTransport, "RestoreSandbox", &req, CALL_TIMEOUT).await {
+        let pod = Arc::new(Pod {
+            transport: UnixTransport {
+                socket: state.socket.clone(),
+            },
+            state,
+        });
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.sandbox_id.clone(), pod.clone());
+        match call(
+            &pod.transport as &dyn ShimTransport,
+            "RestoreSandbox",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        {
             Ok(resp) => Ok(resp),
             // The shim died while the daemon was down: the pod is not ready,
             // but stays known so stop/remove can clean up.
@@ -376,26 +494,52 @@ impl RuntimeHandler for KataHandler {
         }
     }
 
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
         let id = req.sandbox_id.clone();
-        self.forward(&id, "CreateContainer", &req, CALL_TIMEOUT).await
+        self.forward(&id, "CreateContainer", &req, CALL_TIMEOUT)
+            .await
     }
 
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.forward::<_, Empty>(&req.sandbox_id.clone(), "StartContainer", &req, CALL_TIMEOUT).await.map(drop)
+        self.forward::<_, Empty>(
+            &req.sandbox_id.clone(),
+            "StartContainer",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
         let timeout = CALL_TIMEOUT + Duration::from_secs(req.timeout_seconds.max(0) as u64);
-        self.forward::<_, Empty>(&req.sandbox_id.clone(), "StopContainer", &req, timeout).await.map(drop)
+        self.forward::<_, Empty>(&req.sandbox_id.clone(), "StopContainer", &req, timeout)
+            .await
+            .map(drop)
     }
 
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.forward::<_, Empty>(&req.sandbox_id.clone(), "RemoveContainer", &req, CALL_TIMEOUT).await.map(drop)
+        self.forward::<_, Empty>(
+            &req.sandbox_id.clone(),
+            "RemoveContainer",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
-        self.forward(&req.sandbox_id.clone(), "ContainerStatus", &req, CALL_TIMEOUT).await
+        self.forward(
+            &req.sandbox_id.clone(),
+            "ContainerStatus",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
@@ -403,20 +547,42 @@ impl RuntimeHandler for KataHandler {
             t if t > 0 => Duration::from_secs(t as u64) + Duration::from_secs(30),
             _ => Duration::from_secs(24 * 3600),
         };
-        self.forward(&req.sandbox_id.clone(), "ExecSync", &req, timeout).await
+        self.forward(&req.sandbox_id.clone(), "ExecSync", &req, timeout)
+            .await
     }
 
-    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
-        self.forward::<_, Empty>(&req.sandbox_id.clone(), "UpdateContainerResources", &req, CALL_TIMEOUT)
-            .await
-            .map(drop)
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.forward::<_, Empty>(
+            &req.sandbox_id.clone(),
+            "UpdateContainerResources",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.forward::<_, Empty>(&req.sandbox_id.clone(), "ReopenContainerLog", &req, CALL_TIMEOUT).await.map(drop)
+        self.forward::<_, Empty>(
+            &req.sandbox_id.clone(),
+            "ReopenContainerLog",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
-        self.forward(&req.sandbox_id.clone(), "ContainerStats", &req, CALL_TIMEOUT).await
+        self.forward(
+            &req.sandbox_id.clone(),
+            "ContainerStats",
+            &req,
+            CALL_TIMEOUT,
+        )
+        .await
     }
 }

@@ -46,7 +46,11 @@ pub struct NetSetup {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("`{command}` in {netns}: {message}")]
-    Command { command: String, netns: String, message: String },
+    Command {
+        command: String,
+        netns: String,
+        message: String,
+    },
     #[error("no network interface with an address in the pod netns {0}")]
     NoInterface(String),
     #[error("cannot parse `ip` output: {0}")]
@@ -56,7 +60,8 @@ pub enum NetError {
 /// Picks the pod interface from `ip -j addr show`: the first Ethernet link
 /// other than our tap that has an address.
 pub fn parse_interface(json: &str) -> Result<Option<PodInterface>, NetError> {
-    let links: Vec<Value> = serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
+    let links: Vec<Value> =
+        serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
     for link in links {
         let name = link["ifname"].as_str().unwrap_or_default();
         if name == "lo" || name == TAP_NAME || link["link_type"].as_str() != Some("ether") {
@@ -90,7 +95,8 @@ pub fn parse_interface(json: &str) -> Result<Option<PodInterface>, NetError> {
 
 /// Routes from `ip -j route show` (one family) that use `device`.
 pub fn parse_routes(json: &str, device: &str, ipv6: bool) -> Result<Vec<PodRoute>, NetError> {
-    let routes: Vec<Value> = serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
+    let routes: Vec<Value> =
+        serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
     Ok(routes
         .into_iter()
         .filter(|r| r["dev"].as_str() == Some(device))
@@ -99,7 +105,11 @@ pub fn parse_routes(json: &str, device: &str, ipv6: bool) -> Result<Vec<PodRoute
             gateway: r["gateway"].as_str().unwrap_or_default().to_string(),
             device: device.to_string(),
             source: r["prefsrc"].as_str().unwrap_or_default().to_string(),
-            scope: if r["scope"].as_str() == Some("link") { 253 } else { 0 },
+            scope: if r["scope"].as_str() == Some("link") {
+                253
+            } else {
+                0
+            },
             ipv6,
         })
         .collect())
@@ -132,14 +142,27 @@ async fn run_in(netns: &Path, args: &[&str]) -> Result<String, NetError> {
 /// failure, what was created is removed.
 pub async fn setup(netns: &Path) -> Result<NetSetup, NetError> {
     let addrs = run_in(netns, &["ip", "-j", "addr", "show"]).await?;
-    let interface =
-        parse_interface(&addrs)?.ok_or_else(|| NetError::NoInterface(netns.display().to_string()))?;
-    let mut routes = parse_routes(&run_in(netns, &["ip", "-j", "-4", "route", "show"]).await?, &interface.name, false)?;
+    let interface = parse_interface(&addrs)?
+        .ok_or_else(|| NetError::NoInterface(netns.display().to_string()))?;
+    let mut routes = parse_routes(
+        &run_in(netns, &["ip", "-j", "-4", "route", "show"]).await?,
+        &interface.name,
+        false,
+    )?;
     if interface.addresses.iter().any(|a| a.2) {
         let v6 = run_in(netns, &["ip", "-j", "-6", "route", "show"]).await?;
-        routes.extend(parse_routes(&v6, &interface.name, true)?.into_iter().filter(|r| !r.dest.starts_with("fe80")));
+        routes.extend(
+            parse_routes(&v6, &interface.name, true)?
+                .into_iter()
+                .filter(|r| !r.dest.starts_with("fe80")),
+        );
     }
-    let net = NetSetup { netns: netns.to_path_buf(), interface, routes, tap: TAP_NAME.to_string() };
+    let net = NetSetup {
+        netns: netns.to_path_buf(),
+        interface,
+        routes,
+        tap: TAP_NAME.to_string(),
+    };
     let eth = net.interface.name.as_str();
     let mtu = net.interface.mtu.to_string();
     let steps: [&[&str]; 6] = [
@@ -147,13 +170,13 @@ pub async fn setup(netns: &Path) -> Result<NetSetup, NetError> {
         &["ip", "link", "set", "dev", TAP_NAME, "mtu", &mtu, "up"],
         &["tc", "qdisc", "add", "dev", eth, "ingress"],
         &[
-            "tc", "filter", "add", "dev", eth, "parent", "ffff:", "protocol", "all", "u32", "match", "u8", "0", "0",
-            "action", "mirred", "egress", "redirect", "dev", TAP_NAME,
+            "tc", "filter", "add", "dev", eth, "parent", "ffff:", "protocol", "all", "u32",
+            "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", TAP_NAME,
         ],
         &["tc", "qdisc", "add", "dev", TAP_NAME, "ingress"],
         &[
-            "tc", "filter", "add", "dev", TAP_NAME, "parent", "ffff:", "protocol", "all", "u32", "match", "u8", "0",
-            "0", "action", "mirred", "egress", "redirect", "dev", eth,
+            "tc", "filter", "add", "dev", TAP_NAME, "parent", "ffff:", "protocol", "all", "u32",
+            "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", eth,
         ],
     ];
     for step in steps {
@@ -171,7 +194,11 @@ pub async fn teardown(net: &NetSetup) {
     if !net.netns.exists() {
         return;
     }
-    let _ = run_in(&net.netns, &["tc", "qdisc", "del", "dev", &net.interface.name, "ingress"]).await;
+    let _ = run_in(
+        &net.netns,
+        &["tc", "qdisc", "del", "dev", &net.interface.name, "ingress"],
+    )
+    .await;
     let _ = run_in(&net.netns, &["ip", "link", "del", "dev", &net.tap]).await;
 }
 
@@ -212,7 +239,21 @@ mod tests {
         ]"#;
         let routes = parse_routes(json, "eth0", false).unwrap();
         assert_eq!(routes.len(), 2);
-        assert_eq!((routes[0].dest.as_str(), routes[0].gateway.as_str(), routes[0].scope), ("default", "10.88.0.1", 0));
-        assert_eq!((routes[1].dest.as_str(), routes[1].source.as_str(), routes[1].scope), ("10.88.0.0/16", "10.88.0.5", 253));
+        assert_eq!(
+            (
+                routes[0].dest.as_str(),
+                routes[0].gateway.as_str(),
+                routes[0].scope
+            ),
+            ("default", "10.88.0.1", 0)
+        );
+        assert_eq!(
+            (
+                routes[1].dest.as_str(),
+                routes[1].source.as_str(),
+                routes[1].scope
+            ),
+            ("10.88.0.0/16", "10.88.0.5", 253)
+        );
     }
 }

@@ -21,7 +21,10 @@ pub enum SharedDevice {
     /// virtio-9p served by QEMU from `path`.
     NineP { path: PathBuf, tag: String },
     /// virtio-fs served by virtiofsd on this vhost-user socket.
-    Virtiofs { vhost_user_socket: PathBuf, tag: String },
+    Virtiofs {
+        vhost_user_socket: PathBuf,
+        tag: String,
+    },
 }
 
 /// The guest NIC: a tap device (in the netns QEMU runs in) and its MAC.
@@ -73,7 +76,10 @@ pub fn kernel_cmdline(parts: &[&str]) -> String {
 pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
     let mut args = Args::default();
     // vhost-user devices need guest RAM the backend can map: a shared memfd.
-    let memory_backend = format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib);
+    let memory_backend = format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        spec.memory_mib
+    );
     // microvm has no PCI bus: its virtio devices are the virtio-mmio kind.
     let (machine, bus) = match spec.machine {
         Machine::Q35 => ("q35", "pci"),
@@ -105,11 +111,17 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
 
     match &spec.vsock {
         VsockDevice::Hybrid { vhost_user_socket } => {
-            args.pair("-chardev", path_arg("socket,id=vsock,path=", vhost_user_socket));
+            args.pair(
+                "-chardev",
+                path_arg("socket,id=vsock,path=", vhost_user_socket),
+            );
             args.pair("-device", format!("vhost-user-vsock-{bus},chardev=vsock"));
         }
         VsockDevice::Vhost { guest_cid } => {
-            args.pair("-device", format!("vhost-vsock-{bus},guest-cid={guest_cid}"));
+            args.pair(
+                "-device",
+                format!("vhost-vsock-{bus},guest-cid={guest_cid}"),
+            );
         }
     }
     match &spec.shared {
@@ -117,11 +129,23 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
             let mut fsdev = path_arg("local,id=shared,security_model=none,path=", path);
             fsdev.push(",multidevs=remap");
             args.pair("-fsdev", fsdev);
-            args.pair("-device", format!("virtio-9p-{bus},fsdev=shared,mount_tag={tag}"));
+            args.pair(
+                "-device",
+                format!("virtio-9p-{bus},fsdev=shared,mount_tag={tag}"),
+            );
         }
-        SharedDevice::Virtiofs { vhost_user_socket, tag } => {
-            args.pair("-chardev", path_arg("socket,id=virtiofs,path=", vhost_user_socket));
-            args.pair("-device", format!("vhost-user-fs-{bus},chardev=virtiofs,tag={tag}"));
+        SharedDevice::Virtiofs {
+            vhost_user_socket,
+            tag,
+        } => {
+            args.pair(
+                "-chardev",
+                path_arg("socket,id=virtiofs,path=", vhost_user_socket),
+            );
+            args.pair(
+                "-device",
+                format!("vhost-user-fs-{bus},chardev=virtiofs,tag={tag}"),
+            );
         }
     }
     if let Some(net) = &spec.net {
@@ -129,9 +153,15 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
         // userspace backend is fast enough for the pod's traffic.
         args.pair(
             "-netdev",
-            format!("tap,id=net0,ifname={},script=no,downscript=no,vhost=off", net.tap),
+            format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+                net.tap
+            ),
         );
-        args.pair("-device", format!("virtio-net-{bus},netdev=net0,mac={}", net.mac));
+        args.pair(
+            "-device",
+            format!("virtio-net-{bus},netdev=net0,mac={}", net.mac),
+        );
     }
     args.0
 }
@@ -186,8 +216,13 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd".into(),
             kernel_cmdline: kernel_cmdline(&["a=1", " ", "b"]),
-            vsock: VsockDevice::Hybrid { vhost_user_socket: "/s/vhu.sock".into() },
-            shared: SharedDevice::NineP { path: "/s/shared".into(), tag: "crius".into() },
+            vsock: VsockDevice::Hybrid {
+                vhost_user_socket: "/s/vhu.sock".into(),
+            },
+            shared: SharedDevice::NineP {
+                path: "/s/shared".into(),
+                tag: "crius".into(),
+            },
             net: None,
             console_log: "/s/console.log".into(),
             pidfile: "/s/qemu.pid".into(),
@@ -200,7 +235,10 @@ mod tests {
 
     /// The value following each occurrence of `flag`.
     fn values(args: &[String], flag: &str) -> Vec<String> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
     }
 
     #[test]
@@ -211,23 +249,38 @@ mod tests {
         assert_eq!(values(&args, "-cpu"), ["max"]);
         assert_eq!(values(&args, "-smp"), ["2"]);
         assert_eq!(values(&args, "-m"), ["320M"]);
-        assert_eq!(values(&args, "-object"), ["memory-backend-memfd,id=mem,size=320M,share=on"]);
+        assert_eq!(
+            values(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=320M,share=on"]
+        );
         assert_eq!(values(&args, "-kernel"), ["/k/vmlinux"]);
         assert_eq!(values(&args, "-initrd"), ["/k/initrd"]);
-        assert_eq!(values(&args, "-append"), ["console=ttyS0 quiet loglevel=3 panic=-1 a=1 b"]);
+        assert_eq!(
+            values(&args, "-append"),
+            ["console=ttyS0 quiet loglevel=3 panic=-1 a=1 b"]
+        );
         assert_eq!(values(&args, "-serial"), ["file:/s/console.log"]);
         assert_eq!(values(&args, "-pidfile"), ["/s/qemu.pid"]);
-        assert_eq!(values(&args, "-chardev"), ["socket,id=vsock,path=/s/vhu.sock"]);
+        assert_eq!(
+            values(&args, "-chardev"),
+            ["socket,id=vsock,path=/s/vhu.sock"]
+        );
         assert_eq!(
             values(&args, "-device"),
-            ["vhost-user-vsock-pci,chardev=vsock", "virtio-9p-pci,fsdev=shared,mount_tag=crius"]
+            [
+                "vhost-user-vsock-pci,chardev=vsock",
+                "virtio-9p-pci,fsdev=shared,mount_tag=crius"
+            ]
         );
         assert_eq!(
             values(&args, "-fsdev"),
             ["local,id=shared,security_model=none,path=/s/shared,multidevs=remap"]
         );
         for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
-            assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+            assert!(
+                args.iter().any(|a| a == flag),
+                "{flag} missing from {args:?}"
+            );
         }
         assert!(values(&args, "-netdev").is_empty());
     }
@@ -239,13 +292,22 @@ mod tests {
         spec.accelerator = Accelerator::Kvm;
         spec.cpu = "host".into();
         spec.vsock = VsockDevice::Vhost { guest_cid: 7 };
-        spec.shared = SharedDevice::Virtiofs { vhost_user_socket: "/s/vfs.sock".into(), tag: "t".into() };
-        spec.net = Some(NetDevice { tap: "tap0".into(), mac: "02:00:00:00:00:01".into() });
+        spec.shared = SharedDevice::Virtiofs {
+            vhost_user_socket: "/s/vfs.sock".into(),
+            tag: "t".into(),
+        };
+        spec.net = Some(NetDevice {
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+        });
         let args = strings(qemu_args(&spec));
         assert_eq!(values(&args, "-machine"), ["microvm,memory-backend=mem"]);
         assert_eq!(values(&args, "-accel"), ["kvm"]);
         assert_eq!(values(&args, "-cpu"), ["host"]);
-        assert_eq!(values(&args, "-chardev"), ["socket,id=virtiofs,path=/s/vfs.sock"]);
+        assert_eq!(
+            values(&args, "-chardev"),
+            ["socket,id=virtiofs,path=/s/vfs.sock"]
+        );
         assert_eq!(
             values(&args, "-device"),
             [

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 
 use crius_shim_api::types::{
     Capabilities, ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
+    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, RuntimeHandler};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,9 @@ enum Phase {
     Empty,
     Running(Box<Running>),
     /// The VM is gone: stopped, or it died (`reason`).
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 struct Running {
@@ -135,7 +137,9 @@ impl PodShim {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| HandlerError::not_found(format!("container {id} not found in pod {req_sandbox}")))
+            .ok_or_else(|| {
+                HandlerError::not_found(format!("container {id} not found in pod {req_sandbox}"))
+            })
     }
 
     fn check_pod(&self, sandbox_id: &str) -> HandlerResult<()> {
@@ -158,7 +162,10 @@ impl PodShim {
         } else {
             let netns = PathBuf::from(&req.netns_path);
             Some(crate::net::setup(&netns).await.map_err(|err| {
-                HandlerError::internal(format!("pod {}: bridging the pod network to the VM: {err}", req.sandbox_id))
+                HandlerError::internal(format!(
+                    "pod {}: bridging the pod network to the VM: {err}",
+                    req.sandbox_id
+                ))
             })?)
         };
         let result = self.boot_with(req, net.as_ref()).await;
@@ -179,7 +186,11 @@ impl PodShim {
         net: Option<&crate::net::NetSetup>,
     ) -> HandlerResult<(Vm, AgentClient, Timings)> {
         let config = &self.config.vm;
-        let resources = req.config.as_ref().and_then(|c| c.linux.as_ref()).and_then(|l| l.resources.as_ref());
+        let resources = req
+            .config
+            .as_ref()
+            .and_then(|c| c.linux.as_ref())
+            .and_then(|l| l.resources.as_ref());
         let annotations = req.annotations.clone().into_iter().collect();
         let size = size_vm(
             config,
@@ -199,21 +210,35 @@ impl PodShim {
             extra_kernel_params: size.extra_kernel_params,
             layout: layout.clone(),
             netns: net.map(|n| n.netns.clone()),
-            net: net.map(|n| crate::qemu::NetDevice { tap: n.tap.clone(), mac: n.interface.mac.clone() }),
+            net: net.map(|n| crate::qemu::NetDevice {
+                tap: n.tap.clone(),
+                mac: n.interface.mac.clone(),
+            }),
         };
         let begin = Instant::now();
-        let mut vm = Vm::start(self.spawner.as_ref(), &params).await.map_err(|err| self.boot_error(err))?;
+        let mut vm = Vm::start(self.spawner.as_ref(), &params)
+            .await
+            .map_err(|err| self.boot_error(err))?;
         let vm_start = begin.elapsed();
         let timeout = Duration::from_secs(config.boot_timeout_seconds);
         let addr = match config.vsock {
-            VsockMode::Hybrid => AgentAddr::Hybrid { uds: layout.vsock_uds(), port: AGENT_PORT },
-            VsockMode::Vhost => AgentAddr::Vsock { cid: config.guest_cid, port: AGENT_PORT },
+            VsockMode::Hybrid => AgentAddr::Hybrid {
+                uds: layout.vsock_uds(),
+                port: AGENT_PORT,
+            },
+            VsockMode::Vhost => AgentAddr::Vsock {
+                cid: config.guest_cid,
+                port: AGENT_PORT,
+            },
         };
         let ready = vm
             .wait_ready(timeout, || {
                 let addr = addr.clone();
                 async move {
-                    let agent = AgentClient::connect(&addr).await.ok()?.with_timeout(Duration::from_secs(2));
+                    let agent = AgentClient::connect(&addr)
+                        .await
+                        .ok()?
+                        .with_timeout(Duration::from_secs(2));
                     agent.check().await.ok()?;
                     Some(agent.with_timeout(crate::agent_client::DEFAULT_TIMEOUT))
                 }
@@ -221,12 +246,19 @@ impl PodShim {
             .await;
         let agent_ready = begin.elapsed();
         let ready = match ready {
-            Ok(agent) => self.create_guest_sandbox(&agent, req, net).await.map(|()| agent),
+            Ok(agent) => self
+                .create_guest_sandbox(&agent, req, net)
+                .await
+                .map(|()| agent),
             Err(err) => Err(self.boot_error(err)),
         };
         match ready {
             Ok(agent) => {
-                let timings = Timings { vm_start, agent_ready, sandbox_ready: begin.elapsed() };
+                let timings = Timings {
+                    vm_start,
+                    agent_ready,
+                    sandbox_ready: begin.elapsed(),
+                };
                 tracing::info!(
                     sandbox = %self.config.sandbox_id,
                     vm_start_ms = timings.vm_start.as_millis() as u64,
@@ -271,12 +303,20 @@ impl PodShim {
             ..Default::default()
         };
         agent.create_sandbox(request).await.map_err(|err| {
-            HandlerError::internal(format!("pod {}: guest agent CreateSandbox: {err}", req.sandbox_id))
+            HandlerError::internal(format!(
+                "pod {}: guest agent CreateSandbox: {err}",
+                req.sandbox_id
+            ))
         })?;
         if let Some(net) = net {
-            self.configure_guest_network(agent, net).await.map_err(|err| {
-                HandlerError::internal(format!("pod {}: configuring the guest network: {err}", req.sandbox_id))
-            })?;
+            self.configure_guest_network(agent, net)
+                .await
+                .map_err(|err| {
+                    HandlerError::internal(format!(
+                        "pod {}: configuring the guest network: {err}",
+                        req.sandbox_id
+                    ))
+                })?;
         }
         // Collects OOM kills for the pod's lifetime; exits with the VM.
         let oom = self.oom_killed.clone();
@@ -292,7 +332,11 @@ impl PodShim {
 
     /// Gives the guest NIC (same MAC as the CNI interface) the pod's
     /// addresses and routes.
-    async fn configure_guest_network(&self, agent: &AgentClient, net: &crate::net::NetSetup) -> Result<(), AgentError> {
+    async fn configure_guest_network(
+        &self,
+        agent: &AgentClient,
+        net: &crate::net::NetSetup,
+    ) -> Result<(), AgentError> {
         use crius_agent_proto::types::{IPAddress, IPFamily, Interface, Route};
         let family = |v6: bool| if v6 { IPFamily::v6 } else { IPFamily::v4 };
         let interface = Interface {
@@ -318,7 +362,11 @@ impl PodShim {
             .routes
             .iter()
             .map(|r| Route {
-                dest: if r.dest == "default" { String::new() } else { r.dest.clone() },
+                dest: if r.dest == "default" {
+                    String::new()
+                } else {
+                    r.dest.clone()
+                },
                 gateway: r.gateway.clone(),
                 device: r.device.clone(),
                 source: r.source.clone(),
@@ -338,7 +386,10 @@ impl PodShim {
         };
         HandlerError::new(
             kind,
-            format!("VM of pod {} ({}) failed to start: {err}", self.config.sandbox_id, self.config.handler),
+            format!(
+                "VM of pod {} ({}) failed to start: {err}",
+                self.config.sandbox_id, self.config.handler
+            ),
         )
     }
 
@@ -350,7 +401,9 @@ impl PodShim {
             if let Some(net) = &running.net {
                 crate::net::teardown(net).await;
             }
-            *phase = Phase::Stopped { reason: reason.to_string() };
+            *phase = Phase::Stopped {
+                reason: reason.to_string(),
+            };
         }
         drop(phase);
         self.containers_gone(reason);
@@ -358,11 +411,21 @@ impl PodShim {
 
     /// Every container that still ran is reported exited: its VM is gone.
     fn containers_gone(&self, reason: &str) {
-        let containers: Vec<_> = self.containers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let containers: Vec<_> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for c in containers {
             let status = c.status();
             if status.is(ContainerState::Running) {
-                c.set_exited(SIGKILL_EXIT, "Error", &format!("the pod's VM is gone: {reason}"));
+                c.set_exited(
+                    SIGKILL_EXIT,
+                    "Error",
+                    &format!("the pod's VM is gone: {reason}"),
+                );
             } else if status.is(ContainerState::Created) {
                 c.set_exited(-1, "Error", &format!("the pod's VM is gone: {reason}"));
             }
@@ -377,7 +440,10 @@ impl RuntimeHandler for PodShim {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { kernel_separated: true, ..Default::default() }
+        Capabilities {
+            kernel_separated: true,
+            ..Default::default()
+        }
     }
 
     async fn check_ready(&self) -> HandlerResult<()> {
@@ -400,7 +466,12 @@ impl RuntimeHandler for PodShim {
             socket_dir: vm.layout.socket_dir.clone(),
             boot_ms: timings.sandbox_ready.as_millis() as u64,
         };
-        *phase = Phase::Running(Box::new(Running { vm, agent, timings, net }));
+        *phase = Phase::Running(Box::new(Running {
+            vm,
+            agent,
+            timings,
+            net,
+        }));
         Ok(RunSandboxResponse {
             handler_state: serde_json::to_vec(&state).unwrap_or_default(),
             infra_pid: 0,
@@ -417,8 +488,13 @@ impl RuntimeHandler for PodShim {
         self.check_pod(&req.sandbox_id)?;
         self.stop_vm("the pod was removed").await;
         let layout = self.layout();
-        let ids: Vec<String> =
-            self.containers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(id, _)| id).collect();
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(id, _)| id)
+            .collect();
         for id in ids {
             unshare_container(&layout.shared_dir(), &id);
         }
@@ -439,7 +515,9 @@ impl RuntimeHandler for PodShim {
             if let Some(net) = &running.net {
                 crate::net::teardown(net).await;
             }
-            *phase = Phase::Stopped { reason: reason.clone() };
+            *phase = Phase::Stopped {
+                reason: reason.clone(),
+            };
             drop(phase);
             self.containers_gone(&reason);
             phase = self.phase.lock().await;
@@ -450,10 +528,21 @@ impl RuntimeHandler for PodShim {
             Phase::Running(running) => {
                 info.insert("qemuPid".to_string(), running.vm.qemu_pid().to_string());
                 let t = &running.timings;
-                info.insert("vm_start_ms".to_string(), t.vm_start.as_millis().to_string());
-                info.insert("agent_ready_ms".to_string(), t.agent_ready.as_millis().to_string());
-                info.insert("sandbox_ready_ms".to_string(), t.sandbox_ready.as_millis().to_string());
-                let start = self.last_container_start_ms.load(std::sync::atomic::Ordering::Relaxed);
+                info.insert(
+                    "vm_start_ms".to_string(),
+                    t.vm_start.as_millis().to_string(),
+                );
+                info.insert(
+                    "agent_ready_ms".to_string(),
+                    t.agent_ready.as_millis().to_string(),
+                );
+                info.insert(
+                    "sandbox_ready_ms".to_string(),
+                    t.sandbox_ready.as_millis().to_string(),
+                );
+                let start = self
+                    .last_container_start_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 if start > 0 {
                     info.insert("container_start_ms".to_string(), start.to_string());
                 }
@@ -467,24 +556,49 @@ impl RuntimeHandler for PodShim {
         Ok(SandboxStatusResponse { ready, info })
     }
 
-    async fn restore_sandbox(&self, req: RestoreSandboxRequest) -> HandlerResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        req: RestoreSandboxRequest,
+    ) -> HandlerResult<RestoreSandboxResponse> {
         // The shim kept running across the daemon restart: its state is
         // current, so restoring is reporting it.
-        let status = self.sandbox_status(SandboxRef { sandbox_id: req.sandbox_id }).await?;
-        Ok(RestoreSandboxResponse { ready: status.ready })
+        let status = self
+            .sandbox_status(SandboxRef {
+                sandbox_id: req.sandbox_id,
+            })
+            .await?;
+        Ok(RestoreSandboxResponse {
+            ready: status.ready,
+        })
     }
 
-    async fn create_container(&self, req: CreateContainerRequest) -> HandlerResult<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> HandlerResult<CreateContainerResponse> {
         self.check_pod(&req.sandbox_id)?;
-        self.first_create_began.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+        self.first_create_began
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
         let cid = req.container_id.clone();
-        if self.containers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&cid) {
-            return Err(HandlerError::new(ErrorKind::AlreadyExists, format!("container {cid} already exists")));
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&cid)
+        {
+            return Err(HandlerError::new(
+                ErrorKind::AlreadyExists,
+                format!("container {cid} already exists"),
+            ));
         }
         let agent = self.agent().await?;
         let bundle = req.bundle.clone().unwrap_or_default();
-        let mut spec: serde_json::Value = serde_json::from_slice(&bundle.oci_spec)
-            .map_err(|err| HandlerError::invalid_argument(format!("container {cid}: bad OCI spec: {err}")))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&bundle.oci_spec).map_err(|err| {
+                HandlerError::invalid_argument(format!("container {cid}: bad OCI spec: {err}"))
+            })?;
         let rootfs = bundle
             .rootfs
             .as_ref()
@@ -496,14 +610,20 @@ impl RuntimeHandler for PodShim {
         let log = if req.log_path.is_empty() {
             None
         } else {
-            Some(Arc::new(CriLog::open(std::path::Path::new(&req.log_path)).map_err(|err| {
-                HandlerError::internal(format!("container {cid}: cannot open log {}: {err}", req.log_path))
-            })?))
+            Some(Arc::new(
+                CriLog::open(std::path::Path::new(&req.log_path)).map_err(|err| {
+                    HandlerError::internal(format!(
+                        "container {cid}: cannot open log {}: {err}",
+                        req.log_path
+                    ))
+                })?,
+            ))
         };
         let result = async {
             for share in &shares {
-                mount_share(share)
-                    .map_err(|err| HandlerError::internal(format!("container {cid}: sharing with the VM: {err}")))?;
+                mount_share(share).map_err(|err| {
+                    HandlerError::internal(format!("container {cid}: sharing with the VM: {err}"))
+                })?;
             }
             let request = crius_agent_proto::agent::CreateContainerRequest {
                 container_id: cid.clone(),
@@ -511,7 +631,12 @@ impl RuntimeHandler for PodShim {
                 OCI: Some(crius_agent_proto::convert::spec_from_json(&spec)).into(),
                 ..Default::default()
             };
-            agent.create_container(request).await.map_err(|err| agent_err(&format!("container {cid}: guest agent CreateContainer"), err))
+            agent.create_container(request).await.map_err(|err| {
+                agent_err(
+                    &format!("container {cid}: guest agent CreateContainer"),
+                    err,
+                )
+            })
         }
         .await;
         if let Err(err) = result {
@@ -530,8 +655,13 @@ impl RuntimeHandler for PodShim {
             }),
             exited,
         });
-        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(cid, container);
-        Ok(CreateContainerResponse { handler_state: Vec::new() })
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cid, container);
+        Ok(CreateContainerResponse {
+            handler_state: Vec::new(),
+        })
     }
 
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
@@ -544,10 +674,12 @@ impl RuntimeHandler for PodShim {
         }
         let agent = self.agent().await?;
         let started = Instant::now();
-        agent
-            .start_container(&c.id)
-            .await
-            .map_err(|err| agent_err(&format!("container {}: guest agent StartContainer", c.id), err))?;
+        agent.start_container(&c.id).await.map_err(|err| {
+            agent_err(
+                &format!("container {}: guest agent StartContainer", c.id),
+                err,
+            )
+        })?;
         c.update(|s| {
             s.state = ContainerState::Running as i32;
             s.started_at = now_nanos();
@@ -556,7 +688,11 @@ impl RuntimeHandler for PodShim {
         tracing::info!(container = %c.id, start_ms, "container started in the VM");
         // The first container only: that is the pod start the bench measures
         // (from its CreateContainer reaching the shim until it runs).
-        if let Some(began) = *self.first_create_began.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(began) = *self
+            .first_create_began
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             let _ = self.last_container_start_ms.compare_exchange(
                 0,
                 began.elapsed().as_millis() as u64,
@@ -596,7 +732,11 @@ impl RuntimeHandler for PodShim {
                 }
                 Err(err) => {
                     tracing::warn!(container = %c.id, error = %err, "lost the container's process");
-                    c.set_exited(SIGKILL_EXIT, "Error", &format!("lost contact with the guest agent: {err}"));
+                    c.set_exited(
+                        SIGKILL_EXIT,
+                        "Error",
+                        &format!("lost contact with the guest agent: {err}"),
+                    );
                 }
             }
         });
@@ -619,7 +759,9 @@ impl RuntimeHandler for PodShim {
             if let Err(err) = agent.signal_process(&c.id, "", signal).await {
                 tracing::debug!(container = %c.id, error = %err, "stop signal failed");
             }
-            if c.wait_exited(Duration::from_secs(req.timeout_seconds as u64)).await {
+            if c.wait_exited(Duration::from_secs(req.timeout_seconds as u64))
+                .await
+            {
                 return Ok(());
             }
         }
@@ -629,26 +771,43 @@ impl RuntimeHandler for PodShim {
         if c.wait_exited(Duration::from_secs(10)).await {
             Ok(())
         } else {
-            Err(HandlerError::deadline_exceeded(format!("container {} did not exit 10 s after SIGKILL", c.id)))
+            Err(HandlerError::deadline_exceeded(format!(
+                "container {} did not exit 10 s after SIGKILL",
+                c.id
+            )))
         }
     }
 
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
         self.check_pod(&req.sandbox_id)?;
-        let Some(c) = self.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&req.container_id).cloned()
+        let Some(c) = self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.container_id)
+            .cloned()
         else {
             return Ok(());
         };
         if c.status().is(ContainerState::Running) {
-            return Err(HandlerError::failed_precondition(format!("container {} is still running", c.id)));
+            return Err(HandlerError::failed_precondition(format!(
+                "container {} is still running",
+                c.id
+            )));
         }
         if let Ok(agent) = self.agent().await
             && let Err(err) = agent.remove_container(&c.id, 10).await
         {
-            return Err(agent_err(&format!("container {}: guest agent RemoveContainer", c.id), err));
+            return Err(agent_err(
+                &format!("container {}: guest agent RemoveContainer", c.id),
+                err,
+            ));
         }
         unshare_container(&self.layout().shared_dir(), &c.id);
-        self.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.id);
         Ok(())
     }
 
@@ -660,30 +819,44 @@ impl RuntimeHandler for PodShim {
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         if !c.status().is(ContainerState::Running) {
-            return Err(HandlerError::failed_precondition(format!("container {} is not running", c.id)));
+            return Err(HandlerError::failed_precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
         }
         if req.cmd.is_empty() {
             return Err(HandlerError::invalid_argument("ExecSync needs a command"));
         }
         let agent = self.agent().await?;
-        let n = self.exec_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .exec_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let exec_id = format!("exec-{}-{n}", std::process::id());
-        let mut process = c.spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+        let mut process = c
+            .spec
+            .get("process")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
         process["args"] = serde_json::json!(req.cmd);
         process["terminal"] = serde_json::Value::Bool(false);
         let process = crius_agent_proto::convert::process_from_json(&process);
         agent
             .exec_process(&c.id, &exec_id, process)
             .await
-            .map_err(|err| agent_err(&format!("container {}: guest agent ExecProcess", c.id), err))?;
+            .map_err(|err| {
+                agent_err(&format!("container {}: guest agent ExecProcess", c.id), err)
+            })?;
         let run = async {
             let out = read_all(agent.clone(), c.id.clone(), exec_id.clone(), true);
             let err = read_all(agent.clone(), c.id.clone(), exec_id.clone(), false);
-            let (stdout, stderr, code) = tokio::join!(out, err, agent.wait_process(&c.id, &exec_id));
+            let (stdout, stderr, code) =
+                tokio::join!(out, err, agent.wait_process(&c.id, &exec_id));
             (stdout, stderr, code)
         };
         let result = if req.timeout_seconds > 0 {
-            tokio::time::timeout(Duration::from_secs(req.timeout_seconds as u64), run).await.ok()
+            tokio::time::timeout(Duration::from_secs(req.timeout_seconds as u64), run)
+                .await
+                .ok()
         } else {
             Some(run.await)
         };
@@ -691,18 +864,28 @@ impl RuntimeHandler for PodShim {
             Some((stdout, stderr, code)) => Ok(ExecSyncResponse {
                 stdout,
                 stderr,
-                exit_code: code
-                    .map_err(|err| agent_err(&format!("container {}: guest agent WaitProcess", c.id), err))?,
+                exit_code: code.map_err(|err| {
+                    agent_err(&format!("container {}: guest agent WaitProcess", c.id), err)
+                })?,
                 timed_out: false,
             }),
             None => {
-                let _ = agent.signal_process(&c.id, &exec_id, libc::SIGKILL as u32).await;
-                Ok(ExecSyncResponse { exit_code: -1, timed_out: true, ..Default::default() })
+                let _ = agent
+                    .signal_process(&c.id, &exec_id, libc::SIGKILL as u32)
+                    .await;
+                Ok(ExecSyncResponse {
+                    exit_code: -1,
+                    timed_out: true,
+                    ..Default::default()
+                })
             }
         }
     }
 
-    async fn update_container_resources(&self, req: UpdateContainerResourcesRequest) -> HandlerResult<()> {
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> HandlerResult<()> {
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         let agent = self.agent().await?;
         let linux = req.linux.unwrap_or_default();
@@ -730,16 +913,25 @@ impl RuntimeHandler for PodShim {
             resources["cpu"] = serde_json::Value::Object(cpu);
         }
         agent
-            .update_container(&c.id, crius_agent_proto::convert::resources_from_json(&resources))
+            .update_container(
+                &c.id,
+                crius_agent_proto::convert::resources_from_json(&resources),
+            )
             .await
-            .map_err(|err| agent_err(&format!("container {}: guest agent UpdateContainer", c.id), err))
+            .map_err(|err| {
+                agent_err(
+                    &format!("container {}: guest agent UpdateContainer", c.id),
+                    err,
+                )
+            })
     }
 
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         if let Some(log) = &c.log {
-            log.reopen()
-                .map_err(|err| HandlerError::internal(format!("container {}: reopening its log: {err}", c.id)))?;
+            log.reopen().map_err(|err| {
+                HandlerError::internal(format!("container {}: reopening its log: {err}", c.id))
+            })?;
         }
         Ok(())
     }
@@ -747,12 +939,20 @@ impl RuntimeHandler for PodShim {
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         let agent = self.agent().await?;
-        let stats = agent
-            .stats_container(&c.id)
-            .await
-            .map_err(|err| agent_err(&format!("container {}: guest agent StatsContainer", c.id), err))?;
+        let stats = agent.stats_container(&c.id).await.map_err(|err| {
+            agent_err(
+                &format!("container {}: guest agent StatsContainer", c.id),
+                err,
+            )
+        })?;
         let cgroup = stats.cgroup_stats.into_option().unwrap_or_default();
-        let cpu = cgroup.cpu_stats.into_option().unwrap_or_default().cpu_usage.into_option().unwrap_or_default();
+        let cpu = cgroup
+            .cpu_stats
+            .into_option()
+            .unwrap_or_default()
+            .cpu_usage
+            .into_option()
+            .unwrap_or_default();
         let memory = cgroup.memory_stats.into_option().unwrap_or_default();
         let usage = memory.usage.into_option().unwrap_or_default().usage;
         let inactive = memory.stats.get("inactive_file").copied().unwrap_or(0);
@@ -761,7 +961,12 @@ impl RuntimeHandler for PodShim {
             cpu_usage_core_nanoseconds: cpu.total_usage,
             memory_working_set_bytes: usage.saturating_sub(inactive),
             memory_usage_bytes: usage,
-            memory_rss_bytes: memory.stats.get("anon").or(memory.stats.get("rss")).copied().unwrap_or(0),
+            memory_rss_bytes: memory
+                .stats
+                .get("anon")
+                .or(memory.stats.get("rss"))
+                .copied()
+                .unwrap_or(0),
         })
     }
 }

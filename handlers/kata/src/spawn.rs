@@ -50,10 +50,16 @@ pub struct RealSpawner;
 
 impl ProcessSpawner for RealSpawner {
     fn spawn(&self, spec: &ProcessSpec) -> io::Result<Box<dyn ChildProcess>> {
-        let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)?;
         let netns = match &spec.netns {
             Some(path) => Some(std::fs::File::open(path).map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot open netns {}: {err}", path.display()))
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot open netns {}: {err}", path.display()),
+                )
             })?),
             None => None,
         };
@@ -68,7 +74,14 @@ impl ProcessSpawner for RealSpawner {
         // before the fork; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 if let Some(ns) = &netns {
@@ -80,10 +93,23 @@ impl ProcessSpawner for RealSpawner {
                 Ok(())
             });
         }
-        let child = tokio::process::Command::from(command).kill_on_drop(false).spawn().map_err(|err| {
-            io::Error::new(err.kind(), format!("cannot start {} ({}): {err}", spec.name, spec.program.display()))
-        })?;
-        Ok(Box::new(RealChild { pid: child.id().unwrap_or_default(), child }))
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!(
+                        "cannot start {} ({}): {err}",
+                        spec.name,
+                        spec.program.display()
+                    ),
+                )
+            })?;
+        Ok(Box::new(RealChild {
+            pid: child.id().unwrap_or_default(),
+            child,
+        }))
     }
 }
 
@@ -118,7 +144,10 @@ pub async fn kill_and_reap(child: &mut dyn ChildProcess) {
     if let Err(err) = child.kill() {
         tracing::warn!(pid = child.pid(), error = %err, "kill failed");
     }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(pid = child.pid(), "process did not exit 5 s after SIGKILL");
     }
 }
@@ -177,7 +206,11 @@ mod tests {
             netns: None,
         };
         let err = RealSpawner.spawn(&spec).err().unwrap();
-        assert!(err.to_string().contains("cannot start qemu (/nonexistent/qemu)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot start qemu (/nonexistent/qemu)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

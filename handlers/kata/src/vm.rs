@@ -36,10 +36,17 @@ impl VmLayout {
         let socket_dir = if fits {
             state_dir.to_path_buf()
         } else {
-            let short: String = sandbox_id.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+            let short: String = sandbox_id
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(16)
+                .collect();
             PathBuf::from(SHORT_SOCKET_ROOT).join(short)
         };
-        Self { state_dir: state_dir.to_path_buf(), socket_dir }
+        Self {
+            state_dir: state_dir.to_path_buf(),
+            socket_dir,
+        }
     }
     pub fn vhost_user_vsock(&self) -> PathBuf {
         self.socket_dir.join("vhu-vsock.sock")
@@ -100,7 +107,11 @@ pub enum BootError {
     #[error("cannot prepare the VM: {0}")]
     Prepare(String),
     #[error("{name} exited during VM start ({status}): {log}")]
-    Exited { name: String, status: String, log: String },
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+    },
     #[error("the guest agent did not answer within {timeout:?} (guest console: {console})")]
     Timeout { timeout: Duration, console: String },
 }
@@ -115,7 +126,9 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("qemu_pid", &self.qemu.pid()).finish()
+        f.debug_struct("Vm")
+            .field("qemu_pid", &self.qemu.pid())
+            .finish()
     }
 }
 
@@ -123,11 +136,16 @@ impl Vm {
     /// Starts the helpers and QEMU. On failure everything started is killed.
     pub async fn start(spawner: &dyn ProcessSpawner, params: &VmParams) -> Result<Vm, BootError> {
         let layout = &params.layout;
-        let prepare = |what: &str, err: std::io::Error| BootError::Prepare(format!("{what}: {err}"));
+        let prepare =
+            |what: &str, err: std::io::Error| BootError::Prepare(format!("{what}: {err}"));
         std::fs::create_dir_all(&layout.state_dir).map_err(|e| prepare("state dir", e))?;
         std::fs::create_dir_all(&layout.socket_dir).map_err(|e| prepare("socket dir", e))?;
         std::fs::create_dir_all(layout.shared_dir()).map_err(|e| prepare("shared dir", e))?;
-        for stale in [layout.vhost_user_vsock(), layout.vsock_uds(), layout.virtiofs_socket()] {
+        for stale in [
+            layout.vhost_user_vsock(),
+            layout.vsock_uds(),
+            layout.virtiofs_socket(),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let config = &params.config;
@@ -151,12 +169,19 @@ impl Vm {
                         netns: None,
                     };
                     start_helper(spawner, &spec, &socket, &mut helpers).await?;
-                    VsockDevice::Hybrid { vhost_user_socket: socket }
+                    VsockDevice::Hybrid {
+                        vhost_user_socket: socket,
+                    }
                 }
-                VsockMode::Vhost => VsockDevice::Vhost { guest_cid: config.guest_cid },
+                VsockMode::Vhost => VsockDevice::Vhost {
+                    guest_cid: config.guest_cid,
+                },
             };
             let shared = match config.shared_fs {
-                SharedFs::NineP => SharedDevice::NineP { path: layout.shared_dir(), tag: SHARED_TAG.into() },
+                SharedFs::NineP => SharedDevice::NineP {
+                    path: layout.shared_dir(),
+                    tag: SHARED_TAG.into(),
+                },
                 SharedFs::Virtiofs => {
                     let socket = layout.virtiofs_socket();
                     let mut shared_dir = std::ffi::OsString::from("--shared-dir=");
@@ -166,12 +191,20 @@ impl Vm {
                     let spec = ProcessSpec {
                         name: "virtiofsd".into(),
                         program: config.virtiofsd_path.clone(),
-                        args: vec![socket_arg, shared_dir, "--cache=auto".into(), "--sandbox=none".into()],
+                        args: vec![
+                            socket_arg,
+                            shared_dir,
+                            "--cache=auto".into(),
+                            "--sandbox=none".into(),
+                        ],
                         log: layout.helper_log("virtiofsd"),
                         netns: None,
                     };
                     start_helper(spawner, &spec, &socket, &mut helpers).await?;
-                    SharedDevice::Virtiofs { vhost_user_socket: socket, tag: SHARED_TAG.into() }
+                    SharedDevice::Virtiofs {
+                        vhost_user_socket: socket,
+                        tag: SHARED_TAG.into(),
+                    }
                 }
             };
             let spec = VmSpec {
@@ -183,7 +216,10 @@ impl Vm {
                 memory_mib: params.memory_mib,
                 kernel: config.kernel.clone(),
                 initrd: config.initrd.clone(),
-                kernel_cmdline: kernel_cmdline(&[&config.kernel_params, &params.extra_kernel_params]),
+                kernel_cmdline: kernel_cmdline(&[
+                    &config.kernel_params,
+                    &params.extra_kernel_params,
+                ]),
                 vsock,
                 shared,
                 net: params.net.clone(),
@@ -198,11 +234,18 @@ impl Vm {
                 netns: params.netns.clone(),
             };
             tracing::info!(sandbox = %params.sandbox_id, args = ?qemu_spec.args, "starting QEMU");
-            spawner.spawn(&qemu_spec).map_err(|err| BootError::Prepare(err.to_string()))
+            spawner
+                .spawn(&qemu_spec)
+                .map_err(|err| BootError::Prepare(err.to_string()))
         }
         .await;
         match result {
-            Ok(qemu) => Ok(Vm { layout: layout.clone(), qemu, helpers, started: Instant::now() }),
+            Ok(qemu) => Ok(Vm {
+                layout: layout.clone(),
+                qemu,
+                helpers,
+                started: Instant::now(),
+            }),
             Err(err) => {
                 for (_, helper) in &mut helpers {
                     kill_and_reap(helper.as_mut()).await;
@@ -217,7 +260,9 @@ impl Vm {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.qemu.pid()).chain(self.helpers.iter().map(|(_, h)| h.pid())).collect()
+        std::iter::once(self.qemu.pid())
+            .chain(self.helpers.iter().map(|(_, h)| h.pid()))
+            .collect()
     }
 
     /// Why the VM is gone, if QEMU or a helper exited.
@@ -228,12 +273,20 @@ impl Vm {
             if !console.is_empty() {
                 log = format!("{log} (guest console: {console})");
             }
-            return Some(BootError::Exited { name: "qemu".into(), status: status.to_string(), log });
+            return Some(BootError::Exited {
+                name: "qemu".into(),
+                status: status.to_string(),
+                log,
+            });
         }
         for (name, helper) in &mut self.helpers {
             if let Ok(Some(status)) = helper.try_wait() {
                 let log = log_tail(&self.layout.helper_log(name), 2000);
-                return Some(BootError::Exited { name: name.clone(), status: status.to_string(), log });
+                return Some(BootError::Exited {
+                    name: name.clone(),
+                    status: status.to_string(),
+                    log,
+                });
             }
         }
         None
@@ -241,7 +294,11 @@ impl Vm {
 
     /// Waits until `probe` succeeds (the agent answers), QEMU exits, or
     /// `timeout` passes. Does not stop the VM on failure: the caller does.
-    pub async fn wait_ready<T, F, Fut>(&mut self, timeout: Duration, mut probe: F) -> Result<T, BootError>
+    pub async fn wait_ready<T, F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<T, BootError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
@@ -272,7 +329,11 @@ impl Vm {
         for (_, helper) in &mut self.helpers {
             kill_and_reap(helper.as_mut()).await;
         }
-        for socket in [self.layout.vhost_user_vsock(), self.layout.vsock_uds(), self.layout.virtiofs_socket()] {
+        for socket in [
+            self.layout.vhost_user_vsock(),
+            self.layout.vsock_uds(),
+            self.layout.virtiofs_socket(),
+        ] {
             let _ = std::fs::remove_file(socket);
         }
         let _ = std::fs::remove_file(self.layout.qemu_pidfile());
@@ -286,7 +347,9 @@ async fn start_helper(
     socket: &Path,
     helpers: &mut Vec<(String, Box<dyn ChildProcess>)>,
 ) -> Result<(), BootError> {
-    let mut child = spawner.spawn(spec).map_err(|err| BootError::Prepare(err.to_string()))?;
+    let mut child = spawner
+        .spawn(spec)
+        .map_err(|err| BootError::Prepare(err.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if socket.exists() {
@@ -316,7 +379,9 @@ async fn start_helper(
 /// vhost-device-vsock unix socket (`CONNECT <port>\n` → `OK <n>\n`).
 pub async fn connect_hybrid(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds).await?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     // Byte by byte: whatever follows the newline belongs to the guest.
@@ -353,7 +418,10 @@ mod tests {
         assert_eq!(shallow.socket_dir, Path::new("/run/crius/pods/abc"));
         let deep_dir = PathBuf::from("/tmp/crius-test-xyz/state/pods").join("f".repeat(64));
         let deep = VmLayout::new(&deep_dir, &"0123456789abcdef".repeat(4));
-        assert_eq!(deep.socket_dir, Path::new("/run/crius-kata/0123456789abcdef"));
+        assert_eq!(
+            deep.socket_dir,
+            Path::new("/run/crius-kata/0123456789abcdef")
+        );
         assert!(deep.vsock_uds().as_os_str().len() < SOCKET_PATH_MAX);
     }
 
@@ -385,7 +453,10 @@ mod tests {
             let mut spec = spec.clone();
             if spec.name == "vhost-device-vsock" {
                 let socket = spec.args[3].clone().into_string().unwrap();
-                spec.args = vec!["-c".into(), format!("touch {socket}; exec sleep 100").into()];
+                spec.args = vec![
+                    "-c".into(),
+                    format!("touch {socket}; exec sleep 100").into(),
+                ];
             }
             self.0.spawn(&spec)
         }
@@ -402,10 +473,16 @@ mod tests {
             .wait_ready(Duration::from_secs(5), || async { None::<()> })
             .await
             .unwrap_err();
-        assert!(matches!(err, BootError::Exited { ref name, .. } if name == "qemu"), "{err}");
+        assert!(
+            matches!(err, BootError::Exited { ref name, .. } if name == "qemu"),
+            "{err}"
+        );
         vm.stop().await;
         for pid in pids {
-            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} left behind");
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} left behind"
+            );
         }
         assert!(!params.layout.vhost_user_vsock().exists());
     }
@@ -425,7 +502,9 @@ mod tests {
                 self.0.spawn(&spec)
             }
         }
-        let mut vm = Vm::start(&SleepQemu(FakeHelper(RealSpawner)), &params).await.unwrap();
+        let mut vm = Vm::start(&SleepQemu(FakeHelper(RealSpawner)), &params)
+            .await
+            .unwrap();
         let started = Instant::now();
         let err = vm
             .wait_ready(Duration::from_millis(300), || async { None::<()> })
@@ -436,7 +515,10 @@ mod tests {
         let pids = vm.pids();
         vm.stop().await;
         for pid in pids {
-            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} left behind");
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} left behind"
+            );
         }
     }
 

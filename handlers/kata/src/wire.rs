@@ -30,7 +30,12 @@ pub const METHOD_SHUTDOWN: &str = "Shutdown";
 /// Sends one call and returns the encoded response.
 #[async_trait]
 pub trait ShimTransport: Send + Sync {
-    async fn call(&self, method: &str, request: Vec<u8>, timeout: Duration) -> HandlerResult<Vec<u8>>;
+    async fn call(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> HandlerResult<Vec<u8>>;
 }
 
 /// [`ShimTransport`] over the length-prefixed unix socket protocol.
@@ -41,16 +46,27 @@ pub struct UnixTransport {
 
 #[async_trait]
 impl ShimTransport for UnixTransport {
-    async fn call(&self, method: &str, request: Vec<u8>, timeout: Duration) -> HandlerResult<Vec<u8>> {
+    async fn call(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> HandlerResult<Vec<u8>> {
         let call = async {
             let mut stream = UnixStream::connect(&self.socket).await.map_err(|err| {
                 HandlerError::new(
                     crius_shim_api::ErrorKind::NotReady,
-                    format!("VM shim at {} is not reachable: {err}", self.socket.display()),
+                    format!(
+                        "VM shim at {} is not reachable: {err}",
+                        self.socket.display()
+                    ),
                 )
             })?;
             let io = |err: std::io::Error| {
-                HandlerError::internal(format!("{method} to VM shim {}: {err}", self.socket.display()))
+                HandlerError::internal(format!(
+                    "{method} to VM shim {}: {err}",
+                    self.socket.display()
+                ))
             };
             let mut body = Vec::with_capacity(1 + method.len() + request.len());
             body.push(method.len() as u8);
@@ -61,19 +77,24 @@ impl ShimTransport for UnixTransport {
             match response.split_first() {
                 Some((0, payload)) => Ok(payload.to_vec()),
                 Some((1, payload)) => {
-                    let error = types::Error::decode(payload)
-                        .map_err(|err| HandlerError::internal(format!("bad error from VM shim: {err}")))?;
+                    let error = types::Error::decode(payload).map_err(|err| {
+                        HandlerError::internal(format!("bad error from VM shim: {err}"))
+                    })?;
                     Err(HandlerError::from_wire(error))
                 }
-                _ => Err(HandlerError::internal(format!("malformed {method} response from VM shim"))),
+                _ => Err(HandlerError::internal(format!(
+                    "malformed {method} response from VM shim"
+                ))),
             }
         };
-        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
-            Err(HandlerError::deadline_exceeded(format!(
-                "{method} to VM shim {} took longer than {timeout:?}",
-                self.socket.display()
-            )))
-        })
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(HandlerError::deadline_exceeded(format!(
+                    "{method} to VM shim {} took longer than {timeout:?}",
+                    self.socket.display()
+                )))
+            })
     }
 }
 
@@ -84,7 +105,9 @@ pub async fn call<Req: Message, Resp: Message + Default>(
     request: &Req,
     timeout: Duration,
 ) -> HandlerResult<Resp> {
-    let payload = transport.call(method, request.encode_to_vec(), timeout).await?;
+    let payload = transport
+        .call(method, request.encode_to_vec(), timeout)
+        .await?;
     Resp::decode(payload.as_slice())
         .map_err(|err| HandlerError::internal(format!("bad {method} response from VM shim: {err}")))
 }
@@ -101,7 +124,9 @@ async fn read_frame(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {len} bytes is too large")));
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
@@ -173,22 +198,36 @@ async fn serve_one(
 }
 
 fn decode<T: Message + Default>(method: &str, payload: &[u8]) -> HandlerResult<T> {
-    T::decode(payload).map_err(|err| HandlerError::invalid_argument(format!("bad {method} request: {err}")))
+    T::decode(payload)
+        .map_err(|err| HandlerError::invalid_argument(format!("bad {method} request: {err}")))
 }
 
-async fn dispatch(handler: &dyn RuntimeHandler, method: &str, payload: &[u8]) -> HandlerResult<Vec<u8>> {
+async fn dispatch(
+    handler: &dyn RuntimeHandler,
+    method: &str,
+    payload: &[u8],
+) -> HandlerResult<Vec<u8>> {
     macro_rules! unary {
         ($call:ident) => {
-            handler.$call(decode(method, payload)?).await.map(|resp| resp.encode_to_vec())
+            handler
+                .$call(decode(method, payload)?)
+                .await
+                .map(|resp| resp.encode_to_vec())
         };
     }
     macro_rules! empty {
         ($call:ident) => {
-            handler.$call(decode(method, payload)?).await.map(|()| Empty {}.encode_to_vec())
+            handler
+                .$call(decode(method, payload)?)
+                .await
+                .map(|()| Empty {}.encode_to_vec())
         };
     }
     match method {
-        "CheckReady" => handler.check_ready().await.map(|()| Empty {}.encode_to_vec()),
+        "CheckReady" => handler
+            .check_ready()
+            .await
+            .map(|()| Empty {}.encode_to_vec()),
         METHOD_SHUTDOWN => Ok(Empty {}.encode_to_vec()),
         "RunSandbox" => unary!(run_sandbox),
         "StopSandbox" => empty!(stop_sandbox),
@@ -224,8 +263,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crius_shim_api::types::{Capabilities, ContainerRef, ExecSyncRequest, ExecSyncResponse};
     use crius_shim_api::ErrorKind;
+    use crius_shim_api::types::{Capabilities, ContainerRef, ExecSyncRequest, ExecSyncResponse};
 
     struct Echo;
 
@@ -241,10 +280,17 @@ mod tests {
             Ok(())
         }
         async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
-            Ok(ExecSyncResponse { stdout: req.cmd.join(" ").into_bytes(), exit_code: 3, ..Default::default() })
+            Ok(ExecSyncResponse {
+                stdout: req.cmd.join(" ").into_bytes(),
+                exit_code: 3,
+                ..Default::default()
+            })
         }
         async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
-            Err(HandlerError::not_found(format!("container {} not found", req.container_id)))
+            Err(HandlerError::not_found(format!(
+                "container {} not found",
+                req.container_id
+            )))
         }
     }
 
@@ -258,21 +304,41 @@ mod tests {
         let transport = UnixTransport { socket };
         let timeout = Duration::from_secs(5);
 
-        let req = ExecSyncRequest { cmd: vec!["uname".into(), "-r".into()], ..Default::default() };
+        let req = ExecSyncRequest {
+            cmd: vec!["uname".into(), "-r".into()],
+            ..Default::default()
+        };
         let resp: ExecSyncResponse = call(&transport, "ExecSync", &req, timeout).await.unwrap();
-        assert_eq!((resp.stdout.as_slice(), resp.exit_code), (&b"uname -r"[..], 3));
+        assert_eq!(
+            (resp.stdout.as_slice(), resp.exit_code),
+            (&b"uname -r"[..], 3)
+        );
 
-        let req = ContainerRef { sandbox_id: "p".into(), container_id: "c1".into() };
-        let err = call::<_, Empty>(&transport, "StartContainer", &req, timeout).await.unwrap_err();
+        let req = ContainerRef {
+            sandbox_id: "p".into(),
+            container_id: "c1".into(),
+        };
+        let err = call::<_, Empty>(&transport, "StartContainer", &req, timeout)
+            .await
+            .unwrap_err();
         assert_eq!(err, HandlerError::not_found("container c1 not found"));
 
-        let err = call::<_, Empty>(&transport, "RunSandbox", &Empty {}, timeout).await.unwrap_err();
+        let err = call::<_, Empty>(&transport, "RunSandbox", &Empty {}, timeout)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unimplemented, "{err}");
 
-        let err = call::<_, Empty>(&transport, "Bogus", &Empty {}, timeout).await.unwrap_err();
+        let err = call::<_, Empty>(&transport, "Bogus", &Empty {}, timeout)
+            .await
+            .unwrap_err();
         assert!(err.message.contains("Bogus"), "{err}");
 
-        call::<_, Empty>(&transport, METHOD_SHUTDOWN, &Empty {}, timeout).await.unwrap();
-        tokio::time::timeout(timeout, server).await.expect("server stops").unwrap();
+        call::<_, Empty>(&transport, METHOD_SHUTDOWN, &Empty {}, timeout)
+            .await
+            .unwrap();
+        tokio::time::timeout(timeout, server)
+            .await
+            .expect("server stops")
+            .unwrap();
     }
 }

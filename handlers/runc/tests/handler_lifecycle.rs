@@ -577,7 +577,12 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         ))
         .await
         .unwrap();
-    assert_eq!(out.exit_code, 0, "{:?}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cap = crius_handler_runc::monitor::EXEC_SYNC_LOG_MAX_BYTES as usize;
     assert!(
         !out.stdout.is_empty() && out.stdout.len() <= cap,

@@ -18,7 +18,10 @@ fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.get(key).filter(|x| !x.is_null())
 }
 fn string(v: &Value, key: &str) -> String {
-    get(v, key).and_then(Value::as_str).unwrap_or_default().to_string()
+    get(v, key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 fn boolean(v: &Value, key: &str) -> bool {
     get(v, key).and_then(Value::as_bool).unwrap_or(false)
@@ -35,7 +38,11 @@ fn u32_(v: &Value, key: &str) -> u32 {
 fn strings(v: &Value, key: &str) -> Vec<String> {
     get(v, key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 fn list<T>(v: &Value, key: &str, f: impl Fn(&Value) -> T) -> Vec<T> {
@@ -320,7 +327,8 @@ impl Obj {
     }
     fn arr<T>(mut self, k: &str, v: &[T], f: impl Fn(&T) -> Value) -> Self {
         if !v.is_empty() {
-            self.0.insert(k.into(), Value::Array(v.iter().map(f).collect()));
+            self.0
+                .insert(k.into(), Value::Array(v.iter().map(f).collect()));
         }
         self
     }
@@ -344,9 +352,21 @@ impl Obj {
 /// Converts `grpc.Spec` to an OCI runtime spec (`config.json`).
 pub fn spec_to_json(s: &oci::Spec) -> Value {
     Obj::default()
-        .z("ociVersion", if s.Version.is_empty() { "1.0.2" } else { s.Version.as_str() })
+        .z(
+            "ociVersion",
+            if s.Version.is_empty() {
+                "1.0.2"
+            } else {
+                s.Version.as_str()
+            },
+        )
         .opt("process", &s.Process, process_to_json)
-        .opt("root", &s.Root, |r| Obj::default().z("path", r.Path.as_str()).b("readonly", r.Readonly).done())
+        .opt("root", &s.Root, |r| {
+            Obj::default()
+                .z("path", r.Path.as_str())
+                .b("readonly", r.Readonly)
+                .done()
+        })
         .s("hostname", &s.Hostname)
         .z(
             "mounts",
@@ -390,7 +410,11 @@ pub fn process_to_json(p: &oci::Process) -> Value {
     let user = p.User.as_ref().cloned().unwrap_or_default();
     Obj::default()
         .b("terminal", p.Terminal)
-        .opt("consoleSize", &p.ConsoleSize, |b| json!({"height": b.Height, "width": b.Width}))
+        .opt(
+            "consoleSize",
+            &p.ConsoleSize,
+            |b| json!({"height": b.Height, "width": b.Width}),
+        )
         .z(
             "user",
             Obj::default()
@@ -402,7 +426,14 @@ pub fn process_to_json(p: &oci::Process) -> Value {
         )
         .strs("args", &p.Args)
         .strs("env", &p.Env)
-        .z("cwd", if p.Cwd.is_empty() { "/" } else { p.Cwd.as_str() })
+        .z(
+            "cwd",
+            if p.Cwd.is_empty() {
+                "/"
+            } else {
+                p.Cwd.as_str()
+            },
+        )
         .opt("capabilities", &p.Capabilities, |c| {
             Obj::default()
                 .strs("bounding", &c.Bounding)
@@ -412,7 +443,11 @@ pub fn process_to_json(p: &oci::Process) -> Value {
                 .strs("ambient", &c.Ambient)
                 .done()
         })
-        .arr("rlimits", &p.Rlimits, |r| json!({"type": r.Type, "hard": r.Hard, "soft": r.Soft}))
+        .arr(
+            "rlimits",
+            &p.Rlimits,
+            |r| json!({"type": r.Type, "hard": r.Hard, "soft": r.Soft}),
+        )
         .b("noNewPrivileges", p.NoNewPrivileges)
         .s("apparmorProfile", &p.ApparmorProfile)
         .n("oomScoreAdj", p.OOMScoreAdj)
@@ -431,7 +466,12 @@ fn linux_to_json(l: &oci::Linux) -> Value {
         .map("sysctl", &l.Sysctl)
         .opt("resources", &l.Resources, resources_to_json)
         .s("cgroupsPath", &l.CgroupsPath)
-        .arr("namespaces", &l.Namespaces, |n| Obj::default().z("type", n.Type.as_str()).s("path", &n.Path).done())
+        .arr("namespaces", &l.Namespaces, |n| {
+            Obj::default()
+                .z("type", n.Type.as_str())
+                .s("path", &n.Path)
+                .done()
+        })
         .arr("devices", &l.Devices, |d| {
             Obj::default()
                 .z("path", d.Path.as_str())
@@ -471,7 +511,11 @@ fn linux_to_json(l: &oci::Linux) -> Value {
         .strs("maskedPaths", &l.MaskedPaths)
         .strs("readonlyPaths", &l.ReadonlyPaths)
         .s("mountLabel", &l.MountLabel)
-        .opt("intelRdt", &l.IntelRdt, |r| json!({"l3CacheSchema": r.L3CacheSchema}))
+        .opt(
+            "intelRdt",
+            &l.IntelRdt,
+            |r| json!({"l3CacheSchema": r.L3CacheSchema}),
+        )
         .done()
 }
 
@@ -577,6 +621,11 @@ mod tests {
         assert_eq!(proto.Process.Args, ["uname", "-r"]);
         assert_eq!(proto.Linux.Resources.Devices[0].Major, -1);
         let back = spec_to_json(&proto);
-        assert_eq!(back, spec, "{}", serde_json::to_string_pretty(&back).unwrap_or_default());
+        assert_eq!(
+            back,
+            spec,
+            "{}",
+            serde_json::to_string_pretty(&back).unwrap_or_default()
+        );
     }
 }

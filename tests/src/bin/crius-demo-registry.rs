@@ -8,10 +8,18 @@ use crius_tests::registry::Registry;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let registry = Registry::start().await.context("starting docker-registry")?;
-    push_busybox(&registry, "busybox", "latest", ManifestFormat::Docker, crius_tests::image::Compression::Gzip)
+    let registry = Registry::start()
         .await
-        .context("pushing busybox:latest")?;
+        .context("starting docker-registry")?;
+    push_busybox(
+        &registry,
+        "busybox",
+        "latest",
+        ManifestFormat::Docker,
+        crius_tests::image::Compression::Gzip,
+    )
+    .await
+    .context("pushing busybox:latest")?;
     println!("{}", registry.addr());
     if let Some(path) = std::env::args().nth(1) {
         std::fs::write(&path, registry.addr()).with_context(|| format!("writing {path}"))?;

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crius_agent_proto::agent::{
-    CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, NetworkStats, PidsStats, ThrottlingData,
+    CgroupStats, CpuStats, CpuUsage, MemoryData, MemoryStats, NetworkStats, PidsStats,
+    ThrottlingData,
 };
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -26,7 +27,10 @@ fn flat_keyed(path: PathBuf) -> HashMap<String, u64> {
 }
 
 fn single(path: PathBuf) -> u64 {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads cpu, memory and pids statistics of a container's cgroup.
@@ -68,7 +72,11 @@ pub fn stats(cid: &str) -> CgroupStats {
             ..Default::default()
         })
         .into(),
-        swap_usage: Some(MemoryData { usage: single(cg.join("memory.swap.current")), ..Default::default() }).into(),
+        swap_usage: Some(MemoryData {
+            usage: single(cg.join("memory.swap.current")),
+            ..Default::default()
+        })
+        .into(),
         use_hierarchy: true,
         stats: mem,
         ..Default::default()
@@ -91,7 +99,10 @@ pub fn stats(cid: &str) -> CgroupStats {
 
 /// The number of OOM kills recorded for a container's cgroup.
 pub fn oom_kills(cid: &str) -> u64 {
-    flat_keyed(container_cgroup(cid).join("memory.events")).get("oom_kill").copied().unwrap_or(0)
+    flat_keyed(container_cgroup(cid).join("memory.events"))
+        .get("oom_kill")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Per-interface counters from /proc/net/dev (the VM's network is the pod's).
@@ -106,7 +117,10 @@ pub fn network_stats() -> Vec<NetworkStats> {
             if name == "lo" {
                 return None;
             }
-            let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             (v.len() >= 12).then(|| NetworkStats {
                 name: name.to_string(),
                 rx_bytes: v[0],

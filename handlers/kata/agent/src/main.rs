@@ -64,7 +64,10 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("crius_kata_agent={}", args.log)))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "crius_kata_agent={}",
+            args.log
+        )))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();

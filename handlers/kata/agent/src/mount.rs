@@ -9,7 +9,11 @@ const DRIVERS: &[&str] = &["9p", "virtio-fs", "virtiofs", "tmpfs", "bind", "loca
 
 /// Storage drivers the agent accepts (reported in GetGuestDetails).
 pub fn storage_handlers() -> Vec<String> {
-    DRIVERS.iter().filter(|d| !d.is_empty()).map(|d| d.to_string()).collect()
+    DRIVERS
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| d.to_string())
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +23,12 @@ pub enum MountError {
     #[error("storage mount point {0:?} must be an absolute path")]
     MountPoint(String),
     #[error("mount {src} on {target} ({fstype}): {err}")]
-    Mount { src: String, target: String, fstype: String, err: String },
+    Mount {
+        src: String,
+        target: String,
+        fstype: String,
+        err: String,
+    },
 }
 
 /// Splits mount options into flags and filesystem data.
@@ -74,7 +83,14 @@ pub fn mount_storage(s: &Storage) -> Result<PathBuf, MountError> {
     };
     let fstype_opt = (!fstype.is_empty()).then_some(fstype.as_str());
     let data_opt = (!data.is_empty()).then_some(data.as_str());
-    mount(Some(s.source.as_str()), &target, fstype_opt, flags, data_opt).map_err(|e| err(e.to_string()))?;
+    mount(
+        Some(s.source.as_str()),
+        &target,
+        fstype_opt,
+        flags,
+        data_opt,
+    )
+    .map_err(|e| err(e.to_string()))?;
     tracing::info!(source = %s.source, target = %target.display(), fstype = %fstype, "mounted storage");
     Ok(target)
 }
@@ -87,9 +103,13 @@ pub fn unmount(target: &Path) {
 }
 
 fn is_mountpoint(p: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return false };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
     let want = p.to_string_lossy();
-    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
 }
 
 #[cfg(test)]
@@ -98,7 +118,9 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let opts: Vec<String> = ["ro", "nosuid", "trans=virtio", "version=9p2000.L"].map(String::from).to_vec();
+        let opts: Vec<String> = ["ro", "nosuid", "trans=virtio", "version=9p2000.L"]
+            .map(String::from)
+            .to_vec();
         let (flags, data) = parse_options(&opts);
         assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert_eq!(data, "trans=virtio,version=9p2000.L");
@@ -106,7 +128,11 @@ mod tests {
 
     #[test]
     fn unknown_driver_is_refused() {
-        let s = Storage { driver: "blk".into(), mount_point: "/x".into(), ..Default::default() };
+        let s = Storage {
+            driver: "blk".into(),
+            mount_point: "/x".into(),
+            ..Default::default()
+        };
         assert!(matches!(mount_storage(&s), Err(MountError::Driver(_))));
     }
 }

@@ -18,9 +18,15 @@ async fn ip(reaper: &Reaper, args: &[&str]) -> Result<(), NetError> {
     cmd.args(args);
     let (code, output) = crate::reaper::output(reaper, cmd)
         .await
-        .map_err(|e| NetError::Ip { args: args.join(" "), output: e.to_string() })?;
+        .map_err(|e| NetError::Ip {
+            args: args.join(" "),
+            output: e.to_string(),
+        })?;
     if code != 0 {
-        return Err(NetError::Ip { args: args.join(" "), output: output.trim().to_string() });
+        return Err(NetError::Ip {
+            args: args.join(" "),
+            output: output.trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -44,8 +50,10 @@ fn find_link(iface: &Interface) -> Option<String> {
 
 /// Applies name, MTU and addresses, and brings the link up.
 pub async fn update_interface(reaper: &Reaper, iface: &Interface) -> Result<Interface, NetError> {
-    let link = find_link(iface)
-        .ok_or_else(|| NetError::NoSuchInterface { name: iface.name.clone(), mac: iface.hwAddr.clone() })?;
+    let link = find_link(iface).ok_or_else(|| NetError::NoSuchInterface {
+        name: iface.name.clone(),
+        mac: iface.hwAddr.clone(),
+    })?;
     let mut dev = link.clone();
     if !iface.name.is_empty() && iface.name != link {
         ip(reaper, &["link", "set", "dev", &link, "down"]).await?;
@@ -53,12 +61,24 @@ pub async fn update_interface(reaper: &Reaper, iface: &Interface) -> Result<Inte
         dev = iface.name.clone();
     }
     if iface.mtu > 0 {
-        ip(reaper, &["link", "set", "dev", &dev, "mtu", &iface.mtu.to_string()]).await?;
+        ip(
+            reaper,
+            &["link", "set", "dev", &dev, "mtu", &iface.mtu.to_string()],
+        )
+        .await?;
     }
     ip(reaper, &["addr", "flush", "dev", &dev]).await?;
     for a in &iface.IPAddresses {
-        let cidr = if a.mask.is_empty() { a.address.clone() } else { format!("{}/{}", a.address, a.mask) };
-        let fam = if a.family.enum_value_or_default() == IPFamily::v6 { "-6" } else { "-4" };
+        let cidr = if a.mask.is_empty() {
+            a.address.clone()
+        } else {
+            format!("{}/{}", a.address, a.mask)
+        };
+        let fam = if a.family.enum_value_or_default() == IPFamily::v6 {
+            "-6"
+        } else {
+            "-4"
+        };
         ip(reaper, &[fam, "addr", "add", &cidr, "dev", &dev]).await?;
     }
     ip(reaper, &["link", "set", "dev", &dev, "up"]).await?;
@@ -73,8 +93,16 @@ pub async fn update_routes(reaper: &Reaper, routes: &[Route]) -> Result<Vec<Rout
     let mut ordered: Vec<&Route> = routes.iter().filter(|r| r.gateway.is_empty()).collect();
     ordered.extend(routes.iter().filter(|r| !r.gateway.is_empty()));
     for r in ordered {
-        let fam = if r.family.enum_value_or_default() == IPFamily::v6 { "-6" } else { "-4" };
-        let dest = if r.dest.is_empty() { "default" } else { r.dest.as_str() };
+        let fam = if r.family.enum_value_or_default() == IPFamily::v6 {
+            "-6"
+        } else {
+            "-4"
+        };
+        let dest = if r.dest.is_empty() {
+            "default"
+        } else {
+            r.dest.as_str()
+        };
         let mut args = vec![fam, "route", "replace", dest];
         if !r.gateway.is_empty() {
             args.extend(["via", r.gateway.as_str()]);

@@ -82,7 +82,9 @@ impl Reaper {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.deliver(pid.as_raw(), code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.deliver(pid.as_raw(), 128 + sig as i32),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.deliver(pid.as_raw(), 128 + sig as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             }
@@ -136,7 +138,9 @@ pub async fn output(reaper: &Reaper, mut cmd: Command) -> std::io::Result<(ExitC
     use std::io::Read;
     use std::process::Stdio;
     let (rd, wr) = crate::stdio::pipe()?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(wr.try_clone()?)).stderr(Stdio::from(wr));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(wr.try_clone()?))
+        .stderr(Stdio::from(wr));
     let (_pid, exit) = reaper.spawn(&mut cmd)?;
     // Our copies of the write end live in `cmd`; drop them so EOF arrives.
     drop(cmd);
@@ -166,7 +170,8 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let (pid, exit) = reaper.spawn(&mut cmd).expect("spawn");
-        nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill");
         assert_eq!(wait(exit).await, 137);
 
         let mut cmd = Command::new("sh");
@@ -182,7 +187,10 @@ mod tests {
         // Reap until the exit is recorded as unclaimed, then register.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !reaper.lock().unclaimed.contains_key(&(pid as i32)) {
-            assert!(std::time::Instant::now() < deadline, "child {pid} never reaped");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never reaped"
+            );
             reaper.reap_all();
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -11,9 +11,18 @@ pub enum RuncError {
     #[error("spawn {bin}: {source}")]
     Spawn { bin: String, source: std::io::Error },
     #[error("{bin} {cmd} failed (exit {code}): {output}")]
-    Failed { bin: String, cmd: String, code: i32, output: String },
+    Failed {
+        bin: String,
+        cmd: String,
+        code: i32,
+        output: String,
+    },
     #[error("{bin} {cmd}: console socket: {reason}")]
-    Console { bin: String, cmd: String, reason: String },
+    Console {
+        bin: String,
+        cmd: String,
+        reason: String,
+    },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -21,7 +30,11 @@ pub enum RuncError {
 /// Stdio handed to a container process.
 pub enum ProcStdio {
     /// Pipes: (stdin read end, stdout write end, stderr write end).
-    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
     /// A pty; runc sends the master over this console socket path (the
     /// caller puts `--console-socket PATH` in the arguments).
     Tty { console_socket: PathBuf },
@@ -53,7 +66,12 @@ impl Runc {
         let mut cmd = self.command(None);
         cmd.args(args);
         let (code, output) =
-            reaper::output(&self.reaper, cmd).await.map_err(|source| RuncError::Spawn { bin: self.name(), source })?;
+            reaper::output(&self.reaper, cmd)
+                .await
+                .map_err(|source| RuncError::Spawn {
+                    bin: self.name(),
+                    source,
+                })?;
         if code != 0 {
             return Err(RuncError::Failed {
                 bin: self.name(),
@@ -68,7 +86,12 @@ impl Runc {
     /// `runc create` or `runc exec -d`: starts a process with the given stdio
     /// and returns the pty master when `stdio` is a tty. Errors come from the
     /// `--log` file since runc's own stderr is the container's.
-    pub async fn spawn_detached(&self, args: &[String], stdio: ProcStdio, log: &Path) -> Result<Option<OwnedFd>, RuncError> {
+    pub async fn spawn_detached(
+        &self,
+        args: &[String],
+        stdio: ProcStdio,
+        log: &Path,
+    ) -> Result<Option<OwnedFd>, RuncError> {
         let cmd_name = args.first().cloned().unwrap_or_default();
         let _ = std::fs::remove_file(log);
         let mut console_listener = None;
@@ -76,19 +99,35 @@ impl Runc {
             let mut cmd = self.command(Some(log));
             cmd.args(args);
             match stdio {
-                ProcStdio::Pipes { stdin, stdout, stderr } => {
-                    cmd.stdin(Stdio::from(stdin)).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+                ProcStdio::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                } => {
+                    cmd.stdin(Stdio::from(stdin))
+                        .stdout(Stdio::from(stdout))
+                        .stderr(Stdio::from(stderr));
                 }
                 ProcStdio::Tty { console_socket } => {
                     let _ = std::fs::remove_file(&console_socket);
                     let l = std::os::unix::net::UnixListener::bind(&console_socket)?;
                     l.set_nonblocking(true)?;
-                    console_listener = Some((tokio::net::UnixListener::from_std(l)?, console_socket.clone()));
-                    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+                    console_listener = Some((
+                        tokio::net::UnixListener::from_std(l)?,
+                        console_socket.clone(),
+                    ));
+                    cmd.stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null());
                 }
             }
-            let (_pid, exit) =
-                self.reaper.spawn(&mut cmd).map_err(|source| RuncError::Spawn { bin: self.name(), source })?;
+            let (_pid, exit) = self
+                .reaper
+                .spawn(&mut cmd)
+                .map_err(|source| RuncError::Spawn {
+                    bin: self.name(),
+                    source,
+                })?;
             exit
         };
         let failed = |code: i32| RuncError::Failed {
@@ -145,7 +184,11 @@ fn read_runc_log(log: &Path) -> String {
         .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
         .filter_map(|v| v["msg"].as_str().map(str::to_string))
         .collect();
-    if msgs.is_empty() { text.trim().chars().take(2000).collect() } else { msgs.join("; ") }
+    if msgs.is_empty() {
+        text.trim().chars().take(2000).collect()
+    } else {
+        msgs.join("; ")
+    }
 }
 
 /// Receives one fd sent with SCM_RIGHTS (runc's console socket protocol).
@@ -155,8 +198,13 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| format!("recvmsg: {e}"))?;
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("recvmsg: {e}"))?;
     for cmsg in msg.cmsgs().map_err(|e| format!("cmsgs: {e}"))? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg
             && let Some(&fd) = fds.first()
@@ -166,5 +214,8 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
-    Err(format!("no fd received ({} bytes, flags {:?})", msg.bytes, msg.flags))
+    Err(format!(
+        "no fd received ({} bytes, flags {:?})",
+        msg.bytes, msg.flags
+    ))
 }

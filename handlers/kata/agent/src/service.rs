@@ -10,7 +10,9 @@ use std::time::Duration;
 use crius_agent_proto::agent::{self, *};
 use crius_agent_proto::agent_ttrpc::AgentService;
 use crius_agent_proto::convert;
-use crius_agent_proto::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response};
+use crius_agent_proto::health::{
+    CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response,
+};
 use crius_agent_proto::health_ttrpc::Health;
 use crius_agent_proto::types;
 use protobuf::well_known_types::empty::Empty;
@@ -91,9 +93,11 @@ impl Agent {
     }
 
     fn process(&self, cid: &str, exec_id: &str) -> Result<Arc<Process>> {
-        self.container(cid)?
-            .process(exec_id)
-            .ok_or_else(|| Error::NotFound(format!("process {exec_id:?} of container {cid:?} not found")))
+        self.container(cid)?.process(exec_id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "process {exec_id:?} of container {cid:?} not found"
+            ))
+        })
     }
 
     /// Polls every container's cgroup for new OOM kills.
@@ -130,7 +134,13 @@ impl Agent {
         let (stdio, stdin_w, stderr) = if terminal {
             let sock = dir.join(format!("{name}.console.sock"));
             args.extend(["--console-socket".into(), sock.display().to_string()]);
-            (ProcStdio::Tty { console_socket: sock }, None, OutBuf::closed())
+            (
+                ProcStdio::Tty {
+                    console_socket: sock,
+                },
+                None,
+                OutBuf::closed(),
+            )
         } else {
             let (in_r, in_w) = stdio::pipe().map_err(internal)?;
             let (out_r, out_w) = stdio::pipe().map_err(internal)?;
@@ -138,10 +148,22 @@ impl Agent {
             stdout.spawn_pump(out_r);
             let stderr = OutBuf::default();
             stderr.spawn_pump(err_r);
-            (ProcStdio::Pipes { stdin: in_r, stdout: out_w, stderr: err_w }, Some(in_w), stderr)
+            (
+                ProcStdio::Pipes {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+                Some(in_w),
+                stderr,
+            )
         };
         args.push(cid.into());
-        let master = self.runc.spawn_detached(&args, stdio, &log).await.map_err(internal)?;
+        let master = self
+            .runc
+            .spawn_detached(&args, stdio, &log)
+            .await
+            .map_err(internal)?;
         let pid: u32 = std::fs::read_to_string(&pid_file)
             .map_err(|e| internal(format!("read {}: {e}", pid_file.display())))?
             .trim()
@@ -157,19 +179,32 @@ impl Agent {
             }
             None => (Stdin::new(stdin_w), None),
         };
-        Ok(Process { pid, exit, stdin, stdout, stderr, tty })
+        Ok(Process {
+            pid,
+            exit,
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        })
     }
 
     async fn do_create_container(&self, req: CreateContainerRequest) -> Result<()> {
         let cid = req.container_id.clone();
         if cid.is_empty() || cid.contains('/') || cid.starts_with('.') {
-            return Err(Error::InvalidArgument(format!("invalid container id {cid:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid container id {cid:?}"
+            )));
         }
         if self.table().contains_key(&cid) {
-            return Err(Error::AlreadyExists(format!("container {cid:?} already exists")));
+            return Err(Error::AlreadyExists(format!(
+                "container {cid:?} already exists"
+            )));
         }
         let Some(oci) = req.OCI.as_ref() else {
-            return Err(Error::InvalidArgument("CreateContainer without an OCI spec".into()));
+            return Err(Error::InvalidArgument(
+                "CreateContainer without an OCI spec".into(),
+            ));
         };
         let bundle = bundle_dir(&cid);
         std::fs::create_dir_all(&bundle).map_err(internal)?;
@@ -222,23 +257,44 @@ impl Agent {
         let c = self.container(&req.container_id)?;
         let exec_id = req.exec_id.clone();
         if exec_id.is_empty() || exec_id == c.id || exec_id.contains('/') {
-            return Err(Error::InvalidArgument(format!("invalid exec id {exec_id:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid exec id {exec_id:?}"
+            )));
         }
         if c.process(&exec_id).is_some() {
-            return Err(Error::AlreadyExists(format!("exec {exec_id:?} already exists")));
+            return Err(Error::AlreadyExists(format!(
+                "exec {exec_id:?} already exists"
+            )));
         }
         let Some(process) = req.process.as_ref() else {
-            return Err(Error::InvalidArgument("ExecProcess without a process".into()));
+            return Err(Error::InvalidArgument(
+                "ExecProcess without a process".into(),
+            ));
         };
         let json = convert::process_to_json(process);
         let process_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        std::fs::write(&process_file, serde_json::to_vec(&json).map_err(internal)?).map_err(internal)?;
-        let args = vec!["exec".into(), "-d".into(), "--process".into(), process_file.display().to_string()];
+        std::fs::write(&process_file, serde_json::to_vec(&json).map_err(internal)?)
+            .map_err(internal)?;
+        let args = vec![
+            "exec".into(),
+            "-d".into(),
+            "--process".into(),
+            process_file.display().to_string(),
+        ];
         let p = self
-            .spawn_process(args, &c.id, &c.bundle, &format!("exec-{exec_id}"), process.Terminal)
+            .spawn_process(
+                args,
+                &c.id,
+                &c.bundle,
+                &format!("exec-{exec_id}"),
+                process.Terminal,
+            )
             .await?;
         tracing::info!(container = %c.id, exec = %exec_id, pid = p.pid, "exec started");
-        c.execs.lock().unwrap_or_else(|e| e.into_inner()).insert(exec_id, Arc::new(p));
+        c.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(exec_id, Arc::new(p));
         Ok(())
     }
 
@@ -247,11 +303,19 @@ impl Agent {
         if c.init.exited().is_none() {
             let _ = self.runc.run(&["kill", "--all", cid, "KILL"]).await;
             let limit = Duration::from_secs(if timeout == 0 { 10 } else { timeout as u64 });
-            if tokio::time::timeout(limit, reaper::wait(c.init.exit.clone())).await.is_err() {
-                return Err(Error::Internal(format!("container {cid} did not die within {limit:?} of SIGKILL")));
+            if tokio::time::timeout(limit, reaper::wait(c.init.exit.clone()))
+                .await
+                .is_err()
+            {
+                return Err(Error::Internal(format!(
+                    "container {cid} did not die within {limit:?} of SIGKILL"
+                )));
             }
         }
-        self.runc.run(&["delete", "--force", cid]).await.map_err(internal)?;
+        self.runc
+            .run(&["delete", "--force", cid])
+            .await
+            .map_err(internal)?;
         for m in c.mounts.iter().rev() {
             mount::unmount(m);
         }
@@ -266,7 +330,9 @@ impl Agent {
         if let Some(id) = &sb.id
             && *id != req.sandbox_id
         {
-            return Err(Error::AlreadyExists(format!("the guest already runs sandbox {id:?}")));
+            return Err(Error::AlreadyExists(format!(
+                "the guest already runs sandbox {id:?}"
+            )));
         }
         if !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(internal)?;
@@ -281,7 +347,11 @@ impl Agent {
             cmd.arg(&m.name).args(&m.parameters);
             let (code, out) = reaper::output(&self.reaper, cmd).await.map_err(internal)?;
             if code != 0 {
-                return Err(Error::Internal(format!("modprobe {}: {}", m.name, out.trim())));
+                return Err(Error::Internal(format!(
+                    "modprobe {}: {}",
+                    m.name,
+                    out.trim()
+                )));
             }
         }
         for s in &req.storages {
@@ -326,71 +396,129 @@ pub struct Service(pub Arc<Agent>);
 
 #[async_trait::async_trait]
 impl AgentService for Service {
-    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         empty(self.0.do_create_container(req).await)
     }
 
-    async fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<Empty> {
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let a = &self.0;
-        empty(async {
-            a.container(&req.container_id)?;
-            a.runc.run(&["start", &req.container_id]).await.map_err(internal)?;
-            tracing::info!(container = %req.container_id, "container started");
-            Ok(())
-        }
-        .await)
+        empty(
+            async {
+                a.container(&req.container_id)?;
+                a.runc
+                    .run(&["start", &req.container_id])
+                    .await
+                    .map_err(internal)?;
+                tracing::info!(container = %req.container_id, "container started");
+                Ok(())
+            }
+            .await,
+        )
     }
 
-    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         empty(self.0.do_remove(&req.container_id, req.timeout).await)
     }
 
-    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         empty(self.0.do_exec(req).await)
     }
 
-    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         let a = &self.0;
-        empty(async {
-            let c = a.container(&req.container_id)?;
-            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-                .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
-            if req.exec_id.is_empty() {
-                let n = req.signal.to_string();
-                a.runc.run(&["kill", "--all", &c.id, &n]).await.map_err(internal)?;
-                return Ok(());
+        empty(
+            async {
+                let c = a.container(&req.container_id)?;
+                let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+                    Error::InvalidArgument(format!("invalid signal {}", req.signal))
+                })?;
+                if req.exec_id.is_empty() {
+                    let n = req.signal.to_string();
+                    a.runc
+                        .run(&["kill", "--all", &c.id, &n])
+                        .await
+                        .map_err(internal)?;
+                    return Ok(());
+                }
+                let p = a.process(&req.container_id, &req.exec_id)?;
+                if p.exited().is_some() {
+                    return Err(Error::NotFound(format!(
+                        "process {} has exited",
+                        req.exec_id
+                    )));
+                }
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), sig)
+                    .map_err(internal)
             }
-            let p = a.process(&req.container_id, &req.exec_id)?;
-            if p.exited().is_some() {
-                return Err(Error::NotFound(format!("process {} has exited", req.exec_id)));
-            }
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), sig).map_err(internal)
-        }
-        .await)
+            .await,
+        )
     }
 
-    async fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
         let status = reaper::wait(p.exit.clone()).await;
-        Ok(WaitProcessResponse { status, ..Default::default() })
+        Ok(WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
     }
 
-    async fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let a = &self.0;
-        empty(async {
-            let c = a.container(&req.container_id)?;
-            let res = req.resources.as_ref().cloned().unwrap_or_default();
-            let file = c.bundle.join("update.json");
-            std::fs::write(&file, serde_json::to_vec(&convert::resources_to_json(&res)).map_err(internal)?)
+        empty(
+            async {
+                let c = a.container(&req.container_id)?;
+                let res = req.resources.as_ref().cloned().unwrap_or_default();
+                let file = c.bundle.join("update.json");
+                std::fs::write(
+                    &file,
+                    serde_json::to_vec(&convert::resources_to_json(&res)).map_err(internal)?,
+                )
                 .map_err(internal)?;
-            let f = file.display().to_string();
-            a.runc.run(&["update", "--resources", &f, &c.id]).await.map_err(internal)?;
-            Ok(())
-        }
-        .await)
+                let f = file.display().to_string();
+                a.runc
+                    .run(&["update", "--resources", &f, &c.id])
+                    .await
+                    .map_err(internal)?;
+                Ok(())
+            }
+            .await,
+        )
     }
 
-    async fn stats_container(&self, _: &TtrpcContext, req: StatsContainerRequest) -> ttrpc::Result<StatsContainerResponse> {
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
         let c = self.0.container(&req.container_id)?;
         Ok(StatsContainerResponse {
             cgroup_stats: Some(cgroup::stats(&c.id)).into(),
@@ -399,38 +527,79 @@ impl AgentService for Service {
         })
     }
 
-    async fn pause_container(&self, _: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let a = &self.0;
-        empty(async {
-            a.container(&req.container_id)?;
-            a.runc.run(&["pause", &req.container_id]).await.map(drop).map_err(internal)
-        }
-        .await)
+        empty(
+            async {
+                a.container(&req.container_id)?;
+                a.runc
+                    .run(&["pause", &req.container_id])
+                    .await
+                    .map(drop)
+                    .map_err(internal)
+            }
+            .await,
+        )
     }
 
-    async fn resume_container(&self, _: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let a = &self.0;
-        empty(async {
-            a.container(&req.container_id)?;
-            a.runc.run(&["resume", &req.container_id]).await.map(drop).map_err(internal)
-        }
-        .await)
+        empty(
+            async {
+                a.container(&req.container_id)?;
+                a.runc
+                    .run(&["resume", &req.container_id])
+                    .await
+                    .map(drop)
+                    .map_err(internal)
+            }
+            .await,
+        )
     }
 
-    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
         let n = p.stdin.write(req.data).await.map_err(internal)?;
-        Ok(WriteStreamResponse { len: n as u32, ..Default::default() })
+        Ok(WriteStreamResponse {
+            len: n as u32,
+            ..Default::default()
+        })
     }
 
-    async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
-        Ok(ReadStreamResponse { data: p.stdout.read(req.len as usize).await, ..Default::default() })
+        Ok(ReadStreamResponse {
+            data: p.stdout.read(req.len as usize).await,
+            ..Default::default()
+        })
     }
 
-    async fn read_stderr(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
-        Ok(ReadStreamResponse { data: p.stderr.read(req.len as usize).await, ..Default::default() })
+        Ok(ReadStreamResponse {
+            data: p.stderr.read(req.len as usize).await,
+            ..Default::default()
+        })
     }
 
     async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
@@ -438,38 +607,72 @@ impl AgentService for Service {
         empty(p.stdin.close(p.tty.is_some()).await.map_err(internal))
     }
 
-    async fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
-        let master: &OwnedFd = p
-            .tty
-            .as_ref()
-            .ok_or_else(|| Error::FailedPrecondition(format!("process {:?} has no terminal", req.exec_id)))?;
+        let master: &OwnedFd = p.tty.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!("process {:?} has no terminal", req.exec_id))
+        })?;
         empty(stdio::resize_pty(master, req.row as u16, req.column as u16).map_err(internal))
     }
 
-    async fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<types::Interface> {
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<types::Interface> {
         let iface = req
             .interface
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("UpdateInterface without an interface".into()))?;
-        Ok(network::update_interface(&self.0.reaper, iface).await.map_err(internal)?)
+        Ok(network::update_interface(&self.0.reaper, iface)
+            .await
+            .map_err(internal)?)
     }
 
-    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
-        let routes = req.routes.as_ref().map(|r| r.Routes.clone()).unwrap_or_default();
-        let applied = network::update_routes(&self.0.reaper, &routes).await.map_err(internal)?;
-        Ok(Routes { Routes: applied, ..Default::default() })
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
+        let routes = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.clone())
+            .unwrap_or_default();
+        let applied = network::update_routes(&self.0.reaper, &routes)
+            .await
+            .map_err(internal)?;
+        Ok(Routes {
+            Routes: applied,
+            ..Default::default()
+        })
     }
 
-    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         empty(self.0.do_create_sandbox(req).await)
     }
 
-    async fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         empty(self.0.do_destroy_sandbox().await)
     }
 
-    async fn get_guest_details(&self, _: &TtrpcContext, req: GuestDetailsRequest) -> ttrpc::Result<GuestDetailsResponse> {
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
         let block = if req.mem_block_size {
             std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
                 .ok()
@@ -480,7 +683,8 @@ impl AgentService for Service {
         };
         Ok(GuestDetailsResponse {
             mem_block_size_bytes: block,
-            support_mem_hotplug_probe: req.mem_hotplug_probe && Path::new("/sys/devices/system/memory/probe").exists(),
+            support_mem_hotplug_probe: req.mem_hotplug_probe
+                && Path::new("/sys/devices/system/memory/probe").exists(),
             agent_details: Some(agent::AgentDetails {
                 version: env!("CARGO_PKG_VERSION").into(),
                 init_daemon: std::process::id() == 1,
@@ -493,10 +697,17 @@ impl AgentService for Service {
         })
     }
 
-    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
         let mut rx = self.0.oom_rx.lock().await;
         match rx.recv().await {
-            Some(cid) => Ok(OOMEvent { container_id: cid, ..Default::default() }),
+            Some(cid) => Ok(OOMEvent {
+                container_id: cid,
+                ..Default::default()
+            }),
             None => Err(Error::Internal("OOM watcher stopped".into()).into()),
         }
     }
@@ -511,7 +722,11 @@ impl Health for Service {
         })
     }
 
-    async fn version(&self, _: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<VersionCheckResponse> {
+    async fn version(
+        &self,
+        _: &TtrpcContext,
+        _: CheckRequest,
+    ) -> ttrpc::Result<VersionCheckResponse> {
         Ok(VersionCheckResponse {
             grpc_version: "ttrpc".into(),
             agent_version: format!("crius-kata-agent {}", env!("CARGO_PKG_VERSION")),
@@ -527,4 +742,3 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, ttrpc::asynchronous::Servi
     all.extend(crius_agent_proto::health_ttrpc::create_health(svc));
     all
 }
-

@@ -8,9 +8,16 @@ pub const SHARED_DIR: &str = "/run/crius/shared";
 /// Rewrites `spec` (config.json as JSON) for container `cid`:
 /// rootfs path, namespaces, cgroup path, hooks.
 pub fn adapt(spec: &mut Value, cid: &str, sandbox_pidns: bool) {
-    let root = spec["root"]["path"].as_str().unwrap_or_default().to_string();
+    let root = spec["root"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !root.starts_with('/') {
-        let rel = if root.is_empty() { "rootfs" } else { root.as_str() };
+        let rel = if root.is_empty() {
+            "rootfs"
+        } else {
+            root.as_str()
+        };
         spec["root"]["path"] = Value::from(format!("{SHARED_DIR}/{cid}/{rel}"));
     }
     if let Some(obj) = spec.as_object_mut() {

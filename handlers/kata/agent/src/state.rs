@@ -43,7 +43,11 @@ impl Container {
         if exec_id.is_empty() || exec_id == self.id {
             return Some(self.init.clone());
         }
-        self.execs.lock().unwrap_or_else(|e| e.into_inner()).get(exec_id).cloned()
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
     }
 }
 

@@ -57,7 +57,8 @@ impl OutBuf {
         set_nonblocking(&fd)?;
         // SAFETY: an `OwnedFd` stays open and keeps returning the same raw
         // fd for as long as the `AsyncFd` owns it.
-        let afd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let afd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut chunk = vec![0u8; 32 * 1024];
         loop {
             loop {
@@ -124,14 +125,19 @@ pub struct Stdin {
 
 impl Stdin {
     pub fn new(fd: Option<OwnedFd>) -> Self {
-        Stdin { file: tokio::sync::Mutex::new(fd.map(File::from)) }
+        Stdin {
+            file: tokio::sync::Mutex::new(fd.map(File::from)),
+        }
     }
 
     /// Writes all of `data` (blocking writes run off the async threads).
     pub async fn write(&self, data: Vec<u8>) -> std::io::Result<usize> {
         let guard = self.file.lock().await;
         let Some(file) = guard.as_ref() else {
-            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdin is closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdin is closed",
+            ));
         };
         let file = file.try_clone()?;
         let len = data.len();
@@ -162,7 +168,12 @@ impl Stdin {
 
 /// Sets the window size of a pty master.
 pub fn resize_pty(master: &OwnedFd, rows: u16, cols: u16) -> std::io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer, which is valid for
     // the duration of the call; the fd is owned and open.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };

@@ -38,9 +38,17 @@ fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["qemu-system-x86_64", "vhost-device-vsock", "cpio", "gzip", "xz"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "vhost-device-vsock",
+        "cpio",
+        "gzip",
+        "xz",
+    ] {
         if which(tool).is_none() {
-            return Some(format!("{tool} not found (scripts/setup --with-kata installs it)"));
+            return Some(format!(
+                "{tool} not found (scripts/setup --with-kata installs it)"
+            ));
         }
     }
     for file in ["/bin/busybox", "/usr/sbin/runc"] {
@@ -60,7 +68,10 @@ struct Guard {
 impl Guard {
     fn spawn(name: &'static str, cmd: &mut Command) -> Guard {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Guard { name, child: Some(child) }
+        Guard {
+            name,
+            child: Some(child),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -68,12 +79,16 @@ impl Guard {
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Kills, reaps and returns whether the process is gone.
     fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
         let _ = c.kill();
         let _ = c.wait();
         !Path::new(&format!("/proc/{}", c.id())).exists()
@@ -98,7 +113,10 @@ fn build_guest(out: &Path) -> String {
         .status()
         .expect("run build-guest.sh");
     assert!(status.success(), "build-guest.sh failed: {status}");
-    std::fs::read_to_string(out.join("kernel-release")).expect("kernel-release").trim().to_string()
+    std::fs::read_to_string(out.join("kernel-release"))
+        .expect("kernel-release")
+        .trim()
+        .to_string()
 }
 
 /// A busybox-static rootfs for container `cid` under the pod share.
@@ -108,8 +126,11 @@ fn make_rootfs(shared: &Path, cid: &str) {
         std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "uname", "cat", "echo", "dd", "sleep", "head", "ip", "tty", "stty"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink applet");
+    for applet in [
+        "sh", "uname", "cat", "echo", "dd", "sleep", "head", "ip", "tty", "stty",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .expect("symlink applet");
     }
 }
 
@@ -211,7 +232,11 @@ async fn guest_agent_runs_containers_in_the_vm() {
     );
     let t0 = Instant::now();
     while !vhu.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "vhost-device-vsock did not create {}", vhu.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "vhost-device-vsock did not create {}",
+            vhu.display()
+        );
         assert!(vdv.exited().is_none(), "vhost-device-vsock exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -220,20 +245,50 @@ async fn guest_agent_runs_containers_in_the_vm() {
     let mut qemu = Guard::spawn(
         "qemu",
         Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512", "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "max",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+            ])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
+            .args([
+                "-object",
+                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-numa",
+                "node,memdev=mem",
+            ])
             .arg("-chardev")
             .arg(format!("socket,id=vhu,path={}", vhu.display()))
             .args(["-device", "vhost-user-vsock-pci,chardev=vhu"])
             .arg("-fsdev")
-            .arg(format!("local,id=crius,path={},security_model=none,multidevs=remap", shared.display()))
+            .arg(format!(
+                "local,id=crius,path={},security_model=none,multidevs=remap",
+                shared.display()
+            ))
             .args(["-device", "virtio-9p-pci,fsdev=crius,mount_tag=crius"])
             // A NIC on a hub with no other port: the guest sees a link that
             // reaches nothing.
-            .args(["-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:c1:05:01"])
+            .args([
+                "-netdev",
+                "hubport,id=n0,hubid=0",
+                "-device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:c1:05:01",
+            ])
             .arg("-kernel")
             .arg(cache.join("vmlinux"))
             .arg("-initrd")
@@ -242,7 +297,10 @@ async fn guest_agent_runs_containers_in_the_vm() {
             .stdout(Stdio::null()),
     );
 
-    let addr = AgentAddr::Hybrid { uds: vsock.clone(), port: agent_client::AGENT_VSOCK_PORT };
+    let addr = AgentAddr::Hybrid {
+        uds: vsock.clone(),
+        port: agent_client::AGENT_VSOCK_PORT,
+    };
     let agent = match AgentClient::wait_ready(&addr, Duration::from_secs(90)).await {
         Ok(a) => a,
         Err(e) => panic!(
@@ -251,16 +309,26 @@ async fn guest_agent_runs_containers_in_the_vm() {
             std::fs::read_to_string(&console).unwrap_or_default()
         ),
     };
-    eprintln!("guest agent ready {:?} after QEMU start (TCG)", boot.elapsed());
+    eprintln!(
+        "guest agent ready {:?} after QEMU start (TCG)",
+        boot.elapsed()
+    );
 
     // Health and details.
     agent.check().await.expect("Check");
     let version = agent.version().await.expect("Version");
-    assert!(version.agent_version.starts_with("crius-kata-agent"), "{version:?}");
+    assert!(
+        version.agent_version.starts_with("crius-kata-agent"),
+        "{version:?}"
+    );
     let details = agent.guest_details().await.expect("GetGuestDetails");
     let ad = details.agent_details.as_ref().expect("agent details");
     assert!(ad.init_daemon, "agent must run as PID 1 in the guest");
-    assert!(ad.storage_handlers.iter().any(|s| s == "9p"), "{:?}", ad.storage_handlers);
+    assert!(
+        ad.storage_handlers.iter().any(|s| s == "9p"),
+        "{:?}",
+        ad.storage_handlers
+    );
     assert!(details.mem_block_size_bytes > 0, "{details:?}");
 
     // Sandbox: mount the 9p share.
@@ -276,36 +344,84 @@ async fn guest_agent_runs_containers_in_the_vm() {
 
     // A container printing the kernel release: the guest's, not the host's.
     let t = Instant::now();
-    create_and_start(&agent, "c-uname", spec(&["sh", "-c", "uname -r; uname -n; sleep 60"], None)).await;
+    create_and_start(
+        &agent,
+        "c-uname",
+        spec(&["sh", "-c", "uname -r; uname -n; sleep 60"], None),
+    )
+    .await;
     eprintln!("container create+start {:?}", t.elapsed());
     let mut got = String::new();
     while got.lines().count() < 2 {
-        let chunk = agent.read_stdout("c-uname", "", 4096).await.expect("ReadStdout");
-        got.push_str(&String::from_utf8_lossy(&chunk.expect("stdout ended early")));
+        let chunk = agent
+            .read_stdout("c-uname", "", 4096)
+            .await
+            .expect("ReadStdout");
+        got.push_str(&String::from_utf8_lossy(
+            &chunk.expect("stdout ended early"),
+        ));
     }
     let mut lines = got.lines();
-    assert_eq!(lines.next(), Some(guest_release.as_str()), "container kernel must be the guest's");
-    assert_eq!(lines.next(), Some("kata-pod"), "containers share the pod's UTS namespace");
+    assert_eq!(
+        lines.next(),
+        Some(guest_release.as_str()),
+        "container kernel must be the guest's"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("kata-pod"),
+        "containers share the pod's UTS namespace"
+    );
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    eprintln!("guest kernel {guest_release}, host kernel {}", host_release.trim());
+    eprintln!(
+        "guest kernel {guest_release}, host kernel {}",
+        host_release.trim()
+    );
 
     // Exec: separate stdout/stderr, exit code.
     let p = convert::process_from_json(&json!({
         "args": ["sh", "-c", "echo to-out; echo to-err >&2; exit 3"],
         "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
     }));
-    agent.exec_process("c-uname", "e1", p).await.expect("ExecProcess");
+    agent
+        .exec_process("c-uname", "e1", p)
+        .await
+        .expect("ExecProcess");
     assert_eq!(read_all(&agent, "c-uname", "e1", false).await, "to-out\n");
     assert_eq!(read_all(&agent, "c-uname", "e1", true).await, "to-err\n");
-    assert_eq!(agent.wait_process("c-uname", "e1").await.expect("WaitProcess e1"), 3);
+    assert_eq!(
+        agent
+            .wait_process("c-uname", "e1")
+            .await
+            .expect("WaitProcess e1"),
+        3
+    );
 
     // Exec with stdin.
     let p = convert::process_from_json(&json!({"args": ["cat"], "env": ["PATH=/bin"], "cwd": "/"}));
-    agent.exec_process("c-uname", "e2", p).await.expect("ExecProcess cat");
-    assert_eq!(agent.write_stdin("c-uname", "e2", b"ping\n").await.expect("WriteStdin"), 5);
-    agent.close_stdin("c-uname", "e2").await.expect("CloseStdin");
+    agent
+        .exec_process("c-uname", "e2", p)
+        .await
+        .expect("ExecProcess cat");
+    assert_eq!(
+        agent
+            .write_stdin("c-uname", "e2", b"ping\n")
+            .await
+            .expect("WriteStdin"),
+        5
+    );
+    agent
+        .close_stdin("c-uname", "e2")
+        .await
+        .expect("CloseStdin");
     assert_eq!(read_all(&agent, "c-uname", "e2", false).await, "ping\n");
-    assert_eq!(agent.wait_process("c-uname", "e2").await.expect("WaitProcess e2"), 0);
+    assert_eq!(
+        agent
+            .wait_process("c-uname", "e2")
+            .await
+            .expect("WaitProcess e2"),
+        0
+    );
 
     // Exec with a terminal: output through the pty, window size applied.
     let p = convert::process_from_json(&json!({
@@ -313,22 +429,54 @@ async fn guest_agent_runs_containers_in_the_vm() {
         "args": ["sh", "-c", "tty; read size; stty size"],
         "env": ["PATH=/bin"], "cwd": "/"
     }));
-    agent.exec_process("c-uname", "e3", p).await.expect("ExecProcess tty");
-    agent.tty_win_resize("c-uname", "e3", 42, 123).await.expect("TtyWinResize");
-    agent.write_stdin("c-uname", "e3", b"go\n").await.expect("WriteStdin tty");
+    agent
+        .exec_process("c-uname", "e3", p)
+        .await
+        .expect("ExecProcess tty");
+    agent
+        .tty_win_resize("c-uname", "e3", 42, 123)
+        .await
+        .expect("TtyWinResize");
+    agent
+        .write_stdin("c-uname", "e3", b"go\n")
+        .await
+        .expect("WriteStdin tty");
     let out = read_all(&agent, "c-uname", "e3", false).await;
     assert!(out.contains("/dev/pts/"), "tty output: {out:?}");
     assert!(out.contains("42 123"), "window size in tty output: {out:?}");
-    assert_eq!(read_all(&agent, "c-uname", "e3", true).await, "", "a tty process has no separate stderr");
-    assert_eq!(agent.wait_process("c-uname", "e3").await.expect("WaitProcess e3"), 0);
-    let err = agent.tty_win_resize("c-uname", "e1", 1, 1).await.expect_err("resize without a tty");
+    assert_eq!(
+        read_all(&agent, "c-uname", "e3", true).await,
+        "",
+        "a tty process has no separate stderr"
+    );
+    assert_eq!(
+        agent
+            .wait_process("c-uname", "e3")
+            .await
+            .expect("WaitProcess e3"),
+        0
+    );
+    let err = agent
+        .tty_win_resize("c-uname", "e1", 1, 1)
+        .await
+        .expect_err("resize without a tty");
     assert_eq!(err.code(), Some(ttrpc::Code::FAILED_PRECONDITION), "{err}");
 
     // UpdateContainer: a new memory limit shows in the stats.
     let res = convert::resources_from_json(&json!({"memory": {"limit": 48 << 20}}));
-    agent.update_container("c-uname", res).await.expect("UpdateContainer");
-    let stats = agent.stats_container("c-uname").await.expect("StatsContainer");
-    assert_eq!(stats.cgroup_stats.memory_stats.usage.limit, 48 << 20, "{stats:?}");
+    agent
+        .update_container("c-uname", res)
+        .await
+        .expect("UpdateContainer");
+    let stats = agent
+        .stats_container("c-uname")
+        .await
+        .expect("StatsContainer");
+    assert_eq!(
+        stats.cgroup_stats.memory_stats.usage.limit,
+        48 << 20,
+        "{stats:?}"
+    );
 
     // Network: the agent configures the VM's NIC (found by MAC) and routes;
     // containers share the VM's network namespace and see them.
@@ -358,20 +506,47 @@ async fn guest_agent_runs_containers_in_the_vm() {
     let p = convert::process_from_json(&json!({
         "args": ["sh", "-c", "ip -4 addr show dev eth0; ip route"], "env": ["PATH=/bin"], "cwd": "/"
     }));
-    agent.exec_process("c-uname", "e4", p).await.expect("ExecProcess ip");
+    agent
+        .exec_process("c-uname", "e4", p)
+        .await
+        .expect("ExecProcess ip");
     let out = read_all(&agent, "c-uname", "e4", false).await;
-    assert!(out.contains("inet 10.254.3.7/24"), "address inside the container: {out}");
+    assert!(
+        out.contains("inet 10.254.3.7/24"),
+        "address inside the container: {out}"
+    );
     assert!(out.contains("mtu 1400"), "mtu: {out}");
-    assert!(out.contains("default via 10.254.3.1 dev eth0"), "default route: {out}");
-    assert_eq!(agent.wait_process("c-uname", "e4").await.expect("WaitProcess e4"), 0);
+    assert!(
+        out.contains("default via 10.254.3.1 dev eth0"),
+        "default route: {out}"
+    );
+    assert_eq!(
+        agent
+            .wait_process("c-uname", "e4")
+            .await
+            .expect("WaitProcess e4"),
+        0
+    );
 
     // Stats of the running container, then SIGKILL to every process.
-    let stats = agent.stats_container("c-uname").await.expect("StatsContainer");
+    let stats = agent
+        .stats_container("c-uname")
+        .await
+        .expect("StatsContainer");
     let mem = stats.cgroup_stats.memory_stats.usage.usage;
     assert!(mem > 0, "memory usage of a running container: {stats:?}");
     assert!(stats.cgroup_stats.pids_stats.current >= 1, "{stats:?}");
-    agent.signal_process("c-uname", "", 9).await.expect("SignalProcess");
-    assert_eq!(agent.wait_process("c-uname", "").await.expect("WaitProcess init"), 137);
+    agent
+        .signal_process("c-uname", "", 9)
+        .await
+        .expect("SignalProcess");
+    assert_eq!(
+        agent
+            .wait_process("c-uname", "")
+            .await
+            .expect("WaitProcess init"),
+        137
+    );
 
     // OOM: a 16 MiB limit and a 64 MiB allocation.
     let oom_watch = {
@@ -381,10 +556,16 @@ async fn guest_agent_runs_containers_in_the_vm() {
     create_and_start(
         &agent,
         "c-oom",
-        spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], Some(16 << 20)),
+        spec(
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            Some(16 << 20),
+        ),
     )
     .await;
-    let status = agent.wait_process("c-oom", "").await.expect("WaitProcess oom");
+    let status = agent
+        .wait_process("c-oom", "")
+        .await
+        .expect("WaitProcess oom");
     assert_eq!(status, 137, "OOM-killed process reports SIGKILL");
     let oom = tokio::time::timeout(Duration::from_secs(10), oom_watch)
         .await
@@ -394,11 +575,20 @@ async fn guest_agent_runs_containers_in_the_vm() {
     assert_eq!(oom, "c-oom");
 
     // Unknown containers are NOT_FOUND.
-    let err = agent.start_container("nope").await.expect_err("unknown container");
+    let err = agent
+        .start_container("nope")
+        .await
+        .expect_err("unknown container");
     assert_eq!(err.code(), Some(ttrpc::Code::NOT_FOUND), "{err}");
 
-    agent.remove_container("c-uname", 10).await.expect("RemoveContainer");
-    assert!(agent.stats_container("c-uname").await.is_err(), "removed container is gone");
+    agent
+        .remove_container("c-uname", 10)
+        .await
+        .expect("RemoveContainer");
+    assert!(
+        agent.stats_container("c-uname").await.is_err(),
+        "removed container is gone"
+    );
     agent.destroy_sandbox().await.expect("DestroySandbox");
 
     // Teardown: nothing left.

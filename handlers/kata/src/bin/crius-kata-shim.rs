@@ -31,14 +31,17 @@ async fn main() -> anyhow::Result<()> {
         match arg.to_str() {
             Some("--config") => config_path = args.next().map(PathBuf::from),
             Some("--socket") => socket = args.next().map(PathBuf::from),
-            _ => bail!("unknown argument {arg:?}; usage: crius-kata-shim --config FILE --socket PATH"),
+            _ => bail!(
+                "unknown argument {arg:?}; usage: crius-kata-shim --config FILE --socket PATH"
+            ),
         }
     }
     let (Some(config_path), Some(socket)) = (config_path, socket) else {
         bail!("usage: crius-kata-shim --config FILE --socket PATH");
     };
     let config: ShimConfig = serde_json::from_slice(
-        &std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?,
+        &std::fs::read(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
     )
     .with_context(|| format!("parsing {}", config_path.display()))?;
     let pidfile = config.state_dir.join("shim.pid");
