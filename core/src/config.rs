@@ -138,7 +138,7 @@ pub struct PluginConfig {
     /// How `runtime_path` is run.
     pub mode: PluginMode,
     /// Handler-specific settings, handed to the handler as given.
-    pub options: BTreeMap<String, String>,
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How a third-party handler runs.

@@ -127,6 +127,12 @@ async fn build_plugin(
     let params = crius_shim_api::HandlerParams {
         name: name.to_string(),
         state_dir: state_dir.display().to_string(),
+        runtime_path: entry.runtime_path.display().to_string(),
+        runtime_root: entry
+            .runtime_root
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         options: plugin.options.clone(),
     };
     let built = match plugin.mode {

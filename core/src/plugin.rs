@@ -22,11 +22,13 @@ use crius_shim_api::abi::{
 };
 use crius_shim_api::prost::Message;
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse,
-    InfoResponse, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
-    RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
-    UpdateContainerResourcesRequest,
+    AttachRequest, Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, Empty, ExecRequest, ExecResponse,
+    ExecSyncRequest, ExecSyncResponse, InfoResponse, KillProcessRequest, PortForwardRequest,
+    ProcessRef, ResizePtyRequest, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatsResponse, SandboxStatusResponse,
+    StopContainerRequest, UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest,
+    WaitResponse,
 };
 use crius_shim_api::wire::{self, method};
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
@@ -397,6 +399,33 @@ impl RuntimeHandler for PluginHandler {
     }
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         self.rpc(method::CONTAINER_STATS, &req).await
+    }
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        self.rpc(method::EXEC, &req).await
+    }
+    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
+        self.rpc_unit(method::ATTACH, &req).await
+    }
+    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
+        self.rpc_unit(method::RESIZE_PTY, &req).await
+    }
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        self.rpc_unit(method::KILL_PROCESS, &req).await
+    }
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        self.rpc(method::WAIT, &req).await
+    }
+    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
+        self.rpc_unit(method::PORT_FORWARD, &req).await
+    }
+    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
+        self.rpc(method::SANDBOX_STATS, &req).await
+    }
+    async fn update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.rpc_unit(method::UPDATE_SANDBOX_RESOURCES, &req).await
     }
 }
 

@@ -22,11 +22,13 @@ use base64::Engine;
 use crius_shim_api::prost::Message;
 use crius_shim_api::shim::{CallError, EXIT_HANDLER_ERROR, ShimClient};
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, Empty, ExecSyncRequest, ExecSyncResponse,
-    InfoResponse, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
-    RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
-    UpdateContainerResourcesRequest,
+    AttachRequest, Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, Empty, ExecRequest, ExecResponse,
+    ExecSyncRequest, ExecSyncResponse, InfoResponse, KillProcessRequest, PortForwardRequest,
+    ProcessRef, ResizePtyRequest, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatsResponse, SandboxStatusResponse,
+    StopContainerRequest, UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest,
+    WaitResponse,
 };
 use crius_shim_api::wire::{self, method};
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
@@ -41,6 +43,8 @@ const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on one call into a shim.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// `Wait` answers when a process exits, however long that takes.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long a CheckReady answer is reused (the kubelet polls Status often).
 const READY_CACHE: Duration = Duration::from_secs(5);
 /// Longest unix socket path (sun_path minus the NUL).
@@ -51,6 +55,17 @@ const MAX_SOCKET_PATH: usize = 107;
 pub enum RemoteError {
     #[error("shim executable {path}: {message}")]
     Exe { path: PathBuf, message: String },
+    #[error(
+        "shim executable {path} of handler {name} speaks handler contract version {found} \
+         (0 = version 1, before versions were reported), but this crius speaks contract version \
+         {expected}: rebuild the shim against a crius-shim-api with CONTRACT_VERSION {expected}"
+    )]
+    Contract {
+        path: PathBuf,
+        name: String,
+        found: u32,
+        expected: u32,
+    },
     #[error("shim executable {path} failed to describe handler {name} (info): {error}")]
     Info {
         path: PathBuf,
@@ -109,7 +124,12 @@ impl Shim {
         let Some(client) = &self.client else {
             return Err(self.dead_error("is not reachable"));
         };
-        match client.call(name, payload, CALL_TIMEOUT).await {
+        let timeout = if name == method::WAIT {
+            WAIT_TIMEOUT
+        } else {
+            CALL_TIMEOUT
+        };
+        match client.call(name, payload, timeout).await {
             Ok(bytes) => Ok(bytes),
             Err(CallError::Handler(err)) => Err(err),
             Err(CallError::Transport(err)) => {
@@ -268,6 +288,14 @@ impl RemoteHandler {
                 name: name.clone(),
                 error,
             })?;
+        if info.contract_version != crius_shim_api::CONTRACT_VERSION {
+            return Err(RemoteError::Contract {
+                path: exe.to_path_buf(),
+                name,
+                found: info.contract_version,
+                expected: crius_shim_api::CONTRACT_VERSION,
+            });
+        }
         info!(handler = %name, shim = %exe.display(), version = %info.version, "out-of-process handler ready to start shims");
         Ok(Self {
             name,
@@ -735,5 +763,42 @@ impl RuntimeHandler for RemoteHandler {
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATS, &req)
             .await
+    }
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::EXEC, &req).await
+    }
+    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::ATTACH, &req)
+            .await
+    }
+    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::RESIZE_PTY, &req)
+            .await
+    }
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        self.rpc_idempotent(&req.sandbox_id.clone(), method::KILL_PROCESS, &req)
+            .await
+    }
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::WAIT, &req).await
+    }
+    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
+        self.rpc_unit(&req.sandbox_id.clone(), method::PORT_FORWARD, &req)
+            .await
+    }
+    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
+        self.rpc(&req.sandbox_id.clone(), method::SANDBOX_STATS, &req)
+            .await
+    }
+    async fn update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.rpc_unit(
+            &req.sandbox_id.clone(),
+            method::UPDATE_SANDBOX_RESOURCES,
+            &req,
+        )
+        .await
     }
 }

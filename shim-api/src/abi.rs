@@ -3,8 +3,9 @@
 //! A plugin exports one symbol, [`ENTRY_SYMBOL`], a function returning a
 //! pointer to a static vtable. The vtable starts with a [`VtableHeader`]
 //! whose layout is frozen for every ABI version, so the core can read the
-//! version before it trusts anything else. For [`ABI_VERSION`] 1 the whole
-//! vtable is a [`HandlerVtable`].
+//! version before it trusts anything else. For [`ABI_VERSION`] 2 the whole
+//! vtable is a [`HandlerVtable`] (the layout of version 1; version 2 is the
+//! handler contract version 2, whose messages and methods cross it).
 //!
 //! Requests and responses cross as protobuf-encoded messages of
 //! `proto/handler/v1/handler.proto` (the [`crate::types`]); a failed call
@@ -20,7 +21,7 @@ use std::ffi::c_void;
 
 /// Version of the vtable layout and calling conventions. Bumped on any
 /// incompatible change; the core refuses plugins of another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the exported entry point (without the trailing NUL). It stays the
 /// same across ABI versions: the version is read from the vtable.
@@ -134,7 +135,7 @@ pub type FreeBufferFn = unsafe extern "C" fn(buffer: Buffer);
 /// it exists so other hosts (tests) can.
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 
-/// The ABI version 1 vtable.
+/// The vtable of ABI versions 1 and 2 (same layout).
 #[repr(C)]
 #[derive(Debug)]
 pub struct HandlerVtable {

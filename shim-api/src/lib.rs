@@ -33,11 +33,20 @@ pub use crius_proto::handler as types;
 pub use crius_proto::prost;
 
 use types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ErrorCode, ExecSyncRequest, ExecSyncResponse,
-    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+    AttachRequest, Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ErrorCode, ExecRequest, ExecResponse,
+    ExecSyncRequest, ExecSyncResponse, KillProcessRequest, PortForwardRequest, ProcessRef,
+    ResizePtyRequest, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatsResponse, SandboxStatusResponse,
+    StopContainerRequest, UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest,
+    WaitResponse,
 };
+
+/// Version of the handler contract this crate implements: the methods and
+/// messages of `proto/handler/v1/handler.proto`. Reported by `Info`
+/// (`InfoResponse.contract_version`); the core refuses shims and plugins of
+/// another version with an error naming both.
+pub const CONTRACT_VERSION: u32 = 2;
 
 /// What a handler can do, reported to the kubelet in `Status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +275,56 @@ pub trait RuntimeHandler: Send + Sync {
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         let _ = req;
         Err(HandlerError::unimplemented(self.name(), "ContainerStats"))
+    }
+
+    /// Starts an interactive process in a running container with its stdio
+    /// on the sockets of `req.stdio` (connect to each before answering).
+    /// The core calls [`Self::wait`] for every exec it started; the handler
+    /// may forget the exec once `wait` has answered.
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "Exec"))
+    }
+    /// Connects the sockets of `req.stdio` to the container's main process.
+    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "Attach"))
+    }
+    /// Resizes the terminal of an exec (or of the main process).
+    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "ResizePty"))
+    }
+    /// Signals an exec (or the main process). A process that already exited
+    /// is not an error.
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "KillProcess"))
+    }
+    /// Waits for a process to exit (answers at once if it has). Never times
+    /// out by itself; the core cancels the call when it stops caring.
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "Wait"))
+    }
+    /// Bridges one connection to a port of the pod (see the proto).
+    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "PortForward"))
+    }
+    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
+        let _ = req;
+        Err(HandlerError::unimplemented(self.name(), "SandboxStats"))
+    }
+    async fn update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        let _ = req;
+        Err(HandlerError::unimplemented(
+            self.name(),
+            "UpdateSandboxResources",
+        ))
     }
 }
 

@@ -1,7 +1,5 @@
 //! What the core tells a third-party handler when it creates it.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Handed to a plugin's constructor (JSON across the C ABI) and to a shim
@@ -15,11 +13,24 @@ pub struct HandlerParams {
     /// A directory the handler may use for state shared by all its pods
     /// (created by the core; volatile, like the daemon's `state_dir`).
     pub state_dir: String,
-    /// `plugin.options` of the handler's config entry, as given.
-    pub options: BTreeMap<String, String>,
+    /// The entry's `runtime_path` (the runtime binary, hypervisor, plugin
+    /// library or shim executable), as configured.
+    pub runtime_path: String,
+    /// The entry's `runtime_root`, if configured ("" = not set).
+    pub runtime_root: String,
+    /// The handler's own settings table of its config entry, as given
+    /// (YAML turned into JSON values). The core never looks inside: the
+    /// handler parses and validates it, and reports problems as a
+    /// `HandlerError` whose message names the key.
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 impl HandlerParams {
+    /// A string option, if set to a string.
+    pub fn option_str(&self, key: &str) -> Option<&str> {
+        self.options.get(key).and_then(serde_json::Value::as_str)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
     }

@@ -5,9 +5,10 @@
 
 use crate::prost::Message;
 use crate::types::{
-    ContainerRef, CreateContainerRequest, Empty, ExecSyncRequest, InfoResponse,
+    AttachRequest, ContainerRef, CreateContainerRequest, Empty, ExecRequest, ExecSyncRequest,
+    InfoResponse, KillProcessRequest, PortForwardRequest, ProcessRef, ResizePtyRequest,
     RestoreSandboxRequest, RunSandboxRequest, SandboxRef, StopContainerRequest,
-    UpdateContainerResourcesRequest,
+    UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest,
 };
 use crate::{HandlerError, HandlerResult, RuntimeHandler};
 
@@ -32,9 +33,17 @@ pub mod method {
     pub const UPDATE_CONTAINER_RESOURCES: &str = "UpdateContainerResources";
     pub const REOPEN_CONTAINER_LOG: &str = "ReopenContainerLog";
     pub const CONTAINER_STATS: &str = "ContainerStats";
+    pub const EXEC: &str = "Exec";
+    pub const ATTACH: &str = "Attach";
+    pub const RESIZE_PTY: &str = "ResizePty";
+    pub const KILL_PROCESS: &str = "KillProcess";
+    pub const WAIT: &str = "Wait";
+    pub const PORT_FORWARD: &str = "PortForward";
+    pub const SANDBOX_STATS: &str = "SandboxStats";
+    pub const UPDATE_SANDBOX_RESOURCES: &str = "UpdateSandboxResources";
 
     /// Every method, in proto order.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 24] = [
         INFO,
         CHECK_READY,
         RUN_SANDBOX,
@@ -51,6 +60,14 @@ pub mod method {
         UPDATE_CONTAINER_RESOURCES,
         REOPEN_CONTAINER_LOG,
         CONTAINER_STATS,
+        EXEC,
+        ATTACH,
+        RESIZE_PTY,
+        KILL_PROCESS,
+        WAIT,
+        PORT_FORWARD,
+        SANDBOX_STATS,
+        UPDATE_SANDBOX_RESOURCES,
     ];
 }
 
@@ -101,6 +118,7 @@ pub async fn dispatch(
             name: handler.name().to_string(),
             version: version.to_string(),
             capabilities: Some(handler.capabilities()),
+            contract_version: crate::CONTRACT_VERSION,
         })),
         method::CHECK_READY => {
             handler.check_ready().await?;
@@ -126,6 +144,20 @@ pub async fn dispatch(
         }
         method::REOPEN_CONTAINER_LOG => call!(ContainerRef, reopen_container_log, empty),
         method::CONTAINER_STATS => call!(ContainerRef, container_stats),
+        method::EXEC => call!(ExecRequest, exec),
+        method::ATTACH => call!(AttachRequest, attach, empty),
+        method::RESIZE_PTY => call!(ResizePtyRequest, resize_pty, empty),
+        method::KILL_PROCESS => call!(KillProcessRequest, kill_process, empty),
+        method::WAIT => call!(ProcessRef, wait),
+        method::PORT_FORWARD => call!(PortForwardRequest, port_forward, empty),
+        method::SANDBOX_STATS => call!(SandboxRef, sandbox_stats),
+        method::UPDATE_SANDBOX_RESOURCES => {
+            call!(
+                UpdateSandboxResourcesRequest,
+                update_sandbox_resources,
+                empty
+            )
+        }
         other => Err(HandlerError::new(
             crate::ErrorKind::Unimplemented,
             format!(

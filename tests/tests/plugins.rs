@@ -122,11 +122,25 @@ static HEADER: Header = Header { abi_version: 999, struct_size: 8 };
 pub extern "C" fn crius_handler_entry() -> *const Header { &HEADER }
 "#;
 
+/// A plugin built against the previous ABI (version 1, contract version 1).
+const ABI_1: &str = r#"
+#[repr(C)]
+pub struct Header { abi_version: u32, struct_size: u32 }
+static HEADER: Header = Header { abi_version: 1, struct_size: 40 };
+#[no_mangle]
+pub extern "C" fn crius_handler_entry() -> *const Header { &HEADER }
+"#;
+
+/// A shim of contract version 1: its `info` answers an InfoResponse without
+/// `contract_version` (name "old", field 1), as shims built before the
+/// version existed do.
+const OLD_SHIM: &str = "#!/bin/sh\nprintf '\\n\\003old'\n";
+
 /// A plugin of the right version whose vtable is too small for it.
 const SMALL_VTABLE: &str = r#"
 #[repr(C)]
 pub struct Header { abi_version: u32, struct_size: u32 }
-static HEADER: Header = Header { abi_version: 1, struct_size: 8 };
+static HEADER: Header = Header { abi_version: 2, struct_size: 8 };
 #[no_mangle]
 pub extern "C" fn crius_handler_entry() -> *const Header { &HEADER }
 "#;
@@ -240,6 +254,10 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
     }
     let art = artifacts();
     let abi_999 = art.cdylib("abi999", ABI_999);
+    let abi_1 = art.cdylib("abi1", ABI_1);
+    let old_shim = art.dir.path().join("old-shim");
+    std::fs::write(&old_shim, OLD_SHIM).unwrap();
+    std::fs::set_permissions(&old_shim, std::fs::Permissions::from_mode(0o755)).unwrap();
     let no_symbol = art.cdylib("nosymbol", NO_SYMBOL);
     let small_vtable = art.cdylib("smallvtable", SMALL_VTABLE);
     let world_writable = art.insecure_copy("ww", 0o757, None);
@@ -258,6 +276,8 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         process_entry("hello-shim", &art.shim, "{}"),
         library_entry("hello-panic", &art.lib, "{fault: \"panic:RunSandbox\"}"),
         library_entry("bad-abi", &abi_999, "{}"),
+        library_entry("old-abi", &abi_1, "{}"),
+        process_entry("old-shim", &old_shim, "{}"),
         library_entry("no-symbol", &no_symbol, "{}"),
         library_entry("small-vtable", &small_vtable, "{}"),
         library_entry("world-writable", &world_writable, "{}"),
@@ -294,8 +314,24 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
             "bad-abi",
             vec![
                 "handler ABI version 999",
-                "handler ABI version 1",
+                "handler ABI version 2",
                 abi_999.to_str().unwrap(),
+            ],
+        ),
+        (
+            "old-abi",
+            vec![
+                "handler ABI version 1,",
+                "speaks handler ABI version 2",
+                abi_1.to_str().unwrap(),
+            ],
+        ),
+        (
+            "old-shim",
+            vec![
+                "handler contract version 0",
+                "speaks contract version 2",
+                old_shim.to_str().unwrap(),
             ],
         ),
         (
@@ -308,7 +344,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         (
             "small-vtable",
             vec![
-                "declares a 8-byte vtable for handler ABI version 1",
+                "declares a 8-byte vtable for handler ABI version 2",
                 "needs at least",
             ],
         ),
@@ -389,6 +425,9 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         .into_inner()
         .items;
     assert!(pods.is_empty(), "failed pods leave no record: {pods:?}");
+    // Nothing on disk either, so a restart has no rollback to retry.
+    let left = crius_tests::dir_entries(&daemon.state_dir().join("pods"));
+    assert!(left.is_empty(), "failed pods leave no pod dir: {left:?}");
 }
 
 /// A registry with a busybox image and a daemon with `entries`.

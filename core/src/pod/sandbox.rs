@@ -172,6 +172,7 @@ impl PodManager {
             cgroup.set_resources(&resources)?;
         }
 
+        let mut pod_network = None;
         if !host_network {
             let netns_dir = self.config.state_dir.join("netns");
             let ns = NetNs::create(&netns_dir, &id)?;
@@ -202,6 +203,7 @@ impl PodManager {
                 }
             };
             rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+            pod_network = Some(result.pod_network());
             self.store.save_pod(rec)?;
         }
 
@@ -245,9 +247,15 @@ impl PodManager {
                 pod_ips: rec.pod_ips.clone(),
                 infra,
                 annotations: rec.handler_annotations.clone().into_iter().collect(),
+                network: pod_network,
             })
             .await
             .map_err(|e| {
+                // A failed RunSandbox leaves nothing in the handler (the
+                // contract says so), so the rollback must not ask it to stop
+                // or remove the pod: a handler that cannot serve (failed to
+                // load) would refuse, and the half-created pod would stay.
+                rec.handler_started = false;
                 PodError::handler(
                     format!("handler {} could not start pod {id}", rec.handler),
                     e,

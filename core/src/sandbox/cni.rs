@@ -357,6 +357,46 @@ impl CniResult {
             .collect()
     }
 
+    /// The pod-side part of the result as the handler contract carries it:
+    /// interfaces inside the sandbox with their addresses, routes and DNS.
+    pub fn pod_network(&self) -> crius_shim_api::types::PodNetwork {
+        use crius_shim_api::types::{NetworkInterface, NetworkRoute, PodNetwork};
+        let interfaces = self
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, iface)| !iface.sandbox.is_empty())
+            .map(|(index, iface)| {
+                let ips = self.ips.iter().filter(|ip| ip.interface == Some(index));
+                NetworkInterface {
+                    name: iface.name.clone(),
+                    mac: iface.mac.clone(),
+                    addresses: ips.clone().map(|ip| ip.address.to_string()).collect(),
+                    gateways: ips
+                        .filter_map(|ip| ip.gateway.map(|g| g.to_string()))
+                        .collect(),
+                    mtu: 0,
+                }
+            })
+            .collect();
+        let routes = self
+            .routes
+            .iter()
+            .map(|route| NetworkRoute {
+                destination: route.dst.to_string(),
+                gateway: route.gw.map(|g| g.to_string()).unwrap_or_default(),
+                interface: String::new(),
+            })
+            .collect();
+        PodNetwork {
+            interfaces,
+            routes,
+            dns_servers: self.dns.nameservers.clone(),
+            dns_searches: self.dns.search.clone(),
+            dns_options: self.dns.options.clone(),
+        }
+    }
+
     /// The result exactly as the plugin printed it.
     pub fn raw(&self) -> &Value {
         &self.raw

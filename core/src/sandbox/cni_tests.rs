@@ -412,6 +412,18 @@ fn result_parsing() {
     );
     assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
     assert_eq!(r.dns.nameservers, ["10.0.0.1"]);
+    // What the handler contract carries: only the pod-side interface.
+    let net = r.pod_network();
+    assert_eq!(net.interfaces.len(), 1);
+    assert_eq!(net.interfaces[0].name, "eth0");
+    assert_eq!(net.interfaces[0].addresses, ["10.0.0.5/24", "fd00::5/64"]);
+    assert_eq!(net.interfaces[0].gateways, ["10.0.0.1"]);
+    assert_eq!(net.routes[0].destination, "0.0.0.0/0");
+    assert_eq!(net.routes[0].gateway, "10.0.0.1");
+    assert_eq!(
+        (net.dns_servers, net.dns_searches),
+        (vec!["10.0.0.1".to_string()], vec!["svc".to_string()])
+    );
     // Round trip keeps unmodelled fields (they matter as prevResult).
     let back: CniResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(back.raw()["extra"]["kept"], true);

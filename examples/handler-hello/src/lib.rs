@@ -72,15 +72,14 @@ impl HelloHandler {
         } else {
             params.state_dir
         };
-        let fault = params.options.get("fault").and_then(|f| {
+        let fault = params.option_str("fault").and_then(|f| {
             let (kind, method) = f.split_once(':')?;
             Some((kind.to_string(), method.to_string()))
         });
         Ok(Self {
             name: params.name,
             runc: params
-                .options
-                .get("runtime")
+                .option_str("runtime")
                 .map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from),
             root: Path::new(&state_dir).join("runc"),
             fault,
@@ -229,9 +228,6 @@ impl RuntimeHandler for HelloHandler {
             recursive_read_only_mounts: false,
             user_namespaces: true,
             needs_infra_container: true,
-            kernel_separated: false,
-            overhead_memory_bytes: 0,
-            overhead_cpu_millis: 0,
         }
     }
 

@@ -311,14 +311,10 @@ impl RuntimeHandler for KataHandler {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let vm = &self.config.vm;
         Capabilities {
             recursive_read_only_mounts: false,
             user_namespaces: false,
             needs_infra_container: false,
-            kernel_separated: true,
-            overhead_memory_bytes: ((vm.default_memory_mib + vm.memory_overhead_mib) << 20) as i64,
-            overhead_cpu_millis: vm.cpu_overhead_millis,
         }
     }
 

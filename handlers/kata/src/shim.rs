@@ -441,7 +441,6 @@ impl RuntimeHandler for PodShim {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            kernel_separated: true,
             ..Default::default()
         }
     }

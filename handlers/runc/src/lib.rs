@@ -308,9 +308,6 @@ impl RuntimeHandler for OciHandler {
             recursive_read_only_mounts: self.features.recursive_read_only_mounts,
             user_namespaces: self.features.user_namespaces,
             needs_infra_container: true,
-            kernel_separated: false,
-            overhead_memory_bytes: 0,
-            overhead_cpu_millis: 0,
         }
     }
 
