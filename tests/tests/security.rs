@@ -383,7 +383,9 @@ async fn layer_store_and_state_are_unreachable_for_other_users() {
         suid.clone(),
         bundle.join("upper"),
         bundle.join("config.json"),
-        state.join("pods"),
+        // state is passable (0711), so pods itself can be stat'ed, but
+        // nothing in it.
+        pod_dir.join("pod.json"),
     ] {
         assert_unreachable_for_nobody(&path);
     }
