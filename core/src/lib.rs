@@ -1,9 +1,11 @@
 //! The crius daemon as a library: configuration, the CRI gRPC services, the
 //! image service and the routing of pods to runtime handlers.
 
+pub mod bounded;
 pub mod config;
 pub mod handlers;
 pub mod image;
+pub mod perms;
 pub mod plugin;
 pub mod pod;
 pub mod remote;

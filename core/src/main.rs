@@ -9,10 +9,14 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use crius_core::config::{self, Config};
 use crius_core::handlers::HandlerRegistry;
+use crius_core::perms;
+use crius_core::server::authority::AuthorityFix;
+use crius_core::server::conn::{self, Bounded, ConnectionLimit};
 use crius_core::server::runtime::RuntimeServer;
 use crius_proto::cri::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{error, info};
 
@@ -68,8 +72,34 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<()> {
     let config = Arc::new(config);
-    for dir in [&config.root, &config.state_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // root holds unpacked layers (setuid binaries, device nodes) and nothing
+    // a non-root user may reach; state_dir only needs to be passable, for
+    // the CRI socket's group (see perms::TRAVERSE_DIR).
+    for (dir, mode) in [
+        (&config.root, perms::PRIVATE_DIR),
+        (&config.state_dir, perms::TRAVERSE_DIR),
+    ] {
+        match perms::secure_top_dir(dir, mode) {
+            Ok(perms::TopDirCheck::Ok) => {}
+            Ok(perms::TopDirCheck::Tightened { old_mode }) => tracing::warn!(
+                dir = %dir.display(),
+                old_mode = format!("{old_mode:04o}"),
+                new_mode = format!("{mode:04o}"),
+                "daemon directory was accessible to other users; permissions tightened"
+            ),
+            Err(err) => return Err(err).context("checking the daemon's directories"),
+        }
+    }
+    // The OCI runtimes' state roots name every container and hold the
+    // runtime's copy of their config: root only, also when an older version
+    // (or the runtime under another umask) left them wider.
+    for (name, handler) in &config.runtime_handlers {
+        if handler.kind == config::HandlerKind::Oci
+            && let Some(root) = &handler.runtime_root
+            && let Err(err) = perms::ensure_private_dir(root)
+        {
+            tracing::warn!(handler = name, root = %root.display(), "cannot make the runtime root private: {err}");
+        }
     }
 
     let handlers = Arc::new(HandlerRegistry::from_config(&config).await);
@@ -112,7 +142,7 @@ async fn serve(config: Config) -> Result<()> {
     let result = tonic::transport::Server::builder()
         .add_service(runtime_service)
         .add_service(image_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
         .await
         .context("serving the CRI");
     if let Err(err) = std::fs::remove_file(&config.listen) {
@@ -120,6 +150,35 @@ async fn serve(config: Config) -> Result<()> {
     }
     info!("crius stopped");
     result
+}
+
+/// The socket's connections, each holding one of a bounded number of
+/// slots and given a deadline for the HTTP/2 handshake (server::conn), and
+/// read through the `:authority` fix (server::authority).
+fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityFix<Bounded<tokio::net::UnixStream>>>>
+{
+    let limit = ConnectionLimit::new(conn::MAX_CONNECTIONS, conn::HANDSHAKE_TIMEOUT);
+    let mut refused: u64 = 0;
+    UnixListenerStream::new(listener).filter_map(move |conn| match conn {
+        Ok(stream) => match limit.admit(stream) {
+            Some(bounded) => Some(Ok(AuthorityFix::new(bounded))),
+            None => {
+                // Closed at once; logged sparingly, a flood must not fill the log.
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        max = conn::MAX_CONNECTIONS,
+                        refused,
+                        "CRI socket: connection limit reached; closing new connections"
+                    );
+                }
+                None
+            }
+        },
+        Err(err) => Some(Err(err)),
+    })
 }
 
 /// Binds the CRI socket, replacing a stale one left by a crashed daemon, and

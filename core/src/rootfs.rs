@@ -255,7 +255,9 @@ pub fn prepare_infra_rootfs(dir: &Path, catatonit: &Path) -> Result<PathBuf, Roo
     if rootfs.join("catatonit").is_file() {
         return Ok(rootfs);
     }
-    fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    // The rootfs-* dirs in it stay 0755 (they are the infra containers' /),
+    // but nobody else needs to reach them through the daemon's root.
+    crate::perms::ensure_private_dir(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), &hash[..16]));
     let _ = fs::remove_dir_all(&tmp);
     let build = || -> Result<(), RootfsError> {

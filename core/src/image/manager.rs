@@ -96,11 +96,17 @@ impl ImageManager {
     /// image records and clears leftovers of interrupted pulls from `tmp/`.
     pub async fn open(config: &Config) -> Result<Arc<ImageManager>, ImageError> {
         let layout = StoreLayout::new(&config.root);
-        for dir in [&layout.blobs, &layout.layers, &layout.images, &layout.tmp] {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .ctx(|| format!("creating {}", dir.display()))?;
-        }
+        // Root-only at every level: layers keep their setuid binaries and
+        // device nodes, so no other user may even reach them. Tightens dirs
+        // an older version created 0755.
+        let dirs = layout.private_dirs();
+        tokio::task::spawn_blocking(move || {
+            dirs.iter().try_for_each(|dir| {
+                crate::perms::ensure_private_dir(dir).ctx(|| format!("creating {}", dir.display()))
+            })
+        })
+        .await
+        .map_err(|e| ImageError::Internal(format!("creating the store dirs: {e}")))??;
         let tmp = layout.tmp.clone();
         tokio::task::spawn_blocking(move || clear_dir(&tmp))
             .await

@@ -18,6 +18,7 @@ mod registry;
 mod store;
 
 pub use error::ImageError;
+pub use layer::LayerError;
 pub use manager::{FsUsage, ImageManager, ImageUsage};
 pub use record::{ContainerDefaults, ImageConfig, ImageRecord, LayerRecord, RootFs, user_of};
 pub use reference::ImageName;

@@ -37,6 +37,20 @@ impl StoreLayout {
         }
     }
 
+    /// Every directory of the store, parents first (all root-only).
+    pub fn private_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for dir in [&self.blobs, &self.layers] {
+            if let Some(parent) = dir.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+            dirs.push(dir.clone());
+        }
+        dirs.push(self.images.clone());
+        dirs.push(self.tmp.clone());
+        dirs
+    }
+
     /// `blobs/sha256/<hex>` for `sha256:<hex>`.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
         Ok(self.blobs.join(digest_hex(digest)?))

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::error::{PodError, PodResult};
 use super::store::{ContainerRecord, PodRecord, PodState, new_id, now_nanos};
 use super::{PodManager, files, is_gone, labels_match};
+use crate::bounded::bounded;
 use crate::image::ImageError;
 use crate::rootfs;
 use crate::spec::{self, ContainerSpecInput, PodNamespaces};
@@ -35,7 +36,7 @@ impl PodManager {
         self.store
             .find_container_id(id)
             .and_then(|id| self.store.container(&id))
-            .ok_or_else(|| PodError::NotFound(format!("container {id:?} not found")))
+            .ok_or_else(|| PodError::NotFound(format!("container {:?} not found", bounded(id))))
     }
 
     pub(super) fn container_ref(c: &ContainerRecord) -> types::ContainerRef {
@@ -76,6 +77,8 @@ impl PodManager {
                 "CreateContainer: metadata.name is required".into(),
             ));
         }
+        crate::bounded::check_name_length("metadata.name", &meta.name)
+            .map_err(|e| PodError::InvalidArgument(format!("CreateContainer: {e}")))?;
         let image_name = config
             .image
             .as_ref()
@@ -85,7 +88,10 @@ impl PodManager {
                 PodError::InvalidArgument("CreateContainer: config.image is required".into())
             })?;
         let pod_id = self.store.find_pod_id(&req.pod_sandbox_id).ok_or_else(|| {
-            PodError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+            PodError::NotFound(format!(
+                "pod sandbox {:?} not found",
+                bounded(&req.pod_sandbox_id)
+            ))
         })?;
         let _guard = self.lock_pod(&pod_id).await;
         let pod = self
@@ -117,18 +123,16 @@ impl PodManager {
             })?;
         let defaults = image.config.config.clone();
 
+        // Checked before anything is reserved or created.
+        let log_path = confined_log_path(&pod.config.log_directory, &config.log_path)?;
+        let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
+        if let Some(r) = &resources {
+            spec::validate_resources(r)?;
+        }
+
         let id = new_id()?;
         let name = format!("{pod_id}/{}_{}", meta.name, meta.attempt);
         self.store.reserve(&name, &id, "container")?;
-        let log_path = if config.log_path.is_empty() {
-            String::new()
-        } else {
-            Path::new(&pod.config.log_directory)
-                .join(&config.log_path)
-                .display()
-                .to_string()
-        };
-        let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
         let mut rec = ContainerRecord {
             id: id.clone(),
             pod_id: pod_id.clone(),
@@ -181,7 +185,9 @@ impl PodManager {
         layers: &[PathBuf],
         defaults: &crate::image::ContainerDefaults,
     ) -> PodResult<()> {
-        std::fs::create_dir_all(&rec.bundle_dir)
+        // Root only: it holds the container's config (env) and its writable
+        // layer (`upper`, which keeps the image's modes for the container).
+        crate::perms::ensure_private_dir(&rec.bundle_dir)
             .map_err(|e| PodError::io(format!("creating {}", rec.bundle_dir.display()), e))?;
         // Recorded before mounting so a crash right after still unmounts.
         rec.rootfs = Some(rec.bundle_dir.join("rootfs"));
@@ -343,7 +349,12 @@ impl PodManager {
     /// each other. The handler serializes what it does per container, and
     /// stop is idempotent against a concurrent pod stop/remove.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> PodResult<()> {
-        let c = self.container_record(id)?;
+        // Idempotent like StopPodSandbox: the kubelet retries a stop after
+        // the container is gone (removed, or torn down with its pod).
+        let Ok(c) = self.container_record(id) else {
+            tracing::debug!(container_id = %bounded(id), "StopContainer of an unknown container");
+            return Ok(());
+        };
         let pod = self.store.pod(&c.pod_id).ok_or_else(|| {
             PodError::NotFound(format!(
                 "pod sandbox {} of container {} not found",
@@ -510,6 +521,7 @@ impl PodManager {
         let Some(resources) = resources else {
             return Ok(());
         };
+        spec::validate_resources(&resources)?;
         handler
             .update_container_resources(types::UpdateContainerResourcesRequest {
                 sandbox_id: c.pod_id.clone(),
@@ -578,11 +590,83 @@ impl PodManager {
     }
 }
 
+/// The container's log file: `log_path` resolved against the pod's
+/// `log_directory`, which it must stay inside. The check is lexical (no
+/// `..`, not absolute): the directory is the kubelet's, root-owned, and
+/// conmon creates the file there as root, so what matters is that a request
+/// cannot name a path outside it.
+fn confined_log_path(log_directory: &str, log_path: &str) -> PodResult<String> {
+    use std::path::Component;
+    if log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let invalid = |why: &str| {
+        PodError::InvalidArgument(format!(
+            "CreateContainer: log_path {:?} {why}",
+            bounded(log_path)
+        ))
+    };
+    if log_directory.is_empty() || !Path::new(log_directory).is_absolute() {
+        return Err(invalid(
+            "needs the pod's log_directory, an absolute path, to be set",
+        ));
+    }
+    let relative = Path::new(log_path);
+    let mut normal = 0;
+    for component in relative.components() {
+        match component {
+            Component::Normal(_) => normal += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid("must be relative to the pod's log_directory"));
+            }
+            Component::ParentDir => {
+                return Err(invalid(
+                    "must stay inside the pod's log_directory (no \"..\")",
+                ));
+            }
+        }
+    }
+    if normal == 0 {
+        return Err(invalid("names no file"));
+    }
+    Ok(Path::new(log_directory)
+        .join(relative)
+        .display()
+        .to_string())
+}
+
 fn state_name(state: i32) -> &'static str {
     match types::ContainerState::try_from(state) {
         Ok(types::ContainerState::Created) => "created",
         Ok(types::ContainerState::Running) => "running",
         Ok(types::ContainerState::Exited) => "exited",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_inside_the_log_directory() {
+        let dir = "/var/log/pods/ns_web_uid";
+        assert_eq!(confined_log_path(dir, "").unwrap(), "");
+        assert_eq!(
+            confined_log_path(dir, "app/0.log").unwrap(),
+            "/var/log/pods/ns_web_uid/app/0.log"
+        );
+        for bad in ["../../x", "app/../../x", "/etc/cron.d/x", ".", "./"] {
+            let err = confined_log_path(dir, bad).unwrap_err();
+            assert!(matches!(err, PodError::InvalidArgument(_)), "{bad}: {err}");
+        }
+        for bad_dir in ["", "relative/dir"] {
+            let err = confined_log_path(bad_dir, "app/0.log").unwrap_err();
+            assert!(
+                matches!(err, PodError::InvalidArgument(_)),
+                "{bad_dir}: {err}"
+            );
+        }
     }
 }

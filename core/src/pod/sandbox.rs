@@ -82,6 +82,21 @@ impl PodManager {
                 "RunPodSandbox: metadata.name is required".into(),
             ));
         }
+        for (what, value) in [
+            ("metadata.name", &meta.name),
+            ("metadata.namespace", &meta.namespace),
+            ("metadata.uid", &meta.uid),
+        ] {
+            crate::bounded::check_name_length(what, value)
+                .map_err(|e| PodError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
+        }
+        // Container log paths are resolved against it (and confined to it).
+        if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+            return Err(PodError::InvalidArgument(format!(
+                "RunPodSandbox: log_directory {:?} must be an absolute path",
+                crate::bounded::bounded(&config.log_directory)
+            )));
+        }
         // An unknown handler is the caller's mistake: InvalidArgument, with
         // the names that exist.
         let handler = self.handler(&req.runtime_handler)?;
@@ -220,7 +235,7 @@ impl PodManager {
             self.store.save_pod(rec)?;
             files::mount_shm(&rec.dir)?;
         }
-        std::fs::create_dir_all(&rec.handler_dir)
+        crate::perms::ensure_private_dir(&rec.handler_dir)
             .map_err(|e| PodError::io(format!("creating {}", rec.handler_dir.display()), e))?;
         rec.handler_annotations = self.handler_annotations(&rec.handler, &rec.config.annotations);
 
@@ -293,7 +308,7 @@ impl PodManager {
     fn infra_bundle(&self, rec: &mut PodRecord) -> PodResult<types::Bundle> {
         let rootfs = self.infra_rootfs()?;
         let bundle = rec.dir.join("infra");
-        std::fs::create_dir_all(&bundle)
+        crate::perms::ensure_private_dir(&bundle)
             .map_err(|e| PodError::io(format!("creating {}", bundle.display()), e))?;
         let files = Self::pod_files(rec);
         let cgroups_path = infra_cgroup(&rec.cgroup_path, &rec.id);
@@ -588,7 +603,12 @@ impl PodManager {
             .store
             .find_pod_id(id)
             .and_then(|id| self.store.pod(&id))
-            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+            .ok_or_else(|| {
+                PodError::NotFound(format!(
+                    "pod sandbox {:?} not found",
+                    crate::bounded::bounded(id)
+                ))
+            })?;
         let state = self.pod_state(&rec).await;
         let network = rec
             .pod_ips

@@ -231,7 +231,7 @@ impl Store {
     /// skipped with a warning: one corrupt file must not keep the daemon
     /// from serving the other pods.
     pub fn load(&self) -> PodResult<()> {
-        fs::create_dir_all(&self.root)
+        crate::perms::ensure_private_dir(&self.root)
             .map_err(|e| PodError::io(format!("creating {}", self.root.display()), e))?;
         let entries = fs::read_dir(&self.root)
             .map_err(|e| PodError::io(format!("reading {}", self.root.display()), e))?;
@@ -276,7 +276,7 @@ impl Store {
         match names.get(name) {
             Some(owner) if owner != id => Err(PodError::AlreadyExists {
                 what,
-                name: name.to_string(),
+                name: crate::bounded::bounded(name).into_owned(),
                 id: owner.clone(),
             }),
             _ => {
@@ -416,7 +416,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
         path: path.display().to_string(),
         message: "no parent directory".into(),
     })?;
-    fs::create_dir_all(dir).map_err(|e| PodError::io(format!("creating {}", dir.display()), e))?;
+    crate::perms::ensure_private_dir(dir)
+        .map_err(|e| PodError::io(format!("creating {}", dir.display()), e))?;
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| PodError::Record {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -425,7 +426,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        // Records carry the container config (env included): root only.
+        let mut f = crate::perms::create_private_file(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -1137,13 +1137,16 @@ impl Attachment {
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("create directory for", e))?;
+            crate::perms::ensure_private_dir(dir).map_err(|e| io("create directory for", e))?;
         }
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let bytes = serde_json::to_vec_pretty(self).expect("plain data serialises");
-        std::fs::write(&tmp, bytes).map_err(|e| io("write", e))?;
+        // The result and the request (pod names, addresses) are root's only.
+        crate::perms::create_private_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+            .map_err(|e| io("write", e))?;
         std::fs::rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io("rename into place", e)

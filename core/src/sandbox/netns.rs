@@ -86,7 +86,7 @@ impl NetNs {
     /// left behind on failure.
     pub fn create(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
         validate_name(name)?;
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        crate::perms::ensure_private_dir(dir).map_err(io_err("create directory", dir))?;
         make_shared_mount_point(dir)?;
 
         let path = dir.join(name);

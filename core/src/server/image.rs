@@ -30,7 +30,7 @@ impl ImageServer {
 /// Maps image errors to statuses: what the client got wrong, what is
 /// missing, what it may not do, and what failed on the way.
 pub fn status_of(err: &ImageError) -> Status {
-    let message = err.to_string();
+    let message = crate::bounded::bound_message(err.to_string());
     match err.root() {
         ImageError::InvalidReference { .. } | ImageError::Ambiguous { .. } => {
             Status::invalid_argument(message)
@@ -40,6 +40,12 @@ pub fn status_of(err: &ImageError) -> Status {
         ImageError::Blocked { .. } => Status::permission_denied(message),
         ImageError::InUse { .. } => Status::failed_precondition(message),
         ImageError::Registry { .. } => Status::unavailable(message),
+        // The request was fine but the image is not: its content was refused
+        // (bad archive, unsafe path, wrong digest). Retrying cannot help
+        // until the image changes, which is what FailedPrecondition says.
+        root if is_bad_content(root) => Status::failed_precondition(crate::bounded::bound_message(
+            format!("the image's content was refused: {message}"),
+        )),
         ImageError::UnsupportedManifest { .. }
         | ImageError::DigestMismatch { .. }
         | ImageError::SizeMismatch { .. }
@@ -50,6 +56,24 @@ pub fn status_of(err: &ImageError) -> Status {
         | ImageError::Io { .. }
         | ImageError::Corrupt { .. }
         | ImageError::Internal(_) => Status::internal(message),
+    }
+}
+
+/// Errors that say the pulled content itself is unusable (as opposed to
+/// our disk or a background task failing).
+fn is_bad_content(err: &ImageError) -> bool {
+    use crate::image::LayerError;
+    match err {
+        ImageError::UnsupportedManifest { .. }
+        | ImageError::DigestMismatch { .. }
+        | ImageError::SizeMismatch { .. }
+        | ImageError::InvalidConfig { .. }
+        | ImageError::DiffIdMismatch { .. } => true,
+        ImageError::Layer { source, .. } => !matches!(
+            source.as_ref(),
+            LayerError::Destination { .. } | LayerError::Io { .. }
+        ),
+        _ => false,
     }
 }
 
@@ -272,7 +296,8 @@ mod tests {
             }),
         };
         let status = status_of(&corrupt);
-        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("content was refused"));
         assert!(status.message().contains("expected sha256:a, got sha256:b"));
     }
 

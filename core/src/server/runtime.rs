@@ -109,7 +109,7 @@ fn cni_config_present(dir: &Path) -> Result<(), String> {
 /// in this daemon's configuration), with the known names in the message.
 pub fn pod_status(err: PodError) -> Status {
     use crius_shim_api::ErrorKind;
-    let message = err.to_string();
+    let message = crate::bounded::bound_message(err.to_string());
     match &err {
         PodError::InvalidArgument(_) | PodError::UnknownHandler(_) => {
             Status::invalid_argument(message)

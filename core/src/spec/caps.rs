@@ -6,50 +6,52 @@ use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxCapabilitiesBuilder}
 
 use super::SpecError;
 
-/// Every capability the spec format knows, for privileged containers and
-/// `add: [ALL]`.
+/// Every capability the spec format knows, by its kernel number (the bit
+/// in `/proc/<pid>/status` masks): the candidates for privileged containers
+/// and `add: [ALL]`, of which only those in the host's bounding set are
+/// given (see [`all`]).
 pub(crate) const ALL: &[&str] = &[
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
     "CHOWN",
     "DAC_OVERRIDE",
     "DAC_READ_SEARCH",
     "FOWNER",
     "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
     "KILL",
-    "LEASE",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
     "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
     "NET_BIND_SERVICE",
     "NET_BROADCAST",
+    "NET_ADMIN",
     "NET_RAW",
-    "PERFMON",
-    "SETGID",
-    "SETFCAP",
-    "SETPCAP",
-    "SETUID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
     "SYS_ADMIN",
     "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
     "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
     "SYS_RESOURCE",
     "SYS_TIME",
     "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
     "SYSLOG",
     "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
 ];
 
 /// The default set of unprivileged containers (the one CRI-O and
@@ -76,10 +78,48 @@ fn is_all(name: &str) -> bool {
     name.eq_ignore_ascii_case("ALL")
 }
 
+/// What "every capability" means on this host: the known capabilities in
+/// the daemon's bounding set (as CRI-O and containerd do). Asking the
+/// runtime for one the host lacks (a reduced bounding set, e.g. without
+/// `CAP_SYS_RESOURCE` in some sandboxes) makes it fail with "unable to
+/// apply caps".
 pub(crate) fn all() -> HashSet<Capability> {
+    let mask = host_bounding_mask();
     ALL.iter()
-        .map(|c| parse(c).expect("known capability"))
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| parse(c).expect("known capability"))
         .collect()
+}
+
+/// The daemon's capability bounding set as a bit mask (`CapBnd`), read
+/// once. When it cannot be read every known capability is assumed, as
+/// before this check existed.
+fn host_bounding_mask() -> u64 {
+    static MASK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        match std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(bounding_mask_of)
+        {
+            Some(mask) => mask,
+            None => {
+                tracing::warn!(
+                    "cannot read CapBnd from /proc/self/status; assuming every capability"
+                );
+                u64::MAX
+            }
+        }
+    })
+}
+
+/// The `CapBnd:` mask of a `/proc/<pid>/status` text.
+fn bounding_mask_of(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 /// Kubernetes semantics: start from the default set; `drop: [ALL]` empties
@@ -163,13 +203,31 @@ mod tests {
         let none = effective_set(&[], &s(&["all"])).unwrap();
         assert!(none.is_empty());
         let most = effective_set(&s(&["ALL"]), &s(&["SYS_ADMIN"])).unwrap();
-        assert_eq!(most.len(), ALL.len() - 1);
+        let host = all();
+        assert_eq!(
+            most.len(),
+            host.len() - usize::from(host.contains(&Capability::SysAdmin))
+        );
         assert!(!most.contains(&Capability::SysAdmin));
         // add ALL + drop ALL: the add wins, as in the other CRI runtimes.
-        assert_eq!(
-            effective_set(&s(&["ALL"]), &s(&["ALL"])).unwrap().len(),
-            ALL.len()
-        );
+        assert_eq!(effective_set(&s(&["ALL"]), &s(&["ALL"])).unwrap(), host);
+    }
+
+    #[test]
+    fn table_is_in_kernel_bit_order_and_host_mask_is_parsed() {
+        // Spot checks of the bit numbers (linux/capability.h).
+        let bit = |name: &str| ALL.iter().position(|c| *c == name).unwrap();
+        assert_eq!(bit("CHOWN"), 0);
+        assert_eq!(bit("NET_BIND_SERVICE"), 10);
+        assert_eq!(bit("SYS_ADMIN"), 21);
+        assert_eq!(bit("SYS_RESOURCE"), 24);
+        assert_eq!(bit("SETFCAP"), 31);
+        assert_eq!(bit("CHECKPOINT_RESTORE"), 40);
+        let status = "Name:\tx\nCapEff:\t0000000000000000\nCapBnd:\t000001fffeffffff\n";
+        let mask = bounding_mask_of(status).unwrap();
+        assert_eq!(mask & (1 << 24), 0, "SYS_RESOURCE is not in that set");
+        assert_ne!(mask & (1 << 21), 0);
+        assert_eq!(bounding_mask_of("Name:\tx\n"), None);
     }
 
     #[test]

@@ -394,6 +394,40 @@ fn resources(
     b.build().map_err(build_err)
 }
 
+/// The lowest memory limit a container may ask for: below it runc's init
+/// and the container's first process cannot even start, and the failure
+/// would surface as an opaque runtime error at StartContainer (CRI-O uses
+/// the same bound).
+pub const MIN_MEMORY_LIMIT_BYTES: i64 = 12 * 1024 * 1024;
+
+/// Refuses resource values the kernel or the OCI runtime would reject, so
+/// the client gets `InvalidArgument` up front instead of an internal error
+/// from deep inside container creation.
+pub fn validate_resources(r: &cri::LinuxContainerResources) -> Result<(), SpecError> {
+    if !(-1000..=1000).contains(&r.oom_score_adj) {
+        return Err(SpecError::InvalidArgument(format!(
+            "oom_score_adj {} is outside -1000..=1000",
+            r.oom_score_adj
+        )));
+    }
+    if r.memory_limit_in_bytes < 0
+        || (r.memory_limit_in_bytes > 0 && r.memory_limit_in_bytes < MIN_MEMORY_LIMIT_BYTES)
+    {
+        return Err(SpecError::InvalidArgument(format!(
+            "memory_limit_in_bytes {} is below the minimum of {MIN_MEMORY_LIMIT_BYTES} bytes (12 MiB)",
+            r.memory_limit_in_bytes
+        )));
+    }
+    for (what, v) in [("cpu_period", r.cpu_period), ("cpu_shares", r.cpu_shares)] {
+        if v < 0 {
+            return Err(SpecError::InvalidArgument(format!(
+                "{what} {v} is negative"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the OCI spec of a workload container.
 pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let cfg = input.config;
@@ -861,7 +895,10 @@ pub fn write_spec(bundle_dir: &Path, spec: &Spec) -> Result<Vec<u8>, SpecError> 
         let context = format!("{what} {}", p.display());
         move |source| SpecError::Io { context, source }
     };
-    std::fs::write(&tmp, &bytes).map_err(io("writing", &tmp))?;
+    // 0600: the spec holds the container's env, i.e. its secrets.
+    crate::perms::create_private_file(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .map_err(io("writing", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
     Ok(bytes)
 }

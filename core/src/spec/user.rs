@@ -160,6 +160,16 @@ pub(crate) fn resolve_user(
 
     let run_as_user = sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value);
     let run_as_username = sc.map(|s| s.run_as_username.as_str()).unwrap_or_default();
+    // A group for "whatever user the image says" is ambiguous (the image's
+    // user may name its own group); the CRI requires a user with it.
+    if sc.is_some_and(|s| s.run_as_group.is_some())
+        && run_as_user.is_none()
+        && run_as_username.is_empty()
+    {
+        return Err(SpecError::InvalidArgument(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
 
     let (uid, mut gid, name): (u32, u32, Option<String>) = if let Some(v) = run_as_user {
         let uid = id_from_i64(v, "run_as_user")?;
@@ -323,6 +333,18 @@ mod tests {
         s.run_as_username = "ghost".into();
         let err = resolve_user(r.path(), Some(&s), "").unwrap_err();
         assert!(err.to_string().contains("ghost"), "{err}");
+    }
+
+    #[test]
+    fn a_group_without_a_user_is_invalid() {
+        let r = rootfs();
+        let mut s = sc();
+        s.run_as_group = Some(Int64Value { value: 7 });
+        let err = resolve_user(r.path(), Some(&s), "app").unwrap_err();
+        assert!(matches!(err, SpecError::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("run_as_group"), "{err}");
+        s.run_as_username = "app".into();
+        assert_eq!(resolve_user(r.path(), Some(&s), "").unwrap().gid, 7);
     }
 
     #[test]

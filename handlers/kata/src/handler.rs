@@ -121,7 +121,7 @@ impl KataHandler {
         };
         std::fs::create_dir_all(&state_dir).map_err(|e| io("cannot create the state dir", e))?;
         let layout = VmLayout::new(&state_dir, &req.sandbox_id);
-        std::fs::create_dir_all(&layout.socket_dir)
+        crate::vm::create_private_dir(&layout.socket_dir)
             .map_err(|e| io("cannot create the socket dir", e))?;
         let socket = layout.shim_socket();
         let _ = std::fs::remove_file(&socket);

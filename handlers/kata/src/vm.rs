@@ -28,6 +28,21 @@ const SOCKET_PATH_MAX: usize = 100;
 /// Where sockets go when the state dir is too deep.
 pub const SHORT_SOCKET_ROOT: &str = "/run/crius-kata";
 
+/// Creates `dir` and any missing parent 0700 (the shared root
+/// [`SHORT_SOCKET_ROOT`] included) and tightens `dir` if it is wider: the
+/// sockets in it reach the guest agent and the VM's devices, root only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 impl VmLayout {
     pub fn new(state_dir: &Path, sandbox_id: &str) -> Self {
         // The longest socket name below is `vsock.sock_1024` (hybrid vsock
@@ -139,7 +154,7 @@ impl Vm {
         let prepare =
             |what: &str, err: std::io::Error| BootError::Prepare(format!("{what}: {err}"));
         std::fs::create_dir_all(&layout.state_dir).map_err(|e| prepare("state dir", e))?;
-        std::fs::create_dir_all(&layout.socket_dir).map_err(|e| prepare("socket dir", e))?;
+        create_private_dir(&layout.socket_dir).map_err(|e| prepare("socket dir", e))?;
         std::fs::create_dir_all(layout.shared_dir()).map_err(|e| prepare("shared dir", e))?;
         for stale in [
             layout.vhost_user_vsock(),

@@ -114,8 +114,17 @@ pub fn system_time_ns(t: SystemTime) -> i64 {
 /// Writes `bytes` to `path` atomically (temp file + rename), so a crash
 /// never leaves a half-written record.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    // Records name the container's bundle, cgroup and log: root only.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(bytes)?;
     std::fs::rename(&tmp, path)
 }
 

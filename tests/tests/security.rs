@@ -1,0 +1,922 @@
+//! Host safety through the daemon's CRI socket: what other local users can
+//! reach, what requests may name, which values are refused up front and how
+//! errors are reported.
+//!
+//! The daemon's temporary directory is opened to 0755 in these tests (it is
+//! 0700 as created), so that only the modes crius gives its own directories
+//! stand between the layer store and an unprivileged user, as on a real host
+//! where `root` is `/var/lib/crius`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crius_proto::cri;
+use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_tests::cri::{configs, images};
+use crius_tests::host::{wait_for_log, write_test_cni_config};
+use crius_tests::image::{
+    self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
+};
+use crius_tests::registry::{REGISTRY_BIN, Registry};
+use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const CONMON: &str = "/usr/bin/conmon";
+const CATATONIT: &str = "/usr/bin/catatonit";
+const CNI_PLUGINS: [&str; 3] = [
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/portmap",
+];
+/// The setuid file the test image carries.
+const SUID_FILE: &str = "bin/suid-tool";
+const NOBODY: u32 = 65534;
+
+fn runtime_binary(handler: &str) -> &'static str {
+    match handler {
+        "runc" => "/usr/sbin/runc",
+        "crun" => "/usr/bin/crun",
+        other => panic!("no binary known for handler {other}"),
+    }
+}
+
+struct Env {
+    // Field order is drop order: the daemon stops before the registry goes away.
+    daemon: Daemon,
+    handler: &'static str,
+    image: String,
+    bridge: String,
+    log_dir: tempfile::TempDir,
+    _cni_dir: tempfile::TempDir,
+    registry: Registry,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(
+            &self.daemon.state_dir().join("netns"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge, "type", "bridge"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn next_subnet() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Apart from the pod suite's 10.200-249 range.
+    format!("10.{}.{}", 150 + (std::process::id() % 50), n % 250)
+}
+
+/// A busybox image whose second layer holds a setuid-root file, a CNI
+/// network of the test's own and a daemon using both, with the image pulled.
+async fn setup(handler: &'static str) -> Option<Env> {
+    let mut tools = vec![
+        REGISTRY_BIN,
+        BUSYBOX_STATIC,
+        CONMON,
+        CATATONIT,
+        runtime_binary(handler),
+        "grep",
+        "stat",
+    ];
+    tools.extend(CNI_PLUGINS);
+    if !require_root_and_tools(&tools) {
+        return None;
+    }
+    let registry = Registry::start().await.expect("registry starts");
+    let mut suid = LayerBuilder::new();
+    suid.dir("bin", 0o755)
+        .unwrap()
+        .file(SUID_FILE, b"#!/bin/sh\nid\n", 0o4755)
+        .unwrap();
+    let layers = vec![
+        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
+        Layer::new(suid.finish().unwrap(), Compression::Gzip),
+    ];
+    image::push_image(
+        &registry,
+        "suidbox",
+        "1",
+        layers,
+        &ImageConfig::default(),
+        ManifestFormat::Oci,
+    )
+    .await
+    .expect("push suidbox");
+    let image = registry.image_ref("suidbox", "1");
+
+    let token = unique_token();
+    let cni_dir = tempfile::Builder::new()
+        .prefix("crius-cni-")
+        .tempdir()
+        .unwrap();
+    let bridge = format!("crs{}", &token[..8]);
+    write_test_cni_config(
+        cni_dir.path(),
+        &format!("crius-sec-{token}"),
+        &bridge,
+        &next_subnet(),
+    );
+    let daemon = Daemon::builder()
+        .registry(&registry)
+        .extra_yaml(&format!(
+            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
+            cni_dir.path().display()
+        ))
+        .start()
+        .await
+        .expect("daemon starts");
+    // As a real host's /var/lib: others may traverse, so only the daemon's
+    // own modes keep them out.
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    images::pull(&mut daemon.image(), &image)
+        .await
+        .expect("pull suidbox");
+    let log_dir = tempfile::Builder::new()
+        .prefix("crius-seclogs-")
+        .tempdir()
+        .unwrap();
+    Some(Env {
+        daemon,
+        handler,
+        image,
+        bridge,
+        log_dir,
+        _cni_dir: cni_dir,
+        registry,
+    })
+}
+
+impl Env {
+    fn rt(&self) -> RuntimeServiceClient<Channel> {
+        self.daemon.runtime()
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        configs::pod(
+            name,
+            "crius-sec",
+            self.log_dir.path(),
+            cri::NamespaceMode::Pod,
+        )
+    }
+
+    async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: self.handler.into(),
+        };
+        Ok(self
+            .rt()
+            .run_pod_sandbox(req)
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod)
+    }
+
+    async fn create(
+        &self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        Ok(self
+            .rt()
+            .create_container(req)
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    async fn start(&self, id: &str) {
+        self.rt()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .expect("StartContainer");
+    }
+
+    async fn wait_exited(&self, id: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self
+                .rt()
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.to_string(),
+                    verbose: false,
+                })
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .unwrap();
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The pod's directory, from its verbose status.
+    async fn pod_dir(&self, pod_id: &str) -> PathBuf {
+        let status = self
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod_id.to_string(),
+                verbose: true,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+        PathBuf::from(info["podDir"].as_str().expect("podDir"))
+    }
+
+    async fn remove_pod(&self, pod_id: &str) {
+        let mut rt = self.rt();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    }
+
+    async fn container_count(&self) -> usize {
+        self.rt()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .len()
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+/// Runs `program args` as uid/gid 65534 with no supplementary groups.
+fn as_nobody(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} as nobody: {e}"))
+}
+
+/// `path` cannot be reached by an unprivileged user.
+fn assert_unreachable_for_nobody(path: &Path) {
+    let out = as_nobody("stat", &[&path.display().to_string()]);
+    assert!(
+        !out.status.success(),
+        "nobody can stat {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Permission denied"),
+        "stat {} as nobody: {stderr}",
+        path.display()
+    );
+}
+
+/// The layer directory of the store that holds the setuid file.
+fn suid_layer(root: &Path) -> PathBuf {
+    crius_tests::dir_entries(&root.join("layers/sha256"))
+        .into_iter()
+        .find(|d| d.join(SUID_FILE).exists())
+        .expect("a layer with the setuid file")
+}
+
+// ---- 1. daemon directories ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layer_store_and_state_are_unreachable_for_other_users() {
+    let Some(mut env) = setup("runc").await else {
+        return;
+    };
+    let root = env.daemon.root().to_path_buf();
+    let state = env.daemon.state_dir().to_path_buf();
+    let layer = suid_layer(&root);
+    let suid = layer.join(SUID_FILE);
+    // The layer itself is faithful: the bit is kept for the container.
+    assert_eq!(mode(&suid), 0o4755);
+
+    let private = |root: &Path, state: &Path| {
+        let mut dirs: Vec<PathBuf> = [
+            "",
+            "layers",
+            "layers/sha256",
+            "blobs",
+            "blobs/sha256",
+            "images",
+            "tmp",
+        ]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+        dirs.push(state.join("runc"));
+        dirs.push(state.join("crun"));
+        dirs
+    };
+    for dir in private(&root, &state) {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    // Passable for the CRI socket's group, not listable.
+    assert_eq!(mode(&state), 0o711);
+
+    // A pod and a container: their directories are private too.
+    let pod = env.pod_config("suid");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let id = env
+        .create(&pod_id, &pod, env.container_config("c", &["sleep", "60"]))
+        .await
+        .expect("CreateContainer");
+    let pod_dir = env.pod_dir(&pod_id).await;
+    let bundle = pod_dir.join("containers").join(&id);
+    for dir in [state.join("pods"), pod_dir.clone(), bundle.clone()] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+
+    // What an unprivileged user sees: the daemon's directory (so the
+    // test itself can see a difference), and nothing below root or state.
+    let out = as_nobody("stat", &[&env.daemon.dir().display().to_string()]);
+    assert!(out.status.success(), "nobody cannot even see the test dir");
+    for path in [
+        root.join("layers"),
+        layer.clone(),
+        suid.clone(),
+        bundle.join("upper"),
+        bundle.join("config.json"),
+        // state is passable (0711), so pods itself can be stat'ed, but
+        // nothing in it.
+        pod_dir.join("pod.json"),
+    ] {
+        assert_unreachable_for_nobody(&path);
+    }
+    let listing = as_nobody("ls", &[&state.display().to_string()]);
+    assert!(!listing.status.success(), "nobody can list the state dir");
+    env.remove_pod(&pod_id).await;
+
+    // Directories an older version left open are tightened at start.
+    env.daemon.terminate();
+    for dir in [
+        root.clone(),
+        root.join("layers"),
+        root.join("layers/sha256"),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(state.join("runc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.daemon.restart().await.expect("daemon restarts");
+    for dir in private(&root, &state) {
+        assert_eq!(mode(&dir), 0o700, "after restart: {}", dir.display());
+    }
+    assert_eq!(mode(&state), 0o711);
+    assert!(
+        env.daemon.stderr_text().contains("permissions tightened"),
+        "the repair is logged"
+    );
+    assert_unreachable_for_nobody(&suid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_dir_owned_by_another_user_is_refused() {
+    let Some(mut env) = setup("runc").await else {
+        return;
+    };
+    env.daemon.terminate();
+    let root = env.daemon.root().to_path_buf();
+    std::os::unix::fs::chown(&root, Some(NOBODY), Some(NOBODY)).unwrap();
+    let err = env
+        .daemon
+        .restart()
+        .await
+        .expect_err("the daemon must refuse a root dir of another user");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("owned by uid 65534") && text.contains(&root.display().to_string()),
+        "{text}"
+    );
+    std::os::unix::fs::chown(&root, Some(0), Some(0)).unwrap();
+}
+
+// ---- 2. files holding container config ----------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_config_and_records_are_root_only() {
+    let Some(env) = setup("runc").await else {
+        return;
+    };
+    let secret = format!("s3cret-{}", unique_token());
+    let pod = env.pod_config("secrets");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let mut config = env.container_config("db", &["sleep", "60"]);
+    config.envs = vec![cri::KeyValue {
+        key: "DB_PASSWORD".into(),
+        value: secret.clone().into_bytes(),
+    }];
+    let id = env
+        .create(&pod_id, &pod, config)
+        .await
+        .expect("CreateContainer");
+    env.start(&id).await;
+
+    let pod_dir = env.pod_dir(&pod_id).await;
+    let bundle = pod_dir.join("containers").join(&id);
+    let spec = bundle.join("config.json");
+    assert!(
+        std::fs::read_to_string(&spec).unwrap().contains(&secret),
+        "the spec carries the env"
+    );
+    for file in [
+        spec,
+        pod_dir.join("containers").join(format!("{id}.json")),
+        pod_dir.join("pod.json"),
+        pod_dir.join("infra/config.json"),
+        pod_dir.join("cni.json"),
+    ] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    for dir in [
+        pod_dir.clone(),
+        pod_dir.join("containers"),
+        bundle,
+        pod_dir.join("infra"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    // The files bind-mounted into containers stay readable for them.
+    assert_eq!(mode(&pod_dir.join("resolv.conf")) & 0o444, 0o444);
+
+    // No file an unprivileged user can read holds the secret.
+    let found = as_nobody(
+        "grep",
+        &[
+            "-rl",
+            &secret,
+            &env.daemon.state_dir().display().to_string(),
+            &env.daemon.root().display().to_string(),
+        ],
+    );
+    assert!(
+        found.stdout.is_empty(),
+        "nobody can read the secret in: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    env.remove_pod(&pod_id).await;
+}
+
+// ---- 3. log paths ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_paths_are_confined_to_the_log_directory() {
+    let Some(env) = setup("runc").await else {
+        return;
+    };
+    let token = unique_token();
+    let pod = env.pod_config("logs");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let outside = std::env::temp_dir().join(format!("crius-escape-{token}.log"));
+    let deep = format!("{}{}", "../".repeat(12), outside.display());
+    for log_path in [
+        deep.as_str(),
+        &outside.display().to_string(),
+        "c/../../escape.log",
+    ] {
+        let mut config = env.container_config("c", &["echo", "escaped"]);
+        config.log_path = log_path.to_string();
+        let err = env
+            .create(&pod_id, &pod, config)
+            .await
+            .expect_err("a log path outside the log directory");
+        assert_eq!(err.code(), Code::InvalidArgument, "{log_path}: {err:?}");
+        assert!(err.message().contains("log_path"), "{}", err.message());
+    }
+    assert!(!outside.exists(), "{} was created", outside.display());
+    assert_eq!(env.container_count().await, 0, "nothing half-created");
+    // The name is free again: a valid container with it works.
+    let id = env
+        .create(
+            &pod_id,
+            &pod,
+            env.container_config("c", &["echo", "inside"]),
+        )
+        .await
+        .expect("a confined log path");
+    env.start(&id).await;
+    let log = Path::new(&pod.log_directory).join("c/0.log");
+    wait_for_log(&log, "inside", Duration::from_secs(10)).await;
+    env.remove_pod(&pod_id).await;
+
+    let mut relative = env.pod_config("rel");
+    relative.log_directory = "var/log/pods/rel".into();
+    let err = env.run_pod(&relative).await.expect_err("relative log dir");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("log_directory"), "{}", err.message());
+}
+
+// ---- 4. privileged containers ------------------------------------------------
+
+/// `CapBnd` of this (root) test process: the host's bounding set.
+fn host_bounding_set() -> u64 {
+    cap_mask(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        "CapBnd",
+    )
+}
+
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.split_once(&format!("{field}:")).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    let hex = line.split_whitespace().next().unwrap();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+async fn privileged_containers_get_the_host_bounding_set(handler: &'static str) {
+    let Some(env) = setup(handler).await else {
+        return;
+    };
+    let mut pod = env.pod_config("priv");
+    if let Some(sc) = pod.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.privileged = true;
+    }
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let mut config = env.container_config("p", &["grep", "^Cap", "/proc/self/status"]);
+    if let Some(sc) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        sc.privileged = true;
+    }
+    let id = env
+        .create(&pod_id, &pod, config)
+        .await
+        .expect("CreateContainer (privileged)");
+    env.start(&id).await;
+    env.wait_exited(&id, Duration::from_secs(20)).await;
+    let log = Path::new(&pod.log_directory).join("p/0.log");
+    let text = wait_for_log(&log, "CapBnd", Duration::from_secs(5)).await;
+    let host = host_bounding_set();
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            cap_mask(&text, field),
+            host,
+            "{field} of a privileged container on {handler}: {text}"
+        );
+    }
+
+    // add: [ALL] likewise, without privileged.
+    let mut config = env.container_config("all", &["grep", "^Cap", "/proc/self/status"]);
+    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            add_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        namespace_options: Some(configs::namespaces(cri::NamespaceMode::Pod)),
+        ..Default::default()
+    });
+    let id = env
+        .create(&pod_id, &pod, config)
+        .await
+        .expect("CreateContainer (add ALL)");
+    env.start(&id).await;
+    env.wait_exited(&id, Duration::from_secs(20)).await;
+    let log = Path::new(&pod.log_directory).join("all/0.log");
+    let text = wait_for_log(&log, "CapBnd", Duration::from_secs(5)).await;
+    assert_eq!(
+        cap_mask(&text, "CapEff"),
+        host,
+        "add ALL on {handler}: {text}"
+    );
+    env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_runc() {
+    privileged_containers_get_the_host_bounding_set("runc").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_crun() {
+    privileged_containers_get_the_host_bounding_set("crun").await
+}
+
+// ---- 5. any :authority ------------------------------------------------------
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK literal without indexing, new name, no Huffman (RFC 7541 6.2.2);
+/// every string here is shorter than 127 bytes.
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Sends `Version` over a raw HTTP/2 connection with `authority` (as
+/// clients other than Go's do on unix sockets) and returns the gRPC
+/// response message bytes, or why there was none.
+async fn version_with_authority(socket: &Path, authority: &str) -> Result<Vec<u8>, String> {
+    let mut conn = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/runtime.v1.RuntimeService/Version"),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(h2_frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(h2_frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // an empty VersionRequest, END_STREAM
+    conn.write_all(&out).await.map_err(|e| e.to_string())?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match kind {
+                0x0 if stream == 1 => return Ok(payload),
+                0x3 if stream == 1 => {
+                    return Err(format!("stream reset, error code {:?}", &payload[..]));
+                }
+                0x7 => return Err(format!("GOAWAY {:?}", &payload[..])),
+                0x4 if flags & 0x1 == 0 => {
+                    let ack = h2_frame(0x4, 0x1, 0, &[]);
+                    conn.write_all(&ack).await.map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline.into(), conn.read(&mut chunk))
+            .await
+            .map_err(|_| "no response within 10s".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_authority_is_accepted_on_the_unix_socket() {
+    if !require_root_and_tools(&[]) {
+        return;
+    }
+    let daemon = Daemon::start("").await.expect("daemon starts");
+    let socket = daemon.socket().display().to_string();
+    let encoded = socket.replace('/', "%2F");
+    for authority in [
+        "localhost",
+        // Python's grpcio (C-core): the percent-encoded socket path.
+        encoded.as_str(),
+        // grpc-java: the socket path as is.
+        socket.as_str(),
+        "unix:/run/crius/crius.sock",
+    ] {
+        let message = version_with_authority(daemon.socket(), authority)
+            .await
+            .unwrap_or_else(|e| panic!(":authority {authority:?} refused: {e}"));
+        assert!(
+            message.windows(5).any(|w| w == b"crius"),
+            ":authority {authority:?}: not a VersionResponse: {message:?}"
+        );
+    }
+}
+
+// ---- 6. idempotency and user/group validation ------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_of_an_unknown_container_succeeds_and_a_group_needs_a_user() {
+    let Some(env) = setup("runc").await else {
+        return;
+    };
+    env.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: "0123456789abcdef-never-created".into(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer of an unknown container is a no-op");
+
+    let pod = env.pod_config("group");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let mut config = env.container_config("g", &["id"]);
+    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_group: Some(cri::Int64Value { value: 1234 }),
+        namespace_options: Some(configs::namespaces(cri::NamespaceMode::Pod)),
+        ..Default::default()
+    });
+    let err = env
+        .create(&pod_id, &pod, config.clone())
+        .await
+        .expect_err("run_as_group without a user");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("run_as_group"), "{}", err.message());
+    assert_eq!(env.container_count().await, 0);
+
+    // With a user it is fine, and the container runs as uid:gid.
+    let sc = config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.run_as_user = Some(cri::Int64Value { value: 4321 });
+    let id = env
+        .create(&pod_id, &pod, config)
+        .await
+        .expect("run_as_user + run_as_group");
+    env.start(&id).await;
+    let log = Path::new(&pod.log_directory).join("g/0.log");
+    wait_for_log(&log, "uid=4321 gid=1234", Duration::from_secs(10)).await;
+    // Stopping it twice, and after removal, all succeed.
+    for _ in 0..2 {
+        env.rt()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .expect("StopContainer");
+    }
+    env.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    env.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer after RemoveContainer");
+    env.remove_pod(&pod_id).await;
+}
+
+// ---- 7. bad values and bounded errors ----------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_values_are_refused_up_front_with_bounded_messages() {
+    let Some(env) = setup("runc").await else {
+        return;
+    };
+    let pod = env.pod_config("values");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let huge = "n".repeat(1 << 20);
+
+    let mut config = env.container_config("x", &["true"]);
+    config.metadata.as_mut().unwrap().name = huge.clone();
+    let err = env
+        .create(&pod_id, &pod, config)
+        .await
+        .expect_err("a 1 MiB container name");
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{}",
+        &err.message()[..200.min(err.message().len())]
+    );
+    assert!(
+        err.message().len() < 1024,
+        "message of {} bytes",
+        err.message().len()
+    );
+
+    let err = env
+        .rt()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: huge.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("unknown 1 MiB id");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().len() < 1024,
+        "message of {} bytes",
+        err.message().len()
+    );
+
+    let mut huge_pod = env.pod_config("hugepod");
+    huge_pod.metadata.as_mut().unwrap().name = huge.clone();
+    let err = env.run_pod(&huge_pod).await.expect_err("a 1 MiB pod name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().len() < 1024,
+        "message of {} bytes",
+        err.message().len()
+    );
+
+    for (what, resources) in [
+        (
+            "oom_score_adj",
+            cri::LinuxContainerResources {
+                oom_score_adj: 5000,
+                ..Default::default()
+            },
+        ),
+        (
+            "memory_limit_in_bytes",
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: 4096,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut config = env.container_config("r", &["true"]);
+        config.linux.as_mut().unwrap().resources = Some(resources);
+        let err = env.create(&pod_id, &pod, config).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(what), "{}", err.message());
+    }
+    assert_eq!(env.container_count().await, 0, "nothing half-created");
+    env.remove_pod(&pod_id).await;
+
+    // A pull refused for what the image contains says so.
+    let escape = image::push_dotdot_escape_image(&env.registry, "evil", "dotdot")
+        .await
+        .unwrap();
+    let err = images::pull(
+        &mut env.daemon.image(),
+        &escape.image.reference(&env.registry),
+    )
+    .await
+    .expect_err("a layer that climbs out");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("content was refused") && err.message().contains(&escape.marker),
+        "{}",
+        err.message()
+    );
+    assert!(!escape.escape_path.exists());
+}
