@@ -227,7 +227,8 @@ impl PodShim {
             None
         } else {
             let netns = PathBuf::from(&req.netns_path);
-            Some(crate::net::setup(&netns).await.map_err(|err| {
+            let network = req.network.clone().unwrap_or_default();
+            Some(crate::net::setup(&netns, &network).await.map_err(|err| {
                 HandlerError::internal(format!(
                     "pod {}: bridging the pod network to the VM: {err}",
                     req.sandbox_id
