@@ -86,7 +86,9 @@ pub enum CgroupDriver {
 pub enum HandlerKind {
     /// A native OCI runtime (runc, crun) with conmon as the container monitor.
     Oci,
-    /// One VM per pod (kata).
+    /// One VM per pod (kata): a shim handler whose shim executable is
+    /// `vm.shim_path` (default: `crius-kata-shim` beside the daemon),
+    /// `runtime_path` the hypervisor and `vm:` the shim's own table.
     Vm,
     /// A third-party handler from a plugin library or shim executable.
     Plugin,
@@ -122,14 +124,42 @@ pub struct HandlerConfig {
     /// keep their defaults), `None` for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginConfig>,
-    /// VM settings of `vm` (kata) handlers: always set for them (keys left
-    /// out keep their defaults), `None` for other kinds.
+    /// The `vm:` table of `vm` handlers: always set for them (empty when no
+    /// file sets it), `None` for other kinds. Opaque to the daemon, which
+    /// merges it key by key across files and hands it to the shim as
+    /// `HandlerParams.options`; the shim parses and checks it (see
+    /// `configs/crius.yaml`). The daemon itself reads only `vm.shim_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm: Option<VmConfig>,
+    pub vm: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How long the daemon waits for RunSandbox of a shim handler (`vm`, or
+    /// `plugin` in process mode); default 120 s, 300 s for `vm` handlers. A
+    /// VM handler needs more than its boot timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_sandbox_timeout_seconds: Option<u64>,
+    /// Where the entry's `vm:` table (or the entry, without one) was
+    /// written, `file:line:column`; the daemon prefixes the shim's verdict
+    /// on the table with it. Set by the loader.
+    #[serde(skip)]
+    pub vm_location: Option<String>,
 }
 
-/// The `vm:` sub-table of a `kind: vm` handler (defined by the kata handler).
-pub use crius_handler_kata::config::VmConfig;
+/// The `vm:` key the daemon reads: the shim executable of a `vm` handler.
+pub const VM_SHIM_PATH_KEY: &str = "shim_path";
+
+/// Default RunSandbox timeout of `vm` handlers (a VM boots under TCG).
+pub const VM_RUN_SANDBOX_TIMEOUT_SECONDS: u64 = 300;
+
+impl HandlerConfig {
+    /// `vm.shim_path` of a `vm` handler, if set to a non-empty path.
+    pub fn vm_shim_path(&self) -> Option<PathBuf> {
+        self.vm
+            .as_ref()?
+            .get(VM_SHIM_PATH_KEY)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    }
+}
 
 /// The `plugin:` sub-table of a `kind: plugin` handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +282,8 @@ impl Default for Config {
                     features: FeatureOverrides::default(),
                     plugin: None,
                     vm: None,
+                    run_sandbox_timeout_seconds: None,
+                    vm_location: None,
                 },
             );
         }

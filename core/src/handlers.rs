@@ -5,7 +5,9 @@
 //! `runtime_handler` picks the entry; an empty name picks the default.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use crius_shim_api::types::Capabilities;
@@ -100,15 +102,104 @@ async fn build_handler(
                 .await;
             Arc::new(handler)
         }
-        HandlerKind::Vm => Arc::new(crius_handler_kata::KataHandler::new(
-            crius_handler_kata::KataHandlerConfig {
-                name: name.to_string(),
-                qemu_path: entry.runtime_path.clone(),
-                vm: entry.vm.clone().unwrap_or_default(),
-            },
-        )),
+        HandlerKind::Vm => build_vm(name, entry, config).await,
         HandlerKind::Plugin => build_plugin(name, entry, config).await,
     }
+}
+
+/// The VM shim's file name, looked for beside the daemon.
+pub const VM_SHIM_BINARY: &str = "crius-kata-shim";
+
+/// `crius-kata-shim` next to the running binary (the daemon, or a test
+/// binary under `target/debug/deps`, whose parent holds the binaries).
+pub fn default_vm_shim_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join(VM_SHIM_BINARY);
+    if beside.exists() || dir.file_name().is_none_or(|n| n != "deps") {
+        return beside;
+    }
+    dir.parent()
+        .map(|p| p.join(VM_SHIM_BINARY))
+        .unwrap_or(beside)
+}
+
+/// The per-handler directory handed to a handler as `HandlerParams.state_dir`.
+fn handler_state_dir(name: &str, config: &Config) -> PathBuf {
+    let state_dir = config.state_dir.join("plugins").join(name);
+    if let Err(err) = std::fs::create_dir_all(&state_dir) {
+        tracing::warn!(handler = name, dir = %state_dir.display(), "creating the handler state dir: {err}");
+    }
+    state_dir
+}
+
+fn handler_params(
+    name: &str,
+    entry: &HandlerConfig,
+    state_dir: &Path,
+    options: serde_json::Map<String, serde_json::Value>,
+) -> crius_shim_api::HandlerParams {
+    crius_shim_api::HandlerParams {
+        name: name.to_string(),
+        state_dir: state_dir.display().to_string(),
+        runtime_path: entry.runtime_path.display().to_string(),
+        runtime_root: entry
+            .runtime_root
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        options,
+    }
+}
+
+/// A `kind: vm` entry: a shim handler like any other. The shim (`vm.shim_path`,
+/// else `crius-kata-shim` beside the daemon) gets the `vm:` table as its
+/// options and judges it; a table it refuses makes the handler unavailable
+/// with the shim's message behind the table's position in the config.
+async fn build_vm(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn RuntimeHandler> {
+    let shim = entry.vm_shim_path().unwrap_or_else(default_vm_shim_path);
+    let state_dir = handler_state_dir(name, config);
+    let params = handler_params(
+        name,
+        entry,
+        &state_dir,
+        entry.vm.clone().unwrap_or_default(),
+    );
+    let timeout = Duration::from_secs(
+        entry
+            .run_sandbox_timeout_seconds
+            .unwrap_or(crate::config::VM_RUN_SANDBOX_TIMEOUT_SECONDS),
+    );
+    let built = crate::remote::RemoteHandler::new(&shim, params, &config.state_dir.join("shims"))
+        .await
+        .map(|h| Arc::new(h.with_run_sandbox_timeout(timeout)) as Arc<dyn RuntimeHandler>)
+        .map_err(|err| match err {
+            // The shim's verdict on the `vm:` table, located in the config.
+            crate::remote::RemoteError::Info { error, .. }
+                if error.kind == crius_shim_api::ErrorKind::InvalidArgument =>
+            {
+                format!(
+                    "{}: runtime_handlers.{name}.vm: {}",
+                    entry.vm_location.as_deref().unwrap_or("the config"),
+                    error.message
+                )
+            }
+            other => other.to_string(),
+        });
+    unavailable_unless_built(name, built)
+}
+
+fn unavailable_unless_built(
+    name: &str,
+    built: Result<Arc<dyn RuntimeHandler>, String>,
+) -> Arc<dyn RuntimeHandler> {
+    built.unwrap_or_else(|reason| {
+        tracing::error!(handler = name, "cannot load the handler: {reason}");
+        Arc::new(UnavailableHandler {
+            name: name.to_string(),
+            reason,
+        })
+    })
 }
 
 /// A third-party handler: a plugin library loaded into the daemon, or a shim
@@ -120,21 +211,11 @@ async fn build_plugin(
     config: &Config,
 ) -> Arc<dyn RuntimeHandler> {
     let plugin = entry.plugin.clone().unwrap_or_default();
-    let state_dir = config.state_dir.join("plugins").join(name);
-    if let Err(err) = std::fs::create_dir_all(&state_dir) {
-        tracing::warn!(handler = name, dir = %state_dir.display(), "creating the handler state dir: {err}");
-    }
-    let params = crius_shim_api::HandlerParams {
-        name: name.to_string(),
-        state_dir: state_dir.display().to_string(),
-        runtime_path: entry.runtime_path.display().to_string(),
-        runtime_root: entry
-            .runtime_root
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        options: plugin.options.clone(),
-    };
+    let state_dir = handler_state_dir(name, config);
+    let params = handler_params(name, entry, &state_dir, plugin.options.clone());
+    let run_sandbox_timeout = entry
+        .run_sandbox_timeout_seconds
+        .map_or(crate::remote::CALL_TIMEOUT, Duration::from_secs);
     let built = match plugin.mode {
         crate::config::PluginMode::Library => {
             crate::plugin::load_handler(&entry.runtime_path, params)
@@ -147,16 +228,12 @@ async fn build_plugin(
             &config.state_dir.join("shims"),
         )
         .await
-        .map(|h| Arc::new(h) as Arc<dyn RuntimeHandler>)
+        .map(|h| {
+            Arc::new(h.with_run_sandbox_timeout(run_sandbox_timeout)) as Arc<dyn RuntimeHandler>
+        })
         .map_err(|e| e.to_string()),
     };
-    built.unwrap_or_else(|reason| {
-        tracing::error!(handler = name, "cannot load the handler: {reason}");
-        Arc::new(UnavailableHandler {
-            name: name.to_string(),
-            reason,
-        })
-    })
+    unavailable_unless_built(name, built)
 }
 
 /// A configured handler this build cannot serve. It is listed in `Status`

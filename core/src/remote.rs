@@ -7,10 +7,14 @@
 //! handler_state (wrapped around the shim's own state), and RestoreSandbox
 //! reconnects. A shim that dies only fails its own pod's calls, with an error
 //! naming the pod and how the shim ended; stop and remove of such a pod still
-//! succeed so the core can clean up. `Info` and `CheckReady` run the
-//! executable as one-shot commands (`info`, `check-ready`).
+//! succeed so the core can clean up: they go to a fresh shim for the pod,
+//! which first gets `RestoreSandbox` with the pod's state dir, the dead
+//! shim's handler_state and the containers it knew, so the handler can clean
+//! up from what it keeps on disk. `Info` and `CheckReady` run the executable
+//! as one-shot commands (`info`, `check-ready`). The handler's params reach
+//! every command as a 0600 file (`--params-file`), never on the command line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -25,8 +29,8 @@ use crius_shim_api::types::{
     AttachRequest, Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
     CreateContainerRequest, CreateContainerResponse, Empty, ExecRequest, ExecResponse,
     ExecSyncRequest, ExecSyncResponse, InfoResponse, KillProcessRequest, PortForwardRequest,
-    ProcessRef, ResizePtyRequest, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
-    RunSandboxResponse, SandboxRef, SandboxStatsResponse, SandboxStatusResponse,
+    ProcessRef, ResizePtyRequest, RestoreContainer, RestoreSandboxRequest, RestoreSandboxResponse,
+    RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatsResponse, SandboxStatusResponse,
     StopContainerRequest, UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest,
     WaitResponse,
 };
@@ -41,8 +45,10 @@ use tracing::{info, warn};
 const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new shim has to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on one call into a shim.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound on one call into a shim (RunSandbox: see
+/// [`RemoteHandler::with_run_sandbox_timeout`]; StopContainer and ExecSync
+/// get their own timeout on top).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// `Wait` answers when a process exits, however long that takes.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long a CheckReady answer is reused (the kubelet polls Status often).
@@ -72,6 +78,12 @@ pub enum RemoteError {
         name: String,
         error: HandlerError,
     },
+    #[error("handler {name}: cannot write its params file {path}: {message}")]
+    Params {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
 }
 
 /// What the core persists for a pod of this handler (its handler_state).
@@ -96,6 +108,12 @@ struct Shim {
     exited: Arc<Mutex<Option<String>>>,
     /// This daemon started it, so its exit is reaped and reported.
     ours: bool,
+    /// The pod's state dir (RunSandbox/RestoreSandbox `state_dir`).
+    state_dir: String,
+    /// The shim's own handler_state of the pod, and the containers it holds:
+    /// what a fresh shim gets in RestoreSandbox when this one died.
+    handler_state: Mutex<Vec<u8>>,
+    containers: Mutex<BTreeMap<String, RestoreContainer>>,
 }
 
 impl Shim {
@@ -116,18 +134,28 @@ impl Shim {
         ))
     }
 
-    /// One call; a broken connection is reported as the shim's death.
+    /// One call bounded by [`CALL_TIMEOUT`] (`Wait`: unbounded).
     async fn call(&self, name: &str, payload: Vec<u8>) -> HandlerResult<Vec<u8>> {
+        let timeout = if name == method::WAIT {
+            WAIT_TIMEOUT
+        } else {
+            CALL_TIMEOUT
+        };
+        self.call_within(name, payload, timeout).await
+    }
+
+    /// One call; a broken connection is reported as the shim's death.
+    async fn call_within(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> HandlerResult<Vec<u8>> {
         if let Some(status) = self.exit_status() {
             return Err(self.dead_error(&format!("exited ({status})")));
         }
         let Some(client) = &self.client else {
             return Err(self.dead_error("is not reachable"));
-        };
-        let timeout = if name == method::WAIT {
-            WAIT_TIMEOUT
-        } else {
-            CALL_TIMEOUT
         };
         match client.call(name, payload, timeout).await {
             Ok(bytes) => Ok(bytes),
@@ -150,6 +178,17 @@ impl Shim {
                 }
                 Err(self.dead_error(&format!("did not answer {name}: {err}")))
             }
+        }
+    }
+
+    /// What a fresh shim needs to take over (or clean up) this pod.
+    fn restore_request(&self) -> RestoreSandboxRequest {
+        RestoreSandboxRequest {
+            sandbox_id: self.sandbox_id.clone(),
+            state_dir: self.state_dir.clone(),
+            handler_state: lock(&self.handler_state).clone(),
+            containers: lock(&self.containers).values().cloned().collect(),
+            config: None,
         }
     }
 
@@ -199,6 +238,10 @@ impl Shim {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn process_alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|pid| nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok())
 }
@@ -245,8 +288,10 @@ fn log_tail(path: &Path) -> Option<String> {
 pub struct RemoteHandler {
     name: String,
     exe: PathBuf,
-    params: HandlerParams,
+    /// The handler's params as JSON, handed to every command with `--params-file`.
+    params_file: PathBuf,
     socket_dir: PathBuf,
+    run_sandbox_timeout: Duration,
     info: InfoResponse,
     shims: Mutex<HashMap<String, Arc<Shim>>>,
     ready: Mutex<Option<(Instant, HandlerResult<()>)>>,
@@ -263,7 +308,8 @@ impl std::fmt::Debug for RemoteHandler {
 
 impl RemoteHandler {
     /// Describes the handler by running `<exe> info`. Shim sockets go to
-    /// `socket_dir` (kept short: unix socket paths are limited).
+    /// `socket_dir` (kept short: unix socket paths are limited). The params
+    /// file is written to `params.state_dir` (else `socket_dir`).
     pub async fn new(
         exe: &Path,
         params: HandlerParams,
@@ -280,7 +326,13 @@ impl RemoteHandler {
             return Err(exe_error("is not an executable file".to_string()));
         }
         let name = params.name.clone();
-        let info = one_shot(exe, "info", &params)
+        let params_file =
+            write_params_file(&params, socket_dir).map_err(|(path, e)| RemoteError::Params {
+                name: name.clone(),
+                path,
+                message: e.to_string(),
+            })?;
+        let info = one_shot(exe, "info", &name, &params_file)
             .await
             .and_then(|bytes| wire::decode_response::<InfoResponse>(method::INFO, &bytes))
             .map_err(|error| RemoteError::Info {
@@ -300,12 +352,20 @@ impl RemoteHandler {
         Ok(Self {
             name,
             exe: exe.to_path_buf(),
-            params,
+            params_file,
             socket_dir: socket_dir.to_path_buf(),
+            run_sandbox_timeout: CALL_TIMEOUT,
             info,
             shims: Mutex::new(HashMap::new()),
             ready: Mutex::new(None),
         })
+    }
+
+    /// How long RunSandbox may take (default [`CALL_TIMEOUT`]): a handler
+    /// that boots a VM needs at least its boot timeout.
+    pub fn with_run_sandbox_timeout(mut self, timeout: Duration) -> Self {
+        self.run_sandbox_timeout = timeout;
+        self
     }
 
     fn shim(&self, sandbox_id: &str) -> HandlerResult<Arc<Shim>> {
@@ -363,6 +423,17 @@ impl RemoteHandler {
         name: &'static str,
         request: &Req,
     ) -> HandlerResult<()> {
+        self.rpc_idempotent_within(sandbox_id, name, request, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn rpc_idempotent_within<Req: Message>(
+        &self,
+        sandbox_id: &str,
+        name: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> HandlerResult<()> {
         let Ok(mut shim) = self.shim(sandbox_id) else {
             return Ok(());
         };
@@ -372,7 +443,9 @@ impl RemoteHandler {
                 None => return Ok(()),
             }
         }
-        shim.call(name, wire::encode(request)).await.map(|_| ())
+        shim.call_within(name, wire::encode(request), timeout)
+            .await
+            .map(|_| ())
     }
 
     /// A new shim for a pod whose shim died, so it can be stopped and removed.
@@ -380,10 +453,21 @@ impl RemoteHandler {
         let id = &dead.sandbox_id;
         warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one to clean up");
         match self
-            .spawn_shim(id, dead.socket.clone(), dead.log.clone())
+            .spawn_shim(id, dead.socket.clone(), dead.log.clone(), &dead.state_dir)
             .await
         {
             Ok(fresh) => {
+                // The fresh shim learns what the dead one held, so that its
+                // stop and remove release it.
+                let restore = dead.restore_request();
+                *lock(&fresh.handler_state) = restore.handler_state.clone();
+                *lock(&fresh.containers) = lock(&dead.containers).clone();
+                if let Err(err) = fresh
+                    .call(method::RESTORE_SANDBOX, wire::encode(&restore))
+                    .await
+                {
+                    warn!(handler = %self.name, pod = %id, "the fresh shim could not restore the pod; cleaning up anyway: {err}");
+                }
                 let fresh = Arc::new(fresh);
                 self.shims
                     .lock()
@@ -429,11 +513,17 @@ impl RemoteHandler {
         } else {
             "shim.log".to_string()
         });
-        self.spawn_shim(id, socket, log).await
+        self.spawn_shim(id, socket, log, &req.state_dir).await
     }
 
     /// Starts a shim serving pod `id` on `socket`, logging to `log`.
-    async fn spawn_shim(&self, id: &str, socket: PathBuf, log: PathBuf) -> HandlerResult<Shim> {
+    async fn spawn_shim(
+        &self,
+        id: &str,
+        socket: PathBuf,
+        log: PathBuf,
+        state_dir: &str,
+    ) -> HandlerResult<Shim> {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             HandlerError::internal(format!("handler {}: {what} for pod {id}: {e}", self.name))
         };
@@ -457,8 +547,8 @@ impl RemoteHandler {
             .arg(&socket)
             .arg("--sandbox-id")
             .arg(id)
-            .arg("--params")
-            .arg(self.params.to_json())
+            .arg("--params-file")
+            .arg(&self.params_file)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
@@ -484,6 +574,9 @@ impl RemoteHandler {
             client: None,
             exited,
             ours: true,
+            state_dir: state_dir.to_string(),
+            handler_state: Mutex::new(Vec::new()),
+            containers: Mutex::new(BTreeMap::new()),
         };
 
         let deadline = Instant::now() + START_TIMEOUT;
@@ -518,14 +611,54 @@ impl Shim {
     }
 }
 
-/// Runs `<exe> <command> --params <json>` and returns its stdout, or the
-/// handler's error.
-async fn one_shot(exe: &Path, command: &str, params: &HandlerParams) -> HandlerResult<Vec<u8>> {
-    let name = &params.name;
+/// Writes `params` as JSON, readable by the daemon's user only (the options
+/// may hold anything the handler needs, so they stay off command lines).
+fn write_params_file(
+    params: &HandlerParams,
+    socket_dir: &Path,
+) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = if params.state_dir.is_empty() {
+        socket_dir.to_path_buf()
+    } else {
+        PathBuf::from(&params.state_dir)
+    };
+    let path = dir.join(if params.state_dir.is_empty() {
+        format!("{}.params.json", params.name)
+    } else {
+        "params.json".to_string()
+    });
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(params.to_json().as_bytes())?;
+        file.sync_all()?;
+        // A running shim may be reading the old one: replace it atomically.
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| (path.clone(), e))?;
+    Ok(path)
+}
+
+/// Runs `<exe> <command> --params-file <path>` and returns its stdout, or
+/// the handler's error.
+async fn one_shot(
+    exe: &Path,
+    command: &str,
+    name: &str,
+    params_file: &Path,
+) -> HandlerResult<Vec<u8>> {
     let run = tokio::process::Command::new(exe)
         .arg(command)
-        .arg("--params")
-        .arg(params.to_json())
+        .arg("--params-file")
+        .arg(params_file)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -587,7 +720,7 @@ impl RuntimeHandler for RemoteHandler {
         {
             return result.clone();
         }
-        let result = one_shot(&self.exe, "check-ready", &self.params)
+        let result = one_shot(&self.exe, "check-ready", &self.name, &self.params_file)
             .await
             .map(|_| ());
         *self.ready.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -609,13 +742,18 @@ impl RuntimeHandler for RemoteHandler {
         let shim = Arc::new(self.start_shim(&req).await?);
         info!(handler = %self.name, pod = %id, pid = shim.pid, socket = %shim.socket.display(), "shim started");
         let answer = shim
-            .call(method::RUN_SANDBOX, wire::encode(&req))
+            .call_within(
+                method::RUN_SANDBOX,
+                wire::encode(&req),
+                self.run_sandbox_timeout,
+            )
             .await
             .and_then(|bytes| {
                 wire::decode_response::<RunSandboxResponse>(method::RUN_SANDBOX, &bytes)
             });
         match answer {
             Ok(mut response) => {
+                *lock(&shim.handler_state) = response.handler_state.clone();
                 response.handler_state = wrap_state(&shim, &response.handler_state);
                 self.shims
                     .lock()
@@ -692,6 +830,14 @@ impl RuntimeHandler for RemoteHandler {
             client: None,
             exited: Arc::new(Mutex::new(None)),
             ours: false,
+            state_dir: req.state_dir.clone(),
+            handler_state: Mutex::new(req.handler_state.clone()),
+            containers: Mutex::new(
+                req.containers
+                    .iter()
+                    .map(|c| (c.container_id.clone(), c.clone()))
+                    .collect(),
+            ),
         };
         let shim = match client {
             Ok(client) => {
@@ -722,28 +868,59 @@ impl RuntimeHandler for RemoteHandler {
         &self,
         req: CreateContainerRequest,
     ) -> HandlerResult<CreateContainerResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::CREATE_CONTAINER, &req)
-            .await
+        let shim = self.shim(&req.sandbox_id)?;
+        let answer = shim
+            .call(method::CREATE_CONTAINER, wire::encode(&req))
+            .await?;
+        let response: CreateContainerResponse =
+            wire::decode_response(method::CREATE_CONTAINER, &answer)?;
+        let container = RestoreContainer {
+            container_id: req.container_id.clone(),
+            bundle_dir: req.bundle.map(|b| b.dir).unwrap_or_default(),
+            log_path: req.log_path,
+            handler_state: response.handler_state.clone(),
+        };
+        lock(&shim.containers).insert(req.container_id, container);
+        Ok(response)
     }
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
         self.rpc_unit(&req.sandbox_id.clone(), method::START_CONTAINER, &req)
             .await
     }
     async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
-        self.rpc_idempotent(&req.sandbox_id.clone(), method::STOP_CONTAINER, &req)
-            .await
+        // The handler waits up to the stop timeout before it answers.
+        let grace = Duration::from_secs(u64::try_from(req.timeout_seconds).unwrap_or(0));
+        self.rpc_idempotent_within(
+            &req.sandbox_id.clone(),
+            method::STOP_CONTAINER,
+            &req,
+            CALL_TIMEOUT + grace,
+        )
+        .await
     }
     async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
         self.rpc_idempotent(&req.sandbox_id.clone(), method::REMOVE_CONTAINER, &req)
-            .await
+            .await?;
+        if let Ok(shim) = self.shim(&req.sandbox_id) {
+            lock(&shim.containers).remove(&req.container_id);
+        }
+        Ok(())
     }
     async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
         self.rpc(&req.sandbox_id.clone(), method::CONTAINER_STATUS, &req)
             .await
     }
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
-        self.rpc(&req.sandbox_id.clone(), method::EXEC_SYNC, &req)
-            .await
+        // The command's own timeout (0 = none) comes on top of the call's.
+        let timeout = match u64::try_from(req.timeout_seconds) {
+            Ok(seconds) if seconds > 0 => CALL_TIMEOUT + Duration::from_secs(seconds),
+            _ => WAIT_TIMEOUT,
+        };
+        let answer = self
+            .shim(&req.sandbox_id)?
+            .call_within(method::EXEC_SYNC, wire::encode(&req), timeout)
+            .await?;
+        wire::decode_response(method::EXEC_SYNC, &answer)
     }
     async fn update_container_resources(
         &self,

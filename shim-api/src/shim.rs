@@ -11,12 +11,16 @@
 //!
 //! Command line (what the core runs; see `shim-api/README.md`):
 //!
-//! - `<exe> info --params <json>`: writes an encoded `InfoResponse` to
+//! - `<exe> info --params-file <path>`: writes an encoded `InfoResponse` to
 //!   stdout and exits 0.
-//! - `<exe> check-ready --params <json>`: exits 0 when ready.
-//! - `<exe> serve --socket <path> --sandbox-id <id> --params <json>`: serves
-//!   service [`crate::wire::SERVICE`] on `<path>` until the pod's
+//! - `<exe> check-ready --params-file <path>`: exits 0 when ready.
+//! - `<exe> serve --socket <path> --sandbox-id <id> --params-file <path>`:
+//!   serves service [`crate::wire::SERVICE`] on `<path>` until the pod's
 //!   `RemoveSandbox` succeeds (or SIGTERM), then removes the socket and exits.
+//!
+//! `--params-file` names a JSON [`HandlerParams`] file (mode 0600, written by
+//! the core): the handler's options stay off the world-readable command
+//! line. `--params <json>` gives the same inline (for trying a shim by hand).
 //!
 //! One-shot commands that fail exit with [`EXIT_HANDLER_ERROR`] and write an
 //! encoded `types::Error` to stdout; any other non-zero exit is a crash.
@@ -68,6 +72,18 @@ pub fn kind_of(code: Code) -> ErrorKind {
     }
 }
 
+/// How [`serve_shim_with`] runs the handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShimOptions {
+    /// Run every task of the shim on the main thread (a tokio
+    /// `current_thread` runtime) instead of a thread pool. A handler needs
+    /// this when the processes it starts must die with the shim: Linux
+    /// delivers `PR_SET_PDEATHSIG` when the *thread* that forked the child
+    /// exits, and pool threads come and go. With it, process spawning must
+    /// not happen in `spawn_blocking` (those threads end too).
+    pub current_thread: bool,
+}
+
 /// Parsed command line of a shim.
 #[derive(Debug, Default)]
 struct Args {
@@ -93,6 +109,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 out.params = HandlerParams::from_json(value()?.as_bytes())
                     .map_err(|e| format!("invalid --params: {e}"))?
             }
+            "--params-file" => {
+                let path = value()?;
+                let text = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read --params-file {path}: {e}"))?;
+                out.params = HandlerParams::from_json(&text)
+                    .map_err(|e| format!("invalid --params-file {path}: {e}"))?
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -100,8 +123,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 }
 
 /// The whole `main` of a shim executable for handler type `H` built by
-/// `ctor`; `version` is reported by `Info`.
+/// `ctor`; `version` is reported by `Info`. Runs on a multi-threaded
+/// runtime; see [`serve_shim_with`] for the options.
 pub fn serve_shim<H, F>(version: &'static str, ctor: F) -> ExitCode
+where
+    H: RuntimeHandler + 'static,
+    F: FnOnce(HandlerParams) -> HandlerResult<H>,
+{
+    serve_shim_with(ShimOptions::default(), version, ctor)
+}
+
+/// [`serve_shim`] with [`ShimOptions`].
+pub fn serve_shim_with<H, F>(options: ShimOptions, version: &'static str, ctor: F) -> ExitCode
 where
     H: RuntimeHandler + 'static,
     F: FnOnce(HandlerParams) -> HandlerResult<H>,
@@ -110,15 +143,13 @@ where
         Ok(args) => args,
         Err(err) => {
             eprintln!(
-                "usage: {{info|check-ready|serve --socket PATH --sandbox-id ID}} --params JSON: {err}"
+                "usage: {{info|check-ready|serve --socket PATH --sandbox-id ID}} \
+                 {{--params-file PATH|--params JSON}}: {err}"
             );
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(options) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -163,6 +194,15 @@ where
             ExitCode::from(64)
         }
     }
+}
+
+fn build_runtime(options: ShimOptions) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if options.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
 }
 
 fn one_shot_answer(result: HandlerResult<Vec<u8>>) -> ExitCode {
@@ -408,6 +448,44 @@ mod tests {
         );
         assert_eq!(args.params.name, "x");
         assert!(parse_args(["serve", "--bogus"].into_iter().map(String::from)).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("params.json");
+        std::fs::write(&file, r#"{"name":"from-file","options":{"k":1}}"#).unwrap();
+        let file = file.to_str().unwrap().to_string();
+        let args = parse_args(
+            [
+                "info".to_string(),
+                "--params-file".to_string(),
+                file.clone(),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(args.params.name, "from-file");
+        assert_eq!(args.params.options["k"], 1);
+        let err = parse_args(
+            ["info", "--params-file", "/nonexistent/p.json"]
+                .into_iter()
+                .map(String::from),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("cannot read --params-file /nonexistent/p.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn current_thread_option_selects_the_runtime_flavor() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |current_thread| {
+            build_runtime(ShimOptions { current_thread })
+                .unwrap()
+                .block_on(async { tokio::runtime::Handle::current().runtime_flavor() })
+        };
+        assert_eq!(flavor(true), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(false), RuntimeFlavor::MultiThread);
     }
 
     #[tokio::test(flavor = "multi_thread")]

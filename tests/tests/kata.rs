@@ -808,3 +808,84 @@ async fn kata_pod_survives_a_daemon_crash_and_reports_a_dead_vm() {
     );
     env.assert_nothing_left("after the dead VM");
 }
+
+/// The `vm:` table is the shim's: a table it refuses leaves the daemon up,
+/// lists the handler as not ready with the shim's message behind the
+/// table's position in the config, and fails pods routed to it with that
+/// reason, while a good kata entry next to it is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_table_the_shim_refuses_makes_only_that_handler_not_ready() {
+    if !require_root_and_tools(&[CONMON, RUNC]) {
+        return;
+    }
+    let shim = crius_tests::daemon::crius_bin().with_file_name("crius-kata-shim");
+    assert!(
+        shim.exists(),
+        "{} does not exist: build it (`cargo build -p crius-handler-kata`) with the daemon",
+        shim.display()
+    );
+    let handlers = format!(
+        "default_runtime_handler: runc\nruntime_handlers:\n  runc:\n    kind: oci\n    runtime_path: {RUNC}\n    \
+         monitor_path: {CONMON}\n  kata-bad:\n    kind: vm\n    runtime_path: {QEMU}\n    vm:\n      \
+         kernel: vmlinux\n      default_vcpus: 0\n  kata-ok:\n    kind: vm\n    runtime_path: {QEMU}\n"
+    );
+    let daemon = Daemon::builder()
+        .runtime_handlers_yaml(&handlers)
+        .start()
+        .await
+        .expect("the daemon starts despite the bad table");
+    let mut rt = daemon.runtime();
+    let status = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(&status.info["handlers"]).expect("handlers info is JSON");
+    let bad = &info["kata-bad"];
+    assert_eq!(bad["ready"], false, "{info}");
+    let reason = bad["reason"].as_str().unwrap_or_default();
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    let line = config
+        .lines()
+        .position(|l| l.trim_start().starts_with("kernel: vmlinux"))
+        .expect("the table is in the main config")
+        + 1;
+    for needle in [
+        format!("{}:{line}:", daemon.config_path().display()),
+        "runtime_handlers.kata-bad.vm: kernel: path `vmlinux` must be absolute".to_string(),
+        "default_vcpus: must be at least 1".to_string(),
+    ] {
+        assert!(reason.contains(&needle), "{needle:?} not in {reason:?}");
+    }
+    assert!(
+        info["kata-ok"]["reason"]
+            .as_str()
+            .is_none_or(|r| !r.contains("vm:")),
+        "the other kata entry is judged on its own: {info}"
+    );
+    let log_dir = tempfile::tempdir().unwrap();
+    let pod = configs::pod(
+        "bad",
+        "crius-test",
+        log_dir.path(),
+        cri::NamespaceMode::Node,
+    );
+    let err = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: "kata-bad".into(),
+        })
+        .await
+        .expect_err("pods routed to the refused handler fail");
+    assert!(
+        err.message()
+            .contains("kernel: path `vmlinux` must be absolute"),
+        "{err:?}"
+    );
+    rt.version(cri::VersionRequest::default())
+        .await
+        .expect("the daemon serves on");
+    let left = crius_tests::dir_entries(&daemon.state_dir().join("pods"));
+    assert!(left.is_empty(), "pod dirs left: {left:?}");
+}

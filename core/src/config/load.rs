@@ -84,7 +84,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: join_problems(&lines),
         }
     };
-    let config = merged.resolve().map_err(located)?;
+    let mut config = merged.resolve().map_err(located)?;
+    for (name, handler) in &mut config.runtime_handlers {
+        if handler.vm.is_some() {
+            handler.vm_location = merged.vm_location(name, &files);
+        }
+    }
     let problems = config.problems();
     if !problems.is_empty() {
         return Err(located(problems));
@@ -270,7 +275,27 @@ struct FileHandler {
     privileged_without_host_devices: Option<Src<bool>>,
     features: Option<FileFeatures>,
     plugin: Option<Src<super::PluginConfig>>,
-    vm: Option<Src<crius_handler_kata::config::VmConfigOverlay>>,
+    /// Opaque to the daemon (the shim checks it); merged key by key.
+    vm: Option<Src<serde_json::Map<String, serde_json::Value>>>,
+    run_sandbox_timeout_seconds: Option<Src<u64>>,
+}
+
+/// Merges a later file's map into an earlier one: maps key by key,
+/// recursively; anything else replaces.
+fn merge_json_maps(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    later: serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in later {
+        match (into.get_mut(&key), value) {
+            (Some(serde_json::Value::Object(earlier)), serde_json::Value::Object(later)) => {
+                merge_json_maps(earlier, later)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +486,7 @@ impl FileConfig {
                     "allowed_annotations" => pos(&value.allowed_annotations),
                     "plugin" => pos(&value.plugin),
                     "vm" => pos(&value.vm),
+                    "run_sandbox_timeout_seconds" => pos(&value.run_sandbox_timeout_seconds),
                     _ => None,
                 };
                 field_pos.unwrap_or((h.file, h.line, h.column))
@@ -479,6 +505,17 @@ impl FileConfig {
                 .map(|e| (e.file, e.line, e.column)),
         };
         format!("{}: {problem}", at(position))
+    }
+
+    /// `file:line:column` of handler `name`'s `vm:` table (of the entry
+    /// when no file gave it one).
+    fn vm_location(&self, name: &str, files: &[PathBuf]) -> Option<String> {
+        let handler = self.runtime_handlers.as_ref()?.get(name)?;
+        let (file, line, column) = match &handler.value.vm {
+            Some(vm) => (vm.file, vm.line, vm.column),
+            None => (handler.file, handler.line, handler.column),
+        };
+        Some(Located(files.get(file)?, line, column).to_string())
     }
 }
 
@@ -518,10 +555,15 @@ impl FileHandler {
         put(&mut self.plugin, other.plugin, file);
         if let Some(vm) = other.vm {
             match &mut self.vm {
-                Some(merged) => merged.value.merge(vm.value),
+                Some(merged) => merge_json_maps(&mut merged.value, vm.value),
                 None => put(&mut self.vm, Some(vm), file),
             }
         }
+        put(
+            &mut self.run_sandbox_timeout_seconds,
+            other.run_sandbox_timeout_seconds,
+            file,
+        );
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
@@ -581,10 +623,12 @@ impl FileHandler {
                 (None, _) => None,
             },
             vm: match (&self.vm, kind.value) {
-                (Some(vm), _) => Some(vm.value.resolve()),
+                (Some(vm), _) => Some(vm.value.clone()),
                 (None, HandlerKind::Vm) => Some(Default::default()),
                 (None, _) => None,
             },
+            run_sandbox_timeout_seconds: self.run_sandbox_timeout_seconds.as_ref().map(|s| s.value),
+            vm_location: None,
         })
     }
 }
@@ -595,7 +639,6 @@ mod tests {
 
     use super::*;
     use crate::config::MirrorConfig;
-    use crate::config::VmConfig;
 
     /// A config file (and optional drop-ins) in a fresh temporary directory.
     struct Fixture {
@@ -683,9 +726,11 @@ mod tests {
     }
 
     #[test]
-    fn shipped_kata_example_is_valid_and_merges_key_by_key() {
-        // The commented-out kata example documents every `vm` key with its
-        // default value: it must load and equal the defaults.
+    fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
+        // The commented-out kata example of configs/crius.yaml must load; its
+        // `vm` table is the shim's (whose tests check that the example holds
+        // the defaults): the daemon keeps it as given and merges drop-ins
+        // into it key by key.
         let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
         let example: String = text
             .lines()
@@ -698,6 +743,12 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         assert!(example.contains("kind: vm"), "example not found: {example}");
+        let plain = Fixture::new(&format!("default_runtime_handler: kata\n{example}"));
+        let example_vm = plain.load().expect("example loads").runtime_handlers["kata"]
+            .vm
+            .clone()
+            .expect("vm handlers always have a vm table");
+        assert_eq!(example_vm["boot_timeout_seconds"], 60, "{example_vm:?}");
         let fx = Fixture::new(&format!("default_runtime_handler: kata\n{example}")).drop_in(
             "10-fast.yaml",
             "runtime_handlers:\n  kata:\n    vm:\n      boot_timeout_seconds: 5\n",
@@ -706,38 +757,53 @@ mod tests {
         let kata = &config.runtime_handlers["kata"];
         assert_eq!(kata.kind, HandlerKind::Vm);
         let vm = kata.vm.clone().expect("vm handlers always have a vm table");
-        assert_eq!(vm.boot_timeout_seconds, 5, "the drop-in changed one key");
-        assert_eq!(
-            VmConfig {
-                boot_timeout_seconds: 60,
-                ..vm
-            },
-            VmConfig::default(),
-            "the rest are defaults"
+        assert_eq!(vm["boot_timeout_seconds"], 5, "the drop-in changed one key");
+        let mut rest = vm.clone();
+        rest.insert("boot_timeout_seconds".into(), 60.into());
+        assert_eq!(rest, example_vm, "the rest are the example's");
+        // The table is located where the main file wrote it.
+        let location = kata.vm_location.clone().expect("located");
+        assert!(
+            location.starts_with(&format!("{}:", fx.path().display())),
+            "{location}"
         );
 
-        // A vm handler without a vm table gets the defaults; other kinds none.
+        // A vm handler without a vm table gets an empty one; other kinds none.
         let fx = Fixture::new(
             "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n",
         );
+        let k = &fx.load().expect("load").runtime_handlers["k"];
+        assert_eq!(k.vm, Some(Default::default()));
         assert_eq!(
-            fx.load().expect("load").runtime_handlers["k"].vm,
-            Some(VmConfig::default())
+            k.vm_location,
+            Some(format!("{}:4:5", fx.path().display())),
+            "without a table, the entry's position"
         );
         assert_eq!(Config::default().runtime_handlers["runc"].vm, None);
 
-        // Bad values are reported under the handler's `vm` key.
+        // Keys and values are the shim's business, except the shim path
+        // the daemon runs.
         let fx = Fixture::new(
             "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
-             vm:\n      kernel: vmlinux\n      default_vcpus: 0\n",
+             vm:\n      bogus: 1\n      default_vcpus: 0\n",
+        );
+        let k = &fx
+            .load()
+            .expect("the shim checks the table")
+            .runtime_handlers["k"];
+        assert_eq!(k.vm.as_ref().unwrap()["bogus"], 1);
+        assert_eq!(
+            k.vm_location,
+            Some(format!("{}:7:7", fx.path().display())),
+            "the table's position"
+        );
+        let fx = Fixture::new(
+            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
+             vm:\n      shim_path: bin/shim\n",
         );
         let err = fx.load().unwrap_err().to_string();
         assert!(
-            err.contains("runtime_handlers.k.vm: kernel: path `vmlinux` must be absolute"),
-            "{err}"
-        );
-        assert!(
-            err.contains("runtime_handlers.k.vm: default_vcpus: must be at least 1"),
+            err.contains("runtime_handlers.k.vm: shim_path: must be an absolute path"),
             "{err}"
         );
         let fx = Fixture::new(
@@ -750,10 +816,11 @@ mod tests {
             "{err}"
         );
         let fx = Fixture::new(
-            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
-             vm:\n      bogus: 1\n",
+            "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
+             run_sandbox_timeout_seconds: 9\n",
         );
-        assert!(fx.load().unwrap_err().to_string().contains("bogus"));
+        let err = fx.load().unwrap_err().to_string();
+        assert!(err.contains("only shim handlers"), "{err}");
     }
 
     #[test]

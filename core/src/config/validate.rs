@@ -277,14 +277,32 @@ fn check_handler(out: &mut Vec<Problem>, name: &str, handler: &HandlerConfig) {
             ));
         }
         (Some(vm), HandlerKind::Vm) => {
-            for problem in vm.problems() {
-                out.push(Problem::new(
+            // The shim checks the table; the daemon only runs `shim_path`.
+            match vm.get(super::VM_SHIM_PATH_KEY) {
+                None => {}
+                Some(serde_json::Value::String(path)) if path.is_empty() => {}
+                Some(serde_json::Value::String(path)) if Path::new(path).is_absolute() => {}
+                Some(other) => out.push(Problem::new(
                     field("vm"),
-                    format!("{}: {}", problem.key, problem.message),
-                ));
+                    format!(
+                        "{}: must be an absolute path, got {other}",
+                        super::VM_SHIM_PATH_KEY
+                    ),
+                )),
             }
         }
         (None, _) => {}
+    }
+    match (handler.run_sandbox_timeout_seconds, handler.kind) {
+        (Some(0), _) => out.push(Problem::new(
+            field("run_sandbox_timeout_seconds"),
+            "must be at least 1",
+        )),
+        (Some(_), HandlerKind::Oci) => out.push(Problem::new(
+            field("run_sandbox_timeout_seconds"),
+            "only shim handlers (kind `vm` or `plugin`) take a RunSandbox timeout",
+        )),
+        _ => {}
     }
     if handler.default_annotations.keys().any(String::is_empty) {
         out.push(Problem::new(

@@ -70,17 +70,18 @@ impl HelloHandler {
         let state_dir = if params.state_dir.is_empty() {
             "/run/crius/hello".to_string()
         } else {
-            params.state_dir
+            params.state_dir.clone()
         };
         let fault = params.option_str("fault").and_then(|f| {
             let (kind, method) = f.split_once(':')?;
             Some((kind.to_string(), method.to_string()))
         });
+        let runc = params
+            .option_str("runtime")
+            .map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from);
         Ok(Self {
             name: params.name,
-            runc: params
-                .option_str("runtime")
-                .map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from),
+            runc,
             root: Path::new(&state_dir).join("runc"),
             fault,
             containers: Mutex::new(HashMap::new()),

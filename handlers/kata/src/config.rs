@@ -1,9 +1,11 @@
 //! The `vm:` sub-table of a `kind: vm` handler entry, and how a pod's
 //! resources and annotations size its VM.
 //!
-//! [`VmConfig`] is the resolved value; [`VmConfigOverlay`] has the same keys,
-//! all optional, so the daemon's config loader can merge drop-ins key by key
-//! (a drop-in may change `boot_timeout_seconds` alone).
+//! The daemon treats the table as opaque: it merges it key by key across
+//! drop-ins and hands it to the shim as `HandlerParams.options`. The shim
+//! parses and checks it here ([`VmConfig::from_options`]); a problem fails
+//! the shim's `info`, naming the key, and the daemon lists the handler as
+//! not ready with that message.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -70,27 +72,6 @@ macro_rules! vm_config {
                 Self { $( $field: $default, )* }
             }
         }
-
-        /// [`VmConfig`] with every key optional: what one config file sets.
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct VmConfigOverlay {
-            $( pub $field: Option<$ty>, )*
-        }
-
-        impl VmConfigOverlay {
-            /// Applies the keys a later file sets on top of this one.
-            pub fn merge(&mut self, later: VmConfigOverlay) {
-                $( if later.$field.is_some() { self.$field = later.$field; } )*
-            }
-
-            /// The defaults with the keys set here applied.
-            pub fn resolve(&self) -> VmConfig {
-                let mut out = VmConfig::default();
-                $( if let Some(v) = &self.$field { out.$field = v.clone(); } )*
-                out
-            }
-        }
     };
 }
 
@@ -128,6 +109,7 @@ vm_config! {
     /// The virtiofsd binary (absolute, or a name searched on PATH).
     virtiofsd_path: PathBuf = PathBuf::from("virtiofsd"),
     /// The VM shim binary; empty = `crius-kata-shim` next to the daemon.
+    /// Read by the daemon (it runs the shim); the shim only checks it.
     shim_path: PathBuf = PathBuf::new(),
     /// Guest vsock CID (each VM has its own vsock device, so all may share it).
     guest_cid: u32 = 3,
@@ -147,6 +129,27 @@ pub struct VmConfigProblem {
 }
 
 impl VmConfig {
+    /// Parses and checks the entry's `vm:` table (keys left out keep their
+    /// defaults). The error names every bad key:
+    /// `kernel: path `vmlinux` must be absolute; default_vcpus: must be at least 1`.
+    pub fn from_options(
+        options: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, crius_shim_api::HandlerError> {
+        let config: VmConfig =
+            serde_json::from_value(serde_json::Value::Object(options.clone()))
+                .map_err(|e| crius_shim_api::HandlerError::invalid_argument(e.to_string()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        let message = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(crius_shim_api::HandlerError::invalid_argument(message))
+    }
+
     /// Checks what typing cannot; one entry per problem.
     pub fn problems(&self) -> Vec<VmConfigProblem> {
         let mut out = Vec::new();
@@ -274,23 +277,77 @@ pub fn size_vm(
 mod tests {
     use super::*;
 
+    fn options(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().cloned().expect("an object")
+    }
+
+    /// The commented-out kata example of `configs/crius.yaml` documents
+    /// every `vm` key with its default value: its table must parse to the
+    /// defaults.
     #[test]
-    fn overlay_merges_key_by_key() {
-        let mut first = VmConfigOverlay {
-            boot_timeout_seconds: Some(5),
-            ..Default::default()
-        };
-        first.merge(VmConfigOverlay {
-            accelerator: Some(Accelerator::Kvm),
-            ..Default::default()
-        });
-        let config = first.resolve();
-        assert_eq!(config.boot_timeout_seconds, 5);
-        assert_eq!(config.accelerator, Accelerator::Kvm);
+    fn shipped_kata_example_is_valid_and_has_the_defaults() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/crius.yaml");
+        let text = std::fs::read_to_string(&path).expect("read configs/crius.yaml");
+        let example: String = text
+            .lines()
+            .skip_while(|line| !line.starts_with("# runtime_handlers:"))
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .unwrap_or(line.trim_start_matches('#'))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(example.contains("kind: vm"), "example not found: {example}");
+        let doc: serde_json::Value = serde_saphyr::from_str(&example).expect("example is YAML");
+        let kata = &doc["runtime_handlers"]["kata"];
+        assert_eq!(kata["kind"], "vm");
+        let vm = VmConfig::from_options(kata["vm"].as_object().expect("a vm table"))
+            .expect("the example is valid");
+        assert_eq!(vm, VmConfig::default(), "the example shows the defaults");
+
+        // Keys left out keep their defaults.
+        let vm = VmConfig::from_options(&options(serde_json::json!({
+            "boot_timeout_seconds": 5
+        })))
+        .unwrap();
+        assert_eq!(vm.boot_timeout_seconds, 5);
         assert_eq!(
-            config.default_memory_mib,
-            VmConfig::default().default_memory_mib
+            VmConfig {
+                boot_timeout_seconds: 60,
+                ..vm
+            },
+            VmConfig::default()
         );
+        assert_eq!(
+            VmConfig::from_options(&serde_json::Map::new()).unwrap(),
+            VmConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_tables_are_refused_naming_the_key() {
+        let err = VmConfig::from_options(&options(serde_json::json!({
+            "kernel": "vmlinux",
+            "default_vcpus": 0
+        })))
+        .unwrap_err();
+        assert_eq!(err.kind, crius_shim_api::ErrorKind::InvalidArgument);
+        assert!(
+            err.message
+                .contains("kernel: path `vmlinux` must be absolute"),
+            "{err}"
+        );
+        assert!(
+            err.message.contains("default_vcpus: must be at least 1"),
+            "{err}"
+        );
+        let err = VmConfig::from_options(&options(serde_json::json!({ "bogus": 1 }))).unwrap_err();
+        assert!(err.message.contains("bogus"), "{err}");
+        let err = VmConfig::from_options(&options(serde_json::json!({ "default_vcpus": "two" })))
+            .unwrap_err();
+        assert!(err.message.contains("invalid type"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! device next to the CNI interface, with tc `mirred` redirecting every
 //! frame between the two, so the guest NIC (given the CNI interface's MAC,
 //! IP and routes through the agent) *is* the pod's interface on the wire.
+//! What CNI configured comes from the core (`RunSandboxRequest.network`);
+//! nothing is probed in the netns.
 
 use std::path::{Path, PathBuf};
-
-use serde_json::Value;
 
 /// The tap device QEMU attaches to, inside the pod's netns.
 pub const TAP_NAME: &str = "tap0_kata";
@@ -51,68 +51,92 @@ pub enum NetError {
         netns: String,
         message: String,
     },
-    #[error("no network interface with an address in the pod netns {0}")]
+    #[error("no pod interface: {0}")]
     NoInterface(String),
-    #[error("cannot parse `ip` output: {0}")]
+    #[error("bad CNI result: {0}")]
     Parse(String),
 }
 
-/// Picks the pod interface from `ip -j addr show`: the first Ethernet link
-/// other than our tap that has an address.
-pub fn parse_interface(json: &str) -> Result<Option<PodInterface>, NetError> {
-    let links: Vec<Value> =
-        serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
-    for link in links {
-        let name = link["ifname"].as_str().unwrap_or_default();
-        if name == "lo" || name == TAP_NAME || link["link_type"].as_str() != Some("ether") {
-            continue;
-        }
-        let addresses: Vec<(String, u8, bool)> = link["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["scope"].as_str() != Some("link"))
-            .filter_map(|a| {
-                Some((
-                    a["local"].as_str()?.to_string(),
-                    a["prefixlen"].as_u64()? as u8,
-                    a["family"].as_str() == Some("inet6"),
-                ))
-            })
-            .collect();
-        if addresses.is_empty() {
-            continue;
-        }
-        return Ok(Some(PodInterface {
-            name: name.to_string(),
-            mac: link["address"].as_str().unwrap_or_default().to_string(),
-            mtu: link["mtu"].as_u64().unwrap_or(1500),
-            addresses,
-        }));
-    }
-    Ok(None)
-}
+/// MTU of the tap when CNI does not report the interface's (the bridge
+/// plugin's default).
+pub const DEFAULT_MTU: u64 = 1500;
 
-/// Routes from `ip -j route show` (one family) that use `device`.
-pub fn parse_routes(json: &str, device: &str, ipv6: bool) -> Result<Vec<PodRoute>, NetError> {
-    let routes: Vec<Value> =
-        serde_json::from_str(json).map_err(|e| NetError::Parse(e.to_string()))?;
-    Ok(routes
-        .into_iter()
-        .filter(|r| r["dev"].as_str() == Some(device))
-        .map(|r| PodRoute {
-            dest: r["dst"].as_str().unwrap_or("default").to_string(),
-            gateway: r["gateway"].as_str().unwrap_or_default().to_string(),
-            device: device.to_string(),
-            source: r["prefsrc"].as_str().unwrap_or_default().to_string(),
-            scope: if r["scope"].as_str() == Some("link") {
-                253
-            } else {
-                0
-            },
-            ipv6,
+/// The pod interface and its routes from the CNI result the core sends in
+/// RunSandbox (`RunSandboxRequest.network`): the first interface with an
+/// address, and the routes that go through it.
+pub fn from_network(
+    network: &crius_shim_api::types::PodNetwork,
+) -> Result<(PodInterface, Vec<PodRoute>), NetError> {
+    let Some(iface) = network
+        .interfaces
+        .iter()
+        .find(|i| !i.addresses.is_empty() && !i.name.is_empty())
+    else {
+        return Err(NetError::NoInterface(
+            "the CNI result names no interface with an address".to_string(),
+        ));
+    };
+    let mut addresses = Vec::new();
+    for cidr in &iface.addresses {
+        let (address, prefix) = cidr
+            .split_once('/')
+            .ok_or_else(|| NetError::Parse(format!("address {cidr:?} is not in CIDR form")))?;
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| NetError::Parse(format!("address {cidr:?} is not an IP address")))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= if ip.is_ipv6() { 128 } else { 32 })
+            .ok_or_else(|| NetError::Parse(format!("address {cidr:?} has a bad prefix")))?;
+        addresses.push((ip.to_string(), prefix, ip.is_ipv6()));
+    }
+    let interface = PodInterface {
+        name: iface.name.clone(),
+        mac: iface.mac.clone(),
+        mtu: if iface.mtu > 0 {
+            u64::from(iface.mtu)
+        } else {
+            DEFAULT_MTU
+        },
+        addresses,
+    };
+    let gateway_of = |v6: bool| {
+        iface
+            .gateways
+            .iter()
+            .find(|g| g.contains(':') == v6)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let routes = network
+        .routes
+        .iter()
+        .filter(|r| r.interface.is_empty() || r.interface == iface.name)
+        .map(|r| {
+            let ipv6 = r.destination.contains(':');
+            let default = matches!(r.destination.as_str(), "0.0.0.0/0" | "::/0");
+            PodRoute {
+                dest: if default {
+                    "default".to_string()
+                } else {
+                    r.destination.clone()
+                },
+                // CNI: a route without a gateway uses the address's gateway.
+                gateway: if r.gateway.is_empty() {
+                    gateway_of(ipv6)
+                } else {
+                    r.gateway.clone()
+                },
+                device: iface.name.clone(),
+                source: String::new(),
+                scope: 0,
+                ipv6,
+            }
         })
-        .collect())
+        .filter(|r| !r.gateway.is_empty() || r.dest != "default")
+        .collect();
+    Ok((interface, routes))
 }
 
 async fn run_in(netns: &Path, args: &[&str]) -> Result<String, NetError> {
@@ -138,25 +162,13 @@ async fn run_in(netns: &Path, args: &[&str]) -> Result<String, NetError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Finds the CNI interface, creates the tap and the two redirects. On
-/// failure, what was created is removed.
-pub async fn setup(netns: &Path) -> Result<NetSetup, NetError> {
-    let addrs = run_in(netns, &["ip", "-j", "addr", "show"]).await?;
-    let interface = parse_interface(&addrs)?
-        .ok_or_else(|| NetError::NoInterface(netns.display().to_string()))?;
-    let mut routes = parse_routes(
-        &run_in(netns, &["ip", "-j", "-4", "route", "show"]).await?,
-        &interface.name,
-        false,
-    )?;
-    if interface.addresses.iter().any(|a| a.2) {
-        let v6 = run_in(netns, &["ip", "-j", "-6", "route", "show"]).await?;
-        routes.extend(
-            parse_routes(&v6, &interface.name, true)?
-                .into_iter()
-                .filter(|r| !r.dest.starts_with("fe80")),
-        );
-    }
+/// Creates the tap next to the CNI interface (as the CNI result names it)
+/// and the two redirects. On failure, what was created is removed.
+pub async fn setup(
+    netns: &Path,
+    network: &crius_shim_api::types::PodNetwork,
+) -> Result<NetSetup, NetError> {
+    let (interface, routes) = from_network(network)?;
     let net = NetSetup {
         netns: netns.to_path_buf(),
         interface,
@@ -205,55 +217,92 @@ pub async fn teardown(net: &NetSetup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crius_shim_api::types::{NetworkInterface, NetworkRoute, PodNetwork};
 
-    const ADDRS: &str = r#"[
-      {"ifindex":1,"ifname":"lo","link_type":"loopback","address":"00:00:00:00:00:00","mtu":65536,
-       "addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},
-      {"ifindex":3,"ifname":"eth0","link_type":"ether","address":"2a:1b:3c:4d:5e:6f","mtu":1450,
-       "addr_info":[{"family":"inet","local":"10.88.0.5","prefixlen":16,"scope":"global"},
-                    {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}
-    ]"#;
+    fn network() -> PodNetwork {
+        PodNetwork {
+            interfaces: vec![
+                NetworkInterface {
+                    name: "lo".into(),
+                    ..Default::default()
+                },
+                NetworkInterface {
+                    name: "eth0".into(),
+                    mac: "2a:1b:3c:4d:5e:6f".into(),
+                    addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],
+                    gateways: vec!["10.88.0.1".into()],
+                    mtu: 0,
+                },
+            ],
+            routes: vec![
+                NetworkRoute {
+                    destination: "0.0.0.0/0".into(),
+                    ..Default::default()
+                },
+                NetworkRoute {
+                    destination: "192.168.9.0/24".into(),
+                    gateway: "10.88.0.254".into(),
+                    interface: "eth0".into(),
+                },
+                NetworkRoute {
+                    destination: "172.16.0.0/12".into(),
+                    gateway: "10.88.0.254".into(),
+                    interface: "other".into(),
+                },
+                // No IPv6 gateway: a default route has nowhere to go.
+                NetworkRoute {
+                    destination: "::/0".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn finds_the_cni_interface() {
-        let iface = parse_interface(ADDRS).unwrap().unwrap();
+    fn takes_the_interface_and_routes_from_the_cni_result() {
+        let (iface, routes) = from_network(&network()).unwrap();
         assert_eq!(
             iface,
             PodInterface {
                 name: "eth0".into(),
                 mac: "2a:1b:3c:4d:5e:6f".into(),
-                mtu: 1450,
-                addresses: vec![("10.88.0.5".into(), 16, false)],
+                mtu: DEFAULT_MTU,
+                addresses: vec![
+                    ("10.88.0.5".into(), 16, false),
+                    ("fd00::5".into(), 64, true)
+                ],
             }
         );
-        assert_eq!(parse_interface("[]").unwrap(), None);
-        assert!(parse_interface("not json").is_err());
+        let routes: Vec<_> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.dest.as_str(),
+                    r.gateway.as_str(),
+                    r.device.as_str(),
+                    r.ipv6,
+                )
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("default", "10.88.0.1", "eth0", false),
+                ("192.168.9.0/24", "10.88.0.254", "eth0", false),
+            ]
+        );
     }
 
     #[test]
-    fn keeps_the_interface_routes() {
-        let json = r#"[
-          {"dst":"default","gateway":"10.88.0.1","dev":"eth0"},
-          {"dst":"10.88.0.0/16","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"10.88.0.5"},
-          {"dst":"192.168.9.0/24","dev":"other"}
-        ]"#;
-        let routes = parse_routes(json, "eth0", false).unwrap();
-        assert_eq!(routes.len(), 2);
-        assert_eq!(
-            (
-                routes[0].dest.as_str(),
-                routes[0].gateway.as_str(),
-                routes[0].scope
-            ),
-            ("default", "10.88.0.1", 0)
-        );
-        assert_eq!(
-            (
-                routes[1].dest.as_str(),
-                routes[1].source.as_str(),
-                routes[1].scope
-            ),
-            ("10.88.0.0/16", "10.88.0.5", 253)
-        );
+    fn refuses_results_without_a_usable_interface() {
+        assert!(matches!(
+            from_network(&PodNetwork::default()),
+            Err(NetError::NoInterface(_))
+        ));
+        let mut bad = network();
+        bad.interfaces[1].addresses = vec!["10.88.0.5".into()];
+        let err = from_network(&bad).unwrap_err().to_string();
+        assert!(err.contains("not in CIDR form"), "{err}");
     }
 }

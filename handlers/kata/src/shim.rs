@@ -1,9 +1,11 @@
-//! The VM shim's side: one process per pod serving the handler contract
-//! for that pod (see [`crate::wire`]). It owns the VM and, through the guest
-//! agent, the pod's containers; it outlives daemon restarts.
+//! The VM shim's handler: [`PodShim`] serves the handler contract for one
+//! pod (`crius-kata-shim serve`, through `crius_shim_api::shim`). It owns
+//! the VM and, through the guest agent, the pod's containers; it outlives
+//! daemon restarts. The same type answers the one-shot `info` (parsing and
+//! checking the `vm:` table) and `check-ready`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,7 +17,7 @@ use crius_shim_api::types::{
     RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
     SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
 };
-use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, RuntimeHandler};
+use crius_shim_api::{ErrorKind, HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -23,18 +25,38 @@ use crate::agent_client::{AgentAddr, AgentClient, AgentError, shared_9p_storage}
 use crate::config::{SharedFs, VmConfig, VsockMode, size_vm};
 use crate::container::{Container, Status, adapt_spec, mount_share, now_nanos, unshare_container};
 use crate::crilog::{CriLog, LineSplitter};
-use crate::spawn::ProcessSpawner;
+use crate::spawn::{ProcessSpawner, RealSpawner, kill_stale};
 use crate::vm::{AGENT_PORT, BootError, Vm, VmLayout, VmParams};
 
-/// What the daemon hands the shim (as JSON in the pod's state dir).
+/// The handler entry, as the daemon hands it over (`HandlerParams`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShimConfig {
     /// The handler entry's name (for messages).
     pub handler: String,
-    pub sandbox_id: String,
-    pub state_dir: PathBuf,
+    /// The entry's `runtime_path`.
     pub qemu_path: PathBuf,
+    /// The entry's `vm:` table.
     pub vm: VmConfig,
+}
+
+impl ShimConfig {
+    /// The entry as the daemon hands it over; a bad `vm:` table is an
+    /// `InvalidArgument` naming its keys.
+    pub fn from_params(params: &HandlerParams) -> HandlerResult<Self> {
+        Ok(Self {
+            handler: params.name.clone(),
+            qemu_path: PathBuf::from(&params.runtime_path),
+            vm: VmConfig::from_options(&params.options)?,
+        })
+    }
+}
+
+/// The pod this shim serves, learnt from RunSandbox (or, for a fresh shim
+/// taking over a pod whose shim died, from RestoreSandbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodIdent {
+    sandbox_id: String,
+    state_dir: PathBuf,
 }
 
 /// What the shim reports about its VM in RunSandbox's `handler_state`.
@@ -78,6 +100,7 @@ struct Running {
 /// The pod's handler as served by the shim.
 pub struct PodShim {
     config: ShimConfig,
+    pod: OnceLock<PodIdent>,
     spawner: Arc<dyn ProcessSpawner>,
     phase: Mutex<Phase>,
     containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
@@ -98,9 +121,19 @@ fn agent_err(what: &str, err: AgentError) -> HandlerError {
 }
 
 impl PodShim {
+    /// The shim's handler for the entry in `params` (what `serve_shim`
+    /// constructs), starting real processes.
+    pub fn from_params(params: HandlerParams) -> HandlerResult<Self> {
+        Ok(Self::new(
+            ShimConfig::from_params(&params)?,
+            Arc::new(RealSpawner),
+        ))
+    }
+
     pub fn new(config: ShimConfig, spawner: Arc<dyn ProcessSpawner>) -> Self {
         Self {
             config,
+            pod: OnceLock::new(),
             spawner,
             phase: Mutex::new(Phase::Empty),
             containers: std::sync::Mutex::new(HashMap::new()),
@@ -111,8 +144,37 @@ impl PodShim {
         }
     }
 
+    /// The pod's id ("" before RunSandbox/RestoreSandbox).
+    fn sandbox_id(&self) -> &str {
+        self.pod.get().map_or("", |p| p.sandbox_id.as_str())
+    }
+
     fn layout(&self) -> VmLayout {
-        VmLayout::new(&self.config.state_dir, &self.config.sandbox_id)
+        match self.pod.get() {
+            Some(pod) => VmLayout::new(&pod.state_dir, &pod.sandbox_id),
+            None => VmLayout::new(Path::new(""), ""),
+        }
+    }
+
+    /// Binds the shim to its pod (once; a shim serves one pod).
+    fn claim(&self, sandbox_id: &str, state_dir: &str) -> HandlerResult<()> {
+        if state_dir.is_empty() || !Path::new(state_dir).is_absolute() {
+            return Err(HandlerError::invalid_argument(format!(
+                "pod {sandbox_id}: the VM shim needs an absolute state_dir, got {state_dir:?}"
+            )));
+        }
+        let ident = PodIdent {
+            sandbox_id: sandbox_id.to_string(),
+            state_dir: PathBuf::from(state_dir),
+        };
+        let bound = self.pod.get_or_init(|| ident.clone());
+        if bound.sandbox_id != ident.sandbox_id {
+            return Err(HandlerError::not_found(format!(
+                "VM shim of pod {} does not serve pod {sandbox_id}",
+                bound.sandbox_id
+            )));
+        }
+        Ok(())
     }
 
     /// The agent of the running VM.
@@ -121,11 +183,11 @@ impl PodShim {
             Phase::Running(running) => Ok(running.agent.clone()),
             Phase::Empty => Err(HandlerError::failed_precondition(format!(
                 "pod {} has no VM yet",
-                self.config.sandbox_id
+                self.sandbox_id()
             ))),
             Phase::Stopped { reason } => Err(HandlerError::failed_precondition(format!(
                 "the VM of pod {} is not running: {reason}",
-                self.config.sandbox_id
+                self.sandbox_id()
             ))),
         }
     }
@@ -143,12 +205,16 @@ impl PodShim {
     }
 
     fn check_pod(&self, sandbox_id: &str) -> HandlerResult<()> {
-        if sandbox_id == self.config.sandbox_id {
+        if self.pod.get().is_none() {
+            Err(HandlerError::not_found(format!(
+                "pod {sandbox_id} has no VM: its shim never ran it"
+            )))
+        } else if sandbox_id == self.sandbox_id() {
             Ok(())
         } else {
             Err(HandlerError::not_found(format!(
                 "VM shim of pod {} does not serve pod {sandbox_id}",
-                self.config.sandbox_id
+                self.sandbox_id()
             )))
         }
     }
@@ -161,7 +227,8 @@ impl PodShim {
             None
         } else {
             let netns = PathBuf::from(&req.netns_path);
-            Some(crate::net::setup(&netns).await.map_err(|err| {
+            let network = req.network.clone().unwrap_or_default();
+            Some(crate::net::setup(&netns, &network).await.map_err(|err| {
                 HandlerError::internal(format!(
                     "pod {}: bridging the pod network to the VM: {err}",
                     req.sandbox_id
@@ -200,9 +267,9 @@ impl PodShim {
             resources.map_or(0, |r| r.cpu_period),
         )
         .map_err(HandlerError::invalid_argument)?;
-        let layout = VmLayout::new(&self.config.state_dir, &self.config.sandbox_id);
+        let layout = self.layout();
         let params = VmParams {
-            sandbox_id: self.config.sandbox_id.clone(),
+            sandbox_id: self.sandbox_id().to_string(),
             qemu_path: self.config.qemu_path.clone(),
             config: config.clone(),
             vcpus: size.vcpus,
@@ -260,7 +327,7 @@ impl PodShim {
                     sandbox_ready: begin.elapsed(),
                 };
                 tracing::info!(
-                    sandbox = %self.config.sandbox_id,
+                    sandbox = %self.sandbox_id(),
                     vm_start_ms = timings.vm_start.as_millis() as u64,
                     agent_ready_ms = timings.agent_ready.as_millis() as u64,
                     sandbox_ready_ms = timings.sandbox_ready.as_millis() as u64,
@@ -388,7 +455,8 @@ impl PodShim {
             kind,
             format!(
                 "VM of pod {} ({}) failed to start: {err}",
-                self.config.sandbox_id, self.config.handler
+                self.sandbox_id(),
+                self.config.handler
             ),
         )
     }
@@ -407,6 +475,65 @@ impl PodShim {
         }
         drop(phase);
         self.containers_gone(reason);
+    }
+
+    /// Takes over a pod whose shim died: its VM died with it (PDEATHSIG;
+    /// leftovers are killed by the pids the dead shim reported), its
+    /// containers are reported exited, and stop/remove release the rest.
+    fn adopt_dead_pod(&self, req: &RestoreSandboxRequest) {
+        let reason = "the pod's VM shim died, and the VM with it";
+        tracing::warn!(sandbox = %req.sandbox_id, "{reason}; this shim cleans up");
+        let state: VmState = serde_json::from_slice(&req.handler_state).unwrap_or_default();
+        kill_stale(state.qemu_pid, "qemu");
+        for pid in &state.helper_pids {
+            let _ = kill_stale(*pid, "vhost-device-vsock") || kill_stale(*pid, "virtiofsd");
+        }
+        if let Ok(mut phase) = self.phase.try_lock() {
+            *phase = Phase::Stopped {
+                reason: reason.to_string(),
+            };
+        }
+        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &req.containers {
+            let (exited, _) = tokio::sync::watch::channel(true);
+            let container = Container {
+                id: c.container_id.clone(),
+                spec: serde_json::Value::Null,
+                log: None,
+                status: std::sync::Mutex::new(Status {
+                    state: ContainerState::Exited as i32,
+                    finished_at: now_nanos(),
+                    exit_code: SIGKILL_EXIT,
+                    reason: "Error".to_string(),
+                    message: reason.to_string(),
+                    ..Default::default()
+                }),
+                exited,
+            };
+            containers.insert(c.container_id.clone(), Arc::new(container));
+        }
+    }
+
+    /// What is missing for starting VMs; empty when ready.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let vm = &self.config.vm;
+        for (what, path) in [
+            ("QEMU", &self.config.qemu_path),
+            ("guest kernel", &vm.kernel),
+            ("guest initrd", &vm.initrd),
+        ] {
+            if !path.exists() {
+                out.push(format!("{what} {} does not exist", path.display()));
+            }
+        }
+        if vm.vsock == VsockMode::Hybrid && find_program(&vm.vhost_device_vsock_path).is_none() {
+            out.push(format!(
+                "vhost-device-vsock ({}) is not installed (scripts/setup --with-kata)",
+                vm.vhost_device_vsock_path.display()
+            ));
+        }
+        out
     }
 
     /// Every container that still ran is reported exited: its VM is gone.
@@ -446,11 +573,20 @@ impl RuntimeHandler for PodShim {
     }
 
     async fn check_ready(&self) -> HandlerResult<()> {
-        Ok(())
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(HandlerError::not_ready(
+                &self.config.handler,
+                problems.join("; "),
+            ))
+        }
     }
 
     async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
-        self.check_pod(&req.sandbox_id)?;
+        self.claim(&req.sandbox_id, &req.state_dir)?;
+        self.check_ready().await?;
         let mut phase = self.phase.lock().await;
         if !matches!(*phase, Phase::Empty) {
             return Err(HandlerError::new(
@@ -478,22 +614,38 @@ impl RuntimeHandler for PodShim {
     }
 
     async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        if self.pod.get().is_none() {
+            // Never ran here: nothing to stop.
+            return Ok(());
+        }
         self.check_pod(&req.sandbox_id)?;
         self.stop_vm("the pod was stopped").await;
         Ok(())
     }
 
     async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
+        if self.pod.get().is_none() {
+            return Ok(());
+        }
         self.check_pod(&req.sandbox_id)?;
         self.stop_vm("the pod was removed").await;
         let layout = self.layout();
-        let ids: Vec<String> = self
+        let mut ids: Vec<String> = self
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .map(|(id, _)| id)
             .collect();
+        // A shim that took over from a dead one knows the containers only
+        // from the shared dir: release whatever is there.
+        if let Ok(entries) = std::fs::read_dir(layout.shared_dir()) {
+            ids.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+        }
         for id in ids {
             unshare_container(&layout.shared_dir(), &id);
         }
@@ -559,6 +711,12 @@ impl RuntimeHandler for PodShim {
         &self,
         req: RestoreSandboxRequest,
     ) -> HandlerResult<RestoreSandboxResponse> {
+        if self.pod.get().is_none() {
+            // A fresh shim for a pod whose shim died (and its VM with it).
+            self.claim(&req.sandbox_id, &req.state_dir)?;
+            self.adopt_dead_pod(&req);
+            return Ok(RestoreSandboxResponse { ready: false });
+        }
         // The shim kept running across the daemon restart: its state is
         // current, so restoring is reporting it.
         let status = self
@@ -970,6 +1128,18 @@ impl RuntimeHandler for PodShim {
     }
 }
 
+/// An absolute path if it exists, or a bare name found on `PATH`.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.is_absolute() || program.components().count() > 1 {
+        return program.exists().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.exists())
+}
+
 /// The signal that asks the container to stop: the image's STOPSIGNAL if
 /// the core recorded it as an annotation, else SIGTERM.
 fn stop_signal(spec: &serde_json::Value) -> u32 {
@@ -1036,5 +1206,98 @@ async fn read_all(agent: AgentClient, cid: String, exec_id: String, stdout: bool
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => return out,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crius_shim_api::types::RestoreContainer;
+
+    fn params(options: serde_json::Value) -> HandlerParams {
+        HandlerParams {
+            name: "kata".into(),
+            runtime_path: "/nonexistent/qemu-system-x86_64".into(),
+            options: options.as_object().cloned().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_vm_table_fails_construction_naming_the_key() {
+        let err = PodShim::from_params(params(serde_json::json!({ "default_vcpus": 0 })))
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind, ErrorKind::InvalidArgument);
+        assert!(err.message.contains("default_vcpus"), "{err}");
+        let shim = PodShim::from_params(params(serde_json::json!({}))).unwrap();
+        let err = shim.check_ready().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotReady);
+        assert!(
+            err.message
+                .contains("QEMU /nonexistent/qemu-system-x86_64 does not exist"),
+            "{err}"
+        );
+    }
+
+    /// A fresh shim for a pod whose shim died: stop before restore is a
+    /// no-op, restore reports the pod not ready and its containers exited
+    /// with why, and remove releases the shared dir the dead shim left.
+    #[tokio::test]
+    async fn a_fresh_shim_takes_over_a_dead_pod_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("handler");
+        std::fs::create_dir_all(state_dir.join("shared/c1/rootfs")).unwrap();
+        let shim = PodShim::from_params(params(serde_json::json!({}))).unwrap();
+        let pod = SandboxRef {
+            sandbox_id: "p1".into(),
+        };
+        shim.stop_sandbox(pod.clone())
+            .await
+            .expect("nothing to stop");
+
+        let restored = shim
+            .restore_sandbox(RestoreSandboxRequest {
+                sandbox_id: "p1".into(),
+                state_dir: state_dir.display().to_string(),
+                handler_state: br#"{"qemu_pid":0,"helper_pids":[],"socket_dir":"","boot_ms":0}"#
+                    .to_vec(),
+                containers: vec![RestoreContainer {
+                    container_id: "c1".into(),
+                    ..Default::default()
+                }],
+                config: None,
+            })
+            .await
+            .unwrap();
+        assert!(!restored.ready);
+        let status = shim
+            .container_status(ContainerRef {
+                sandbox_id: "p1".into(),
+                container_id: "c1".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status.state, ContainerState::Exited as i32);
+        assert!(status.message.contains("shim died"), "{status:?}");
+        let sandbox = shim.sandbox_status(pod.clone()).await.unwrap();
+        assert!(!sandbox.ready);
+        assert!(sandbox.info["reason"].contains("shim died"), "{sandbox:?}");
+
+        let other = shim
+            .stop_sandbox(SandboxRef {
+                sandbox_id: "p2".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(other.kind, ErrorKind::NotFound);
+
+        shim.stop_sandbox(pod.clone()).await.unwrap();
+        shim.remove_sandbox(pod.clone()).await.unwrap();
+        assert!(
+            !state_dir.join("shared").exists(),
+            "the dead shim's shares are gone"
+        );
+        shim.remove_sandbox(pod).await.expect("idempotent");
     }
 }

@@ -86,10 +86,6 @@ impl VmLayout {
     pub fn qemu_pidfile(&self) -> PathBuf {
         self.state_dir.join("qemu.pid")
     }
-    /// The shim's own socket (the daemon connects here).
-    pub fn shim_socket(&self) -> PathBuf {
-        self.socket_dir.join("shim.sock")
-    }
     pub fn helper_log(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.log"))
     }
