@@ -26,6 +26,7 @@ mod ops;
 mod portforward;
 pub mod resources;
 pub mod runtime;
+mod sandboxstats;
 pub mod signal;
 pub mod state;
 
@@ -40,8 +41,8 @@ use crius_shim_api::types::{
     CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse, ExecSyncRequest,
     ExecSyncResponse, KillProcessRequest, PortForwardRequest, ProcessRef, ResizePtyRequest,
     RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
-    WaitResponse,
+    SandboxRef, SandboxStatsResponse, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest, WaitResponse,
 };
 use crius_shim_api::{HandlerError, HandlerFeatures, HandlerResult, RuntimeHandler};
 
@@ -421,6 +422,9 @@ impl RuntimeHandler for OciHandler {
     }
     async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
         self.do_port_forward(req).await
+    }
+    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
+        self.do_sandbox_stats(req).await
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Pod {
     pub layout: Layout,
     /// The pod's network namespace; `None` = host network.
     pub netns_path: Option<PathBuf>,
+    /// The pod cgroup; `None` if the core gave none.
+    pub cgroup_parent: Option<String>,
     pub infra: Arc<Container>,
     pub containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
     /// Serialises container creation against pod stop/remove, so no
@@ -558,6 +560,7 @@ impl OciHandler {
             state_dir: layout.root.clone(),
             infra: ctr.record(),
             netns_path: (!req.netns_path.is_empty()).then(|| PathBuf::from(&req.netns_path)),
+            cgroup_parent: (!req.cgroup_parent.is_empty()).then(|| req.cgroup_parent.clone()),
         };
         let bytes =
             serde_json::to_vec(&sandbox).map_err(|e| self.err("encode sandbox record", e))?;
@@ -573,6 +576,7 @@ impl OciHandler {
             id: req.sandbox_id.clone(),
             layout,
             netns_path: sandbox.netns_path.clone(),
+            cgroup_parent: sandbox.cgroup_parent.clone(),
             infra: Arc::new(ctr),
             containers: Default::default(),
             lifecycle: Default::default(),
@@ -717,6 +721,7 @@ impl OciHandler {
             id: req.sandbox_id.clone(),
             layout,
             netns_path: sandbox.netns_path.clone(),
+            cgroup_parent: sandbox.cgroup_parent.clone(),
             infra,
             containers: std::sync::Mutex::new(containers),
             lifecycle: Default::default(),

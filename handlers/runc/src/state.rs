@@ -73,6 +73,9 @@ pub struct SandboxRecord {
     /// The pod's network namespace (bind mount); `None` = host network.
     #[serde(default)]
     pub netns_path: Option<PathBuf>,
+    /// The pod cgroup (cgroupfs path) its containers go under.
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
 }
 
 /// The handler's files inside one pod's state directory.

@@ -70,25 +70,31 @@ impl Fixture {
             OciHandler::new(runc_config(tag, runtime, base.path().join("root"), CONMON)).await;
         handler.check_ready().await.unwrap();
         let netns = format!("crius-it-{}-{tag}", std::process::id());
-        let ok = std::process::Command::new(IP)
-            .args(["netns", "add", &netns])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip netns add {netns}");
-        let ok = std::process::Command::new(IP)
-            .args(["-n", &netns, "link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "lo up in {netns}");
-        Fixture {
+        let fx = Fixture {
             tag: tag.to_string(),
             cgroup_parent: format!("crius-itest-{}-{tag}", std::process::id()),
-            netns,
+            netns: netns.clone(),
             handler,
             base,
+        };
+        // Made after the fixture, so its Drop removes the netns on failure.
+        // A veth pair gives SandboxStats interfaces to report (loopback is
+        // left out).
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec![
+                "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+            ],
+        ] {
+            let ok = std::process::Command::new(IP)
+                .args(&args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args:?}");
         }
+        fx
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -362,6 +368,24 @@ async fn scenario(runtime: &'static str, tag: &str) {
     )
     .await;
     fx.run(&pod, "echo", infra, &["/bin/cat"], true).await;
+
+    // --- sandbox stats -------------------------------------------------
+    let stats = h
+        .sandbox_stats(SandboxRef {
+            sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let memory = stats.memory.unwrap().usage_bytes.unwrap().value;
+    assert!(memory > 0, "pod memory usage {memory}");
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    // catatonit, httpd, cat.
+    let procs = stats.process.map(|p| p.process_count.unwrap().value);
+    assert!(procs.is_none_or(|n| n >= 3), "process count {procs:?}");
+    let net = stats.network.unwrap();
+    let names: Vec<_> = net.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["eth0", "peer0"]);
+    assert_eq!(net.default_interface.unwrap().name, "eth0");
 
     // --- exec without a terminal -------------------------------------
     let started = Instant::now();
