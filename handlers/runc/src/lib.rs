@@ -7,15 +7,26 @@
 //!
 //! What the handler reports in `Status` comes from the runtime's own
 //! `features` document, never from its name or version.
+//!
+//! Interactive processes (exec, attach, resize, kill, wait) are described
+//! in the `interactive` module: execs run as `<runtime> exec` children of
+//! the handler with pipes or a pty the handler allocates; attach goes
+//! through conmon's attach socket and control FIFO. Port-forward
+//! (`portforward` module) connects inside the pod's network namespace
+//! from a short-lived thread.
 
 pub mod cgroupfs;
 pub mod command;
 pub mod crilog;
+mod fdio;
 pub mod features;
+mod interactive;
 pub mod monitor;
 mod ops;
+mod portforward;
 pub mod resources;
 pub mod runtime;
+mod sandboxstats;
 pub mod signal;
 pub mod state;
 
@@ -26,10 +37,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    AttachRequest, Capabilities, ContainerRef, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecRequest, ExecResponse, ExecSyncRequest,
+    ExecSyncResponse, KillProcessRequest, PortForwardRequest, ProcessRef, ResizePtyRequest,
     RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+    SandboxRef, SandboxStatsResponse, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest, WaitResponse,
 };
 use crius_shim_api::{HandlerError, HandlerFeatures, HandlerResult, RuntimeHandler};
 
@@ -205,6 +218,7 @@ pub struct OciHandler {
     probe: FeatureProbe,
     features: HandlerFeatures,
     pods: ops::Pods,
+    execs: interactive::Execs,
 }
 
 impl std::fmt::Debug for OciHandler {
@@ -256,6 +270,7 @@ impl OciHandler {
             probe,
             features,
             pods: ops::Pods::default(),
+            execs: interactive::Execs::default(),
         }
     }
 
@@ -389,6 +404,27 @@ impl RuntimeHandler for OciHandler {
     }
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
         self.do_container_stats(req).await
+    }
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        self.do_exec(req).await
+    }
+    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
+        self.do_attach(req).await
+    }
+    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
+        self.do_resize_pty(req).await
+    }
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        self.do_kill_process(req).await
+    }
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        self.do_wait(req).await
+    }
+    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
+        self.do_port_forward(req).await
+    }
+    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
+        self.do_sandbox_stats(req).await
     }
 }
 

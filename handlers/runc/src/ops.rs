@@ -43,6 +43,10 @@ const CONMON_EXIT_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Pod {
     pub id: String,
     pub layout: Layout,
+    /// The pod's network namespace; `None` = host network.
+    pub netns_path: Option<PathBuf>,
+    /// The pod cgroup; `None` if the core gave none.
+    pub cgroup_parent: Option<String>,
     pub infra: Arc<Container>,
     pub containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
     /// Serialises container creation against pod stop/remove, so no
@@ -87,7 +91,7 @@ pub(crate) enum Observed {
 }
 
 /// IDs become file names and runtime container names.
-fn check_id(what: &str, id: &str) -> HandlerResult<()> {
+pub(crate) fn check_id(what: &str, id: &str) -> HandlerResult<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -104,7 +108,7 @@ fn check_id(what: &str, id: &str) -> HandlerResult<()> {
 }
 
 /// Reads the bundle's config.json leniently (only a few fields are used).
-fn load_spec(bundle: &Path) -> HandlerResult<Value> {
+pub(crate) fn load_spec(bundle: &Path) -> HandlerResult<Value> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| {
         HandlerError::invalid_argument(format!("cannot read OCI spec {}: {e}", path.display()))
@@ -175,11 +179,15 @@ fn read_conmon_pid(bundle: &Path) -> Option<i32> {
 }
 
 impl OciHandler {
-    fn err(&self, action: impl std::fmt::Display, cause: impl std::fmt::Display) -> HandlerError {
+    pub(crate) fn err(
+        &self,
+        action: impl std::fmt::Display,
+        cause: impl std::fmt::Display,
+    ) -> HandlerError {
         HandlerError::internal(format!("handler {}: {action}: {cause}", self.config.name))
     }
 
-    fn pod(&self, sandbox_id: &str) -> HandlerResult<Arc<Pod>> {
+    pub(crate) fn pod(&self, sandbox_id: &str) -> HandlerResult<Arc<Pod>> {
         self.pods.get(sandbox_id).ok_or_else(|| {
             HandlerError::not_found(format!(
                 "handler {}: sandbox {sandbox_id} not found",
@@ -188,7 +196,11 @@ impl OciHandler {
         })
     }
 
-    fn container(&self, sandbox_id: &str, id: &str) -> HandlerResult<(Arc<Pod>, Arc<Container>)> {
+    pub(crate) fn container(
+        &self,
+        sandbox_id: &str,
+        id: &str,
+    ) -> HandlerResult<(Arc<Pod>, Arc<Container>)> {
         let pod = self.pod(sandbox_id)?;
         let ctr = pod.container(id).ok_or_else(|| {
             HandlerError::not_found(format!(
@@ -299,7 +311,12 @@ impl OciHandler {
 
     /// Sends `signal` through the runtime; a container that exited in the
     /// meantime is not an error.
-    async fn signal(&self, ctr: &Container, signal: i32, all: bool) -> HandlerResult<()> {
+    pub(crate) async fn signal(
+        &self,
+        ctr: &Container,
+        signal: i32,
+        all: bool,
+    ) -> HandlerResult<()> {
         match self.runtime().kill(&ctr.id, &signal.to_string(), all).await {
             Ok(()) => Ok(()),
             Err(e) => match self.observe(ctr).await? {
@@ -511,6 +528,9 @@ impl OciHandler {
             started_at: 0,
             pid: 0,
             conmon_pid: None,
+            terminal: false,
+            stdin: false,
+            stdin_once: false,
         };
         let infra_log = layout.infra_dir().join("infra.log");
         let ctr = match self
@@ -539,6 +559,8 @@ impl OciHandler {
             sandbox_id: req.sandbox_id.clone(),
             state_dir: layout.root.clone(),
             infra: ctr.record(),
+            netns_path: (!req.netns_path.is_empty()).then(|| PathBuf::from(&req.netns_path)),
+            cgroup_parent: (!req.cgroup_parent.is_empty()).then(|| req.cgroup_parent.clone()),
         };
         let bytes =
             serde_json::to_vec(&sandbox).map_err(|e| self.err("encode sandbox record", e))?;
@@ -553,6 +575,8 @@ impl OciHandler {
         let pod = Pod {
             id: req.sandbox_id.clone(),
             layout,
+            netns_path: sandbox.netns_path.clone(),
+            cgroup_parent: sandbox.cgroup_parent.clone(),
             infra: Arc::new(ctr),
             containers: Default::default(),
             lifecycle: Default::default(),
@@ -681,6 +705,9 @@ impl OciHandler {
                     started_at: 0,
                     pid: 0,
                     conmon_pid: read_conmon_pid(Path::new(&rc.bundle_dir)),
+                    terminal: false,
+                    stdin: false,
+                    stdin_once: false,
                 });
             let ctr = Container::from_record(&record, &layout);
             if ctr.started_at() == 0 && matches!(self.observe(&ctr).await, Ok(Observed::Running)) {
@@ -693,6 +720,8 @@ impl OciHandler {
         let pod = Pod {
             id: req.sandbox_id.clone(),
             layout,
+            netns_path: sandbox.netns_path.clone(),
+            cgroup_parent: sandbox.cgroup_parent.clone(),
             infra,
             containers: std::sync::Mutex::new(containers),
             lifecycle: Default::default(),
@@ -785,6 +814,9 @@ impl OciHandler {
             started_at: 0,
             pid: 0,
             conmon_pid: None,
+            terminal,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
         };
         let ctr = self
             .launch(
@@ -1095,7 +1127,7 @@ impl OciHandler {
 
 /// Exit code for a command the runtime could not start: 127 when it was
 /// not found (as shells report), 126 otherwise.
-fn exec_failure_code(message: &str) -> i32 {
+pub(crate) fn exec_failure_code(message: &str) -> i32 {
     let m = message.to_ascii_lowercase();
     if m.contains("not found") || m.contains("no such file") {
         127

@@ -12,7 +12,9 @@
 //! containers/<id>/           per container:
 //!     record.json            ContainerRecord, rewritten on start
 //!     persist/               conmon --persist-dir (the `oom` marker)
-//!     exec/                  exec-sync scratch dirs
+//!     exec/                  exec-sync scratch dirs and one dir per
+//!                            interactive exec (process.json, pid file,
+//!                            runtime log), removed when it ends
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +51,16 @@ pub struct ContainerRecord {
     /// The conmon watching it.
     #[serde(default)]
     pub conmon_pid: Option<i32>,
+    /// The main process has a terminal (the spec's `process.terminal`).
+    #[serde(default)]
+    pub terminal: bool,
+    /// conmon keeps a stdin pipe for attach clients (CRI `stdin`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// conmon closes that stdin after the first attach session (CRI
+    /// `stdin_once`).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// A pod as persisted (`sandbox.json` and the RunSandbox handler_state).
@@ -58,6 +70,12 @@ pub struct SandboxRecord {
     pub sandbox_id: String,
     pub state_dir: PathBuf,
     pub infra: ContainerRecord,
+    /// The pod's network namespace (bind mount); `None` = host network.
+    #[serde(default)]
+    pub netns_path: Option<PathBuf>,
+    /// The pod cgroup (cgroupfs path) its containers go under.
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
 }
 
 /// The handler's files inside one pod's state directory.
@@ -145,6 +163,9 @@ pub struct Container {
     pub created_at: i64,
     pub pid: u32,
     pub conmon_pid: Option<i32>,
+    pub terminal: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
     started_at: AtomicI64,
     /// Serialises start/stop/remove of this container.
     pub lifecycle: tokio::sync::Mutex<()>,
@@ -172,6 +193,9 @@ impl Container {
             created_at: record.created_at,
             pid: record.pid,
             conmon_pid: record.conmon_pid,
+            terminal: record.terminal,
+            stdin: record.stdin,
+            stdin_once: record.stdin_once,
             started_at: AtomicI64::new(record.started_at),
             lifecycle: tokio::sync::Mutex::new(()),
         }
@@ -191,6 +215,9 @@ impl Container {
             started_at: self.started_at(),
             pid: self.pid,
             conmon_pid: self.conmon_pid,
+            terminal: self.terminal,
+            stdin: self.stdin,
+            stdin_once: self.stdin_once,
         }
     }
 
@@ -205,6 +232,11 @@ impl Container {
     }
     pub fn exit_file(&self) -> PathBuf {
         self.exit_dir.join(&self.id)
+    }
+    /// conmon's attach-socket link (`<attach>/<id>`, pointing at the
+    /// bundle, where the `attach` socket itself lives).
+    pub fn attach_link(&self) -> PathBuf {
+        self.attach_dir.join(&self.id)
     }
     /// conmon's control FIFO (`ctl`), made in the bundle directory.
     pub fn ctl_fifo(&self) -> PathBuf {
@@ -257,6 +289,9 @@ mod tests {
             started_at: 2,
             pid: 42,
             conmon_pid: Some(41),
+            terminal: false,
+            stdin: true,
+            stdin_once: true,
         }
     }
 
