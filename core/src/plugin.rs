@@ -459,8 +459,8 @@ mod tests {
 
     #[test]
     fn ownership_and_modes_are_checked_before_loading() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root (files must be root-owned to pass)");
+        // Files must be root-owned to pass the checks.
+        if !crius_testkit::require_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -508,8 +508,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_that_is_no_library_is_a_clear_error() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root (files must be root-owned to pass)");
+        // Files must be root-owned to pass the checks.
+        if !crius_testkit::require_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

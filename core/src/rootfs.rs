@@ -311,10 +311,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>, RootfsError> {
 mod tests {
     use super::*;
 
-    fn is_root() -> bool {
-        rustix::process::geteuid().is_root()
-    }
-
     #[test]
     fn infra_rootfs_is_built_once_and_versioned_by_binary() {
         let tmp = tempfile::tempdir().unwrap();
@@ -384,8 +380,7 @@ mod tests {
 
     #[test]
     fn overlay_mounts_layers_in_order_with_whiteouts_and_cleans_up() {
-        if !is_root() {
-            eprintln!("skipping overlay_mounts_layers_in_order...: needs root to mount");
+        if !crius_testkit::require_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -437,8 +432,7 @@ mod tests {
 
     #[test]
     fn overlay_with_no_layers_and_with_many_long_layers() {
-        if !is_root() {
-            eprintln!("skipping overlay_with_no_layers_and_with_many_long_layers: needs root");
+        if !crius_testkit::require_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -7,8 +7,10 @@
 //!   CRI clients ([`cri`]).
 //!
 //! Tests that need root or host tools call [`require_root`] /
-//! [`require_tools`] first and return early (printing why) when those are
-//! missing, so `cargo test` as an unprivileged user still passes the rest.
+//! [`require_tools`] (from `crius-testkit`) first and return early when
+//! they say so: under `CI=true` a missing prerequisite fails the test,
+//! elsewhere the test prints `SKIP <test>: <reason>` and passes, so
+//! `cargo test` as an unprivileged user still runs the rest.
 
 pub mod cri;
 pub mod daemon;
@@ -18,47 +20,9 @@ pub mod registry;
 
 use std::path::{Path, PathBuf};
 
+pub use crius_testkit::{require, require_root, require_root_and_tools, require_tools, skip};
 pub use daemon::{Daemon, DaemonBuilder};
 pub use registry::Registry;
-
-/// Returns false (after printing why) when the test process is not root.
-pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: this test needs root (run `sudo scripts/test`)");
-        false
-    }
-}
-
-/// Returns false (after printing which one is missing) unless every path in
-/// `tools` exists. Absolute paths are checked as-is; bare names on `$PATH`.
-pub fn require_tools(tools: &[&str]) -> bool {
-    for tool in tools {
-        if find_tool(tool).is_none() {
-            eprintln!("SKIP: {tool} is not installed (run `sudo scripts/setup`)");
-            return false;
-        }
-    }
-    true
-}
-
-/// Root plus the tools: what every daemon-driving test checks first.
-pub fn require_root_and_tools(tools: &[&str]) -> bool {
-    require_root() && require_tools(tools)
-}
-
-fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = Path::new(tool);
-    if path.is_absolute() {
-        return path.exists().then(|| path.to_path_buf());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.exists())
-}
 
 /// The workspace root (parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {

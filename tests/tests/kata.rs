@@ -18,7 +18,7 @@ use crius_tests::host::{
 };
 use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
-use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use crius_tests::{Daemon, require_root_and_tools, skip, unique_token};
 use tonic::transport::Channel;
 
 type Runtime = RuntimeServiceClient<Channel>;
@@ -85,7 +85,7 @@ async fn setup(subnet: u32) -> Option<Env> {
         return None;
     }
     let Some(vsock) = vhost_device_vsock() else {
-        eprintln!("SKIP: vhost-device-vsock is not installed (run `scripts/setup --with-kata`)");
+        skip("vhost-device-vsock is not installed (scripts/setup --with-kata installs it)");
         return None;
     };
     let shim = crius_tests::daemon::crius_bin().with_file_name("crius-kata-shim");

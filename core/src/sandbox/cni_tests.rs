@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::sandbox::netns::{self, NetNs};
-use crate::sandbox::testutil::{random_byte, random_suffix, require_files, require_root};
+use crate::sandbox::testutil::{random_byte, random_suffix, require_root, require_tools};
 
 /// Records invocations; answers from a script keyed by (type, command).
 #[derive(Debug, Default)]
@@ -632,24 +632,21 @@ fn nat_rules() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn real_prereqs(test: &str) -> bool {
-    require_root(test)
-        && require_files(
-            test,
-            &[
-                "/usr/lib/cni/bridge",
-                "/usr/lib/cni/host-local",
-                "/usr/lib/cni/portmap",
-                "/usr/bin/nsenter",
-                "/usr/sbin/ip",
-                "/usr/sbin/iptables-save",
-            ],
-        )
+fn real_prereqs() -> bool {
+    require_root()
+        && require_tools(&[
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/lib/cni/portmap",
+            "/usr/bin/nsenter",
+            "/usr/sbin/ip",
+            "/usr/sbin/iptables-save",
+        ])
 }
 
 #[tokio::test]
 async fn real_bridge_add_check_del() {
-    if !real_prereqs("real_bridge_add_check_del") {
+    if !real_prereqs() {
         return;
     }
     let sfx = random_suffix();
@@ -744,7 +741,7 @@ async fn real_bridge_add_check_del() {
 
 #[tokio::test]
 async fn real_rollback_when_second_plugin_fails() {
-    if !real_prereqs("real_rollback_when_second_plugin_fails") {
+    if !real_prereqs() {
         return;
     }
     let sfx = random_suffix();
@@ -788,9 +785,7 @@ async fn real_rollback_when_second_plugin_fails() {
 
 #[tokio::test]
 async fn real_two_pods_on_one_bridge_ping() {
-    if !real_prereqs("real_two_pods_on_one_bridge_ping")
-        || !require_files("ping", &["/usr/bin/busybox"])
-    {
+    if !real_prereqs() || !require_tools(&["/usr/bin/busybox"]) {
         return;
     }
     let sfx = random_suffix();

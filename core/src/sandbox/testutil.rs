@@ -1,32 +1,9 @@
-//! Helpers for the privileged tests: skip with a reason instead of failing
-//! when not root or a tool is missing.
+//! Helpers for the privileged tests. Whether a test without root or a
+//! tool skips or fails is decided by `crius_testkit` (fails under CI).
 
 use std::path::Path;
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// True when the test may run; prints why it is skipped otherwise.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("SKIP {test}: needs root");
-        false
-    }
-}
-
-/// True when all `paths` exist; prints why the test is skipped otherwise.
-pub fn require_files(test: &str, paths: &[&str]) -> bool {
-    for p in paths {
-        if !Path::new(p).exists() {
-            eprintln!("SKIP {test}: {p} is missing");
-            return false;
-        }
-    }
-    true
-}
+pub use crius_testkit::{require_root, require_tools};
 
 /// Whether `path` is a mount point according to /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {

@@ -880,17 +880,8 @@ fn write_spec_round_trips() {
 // ---- real runtime runs (root only) ----
 
 fn runc_ready() -> Option<&'static str> {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping runc test: not root");
-        return None;
-    }
-    for tool in ["/usr/sbin/runc", "/usr/bin/catatonit", "/usr/bin/busybox"] {
-        if !Path::new(tool).exists() {
-            eprintln!("skipping runc test: {tool} missing");
-            return None;
-        }
-    }
-    Some("/usr/sbin/runc")
+    let tools = ["/usr/sbin/runc", "/usr/bin/catatonit", "/usr/bin/busybox"];
+    crius_testkit::require_root_and_tools(&tools).then_some("/usr/sbin/runc")
 }
 
 struct Runc {
@@ -976,8 +967,7 @@ fn crun_accepts_infra_and_container_specs() {
     if runc_ready().is_none() {
         return;
     }
-    if !Path::new("/usr/bin/crun").exists() {
-        eprintln!("skipping crun test: /usr/bin/crun missing");
+    if !crius_testkit::require_tools(&["/usr/bin/crun"]) {
         return;
     }
     infra_and_container_specs_run("/usr/bin/crun", "crun");
@@ -1180,8 +1170,7 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
 #[test]
 fn runc_infra_in_pod_netns_sets_hostname() {
     let Some(bin) = runc_ready() else { return };
-    if !Path::new("/usr/sbin/ip").exists() {
-        eprintln!("skipping: ip(8) missing");
+    if !crius_testkit::require_tools(&["/usr/sbin/ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

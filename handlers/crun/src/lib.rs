@@ -68,8 +68,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_crun_is_ready() {
-        if !Path::new(DEFAULT_RUNTIME_PATH).exists() || !Path::new(DEFAULT_MONITOR_PATH).exists() {
-            eprintln!("SKIP: crun or conmon not installed");
+        if !crius_testkit::require_tools(&[DEFAULT_RUNTIME_PATH, DEFAULT_MONITOR_PATH]) {
             return;
         }
         let root = tempfile::tempdir().unwrap();

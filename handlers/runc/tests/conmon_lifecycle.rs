@@ -175,7 +175,7 @@ async fn wait_gone(pid: i32) {
 
 async fn echo_and_exit(runtime_path: &str, tag: &str) {
     if let Some(reason) = skip_reason(runtime_path) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime_path, tag);
@@ -226,7 +226,7 @@ async fn echo_and_exit(runtime_path: &str, tag: &str) {
 
 async fn exec_kill_delete(runtime_path: &str, tag: &str) {
     if let Some(reason) = skip_reason(runtime_path) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime_path, tag);
@@ -316,7 +316,7 @@ async fn exec_kill_delete(runtime_path: &str, tag: &str) {
 
 async fn create_failure_reports_runtime_error(runtime_path: &str, tag: &str) {
     if let Some(reason) = skip_reason(runtime_path) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime_path, tag);

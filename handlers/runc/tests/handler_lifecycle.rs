@@ -398,7 +398,7 @@ fn ns(pid: u32, kind: &str) -> PathBuf {
 
 async fn lifecycle(runtime: &'static str, tag: &str) {
     if let Some(reason) = skip_reason(runtime) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime, tag).await;
@@ -897,7 +897,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
 
 async fn oom_killed(runtime: &'static str, tag: &str) {
     if let Some(reason) = skip_reason(runtime) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime, tag).await;
@@ -939,7 +939,7 @@ async fn oom_killed(runtime: &'static str, tag: &str) {
 /// create+start latency over a few containers (printed, loosely bounded).
 async fn latency(runtime: &'static str, tag: &str) {
     if let Some(reason) = skip_reason(runtime) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime, tag).await;

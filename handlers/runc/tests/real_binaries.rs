@@ -1,7 +1,6 @@
 //! Probes the runtime binaries installed on this machine. Each test skips
-//! (with a printed reason) when its binary is absent.
-
-use std::path::Path;
+//! (with a printed reason; a failure under `CI=true`) when its binary is
+//! absent.
 
 use crius_handler_runc::{
     DEFAULT_MONITOR_PATH, FeatureProbe, OciHandler, RUNC_DEFAULT_RUNTIME_PATH, parse_features,
@@ -9,17 +8,9 @@ use crius_handler_runc::{
 };
 use crius_shim_api::RuntimeHandler;
 
-fn present(path: &str) -> bool {
-    if Path::new(path).exists() {
-        return true;
-    }
-    eprintln!("SKIP: {path} is not installed");
-    false
-}
-
 #[tokio::test]
 async fn runc_reports_its_features_document() {
-    if !present(RUNC_DEFAULT_RUNTIME_PATH) || !present(DEFAULT_MONITOR_PATH) {
+    if !crius_testkit::require_tools(&[RUNC_DEFAULT_RUNTIME_PATH, DEFAULT_MONITOR_PATH]) {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -56,7 +47,7 @@ async fn runc_reports_its_features_document() {
 #[tokio::test]
 async fn crun_probe_matches_the_binary() {
     let crun = "/usr/bin/crun";
-    if !present(crun) || !present(DEFAULT_MONITOR_PATH) {
+    if !crius_testkit::require_tools(&[crun, DEFAULT_MONITOR_PATH]) {
         return;
     }
     let root = tempfile::tempdir().unwrap();

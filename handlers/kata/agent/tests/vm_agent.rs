@@ -202,7 +202,7 @@ async fn create_and_start(agent: &AgentClient, cid: &str, spec_json: serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_agent_runs_containers_in_the_vm() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIP guest_agent_runs_containers_in_the_vm: {why}");
+        crius_testkit::skip(why);
         return;
     }
     let cache = std::env::var_os("CRIUS_KATA_TEST_GUEST_DIR")
