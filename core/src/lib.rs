@@ -11,3 +11,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod streaming;
