@@ -53,6 +53,46 @@ pub struct Config {
     pub registries: Vec<RegistryConfig>,
     /// The pause (infra) process of pods.
     pub pause: PauseConfig,
+    /// The streaming server behind Exec, Attach and PortForward.
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server (exec/attach/port-forward URLs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// IP address to listen on; the URLs handed to the kubelet carry it.
+    pub address: std::net::IpAddr,
+    /// TCP port; 0 picks a free port at every start.
+    pub port: u16,
+    /// PEM certificate chain for HTTPS (not supported yet: must stay unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (not supported yet: must stay unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// How long a URL stays valid before it is used (once).
+    pub token_ttl_seconds: u64,
+    /// A session with no traffic in either direction for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Sessions served at once; more are refused with 429.
+    pub max_sessions: usize,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            // As the kubelet's streaming server: a minute to use a URL,
+            // four hours of silence before a session is closed.
+            token_ttl_seconds: 60,
+            idle_timeout_seconds: 4 * 60 * 60,
+            max_sessions: 64,
+        }
+    }
 }
 
 /// The infra (pause) container of pods whose handler needs one.
@@ -300,6 +340,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             registries: Vec::new(),
             pause: PauseConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }

@@ -13,3 +13,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod streaming;

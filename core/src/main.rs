@@ -132,10 +132,23 @@ async fn serve(config: Config) -> Result<()> {
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), "serving CRI runtime.v1");
 
-    let runtime_service =
-        RuntimeServiceServer::new(RuntimeServer::new(config.clone(), handlers, pods))
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024);
+    // The stream backend (exec/attach/port-forward through the handler
+    // contract) plugs in here; without one the streaming server is not
+    // started and those RPCs answer Unimplemented after validating.
+    let stream_backend: Option<Arc<dyn crius_core::streaming::StreamBackend>> = None;
+    let streaming = match stream_backend {
+        Some(backend) => Some(
+            crius_core::streaming::StreamingServer::start(&config.streaming, backend)
+                .await
+                .context("starting the streaming server")?,
+        ),
+        None => None,
+    };
+    let runtime_service = RuntimeServiceServer::new(
+        RuntimeServer::new(config.clone(), handlers, pods).with_streaming(streaming),
+    )
+    .max_decoding_message_size(16 * 1024 * 1024)
+    .max_encoding_message_size(16 * 1024 * 1024);
     let image_service = crius_proto::cri::image_service_server::ImageServiceServer::new(
         crius_core::server::image::ImageServer::new(images),
     );

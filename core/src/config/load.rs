@@ -23,7 +23,7 @@ use serde_saphyr::MessageFormatter as _;
 use super::validate::{Key, Problem, join_problems};
 use super::{
     CgroupDriver, CniConfig, Config, FeatureOverrides, HandlerConfig, HandlerKind, ImageConfig,
-    PauseConfig, RegistryConfig,
+    PauseConfig, RegistryConfig, StreamingConfig,
 };
 
 /// A configuration that cannot be used. `Display` is self-contained
@@ -253,6 +253,19 @@ struct FileConfig {
     image: Option<FileImage>,
     registries: Option<Src<Vec<Src<RegistryConfig>>>>,
     pause: Option<FilePause>,
+    streaming: Option<FileStreaming>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileStreaming {
+    address: Option<Src<std::net::IpAddr>>,
+    port: Option<Src<u16>>,
+    tls_cert: Option<Src<PathBuf>>,
+    tls_key: Option<Src<PathBuf>>,
+    token_ttl_seconds: Option<Src<u64>>,
+    idle_timeout_seconds: Option<Src<u64>>,
+    max_sessions: Option<Src<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -369,6 +382,24 @@ impl FileConfig {
             let merged = self.pause.get_or_insert_default();
             put(&mut merged.catatonit_path, pause.catatonit_path, file);
         }
+        if let Some(streaming) = other.streaming {
+            let merged = self.streaming.get_or_insert_default();
+            put(&mut merged.address, streaming.address, file);
+            put(&mut merged.port, streaming.port, file);
+            put(&mut merged.tls_cert, streaming.tls_cert, file);
+            put(&mut merged.tls_key, streaming.tls_key, file);
+            put(
+                &mut merged.token_ttl_seconds,
+                streaming.token_ttl_seconds,
+                file,
+            );
+            put(
+                &mut merged.idle_timeout_seconds,
+                streaming.idle_timeout_seconds,
+                file,
+            );
+            put(&mut merged.max_sessions, streaming.max_sessions, file);
+        }
         if let Some(mut registries) = other.registries {
             for entry in &mut registries.value {
                 entry.file = file;
@@ -455,6 +486,24 @@ impl FileConfig {
                         value(&p.catatonit_path, defaults.pause.catatonit_path.clone())
                     }),
             },
+            streaming: self
+                .streaming
+                .as_ref()
+                .map_or(defaults.streaming.clone(), |s| {
+                    let d = StreamingConfig::default();
+                    StreamingConfig {
+                        address: value(&s.address, d.address),
+                        port: value(&s.port, d.port),
+                        tls_cert: s.tls_cert.as_ref().map(|v| v.value.clone()),
+                        tls_key: s.tls_key.as_ref().map(|v| v.value.clone()),
+                        token_ttl_seconds: value(&s.token_ttl_seconds, d.token_ttl_seconds),
+                        idle_timeout_seconds: value(
+                            &s.idle_timeout_seconds,
+                            d.idle_timeout_seconds,
+                        ),
+                        max_sessions: value(&s.max_sessions, d.max_sessions),
+                    }
+                }),
         })
     }
 
@@ -498,6 +547,14 @@ impl FileConfig {
                 .as_ref()
                 .and_then(|i| pos(&i.max_concurrent_downloads)),
             Key::DefaultRegistry => self.image.as_ref().and_then(|i| pos(&i.default_registry)),
+            Key::Streaming(field) => self.streaming.as_ref().and_then(|s| match *field {
+                "tls_cert" => pos(&s.tls_cert),
+                "tls_key" => pos(&s.tls_key),
+                "token_ttl_seconds" => pos(&s.token_ttl_seconds),
+                "idle_timeout_seconds" => pos(&s.idle_timeout_seconds),
+                "max_sessions" => pos(&s.max_sessions),
+                _ => None,
+            }),
             Key::Registry(index) => self
                 .registries
                 .as_ref()
@@ -684,6 +741,32 @@ mod tests {
         let config = load(&repo_config()).expect("configs/crius.yaml loads");
         config.validate().expect("and validates");
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn streaming_table_merges_and_refuses_tls_and_zero_bounds() {
+        let config = Fixture::new("streaming:\n  address: 0.0.0.0\n  port: 10010\n")
+            .drop_in("10.yaml", "streaming:\n  max_sessions: 8\n")
+            .load()
+            .expect("loads");
+        assert_eq!(config.streaming.address.to_string(), "0.0.0.0");
+        assert_eq!(config.streaming.port, 10010);
+        assert_eq!(config.streaming.max_sessions, 8);
+        assert_eq!(config.streaming.token_ttl_seconds, 60);
+
+        let err = Fixture::new("streaming:\n  tls_cert: /etc/crius/cert.pem\n").err();
+        assert!(err.contains("crius.yaml:2:"), "{err}");
+        assert!(err.contains("streaming.tls_cert"), "{err}");
+        assert!(err.contains("not implemented"), "{err}");
+
+        let err = Fixture::new("streaming:\n  max_sessions: 0\n").err();
+        assert!(
+            err.contains("streaming.max_sessions: must be at least 1"),
+            "{err}"
+        );
+
+        let err = Fixture::new("streaming:\n  address: localhost\n").err();
+        assert!(err.contains("crius.yaml:2"), "{err}");
     }
 
     #[test]

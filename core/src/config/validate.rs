@@ -37,6 +37,8 @@ pub(crate) enum Key {
     DefaultRegistry,
     /// An entry of `registries`, by index.
     Registry(usize),
+    /// A field of `streaming`.
+    Streaming(&'static str),
 }
 
 impl fmt::Display for Key {
@@ -54,6 +56,7 @@ impl fmt::Display for Key {
             Key::MaxConcurrentDownloads => f.write_str("image.max_concurrent_downloads"),
             Key::DefaultRegistry => f.write_str("image.default_registry"),
             Key::Registry(index) => write!(f, "registries[{index}]"),
+            Key::Streaming(field) => write!(f, "streaming.{field}"),
         }
     }
 }
@@ -165,6 +168,8 @@ impl Config {
             out.push(Problem::new(Key::DefaultRegistry, problem));
         }
 
+        check_streaming(&mut out, &self.streaming);
+
         let mut prefixes = BTreeSet::new();
         for (index, registry) in self.registries.iter().enumerate() {
             check_registry(&mut out, index, registry, &mut prefixes);
@@ -185,6 +190,30 @@ impl Config {
             .iter()
             .filter(|registry| prefix_matches(&registry.prefix, image_name))
             .max_by_key(|registry| registry.prefix.len())
+    }
+}
+
+fn check_streaming(out: &mut Vec<Problem>, streaming: &super::StreamingConfig) {
+    for (field, path) in [
+        ("tls_cert", &streaming.tls_cert),
+        ("tls_key", &streaming.tls_key),
+    ] {
+        if path.is_some() {
+            out.push(Problem::new(
+                Key::Streaming(field),
+                "TLS for the streaming server is not implemented yet; leave tls_cert and \
+                 tls_key unset (the server listens on plain HTTP, by default on 127.0.0.1 only)",
+            ));
+        }
+    }
+    for (field, value) in [
+        ("token_ttl_seconds", streaming.token_ttl_seconds),
+        ("idle_timeout_seconds", streaming.idle_timeout_seconds),
+        ("max_sessions", streaming.max_sessions as u64),
+    ] {
+        if value == 0 {
+            out.push(Problem::new(Key::Streaming(field), "must be at least 1"));
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::handlers::HandlerRegistry;
 use crate::pod::{PodError, PodManager};
+use crate::streaming::{AttachSpec, ExecSpec, StreamRequest, StreamingServer};
 
 /// The CRI API version this daemon speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -32,6 +33,9 @@ pub struct RuntimeServer {
     config: Arc<Config>,
     handlers: Arc<HandlerRegistry>,
     pods: Arc<PodManager>,
+    /// Serves Exec/Attach/PortForward URLs; `None` until a stream backend
+    /// exists, and then those RPCs validate and answer `Unimplemented`.
+    streaming: Option<Arc<StreamingServer>>,
 }
 
 impl RuntimeServer {
@@ -40,7 +44,49 @@ impl RuntimeServer {
             config,
             handlers,
             pods,
+            streaming: None,
         }
+    }
+
+    /// Hands out Exec/Attach/PortForward URLs on `streaming`.
+    pub fn with_streaming(mut self, streaming: Option<Arc<StreamingServer>>) -> Self {
+        self.streaming = streaming;
+        self
+    }
+
+    /// The full id of a running container, or `NotFound`/`FailedPrecondition`.
+    async fn running_container(&self, rpc: &str, container_id: &str) -> Result<String, Status> {
+        if container_id.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{rpc}: container_id is required"
+            )));
+        }
+        let status = self
+            .pods
+            .container_status(container_id, false)
+            .await
+            .map_err(pod_status)?
+            .status
+            .ok_or_else(|| Status::internal(format!("{rpc}: container status missing")))?;
+        if status.state != cri::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "{rpc}: container {} is not running",
+                status.id
+            )));
+        }
+        Ok(status.id)
+    }
+
+    /// A URL on the streaming server for an already validated request.
+    fn stream_url(&self, rpc: &str, request: StreamRequest) -> Result<String, Status> {
+        let Some(streaming) = &self.streaming else {
+            return Err(Status::unimplemented(format!(
+                "{rpc}: the handler contract does not carry interactive streams yet"
+            )));
+        };
+        streaming
+            .url(request)
+            .map_err(|e| Status::resource_exhausted(format!("{rpc}: {e}")))
     }
 
     async fn runtime_condition(&self) -> cri::RuntimeCondition {
@@ -425,23 +471,99 @@ impl RuntimeService for RuntimeServer {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+        let req = request.into_inner();
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(Status::invalid_argument("Exec: cmd is required"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "Exec: at least one of stdin, stdout and stderr is required",
+            ));
+        }
+        let container_id = self.running_container("Exec", &req.container_id).await?;
+        let url = self.stream_url(
+            "Exec",
+            StreamRequest::Exec(ExecSpec {
+                container_id,
+                cmd: req.cmd,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                // A terminal carries stderr on stdout.
+                stderr: req.stderr && !req.tty,
+            }),
+        )?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        let req = request.into_inner();
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "Attach: at least one of stdin, stdout and stderr is required",
+            ));
+        }
+        let container_id = self.running_container("Attach", &req.container_id).await?;
+        let url = self.stream_url(
+            "Attach",
+            StreamRequest::Attach(AttachSpec {
+                container_id,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr && !req.tty,
+            }),
+        )?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        let req = request.into_inner();
+        let mut ports = Vec::with_capacity(req.port.len());
+        for port in &req.port {
+            match u16::try_from(*port) {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "PortForward: port {port} is outside 1-65535"
+                    )));
+                }
+            }
+        }
+        if req.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "PortForward: pod_sandbox_id is required",
+            ));
+        }
+        let status = self
+            .pods
+            .pod_sandbox_status(&req.pod_sandbox_id, false)
+            .await
+            .map_err(pod_status)?
+            .status
+            .ok_or_else(|| Status::internal("PortForward: pod sandbox status missing"))?;
+        if status.state != cri::PodSandboxState::SandboxReady as i32 {
+            return Err(Status::failed_precondition(format!(
+                "PortForward: pod sandbox {} is not ready",
+                status.id
+            )));
+        }
+        let url = self.stream_url(
+            "PortForward",
+            StreamRequest::PortForward {
+                pod_id: status.id,
+                ports,
+            },
+        )?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

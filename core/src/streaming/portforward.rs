@@ -1,0 +1,293 @@
+//! Port-forward: the URL handler and the SPDY transport
+//! (`portforward.k8s.io`). Each forwarded connection is a pair of streams
+//! the client opens, `streamtype: error` and `streamtype: data`, with the
+//! same `port` and `requestID` headers.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use super::server::{
+    Activity, HttpResponse, STREAM_CREATION_TIMEOUT, Session, Upgrade, negotiate_spdy,
+    spdy_switching, text, upgrade_kind, upgraded,
+};
+use super::spdy::conn::{Connection, IncomingStream};
+use super::{StreamBackend, websocket};
+
+/// The SPDY port-forward subprotocol.
+pub(crate) const SPDY_PROTOCOL: &str = "portforward.k8s.io";
+/// Stream pairs waiting for their other half, at most.
+const MAX_PENDING_PAIRS: usize = 128;
+
+/// Answers a port-forward URL.
+pub(crate) async fn serve(
+    session: Session,
+    pod_id: String,
+    ports: Vec<u16>,
+    req: Request<Incoming>,
+) -> HttpResponse {
+    match upgrade_kind(req.headers()) {
+        Some(Upgrade::WebSocket) => {
+            // WebSocket clients name their ports up front: the CRI
+            // request's, else the URL's `port`/`ports` query.
+            let ports = if ports.is_empty() {
+                match query_ports(req.uri().query().unwrap_or("")) {
+                    Ok(ports) => ports,
+                    Err(message) => return text(StatusCode::BAD_REQUEST, message),
+                }
+            } else {
+                ports
+            };
+            if ports.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "port-forward over WebSocket needs at least one port",
+                );
+            }
+            match websocket::negotiate(req.headers(), websocket::PORT_FORWARD_PROTOCOLS) {
+                Ok(negotiated) => {
+                    let response = websocket::switching(&negotiated);
+                    tokio::spawn(websocket::port_forward(
+                        session,
+                        pod_id,
+                        ports,
+                        negotiated.protocol,
+                        req,
+                    ));
+                    response
+                }
+                Err(response) => response,
+            }
+        }
+        Some(Upgrade::Spdy) => match negotiate_spdy(req.headers(), &[SPDY_PROTOCOL]) {
+            Ok(protocol) => {
+                let response = spdy_switching(&protocol);
+                tokio::spawn(spdy_session(session, pod_id, ports, req));
+                response
+            }
+            Err(response) => response,
+        },
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: this URL needs a SPDY/3.1 or WebSocket upgrade",
+        ),
+    }
+}
+
+/// Ports from a query string (`port=80&port=8080`, `ports=80,8080`).
+fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        if key != "port" && key != "ports" {
+            continue;
+        }
+        for value in value.split(',').filter(|v| !v.is_empty()) {
+            match value.parse::<u16>() {
+                Ok(port) if port > 0 => {
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                _ => return Err(format!("invalid port {value:?}: must be 1-65535")),
+            }
+        }
+    }
+    Ok(ports)
+}
+
+#[derive(Default)]
+struct Pair {
+    error: Option<IncomingStream>,
+    data: Option<IncomingStream>,
+    since: Option<Instant>,
+}
+
+/// The pairing key of a stream: its `requestID`, or for old clients that
+/// send none, derived from the stream id (error and data streams are
+/// opened one after the other: ids n and n+2).
+fn request_id(stream: &IncomingStream, kind: &str) -> String {
+    match stream.header("requestid") {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => match kind {
+            "data" => stream.id.saturating_sub(2).to_string(),
+            _ => stream.id.to_string(),
+        },
+    }
+}
+
+async fn spdy_session(session: Session, pod_id: String, ports: Vec<u16>, req: Request<Incoming>) {
+    let Some(io) = upgraded(req).await else {
+        return;
+    };
+    let activity = Activity::new();
+    let mut conn = Connection::serve(io, activity.clone());
+    let gone = conn.closed();
+    let watchdog = activity.watch(
+        session.inner.idle_timeout,
+        gone.clone(),
+        session.inner.shutdown.clone(),
+    );
+    let mut pending: HashMap<String, Pair> = HashMap::new();
+    let mut forwards = JoinSet::new();
+    let mut sweep = tokio::time::interval(STREAM_CREATION_TIMEOUT / 2);
+    loop {
+        let stream = tokio::select! {
+            stream = conn.incoming.recv() => stream,
+            _ = sweep.tick() => {
+                // Halves whose partner never came are dropped.
+                let now = Instant::now();
+                let stale: Vec<String> = pending
+                    .iter()
+                    .filter(|(_, p)| p.since.is_some_and(|t| now - t > STREAM_CREATION_TIMEOUT))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in stale {
+                    if let Some(pair) = pending.remove(&id) {
+                        for s in [pair.error, pair.data].into_iter().flatten() {
+                            s.writer.reset().await;
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = gone.cancelled() => None,
+        };
+        let Some(stream) = stream else { break };
+        let kind = match stream.header("streamtype") {
+            Some("error") => "error",
+            Some("data") => "data",
+            other => {
+                tracing::debug!(stream_type = ?other, "unexpected port-forward stream");
+                stream.writer.reset().await;
+                continue;
+            }
+        };
+        let id = request_id(&stream, kind);
+        if !pending.contains_key(&id) && pending.len() >= MAX_PENDING_PAIRS {
+            stream.writer.reset().await;
+            continue;
+        }
+        let pair = pending.entry(id.clone()).or_default();
+        pair.since.get_or_insert_with(Instant::now);
+        let slot = if kind == "error" {
+            &mut pair.error
+        } else {
+            &mut pair.data
+        };
+        if let Some(old) = slot.replace(stream) {
+            old.writer.reset().await;
+        }
+        if pair.error.is_some() && pair.data.is_some() {
+            let Some(Pair {
+                error: Some(error),
+                data: Some(data),
+                ..
+            }) = pending.remove(&id)
+            else {
+                continue;
+            };
+            let backend = session.inner.backend.clone();
+            forwards.spawn(forward(backend, pod_id.clone(), ports.clone(), error, data));
+        }
+    }
+    forwards.abort_all();
+    while forwards.join_next().await.is_some() {}
+    watchdog.abort();
+    conn.shutdown().await;
+}
+
+/// One forwarded connection.
+async fn forward(
+    backend: std::sync::Arc<dyn StreamBackend>,
+    pod_id: String,
+    allowed: Vec<u16>,
+    error: IncomingStream,
+    data: IncomingStream,
+) {
+    let port = match data.header("port").map(str::parse::<u16>) {
+        Some(Ok(port)) if port > 0 => port,
+        other => {
+            let message = format!(
+                "invalid port header {:?}: must be 1-65535",
+                other.map(|_| data.header("port").unwrap_or(""))
+            );
+            let _ = error.writer.send(message.into()).await;
+            let _ = error.writer.finish().await;
+            data.writer.reset().await;
+            return;
+        }
+    };
+    if !allowed.is_empty() && !allowed.contains(&port) {
+        let message = format!("port {port} is not among the ports of this port-forward request");
+        let _ = error.writer.send(message.into()).await;
+        let _ = error.writer.finish().await;
+        data.writer.reset().await;
+        return;
+    }
+    let conn = match backend.port_forward(&pod_id, port).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let message = format!("error forwarding port {port} to pod {pod_id}: {e}");
+            let _ = error.writer.send(message.into()).await;
+            let _ = error.writer.finish().await;
+            let _ = data.writer.finish().await;
+            return;
+        }
+    };
+    let (mut pod_read, mut pod_write) = tokio::io::split(conn);
+    let IncomingStream {
+        data: mut from_client,
+        writer,
+        ..
+    } = data;
+    let upstream = async move {
+        while let Some(chunk) = from_client.recv().await {
+            if pod_write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // The client half-closed (or reset) its side.
+        let _ = pod_write.shutdown().await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match pod_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if writer
+                        .send(bytes::Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = writer.finish().await;
+    };
+    tokio::join!(upstream, downstream);
+    let _ = error.writer.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_from_queries() {
+        assert_eq!(query_ports("port=80&port=8080"), Ok(vec![80, 8080]));
+        assert_eq!(query_ports("ports=80,8080&x=1"), Ok(vec![80, 8080]));
+        assert!(query_ports("port=0").is_err());
+        assert!(query_ports("port=70000").is_err());
+        assert_eq!(query_ports(""), Ok(vec![]));
+    }
+}
