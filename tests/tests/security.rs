@@ -920,3 +920,69 @@ async fn bad_values_are_refused_up_front_with_bounded_messages() {
     );
     assert!(!escape.escape_path.exists());
 }
+
+// ---- 16. connections that never speak HTTP/2 ---------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_are_bounded_and_time_out() {
+    if !require_root_and_tools(&[]) {
+        return;
+    }
+    // The daemon's limits (core/src/server/conn.rs).
+    const MAX_CONNECTIONS: usize = 256;
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    let daemon = Daemon::start("").await.expect("daemon starts");
+    // The fixture's own client holds one slot.
+    let mut silent = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 20 {
+        silent.push(
+            tokio::net::UnixStream::connect(daemon.socket())
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = Instant::now();
+    // Those beyond the limit are closed at once.
+    let mut closed_at_once = 0;
+    for conn in silent.iter_mut().rev().take(20) {
+        if tokio::time::timeout(Duration::from_secs(2), read_to_close(conn))
+            .await
+            .is_ok()
+        {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 20,
+        "only {closed_at_once} of 20 over the limit were closed"
+    );
+    // The others are closed once the handshake deadline passes.
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, read_to_close(&mut silent[0])).await;
+    assert!(
+        first.is_ok(),
+        "a silent connection is still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= HANDSHAKE_TIMEOUT / 2,
+        "closed too early"
+    );
+    drop(silent);
+    // And the socket serves real clients again.
+    let mut fresh = daemon.connect().await.expect("connect after the flood");
+    fresh
+        .runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("Version after the flood");
+}
+
+/// Reads (the server's SETTINGS, ...) until the server closes the connection.
+async fn read_to_close(conn: &mut tokio::net::UnixStream) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = conn.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
