@@ -127,7 +127,7 @@ pub fn default_vm_shim_path() -> PathBuf {
 /// The per-handler directory handed to a handler as `HandlerParams.state_dir`.
 fn handler_state_dir(name: &str, config: &Config) -> PathBuf {
     let state_dir = config.state_dir.join("plugins").join(name);
-    if let Err(err) = std::fs::create_dir_all(&state_dir) {
+    if let Err(err) = crate::perms::ensure_private_dir(&state_dir) {
         tracing::warn!(handler = name, dir = %state_dir.display(), "creating the handler state dir: {err}");
     }
     state_dir

@@ -527,10 +527,11 @@ impl RemoteHandler {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             HandlerError::internal(format!("handler {}: {what} for pod {id}: {e}", self.name))
         };
-        std::fs::create_dir_all(&self.socket_dir)
+        crate::perms::ensure_private_dir(&self.socket_dir)
             .map_err(|e| internal("creating the shim socket dir", &e))?;
         if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| internal("creating the pod state dir", &e))?;
+            crate::perms::ensure_private_dir(dir)
+                .map_err(|e| internal("creating the pod state dir", &e))?;
         }
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -630,7 +631,7 @@ fn write_params_file(
         "params.json".to_string()
     });
     let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
+        crate::perms::ensure_private_dir(&dir)?;
         let tmp = path.with_extension("json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut file = std::fs::OpenOptions::new()
