@@ -213,6 +213,11 @@ fn is_mount_point(path: &Path) -> Result<bool, RootfsError> {
 /// idempotent; stacked mounts are all removed. A mount still busy after a
 /// few tries is detached lazily as a last resort, so a leaked process in
 /// the container cannot make removal fail forever.
+///
+/// Blocking (it sleeps between tries): async callers run it on the blocking
+/// pool.
+// The sleep is fine: every caller runs this off the executor (see above).
+#[allow(clippy::disallowed_methods)]
 pub fn unmount(mount_point: &Path) -> Result<(), RootfsError> {
     let mut busy_tries = 0;
     loop {

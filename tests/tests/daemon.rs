@@ -10,6 +10,8 @@ use crius_tests::daemon::crius_bin;
 use crius_tests::{Daemon, require_root};
 
 /// Runs `crius --config <path>` expecting it to refuse the config quickly.
+// Called from synchronous tests only: no executor to block.
+#[allow(clippy::disallowed_methods)]
 fn run_expecting_config_error(config: &std::path::Path) -> String {
     let bin = crius_bin();
     assert!(

@@ -293,10 +293,17 @@ impl PodManager {
                 return Err(PodError::handler(format!("removing container {}", c.id), e));
             }
         }
-        if let Some(rootfs) = &c.rootfs {
-            rootfs::unmount(rootfs)?;
-        }
-        files::remove_dir_safely(&c.bundle_dir)?;
+        // The writable layer can hold gigabytes: unmount and delete it off
+        // the executor.
+        let rootfs = c.rootfs.clone();
+        let bundle_dir = c.bundle_dir.clone();
+        super::blocking("removing a container's rootfs and bundle", move || {
+            if let Some(rootfs) = &rootfs {
+                rootfs::unmount(rootfs)?;
+            }
+            files::remove_dir_safely(&bundle_dir)
+        })
+        .await?;
         self.store.forget_container(c)?;
         Ok(())
     }

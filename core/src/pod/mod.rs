@@ -225,6 +225,20 @@ fn is_node(mode: i32) -> bool {
     mode == cri::NamespaceMode::Node as i32
 }
 
+/// Runs blocking filesystem work (removing trees, unmounting with retries)
+/// on tokio's blocking pool, so a slow disk never stalls the executor. A
+/// panic in `work` is re-raised here, as a direct call would have done.
+async fn blocking<R: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> PodResult<R> + Send + 'static,
+) -> PodResult<R> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(PodError::io(what.to_string(), std::io::Error::other(e))),
+    }
+}
+
 /// A handler error whose kind says "already gone": fine for stop/remove.
 fn is_gone(err: &crius_shim_api::HandlerError) -> bool {
     err.kind == ErrorKind::NotFound

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crius_proto::cri;
 use crius_shim_api::RuntimeHandler;
@@ -19,8 +20,31 @@ use super::error::{PodError, PodResult};
 use super::store::{PodRecord, PodState, new_id, now_nanos};
 use super::{PodManager, files, is_gone, is_node, labels_match, ns_options};
 use crate::sandbox::cgroup::{Resources, pod_cgroup_path};
-use crate::sandbox::{Attachment, CniNetwork, CniRequest, NetNs, PodCgroup, PortMapping, netns};
+use crate::sandbox::{
+    Attachment, CgroupError, CniNetwork, CniRequest, NetNs, PodCgroup, PortMapping, netns,
+};
 use crate::spec::{self, InfraSpecInput, PodFiles};
+
+/// SIGKILLs every pid in `pids`: `None` when there was none, else how many
+/// signals were delivered (a pid may have exited in between).
+fn kill_all(pids: &[i32]) -> Option<u32> {
+    if pids.is_empty() {
+        return None;
+    }
+    let delivered = pids
+        .iter()
+        // A pid <= 0 would signal a process group or everything: never.
+        .filter(|&&pid| {
+            pid > 0
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+        })
+        .count();
+    Some(u32::try_from(delivered).unwrap_or(u32::MAX))
+}
 
 /// cgroup of a pod's infra container, below the pod cgroup.
 fn infra_cgroup(pod_cgroup: &str, id: &str) -> String {
@@ -370,10 +394,15 @@ impl PodManager {
         if let Err(e) = self.remove_pod_cgroup(rec).await {
             first.get_or_insert(e);
         }
-        if first.is_none()
-            && let Err(e) = files::remove_dir_safely(&rec.dir)
-        {
-            first.get_or_insert(e);
+        if first.is_none() {
+            let dir = rec.dir.clone();
+            if let Err(e) = super::blocking("removing a pod directory", move || {
+                files::remove_dir_safely(&dir)
+            })
+            .await
+            {
+                first.get_or_insert(e);
+            }
         }
         match first {
             None => Ok(()),
@@ -383,37 +412,47 @@ impl PodManager {
 
     /// Removes the pod cgroup in every hierarchy. Processes still in it at
     /// this point escaped the handler (or their handler is gone): they are
-    /// killed, since a pod being removed must not leave anything running.
+    /// killed first, since a pod being removed must not leave anything
+    /// running and a cgroup with processes cannot be removed. Nothing here
+    /// blocks the executor: the cgroupfs work runs on the blocking pool and
+    /// the waits are async.
     async fn remove_pod_cgroup(&self, rec: &PodRecord) -> PodResult<()> {
+        /// Kill rounds (a process may fork while being killed) and the wait
+        /// between them for the kernel to take the killed ones out.
+        const KILL_ROUNDS: u32 = 50;
+        const KILL_WAIT: Duration = Duration::from_millis(20);
+        /// The kernel can report EBUSY for a moment after the last process
+        /// of a cgroup exited: removal is retried this often, this far apart.
+        const REMOVE_RETRIES: u32 = 20;
+        const REMOVE_RETRY_WAIT: Duration = Duration::from_millis(25);
+
         let cgroup = PodCgroup::open(&self.cgroups, &rec.cgroup_path)?;
-        match cgroup.remove() {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                warn!(pod_id = %rec.id, error = %e, "pod cgroup busy; killing what is left in it")
-            }
-        }
         let mut killed = 0;
-        for _ in 0..50 {
-            let pids = files::cgroup_pids(&cgroup.dirs());
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                if nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
-                {
-                    killed += 1;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for _ in 0..KILL_ROUNDS {
+            let dirs = cgroup.dirs();
+            let round = super::blocking("killing processes left in a pod cgroup", move || {
+                Ok(kill_all(&files::cgroup_pids(&dirs)))
+            })
+            .await?;
+            let Some(round) = round else { break };
+            killed += round;
+            tokio::time::sleep(KILL_WAIT).await;
         }
         if killed > 0 {
             warn!(pod_id = %rec.id, killed, "killed processes left in the pod cgroup");
         }
-        Ok(cgroup.remove()?)
+        let mut attempt = 0;
+        loop {
+            let cg = cgroup.clone();
+            match super::blocking("removing a pod cgroup", move || Ok(cg.remove())).await? {
+                Ok(()) => return Ok(()),
+                Err(CgroupError::Busy { .. }) if attempt < REMOVE_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(REMOVE_RETRY_WAIT).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Stops the pod's processes and releases its network and shm. Leaves

@@ -10,26 +10,23 @@
 //! (and its containers' limits) to be settable.
 //!
 //! The layout is read from `/proc/self/mountinfo`, not guessed from paths.
-//! Nothing here kills processes: [`PodCgroup::remove`] expects the caller to
-//! have stopped everything in the pod and fails (after brief retries) if a
-//! cgroup is still busy.
+//! Nothing here kills processes or waits: [`PodCgroup::remove`] expects the
+//! caller to have stopped everything in the pod and fails at once with
+//! [`CgroupError::Busy`] if a cgroup is still busy; the caller retries (the
+//! kernel can report EBUSY for a moment after the last process exited)
+//! without blocking its executor (see `pod::sandbox`). Everything here is
+//! synchronous filesystem work: async callers run it on the blocking pool.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Parent used when a pod does not name one (see [`pod_cgroup_path`]).
 pub const DEFAULT_PARENT: &str = "/crius";
 
 /// v2 controllers enabled down to a pod cgroup (when the root offers them).
 const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "hugetlb", "pids"];
-
-/// How often and how long `remove` retries a busy cgroup (the kernel can
-/// report EBUSY for a moment after the last process exited).
-const REMOVE_RETRIES: u32 = 20;
-const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(25);
 
 /// Errors from cgroup handling.
 #[derive(Debug, thiserror::Error)]
@@ -554,9 +551,9 @@ impl PodCgroup {
 
     /// Removes the pod cgroup, and any child cgroups left under it (deepest
     /// first), in every hierarchy. Ancestors are kept: they are shared. A
-    /// missing directory is fine; a busy one is retried briefly and then
-    /// reported ([`CgroupError::Busy`]) after the other hierarchies were
-    /// still cleaned.
+    /// missing directory is fine; a busy one is reported
+    /// ([`CgroupError::Busy`]) after the other hierarchies were still
+    /// cleaned. One pass, no waiting: retrying is the caller's choice.
     pub fn remove(&self) -> Result<(), CgroupError> {
         let mut first_err = None;
         for dir in self.dirs() {
@@ -658,29 +655,18 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
             remove_tree(&entry.path())?;
         }
     }
-    let mut attempt = 0;
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < REMOVE_RETRIES => {
-                attempt += 1;
-                std::thread::sleep(REMOVE_RETRY_DELAY);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                return Err(CgroupError::Busy {
-                    path: dir.to_path_buf(),
-                    source: e,
-                });
-            }
-            Err(source) => {
-                return Err(CgroupError::Io {
-                    op: "remove cgroup",
-                    path: dir.to_path_buf(),
-                    source,
-                });
-            }
-        }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(CgroupError::Busy {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        Err(source) => Err(CgroupError::Io {
+            op: "remove cgroup",
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -943,6 +943,8 @@ fn bundle_with(dir: &Path, spec: &Spec) -> PathBuf {
     dir.to_path_buf()
 }
 
+// Used by synchronous tests only: no executor to block.
+#[allow(clippy::disallowed_methods)]
 fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     for _ in 0..200 {
         if let Some(v) = f() {

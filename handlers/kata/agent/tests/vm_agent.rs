@@ -238,7 +238,7 @@ async fn guest_agent_runs_containers_in_the_vm() {
             vhu.display()
         );
         assert!(vdv.exited().is_none(), "vhost-device-vsock exited early");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let boot = Instant::now();
