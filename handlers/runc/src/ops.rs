@@ -55,12 +55,27 @@ pub(crate) struct Pod {
     pub lifecycle: tokio::sync::Mutex<()>,
 }
 
+/// Locks one of the handler's maps. They are held only for a lookup, an
+/// insert or a remove, which cannot leave a map half-changed, so a poisoned
+/// lock (a panic elsewhere while it was held) still guards a consistent map:
+/// carry on with it rather than fail every later operation of the handler.
+fn lock_map<T>(map: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Pod {
     fn container(&self, id: &str) -> Option<Arc<Container>> {
-        self.containers.lock().unwrap().get(id).cloned()
+        lock_map(&self.containers).get(id).cloned()
     }
     fn all_containers(&self) -> Vec<Arc<Container>> {
-        self.containers.lock().unwrap().values().cloned().collect()
+        lock_map(&self.containers).values().cloned().collect()
+    }
+    fn insert_container(&self, ctr: Container) {
+        lock_map(&self.containers).insert(ctr.id.clone(), Arc::new(ctr));
+    }
+    fn forget_container(&self, id: &str) {
+        lock_map(&self.containers).remove(id);
     }
 }
 
@@ -72,7 +87,13 @@ pub(crate) struct Pods {
 
 impl Pods {
     fn get(&self, id: &str) -> Option<Arc<Pod>> {
-        self.map.lock().unwrap().get(id).cloned()
+        lock_map(&self.map).get(id).cloned()
+    }
+    fn insert(&self, pod: Pod) {
+        lock_map(&self.map).insert(pod.id.clone(), Arc::new(pod));
+    }
+    fn forget(&self, id: &str) {
+        lock_map(&self.map).remove(id);
     }
 }
 
@@ -581,11 +602,7 @@ impl OciHandler {
             containers: Default::default(),
             lifecycle: Default::default(),
         };
-        self.pods
-            .map
-            .lock()
-            .unwrap()
-            .insert(req.sandbox_id.clone(), Arc::new(pod));
+        self.pods.insert(pod);
         Ok(RunSandboxResponse {
             handler_state: bytes,
             infra_pid,
@@ -616,7 +633,7 @@ impl OciHandler {
             let _guard = ctr.lifecycle.lock().await;
             self.stop(&ctr, Duration::ZERO).await?;
             self.destroy(&ctr).await?;
-            pod.containers.lock().unwrap().remove(&ctr.id);
+            pod.forget_container(&ctr.id);
         }
         {
             let _guard = pod.infra.lifecycle.lock().await;
@@ -626,7 +643,7 @@ impl OciHandler {
         for entry in pod.layout.owned_entries() {
             remove_path(&entry);
         }
-        self.pods.map.lock().unwrap().remove(&pod.id);
+        self.pods.forget(&pod.id);
         tracing::info!(handler = %self.config.name, sandbox = %pod.id, "sandbox removed");
         Ok(())
     }
@@ -727,11 +744,7 @@ impl OciHandler {
             lifecycle: Default::default(),
         };
         tracing::info!(handler = %self.config.name, sandbox = %req.sandbox_id, ready, containers = req.containers.len(), "sandbox restored");
-        self.pods
-            .map
-            .lock()
-            .unwrap()
-            .insert(req.sandbox_id.clone(), Arc::new(pod));
+        self.pods.insert(pod);
         Ok(RestoreSandboxResponse { ready })
     }
 
@@ -832,10 +845,7 @@ impl OciHandler {
             .await?;
         let handler_state = serde_json::to_vec(&ctr.record())
             .map_err(|e| self.err("encode container record", e))?;
-        pod.containers
-            .lock()
-            .unwrap()
-            .insert(req.container_id.clone(), Arc::new(ctr));
+        pod.insert_container(ctr);
         Ok(CreateContainerResponse { handler_state })
     }
 
@@ -900,7 +910,7 @@ impl OciHandler {
             )));
         }
         self.destroy(&ctr).await?;
-        pod.containers.lock().unwrap().remove(&ctr.id);
+        pod.forget_container(&ctr.id);
         Ok(())
     }
 
@@ -1157,6 +1167,22 @@ mod tests {
         assert_eq!(spec_cgroup(&spec).as_deref(), Some("/pod/c"));
         assert_eq!(spec_annotations(&spec).len(), 1);
         assert_eq!(spec_cgroup(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn a_poisoned_map_lock_does_not_take_the_handler_down() {
+        let pods = Pods::default();
+        std::thread::scope(|scope| {
+            let poisoner = scope.spawn(|| {
+                let _held = pods.map.lock().unwrap();
+                panic!("poisoning the pod map on purpose");
+            });
+            assert!(poisoner.join().is_err());
+        });
+        assert!(pods.map.is_poisoned());
+        assert!(pods.get("p1").is_none());
+        pods.forget("p1");
+        assert!(lock_map(&pods.map).is_empty());
     }
 
     #[test]
