@@ -70,14 +70,14 @@ impl HelloHandler {
         let state_dir = if params.state_dir.is_empty() {
             "/run/crius/hello".to_string()
         } else {
-            params.state_dir
+            params.state_dir.clone()
         };
         let fault = params.option_str("fault").and_then(|f| {
             let (kind, method) = f.split_once(':')?;
             Some((kind.to_string(), method.to_string()))
         });
         Ok(Self {
-            name: params.name,
+            name: params.name.clone(),
             runc: params
                 .option_str("runtime")
                 .map_or_else(|| PathBuf::from("/usr/sbin/runc"), PathBuf::from),
