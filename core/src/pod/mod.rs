@@ -11,6 +11,7 @@
 mod container;
 pub mod error;
 pub mod files;
+mod interactive;
 mod sandbox;
 mod stats;
 pub mod store;
@@ -28,6 +29,7 @@ use crate::image::{ImageManager, ImageUsage};
 use crate::sandbox::CgroupLayout;
 
 pub use error::{PodError, PodResult};
+pub use interactive::{AttachSpec, ExecSpec, ProcessControl, ProcessStreams};
 pub use store::{ContainerRecord, PodRecord, PodState, Store};
 
 /// Where the pause binary is taken from when the config does not say.

@@ -417,7 +417,7 @@ mod tests {
         first.extend_from_slice(&[0x40, 2, b't', b'e', 8]);
         first.extend_from_slice(b"trailers");
         // Dynamic table now: 62 te, 63 :authority, 64 :path.
-        let second = vec![0x83, 0x86, 0x80 | 64, 0x80 | 63, 0x80 | 62];
+        let second = [0x83, 0x86, 0x80 | 64, 0x80 | 63, 0x80 | 62];
         let mut good = vec![0x83, 0x86, 0x80 | 64];
         literal(&mut good, 0x01, b"crius.invalid"); // without indexing
         good.push(0x80 | 62);

@@ -88,6 +88,7 @@ mod tests {
         let a = store.issue(request()).expect("issue");
         let b = store.issue(request()).expect("issue");
         assert_ne!(a, b);
+        #[allow(clippy::disallowed_methods)] // a plain #[test], no executor to block
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(store.take(&a), None, "expired");
     }

@@ -18,6 +18,13 @@
 //! - `runtime`: the runc binary (default `/usr/sbin/runc`).
 //! - `fault`: fault injection for tests of the host: `panic:<Method>` panics
 //!   in that method, `abort:<Method>` aborts the process (shim mode only!).
+//!
+//! Interactive processes (the `exec` module): `Exec` without a terminal,
+//! with stdin/stdout/stderr on the core's sockets, `Wait` and `KillProcess`
+//! on execs. Exec with a terminal, `Attach`, `ResizePty`, `PortForward` and
+//! `Wait` on a main process answer `Unimplemented` by name.
+
+mod exec;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,9 +35,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crius_shim_api::types::{
     Capabilities, ContainerRef, ContainerState, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse, SandboxRef,
-    SandboxStatusResponse, StopContainerRequest,
+    CreateContainerResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
+    KillProcessRequest, ProcessRef, RestoreSandboxRequest, RestoreSandboxResponse,
+    RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    WaitResponse,
 };
 use crius_shim_api::{HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
@@ -55,6 +63,7 @@ pub struct HelloHandler {
     root: PathBuf,
     fault: Option<(String, String)>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    execs: exec::Execs,
 }
 
 fn now_nanos() -> i64 {
@@ -85,6 +94,7 @@ impl HelloHandler {
             root: Path::new(&state_dir).join("runc"),
             fault,
             containers: Mutex::new(HashMap::new()),
+            execs: exec::Execs::default(),
         })
     }
 
@@ -576,6 +586,19 @@ impl RuntimeHandler for HelloHandler {
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
         // The log is opened per line; nothing to reopen.
         self.container(&req.container_id).map(|_| ())
+    }
+
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        self.fault("Exec");
+        self.do_exec(req).await
+    }
+
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        self.do_wait(req).await
+    }
+
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        self.do_kill_process(req).await
     }
 }
 
