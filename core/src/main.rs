@@ -132,10 +132,10 @@ async fn serve(config: Config) -> Result<()> {
     let listener = bind_socket(&config.listen)?;
     info!(socket = %config.listen.display(), "serving CRI runtime.v1");
 
-    // The stream backend (exec/attach/port-forward through the handler
-    // contract) plugs in here; without one the streaming server is not
-    // started and those RPCs answer Unimplemented after validating.
-    let stream_backend: Option<Arc<dyn crius_core::streaming::StreamBackend>> = None;
+    // Exec/attach/port-forward sessions run through the handler contract.
+    let stream_backend: Option<Arc<dyn crius_core::streaming::StreamBackend>> = Some(Arc::new(
+        crius_core::streaming::PodStreamBackend::new(pods.clone()),
+    ));
     let streaming = match stream_backend {
         Some(backend) => Some(
             crius_core::streaming::StreamingServer::start(&config.streaming, backend)

@@ -460,6 +460,7 @@ per_handler!(
     failures_half_way_roll_back,
     infra_failure_rolls_back,
     pod_caught_mid_creation_is_removed_after_a_crash,
+    exec_and_port_forward_through_the_streaming_url,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -1599,4 +1600,119 @@ async fn pod_of_a_removed_handler_can_still_be_removed() {
     assert!(status.success(), "crun delete: {status}");
     resources.assert_gone();
     env.assert_no_pods_left("after removing a pod of a removed handler");
+}
+
+/// Runs the Python `kubernetes` package's WebSocket client (a client we did
+/// not write) on a streaming URL; its JSON answer.
+fn k8s_ws_client(args: &[&str]) -> serde_json::Value {
+    let script = crius_tests::workspace_root().join("tests/clients/k8s_ws_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "k8s_ws_client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+/// `kubectl exec` and `kubectl port-forward` end to end: the CRI Exec and
+/// PortForward URLs, driven by the Python kubernetes client over
+/// WebSocket, reach a process in the container and a server in the pod
+/// through the handler contract; the exit code is reported; the exec
+/// leaves no process behind.
+async fn exec_and_port_forward_through_the_streaming_url(handler: &'static str) {
+    let Some(env) = setup(handler).await else {
+        return;
+    };
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes.stream.ws_client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !crius_tests::require(available, "python3 with the `kubernetes` package") {
+        return;
+    }
+    let pod = env.pod_config("stream");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let id = env
+        .create_and_start(
+            &pod_id,
+            &pod,
+            env.container_config(
+                "web",
+                &["sh", "-c", "mkdir -p /www && echo hello-through-pf > /www/index.html && exec httpd -f -p 8080 -h /www"],
+            ),
+        )
+        .await;
+
+    let exec_url = |cmd: &[&str], stdin: bool| {
+        let mut rt = env.rt();
+        let req = cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin,
+            stdout: true,
+            stderr: true,
+        };
+        async move { rt.exec(req).await.expect("Exec").into_inner().url }
+    };
+    let url = exec_url(&["sh", "-c", "echo out; echo err >&2; exit 3"], false).await;
+    let answer = k8s_ws_client(&["exec", &url]);
+    assert_eq!(answer["stdout"], "out\n", "{answer}");
+    assert_eq!(answer["stderr"], "err\n", "{answer}");
+    assert_eq!(answer["returncode"], 3, "{answer}");
+    // A token is single use.
+    let again = std::process::Command::new("python3")
+        .arg(crius_tests::workspace_root().join("tests/clients/k8s_ws_client.py"))
+        .args(["exec", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success() || !String::from_utf8_lossy(&again.stdout).contains("out"));
+
+    let url = exec_url(&["cat"], true).await;
+    let answer = k8s_ws_client(&["exec", &url, "--stdin", "ping\n", "--close-stdin"]);
+    assert_eq!(answer["stdout"], "ping\n", "{answer}");
+    assert_eq!(answer["returncode"], 0, "{answer}");
+
+    let url = env
+        .rt()
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let answer = k8s_ws_client(&[
+        "portforward",
+        &url,
+        "8080",
+        "GET /index.html HTTP/1.0\r\n\r\n",
+    ]);
+    let received = answer["received"].as_str().unwrap_or_default();
+    assert!(received.contains("hello-through-pf"), "{answer}");
+
+    // No exec process is left in the container (only httpd runs there).
+    let left = env
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "n=0; for f in /proc/[0-9]*/comm; do read c < $f; [ \"$c\" = cat ] && n=$((n+1)); done; echo $n".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "0",
+        "exec left behind"
+    );
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_no_pods_left("after the streaming sessions");
 }

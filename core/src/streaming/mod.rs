@@ -27,6 +27,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+mod backend;
 mod portforward;
 mod remotecommand;
 mod server;
@@ -38,6 +39,7 @@ pub mod websocket;
 #[cfg(test)]
 mod tests;
 
+pub use backend::PodStreamBackend;
 pub use server::StreamingServer;
 
 /// A terminal size as the Kubernetes protocols carry it (`{"Width":..,"Height":..}`).
