@@ -213,8 +213,7 @@ mod tests {
 
     #[test]
     fn top_dir_of_another_user_is_refused() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP: chown needs root");
+        if !crius_testkit::require_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

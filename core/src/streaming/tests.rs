@@ -186,21 +186,13 @@ fn exec(cmd: &str, stdin: bool, tty: bool) -> StreamRequest {
     })
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// `None` (after saying why) when a tool is missing outside CI.
 fn require(ok: bool, what: &str) -> Option<()> {
-    if ok {
-        return Some(());
-    }
-    assert!(
-        !in_ci(),
-        "{what} is required under CI (scripts/setup installs it)"
-    );
-    eprintln!("skipping: {what} is not installed (scripts/setup installs it)");
-    None
+    crius_testkit::require(
+        ok,
+        format!("{what} is not installed (scripts/setup installs it)"),
+    )
+    .then_some(())
 }
 
 fn repo_file(path: &str) -> PathBuf {

@@ -352,7 +352,7 @@ async fn wait(h: &OciHandler, pod: &str, ctr: &str, exec_id: &str) -> i32 {
 
 async fn scenario(runtime: &'static str, tag: &str) {
     if let Some(reason) = skip_reason(runtime) {
-        eprintln!("SKIP {tag}: {reason}");
+        crius_testkit::skip(format!("{tag}: {reason}"));
         return;
     }
     let fx = Fixture::new(runtime, tag).await;
