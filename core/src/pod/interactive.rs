@@ -184,10 +184,7 @@ struct SocketDir {
 impl SocketDir {
     fn new(state_dir: &Path) -> PodResult<SocketDir> {
         let base = state_dir.join("io");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&base)
+        crate::perms::ensure_private_dir(&base)
             .map_err(|e| PodError::io(format!("creating {}", base.display()), e))?;
         let name = new_id()?;
         let dir = base.join(&name[..12]);
