@@ -16,10 +16,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
 mod load;
+pub mod registries_conf;
+mod reload;
 mod validate;
 
 pub use load::{ConfigError, config_files, drop_in_dir, load};
+pub use reload::{LIVE_KEYS, ReloadPlan, apply_live};
 pub use validate::LOG_LEVELS;
 
 /// The whole daemon configuration.
@@ -55,6 +59,16 @@ pub struct Config {
     pub pause: PauseConfig,
     /// The streaming server behind Exec, Attach and PortForward.
     pub streaming: StreamingConfig,
+    /// Where CDI device specs are read from, lowest priority first (a
+    /// device defined in two dirs is taken from the later one).
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// OCI hook definitions (`oci-hooks(5)`), lowest priority first (a file
+    /// masks the file of the same name in an earlier dir).
+    pub hooks_dirs: Vec<PathBuf>,
+    /// `host:port` of the Prometheus metrics endpoint (`GET /metrics`);
+    /// unset = no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The streaming server (exec/attach/port-forward URLs).
@@ -65,10 +79,11 @@ pub struct StreamingConfig {
     pub address: std::net::IpAddr,
     /// TCP port; 0 picks a free port at every start.
     pub port: u16,
-    /// PEM certificate chain for HTTPS (not supported yet: must stay unset).
+    /// PEM certificate chain (leaf first) for HTTPS; set with `tls_key`.
+    /// The URLs then start with `https://`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for HTTPS (not supported yet: must stay unset).
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// How long a URL stays valid before it is used (once).
@@ -171,11 +186,17 @@ pub struct HandlerConfig {
     /// `configs/crius.yaml`). The daemon itself reads only `vm.shim_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<serde_json::Map<String, serde_json::Value>>,
-    /// How long the daemon waits for RunSandbox of a shim handler (`vm`, or
-    /// `plugin` in process mode); default 120 s, 300 s for `vm` handlers. A
-    /// VM handler needs more than its boot timeout.
+    /// How long the daemon waits for the handler's RunSandbox (and
+    /// RestoreSandbox); default `call_timeout_seconds`, 300 s for `vm`
+    /// handlers. A VM handler needs more than its boot timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_sandbox_timeout_seconds: Option<u64>,
+    /// How long the daemon waits for any other handler call (StopContainer
+    /// adds its grace period, ExecSync its own timeout; Wait has none);
+    /// default 120 s. A call that passes it answers DEADLINE_EXCEEDED and
+    /// marks the handler unhealthy until it returns (see `core/src/deadlines.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_timeout_seconds: Option<u64>,
     /// Where the entry's `vm:` table (or the entry, without one) was
     /// written, `file:line:column`; the daemon prefixes the shim's verdict
     /// on the table with it. Set by the loader.
@@ -261,13 +282,76 @@ pub struct ImageConfig {
     pub max_concurrent_downloads: usize,
     /// Registry used for names without a registry host (`busybox` → `docker.io/library/busybox`).
     pub default_registry: String,
+    /// Largest layer a pull stores, in bytes: its compressed blob (checked
+    /// against the manifest before downloading) and its unpacked tar stream
+    /// (counted while unpacking).
+    pub max_layer_size: u64,
+    /// Largest image a pull stores, in bytes: the sum over its layers, of
+    /// the blobs and of the unpacked streams alike.
+    pub max_image_size: u64,
+    /// A pull whose registry sends no bytes for this long (a blob, a
+    /// manifest, or the answer to a request) is aborted with
+    /// DEADLINE_EXCEEDED naming the blob; progress, however slow, never
+    /// times out (CRI-O's `pull_progress_timeout`). 0 = never abort.
+    pub pull_progress_timeout_seconds: u64,
+    /// Images the kubelet's image GC must never remove, reported `pinned`
+    /// in ListImages/ImageStatus, and refused by RemoveImage: exact names
+    /// (`registry.k8s.io/pause:3.10`), prefixes ending in `*`
+    /// (`registry.k8s.io/*`), or `*word*` (any name containing `word`).
+    /// Matched against the image's tags (fully qualified, as ListImages
+    /// shows them).
+    pub pinned_images: Vec<String>,
+    /// containers-registries.conf(5) read besides `registries` (so a node
+    /// set up for CRI-O or podman keeps its mirrors, blocked registries,
+    /// search list and short-name aliases); missing = nothing; empty = do
+    /// not read one. Precedence: see `config::registries_conf`.
+    pub registries_conf: PathBuf,
+    /// Its drop-in directory (`*.conf`, read in name order after it).
+    pub registries_conf_dir: PathBuf,
+    /// containers-policy.json(5): the signatures images must carry to be
+    /// pulled. Read on every pull; missing = accept anything; empty = none.
+    pub signature_policy: PathBuf,
+    /// Per-namespace policies: `<dir>/<namespace>.json` replaces
+    /// `signature_policy` for pulls of pods in that namespace (as CRI-O's
+    /// `signature_policy_dir`). Empty = none.
+    pub signature_policy_dir: PathBuf,
+    /// containers-registries.d(5): where GPG signatures are published
+    /// (`lookaside`) per registry or repository. Empty = none.
+    pub registries_d: PathBuf,
+    /// Registries a short name (`busybox`) is looked for in, in order:
+    /// registries.conf's `unqualified-search-registries`; empty = only
+    /// `default_registry`. Not a YAML key (`crius config` leaves it out).
+    #[serde(skip)]
+    pub unqualified_search_registries: Vec<String>,
+    /// Short names and the fully qualified names they stand for
+    /// (registries.conf's `[aliases]`). Not a YAML key either.
+    #[serde(skip)]
+    pub short_name_aliases: BTreeMap<String, String>,
 }
+
+/// Default [`ImageConfig::max_layer_size`]: 10 GiB.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 10 << 30;
+/// Default [`ImageConfig::max_image_size`]: 20 GiB.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 20 << 30;
+/// Default [`ImageConfig::pull_progress_timeout_seconds`].
+pub const DEFAULT_PULL_PROGRESS_TIMEOUT_SECONDS: u64 = 60;
 
 impl Default for ImageConfig {
     fn default() -> Self {
         Self {
             max_concurrent_downloads: 3,
             default_registry: "docker.io".to_string(),
+            max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            pull_progress_timeout_seconds: DEFAULT_PULL_PROGRESS_TIMEOUT_SECONDS,
+            pinned_images: Vec::new(),
+            registries_conf: PathBuf::from("/etc/containers/registries.conf"),
+            registries_conf_dir: PathBuf::from("/etc/containers/registries.conf.d"),
+            signature_policy: PathBuf::from("/etc/containers/policy.json"),
+            signature_policy_dir: PathBuf::from("/etc/crius/policies"),
+            registries_d: PathBuf::from("/etc/containers/registries.d"),
+            unqualified_search_registries: Vec::new(),
+            short_name_aliases: BTreeMap::new(),
         }
     }
 }
@@ -292,6 +376,10 @@ pub struct RegistryConfig {
     /// Never contact the registry itself; only its mirrors.
     #[serde(default)]
     pub blocked: bool,
+    /// Use the mirrors only for pulls by digest (tags can differ between a
+    /// mirror and its registry).
+    #[serde(default)]
+    pub mirror_by_digest_only: bool,
 }
 
 /// One mirror of a registry.
@@ -323,6 +411,7 @@ impl Default for Config {
                     plugin: None,
                     vm: None,
                     run_sandbox_timeout_seconds: None,
+                    call_timeout_seconds: None,
                     vm_location: None,
                 },
             );
@@ -341,6 +430,15 @@ impl Default for Config {
             registries: Vec::new(),
             pause: PauseConfig::default(),
             streaming: StreamingConfig::default(),
+            cdi_spec_dirs: crate::spec::cdi::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            hooks_dirs: crate::spec::hooks::DEFAULT_HOOKS_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            metrics_address: None,
         }
     }
 }

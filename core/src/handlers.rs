@@ -39,7 +39,9 @@ impl HandlerRegistry {
     pub async fn from_config(config: &Config) -> Self {
         let mut handlers: BTreeMap<String, Arc<dyn RuntimeHandler>> = BTreeMap::new();
         for (name, entry) in &config.runtime_handlers {
-            handlers.insert(name.clone(), build_handler(name, entry, config).await);
+            let handler = build_handler(name, entry, config).await;
+            let bounded = crate::deadlines::DeadlineHandler::new(handler, call_limits(entry));
+            handlers.insert(name.clone(), Arc::new(bounded));
         }
         Self::new(config.default_runtime_handler.clone(), handlers)
     }
@@ -73,6 +75,25 @@ impl HandlerRegistry {
     }
 }
 
+/// The limits of an entry's calls (see [`crate::deadlines`]).
+pub fn call_limits(entry: &HandlerConfig) -> crate::deadlines::CallLimits {
+    let call = entry
+        .call_timeout_seconds
+        .map_or(crate::deadlines::DEFAULT_CALL_TIMEOUT, Duration::from_secs);
+    let run_sandbox = match (entry.run_sandbox_timeout_seconds, entry.kind) {
+        (Some(seconds), _) => Duration::from_secs(seconds),
+        (None, HandlerKind::Vm) => {
+            Duration::from_secs(crate::config::VM_RUN_SANDBOX_TIMEOUT_SECONDS)
+        }
+        (None, _) => call,
+    };
+    crate::deadlines::CallLimits {
+        call,
+        run_sandbox,
+        ready: crate::deadlines::READY_TIMEOUT,
+    }
+}
+
 async fn build_handler(
     name: &str,
     entry: &HandlerConfig,
@@ -87,20 +108,28 @@ async fn build_handler(
             let monitor_path = entry
                 .monitor_path
                 .clone()
-                .unwrap_or_else(|| "/usr/bin/conmon".into());
-            let handler =
-                crius_handler_runc::OciHandler::new(crius_handler_runc::OciHandlerConfig {
+                .unwrap_or_else(|| crius_handler_runc::DEFAULT_MONITOR_PATH.into());
+            // One OCI handler implementation; the runtime's own crate gives
+            // its configuration (crun: no `features` probing to trust).
+            let mut oci = if entry.runtime_path.file_name().is_some_and(|f| f == "crun") {
+                crius_handler_crun::config(name, &entry.runtime_path, runtime_root, monitor_path)
+            } else {
+                crius_handler_runc::OciHandlerConfig {
                     name: name.to_string(),
                     runtime_path: entry.runtime_path.clone(),
                     runtime_root,
                     monitor_path,
-                    feature_overrides: crius_handler_runc::FeatureOverrides {
-                        recursive_read_only_mounts: entry.features.recursive_read_only_mounts,
-                        user_namespaces: entry.features.user_namespaces,
-                    },
-                })
-                .await;
-            Arc::new(handler)
+                    feature_overrides: Default::default(),
+                }
+            };
+            let overrides = &mut oci.feature_overrides;
+            if let Some(value) = entry.features.recursive_read_only_mounts {
+                overrides.recursive_read_only_mounts = Some(value);
+            }
+            if let Some(value) = entry.features.user_namespaces {
+                overrides.user_namespaces = Some(value);
+            }
+            Arc::new(crius_handler_runc::OciHandler::new(oci).await)
         }
         HandlerKind::Vm => build_vm(name, entry, config).await,
         HandlerKind::Plugin => build_plugin(name, entry, config).await,
@@ -165,11 +194,7 @@ async fn build_vm(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn
         &state_dir,
         entry.vm.clone().unwrap_or_default(),
     );
-    let timeout = Duration::from_secs(
-        entry
-            .run_sandbox_timeout_seconds
-            .unwrap_or(crate::config::VM_RUN_SANDBOX_TIMEOUT_SECONDS),
-    );
+    let timeout = call_limits(entry).run_sandbox;
     let built = crate::remote::RemoteHandler::new(&shim, params, &config.state_dir.join("shims"))
         .await
         .map(|h| Arc::new(h.with_run_sandbox_timeout(timeout)) as Arc<dyn RuntimeHandler>)
@@ -213,9 +238,7 @@ async fn build_plugin(
     let plugin = entry.plugin.clone().unwrap_or_default();
     let state_dir = handler_state_dir(name, config);
     let params = handler_params(name, entry, &state_dir, plugin.options.clone());
-    let run_sandbox_timeout = entry
-        .run_sandbox_timeout_seconds
-        .map_or(crate::remote::CALL_TIMEOUT, Duration::from_secs);
+    let run_sandbox_timeout = call_limits(entry).run_sandbox;
     let built = match plugin.mode {
         crate::config::PluginMode::Library => {
             crate::plugin::load_handler(&entry.runtime_path, params)

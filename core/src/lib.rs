@@ -3,12 +3,17 @@
 
 pub mod bounded;
 pub mod config;
+pub mod deadlines;
+pub mod events;
+pub mod fsusage;
 pub mod handlers;
 pub mod image;
+pub mod metrics;
 pub mod perms;
 pub mod plugin;
 pub mod pod;
 pub mod remote;
+pub mod restore_gate;
 pub mod rootfs;
 pub mod sandbox;
 pub mod server;

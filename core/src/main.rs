@@ -20,16 +20,33 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{error, info};
 
+/// Largest response the CRI socket sends: an ExecSync with the OCI
+/// handler's full output cap, plus room for the rest of the message.
+const MAX_RESPONSE_BYTES: usize =
+    crius_handler_runc::execsync::EXEC_SYNC_OUTPUT_MAX_BYTES as usize + (1 << 20);
+
 /// crius: a Kubernetes container runtime with pluggable runtime handlers.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// Config file; drop-ins are read from `<config>.d/*.yaml`.
-    #[arg(long, default_value = "/etc/crius/crius.yaml")]
+    #[arg(long, global = true, default_value = "/etc/crius/crius.yaml")]
     config: PathBuf,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); overrides the config.
     #[arg(long)]
     log_level: Option<String>,
+    /// Without a command: run the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the effective configuration (defaults + file + drop-ins) as YAML.
+    Config,
+    /// Validate the configuration and the host (handler binaries, cgroups,
+    /// CNI config and plugins); exits non-zero listing the problems.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -41,14 +58,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match args.command {
+        Some(Command::Config) => return print_config(&config),
+        Some(Command::Check) => return check(&config),
+        None => {}
+    }
     let filter = args
         .log_level
         .clone()
         .unwrap_or_else(|| config.log_level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    // The filter sits behind a reload handle: SIGHUP may change it.
+    let (filter, log_filter) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(filter));
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    let reloader = Reloader {
+        path: args.config.clone(),
+        log_level_override: args.log_level.clone(),
+        log_filter,
+        running: config.clone(),
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -60,7 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, reloader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
@@ -70,7 +105,42 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+/// `crius config`.
+fn print_config(config: &Config) -> ExitCode {
+    match serde_saphyr::to_string(config) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("crius: cannot print the configuration: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `crius check`: one line per check, the problems again at the end.
+fn check(config: &Config) -> ExitCode {
+    let findings = config::check::check_host(config);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let problems = config::check::problems(&findings);
+    if problems.is_empty() {
+        println!("configuration and host: OK");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("crius check: {} problem(s):", problems.len());
+    for problem in problems {
+        eprintln!("  {}: {}", problem.subject, problem.message);
+    }
+    ExitCode::FAILURE
+}
+
+async fn serve(config: Config, reloader: Reloader) -> Result<()> {
+    let started = std::time::Instant::now();
+    // Installed first: until then SIGHUP's default action would kill us.
+    let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     // root holds unpacked layers (setuid binaries, device nodes) and nothing
     // a non-root user may reach; state_dir only needs to be passable, for
@@ -115,22 +185,45 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .context("opening the image store")?;
 
+    tokio::spawn(reloader.run(hangup, images.clone()));
+
     let cgroups =
         crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
     info!(mode = ?cgroups.mode(), "cgroup layout detected");
     let pods =
         crius_core::pod::PodManager::new(config.clone(), handlers.clone(), images.clone(), cgroups);
-    // Reattach to the pods a previous run left before serving anything, so
-    // the kubelet never sees them missing.
-    pods.restore().await.context("restoring pods")?;
+    // The records are read before the socket is bound (so every pod is
+    // listed from the first answer); restoring them through the handlers
+    // runs after, in parallel, while the restore gate holds the calls that
+    // touch pods (see crius_core::restore_gate).
+    let loaded = pods.load().context("loading pod records")?;
     info!(
-        pods = pods.store().pods().len(),
-        containers = pods.store().containers().len(),
-        "pod records restored"
+        pods = loaded.pods,
+        containers = loaded.containers,
+        after_reboot = loaded.after_reboot,
+        "pod records loaded"
     );
+    let (gate, opener) = crius_core::restore_gate::RestoreGate::closed();
 
     let listener = bind_socket(&config.listen)?;
-    info!(socket = %config.listen.display(), "serving CRI runtime.v1");
+    info!(
+        socket = %config.listen.display(),
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "serving CRI runtime.v1"
+    );
+    {
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let restore_started = std::time::Instant::now();
+            pods.restore_loaded(loaded).await;
+            crius_core::metrics::global().restore_took(restore_started.elapsed());
+            opener.open();
+            info!(
+                since_start_ms = started.elapsed().as_millis() as u64,
+                "restore done; all CRI calls are served"
+            );
+        });
+    }
 
     // Exec/attach/port-forward sessions run through the handler contract.
     let stream_backend: Option<Arc<dyn crius_core::streaming::StreamBackend>> = Some(Arc::new(
@@ -144,15 +237,25 @@ async fn serve(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    let runtime_service = RuntimeServiceServer::new(
-        RuntimeServer::new(config.clone(), handlers, pods).with_streaming(streaming),
-    )
-    .max_decoding_message_size(16 * 1024 * 1024)
-    .max_encoding_message_size(16 * 1024 * 1024);
-    let image_service = crius_proto::cri::image_service_server::ImageServiceServer::new(
-        crius_core::server::image::ImageServer::new(images),
+    let runtime_service = gate.guard(
+        RuntimeServiceServer::new(
+            RuntimeServer::new(config.clone(), handlers, pods.clone()).with_streaming(streaming),
+        )
+        .max_decoding_message_size(16 * 1024 * 1024)
+        // An ExecSync response carries up to the handler's output cap.
+        .max_encoding_message_size(MAX_RESPONSE_BYTES),
     );
+    let image_service = crius_proto::cri::image_service_server::ImageServiceServer::new(
+        crius_core::server::image::ImageServer::new(images).with_pods(pods.clone()),
+    );
+    if let Some(address) = config.metrics_address {
+        let bound = crius_core::metrics::serve(address, pods.clone())
+            .await
+            .with_context(|| format!("starting the metrics endpoint on {address}"))?;
+        info!(address = %bound, "serving Prometheus metrics on /metrics");
+    }
     let result = tonic::transport::Server::builder()
+        .layer(crius_core::metrics::RpcMetricsLayer)
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
@@ -227,5 +330,82 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received, shutting down"),
         _ = int.recv() => info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Reloads the configuration on SIGHUP (see `crius_core::config::ReloadPlan`
+/// for what applies live).
+struct Reloader {
+    path: PathBuf,
+    /// `--log-level`, which wins over the file's `log_level`.
+    log_level_override: Option<String>,
+    log_filter: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    /// What the daemon runs with now.
+    running: Config,
+}
+
+impl Reloader {
+    async fn run(
+        mut self,
+        mut hangup: tokio::signal::unix::Signal,
+        images: Arc<crius_core::image::ImageManager>,
+    ) {
+        while hangup.recv().await.is_some() {
+            info!(config = %self.path.display(), "SIGHUP received, reloading the configuration");
+            let path = self.path.clone();
+            let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+            let new = match loaded {
+                Ok(Ok(new)) => new,
+                Ok(Err(err)) => {
+                    error!(
+                        config = %self.path.display(),
+                        "configuration reload failed, still running with the previous configuration: {err}"
+                    );
+                    continue;
+                }
+                Err(err) => {
+                    error!("configuration reload task failed: {err}");
+                    continue;
+                }
+            };
+            self.apply(new, &images);
+        }
+    }
+
+    fn apply(&mut self, new: Config, images: &crius_core::image::ImageManager) {
+        let plan = config::ReloadPlan::new(&self.running, &new);
+        if plan.is_empty() {
+            info!("configuration reloaded: nothing changed");
+            return;
+        }
+        if new.log_level != self.running.log_level {
+            match &self.log_level_override {
+                Some(cli) => tracing::warn!(
+                    log_level = %new.log_level,
+                    "log_level changed in the configuration, but --log-level {cli} overrides it"
+                ),
+                None => {
+                    let filter = tracing_subscriber::EnvFilter::new(&new.log_level);
+                    if let Err(err) = self.log_filter.reload(filter) {
+                        error!("cannot change the log filter: {err}");
+                    }
+                }
+            }
+        }
+        images.reconfigure(&new);
+        self.running = config::apply_live(&self.running, &new);
+        if !plan.live.is_empty() {
+            info!(changed = ?plan.live, "configuration reloaded; pulls from now on use it");
+        }
+        if !plan.restart.is_empty() {
+            tracing::warn!(
+                changed = ?plan.restart,
+                "these configuration changes take effect only after a restart; \
+                 the daemon keeps running with the previous values (pods keep working)"
+            );
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! handler_state (wrapped around the shim's own state), and RestoreSandbox
 //! reconnects. A shim that dies only fails its own pod's calls, with an error
 //! naming the pod and how the shim ended; stop and remove of such a pod still
-//! succeed so the core can clean up: they go to a fresh shim for the pod,
+//! succeed so the core can clean up: they go to a fresh shim for the pod
+//! (also when the shim dies during the call: it is retried once there),
 //! which first gets `RestoreSandbox` with the pod's state dir, the dead
 //! shim's handler_state and the containers it knew, so the handler can clean
 //! up from what it keeps on disk. `Info` and `CheckReady` run the executable
@@ -395,10 +396,29 @@ impl RemoteHandler {
         name: &'static str,
         request: &Req,
     ) -> HandlerResult<Resp> {
-        let answer = self
-            .shim(sandbox_id)?
-            .call(name, wire::encode(request))
-            .await?;
+        let mut shim = self.shim(sandbox_id)?;
+        if shim.is_dead() {
+            // The pod's shim died while its workload may still run: a fresh
+            // shim restores the pod (RestoreSandbox with what the dead one
+            // held), reattaching to whatever survived, and takes the call.
+            if let Some(fresh) = self.respawn(&shim).await {
+                shim = fresh;
+            }
+        }
+        let answer = match shim.call(name, wire::encode(request)).await {
+            Ok(answer) => answer,
+            // The shim was killed and the daemon had not seen it yet (seen
+            // on CI: a status call right after a kill -9 answered UNKNOWN):
+            // the call goes once more, to a fresh shim that restored the pod.
+            Err(err) if shim.is_dead() => {
+                warn!(handler = %self.name, pod = %sandbox_id, method = name, "the shim died before answering; retrying on a fresh shim: {err}");
+                match self.respawn(&shim).await {
+                    Some(fresh) => fresh.call(name, wire::encode(request)).await?,
+                    None => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        };
         wire::decode_response(name, &answer)
     }
 
@@ -443,15 +463,31 @@ impl RemoteHandler {
                 None => return Ok(()),
             }
         }
-        shim.call_within(name, wire::encode(request), timeout)
-            .await
-            .map(|_| ())
+        match shim.call_within(name, wire::encode(request), timeout).await {
+            Ok(_) => Ok(()),
+            // The shim died during the call (a kill -9 the daemon had not
+            // seen yet): the call goes again, once, to a fresh shim, so one
+            // stop or remove still does the whole job.
+            Err(err) if shim.is_dead() => {
+                warn!(handler = %self.name, pod = %sandbox_id, method = name, "the shim died during the call; retrying on a fresh shim: {err}");
+                match self.respawn(&shim).await {
+                    Some(fresh) => fresh
+                        .call_within(name, wire::encode(request), timeout)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            }
+            Err(err) => Err(err),
+        }
     }
 
-    /// A new shim for a pod whose shim died, so it can be stopped and removed.
+    /// A new shim for a pod whose shim died: it restores the pod from what
+    /// the dead one held and kept on disk, so that it can serve the pod's
+    /// calls (stop and remove included).
     async fn respawn(&self, dead: &Shim) -> Option<Arc<Shim>> {
         let id = &dead.sandbox_id;
-        warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one to clean up");
+        warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one that restores the pod");
         match self
             .spawn_shim(id, dead.socket.clone(), dead.log.clone(), &dead.state_dir)
             .await

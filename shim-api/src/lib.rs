@@ -16,6 +16,7 @@ pub use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod abi;
+pub mod cgroupfs;
 mod params;
 #[cfg(feature = "plugin")]
 pub mod plugin;

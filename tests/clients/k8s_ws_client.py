@@ -7,6 +7,9 @@ it saw as one JSON object on stdout.
       -> {"stdout": ..., "stderr": ..., "returncode": N, "subprotocol": P}
   portforward URL PORT SEND
       -> {"received": ...}
+
+With an https:// URL the server's certificate is verified against --ca
+(a PEM file), hostname included.
 """
 import argparse
 import json
@@ -17,8 +20,16 @@ from kubernetes.client import Configuration
 from kubernetes.stream import ws_client
 
 
-def run_exec(args):
+def configuration(args):
     config = Configuration()
+    if args.ca:
+        config.ssl_ca_cert = args.ca
+        config.verify_ssl = True
+    return config
+
+
+def run_exec(args):
+    config = configuration(args)
     headers = {}
     if args.protocol:
         headers["sec-websocket-protocol"] = args.protocol
@@ -56,7 +67,7 @@ def run_exec(args):
 
 
 def run_portforward(args):
-    config = Configuration()
+    config = configuration(args)
     url = args.url + ("&" if "?" in args.url else "?") + "ports=%d" % args.port
     forward = ws_client.portforward_call(config, "GET", url, _preload_content=False)
     sock = forward.socket(args.port)
@@ -83,11 +94,13 @@ def main():
     ex.add_argument("--resize")
     ex.add_argument("--protocol")
     ex.add_argument("--timeout", type=float, default=20)
+    ex.add_argument("--ca")
     pf = sub.add_parser("portforward")
     pf.add_argument("url")
     pf.add_argument("port", type=int)
     pf.add_argument("send")
     pf.add_argument("--timeout", type=float, default=20)
+    pf.add_argument("--ca")
     args = parser.parse_args()
     if args.mode == "exec":
         run_exec(args)

@@ -46,16 +46,25 @@ pub struct DaemonBuilder {
     registries: Option<String>,
     runtime_handlers: Option<String>,
     extra: String,
-    log_level: String,
+    /// `None`: no `--log-level`, the config's `log_level` applies.
+    log_level: Option<String>,
+    /// containers-registries.conf file and drop-in dir the daemon reads;
+    /// `None`: none (the host's /etc/containers files stay out of tests).
+    registries_conf: Option<(PathBuf, PathBuf)>,
+    /// Signature policy, per-namespace policy dir and registries.d;
+    /// `None`: none (the host's policy stays out of tests).
+    signature_trust: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Default for DaemonBuilder {
     fn default() -> Self {
         Self {
             registries: None,
+            registries_conf: None,
+            signature_trust: None,
             runtime_handlers: None,
             extra: String::new(),
-            log_level: "info,crius=debug,crius_core=debug".into(),
+            log_level: Some("info,crius=debug,crius_core=debug".into()),
         }
     }
 }
@@ -82,6 +91,29 @@ impl DaemonBuilder {
         self
     }
 
+    /// Reads `file` and the `*.conf` files of `dir` as containers-registries.conf.
+    pub fn registries_conf(mut self, file: &Path, dir: &Path) -> Self {
+        self.registries_conf = Some((file.to_path_buf(), dir.to_path_buf()));
+        self
+    }
+
+    /// Checks pulls against `policy` (containers-policy.json), the
+    /// `<namespace>.json` files of `policy_dir` and the lookaside stores of
+    /// `registries_d`.
+    pub fn signature_trust(
+        mut self,
+        policy: &Path,
+        policy_dir: &Path,
+        registries_d: &Path,
+    ) -> Self {
+        self.signature_trust = Some((
+            policy.to_path_buf(),
+            policy_dir.to_path_buf(),
+            registries_d.to_path_buf(),
+        ));
+        self
+    }
+
     /// Appends top-level YAML keys to the generated config.
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra.push_str(&ensure_newline(yaml));
@@ -90,7 +122,13 @@ impl DaemonBuilder {
 
     /// The `--log-level` filter (default: info, debug for crius itself).
     pub fn log_level(mut self, filter: &str) -> Self {
-        self.log_level = filter.to_string();
+        self.log_level = Some(filter.to_string());
+        self
+    }
+
+    /// No `--log-level`: the daemon logs at the config's `log_level`.
+    pub fn log_level_from_config(mut self) -> Self {
+        self.log_level = None;
         self
     }
 
@@ -121,6 +159,23 @@ impl DaemonBuilder {
         );
         let config_path = base.join("crius.yaml");
         std::fs::write(&config_path, &config)?;
+        // A drop-in, so it merges with any `image:` keys of the tests' own.
+        let (conf, conf_dir) = self.registries_conf.clone().unwrap_or_default();
+        let (policy, policy_dir, registries_d) = self.signature_trust.clone().unwrap_or_default();
+        let drop_ins = base.join("crius.yaml.d");
+        std::fs::create_dir_all(&drop_ins)?;
+        std::fs::write(
+            drop_ins.join("00-registries-conf.yaml"),
+            format!(
+                "image:\n  registries_conf: \"{}\"\n  registries_conf_dir: \"{}\"\n  \
+                 signature_policy: \"{}\"\n  signature_policy_dir: \"{}\"\n  registries_d: \"{}\"\n",
+                conf.display(),
+                conf_dir.display(),
+                policy.display(),
+                policy_dir.display(),
+                registries_d.display()
+            ),
+        )?;
         let bin = crius_bin();
         if !bin.exists() {
             bail!(
@@ -163,7 +218,7 @@ pub struct Daemon {
     root: PathBuf,
     state_dir: PathBuf,
     stderr_path: PathBuf,
-    log_level: String,
+    log_level: Option<String>,
     child: Option<Child>,
     clients: Option<CriClients>,
 }
@@ -200,11 +255,12 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.stderr_path)?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--log-level")
-            .arg(&self.log_level)
+        let mut command = Command::new(&self.bin);
+        command.arg("--config").arg(&self.config_path);
+        if let Some(filter) = &self.log_level {
+            command.arg("--log-level").arg(filter);
+        }
+        let child = command
             // The log goes to a file that people read: no colour escapes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -296,6 +352,12 @@ impl Daemon {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// Where the daemon keeps its pod and container records, bundles and
+    /// writable layers (`<root>/pods`, persistent).
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join("pods")
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -16,6 +16,8 @@ pub mod cri;
 pub mod daemon;
 pub mod host;
 pub mod image;
+pub mod kata;
+pub mod pods;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

@@ -645,6 +645,82 @@ async fn blocked_registry_pulls_from_its_mirror() {
     );
 }
 
+/// containers-registries.conf, as a node set up for CRI-O or podman has
+/// it: a `[[registry]]` with a mirror, the search list for short names and
+/// a short-name alias from a drop-in file, all honoured through the socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn registries_conf_mirrors_search_list_and_aliases_are_honoured() {
+    if !require_root_and_tools(&[REGISTRY_BIN, BUSYBOX_STATIC]) {
+        return;
+    }
+    let registry = Registry::start().await.unwrap();
+    let pushed = image::push_busybox(
+        &registry,
+        "busybox",
+        "1",
+        ManifestFormat::Docker,
+        Compression::Gzip,
+    )
+    .await
+    .unwrap();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let main = conf_dir.path().join("registries.conf");
+    let drop_ins = conf_dir.path().join("registries.conf.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    let addr = registry.addr();
+    // The first search registry refuses connections: the pull moves on.
+    std::fs::write(
+        &main,
+        format!(
+            "unqualified-search-registries = [\"127.0.0.1:1\", \"{addr}\"]\n\n\
+             [[registry]]\nprefix = \"mirror.example.invalid\"\nblocked = true\n\
+             [[registry.mirror]]\nlocation = \"{addr}\"\ninsecure = true\n\n\
+             [[registry]]\nlocation = \"{addr}\"\ninsecure = true\n\n\
+             [[registry]]\nlocation = \"127.0.0.1:1\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        drop_ins.join("shortnames.conf"),
+        "[aliases]\n\"mybox\" = \"mirror.example.invalid/busybox\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::builder()
+        .registries_conf(&main, &drop_ins)
+        .start()
+        .await
+        .unwrap();
+    let mut client = daemon.image();
+
+    // The alias names a blocked registry whose mirror has the image.
+    let image_ref = images::pull(&mut client, "mybox:1")
+        .await
+        .expect("pull the alias through the mirror");
+    assert_eq!(id_hex(&image_ref), pushed.id_hex());
+    let listed = images::list(&mut client).await.unwrap();
+    assert_eq!(
+        listed[0].repo_tags,
+        vec!["mirror.example.invalid/busybox:1".to_string()],
+        "the alias's full name"
+    );
+    let status = images::status(&mut client, "mybox:1", false).await.unwrap();
+    assert!(status.image.is_some(), "ImageStatus resolves the alias too");
+
+    // A short name without alias: the search list, in order.
+    let image_ref = images::pull(&mut client, "busybox:1")
+        .await
+        .expect("pull the short name from the second search registry");
+    assert_eq!(id_hex(&image_ref), pushed.id_hex());
+    let status = images::status(&mut client, "busybox:1", false)
+        .await
+        .unwrap();
+    let tags = status.image.map(|i| i.repo_tags).unwrap_or_default();
+    assert!(
+        tags.contains(&format!("{addr}/busybox:1")),
+        "named after the registry that had it: {tags:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blocked_registry_without_mirror_is_refused() {
     if !require_root_and_tools(&[REGISTRY_BIN]) {
@@ -663,4 +739,70 @@ async fn blocked_registry_without_mirror_is_refused() {
         .await
         .expect_err("blocked");
     assert!(err.message().to_lowercase().contains("blocked"), "{err:?}");
+}
+
+/// `image.pinned_images`: a pinned image is reported `pinned` in ListImages
+/// and ImageStatus and survives RemoveImage (FailedPrecondition naming the
+/// setting); an image no pattern matches is neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_images_are_reported_and_survive_removal() {
+    if !require_root_and_tools(&[REGISTRY_BIN, BUSYBOX_STATIC]) {
+        return;
+    }
+    let registry = Registry::start().await.unwrap();
+    for (name, cmd) in [("pinme", "pinned"), ("other", "free")] {
+        let layers = vec![image::Layer::new(
+            image::busybox_rootfs_tar().unwrap(),
+            Compression::Gzip,
+        )];
+        let config = image::ImageConfig {
+            cmd: vec![cmd.to_string()],
+            ..Default::default()
+        };
+        image::push_image(
+            &registry,
+            name,
+            "1",
+            layers,
+            &config,
+            ManifestFormat::Docker,
+        )
+        .await
+        .unwrap();
+    }
+    let daemon = Daemon::builder()
+        .registry(&registry)
+        .extra_yaml("image:\n  pinned_images: [\"*pinme*\"]\n")
+        .start()
+        .await
+        .unwrap();
+    let mut client = daemon.image();
+    let pinned = registry.image_ref("pinme", "1");
+    let free = registry.image_ref("other", "1");
+    for name in [&pinned, &free] {
+        images::pull(&mut client, name).await.expect("pull");
+    }
+    let listed = images::list(&mut client).await.unwrap();
+    let pinned_of = |listed: &[crius_proto::cri::Image], name: &str| {
+        listed
+            .iter()
+            .find(|i| i.repo_tags.iter().any(|t| t == name))
+            .map(|i| i.pinned)
+    };
+    assert_eq!(pinned_of(&listed, &pinned), Some(true), "{listed:?}");
+    assert_eq!(pinned_of(&listed, &free), Some(false), "{listed:?}");
+    let status = images::status(&mut client, &pinned, false).await.unwrap();
+    assert!(status.image.expect("status of the pinned image").pinned);
+
+    let err = images::remove(&mut client, &pinned)
+        .await
+        .expect_err("a pinned image is not removed");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("image.pinned_images"), "{err:?}");
+    images::remove(&mut client, &free)
+        .await
+        .expect("remove the other");
+    let listed = images::list(&mut client).await.unwrap();
+    assert_eq!(pinned_of(&listed, &pinned), Some(true), "still there");
+    assert_eq!(pinned_of(&listed, &free), None, "removed");
 }

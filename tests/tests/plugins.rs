@@ -426,7 +426,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         .items;
     assert!(pods.is_empty(), "failed pods leave no record: {pods:?}");
     // Nothing on disk either, so a restart has no rollback to retry.
-    let left = crius_tests::dir_entries(&daemon.state_dir().join("pods"));
+    let left = crius_tests::dir_entries(&daemon.pods_dir());
     assert!(left.is_empty(), "failed pods leave no pod dir: {left:?}");
 }
 
@@ -843,4 +843,132 @@ async fn shim_inner() {
         processes_with(&format!("--sandbox-id\0{pod_id}")).is_empty(),
         "no shim left"
     );
+}
+
+/// A library call that never answers: the CRI call fails with
+/// DEADLINE_EXCEEDED after the handler's `call_timeout_seconds`, the
+/// handler reports itself unhealthy (naming the stuck call) and refuses new
+/// pods, its pod can still be torn down, and the other handlers and the
+/// daemon are unaffected.
+#[tokio::test]
+async fn a_stuck_library_call_times_out_and_marks_only_its_handler_unhealthy() {
+    within(stuck_library_call_inner()).await;
+}
+
+async fn stuck_library_call_inner() {
+    let art = artifacts();
+    let hang = format!(
+        "  hello-hang:\n    kind: plugin\n    runtime_path: \"{}\"\n    call_timeout_seconds: 2\n    \
+         plugin:\n      mode: library\n      options: {{fault: \"hang:StartContainer\"}}\n",
+        art.lib.display()
+    );
+    let Some(env) = pod_env(&[library_entry("hello-lib", &art.lib, "{}"), hang]).await else {
+        return;
+    };
+    let mut rt = env.daemon.runtime();
+    let pod = pod_config("stuck", env.log_dir.path());
+    let pod_id = run_pod(&mut rt, &pod, "hello-hang")
+        .await
+        .expect("RunPodSandbox");
+    let id = env
+        .create(&pod_id, &pod, env.container_config("c", &["sleep", "100"]))
+        .await
+        .expect("CreateContainer");
+    let started = Instant::now();
+    let err = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("StartContainer never answers");
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message()
+            .contains("handler hello-hang: StartContainer did not answer within 2s"),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "bounded by the 2 s call timeout: {took:?}"
+    );
+
+    let (_, info) = handler_info(&mut rt).await;
+    let (ready, reason) = &info["hello-hang"];
+    assert!(!ready, "the stuck handler is not ready");
+    assert!(
+        reason.contains("unhealthy") && reason.contains("StartContainer"),
+        "{reason:?}"
+    );
+    assert!(
+        info["hello-lib"].0,
+        "the other plugin is still ready: {info:?}"
+    );
+    let err = run_pod(
+        &mut rt,
+        &pod_config("refused", env.log_dir.path()),
+        "hello-hang",
+    )
+    .await
+    .expect_err("no new pods on an unhealthy handler");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("unhealthy"), "{err:?}");
+
+    // Teardown still goes through the stuck handler.
+    env.stop_and_remove(&pod_id).await;
+    assert_daemon_up(&mut rt, &env.daemon, "after the stuck call").await;
+}
+
+/// A pod's shim killed while its container runs: the next call for the pod
+/// starts a fresh shim, which restores the pod (RestoreSandbox) and
+/// reattaches to the running container; the pod is served as before.
+#[tokio::test]
+async fn a_killed_shim_is_respawned_and_reattaches_to_its_running_container() {
+    within(killed_shim_inner()).await;
+}
+
+async fn killed_shim_inner() {
+    let art = artifacts();
+    let Some(env) = pod_env(&[process_entry("hello-shim", &art.shim, "{}")]).await else {
+        return;
+    };
+    let (pod_id, _pod, running) = env.run_hello_pod("hello-shim").await;
+    let needle = format!("--sandbox-id\0{pod_id}");
+    let shims = processes_with(&needle);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &shims[0].to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(&needle) == shims {
+        assert!(Instant::now() < deadline, "the shim dies");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The next call respawns the shim, which finds the container running.
+    let status = env.container_state(&running).await;
+    assert_eq!(
+        status.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "reattached: {status:?}"
+    );
+    let fresh = processes_with(&needle);
+    assert_eq!(fresh.len(), 1, "a fresh shim serves the pod: {fresh:?}");
+    assert_ne!(fresh, shims, "a new process");
+    let out = env
+        .daemon
+        .runtime()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: running.clone(),
+            cmd: vec!["echo".into(), "still-here".into()],
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync through the fresh shim")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+    env.stop_and_remove(&pod_id).await;
+    assert!(processes_with(&needle).is_empty(), "no shim left");
 }

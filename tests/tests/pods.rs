@@ -6,77 +6,35 @@
 //! run in parallel.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crius_proto::cri;
-use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crius_tests::cri::{configs, images};
-use crius_tests::host::{
-    mounts_containing, processes_matching, wait_for_log, write_test_cni_config,
-};
-use crius_tests::image::{self, BUSYBOX_STATIC};
-use crius_tests::registry::{REGISTRY_BIN, Registry};
-use crius_tests::{Daemon, require_root_and_tools, unique_token};
+use crius_tests::cri::images;
+use crius_tests::host::{mounts_containing, processes_matching, wait_for_log};
+use crius_tests::pods::{CONMON, PodEnv, PodEnvOptions};
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Runtime = RuntimeServiceClient<Channel>;
-
-const CONMON: &str = "/usr/bin/conmon";
-const CATATONIT: &str = "/usr/bin/catatonit";
-const CNI_PLUGINS: [&str; 3] = [
-    "/usr/lib/cni/bridge",
-    "/usr/lib/cni/host-local",
-    "/usr/lib/cni/portmap",
-];
 
 /// Busybox applets the pod tests need beyond the standard image's.
 const EXTRA_APPLETS: &[&str] = &["httpd", "wget", "nc", "dd", "tr", "seq"];
 
-fn runtime_binary(handler: &str) -> &'static str {
-    match handler {
-        "runc" => "/usr/sbin/runc",
-        "crun" => "/usr/bin/crun",
-        other => panic!("no binary known for handler {other}"),
+/// The shared pod environment plus the checks only these tests make.
+struct Env {
+    env: PodEnv,
+}
+
+impl Deref for Env {
+    type Target = PodEnv;
+    fn deref(&self) -> &PodEnv {
+        &self.env
     }
 }
 
-struct Env {
-    // Field order is drop order: the daemon stops before the registry goes away.
-    daemon: Daemon,
-    handler: &'static str,
-    image: String,
-    subnet_prefix: String,
-    /// The test network's bridge (the bridge plugin never deletes it).
-    bridge: String,
-    log_dir: tempfile::TempDir,
-    cni_dir: tempfile::TempDir,
-    _registry: Registry,
-}
-
-/// Distinct /24 subnets for the tests of one run.
-fn next_subnet() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("10.{}.{}", 200 + (std::process::id() % 50), n % 250)
-}
-
-/// The test network's bridge: `crt` + 8 hex digits (IFNAMSIZ allows 15).
-fn bridge_name(token: &str) -> String {
-    format!("crt{}", &token[..8])
-}
-
-/// A conflist like `configs/cni/10-crius-bridge.conflist`, with a network
-/// name, bridge, subnet and IPAM data dir of this test's own.
-fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) -> PathBuf {
-    write_test_cni_config(
-        dir,
-        &format!("crius-test-{token}"),
-        &bridge_name(token),
-        subnet_prefix,
-    )
+impl DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut PodEnv {
+        &mut self.env
+    }
 }
 
 /// Registry with a busybox image that has the extra applets, a CNI network
@@ -88,161 +46,17 @@ async fn setup(handler: &'static str) -> Option<Env> {
 
 /// [`setup`] with extra top-level config keys.
 async fn setup_with(handler: &'static str, extra_yaml: &str) -> Option<Env> {
-    let mut tools = vec![
-        REGISTRY_BIN,
-        BUSYBOX_STATIC,
-        CONMON,
-        CATATONIT,
-        runtime_binary(handler),
-    ];
-    tools.extend(CNI_PLUGINS);
-    if !require_root_and_tools(&tools) {
-        return None;
-    }
-    let registry = Registry::start().await.expect("registry starts");
-    let image = image::push_busybox_with_applets(&registry, "podbox", "1", EXTRA_APPLETS)
-        .await
-        .expect("push podbox image");
-
-    let token = unique_token();
-    let cni_dir = tempfile::Builder::new()
-        .prefix("crius-cni-")
-        .tempdir()
-        .unwrap();
-    let subnet_prefix = next_subnet();
-    write_cni_config(cni_dir.path(), &token, &subnet_prefix);
-    let daemon = Daemon::builder()
-        .registry(&registry)
-        .extra_yaml(&format!(
-            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n{extra_yaml}",
-            cni_dir.path().display()
-        ))
-        .start()
-        .await
-        .expect("daemon starts");
-    images::pull(&mut daemon.image(), &image)
-        .await
-        .expect("pull podbox");
-    let log_dir = tempfile::Builder::new()
-        .prefix("crius-podlogs-")
-        .tempdir()
-        .unwrap();
+    let options = PodEnvOptions {
+        applets: EXTRA_APPLETS,
+        extra_yaml,
+        ..PodEnvOptions::default()
+    };
     Some(Env {
-        daemon,
-        handler,
-        image,
-        subnet_prefix,
-        bridge: bridge_name(&token),
-        log_dir,
-        cni_dir,
-        _registry: registry,
+        env: PodEnv::start(handler, options).await?,
     })
 }
 
 impl Env {
-    fn rt(&self) -> Runtime {
-        self.daemon.runtime()
-    }
-
-    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let mut pod = configs::pod(
-            name,
-            "crius-test",
-            self.log_dir.path(),
-            cri::NamespaceMode::Pod,
-        );
-        pod.labels = HashMap::from([("app".to_string(), name.to_string())]);
-        pod
-    }
-
-    async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        let req = cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: self.handler.into(),
-        };
-        Ok(self
-            .rt()
-            .run_pod_sandbox(req)
-            .await?
-            .into_inner()
-            .pod_sandbox_id)
-    }
-
-    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        let mut config =
-            configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod);
-        config.labels = HashMap::from([("container".to_string(), name.to_string())]);
-        config
-    }
-
-    async fn create(
-        &self,
-        pod_id: &str,
-        pod: &cri::PodSandboxConfig,
-        config: cri::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_string(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        };
-        Ok(self
-            .rt()
-            .create_container(req)
-            .await?
-            .into_inner()
-            .container_id)
-    }
-
-    async fn create_and_start(
-        &self,
-        pod_id: &str,
-        pod: &cri::PodSandboxConfig,
-        config: cri::ContainerConfig,
-    ) -> String {
-        let id = self
-            .create(pod_id, pod, config)
-            .await
-            .expect("CreateContainer");
-        self.rt()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("StartContainer");
-        id
-    }
-
-    async fn container_status(&self, id: &str) -> cri::ContainerStatus {
-        let req = cri::ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        };
-        self.rt()
-            .container_status(req)
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .unwrap()
-    }
-
-    /// Polls until the container is EXITED (or panics after `timeout`).
-    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.container_status(id).await;
-            if status.state == cri::ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit within {timeout:?}: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     async fn pod_status(&self, id: &str) -> cri::PodSandboxStatusResponse {
         let req = cri::PodSandboxStatusRequest {
             pod_sandbox_id: id.to_string(),
@@ -315,7 +129,7 @@ impl Env {
     /// Nothing of any pod left: no pod directory, no netns pin, no runtime
     /// state, no conmon, no mount below the daemon's state dir.
     fn assert_no_pods_left(&self, context: &str) {
-        let pods_dir = self.daemon.state_dir().join("pods");
+        let pods_dir = self.daemon.pods_dir();
         let left = crius_tests::dir_entries(&pods_dir);
         assert!(left.is_empty(), "{context}: pod dirs left: {left:?}");
         let netns = crius_tests::dir_entries(&self.daemon.state_dir().join("netns"));
@@ -337,21 +151,6 @@ impl Env {
             conmons.is_empty(),
             "{context}: conmon processes left: {conmons:?}"
         );
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // The netns directory is a (shared) bind mount of itself; detach it
-        // so the daemon's temporary directory can be deleted.
-        let _ = nix::mount::umount2(
-            &self.daemon.state_dir().join("netns"),
-            nix::mount::MntFlags::MNT_DETACH,
-        );
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.bridge, "type", "bridge"])
-            .stderr(std::process::Stdio::null())
-            .status();
     }
 }
 
@@ -653,17 +452,26 @@ async fn two_containers_share_the_pod_network(handler: &'static str) {
         "{out}"
     );
 
-    // An exec that outlives its timeout is a DeadlineExceeded error.
+    // An exec that outlives its timeout is a DeadlineExceeded error that
+    // carries the output the command gave before.
     let err = env
         .rt()
         .exec_sync(cri::ExecSyncRequest {
             container_id: client_id.clone(),
-            cmd: vec!["sleep".into(), "30".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo partial; exec sleep 30".into(),
+            ],
             timeout: 1,
         })
         .await
         .expect_err("exec timeout");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains(r#"stdout "partial\n""#),
+        "the partial output is in the error: {err:?}"
+    );
 
     // Stop the server: exited, ExecSync refused.
     env.rt()
@@ -926,15 +734,8 @@ async fn bad_requests_leave_nothing_behind(handler: &'static str) {
     );
     assert_eq!(env.list_pods().await.len(), 1);
 
-    let bundles = || {
-        crius_tests::dir_entries(
-            &env.daemon
-                .state_dir()
-                .join("pods")
-                .join(&pod_id)
-                .join("containers"),
-        )
-    };
+    let bundles =
+        || crius_tests::dir_entries(&env.daemon.pods_dir().join(&pod_id).join("containers"));
     let mut missing = env.container_config("c", &["true"]);
     missing.image.as_mut().unwrap().image = format!("{}-nope", env.image);
     let err = env
@@ -1422,13 +1223,8 @@ async fn failures_half_way_roll_back(handler: &'static str) {
         Err(err) => {
             // Rejected at create: no bundle, mount or record left.
             assert!(err.message().contains("/no/such/binary"), "{err:?}");
-            let bundles = crius_tests::dir_entries(
-                &env.daemon
-                    .state_dir()
-                    .join("pods")
-                    .join(&pod_id)
-                    .join("containers"),
-            );
+            let bundles =
+                crius_tests::dir_entries(&env.daemon.pods_dir().join(&pod_id).join("containers"));
             assert!(bundles.is_empty(), "{bundles:?}");
             assert!(env.list_containers(None).await.is_empty());
             // The name is free again.
@@ -1507,12 +1303,7 @@ async fn pod_caught_mid_creation_is_removed_after_a_crash(handler: &'static str)
     let resources = env.pod_resources(&pod_id).await;
     env.daemon.kill9();
 
-    let record = env
-        .daemon
-        .state_dir()
-        .join("pods")
-        .join(&pod_id)
-        .join("pod.json");
+    let record = env.daemon.pods_dir().join(&pod_id).join("pod.json");
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(value["state"], "ready", "{value}");

@@ -7,240 +7,60 @@
 //! stand between the layer store and an unprivileged user, as on a real host
 //! where `root` is `/var/lib/crius`.
 
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crius_proto::cri;
-use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_tests::cri::{configs, images};
-use crius_tests::host::{wait_for_log, write_test_cni_config};
-use crius_tests::image::{
-    self, BUSYBOX_STATIC, Compression, ImageConfig, Layer, LayerBuilder, ManifestFormat,
-};
-use crius_tests::registry::{REGISTRY_BIN, Registry};
+use crius_tests::host::wait_for_log;
+use crius_tests::image;
+use crius_tests::pods::{PodEnv, PodEnvOptions};
 use crius_tests::{Daemon, require_root_and_tools, unique_token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-use tonic::transport::Channel;
 
-const CONMON: &str = "/usr/bin/conmon";
-const CATATONIT: &str = "/usr/bin/catatonit";
-const CNI_PLUGINS: [&str; 3] = [
-    "/usr/lib/cni/bridge",
-    "/usr/lib/cni/host-local",
-    "/usr/lib/cni/portmap",
-];
 /// The setuid file the test image carries.
 const SUID_FILE: &str = "bin/suid-tool";
 const NOBODY: u32 = 65534;
 
-fn runtime_binary(handler: &str) -> &'static str {
-    match handler {
-        "runc" => "/usr/sbin/runc",
-        "crun" => "/usr/bin/crun",
-        other => panic!("no binary known for handler {other}"),
-    }
-}
-
+/// The shared pod environment plus what only these tests look at.
 struct Env {
-    // Field order is drop order: the daemon stops before the registry goes away.
-    daemon: Daemon,
-    handler: &'static str,
-    image: String,
-    bridge: String,
-    log_dir: tempfile::TempDir,
-    _cni_dir: tempfile::TempDir,
-    registry: Registry,
+    env: PodEnv,
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(
-            &self.daemon.state_dir().join("netns"),
-            nix::mount::MntFlags::MNT_DETACH,
-        );
-        let _ = Command::new("ip")
-            .args(["link", "delete", &self.bridge, "type", "bridge"])
-            .stderr(std::process::Stdio::null())
-            .status();
+impl Deref for Env {
+    type Target = PodEnv;
+    fn deref(&self) -> &PodEnv {
+        &self.env
     }
 }
 
-fn next_subnet() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    // Apart from the pod suite's 10.200-249 range.
-    format!("10.{}.{}", 150 + (std::process::id() % 50), n % 250)
+impl DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut PodEnv {
+        &mut self.env
+    }
 }
 
 /// A busybox image whose second layer holds a setuid-root file, a CNI
 /// network of the test's own and a daemon using both, with the image pulled.
 async fn setup(handler: &'static str) -> Option<Env> {
-    let mut tools = vec![
-        REGISTRY_BIN,
-        BUSYBOX_STATIC,
-        CONMON,
-        CATATONIT,
-        runtime_binary(handler),
-        "grep",
-        "stat",
-    ];
-    tools.extend(CNI_PLUGINS);
-    if !require_root_and_tools(&tools) {
-        return None;
-    }
-    let registry = Registry::start().await.expect("registry starts");
-    let mut suid = LayerBuilder::new();
-    suid.dir("bin", 0o755)
-        .unwrap()
-        .file(SUID_FILE, b"#!/bin/sh\nid\n", 0o4755)
-        .unwrap();
-    let layers = vec![
-        Layer::new(image::busybox_rootfs_tar().unwrap(), Compression::Gzip),
-        Layer::new(suid.finish().unwrap(), Compression::Gzip),
-    ];
-    image::push_image(
-        &registry,
-        "suidbox",
-        "1",
-        layers,
-        &ImageConfig::default(),
-        ManifestFormat::Oci,
-    )
-    .await
-    .expect("push suidbox");
-    let image = registry.image_ref("suidbox", "1");
-
-    let token = unique_token();
-    let cni_dir = tempfile::Builder::new()
-        .prefix("crius-cni-")
-        .tempdir()
-        .unwrap();
-    let bridge = format!("crs{}", &token[..8]);
-    write_test_cni_config(
-        cni_dir.path(),
-        &format!("crius-sec-{token}"),
-        &bridge,
-        &next_subnet(),
-    );
-    let daemon = Daemon::builder()
-        .registry(&registry)
-        .extra_yaml(&format!(
-            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
-            cni_dir.path().display()
-        ))
-        .start()
-        .await
-        .expect("daemon starts");
+    let options = PodEnvOptions {
+        files: &[(SUID_FILE, b"#!/bin/sh\nid\n", 0o4755)],
+        tools: &["grep", "stat"],
+        ..PodEnvOptions::default()
+    };
+    let env = PodEnv::start(handler, options).await?;
     // As a real host's /var/lib: others may traverse, so only the daemon's
     // own modes keep them out.
-    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    images::pull(&mut daemon.image(), &image)
-        .await
-        .expect("pull suidbox");
-    let log_dir = tempfile::Builder::new()
-        .prefix("crius-seclogs-")
-        .tempdir()
-        .unwrap();
-    Some(Env {
-        daemon,
-        handler,
-        image,
-        bridge,
-        log_dir,
-        _cni_dir: cni_dir,
-        registry,
-    })
+    std::fs::set_permissions(env.daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(Env { env })
 }
 
 impl Env {
-    fn rt(&self) -> RuntimeServiceClient<Channel> {
-        self.daemon.runtime()
-    }
-
-    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        configs::pod(
-            name,
-            "crius-sec",
-            self.log_dir.path(),
-            cri::NamespaceMode::Pod,
-        )
-    }
-
-    async fn run_pod(&self, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        let req = cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: self.handler.into(),
-        };
-        Ok(self
-            .rt()
-            .run_pod_sandbox(req)
-            .await?
-            .into_inner()
-            .pod_sandbox_id)
-    }
-
-    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        configs::container_with_namespaces(name, &self.image, command, cri::NamespaceMode::Pod)
-    }
-
-    async fn create(
-        &self,
-        pod_id: &str,
-        pod: &cri::PodSandboxConfig,
-        config: cri::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_string(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        };
-        Ok(self
-            .rt()
-            .create_container(req)
-            .await?
-            .into_inner()
-            .container_id)
-    }
-
-    async fn start(&self, id: &str) {
-        self.rt()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .expect("StartContainer");
-    }
-
-    async fn wait_exited(&self, id: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self
-                .rt()
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id.to_string(),
-                    verbose: false,
-                })
-                .await
-                .expect("ContainerStatus")
-                .into_inner()
-                .status
-                .unwrap();
-            if status.state == cri::ContainerState::ContainerExited as i32 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// The pod's directory, from its verbose status.
     async fn pod_dir(&self, pod_id: &str) -> PathBuf {
         let status = self
@@ -254,20 +74,6 @@ impl Env {
             .into_inner();
         let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
         PathBuf::from(info["podDir"].as_str().expect("podDir"))
-    }
-
-    async fn remove_pod(&self, pod_id: &str) {
-        let mut rt = self.rt();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.to_string(),
-        })
-        .await
-        .expect("StopPodSandbox");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.to_string(),
-        })
-        .await
-        .expect("RemovePodSandbox");
     }
 
     async fn container_count(&self) -> usize {
@@ -369,7 +175,7 @@ async fn layer_store_and_state_are_unreachable_for_other_users() {
         .expect("CreateContainer");
     let pod_dir = env.pod_dir(&pod_id).await;
     let bundle = pod_dir.join("containers").join(&id);
-    for dir in [state.join("pods"), pod_dir.clone(), bundle.clone()] {
+    for dir in [env.daemon.pods_dir(), pod_dir.clone(), bundle.clone()] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
 
@@ -391,7 +197,7 @@ async fn layer_store_and_state_are_unreachable_for_other_users() {
     }
     let listing = as_nobody("ls", &[&state.display().to_string()]);
     assert!(!listing.status.success(), "nobody can list the state dir");
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 
     // Directories an older version left open are tightened at start.
     env.daemon.terminate();
@@ -456,7 +262,7 @@ async fn container_config_and_records_are_root_only() {
         .create(&pod_id, &pod, config)
         .await
         .expect("CreateContainer");
-    env.start(&id).await;
+    env.start_container(&id).await;
 
     let pod_dir = env.pod_dir(&pod_id).await;
     let bundle = pod_dir.join("containers").join(&id);
@@ -500,7 +306,7 @@ async fn container_config_and_records_are_root_only() {
         "nobody can read the secret in: {}",
         String::from_utf8_lossy(&found.stdout)
     );
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 }
 
 // ---- 3. log paths ----------------------------------------------------------
@@ -540,10 +346,10 @@ async fn log_paths_are_confined_to_the_log_directory() {
         )
         .await
         .expect("a confined log path");
-    env.start(&id).await;
+    env.start_container(&id).await;
     let log = Path::new(&pod.log_directory).join("c/0.log");
     wait_for_log(&log, "inside", Duration::from_secs(10)).await;
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 
     let mut relative = env.pod_config("rel");
     relative.log_directory = "var/log/pods/rel".into();
@@ -592,7 +398,7 @@ async fn privileged_containers_get_the_host_bounding_set(handler: &'static str) 
         .create(&pod_id, &pod, config)
         .await
         .expect("CreateContainer (privileged)");
-    env.start(&id).await;
+    env.start_container(&id).await;
     env.wait_exited(&id, Duration::from_secs(20)).await;
     let log = Path::new(&pod.log_directory).join("p/0.log");
     let text = wait_for_log(&log, "CapBnd", Duration::from_secs(5)).await;
@@ -619,7 +425,7 @@ async fn privileged_containers_get_the_host_bounding_set(handler: &'static str) 
         .create(&pod_id, &pod, config)
         .await
         .expect("CreateContainer (add ALL)");
-    env.start(&id).await;
+    env.start_container(&id).await;
     env.wait_exited(&id, Duration::from_secs(20)).await;
     let log = Path::new(&pod.log_directory).join("all/0.log");
     let text = wait_for_log(&log, "CapBnd", Duration::from_secs(5)).await;
@@ -628,7 +434,7 @@ async fn privileged_containers_get_the_host_bounding_set(handler: &'static str) 
         host,
         "add ALL on {handler}: {text}"
     );
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -794,7 +600,7 @@ async fn stop_of_an_unknown_container_succeeds_and_a_group_needs_a_user() {
         .create(&pod_id, &pod, config)
         .await
         .expect("run_as_user + run_as_group");
-    env.start(&id).await;
+    env.start_container(&id).await;
     let log = Path::new(&pod.log_directory).join("g/0.log");
     wait_for_log(&log, "uid=4321 gid=1234", Duration::from_secs(10)).await;
     // Stopping it twice, and after removal, all succeed.
@@ -820,7 +626,7 @@ async fn stop_of_an_unknown_container_succeeds_and_a_group_needs_a_user() {
         })
         .await
         .expect("StopContainer after RemoveContainer");
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 }
 
 // ---- 7. bad values and bounded errors ----------------------------------------
@@ -900,7 +706,7 @@ async fn bad_values_are_refused_up_front_with_bounded_messages() {
         assert!(err.message().contains(what), "{}", err.message());
     }
     assert_eq!(env.container_count().await, 0, "nothing half-created");
-    env.remove_pod(&pod_id).await;
+    env.stop_and_remove_pod(&pod_id).await;
 
     // A pull refused for what the image contains says so.
     let escape = image::push_dotdot_escape_image(&env.registry, "evil", "dotdot")

@@ -1,6 +1,8 @@
 //! Exec, Attach and PortForward through the CRI socket: bad input is
 //! refused with the right code before any streaming URL is issued.
-//! (The protocols themselves are tested in `core/src/streaming`.)
+//! (The protocols themselves are tested in `core/src/streaming`; sessions
+//! into real containers, with independent clients and criusctl, in
+//! `interactive.rs`.)
 
 use crius_proto::cri::{AttachRequest, ExecRequest, PortForwardRequest};
 use crius_tests::{Daemon, require_root};

@@ -67,10 +67,33 @@ impl fmt::Display for Located<'_> {
     }
 }
 
+/// Loads `path` ([`load_files`]), then the containers-registries.conf
+/// files it names (`image.registries_conf`; see `registries_conf`).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut config = load_files(path)?;
+    let registries_conf = super::registries_conf::read(
+        &config.image.registries_conf,
+        &config.image.registries_conf_dir,
+    )
+    .map_err(|message| ConfigError::Invalid { message })?;
+    for file in &registries_conf.files {
+        tracing::debug!(file = %file.display(), "registries.conf read");
+    }
+    super::registries_conf::merge_into(&mut config, registries_conf);
+    let problems = config.problems();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return Err(ConfigError::Invalid {
+            message: join_problems(&lines),
+        });
+    }
+    Ok(config)
+}
+
 /// Loads `path`, then the drop-ins from `<path>.d/*.yaml` in lexical order of
 /// their file names, merges them, fills unset keys with their defaults and
 /// validates the result.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub fn load_files(path: &Path) -> Result<Config, ConfigError> {
     let files = config_files(path)?;
     let mut merged = FileConfig::default();
     for (index, file) in files.iter().enumerate() {
@@ -254,6 +277,9 @@ struct FileConfig {
     registries: Option<Src<Vec<Src<RegistryConfig>>>>,
     pause: Option<FilePause>,
     streaming: Option<FileStreaming>,
+    cdi_spec_dirs: Option<Src<Vec<PathBuf>>>,
+    hooks_dirs: Option<Src<Vec<PathBuf>>>,
+    metrics_address: Option<Src<std::net::SocketAddr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +317,7 @@ struct FileHandler {
     /// Opaque to the daemon (the shim checks it); merged key by key.
     vm: Option<Src<serde_json::Map<String, serde_json::Value>>>,
     run_sandbox_timeout_seconds: Option<Src<u64>>,
+    call_timeout_seconds: Option<Src<u64>>,
 }
 
 /// Merges a later file's map into an earlier one: maps key by key,
@@ -330,6 +357,15 @@ struct FileCni {
 struct FileImage {
     max_concurrent_downloads: Option<Src<usize>>,
     default_registry: Option<Src<String>>,
+    max_layer_size: Option<Src<u64>>,
+    max_image_size: Option<Src<u64>>,
+    pull_progress_timeout_seconds: Option<Src<u64>>,
+    pinned_images: Option<Src<Vec<String>>>,
+    registries_conf: Option<Src<PathBuf>>,
+    registries_conf_dir: Option<Src<PathBuf>>,
+    signature_policy: Option<Src<PathBuf>>,
+    signature_policy_dir: Option<Src<PathBuf>>,
+    registries_d: Option<Src<PathBuf>>,
 }
 
 impl FileConfig {
@@ -339,6 +375,9 @@ impl FileConfig {
         put(&mut self.root, other.root, file);
         put(&mut self.state_dir, other.state_dir, file);
         put(&mut self.log_level, other.log_level, file);
+        put(&mut self.cdi_spec_dirs, other.cdi_spec_dirs, file);
+        put(&mut self.hooks_dirs, other.hooks_dirs, file);
+        put(&mut self.metrics_address, other.metrics_address, file);
         put(
             &mut self.restrict_oom_score_adj,
             other.restrict_oom_score_adj,
@@ -377,6 +416,27 @@ impl FileConfig {
                 file,
             );
             put(&mut merged.default_registry, image.default_registry, file);
+            put(&mut merged.max_layer_size, image.max_layer_size, file);
+            put(&mut merged.max_image_size, image.max_image_size, file);
+            put(
+                &mut merged.pull_progress_timeout_seconds,
+                image.pull_progress_timeout_seconds,
+                file,
+            );
+            put(&mut merged.pinned_images, image.pinned_images, file);
+            put(&mut merged.registries_conf, image.registries_conf, file);
+            put(
+                &mut merged.registries_conf_dir,
+                image.registries_conf_dir,
+                file,
+            );
+            put(&mut merged.signature_policy, image.signature_policy, file);
+            put(
+                &mut merged.signature_policy_dir,
+                image.signature_policy_dir,
+                file,
+            );
+            put(&mut merged.registries_d, image.registries_d, file);
         }
         if let Some(pause) = other.pause {
             let merged = self.pause.get_or_insert_default();
@@ -447,6 +507,8 @@ impl FileConfig {
             root: value(&self.root, defaults.root),
             state_dir: value(&self.state_dir, defaults.state_dir),
             log_level: value(&self.log_level, defaults.log_level),
+            cdi_spec_dirs: value(&self.cdi_spec_dirs, defaults.cdi_spec_dirs),
+            hooks_dirs: value(&self.hooks_dirs, defaults.hooks_dirs),
             restrict_oom_score_adj: value(
                 &self.restrict_oom_score_adj,
                 defaults.restrict_oom_score_adj,
@@ -467,6 +529,27 @@ impl FileConfig {
                     image_defaults.max_concurrent_downloads,
                 ),
                 default_registry: value(&image.default_registry, image_defaults.default_registry),
+                max_layer_size: value(&image.max_layer_size, image_defaults.max_layer_size),
+                max_image_size: value(&image.max_image_size, image_defaults.max_image_size),
+                pull_progress_timeout_seconds: value(
+                    &image.pull_progress_timeout_seconds,
+                    image_defaults.pull_progress_timeout_seconds,
+                ),
+                pinned_images: value(&image.pinned_images, image_defaults.pinned_images),
+                registries_conf: value(&image.registries_conf, image_defaults.registries_conf),
+                registries_conf_dir: value(
+                    &image.registries_conf_dir,
+                    image_defaults.registries_conf_dir,
+                ),
+                signature_policy: value(&image.signature_policy, image_defaults.signature_policy),
+                signature_policy_dir: value(
+                    &image.signature_policy_dir,
+                    image_defaults.signature_policy_dir,
+                ),
+                registries_d: value(&image.registries_d, image_defaults.registries_d),
+                // Filled from registries.conf by `load`.
+                unqualified_search_registries: Vec::new(),
+                short_name_aliases: BTreeMap::new(),
             },
             registries: self
                 .registries
@@ -486,6 +569,7 @@ impl FileConfig {
                         value(&p.catatonit_path, defaults.pause.catatonit_path.clone())
                     }),
             },
+            metrics_address: self.metrics_address.as_ref().map(|s| s.value),
             streaming: self
                 .streaming
                 .as_ref()
@@ -536,6 +620,7 @@ impl FileConfig {
                     "plugin" => pos(&value.plugin),
                     "vm" => pos(&value.vm),
                     "run_sandbox_timeout_seconds" => pos(&value.run_sandbox_timeout_seconds),
+                    "call_timeout_seconds" => pos(&value.call_timeout_seconds),
                     _ => None,
                 };
                 field_pos.unwrap_or((h.file, h.line, h.column))
@@ -547,6 +632,8 @@ impl FileConfig {
                 .as_ref()
                 .and_then(|i| pos(&i.max_concurrent_downloads)),
             Key::DefaultRegistry => self.image.as_ref().and_then(|i| pos(&i.default_registry)),
+            Key::MaxLayerSize => self.image.as_ref().and_then(|i| pos(&i.max_layer_size)),
+            Key::MaxImageSize => self.image.as_ref().and_then(|i| pos(&i.max_image_size)),
             Key::Streaming(field) => self.streaming.as_ref().and_then(|s| match *field {
                 "tls_cert" => pos(&s.tls_cert),
                 "tls_key" => pos(&s.tls_key),
@@ -621,6 +708,11 @@ impl FileHandler {
             other.run_sandbox_timeout_seconds,
             file,
         );
+        put(
+            &mut self.call_timeout_seconds,
+            other.call_timeout_seconds,
+            file,
+        );
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
@@ -685,6 +777,7 @@ impl FileHandler {
                 (None, _) => None,
             },
             run_sandbox_timeout_seconds: self.run_sandbox_timeout_seconds.as_ref().map(|s| s.value),
+            call_timeout_seconds: self.call_timeout_seconds.as_ref().map(|s| s.value),
             vm_location: None,
         })
     }
@@ -721,7 +814,7 @@ mod tests {
         }
 
         fn load(&self) -> Result<Config, ConfigError> {
-            load(&self.path())
+            load_files(&self.path())
         }
 
         fn err(&self) -> String {
@@ -738,13 +831,13 @@ mod tests {
 
     #[test]
     fn shipped_config_is_the_default_config() {
-        let config = load(&repo_config()).expect("configs/crius.yaml loads");
+        let config = load_files(&repo_config()).expect("configs/crius.yaml loads");
         config.validate().expect("and validates");
         assert_eq!(config, Config::default());
     }
 
     #[test]
-    fn streaming_table_merges_and_refuses_tls_and_zero_bounds() {
+    fn streaming_table_merges_and_refuses_half_tls_and_zero_bounds() {
         let config = Fixture::new("streaming:\n  address: 0.0.0.0\n  port: 10010\n")
             .drop_in("10.yaml", "streaming:\n  max_sessions: 8\n")
             .load()
@@ -757,7 +850,16 @@ mod tests {
         let err = Fixture::new("streaming:\n  tls_cert: /etc/crius/cert.pem\n").err();
         assert!(err.contains("crius.yaml:2:"), "{err}");
         assert!(err.contains("streaming.tls_cert"), "{err}");
-        assert!(err.contains("not implemented"), "{err}");
+        assert!(err.contains("without tls_key"), "{err}");
+        let config = Fixture::new(
+            "streaming:\n  tls_cert: /etc/crius/cert.pem\n  tls_key: /etc/crius/key.pem\n",
+        )
+        .load()
+        .expect("both TLS paths load");
+        assert_eq!(
+            config.streaming.tls_key.as_deref(),
+            Some(std::path::Path::new("/etc/crius/key.pem"))
+        );
 
         let err = Fixture::new("streaming:\n  max_sessions: 0\n").err();
         assert!(
@@ -900,10 +1002,13 @@ mod tests {
         );
         let fx = Fixture::new(
             "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
-             run_sandbox_timeout_seconds: 9\n",
+             call_timeout_seconds: 0\n",
         );
         let err = fx.load().unwrap_err().to_string();
-        assert!(err.contains("only shim handlers"), "{err}");
+        assert!(
+            err.contains("runtime_handlers.runc.call_timeout_seconds: must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1257,6 +1362,7 @@ mod tests {
             insecure: false,
             mirrors: Vec::new(),
             blocked: false,
+            mirror_by_digest_only: false,
         };
         let config = Config {
             registries: vec![
@@ -1314,6 +1420,7 @@ mod tests {
                 insecure: false,
                 mirrors: Vec::new(),
                 blocked: false,
+                mirror_by_digest_only: false,
             });
         }
         let prefix = |name: &str| config.registry_for(name).map(|r| r.prefix.as_str());

@@ -35,6 +35,8 @@ pub(crate) enum Key {
     CniBinDirs,
     MaxConcurrentDownloads,
     DefaultRegistry,
+    MaxLayerSize,
+    MaxImageSize,
     /// An entry of `registries`, by index.
     Registry(usize),
     /// A field of `streaming`.
@@ -55,6 +57,8 @@ impl fmt::Display for Key {
             Key::CniBinDirs => f.write_str("cni.bin_dirs"),
             Key::MaxConcurrentDownloads => f.write_str("image.max_concurrent_downloads"),
             Key::DefaultRegistry => f.write_str("image.default_registry"),
+            Key::MaxLayerSize => f.write_str("image.max_layer_size"),
+            Key::MaxImageSize => f.write_str("image.max_image_size"),
             Key::Registry(index) => write!(f, "registries[{index}]"),
             Key::Streaming(field) => write!(f, "streaming.{field}"),
         }
@@ -164,6 +168,18 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.image.max_layer_size == 0 {
+            out.push(Problem::new(Key::MaxLayerSize, "must be at least 1 byte"));
+        }
+        if self.image.max_image_size < self.image.max_layer_size {
+            out.push(Problem::new(
+                Key::MaxImageSize,
+                format!(
+                    "must be at least image.max_layer_size ({} bytes)",
+                    self.image.max_layer_size
+                ),
+            ));
+        }
         if let Some(problem) = host_problem(&self.image.default_registry) {
             out.push(Problem::new(Key::DefaultRegistry, problem));
         }
@@ -194,17 +210,18 @@ impl Config {
 }
 
 fn check_streaming(out: &mut Vec<Problem>, streaming: &super::StreamingConfig) {
-    for (field, path) in [
-        ("tls_cert", &streaming.tls_cert),
-        ("tls_key", &streaming.tls_key),
-    ] {
-        if path.is_some() {
-            out.push(Problem::new(
-                Key::Streaming(field),
-                "TLS for the streaming server is not implemented yet; leave tls_cert and \
-                 tls_key unset (the server listens on plain HTTP, by default on 127.0.0.1 only)",
-            ));
-        }
+    // HTTPS needs both; the files themselves are read (and checked) when
+    // the streaming server starts.
+    match (&streaming.tls_cert, &streaming.tls_key) {
+        (Some(_), None) => out.push(Problem::new(
+            Key::Streaming("tls_cert"),
+            "is set without tls_key; HTTPS needs both (or neither, for plain HTTP)",
+        )),
+        (None, Some(_)) => out.push(Problem::new(
+            Key::Streaming("tls_key"),
+            "is set without tls_cert; HTTPS needs both (or neither, for plain HTTP)",
+        )),
+        _ => {}
     }
     for (field, value) in [
         ("token_ttl_seconds", streaming.token_ttl_seconds),
@@ -322,16 +339,16 @@ fn check_handler(out: &mut Vec<Problem>, name: &str, handler: &HandlerConfig) {
         }
         (None, _) => {}
     }
-    match (handler.run_sandbox_timeout_seconds, handler.kind) {
-        (Some(0), _) => out.push(Problem::new(
-            field("run_sandbox_timeout_seconds"),
-            "must be at least 1",
-        )),
-        (Some(_), HandlerKind::Oci) => out.push(Problem::new(
-            field("run_sandbox_timeout_seconds"),
-            "only shim handlers (kind `vm` or `plugin`) take a RunSandbox timeout",
-        )),
-        _ => {}
+    for (key, value) in [
+        (
+            "run_sandbox_timeout_seconds",
+            handler.run_sandbox_timeout_seconds,
+        ),
+        ("call_timeout_seconds", handler.call_timeout_seconds),
+    ] {
+        if value == Some(0) {
+            out.push(Problem::new(field(key), "must be at least 1"));
+        }
     }
     if handler.default_annotations.keys().any(String::is_empty) {
         out.push(Problem::new(

@@ -64,6 +64,15 @@ pub enum ImageError {
         actual: String,
     },
 
+    /// The image or one of its layers is larger than the configuration
+    /// allows (`image.max_layer_size`, `image.max_image_size`).
+    #[error("{what} is larger than {limit_name} ({limit} bytes)")]
+    TooLarge {
+        what: String,
+        limit_name: &'static str,
+        limit: u64,
+    },
+
     /// Content was longer or shorter than its descriptor says.
     #[error("size mismatch for blob {digest}: descriptor says {expected} bytes, got {actual}")]
     SizeMismatch {
@@ -91,6 +100,40 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
+
+    /// The registry sent no bytes for `image.pull_progress_timeout_seconds`
+    /// (while `what` downloaded, or before it answered the request).
+    #[error(
+        "{what} from {endpoint} stalled: no bytes for {seconds} s \
+         (image.pull_progress_timeout_seconds) after {received} bytes"
+    )]
+    Stalled {
+        what: String,
+        endpoint: String,
+        seconds: u64,
+        received: u64,
+    },
+
+    /// `image.pinned_images` pins the image: it is never removed.
+    /// The node's signature policy refuses the image.
+    #[error(
+        "image {image} is refused by the signature policy ({source_of}): {requirement}: {reason}"
+    )]
+    Rejected {
+        image: String,
+        /// The policy file and scope the requirement came from.
+        source_of: String,
+        /// The requirement that failed (`reject`, `signedBy`, ...).
+        requirement: &'static str,
+        reason: String,
+    },
+
+    /// The signature policy or signature-store configuration is unusable.
+    #[error("{0}")]
+    Trust(#[from] super::trust::TrustError),
+
+    #[error("image {image} is pinned by image.pinned_images and is not removed")]
+    Pinned { image: String },
 
     /// Pulling failed at every endpoint; `source` is the last endpoint's error.
     #[error("pulling {image} failed (tried {}): {source}", tried.join(", "))]

@@ -22,20 +22,22 @@ use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use tracing::{debug, info, warn};
 
 use super::error::{ImageError, IoContext};
-use super::layer::{Compression, UnpackOptions, unpack_layer};
+use super::layer::{Compression, LayerError, UnpackOptions, unpack_layer};
+use super::limits::{Exceeded, PullLimits};
 use super::record::{
-    ContainerDefaults, ImageConfig, ImageRecord, LayerRecord, Lookup, find, find_with_lookup,
-    user_of,
+    ContainerDefaults, ImageConfig, ImageRecord, LayerRecord, Lookup, find_with_lookup, user_of,
 };
 use super::reference::ImageName;
 use super::registry::{
     Credentials, ManifestDoc, RawManifest, Remote, endpoints_for, parse_manifest, select_platform,
 };
+use super::settings::PullSettings;
 use super::store::{
-    Expected, StoreLayout, TempPath, digest_hex, remove_path_sync, store_blob_bytes,
-    store_blob_stream, write_file_synced,
+    Expected, StoreLayout, TempPath, Watch, digest_hex, remove_path_sync, store_blob_bytes,
+    store_blob_stream_watched, write_file_synced,
 };
-use crate::config::{Config, RegistryConfig};
+use super::trust::Decision;
+use crate::config::Config;
 
 /// Tells the image manager which containers use an image, so removal can be
 /// refused while any does (as CRI-O refuses).
@@ -60,9 +62,9 @@ type PullFuture = Shared<BoxFuture<'static, Result<ImageRecord, ImageError>>>;
 /// The image store and puller. Construct with [`ImageManager::open`].
 pub struct ImageManager {
     layout: StoreLayout,
-    default_registry: String,
-    registries: Vec<RegistryConfig>,
-    max_concurrent_downloads: usize,
+    /// The configuration pulls run with; replaced on reload
+    /// ([`ImageManager::reconfigure`]), read once at the start of a pull.
+    settings: RwLock<Arc<PullSettings>>,
     /// Records by image id.
     records: RwLock<BTreeMap<String, ImageRecord>>,
     /// In-flight pulls by normalized name.
@@ -115,9 +117,7 @@ impl ImageManager {
         info!(root = %layout.root.display(), images = records.len(), "image store opened");
         Ok(Arc::new_cyclic(|me| ImageManager {
             layout,
-            default_registry: config.image.default_registry.clone(),
-            registries: config.registries.clone(),
-            max_concurrent_downloads: config.image.max_concurrent_downloads.max(1),
+            settings: RwLock::new(Arc::new(PullSettings::from_config(config))),
             records: RwLock::new(records),
             inflight: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -138,21 +138,99 @@ impl ImageManager {
         *write(&self.usage) = Some(usage);
     }
 
-    /// Normalizes an image name with the configured default registry.
+    /// Applies a reloaded configuration's `image.*` and `registries` to the
+    /// pulls that start from now on (running pulls finish with the settings
+    /// they started with). Returns whether anything changed.
+    pub fn reconfigure(&self, config: &Config) -> bool {
+        let new = PullSettings::from_config(config);
+        let mut settings = write(&self.settings);
+        if **settings == new {
+            return false;
+        }
+        *settings = Arc::new(new);
+        true
+    }
+
+    fn settings(&self) -> Arc<PullSettings> {
+        read(&self.settings).clone()
+    }
+
+    /// Normalizes an image name: a short name through registries.conf's
+    /// aliases, else with the first search registry (or the default).
     pub fn normalize(&self, image: &str) -> Result<ImageName, ImageError> {
-        ImageName::parse(image, &self.default_registry)
+        let candidates = self.settings().candidates(image);
+        let (name, registry) = &candidates[0];
+        ImageName::parse(name, registry)
     }
 
     /// Pulls `image` (always asking the registry what the tag points at now;
-    /// blobs and layers already stored are reused). Concurrent pulls of the
-    /// same normalized name share one download.
+    /// blobs and layers already stored are reused) if the signature policy
+    /// for a pull in `namespace` accepts it. Concurrent pulls of the same
+    /// normalized name under the same policy share one download.
     pub async fn pull(
         &self,
         image: &str,
         auth: Option<Credentials>,
+        namespace: Option<&str>,
     ) -> Result<ImageRecord, ImageError> {
-        let name = self.normalize(image)?;
-        let key = name.to_string();
+        let settings = self.settings();
+        let candidates = settings.candidates(image);
+        let mut last_err = None;
+        // A short name is tried in each search registry in turn (as
+        // CRI-O does), the first that has it wins.
+        for (name, registry) in &candidates {
+            let name = ImageName::parse(name, registry)?;
+            let result = match self.decide(&settings, &name, namespace).await {
+                Ok(decision) => self.pull_name(name.clone(), auth.clone(), decision).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(record) => return Ok(record),
+                Err(err) if candidates.len() > 1 => {
+                    debug!(image = %name, error = %err, "not pulled from this search registry");
+                    last_err = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ImageError::Internal("no name to pull".into())))
+    }
+
+    /// The signature policy's requirements for `name`; a `reject` is
+    /// refused here, before the registry is asked anything.
+    async fn decide(
+        &self,
+        settings: &PullSettings,
+        name: &ImageName,
+        namespace: Option<&str>,
+    ) -> Result<Arc<Decision>, ImageError> {
+        let (trust, for_name, ns) = (
+            settings.trust.clone(),
+            name.clone(),
+            namespace.map(str::to_string),
+        );
+        let decision = tokio::task::spawn_blocking(move || trust.decide(&for_name, ns.as_deref()))
+            .await
+            .map_err(|e| ImageError::Internal(format!("reading the signature policy: {e}")))??;
+        if decision.rejects() {
+            return Err(ImageError::Rejected {
+                image: name.to_string(),
+                source_of: decision.source(),
+                requirement: "reject",
+                reason: "the policy rejects this image".to_string(),
+            });
+        }
+        Ok(Arc::new(decision))
+    }
+
+    async fn pull_name(
+        &self,
+        name: ImageName,
+        auth: Option<Credentials>,
+        decision: Arc<Decision>,
+    ) -> Result<ImageRecord, ImageError> {
+        // Pulls under different policies (per-namespace) do not share.
+        let key = format!("{name} {}", decision.policy.display());
         let shared = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&key) {
@@ -175,7 +253,7 @@ impl ImageManager {
                             manager: &me,
                             key: task_key,
                         };
-                        me.pull_uncached(&name, auth.as_ref()).await
+                        me.pull_uncached(&name, auth.as_ref(), &decision).await
                     });
                     let fut: PullFuture = async move {
                         handle.await.unwrap_or_else(|e| {
@@ -196,7 +274,18 @@ impl ImageManager {
     /// `name@digest` (names normalized).
     pub fn resolve(&self, image_ref: &str) -> Result<ImageRecord, ImageError> {
         let records = read(&self.records);
-        find(records.values(), image_ref, &self.default_registry).cloned()
+        find_candidate(records.values(), image_ref, &self.settings()).map(|(r, _)| r.clone())
+    }
+
+    /// Whether `image.pinned_images` pins the image (by one of its tags).
+    pub fn is_pinned(&self, record: &ImageRecord) -> bool {
+        let settings = self.settings();
+        record.repo_tags.iter().any(|tag| {
+            settings
+                .pinned_images
+                .iter()
+                .any(|pattern| super::settings::pin_matches(pattern, tag))
+        })
     }
 
     /// [`ImageManager::resolve`], with "no such image" (and unusable
@@ -245,11 +334,17 @@ impl ImageManager {
     /// the image. Unknown images give [`ImageError::NotFound`].
     pub async fn remove(&self, image_ref: &str) -> Result<(), ImageError> {
         let _commit = self.commit.lock().await;
+        let settings = self.settings();
         let (record, lookup) = {
             let records = read(&self.records);
-            let (r, l) = find_with_lookup(records.values(), image_ref, &self.default_registry)?;
+            let (r, l) = find_candidate(records.values(), image_ref, &settings)?;
             (r.clone(), l)
         };
+        if self.is_pinned(&record) {
+            return Err(ImageError::Pinned {
+                image: image_ref.to_string(),
+            });
+        }
         if let Lookup::Tag(tag) = &lookup
             && record.repo_tags.len() > 1
         {
@@ -308,8 +403,10 @@ impl ImageManager {
         &self,
         name: &ImageName,
         credentials: Option<&Credentials>,
+        decision: &Decision,
     ) -> Result<ImageRecord, ImageError> {
-        let endpoints = endpoints_for(name, &self.registries)?;
+        let settings = self.settings();
+        let endpoints = endpoints_for(name, &settings.registries)?;
         let mut tried = Vec::new();
         let mut last = None;
         for endpoint in &endpoints {
@@ -320,10 +417,11 @@ impl ImageManager {
                 endpoint,
                 credentials,
                 !endpoint.mirror,
-                self.max_concurrent_downloads,
+                settings.max_concurrent_downloads,
+                settings.pull_progress_timeout,
             );
             let result = match remote {
-                Ok(remote) => self.pull_from(name, &remote).await,
+                Ok(remote) => self.pull_from(name, &remote, &settings, decision).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -347,12 +445,19 @@ impl ImageManager {
         &self,
         name: &ImageName,
         remote: &Remote,
+        settings: &PullSettings,
+        decision: &Decision,
     ) -> Result<ImageRecord, ImageError> {
         let image = name.to_string();
         info!(image = %image, endpoint = %remote.endpoint(), "pulling image");
         let top = remote
             .manifest(name.tag.as_deref(), name.digest.as_deref())
             .await?;
+        // Signatures sign what the name resolves to (the index, for a
+        // multi-platform image); checked before any blob is fetched.
+        if !decision.accepts_anything() {
+            super::verify::verify_signatures(name, remote, &top.digest, decision).await?;
+        }
         let (manifest_raw, index_raw, manifest) = match parse_manifest(&image, &top.bytes)? {
             ManifestDoc::Image(m) => (top, None, m),
             ManifestDoc::Index(index) => {
@@ -374,7 +479,7 @@ impl ImageManager {
         let result = self
             .store_image(
                 name,
-                remote,
+                (remote, settings),
                 manifest_raw,
                 index_raw,
                 &manifest,
@@ -394,7 +499,7 @@ impl ImageManager {
     async fn store_image(
         &self,
         name: &ImageName,
-        remote: &Remote,
+        (remote, settings): (&Remote, &PullSettings),
         manifest_raw: RawManifest,
         index_raw: Option<RawManifest>,
         manifest: &OciImageManifest,
@@ -453,6 +558,9 @@ impl ImageManager {
                 diff_id: diff_id.clone(),
             });
         }
+        // Too large by the manifest: refused before any layer is downloaded.
+        let limits = PullLimits::new(settings.max_layer_size, settings.max_image_size);
+        limits.check_manifest(&image, &layers)?;
         touched.layers.extend(diff_ids.iter().cloned());
         let _layer_pins = self.pin(diff_ids.iter().map(|d| format!("layer:{d}")).collect());
 
@@ -477,12 +585,14 @@ impl ImageManager {
             .iter()
             .zip(&layers)
             .map(|(desc, layer)| {
-                let (failed, image, options) = (&failed, &image, &options);
+                let (failed, image, options, limits) = (&failed, &image, &options, &limits);
                 async move {
                     if failed.load(Ordering::SeqCst) {
                         return None;
                     }
-                    let result = self.ensure_layer(image, remote, desc, layer, options).await;
+                    let result = self
+                        .ensure_layer(image, remote, desc, layer, options, limits)
+                        .await;
                     if result.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -491,7 +601,7 @@ impl ImageManager {
             })
             .collect();
         let results: Vec<Option<Result<(), ImageError>>> = futures::stream::iter(tasks)
-            .buffered(self.max_concurrent_downloads)
+            .buffered(settings.max_concurrent_downloads)
             .collect()
             .await;
         for result in results.into_iter().flatten() {
@@ -543,13 +653,19 @@ impl ImageManager {
         }
         debug!(image, digest = %desc.digest, size, "downloading blob");
         let stream = remote.blob(desc).await?;
-        let path = store_blob_stream(
+        let watch = Watch {
+            image,
+            endpoint: remote.endpoint().to_string(),
+            stall: remote.stall(),
+        };
+        let path = store_blob_stream_watched(
             &self.layout,
             Expected {
                 digest: &desc.digest,
                 size,
             },
             stream,
+            &watch,
         )
         .await?;
         debug!(image, digest = %desc.digest, "blob stored");
@@ -564,6 +680,7 @@ impl ImageManager {
         desc: &OciDescriptor,
         layer: &LayerRecord,
         options: &UnpackOptions,
+        limits: &PullLimits,
     ) -> Result<(), ImageError> {
         let layer_path = self.layout.layer_path(&layer.diff_id)?;
         let _guard = self.lock_key(format!("layer:{}", layer.diff_id)).await;
@@ -586,8 +703,17 @@ impl ImageManager {
         debug!(image, digest = %layer.digest, diff_id = %layer.diff_id, "unpacking layer");
         // The blocking task owns the temporary directory, so it is cleaned
         // up by whoever finishes last, even if this future is dropped.
+        let (limits, image) = (limits.clone(), image.to_string());
         tokio::task::spawn_blocking(move || {
-            unpack_into_store(&blob_path, compression, temp, &layer_path, &layer, &options)
+            unpack_into_store(
+                &blob_path,
+                compression,
+                temp,
+                &layer_path,
+                &layer,
+                &options,
+                (&limits, &image),
+            )
         })
         .await
         .map_err(|e| ImageError::Internal(format!("layer unpack task failed: {e}")))?
@@ -853,16 +979,31 @@ fn unpack_into_store(
     layer_path: &Path,
     layer: &LayerRecord,
     options: &UnpackOptions,
+    (limits, image): (&PullLimits, &str),
 ) -> Result<(), ImageError> {
     let temp = TempPath::new(temp);
     std::fs::create_dir(temp.path()).ctx(|| format!("creating {}", temp.path().display()))?;
     let file = std::fs::File::open(blob_path).ctx(|| format!("opening {}", blob_path.display()))?;
     let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-    let unpacked =
-        unpack_layer(reader, compression, temp.path(), options).map_err(|e| ImageError::Layer {
+    // Decompressed here so the unpacked bytes are counted against the limits.
+    let exceeded = Arc::new(Exceeded::default());
+    let reader = limits
+        .decompressed(reader, compression, exceeded.clone())
+        .map_err(|e| ImageError::Layer {
             digest: layer.digest.clone(),
-            source: Arc::new(e),
+            source: Arc::new(LayerError::Archive {
+                context: "starting the decompressor".into(),
+                source: e,
+            }),
         })?;
+    let unpacked = unpack_layer(reader, Compression::None, temp.path(), options).map_err(|e| {
+        limits
+            .error(layer, image, &exceeded)
+            .unwrap_or_else(|| ImageError::Layer {
+                digest: layer.digest.clone(),
+                source: Arc::new(e),
+            })
+    })?;
     if unpacked.diff_id != layer.diff_id {
         return Err(ImageError::DiffIdMismatch {
             digest: layer.digest.clone(),
@@ -979,9 +1120,26 @@ impl std::fmt::Debug for ImageManager {
     }
 }
 
+/// The record `image_ref` names, trying what a short name stands for in
+/// order (aliases, search registries; see [`PullSettings::candidates`]).
+fn find_candidate<'a>(
+    records: impl IntoIterator<Item = &'a ImageRecord> + Clone,
+    image_ref: &str,
+    settings: &PullSettings,
+) -> Result<(&'a ImageRecord, Lookup), ImageError> {
+    for (name, registry) in settings.candidates(image_ref) {
+        match find_with_lookup(records.clone(), &name, &registry) {
+            Err(ImageError::NotFound(_)) => continue,
+            other => return other,
+        }
+    }
+    Err(ImageError::NotFound(image_ref.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RegistryConfig;
 
     fn config(root: &Path) -> Config {
         Config {
@@ -1183,11 +1341,12 @@ mod tests {
             insecure: false,
             mirrors: Vec::new(),
             blocked: true,
+            mirror_by_digest_only: false,
         });
         let m = ImageManager::open(&c).await.unwrap();
-        let err = m.pull("busybox", None).await.unwrap_err();
+        let err = m.pull("busybox", None, None).await.unwrap_err();
         assert!(matches!(err, ImageError::Blocked { .. }), "{err:?}");
-        let err = m.pull("UPPER", None).await.unwrap_err();
+        let err = m.pull("UPPER", None, None).await.unwrap_err();
         assert!(
             matches!(err, ImageError::InvalidReference { .. }),
             "{err:?}"

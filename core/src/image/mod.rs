@@ -11,15 +11,19 @@
 
 mod error;
 pub mod layer;
+mod limits;
 mod manager;
 mod record;
 mod reference;
 mod registry;
+mod settings;
 mod store;
+pub mod trust;
+mod verify;
 
 pub use error::ImageError;
 pub use layer::LayerError;
 pub use manager::{FsUsage, ImageManager, ImageUsage};
 pub use record::{ContainerDefaults, ImageConfig, ImageRecord, LayerRecord, RootFs, user_of};
-pub use reference::ImageName;
+pub use reference::{ImageName, split_registry_host};
 pub use registry::{Credentials, Endpoint};

@@ -183,7 +183,8 @@ pub fn lookups(reference: &str, default_registry: &str) -> Result<Vec<Lookup>, I
 }
 
 /// Finds the one record `reference` names among `records`.
-pub fn find<'a>(
+#[cfg(test)]
+fn find<'a>(
     records: impl IntoIterator<Item = &'a ImageRecord> + Clone,
     reference: &str,
     default_registry: &str,

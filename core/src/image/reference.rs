@@ -72,13 +72,9 @@ impl ImageName {
             return Err(invalid("repository name is empty"));
         }
 
-        let (mut domain, mut path) = match name.split_once('/') {
-            Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_string(), remainder.to_string())
-            }
-            _ => {
+        let (mut domain, mut path) = match split_registry_host(name) {
+            Some((first, remainder)) => (first.to_string(), remainder.to_string()),
+            None => {
                 let default = if default_registry.is_empty() {
                     DOCKER_HUB
                 } else {
@@ -144,6 +140,14 @@ impl fmt::Display for ImageName {
 }
 
 /// True for `sha256:` followed by 64 lowercase hex digits.
+/// `(host, rest)` when `name` starts with a registry host (`example.com/…`,
+/// `host:5000/…`, `localhost/…`); `None` for a short name (`busybox`,
+/// `library/busybox`), which takes the default or a search registry.
+pub fn split_registry_host(name: &str) -> Option<(&str, &str)> {
+    name.split_once('/')
+        .filter(|(first, _)| first.contains('.') || first.contains(':') || *first == "localhost")
+}
+
 pub fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(is_sha256_hex)
 }

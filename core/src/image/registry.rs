@@ -161,9 +161,11 @@ pub fn endpoints_for(
     };
     let prefix = reg.prefix.trim_end_matches('/');
     let remainder = &repository[prefix.len()..];
+    let use_mirrors = !reg.mirror_by_digest_only || name.digest.is_some();
     let mut out: Vec<Endpoint> = reg
         .mirrors
         .iter()
+        .filter(|_| use_mirrors)
         .map(|m| endpoint_at(&m.location, remainder, m.insecure, true))
         .collect();
     if !reg.blocked {
@@ -199,7 +201,14 @@ pub struct Remote {
     client: Client,
     auth: RegistryAuth,
     endpoint: Endpoint,
+    /// `image.pull_progress_timeout_seconds`, `None` when 0.
+    stall: Option<Duration>,
 }
+
+/// How long the HTTP client itself waits for a byte beyond the stall
+/// timeout: a backstop only, the stall timeout answers first with the
+/// clearer error.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 impl Remote {
     /// A client for `endpoint`; `credentials` are only sent to it when
@@ -209,6 +218,7 @@ impl Remote {
         credentials: Option<&Credentials>,
         send_credentials: bool,
         max_concurrent_downloads: usize,
+        stall: Option<Duration>,
     ) -> Result<Self, ImageError> {
         let protocol = if endpoint.insecure {
             ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
@@ -221,8 +231,9 @@ impl Remote {
             platform_resolver: None,
             max_concurrent_download: max_concurrent_downloads.max(1),
             connect_timeout: Some(Duration::from_secs(30)),
-            // Per read, not per request: large layers may take long overall.
-            read_timeout: Some(Duration::from_secs(120)),
+            // Per read, not per request: a slow pull that keeps sending
+            // bytes is never cut off. Stalls are caught by `stall` first.
+            read_timeout: stall.map(|s| s + READ_TIMEOUT_MARGIN),
             user_agent: concat!("crius/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
@@ -238,7 +249,34 @@ impl Remote {
             client,
             auth,
             endpoint: endpoint.clone(),
+            stall,
         })
+    }
+
+    /// The stall timeout this remote aborts downloads after.
+    pub fn stall(&self) -> Option<Duration> {
+        self.stall
+    }
+
+    /// Runs a request that must answer (headers, or a whole small
+    /// document) before the stall timeout passes.
+    async fn within_stall<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        request: impl std::future::Future<Output = Result<T, ImageError>>,
+    ) -> Result<T, ImageError> {
+        let Some(stall) = self.stall else {
+            return request.await;
+        };
+        match tokio::time::timeout(stall, request).await {
+            Ok(result) => result,
+            Err(_) => Err(ImageError::Stalled {
+                what: what(),
+                endpoint: self.endpoint.to_string(),
+                seconds: stall.as_secs(),
+                received: 0,
+            }),
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -264,20 +302,68 @@ impl Remote {
     ) -> Result<RawManifest, ImageError> {
         let reference = self.reference(tag, digest);
         let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| self.error(&reference.to_string(), e))?;
+            .within_stall(|| format!("manifest {reference}"), async {
+                self.client
+                    .pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES)
+                    .await
+                    .map_err(|e| self.error(&reference.to_string(), e))
+            })
+            .await?;
         Ok(RawManifest { digest, bytes })
     }
 
     /// Opens a blob for streaming.
     pub async fn blob(&self, descriptor: &OciDescriptor) -> Result<SizedStream, ImageError> {
         let reference = self.reference(None, Some(&descriptor.digest));
-        self.client
-            .pull_blob_stream(&reference, descriptor)
-            .await
-            .map_err(|e| self.error(&format!("blob {}", descriptor.digest), e))
+        let what = format!("blob {}", descriptor.digest);
+        self.within_stall(|| what.clone(), async {
+            self.client
+                .pull_blob_stream(&reference, descriptor)
+                .await
+                .map_err(|e| self.error(&what, e))
+        })
+        .await
+    }
+
+    /// A small blob's bytes (a signature payload), verified against its
+    /// digest; refused past `max` bytes.
+    pub async fn small_blob(
+        &self,
+        descriptor: &OciDescriptor,
+        max: u64,
+    ) -> Result<Vec<u8>, ImageError> {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        let what = format!("blob {}", descriptor.digest);
+        let too_large = || ImageError::TooLarge {
+            what: what.clone(),
+            limit_name: "the signature size limit",
+            limit: max,
+        };
+        if descriptor.size < 0 || descriptor.size as u64 > max {
+            return Err(too_large());
+        }
+        let mut stream = self.blob(descriptor).await?.stream;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ImageError::Registry {
+                endpoint: self.endpoint.to_string(),
+                message: format!("{what}: {e}"),
+            })?;
+            if (bytes.len() + chunk.len()) as u64 > max {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        if actual != descriptor.digest {
+            return Err(ImageError::DigestMismatch {
+                what,
+                expected: descriptor.digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Classifies an oci-client error for status mapping.
@@ -395,6 +481,14 @@ pub fn parse_manifest(reference: &str, bytes: &[u8]) -> Result<ManifestDoc, Imag
     }
     let probe: Probe = serde_json::from_slice(bytes)
         .map_err(|e| unsupported(format!("manifest is not valid JSON: {e}")))?;
+    if probe.schema_version == Some(1) {
+        return Err(unsupported(
+            "it is a Docker image manifest schema 1 (schemaVersion 1), a format deprecated \
+             since Docker 1.10 and removed from Docker and containerd; crius pulls schema 2 and \
+             OCI images only: push the image again with a current client"
+                .to_string(),
+        ));
+    }
     if probe.schema_version != Some(2) {
         return Err(unsupported(format!(
             "schemaVersion {:?} (only schema 2 manifests are supported)",
@@ -484,6 +578,7 @@ mod tests {
             insecure: false,
             mirrors: Vec::new(),
             blocked: false,
+            mirror_by_digest_only: false,
         }
     }
 

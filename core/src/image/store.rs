@@ -159,10 +159,40 @@ pub struct Expected<'a> {
 /// On any failure the temporary file is removed and nothing is stored.
 /// Stops reading as soon as the stream exceeds the expected size, so a
 /// misbehaving registry cannot fill the disk.
+#[cfg(test)]
 pub async fn store_blob_stream<S>(
     layout: &StoreLayout,
     expected: Expected<'_>,
+    stream: S,
+) -> Result<PathBuf, ImageError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    store_blob_stream_watched(layout, expected, stream, &Watch::default()).await
+}
+
+/// How often a download's progress is logged.
+pub const PROGRESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who is downloading a blob, for progress logging and the stall timeout.
+#[derive(Debug, Clone, Default)]
+pub struct Watch<'a> {
+    /// The image being pulled (logged with the progress).
+    pub image: &'a str,
+    /// Where the blob comes from (named in the stall error).
+    pub endpoint: String,
+    /// Abort when no bytes arrive for this long (`None`: wait forever).
+    pub stall: Option<std::time::Duration>,
+}
+
+/// [`store_blob_stream`] that logs progress every [`PROGRESS_LOG_INTERVAL`]
+/// and fails with [`ImageError::Stalled`] when `watch.stall` passes without
+/// a byte.
+pub async fn store_blob_stream_watched<S>(
+    layout: &StoreLayout,
+    expected: Expected<'_>,
     mut stream: S,
+    watch: &Watch<'_>,
 ) -> Result<PathBuf, ImageError>
 where
     S: Stream<Item = io::Result<Bytes>> + Unpin,
@@ -174,7 +204,35 @@ where
         .ctx(|| format!("creating {}", temp.path().display()))?;
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
-    while let Some(chunk) = stream.next().await {
+    let started = tokio::time::Instant::now();
+    let mut last_log = started;
+    loop {
+        let next = match watch.stall {
+            Some(stall) => match tokio::time::timeout(stall, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(ImageError::Stalled {
+                        what: format!("blob {}", expected.digest),
+                        endpoint: watch.endpoint.clone(),
+                        seconds: stall.as_secs(),
+                        received: written,
+                    });
+                }
+            },
+            None => stream.next().await,
+        };
+        let Some(chunk) = next else { break };
+        if !watch.image.is_empty() && last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
+            last_log = tokio::time::Instant::now();
+            tracing::info!(
+                image = watch.image,
+                digest = expected.digest,
+                received = written,
+                size = expected.size,
+                elapsed_s = started.elapsed().as_secs(),
+                "pull progress"
+            );
+        }
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {

@@ -17,9 +17,10 @@ use crate::bounded::bounded;
 use crate::image::ImageError;
 use crate::rootfs;
 use crate::spec::{self, ContainerSpecInput, PodNamespaces};
+use crius_proto::cri::ContainerEventType as Event;
 
 /// The container's cgroup, below its pod's.
-fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
+pub(super) fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
     format!("{pod_cgroup}/crius-{id}")
 }
 
@@ -145,6 +146,7 @@ impl PodManager {
                 .cloned()
                 .unwrap_or_else(|| image.id.clone()),
             image_id: image.id.clone(),
+            image_volume_ids: Vec::new(),
             image_name,
             bundle_dir: pod.containers_dir().join(&id),
             rootfs: None,
@@ -152,6 +154,7 @@ impl PodManager {
             handler_created: false,
             handler_state: Vec::new(),
             resources,
+            user: None,
         };
         let started = std::time::Instant::now();
         match self
@@ -161,6 +164,8 @@ impl PodManager {
             Ok(()) => {
                 info!(pod_id = %pod_id, container_id = %id, handler = %pod.handler, image = %rec.image_id,
                     elapsed_ms = started.elapsed().as_millis() as u64, "container created");
+                self.publish(&id, &pod_id, Event::ContainerCreatedEvent, None)
+                    .await;
                 Ok(id)
             }
             Err(e) => {
@@ -177,6 +182,79 @@ impl PodManager {
         }
     }
 
+    /// Mounts each image volume (`Mount.image`, KEP-4639) the request
+    /// names: the image, which the kubelet pulled, as an overlay of its
+    /// layers under `<bundle>/image-volumes/<n>` (its own writable layer
+    /// keeps the image's layers untouched), bound read-only into the
+    /// container at `image_sub_path` of it. Returns the config the spec is
+    /// built from, with those mounts turned into read-only binds; VM
+    /// handlers share them into the guest like any bind.
+    fn mount_image_volumes(&self, rec: &mut ContainerRecord) -> PodResult<cri::ContainerConfig> {
+        let mut config = rec.config.clone();
+        for (index, m) in config.mounts.iter_mut().enumerate() {
+            let Some(image) = m.image.as_ref().filter(|i| !i.image.is_empty()) else {
+                continue;
+            };
+            let name = image.image.clone();
+            let record = self.images.resolve(&name).map_err(|e| match e {
+                ImageError::NotFound(_) => PodError::NotFound(format!(
+                    "image volume {name:?} (for {}) not found; pull it first",
+                    m.container_path
+                )),
+                other => PodError::Image {
+                    image: name.clone(),
+                    source: other,
+                },
+            })?;
+            let layers = self
+                .images
+                .layer_dirs(&record.id)
+                .map_err(|e| PodError::Image {
+                    image: name.clone(),
+                    source: e,
+                })?;
+            let sub_path = Path::new(&m.image_sub_path);
+            if sub_path.is_absolute()
+                || sub_path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?} must be a relative path \
+                     without `..`",
+                    crate::bounded::bounded(&m.image_sub_path)
+                )));
+            }
+            rec.image_volume_ids.push(record.id.clone());
+            // Recorded before mounting so a crash right after still unmounts.
+            self.store.save_container(rec)?;
+            let dir = rec
+                .bundle_dir
+                .join(IMAGE_VOLUMES_DIR)
+                .join(index.to_string());
+            let overlay = rootfs::mount_overlay(&layers, &dir)?;
+            let host = overlay.mount_point.join(sub_path);
+            // The sub-path must stay inside the image (no symlink out).
+            let resolved = std::fs::canonicalize(&host).map_err(|e| {
+                PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?}: {e}",
+                    crate::bounded::bounded(&m.image_sub_path)
+                ))
+            })?;
+            if !resolved.starts_with(&overlay.mount_point) {
+                return Err(PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?} leads out of the image",
+                    crate::bounded::bounded(&m.image_sub_path)
+                )));
+            }
+            m.host_path = resolved.display().to_string();
+            m.image = None;
+            m.image_sub_path.clear();
+            m.readonly = true;
+        }
+        Ok(config)
+    }
+
     async fn setup_container(
         &self,
         rec: &mut ContainerRecord,
@@ -185,6 +263,18 @@ impl PodManager {
         layers: &[PathBuf],
         defaults: &crate::image::ContainerDefaults,
     ) -> PodResult<()> {
+        // CDI devices first: an unknown device fails before anything exists.
+        let cdi_names = spec::cdi::requested(&rec.config.cdi_devices, &rec.config.annotations);
+        let cdi = if cdi_names.is_empty() {
+            None
+        } else {
+            let dirs = self.config.cdi_spec_dirs.clone();
+            let registry = tokio::task::spawn_blocking(move || spec::cdi::CdiRegistry::load(&dirs))
+                .await
+                .map_err(|e| PodError::io("reading CDI specs", std::io::Error::other(e)))?;
+            registry.apply(&mut oci_spec::runtime::Spec::default(), &cdi_names)?;
+            Some(registry)
+        };
         // Root only: it holds the container's config (env) and its writable
         // layer (`upper`, which keeps the image's modes for the container).
         crate::perms::ensure_private_dir(&rec.bundle_dir)
@@ -194,6 +284,7 @@ impl PodManager {
         self.store.save_container(rec)?;
         let overlay = rootfs::mount_overlay(layers, &rec.bundle_dir)?;
         rec.rootfs = Some(overlay.mount_point.clone());
+        let config = self.mount_image_volumes(rec)?;
 
         let caps = handler.capabilities();
         let namespaces = PodNamespaces {
@@ -206,10 +297,10 @@ impl PodManager {
             .handler_config(&pod.handler)
             .map(|h| h.privileged_without_host_devices)
             .unwrap_or(false);
-        let spec = spec::container_spec(&ContainerSpecInput {
+        let mut spec = spec::container_spec(&ContainerSpecInput {
             container_id: &rec.id,
             sandbox_id: &pod.id,
-            config: &rec.config,
+            config: &config,
             sandbox_config: &pod.config,
             image: defaults,
             rootfs: &overlay.mount_point,
@@ -220,6 +311,23 @@ impl PodManager {
             privileged_without_host_devices,
             min_oom_score_adj: self.min_oom_score_adj,
         })?;
+        if let Some(registry) = &cdi {
+            registry.apply(&mut spec, &cdi_names)?;
+        }
+        let hook_dirs = self.config.hooks_dirs.clone();
+        let hooks =
+            tokio::task::spawn_blocking(move || spec::hooks::HookRegistry::load(&hook_dirs))
+                .await
+                .map_err(|e| PodError::io("reading OCI hooks", std::io::Error::other(e)))?;
+        hooks.apply(&mut spec, !rec.config.mounts.is_empty())?;
+        rec.user = spec.process().as_ref().map(|p| {
+            let user = p.user();
+            super::store::ContainerUser {
+                uid: user.uid(),
+                gid: user.gid(),
+                groups: user.additional_gids().clone().unwrap_or_default(),
+            }
+        });
         let oci_spec = spec::write_spec(&rec.bundle_dir, &spec)?;
 
         if !rec.log_path.is_empty()
@@ -301,6 +409,7 @@ impl PodManager {
             if let Some(rootfs) = &rootfs {
                 rootfs::unmount(rootfs)?;
             }
+            unmount_image_volumes(&bundle_dir)?;
             files::remove_dir_safely(&bundle_dir)
         })
         .await?;
@@ -345,6 +454,9 @@ impl PodManager {
             .await
             .map_err(|e| PodError::handler(format!("starting container {}", c.id), e))?;
         info!(pod_id = %c.pod_id, container_id = %c.id, "container started");
+        self.publish(&c.id, &c.pod_id, Event::ContainerStartedEvent, None)
+            .await;
+        self.watch_exit(&c, handler);
         Ok(())
     }
 
@@ -380,6 +492,8 @@ impl PodManager {
             Err(e) => return Err(PodError::handler(format!("stopping container {}", c.id), e)),
         }
         info!(pod_id = %c.pod_id, container_id = %c.id, timeout, "container stopped");
+        self.publish(&c.id, &c.pod_id, Event::ContainerStoppedEvent, None)
+            .await;
         Ok(())
     }
 
@@ -401,6 +515,7 @@ impl PodManager {
         self.remove_container_resources(&c, handler.as_ref())
             .await?;
         info!(pod_id = %c.pod_id, container_id = %c.id, "container removed");
+        self.publish_removed(&c).await;
         Ok(())
     }
 
@@ -443,7 +558,13 @@ impl PodManager {
                 windows: None,
             }),
             image_id: c.image_id.clone(),
-            user: None,
+            user: c.user.as_ref().map(|u| cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: i64::from(u.uid),
+                    gid: i64::from(u.gid),
+                    supplemental_groups: u.groups.iter().map(|g| i64::from(*g)).collect(),
+                }),
+            }),
             stop_signal: c.config.stop_signal,
         };
         let mut info = HashMap::new();
@@ -507,7 +628,7 @@ impl PodManager {
         out
     }
 
-    async fn require_running(&self, c: &ContainerRecord, what: &str) -> PodResult<()> {
+    pub(super) async fn require_running(&self, c: &ContainerRecord, what: &str) -> PodResult<()> {
         let state = self.handler_status(c).await.state;
         if state != types::ContainerState::Running as i32 {
             return Err(PodError::FailedPrecondition(format!(
@@ -584,9 +705,15 @@ impl PodManager {
                 _ => PodError::handler(format!("exec in container {}", c.id), e),
             })?;
         if resp.timed_out {
+            // The kubelet reads a timeout from the code; the output the
+            // command gave before it was killed goes into the message
+            // (probe events show it), bounded.
             return Err(PodError::DeadlineExceeded(format!(
-                "command {:?} in container {} timed out after {}s",
-                req.cmd, c.id, req.timeout
+                "command {:?} in container {} timed out after {}s{}",
+                req.cmd,
+                c.id,
+                req.timeout,
+                partial_output(&resp.stdout, &resp.stderr)
             )));
         }
         Ok(cri::ExecSyncResponse {
@@ -595,6 +722,28 @@ impl PodManager {
             exit_code: resp.exit_code,
         })
     }
+}
+
+/// `; output before the timeout: stdout "..", stderr ".."`, each stream cut
+/// at 256 bytes; empty when the command printed nothing.
+fn partial_output(stdout: &[u8], stderr: &[u8]) -> String {
+    const MAX: usize = 256;
+    if stdout.is_empty() && stderr.is_empty() {
+        return String::new();
+    }
+    let cut = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
+        if bytes.len() > MAX {
+            format!("{text}...")
+        } else {
+            text
+        }
+    };
+    format!(
+        "; output before the timeout: stdout {:?}, stderr {:?}",
+        cut(stdout),
+        cut(stderr)
+    )
 }
 
 /// The container's log file: `log_path` resolved against the pod's
@@ -650,6 +799,21 @@ fn state_name(state: i32) -> &'static str {
         Ok(types::ContainerState::Exited) => "exited",
         _ => "unknown",
     }
+}
+
+/// Where a container's image volumes are mounted, under its bundle dir.
+const IMAGE_VOLUMES_DIR: &str = "image-volumes";
+
+/// Unmounts every image volume of the container at `bundle_dir` (whatever
+/// the record says: a crash may have come between mount and save).
+fn unmount_image_volumes(bundle_dir: &Path) -> PodResult<()> {
+    let Ok(entries) = std::fs::read_dir(bundle_dir.join(IMAGE_VOLUMES_DIR)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        rootfs::unmount(&entry.path().join("rootfs"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

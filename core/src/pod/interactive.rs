@@ -268,6 +268,20 @@ impl PodManager {
         Ok((c, handler))
     }
 
+    /// Attach with stdin needs a container created with `stdin: true`
+    /// (checked by the Attach RPC before it hands out a URL, and again
+    /// when the session starts).
+    pub fn check_attach_stdin(&self, container_id: &str, stdin: bool) -> PodResult<()> {
+        let c = self.container_record(container_id)?;
+        if stdin && !c.config.stdin {
+            return Err(PodError::FailedPrecondition(format!(
+                "Attach: container {} was not created with stdin: true",
+                c.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts an interactive exec and returns its streams.
     pub async fn exec_interactive(&self, spec: ExecSpec) -> PodResult<ProcessStreams> {
         if spec.cmd.is_empty() {
@@ -344,12 +358,7 @@ impl PodManager {
         let (c, handler) = self
             .interactive_target(&spec.container_id, "Attach")
             .await?;
-        if spec.stdin && !c.config.stdin {
-            return Err(PodError::FailedPrecondition(format!(
-                "Attach: container {} was not created with stdin: true",
-                c.id
-            )));
-        }
+        self.check_attach_stdin(&c.id, spec.stdin)?;
         let dir = SocketDir::new(&self.config.state_dir)?;
         let stdin = dir.listen("i", spec.stdin)?;
         let stdout = dir.listen("o", spec.stdout)?;

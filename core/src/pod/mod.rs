@@ -8,17 +8,22 @@
 //! lock); different pods proceed in parallel. Status, list and exec calls
 //! do not take the lock.
 
+mod checkpoint;
 mod container;
 pub mod error;
 pub mod files;
 mod interactive;
+pub mod metrics;
+mod notify;
+mod resize;
+mod restore;
 mod sandbox;
 mod stats;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crius_proto::cri;
 use crius_shim_api::{ErrorKind, RuntimeHandler};
@@ -30,6 +35,7 @@ use crate::sandbox::CgroupLayout;
 
 pub use error::{PodError, PodResult};
 pub use interactive::{AttachSpec, ExecSpec, ProcessControl, ProcessStreams};
+pub use restore::{Loaded, RestoreReport};
 pub use store::{ContainerRecord, PodRecord, PodState, Store};
 
 /// Where the pause binary is taken from when the config does not say.
@@ -57,21 +63,29 @@ pub struct PodManager {
     catatonit: PathBuf,
     /// Floor for containers' `oom_score_adj` (`restrict_oom_score_adj`).
     min_oom_score_adj: Option<i32>,
+    /// Lifecycle events for GetContainerEvents.
+    events: Arc<crate::events::EventBus>,
+    /// CPU samples and writable-layer usage between stats calls.
+    stats: stats::StatsState,
+    /// Itself, for the tasks it spawns (exit watchers).
+    me: Weak<PodManager>,
 }
 
 impl PodManager {
-    /// A manager over the records under `<state_dir>/pods` (not loaded yet:
-    /// call [`PodManager::restore`]).
+    /// A manager over the records under `<root>/pods` (persistent, with the
+    /// containers' writable layers; not loaded yet: call
+    /// [`PodManager::restore`], or [`PodManager::load`] then
+    /// [`PodManager::restore_loaded`]).
     pub fn new(
         config: Arc<Config>,
         handlers: Arc<HandlerRegistry>,
         images: Arc<ImageManager>,
         cgroups: CgroupLayout,
     ) -> Arc<Self> {
-        let store = Arc::new(Store::new(config.state_dir.join("pods")));
+        let store = Arc::new(Store::new(config.root.join("pods")));
         let catatonit = config.pause.catatonit_path.clone();
         let min_oom_score_adj = config.restrict_oom_score_adj.then(own_oom_score_adj);
-        let manager = Arc::new(Self {
+        let manager = Arc::new_cyclic(|me| Self {
             config,
             handlers,
             images,
@@ -81,6 +95,9 @@ impl PodManager {
             infra_rootfs: Mutex::new(None),
             catatonit,
             min_oom_score_adj,
+            events: Default::default(),
+            stats: Default::default(),
+            me: me.clone(),
         });
         manager
             .images
@@ -127,6 +144,11 @@ impl PodManager {
 
     fn handler_config(&self, name: &str) -> Option<&HandlerConfig> {
         self.config.runtime_handlers.get(name)
+    }
+
+    /// The configured kind of handler `name`.
+    pub fn handler_kind(&self, name: &str) -> Option<crate::config::HandlerKind> {
+        self.handler_config(name).map(|h| h.kind)
     }
 
     /// Pod annotations the handler's allowlist admits, plus its defaults

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crius_proto::cri;
+use crius_proto::cri::ContainerEventType as Event;
 use crius_shim_api::RuntimeHandler;
 use crius_shim_api::types;
 use tracing::{info, warn};
@@ -178,8 +178,15 @@ impl PodManager {
                     self.undo_pod(&mut rec, handler.as_ref()).await;
                     return Err(e);
                 }
+                crate::metrics::global().pod_start(&handler_name, "total", started.elapsed());
                 info!(pod_id = %id, handler = %handler_name, pod_ips = ?rec.pod_ips, infra_pid = rec.infra_pid,
                     elapsed_ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
+                self.publish_sandbox(
+                    &id,
+                    &[Event::ContainerCreatedEvent, Event::ContainerStartedEvent],
+                    None,
+                )
+                .await;
                 Ok(id)
             }
             Err(e) => {
@@ -191,7 +198,7 @@ impl PodManager {
     }
 
     /// Rollback of a failed RunPodSandbox: tear down and forget the pod.
-    async fn undo_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) {
+    pub(super) async fn undo_pod(&self, rec: &mut PodRecord, handler: &dyn RuntimeHandler) {
         if let Err(e) = self.teardown_pod(rec, handler).await {
             warn!(pod_id = %rec.id, error = %e, "rollback of the pod left something behind");
         }
@@ -232,7 +239,10 @@ impl PodManager {
                 pod_uid: meta.uid,
                 ..CniRequest::new(id.clone(), ns.path())
             };
-            let result = match network.add_recorded(&request, &record).await {
+            let cni_started = std::time::Instant::now();
+            let result = network.add_recorded(&request, &record).await;
+            crate::metrics::global().pod_start(&rec.handler, "cni", cni_started.elapsed());
+            let result = match result {
                 Ok(result) => result,
                 Err(e) => {
                     // The CNI client already ran DEL for what the failed ADD
@@ -272,6 +282,7 @@ impl PodManager {
 
         rec.handler_started = true;
         self.store.save_pod(rec)?;
+        let handler_started = std::time::Instant::now();
         let response = handler
             .run_sandbox(types::RunSandboxRequest {
                 sandbox_id: id.clone(),
@@ -300,6 +311,7 @@ impl PodManager {
                     e,
                 )
             })?;
+        crate::metrics::global().pod_start(&rec.handler, "handler", handler_started.elapsed());
         rec.infra_pid = response.infra_pid;
         rec.handler_state = response.handler_state;
         Ok(())
@@ -360,7 +372,7 @@ impl PodManager {
 
     /// Stops and removes everything the record says exists, then the pod
     /// directory. Tries every step; returns the first error.
-    async fn teardown_pod(
+    pub(super) async fn teardown_pod(
         &self,
         rec: &mut PodRecord,
         handler: &dyn RuntimeHandler,
@@ -370,8 +382,11 @@ impl PodManager {
             first.get_or_insert(e);
         }
         for c in self.store.containers_of(&rec.id) {
-            if let Err(e) = self.remove_container_resources(&c, handler).await {
-                first.get_or_insert(e);
+            match self.remove_container_resources(&c, handler).await {
+                Ok(()) => self.publish_removed(&c).await,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
         if rec.handler_started {
@@ -463,19 +478,28 @@ impl PodManager {
         handler: &dyn RuntimeHandler,
     ) -> PodResult<()> {
         let mut first: Option<PodError> = None;
-        for c in self.store.containers_of(&rec.id) {
-            if !c.handler_created {
-                continue;
-            }
-            let req = types::StopContainerRequest {
-                sandbox_id: rec.id.clone(),
-                container_id: c.id.clone(),
-                timeout_seconds: 0,
-            };
-            if let Err(e) = handler.stop_container(req).await
+        // All at once: each is a kill and a wait for its exit, which in a
+        // VM handler means a runtime call in the guest; one after the other
+        // a pod of a few containers outgrows a CRI client's 2 s timeout.
+        let pod_id = rec.id.as_str();
+        let stops = self
+            .store
+            .containers_of(pod_id)
+            .into_iter()
+            .filter(|c| c.handler_created)
+            .map(|c| async move {
+                let req = types::StopContainerRequest {
+                    sandbox_id: pod_id.to_string(),
+                    container_id: c.id.clone(),
+                    timeout_seconds: 0,
+                };
+                (c.id, handler.stop_container(req).await)
+            });
+        for (id, result) in futures::future::join_all(stops).await {
+            if let Err(e) = result
                 && !is_gone(&e)
             {
-                first.get_or_insert(PodError::handler(format!("stopping container {}", c.id), e));
+                first.get_or_insert(PodError::handler(format!("stopping container {id}"), e));
             }
         }
         if rec.handler_started {
@@ -580,6 +604,8 @@ impl PodManager {
         self.store.save_pod(&rec)?;
         result?;
         info!(pod_id = %id, handler = %rec.handler, "pod sandbox stopped");
+        self.publish_sandbox(&id, &[Event::ContainerStoppedEvent], None)
+            .await;
         Ok(())
     }
 
@@ -605,6 +631,12 @@ impl PodManager {
         drop(guard);
         self.drop_lock(&id);
         info!(pod_id = %id, handler = %rec.handler, "pod sandbox removed");
+        self.publish_sandbox(
+            &id,
+            &[Event::ContainerStoppedEvent, Event::ContainerDeletedEvent],
+            Some(&rec),
+        )
+        .await;
         Ok(())
     }
 
@@ -745,86 +777,5 @@ impl PodManager {
             });
         }
         out
-    }
-
-    /// After a daemon restart: loads the records and lets each pod's
-    /// handler reattach. Pods caught mid-creation are torn down.
-    pub async fn restore(self: &Arc<Self>) -> PodResult<()> {
-        self.store.load()?;
-        for mut rec in self.store.pods() {
-            let handler = match self.handler(&rec.handler) {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "pod's handler is gone; pod marked not ready");
-                    rec.state = PodState::NotReady;
-                    let _ = self.store.save_pod(&rec);
-                    continue;
-                }
-            };
-            let creating = rec.state == PodState::Creating;
-            if creating && !rec.handler_started {
-                warn!(pod_id = %rec.id, "pod was being created when the daemon stopped; removing it");
-                self.undo_pod(&mut rec, handler.as_ref()).await;
-                continue;
-            }
-            // Containers caught mid-creation never reached the handler:
-            // only their rootfs and bundle exist.
-            for c in self
-                .store
-                .containers_of(&rec.id)
-                .into_iter()
-                .filter(|c| !c.handler_created)
-            {
-                warn!(pod_id = %rec.id, container_id = %c.id, "container was being created when the daemon stopped; removing it");
-                if let Err(e) = self.remove_container_resources(&c, handler.as_ref()).await {
-                    warn!(container_id = %c.id, error = %e, "removing a half-created container failed");
-                }
-            }
-            let containers = self
-                .store
-                .containers_of(&rec.id)
-                .into_iter()
-                .filter(|c| c.handler_created)
-                .map(|c| types::RestoreContainer {
-                    container_id: c.id.clone(),
-                    bundle_dir: c.bundle_dir.display().to_string(),
-                    log_path: c.log_path.clone(),
-                    handler_state: c.handler_state.clone(),
-                })
-                .collect();
-            let request = types::RestoreSandboxRequest {
-                sandbox_id: rec.id.clone(),
-                state_dir: rec.handler_dir.display().to_string(),
-                handler_state: rec.handler_state.clone(),
-                containers,
-                config: Some(rec.config.clone()),
-            };
-            let restored = handler.restore_sandbox(request).await;
-            if creating {
-                // The handler may have started the infra before the crash;
-                // restoring first lets it find and stop what it made.
-                warn!(pod_id = %rec.id, restored = restored.is_ok(), "pod was being created when the daemon stopped; removing it");
-                self.undo_pod(&mut rec, handler.as_ref()).await;
-                continue;
-            }
-            match restored {
-                Ok(resp) => {
-                    if !resp.ready && rec.state == PodState::Ready {
-                        warn!(pod_id = %rec.id, "pod's infra is gone after restart; marked not ready");
-                        rec.state = PodState::NotReady;
-                        let _ = self.store.save_pod(&rec);
-                    }
-                    info!(pod_id = %rec.id, handler = %rec.handler, ready = resp.ready, "pod restored");
-                }
-                Err(e) => {
-                    warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "handler could not restore pod; marked not ready");
-                    if rec.state == PodState::Ready {
-                        rec.state = PodState::NotReady;
-                        let _ = self.store.save_pod(&rec);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }

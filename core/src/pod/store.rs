@@ -1,10 +1,15 @@
 //! Pod and container records: kept in memory, persisted as one JSON file
 //! per object so a restarted daemon knows every pod it left running.
 //!
-//! Layout under `<state_dir>/pods/`:
+//! Layout under `<root>/pods/` (persistent storage, not the tmpfs
+//! `state_dir`: the records must outlive a reboot so the pods of the old
+//! boot can be torn down, and writable layers can be large):
 //! - `<pod id>/pod.json`: the [`PodRecord`];
 //! - `<pod id>/containers/<container id>.json`: a [`ContainerRecord`];
-//! - `<pod id>/containers/<container id>/`: the container's bundle.
+//! - `<pod id>/containers/<container id>/`: the container's bundle, with
+//!   its writable layer (`upper`, `work`) and the overlay mount point;
+//! - `<pod id>/cni.json`: the CNI attachment (its saved result, for DEL);
+//! - `<pod id>/handler/`: the handler's own per-pod directory.
 //!
 //! Every write is atomic (temporary file, fsync, rename, fsync of the
 //! directory), so a crash leaves either the old or the new record.
@@ -110,7 +115,7 @@ pub struct PodRecord {
     pub created_at: i64,
     #[serde(with = "proto_b64")]
     pub config: cri::PodSandboxConfig,
-    /// `<state_dir>/pods/<id>`.
+    /// `<root>/pods/<id>`.
     pub dir: PathBuf,
     /// Pinned netns; `None` for host network or once removed.
     pub netns_path: Option<PathBuf>,
@@ -165,6 +170,10 @@ pub struct ContainerRecord {
     pub image_name: String,
     /// `sha256:<config digest>`.
     pub image_id: String,
+    /// Images mounted as volumes (`Mount.image`), by id: in use like
+    /// `image_id` while the container exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_volume_ids: Vec<String>,
     /// A repo digest of the image (or its id when it has none).
     pub image_ref: String,
     /// `<pod dir>/containers/<id>`.
@@ -180,6 +189,18 @@ pub struct ContainerRecord {
     /// Current resources (from the config, then UpdateContainerResources).
     #[serde(with = "proto_b64::option", default)]
     pub resources: Option<cri::LinuxContainerResources>,
+    /// The process identity the spec gives the container (reported as
+    /// `ContainerStatus.user`).
+    #[serde(default)]
+    pub user: Option<ContainerUser>,
+}
+
+/// uid, gid and supplementary groups of a container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 impl ContainerRecord {
@@ -208,7 +229,7 @@ fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Store {
-    /// An empty store persisting under `root` (`<state_dir>/pods`).
+    /// An empty store persisting under `root` (`<config root>/pods`).
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,
@@ -239,7 +260,10 @@ impl Store {
             let pod_file = entry.path().join("pod.json");
             let pod: PodRecord = match read_json(&pod_file) {
                 Ok(Some(p)) => p,
-                Ok(None) => continue,
+                Ok(None) => {
+                    remove_unborn_pod_dir(&entry.path());
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "skipping unreadable pod record");
                     continue;
@@ -360,7 +384,7 @@ impl Store {
     pub fn users_of_image(&self, image_id: &str) -> Vec<String> {
         read_lock(&self.containers)
             .values()
-            .filter(|c| c.image_id == image_id)
+            .filter(|c| c.image_id == image_id || c.image_volume_ids.iter().any(|v| v == image_id))
             .map(|c| c.id.clone())
             .collect()
     }
@@ -394,6 +418,31 @@ fn find_id<'a>(ids: impl Iterator<Item = &'a String>, wanted: &str) -> Option<St
         }
     }
     found
+}
+
+/// A pod directory without `pod.json`: a crash during the pod's first record
+/// write (the directory and the temporary file exist, nothing else was made
+/// yet). Removed when that is all it holds; anything else is kept and named.
+fn remove_unborn_pod_dir(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.iter().all(|n| n == "pod.json.tmp") {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {
+                tracing::warn!(dir = %dir.display(), "removed a pod directory left by a crash before its first record")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a pod directory without a record")
+            }
+        }
+    } else {
+        tracing::warn!(dir = %dir.display(), entries = ?names, "pod directory without pod.json kept: it holds more than a record being written");
+    }
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> PodResult<Option<T>> {
@@ -510,6 +559,7 @@ mod tests {
             config: cri::ContainerConfig::default(),
             image_name: "busybox".into(),
             image_id: "sha256:1".into(),
+            image_volume_ids: Vec::new(),
             image_ref: "sha256:1".into(),
             bundle_dir: dir.path().join("abc/containers/c1"),
             rootfs: None,
@@ -519,6 +569,11 @@ mod tests {
             resources: Some(cri::LinuxContainerResources {
                 memory_limit_in_bytes: 5,
                 ..Default::default()
+            }),
+            user: Some(ContainerUser {
+                uid: 1,
+                gid: 2,
+                groups: vec![3],
             }),
         };
         store.reserve(&c.name, &c.id, "container").unwrap();
@@ -538,6 +593,22 @@ mod tests {
         again.forget_container(&c2).unwrap();
         assert!(!dir.path().join("abc/containers/c1.json").exists());
         again.reserve("abc/c_0", "c2", "container").unwrap();
+    }
+
+    #[test]
+    fn a_pod_dir_left_before_its_first_record_is_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let unborn = dir.path().join("unborn");
+        fs::create_dir(&unborn).unwrap();
+        fs::write(unborn.join("pod.json.tmp"), b"{").unwrap();
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("something"), b"").unwrap();
+        let store = Store::new(dir.path().to_path_buf());
+        store.load().unwrap();
+        assert!(store.pods().is_empty());
+        assert!(!unborn.exists(), "only a half-written record: removed");
+        assert!(other.exists(), "more than a record: kept");
     }
 
     #[test]

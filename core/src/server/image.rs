@@ -2,6 +2,7 @@
 //! become gRPC statuses here and nowhere else.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -11,19 +12,51 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::fsusage::{UsageCache, mount_point_of};
 use crate::image::{Credentials, ImageError, ImageManager, ImageRecord};
+use crate::pod::PodManager;
 
 /// Images sent per `StreamImages` message.
 const STREAM_CHUNK: usize = 100;
 
+/// How long ImageFsInfo serves one walk of the image store before a
+/// background walk refreshes it (the store changes only by pulls, removals
+/// and GC; the kubelet's image GC polls about every 10 s).
+const IMAGE_FS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The ImageService implementation.
 pub struct ImageServer {
     manager: Arc<ImageManager>,
+    /// For ImageFsInfo's container filesystem (the writable layers).
+    pods: Option<Arc<PodManager>>,
+    image_fs: Arc<UsageCache>,
 }
 
 impl ImageServer {
     pub fn new(manager: Arc<ImageManager>) -> Self {
-        Self { manager }
+        Self {
+            manager,
+            pods: None,
+            image_fs: Arc::new(UsageCache::new(IMAGE_FS_TTL)),
+        }
+    }
+
+    /// Reports the writable layers of `pods` as the container filesystem
+    /// in ImageFsInfo (without, it reports the image filesystem only).
+    pub fn with_pods(mut self, pods: Arc<PodManager>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+}
+
+fn fs_usage(timestamp: i64, mountpoint: &Path, bytes: u64, inodes: u64) -> cri::FilesystemUsage {
+    cri::FilesystemUsage {
+        timestamp,
+        fs_id: Some(cri::FilesystemIdentifier {
+            mountpoint: mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(cri::UInt64Value { value: bytes }),
+        inodes_used: Some(cri::UInt64Value { value: inodes }),
     }
 }
 
@@ -37,18 +70,28 @@ pub fn status_of(err: &ImageError) -> Status {
         }
         ImageError::NotFound(_) | ImageError::ManifestNotFound { .. } => Status::not_found(message),
         ImageError::Unauthorized { .. } => Status::unauthenticated(message),
-        ImageError::Blocked { .. } => Status::permission_denied(message),
-        ImageError::InUse { .. } => Status::failed_precondition(message),
+        ImageError::Blocked { .. } | ImageError::Rejected { .. } => {
+            Status::permission_denied(message)
+        }
+        // The node's policy files are broken: not the request's fault.
+        ImageError::Trust(_) => Status::failed_precondition(message),
+        ImageError::InUse { .. } | ImageError::Pinned { .. } => {
+            Status::failed_precondition(message)
+        }
+        // The request was fine; the image is in a format crius does not pull.
+        ImageError::UnsupportedManifest { .. } => Status::failed_precondition(message),
         ImageError::Registry { .. } => Status::unavailable(message),
+        // The registry stopped sending (image.pull_progress_timeout_seconds).
+        ImageError::Stalled { .. } => Status::deadline_exceeded(message),
         // The request was fine but the image is not: its content was refused
         // (bad archive, unsafe path, wrong digest). Retrying cannot help
         // until the image changes, which is what FailedPrecondition says.
         root if is_bad_content(root) => Status::failed_precondition(crate::bounded::bound_message(
             format!("the image's content was refused: {message}"),
         )),
-        ImageError::UnsupportedManifest { .. }
-        | ImageError::DigestMismatch { .. }
+        ImageError::DigestMismatch { .. }
         | ImageError::SizeMismatch { .. }
+        | ImageError::TooLarge { .. }
         | ImageError::InvalidConfig { .. }
         | ImageError::Layer { .. }
         | ImageError::DiffIdMismatch { .. }
@@ -67,6 +110,7 @@ fn is_bad_content(err: &ImageError) -> bool {
         ImageError::UnsupportedManifest { .. }
         | ImageError::DigestMismatch { .. }
         | ImageError::SizeMismatch { .. }
+        | ImageError::TooLarge { .. }
         | ImageError::InvalidConfig { .. }
         | ImageError::DiffIdMismatch { .. } => true,
         ImageError::Layer { source, .. } => !matches!(
@@ -74,6 +118,43 @@ fn is_bad_content(err: &ImageError) -> bool {
             LayerError::Destination { .. } | LayerError::Io { .. }
         ),
         _ => false,
+    }
+}
+
+/// How long a call may take by its `grpc-timeout`, less a margin so the
+/// answer (DeadlineExceeded) is ours and not the transport's (which answers
+/// an expired deadline with Cancelled).
+fn answer_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
+    let margin = (timeout / 10).min(std::time::Duration::from_millis(250));
+    Some(timeout - margin)
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl ImageServer {
+    /// The CRI view of an image, `pinned` by `image.pinned_images`.
+    fn cri_image(&self, record: &ImageRecord) -> cri::Image {
+        let mut image = to_cri(record);
+        image.pinned = image.pinned || self.manager.is_pinned(record);
+        image
     }
 }
 
@@ -122,7 +203,7 @@ impl ImageService for ImageServer {
             .manager
             .list(filter_of(req.filter.as_ref()))
             .iter()
-            .map(to_cri)
+            .map(|record| self.cri_image(record))
             .collect();
         Ok(Response::new(cri::ListImagesResponse { images }))
     }
@@ -138,7 +219,7 @@ impl ImageService for ImageServer {
             .manager
             .list(filter_of(req.filter.as_ref()))
             .iter()
-            .map(to_cri)
+            .map(|record| self.cri_image(record))
             .collect();
         let chunks: Vec<Result<cri::StreamImagesResponse, Status>> = images
             .chunks(STREAM_CHUNK)
@@ -183,7 +264,7 @@ impl ImageService for ImageServer {
             info.insert("info".to_string(), verbose.to_string());
         }
         Ok(Response::new(cri::ImageStatusResponse {
-            image: Some(to_cri(&record)),
+            image: Some(self.cri_image(&record)),
             info,
         }))
     }
@@ -192,13 +273,44 @@ impl ImageService for ImageServer {
         &self,
         request: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let deadline = answer_deadline(request.metadata());
         let req = request.into_inner();
         let name = image_name(req.image.as_ref(), "PullImage")?;
         let credentials = match req.auth.as_ref() {
             Some(auth) => Credentials::from_cri(auth).map_err(|e| status_of(&e))?,
             None => None,
         };
-        match self.manager.pull(&name, credentials).await {
+        // The pod's namespace picks a per-namespace signature policy.
+        let namespace = req
+            .sandbox_config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.namespace.clone())
+            .filter(|ns| !ns.is_empty());
+        let started = std::time::Instant::now();
+        let pull = self.manager.pull(&name, credentials, namespace.as_deref());
+        let result = match deadline {
+            None => pull.await,
+            Some(deadline) => match tokio::time::timeout(deadline, pull).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The download goes on for other callers of the same
+                    // image (or a retry), as when a client goes away.
+                    warn!(image = %name, "PullImage did not finish within the request's deadline");
+                    return Err(Status::deadline_exceeded(crate::bounded::bound_message(
+                        format!(
+                            "PullImage {name}: the pull did not finish within the request's deadline; it goes on in the background"
+                        ),
+                    )));
+                }
+            },
+        };
+        crate::metrics::global().image_pull(
+            result.is_ok(),
+            started.elapsed(),
+            result.as_ref().map_or(0, |r| r.size),
+        );
+        match result {
             Ok(record) => Ok(Response::new(cri::PullImageResponse {
                 image_ref: record.id,
             })),
@@ -226,28 +338,43 @@ impl ImageService for ImageServer {
         }
     }
 
+    /// ImageFsInfo: the image filesystem (the store under `root`) and the
+    /// container filesystem (the writable layers under the state dir),
+    /// each with the mount point of the filesystem holding it and the bytes
+    /// and inodes crius uses there. Both come from cached walks (see
+    /// [`crate::fsusage`]), so a call never walks a tree.
     async fn image_fs_info(
         &self,
         _request: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        let usage = self.manager.fs_usage().await.map_err(|e| status_of(&e))?;
-        let timestamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let fs = cri::FilesystemUsage {
-            timestamp,
-            fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: usage.mountpoint.display().to_string(),
-            }),
-            used_bytes: Some(cri::UInt64Value {
-                value: usage.used_bytes,
-            }),
-            inodes_used: Some(cri::UInt64Value {
-                value: usage.inodes_used,
-            }),
+        let root = self.manager.root().to_path_buf();
+        let usage = self.image_fs.usage(&root).await.map_err(|e| {
+            Status::internal(format!(
+                "ImageFsInfo: measuring the image store {}: {e}",
+                root.display()
+            ))
+        })?;
+        let image_fs = fs_usage(
+            usage.timestamp,
+            &mount_point_of(&root),
+            usage.bytes,
+            usage.inodes,
+        );
+        let container_filesystems = match &self.pods {
+            Some(pods) => {
+                let layers = pods.writable_layers_usage().await;
+                vec![fs_usage(
+                    layers.timestamp,
+                    &pods.container_fs_mountpoint(),
+                    layers.bytes,
+                    layers.inodes,
+                )]
+            }
+            None => Vec::new(),
         };
-        // Container writable layers live under the same root for now.
         Ok(Response::new(cri::ImageFsInfoResponse {
-            image_filesystems: vec![fs.clone()],
-            container_filesystems: vec![fs],
+            image_filesystems: vec![image_fs],
+            container_filesystems,
         }))
     }
 }
@@ -255,6 +382,29 @@ impl ImageService for ImageServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "12", "123456789S", "-1S", "1x"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+        let too_large = ImageError::TooLarge {
+            what: "layer x".into(),
+            limit_name: "image.max_layer_size",
+            limit: 1,
+        };
+        assert_eq!(
+            status_of(&too_large).code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
 
     #[test]
     fn errors_map_to_the_documented_codes() {

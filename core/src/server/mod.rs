@@ -4,3 +4,4 @@ pub mod authority;
 pub mod conn;
 pub mod image;
 pub mod runtime;
+pub mod stats;

@@ -2,24 +2,27 @@
 //!
 //! Version, Status and RuntimeConfig answer from the daemon's real state;
 //! the pod and container RPCs are thin wrappers over [`PodManager`], whose
-//! typed errors become gRPC statuses here ([`pod_status`]). Every RPC that
-//! is not implemented yet answers `Unimplemented` and names itself, so the
-//! kubelet's logs say exactly what is missing.
+//! typed errors become gRPC statuses here ([`pod_status`]). Stats, metrics
+//! and events come from the pod manager (`pod::stats`, `pod::metrics`,
+//! `crate::events`); the list streams are pages of the list RPCs
+//! ([`super::stats::paged`]). UpdateRuntimeConfig records the kubelet's pod
+//! CIDR in memory (shown in verbose Status). Checkpoint/restore answer a
+//! precise refusal naming what is missing (`pod::checkpoint`).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crius_proto::cri;
 use crius_proto::cri::runtime_service_server::RuntimeService;
-use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::handlers::HandlerRegistry;
 use crate::pod::{PodError, PodManager};
 use crate::streaming::{AttachSpec, ExecSpec, StreamRequest, StreamingServer};
+
+use super::stats::{LIST_CHUNK, RpcStream, STATS_CHUNK, check_pod_cidr, paged};
 
 /// The CRI API version this daemon speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -36,6 +39,8 @@ pub struct RuntimeServer {
     /// Serves Exec/Attach/PortForward URLs; `None` until a stream backend
     /// exists, and then those RPCs validate and answer `Unimplemented`.
     streaming: Option<Arc<StreamingServer>>,
+    /// The pod CIDR the kubelet sent in UpdateRuntimeConfig ("" = none yet).
+    pod_cidr: Mutex<String>,
 }
 
 impl RuntimeServer {
@@ -45,6 +50,7 @@ impl RuntimeServer {
             handlers,
             pods,
             streaming: None,
+            pod_cidr: Mutex::new(String::new()),
         }
     }
 
@@ -203,12 +209,6 @@ where
     }
 }
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
-}
-
-type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl RuntimeService for RuntimeServer {
     type StreamPodSandboxesStream = RpcStream<cri::StreamPodSandboxesResponse>;
@@ -276,13 +276,28 @@ impl RuntimeService for RuntimeServer {
                 serde_json::to_string(&*self.config)
                     .map_err(|e| Status::internal(e.to_string()))?,
             );
+            let pod_cidr = self
+                .pod_cidr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            info.insert(
+                "runtimeConfig".to_string(),
+                serde_json::json!({ "podCIDR": pod_cidr }).to_string(),
+            );
         }
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
             runtime_handlers,
-            // None of the optional runtime features are implemented yet.
-            features: Some(cri::RuntimeFeatures::default()),
+            // SupplementalGroupsPolicy Strict: only the groups the pod
+            // names, none merged from the image's /etc/group.
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                // No user namespaces yet, so none with the host network.
+                user_namespaces_host_network: false,
+                mount_options: false,
+            }),
         }))
     }
 
@@ -359,9 +374,15 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<cri::StreamPodSandboxesRequest>,
+        request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(unimplemented("StreamPodSandboxes"))
+        let items = self
+            .pods
+            .list_pod_sandbox(request.into_inner().filter)
+            .await;
+        Ok(Response::new(paged(items, LIST_CHUNK, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn create_container(
@@ -414,9 +435,12 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_containers(
         &self,
-        _request: Request<cri::StreamContainersRequest>,
+        request: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(unimplemented("StreamContainers"))
+        let containers = self.pods.list_containers(request.into_inner().filter).await;
+        Ok(Response::new(paged(containers, LIST_CHUNK, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
     }
 
     async fn container_status(
@@ -509,6 +533,9 @@ impl RuntimeService for RuntimeServer {
             ));
         }
         let container_id = self.running_container("Attach", &req.container_id).await?;
+        self.pods
+            .check_attach_stdin(&container_id, req.stdin)
+            .map_err(pod_status)?;
         let url = self.stream_url(
             "Attach",
             StreamRequest::Attach(AttachSpec {
@@ -593,92 +620,165 @@ impl RuntimeService for RuntimeServer {
 
     async fn stream_container_stats(
         &self,
-        _request: Request<cri::StreamContainerStatsRequest>,
+        request: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(unimplemented("StreamContainerStats"))
+        let stats = self
+            .pods
+            .list_container_stats(request.into_inner().filter)
+            .await;
+        Ok(Response::new(paged(
+            stats,
+            STATS_CHUNK,
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let stats = self
+            .pods
+            .pod_sandbox_stats(&request.get_ref().pod_sandbox_id)
+            .await
+            .map_err(pod_status)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let stats = self
+            .pods
+            .list_pod_sandbox_stats(request.into_inner().filter)
+            .await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<cri::StreamPodSandboxStatsRequest>,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(unimplemented("StreamPodSandboxStats"))
+        let stats = self
+            .pods
+            .list_pod_sandbox_stats(request.into_inner().filter)
+            .await;
+        Ok(Response::new(paged(
+            stats,
+            STATS_CHUNK,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
     }
 
     async fn update_runtime_config(
         &self,
-        _request: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        Err(unimplemented("UpdateRuntimeConfig"))
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        check_pod_cidr(&cidr)?;
+        let mut current = self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != cidr {
+            tracing::info!(pod_cidr = %cidr, previous = %current, "UpdateRuntimeConfig: pod CIDR recorded");
+            *current = cidr;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn checkpoint_container(
         &self,
-        _request: Request<cri::CheckpointContainerRequest>,
+        request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(unimplemented("CheckpointContainer"))
+        self.pods
+            .checkpoint_container(request.into_inner())
+            .await
+            .map_err(pod_status)
+            .map(|never| match never {})
     }
 
     async fn checkpoint_pod(
         &self,
-        _request: Request<cri::CheckpointPodRequest>,
+        request: Request<cri::CheckpointPodRequest>,
     ) -> Result<Response<cri::CheckpointPodResponse>, Status> {
-        Err(unimplemented("CheckpointPod"))
+        self.pods
+            .checkpoint_pod(request.into_inner())
+            .await
+            .map_err(pod_status)
+            .map(|never| match never {})
     }
 
     async fn restore_pod(
         &self,
-        _request: Request<cri::RestorePodRequest>,
+        request: Request<cri::RestorePodRequest>,
     ) -> Result<Response<cri::RestorePodResponse>, Status> {
-        Err(unimplemented("RestorePod"))
+        self.pods
+            .restore_pod_from_checkpoint(request.into_inner())
+            .await
+            .map_err(pod_status)
+            .map(|never| match never {})
     }
 
     async fn get_container_events(
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        let stream = self.pods.subscribe_events().await;
+        tracing::debug!(
+            subscribers = self.pods.event_subscribers(),
+            "GetContainerEvents subscriber"
+        );
+        Ok(Response::new(stream))
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::pod::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: self.pods.list_pod_sandbox_metrics().await,
+        }))
     }
 
     async fn stream_pod_sandbox_metrics(
         &self,
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("StreamPodSandboxMetrics"))
+        let metrics = self.pods.list_pod_sandbox_metrics().await;
+        Ok(Response::new(paged(
+            metrics,
+            STATS_CHUNK,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        Err(unimplemented("UpdatePodSandboxResources"))
+        let pods = self.pods.clone();
+        detached(async move {
+            pods.update_pod_sandbox_resources(request.into_inner())
+                .await
+        })
+        .await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 }

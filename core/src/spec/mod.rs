@@ -16,6 +16,8 @@
 //! the namespaces (then each container sets them in its own).
 
 mod caps;
+pub mod cdi;
+pub mod hooks;
 mod mounts;
 mod seccomp;
 mod sysctl;

@@ -167,8 +167,9 @@ pub(crate) fn cri_mounts(
     let mut propagation: Option<&str> = None;
     for m in mounts {
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            // The pod manager mounts image volumes and hands over binds.
             return Err(SpecError::InvalidArgument(format!(
-                "image volume mounts are not supported (mount at {:?})",
+                "image volume at {:?} was not mounted",
                 m.container_path
             )));
         }

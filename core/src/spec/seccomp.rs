@@ -1,20 +1,25 @@
 //! Seccomp: the built-in RuntimeDefault profile and the CRI profile choice.
 //!
-//! The RuntimeDefault profile is a **denylist**: the default action is
-//! ALLOW and a fixed set of syscalls that reach kernel state not isolated by
-//! namespaces (keyrings, modules, kexec, reboot, clock, BPF/perf, mount API,
-//! namespace creation, handle-based opens) fail with EPERM. Each rule is
-//! lifted when the container holds the capability that makes the syscall
-//! legitimate (CAP_SYS_ADMIN unlocks mount & co, CAP_SYS_MODULE module
-//! loading, ...), so capability grants keep their meaning. An allowlist
-//! would be tighter but must track every new syscall libc starts using;
-//! a denylist never breaks ordinary workloads and still closes the
-//! well-known escape and DoS paths. `clone3` returns ENOSYS without
-//! CAP_SYS_ADMIN (its flags live in memory and cannot be filtered), so libc
-//! falls back to `clone`, whose CLONE_NEWUSER flag is filtered.
+//! The RuntimeDefault profile is **default-deny**: every syscall fails with
+//! EPERM unless it is on the allow-list, in effect the profile Docker,
+//! containerd and CRI-O apply (the same allowed set; written here as data of
+//! our own). Ordinary programs (libc, shells, language runtimes, servers)
+//! only use allowed calls; what reaches kernel state that namespaces do not
+//! isolate (keyrings, modules, kexec, reboot, the clock, BPF/perf, the
+//! mount API, namespace creation, handle-based opens, NUMA policy, other
+//! processes' memory) is denied, and a syscall added to the kernel later is
+//! denied until it is reviewed. Some groups are allowed only to containers
+//! holding the capability that makes them legitimate (CAP_SYS_ADMIN: mount
+//! & co; CAP_SYS_PTRACE: ptrace, kcmp; ...), so capability grants keep
+//! their meaning. Without CAP_SYS_ADMIN, `clone` is allowed only without
+//! namespace flags and `clone3` answers ENOSYS (its flags live in memory
+//! where seccomp cannot read them), so libc falls back to `clone`.
+//! `socket` is allowed for every family but AF_VSOCK (the host's vsock is
+//! not namespaced), `personality` only for the values programs use.
 //!
 //! The filter names the native and compat architectures so 32-bit syscall
-//! entry points are covered by the same rules.
+//! entry points are covered by the same rules. Names the host's libseccomp
+//! does not know are skipped by the runtimes (runc, crun).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,7 +34,6 @@ use super::SpecError;
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
-const CLONE_NEWUSER: u64 = 0x1000_0000;
 
 /// What a CRI security context asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,97 +121,540 @@ fn architectures() -> Vec<Arch> {
     }
 }
 
-/// Denied syscalls, each group lifted by any of the listed capabilities
-/// (an empty list: always denied).
-const DENIED: &[(&[Capability], &[&str])] = &[
-    // Keyrings are not namespaced; obsolete or legacy-only calls.
+/// Allowed to every container. Sorted; `allow_lists_are_sorted_and_disjoint`
+/// keeps it so.
+const ALLOWED: &[&str] = &[
+    "_llseek",
+    "_newselect",
+    "accept",
+    "accept4",
+    "access",
+    "adjtimex",
+    "alarm",
+    "bind",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "chown32",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "clock_getres",
+    "clock_getres_time64",
+    "clock_gettime",
+    "clock_gettime64",
+    "clock_nanosleep",
+    "clock_nanosleep_time64",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fadvise64_64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "fcntl",
+    "fcntl64",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstat64",
+    "fstatat64",
+    "fstatfs",
+    "fstatfs64",
+    "fsync",
+    "ftruncate",
+    "ftruncate64",
+    "futex",
+    "futex_time64",
+    "futex_waitv",
+    "futimesat",
+    "get_robust_list",
+    "get_thread_area",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "getegid32",
+    "geteuid",
+    "geteuid32",
+    "getgid",
+    "getgid32",
+    "getgroups",
+    "getgroups32",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresgid32",
+    "getresuid",
+    "getresuid32",
+    "getrlimit",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getuid32",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "io_pgetevents_time64",
+    "io_setup",
+    "io_submit",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioctl",
+    "ioprio_get",
+    "ioprio_set",
+    "ipc",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lchown32",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "lstat64",
+    "madvise",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mmap2",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedreceive_time64",
+    "mq_timedsend",
+    "mq_timedsend_time64",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "name_to_handle_at",
+    "nanosleep",
+    "newfstatat",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "ppoll_time64",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pselect6",
+    "pselect6_time64",
+    "ptrace",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmmsg_time64",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_sigtimedwait_time64",
+    "rt_tgsigqueueinfo",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_rr_get_interval_time64",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semtimedop_time64",
+    "send",
+    "sendfile",
+    "sendfile64",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "set_robust_list",
+    "set_thread_area",
+    "set_tid_address",
+    "setfsgid",
+    "setfsgid32",
+    "setfsuid",
+    "setfsuid32",
+    "setgid",
+    "setgid32",
+    "setgroups",
+    "setgroups32",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setregid32",
+    "setresgid",
+    "setresgid32",
+    "setresuid",
+    "setresuid32",
+    "setreuid",
+    "setreuid32",
+    "setrlimit",
+    "setsid",
+    "setsockopt",
+    "setuid",
+    "setuid32",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "sigprocmask",
+    "sigreturn",
+    "socketcall",
+    "socketpair",
+    "splice",
+    "stat",
+    "stat64",
+    "statfs",
+    "statfs64",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_gettime64",
+    "timer_settime",
+    "timer_settime64",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_gettime64",
+    "timerfd_settime",
+    "timerfd_settime64",
+    "times",
+    "tkill",
+    "truncate",
+    "truncate64",
+    "ugetrlimit",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimensat_time64",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "waitpid",
+    "write",
+    "writev",
+];
+
+/// Allowed on one architecture family only (Rust's `target_arch` names).
+const ALLOWED_ON_ARCH: &[(&str, &[&str])] = &[
+    ("x86_64", &["arch_prctl", "modify_ldt"]),
+    ("x86", &["modify_ldt"]),
     (
-        &[],
+        "aarch64",
         &[
-            "add_key",
-            "keyctl",
-            "request_key",
-            "uselib",
-            "nfsservctl",
-            "create_module",
-            "get_kernel_syms",
-            "query_module",
-            "vm86",
-            "vm86old",
+            "arm_fadvise64_64",
+            "arm_sync_file_range",
+            "breakpoint",
+            "cacheflush",
+            "set_tls",
+            "sync_file_range2",
         ],
     ),
+    (
+        "arm",
+        &[
+            "arm_fadvise64_64",
+            "arm_sync_file_range",
+            "breakpoint",
+            "cacheflush",
+            "set_tls",
+            "sync_file_range2",
+        ],
+    ),
+    ("powerpc64", &["swapcontext", "sync_file_range2"]),
+    (
+        "s390x",
+        &[
+            "s390_pci_mmio_read",
+            "s390_pci_mmio_write",
+            "s390_runtime_instr",
+        ],
+    ),
+    ("riscv64", &["riscv_flush_icache"]),
+];
+
+/// Allowed to containers holding any of the capabilities.
+const ALLOWED_WITH_CAP: &[(&[Capability], &[&str])] = &[
     (
         &[Capability::SysAdmin],
         &[
-            "mount",
-            "umount",
-            "umount2",
-            "pivot_root",
-            "fsopen",
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
             "fsconfig",
             "fsmount",
+            "fsopen",
             "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
             "move_mount",
             "open_tree",
-            "mount_setattr",
-            "swapon",
-            "swapoff",
-            "setns",
-            "unshare",
+            "perf_event_open",
             "quotactl",
             "quotactl_fd",
-            "lookup_dcookie",
             "setdomainname",
             "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
         ],
     ),
-    (&[Capability::SysAdmin, Capability::Bpf], &["bpf"]),
-    (
-        &[Capability::SysAdmin, Capability::Perfmon],
-        &["perf_event_open"],
-    ),
-    (
-        &[Capability::SysBoot],
-        &["reboot", "kexec_load", "kexec_file_load"],
-    ),
+    (&[Capability::Bpf], &["bpf"]),
+    (&[Capability::Perfmon], &["perf_event_open"]),
+    (&[Capability::Syslog], &["syslog"]),
+    (&[Capability::DacReadSearch], &["open_by_handle_at"]),
+    (&[Capability::SysBoot], &["reboot"]),
+    (&[Capability::SysChroot], &["chroot"]),
     (
         &[Capability::SysModule],
-        &["init_module", "finit_module", "delete_module"],
+        &["delete_module", "finit_module", "init_module"],
     ),
-    (&[Capability::DacReadSearch], &["open_by_handle_at"]),
-    (&[Capability::SysPtrace], &["userfaultfd"]),
     (&[Capability::SysPacct], &["acct"]),
     (
-        &[Capability::SysTime],
-        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+        &[Capability::SysPtrace],
+        &["kcmp", "pidfd_getfd", "process_madvise"],
     ),
-    (&[Capability::Syslog], &["syslog"]),
+    (&[Capability::SysRawio], &["ioperm", "iopl"]),
+    (
+        &[Capability::SysTime],
+        &["clock_settime", "clock_settime64", "settimeofday", "stime"],
+    ),
+    (&[Capability::SysTtyConfig], &["vhangup"]),
+    (
+        &[Capability::SysNice],
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
 ];
+
+/// `personality(2)` values programs set: PER_LINUX, PER_LINUX32,
+/// UNAME26, UNAME26|PER_LINUX32, and 0xffffffff (the query).
+const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+/// AF_VSOCK: the host's vsock is not namespaced.
+const AF_VSOCK: u64 = 40;
+/// The clone flags that create namespaces (NEWNS, NEWCGROUP, NEWUTS,
+/// NEWIPC, NEWUSER, NEWPID, NEWNET).
+const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+
+fn arg(index: usize, value: u64, value_two: u64, op: LinuxSeccompOperator) -> LinuxSeccompArg {
+    LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .value_two(value_two)
+        .op(op)
+        .build()
+        .expect("complete seccomp arg")
+}
+
+fn allow_rule(names: Vec<String>, args: Option<Vec<LinuxSeccompArg>>) -> LinuxSyscall {
+    let mut b = LinuxSyscallBuilder::default()
+        .names(names)
+        .action(LinuxSeccompAction::ScmpActAllow);
+    if let Some(args) = args {
+        b = b.args(args);
+    }
+    b.build().expect("complete syscall rule")
+}
 
 /// The built-in RuntimeDefault profile for a container holding `caps`.
 pub fn runtime_default(caps: &HashSet<Capability>) -> LinuxSeccomp {
-    let mut syscalls: Vec<LinuxSyscall> = Vec::new();
-    let mut denied: Vec<String> = Vec::new();
-    for (unlock, names) in DENIED {
-        if unlock.iter().any(|c| caps.contains(c)) {
-            continue;
+    let mut allowed: Vec<String> = ALLOWED.iter().map(|s| s.to_string()).collect();
+    for (arch, names) in ALLOWED_ON_ARCH {
+        if *arch == std::env::consts::ARCH {
+            allowed.extend(names.iter().map(|s| s.to_string()));
         }
-        denied.extend(names.iter().map(|s| s.to_string()));
     }
-    syscalls.push(errno_rule(denied, EPERM, None));
+    for (unlock, names) in ALLOWED_WITH_CAP {
+        if unlock.iter().any(|c| caps.contains(c)) {
+            allowed.extend(names.iter().map(|s| s.to_string()));
+        }
+    }
+    allowed.sort();
+    allowed.dedup();
+    let mut syscalls = vec![allow_rule(allowed, None)];
+    syscalls.push(allow_rule(
+        vec!["socket".into()],
+        Some(vec![arg(0, AF_VSOCK, 0, LinuxSeccompOperator::ScmpCmpNe)]),
+    ));
+    // Several rules for one syscall are alternatives (any match allows).
+    for value in PERSONALITIES {
+        syscalls.push(allow_rule(
+            vec!["personality".into()],
+            Some(vec![arg(0, *value, 0, LinuxSeccompOperator::ScmpCmpEq)]),
+        ));
+    }
     if !caps.contains(&Capability::SysAdmin) {
+        // s390 passes clone's flags second.
+        let flags_index = if std::env::consts::ARCH == "s390x" {
+            1
+        } else {
+            0
+        };
+        syscalls.push(allow_rule(
+            vec!["clone".into()],
+            Some(vec![arg(
+                flags_index,
+                CLONE_NAMESPACE_FLAGS,
+                0,
+                LinuxSeccompOperator::ScmpCmpMaskedEq,
+            )]),
+        ));
         syscalls.push(errno_rule(vec!["clone3".into()], ENOSYS, None));
-        let arg: LinuxSeccompArg = LinuxSeccompArgBuilder::default()
-            .index(0usize)
-            .value(CLONE_NEWUSER)
-            .value_two(CLONE_NEWUSER)
-            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-            .build()
-            .expect("complete seccomp arg");
-        syscalls.push(errno_rule(vec!["clone".into()], EPERM, Some(vec![arg])));
     }
     LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(EPERM)
         .architectures(architectures())
         .syscalls(syscalls)
         .build()
@@ -229,14 +676,33 @@ fn errno_rule(names: Vec<String>, errno: u32, args: Option<Vec<LinuxSeccompArg>>
 mod tests {
     use super::*;
 
-    fn denied(p: &LinuxSeccomp) -> Vec<String> {
+    /// Names allowed without argument conditions.
+    fn allowed(p: &LinuxSeccomp) -> Vec<String> {
         p.syscalls()
             .as_ref()
             .unwrap()
             .iter()
-            .filter(|s| s.args().is_none() && s.errno_ret() == Some(EPERM))
+            .filter(|s| s.args().is_none() && s.action() == LinuxSeccompAction::ScmpActAllow)
             .flat_map(|s| s.names().clone())
             .collect()
+    }
+
+    #[test]
+    fn allow_lists_are_sorted_and_disjoint() {
+        let mut sorted = ALLOWED.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ALLOWED, "ALLOWED is sorted and has no duplicates");
+        let conditional = ALLOWED_WITH_CAP
+            .iter()
+            .flat_map(|(_, names)| names.iter())
+            .chain(ALLOWED_ON_ARCH.iter().flat_map(|(_, names)| names.iter()));
+        for name in conditional {
+            assert!(
+                !ALLOWED.contains(name),
+                "{name} is both unconditional and conditional"
+            );
+        }
     }
 
     #[test]
@@ -270,63 +736,94 @@ mod tests {
     }
 
     #[test]
-    fn default_profile_denies_dangerous_calls_unless_capable() {
+    fn default_profile_is_default_deny_with_capability_conditional_groups() {
         let none = HashSet::new();
         let p = runtime_default(&none);
-        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(p.default_errno_ret(), Some(EPERM));
         assert!(!p.architectures().as_ref().unwrap().is_empty());
-        let d = denied(&p);
+        let a = allowed(&p);
+        for s in [
+            "read",
+            "write",
+            "openat",
+            "execve",
+            "futex",
+            "clock_gettime",
+            "ptrace",
+        ] {
+            assert!(a.contains(&s.to_string()), "{s} is allowed");
+        }
         for s in [
             "kexec_load",
             "open_by_handle_at",
             "init_module",
-            "finit_module",
-            "delete_module",
             "bpf",
             "perf_event_open",
             "userfaultfd",
             "keyctl",
             "add_key",
-            "request_key",
             "mount",
             "umount2",
             "pivot_root",
             "swapon",
-            "swapoff",
             "reboot",
             "setns",
             "unshare",
+            "kcmp",
+            "mbind",
+            "clone",
+            "clone3",
+            "socket",
+            "personality",
         ] {
-            assert!(d.contains(&s.to_string()), "{s} not denied");
+            assert!(
+                !a.contains(&s.to_string()),
+                "{s} is not unconditionally allowed"
+            );
         }
-        assert!(!d.contains(&"read".to_string()));
         let rules = p.syscalls().as_ref().unwrap();
         let clone = rules
             .iter()
             .find(|r| r.names() == &vec!["clone".to_string()])
             .unwrap();
+        let clone_arg = clone.args().as_ref().unwrap()[0];
+        assert_eq!(clone_arg.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
         assert_eq!(
-            clone.args().as_ref().unwrap()[0].op(),
-            LinuxSeccompOperator::ScmpCmpMaskedEq
+            (clone_arg.value(), clone_arg.value_two()),
+            (0x7E02_0000, Some(0))
         );
         let clone3 = rules
             .iter()
             .find(|r| r.names() == &vec!["clone3".to_string()])
             .unwrap();
         assert_eq!(clone3.errno_ret(), Some(ENOSYS));
+        let socket = rules
+            .iter()
+            .find(|r| r.names() == &vec!["socket".to_string()])
+            .unwrap();
+        assert_eq!(
+            socket.args().as_ref().unwrap()[0].op(),
+            LinuxSeccompOperator::ScmpCmpNe
+        );
 
         let admin: HashSet<_> = [Capability::SysAdmin].into();
         let p = runtime_default(&admin);
-        let d = denied(&p);
-        assert!(!d.contains(&"mount".to_string()) && !d.contains(&"bpf".to_string()));
-        assert!(d.contains(&"keyctl".to_string()) && d.contains(&"init_module".to_string()));
+        let a = allowed(&p);
+        for s in ["mount", "bpf", "unshare", "setns", "clone", "clone3"] {
+            assert!(a.contains(&s.to_string()), "{s} allowed with CAP_SYS_ADMIN");
+        }
+        assert!(!a.contains(&"init_module".to_string()) && !a.contains(&"keyctl".to_string()));
         assert!(
             !p.syscalls()
                 .as_ref()
                 .unwrap()
                 .iter()
-                .any(|r| r.names().contains(&"clone3".to_string()))
+                .any(|r| r.errno_ret() == Some(ENOSYS)),
+            "no clone3 ENOSYS rule with CAP_SYS_ADMIN"
         );
+        let ptrace: HashSet<_> = [Capability::SysPtrace].into();
+        assert!(allowed(&runtime_default(&ptrace)).contains(&"kcmp".to_string()));
     }
 
     #[test]

@@ -72,8 +72,15 @@ fn into_streams(streams: pod::ProcessStreams, tty: bool) -> ProcessStreams {
 
 #[async_trait]
 impl StreamBackend for PodStreamBackend {
-    async fn exec(&self, req: ExecSpec) -> Result<ProcessStreams, StreamError> {
+    async fn exec(
+        &self,
+        req: ExecSpec,
+        initial_size: Option<super::TerminalSize>,
+    ) -> Result<ProcessStreams, StreamError> {
         let tty = req.tty;
+        let (width, height) = initial_size
+            .map(|s| (u32::from(s.width), u32::from(s.height)))
+            .unwrap_or_default();
         let streams = self
             .pods
             .exec_interactive(pod::ExecSpec {
@@ -83,8 +90,8 @@ impl StreamBackend for PodStreamBackend {
                 stdin: req.stdin,
                 stdout: req.stdout,
                 stderr: req.stderr,
-                width: 0,
-                height: 0,
+                width,
+                height,
             })
             .await
             .map_err(stream_error)?;

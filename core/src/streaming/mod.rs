@@ -2,7 +2,7 @@
 //! RPCs.
 //!
 //! The RPCs validate the request and hand out a one-time URL on this
-//! server (`http://ADDR:PORT/exec/<token>`, `/attach/<token>`,
+//! server (`http(s)://ADDR:PORT/exec/<token>`, `/attach/<token>`,
 //! `/portforward/<token>`); the kubelet (or the API server through it) then
 //! connects to that URL and upgrades the connection to one of the
 //! Kubernetes streaming protocols:
@@ -12,6 +12,15 @@
 //! - WebSocket ([`websocket`]) with the channel protocols
 //!   `v5.channel.k8s.io`, `v4.channel.k8s.io`, `channel.k8s.io` and their
 //!   base64 variants, for remote commands and port-forward.
+//!
+//! Layers: the types here and `session` (shared state, idle tracking,
+//! HTTP helpers) at the bottom; `remotecommand` (transport-neutral session
+//! logic) and `status` on them; the protocol modules [`spdy`] and
+//! [`websocket`] on those; `routes` and `server` at the top. No module
+//! imports one above it.
+//!
+//! With `streaming.tls_cert` and `tls_key` the server speaks HTTPS only
+//! (rustls, `tls` module) and hands out `https://` URLs.
 //!
 //! What actually runs the process or opens the connection in the pod is a
 //! [`StreamBackend`]; this module only speaks the protocols. Every session
@@ -28,16 +37,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 mod backend;
-mod portforward;
 mod remotecommand;
+mod routes;
 mod server;
+mod session;
 pub mod spdy;
 mod status;
+mod tls;
 pub mod token;
 pub mod websocket;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 pub use backend::PodStreamBackend;
 pub use server::StreamingServer;
@@ -162,8 +175,13 @@ impl StreamError {
 /// connections in pods. Implemented on top of the handler contract.
 #[async_trait]
 pub trait StreamBackend: Send + Sync {
-    /// Starts a process in the container with the requested stdio.
-    async fn exec(&self, req: ExecSpec) -> Result<ProcessStreams, StreamError>;
+    /// Starts a process in the container with the requested stdio; with a
+    /// terminal, of `initial_size` when the client sent one up front.
+    async fn exec(
+        &self,
+        req: ExecSpec,
+        initial_size: Option<TerminalSize>,
+    ) -> Result<ProcessStreams, StreamError>;
     /// Connects to the stdio of the container's main process.
     async fn attach(&self, req: AttachSpec) -> Result<ProcessStreams, StreamError>;
     /// Opens one TCP connection to `port` inside the pod's network

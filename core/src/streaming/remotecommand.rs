@@ -1,5 +1,5 @@
 //! Remote commands (exec and attach): the session logic shared by both
-//! transports, and the SPDY transport of it.
+//! transports (`spdy::remotecommand`, `websocket`).
 //!
 //! A transport turns its wire format into a [`ClientIo`] (the client's
 //! stdin and resize events in, stdout/stderr/error out) and [`run`] connects
@@ -7,37 +7,22 @@
 //! the exit, lets the output drain, and reports the exit status; if the
 //! client goes away first, it calls the backend's `cancel`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::server::{
-    Activity, HttpResponse, STREAM_CREATION_TIMEOUT, Session, Upgrade, negotiate_spdy,
-    spdy_switching, text, upgrade_kind, upgraded,
-};
-use super::spdy::conn::{Connection, IncomingStream};
+use super::session::Session;
 use super::status::{self, Outcome, StatusFormat};
-use super::{ProcessStreams, StreamError, StreamRequest, TerminalSize, websocket};
+use super::{ProcessStreams, StreamError, StreamRequest, TerminalSize};
 
 /// Output still arriving after the process exited (a background child may
 /// hold the pipe open) is waited for this long.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
-
-/// SPDY remote-command subprotocols, in the server's order.
-pub(crate) const SPDY_PROTOCOLS: &[&str] = &[
-    "v4.channel.k8s.io",
-    "v3.channel.k8s.io",
-    "v2.channel.k8s.io",
-    "channel.k8s.io",
-];
 
 /// The streams a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +34,9 @@ pub(crate) struct Options {
 }
 
 /// Starts the backend's side of a session.
-pub(crate) type Starter = Box<dyn FnOnce() -> BoxFuture<'static, StartResult> + Send>;
+/// Its argument is the terminal size the client sent first, if any.
+pub(crate) type Starter =
+    Box<dyn FnOnce(Option<TerminalSize>) -> BoxFuture<'static, StartResult> + Send>;
 pub(crate) type StartResult = Result<ProcessStreams, StreamError>;
 
 /// An output channel of a remote command.
@@ -122,7 +109,7 @@ impl ResizeDecoder {
     }
 }
 
-fn starter(session: &Session, request: StreamRequest) -> (Options, Starter) {
+pub(crate) fn starter(session: &Session, request: StreamRequest) -> (Options, Starter) {
     let backend = session.inner.backend.clone();
     match request {
         StreamRequest::Exec(spec) => {
@@ -137,7 +124,7 @@ fn starter(session: &Session, request: StreamRequest) -> (Options, Starter) {
             spec.stderr = options.stderr;
             (
                 options,
-                Box::new(move || Box::pin(async move { backend.exec(spec).await })),
+                Box::new(move |size| Box::pin(async move { backend.exec(spec, size).await })),
             )
         }
         StreamRequest::Attach(spec) => {
@@ -151,55 +138,45 @@ fn starter(session: &Session, request: StreamRequest) -> (Options, Starter) {
             spec.stderr = options.stderr;
             (
                 options,
-                Box::new(move || Box::pin(async move { backend.attach(spec).await })),
+                Box::new(move |_| Box::pin(async move { backend.attach(spec).await })),
             )
         }
         StreamRequest::PortForward { .. } => unreachable!("port-forward is routed elsewhere"),
     }
 }
 
-/// Answers an exec or attach URL: negotiates the protocol, upgrades, and
-/// runs the session in a task of its own.
-pub(crate) async fn serve(
-    session: Session,
-    request: StreamRequest,
-    req: Request<Incoming>,
-) -> HttpResponse {
-    let (options, start) = starter(&session, request);
-    match upgrade_kind(req.headers()) {
-        Some(Upgrade::WebSocket) => {
-            match websocket::negotiate(req.headers(), websocket::REMOTE_COMMAND_PROTOCOLS) {
-                Ok(negotiated) => {
-                    let response = websocket::switching(&negotiated);
-                    tokio::spawn(websocket::remote_command(
-                        session,
-                        options,
-                        start,
-                        negotiated.protocol,
-                        req,
-                    ));
-                    response
-                }
-                Err(response) => response,
+/// How long a terminal session waits for the client's first resize before
+/// starting the process (clients send the initial size right after
+/// connecting; a process started without it sees a 0x0 terminal).
+const INITIAL_SIZE_WAIT: Duration = Duration::from_millis(250);
+
+/// Starts the backend's side, with the client's initial terminal size when
+/// it sends one in time, and runs the session.
+pub(crate) async fn launch(start: Starter, mut client: ClientIo, format: StatusFormat) {
+    let mut initial = None;
+    if let Some(sizes) = client.resize.as_mut() {
+        tokio::select! {
+            size = tokio::time::timeout(INITIAL_SIZE_WAIT, sizes.recv()) => {
+                initial = size.ok().flatten();
             }
+            _ = client.gone.cancelled() => {}
         }
-        Some(Upgrade::Spdy) => match negotiate_spdy(req.headers(), SPDY_PROTOCOLS) {
-            Ok(protocol) => {
-                let response = spdy_switching(&protocol);
-                tokio::spawn(spdy_session(session, options, start, protocol, req));
-                response
-            }
-            Err(response) => response,
-        },
-        None => text(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: this URL needs a SPDY/3.1 or WebSocket upgrade",
-        ),
     }
+    // Not raced against the client leaving: a process the backend started
+    // must come back so that `run` can cancel it.
+    let started = start(initial).await;
+    run(started, client, format, initial).await;
 }
 
 /// Connects the client to the process until it exits or the client leaves.
-pub(crate) async fn run(started: StartResult, client: ClientIo, format: StatusFormat) {
+/// `initial` (the size the process was started with) is applied again for
+/// backends that start without one (attach).
+async fn run(
+    started: StartResult,
+    client: ClientIo,
+    format: StatusFormat,
+    initial: Option<TerminalSize>,
+) {
     let ClientIo {
         stdin,
         resize,
@@ -245,6 +222,11 @@ pub(crate) async fn run(started: StartResult, client: ClientIo, format: StatusFo
     }
     if let (Some(mut sizes), Some(to_process)) = (resize, process_resize) {
         inputs.spawn(async move {
+            if let Some(size) = initial
+                && to_process.send(size).await.is_err()
+            {
+                return;
+            }
             while let Some(size) = sizes.recv().await {
                 if to_process.send(size).await.is_err() {
                     return;
@@ -308,135 +290,4 @@ async fn send_status(out: &mpsc::Sender<Out>, outcome: &Outcome, format: StatusF
             .await;
     }
     let _ = out.send(Out::Eof(OutChannel::Error)).await;
-}
-
-fn spdy_version(protocol: &str) -> u8 {
-    match protocol {
-        "v4.channel.k8s.io" => 4,
-        "v3.channel.k8s.io" => 3,
-        "v2.channel.k8s.io" => 2,
-        _ => 1,
-    }
-}
-
-/// A remote command over SPDY: waits for the client's streams, then runs.
-async fn spdy_session(
-    session: Session,
-    options: Options,
-    start: Starter,
-    protocol: String,
-    req: Request<Incoming>,
-) {
-    let Some(io) = upgraded(req).await else {
-        return;
-    };
-    let activity = Activity::new();
-    let mut conn = Connection::serve(io, activity.clone());
-    let gone = conn.closed();
-    let watchdog = activity.watch(
-        session.inner.idle_timeout,
-        gone.clone(),
-        session.inner.shutdown.clone(),
-    );
-    let version = spdy_version(&protocol);
-    let expected = 1
-        + usize::from(options.stdin)
-        + usize::from(options.stdout)
-        + usize::from(options.stderr)
-        + usize::from(options.tty && version >= 3);
-
-    let mut streams: HashMap<&'static str, IncomingStream> = HashMap::new();
-    let deadline = tokio::time::sleep(STREAM_CREATION_TIMEOUT);
-    tokio::pin!(deadline);
-    while streams.len() < expected {
-        let stream = tokio::select! {
-            stream = conn.incoming.recv() => stream,
-            _ = &mut deadline => {
-                tracing::info!("SPDY client did not open its streams in time");
-                None
-            }
-            _ = gone.cancelled() => None,
-        };
-        let Some(stream) = stream else {
-            watchdog.abort();
-            conn.shutdown().await;
-            return;
-        };
-        let kind = match stream.header("streamtype") {
-            Some("error") => "error",
-            Some("stdin") if options.stdin => "stdin",
-            Some("stdout") if options.stdout => "stdout",
-            Some("stderr") if options.stderr => "stderr",
-            Some("resize") if options.tty && version >= 3 => "resize",
-            other => {
-                tracing::debug!(stream_type = ?other, "unexpected SPDY stream; resetting it");
-                stream.writer.reset().await;
-                continue;
-            }
-        };
-        if let Some(old) = streams.insert(kind, stream) {
-            old.writer.reset().await;
-        }
-    }
-    let format = if version >= 4 {
-        StatusFormat::Json
-    } else {
-        StatusFormat::Text
-    };
-
-    let stdin = streams.remove("stdin").map(|s| s.data);
-    let resize = streams.remove("resize").map(|stream| {
-        let (tx, rx) = mpsc::channel(8);
-        let mut data = stream.data;
-        tokio::spawn(async move {
-            let mut decoder = ResizeDecoder::default();
-            while let Some(chunk) = data.recv().await {
-                for size in decoder.feed(&chunk) {
-                    if tx.send(size).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        rx
-    });
-    let writers: HashMap<OutChannel, _> = [
-        (OutChannel::Stdout, streams.remove("stdout")),
-        (OutChannel::Stderr, streams.remove("stderr")),
-        (OutChannel::Error, streams.remove("error")),
-    ]
-    .into_iter()
-    .filter_map(|(channel, stream)| stream.map(|s| (channel, s.writer)))
-    .collect();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
-    let writer_task = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let (channel, result) = match out {
-                Out::Data(channel, data) => match writers.get(&channel) {
-                    Some(w) => (channel, w.send(data).await),
-                    None => continue,
-                },
-                Out::Eof(channel) => match writers.get(&channel) {
-                    Some(w) => (channel, w.finish().await),
-                    None => continue,
-                },
-            };
-            if result.is_err() && channel == OutChannel::Error {
-                return;
-            }
-        }
-    });
-    let client = ClientIo {
-        stdin,
-        resize,
-        out: out_tx,
-        gone: gone.clone(),
-    };
-    // Not raced against the client leaving: a process the backend started
-    // must come back so that `run` can cancel it.
-    let started = start().await;
-    run(started, client, format).await;
-    let _ = writer_task.await;
-    watchdog.abort();
-    conn.shutdown().await;
 }

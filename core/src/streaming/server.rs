@@ -1,33 +1,30 @@
-//! The HTTP side: listening, routing `/<kind>/<token>`, the session bound,
-//! protocol negotiation and the upgrade; then a task per session.
+//! The listening side: the TCP listener, one HTTP/1.1 connection per
+//! client (upgrades allowed), handed to [`super::routes`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::routes::route;
+use super::session::Inner;
+use super::tls;
 use super::token::TokenStore;
-use super::{StreamBackend, StreamError, StreamRequest, portforward, remotecommand, spdy};
+use super::{StreamBackend, StreamError, StreamRequest};
 use crate::config::StreamingConfig;
-
-/// How long a SPDY client may take to open the streams of a session
-/// (the kubelet's default stream creation timeout).
-pub(crate) const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The streaming server: hands out URLs and serves them.
 pub struct StreamingServer {
     inner: Arc<Inner>,
     local_addr: SocketAddr,
+    /// `https` with TLS configured, else `http`.
+    scheme: &'static str,
     shutdown: CancellationToken,
 }
 
@@ -39,14 +36,6 @@ impl std::fmt::Debug for StreamingServer {
     }
 }
 
-pub(crate) struct Inner {
-    pub(crate) backend: Arc<dyn StreamBackend>,
-    pub(crate) tokens: TokenStore,
-    pub(crate) sessions: Arc<Semaphore>,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) shutdown: CancellationToken,
-}
-
 impl StreamingServer {
     /// Binds the configured address and starts serving in the background
     /// (until the returned server is dropped).
@@ -54,11 +43,15 @@ impl StreamingServer {
         config: &StreamingConfig,
         backend: Arc<dyn StreamBackend>,
     ) -> Result<Arc<Self>, StreamError> {
-        if config.tls_cert.is_some() || config.tls_key.is_some() {
-            return Err(StreamError::Config(
-                "TLS for the streaming server is not implemented yet".into(),
-            ));
-        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(StreamError::Config(
+                    "streaming.tls_cert and streaming.tls_key must be set together".into(),
+                ));
+            }
+        };
         let listener = TcpListener::bind((config.address, config.port))
             .await
             .map_err(StreamError::io(format!(
@@ -76,11 +69,13 @@ impl StreamingServer {
             idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
             shutdown: shutdown.clone(),
         });
-        tokio::spawn(accept_loop(listener, inner.clone()));
-        tracing::info!(address = %local_addr, "streaming server listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(accept_loop(listener, tls, inner.clone()));
+        tracing::info!(address = %local_addr, scheme, "streaming server listening");
         Ok(Arc::new(Self {
             inner,
             local_addr,
+            scheme,
             shutdown,
         }))
     }
@@ -89,7 +84,10 @@ impl StreamingServer {
     pub fn url(&self, request: StreamRequest) -> Result<String, StreamError> {
         let kind = request.kind();
         let token = self.inner.tokens.issue(request)?;
-        Ok(format!("http://{}/{kind}/{token}", self.local_addr))
+        Ok(format!(
+            "{}://{}/{kind}/{token}",
+            self.scheme, self.local_addr
+        ))
     }
 
     /// The address the server listens on.
@@ -104,7 +102,10 @@ impl Drop for StreamingServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, inner: Arc<Inner>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -120,233 +121,37 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(inner, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "streaming connection: {e}");
+            match tls {
+                None => serve_connection(tcp, peer, inner).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, inner).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "streaming TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(%peer, "streaming TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
-pub(crate) type HttpResponse = Response<Full<Bytes>>;
-
-pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(message.into() + "\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> HttpResponse {
-    if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST");
-    }
-    let path = req.uri().path().trim_start_matches('/');
-    let Some((kind, token)) = path.split_once('/') else {
-        return text(StatusCode::NOT_FOUND, "not found");
-    };
-    let kind = kind.to_string();
-    let token = token.to_string();
-    if !["exec", "attach", "portforward"].contains(&kind.as_str()) {
-        return text(StatusCode::NOT_FOUND, "not found");
-    }
-    // The bound is checked before the token is spent, so a refused client
-    // can retry with the same URL.
-    let Ok(permit) = inner.sessions.clone().try_acquire_owned() else {
-        return text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many streaming sessions; retry later",
-        );
-    };
-    let Some(request) = inner.tokens.take(&token).filter(|r| r.kind() == kind) else {
-        return text(StatusCode::NOT_FOUND, "unknown or expired streaming URL");
-    };
-    let session = Session {
-        inner: inner.clone(),
-        _permit: permit,
-    };
-    match request {
-        StreamRequest::Exec(_) | StreamRequest::Attach(_) => {
-            remotecommand::serve(session, request, req).await
-        }
-        StreamRequest::PortForward { pod_id, ports } => {
-            portforward::serve(session, pod_id, ports, req).await
-        }
-    }
-}
-
-/// One admitted session: holds its slot of `max_sessions` until dropped.
-pub(crate) struct Session {
-    pub(crate) inner: Arc<Inner>,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Which upgrade a request asks for.
-pub(crate) enum Upgrade {
-    WebSocket,
-    Spdy,
-}
-
-pub(crate) fn upgrade_kind(headers: &HeaderMap) -> Option<Upgrade> {
-    let has = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|part| part.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
-    if !has(header::CONNECTION, "upgrade") {
-        return None;
-    }
-    if has(header::UPGRADE, "websocket") {
-        Some(Upgrade::WebSocket)
-    } else if has(header::UPGRADE, spdy::UPGRADE_TOKEN) {
-        Some(Upgrade::Spdy)
-    } else {
-        None
-    }
-}
-
-/// The subprotocols a SPDY client offers, in its order of preference.
-pub(crate) fn offered_spdy_protocols(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(spdy::PROTOCOL_HEADER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
-/// The SPDY subprotocol to use: the client's first that we support; `""`
-/// when the client offered none (legacy clients). `Err` is the refusal.
-// The refusal is the response itself, returned as is by the caller.
-#[allow(clippy::result_large_err)]
-pub(crate) fn negotiate_spdy(
-    headers: &HeaderMap,
-    supported: &[&str],
-) -> Result<String, HttpResponse> {
-    let offered = offered_spdy_protocols(headers);
-    if offered.is_empty() {
-        return Ok(String::new());
-    }
-    match offered.iter().find(|p| supported.contains(&p.as_str())) {
-        Some(p) => Ok(p.clone()),
-        None => {
-            let mut response = text(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "unable to upgrade: none of the offered protocols {offered:?} is supported; \
-                     supported: {supported:?}"
-                ),
-            );
-            if let Ok(value) = HeaderValue::from_str(&supported.join(", ")) {
-                response
-                    .headers_mut()
-                    .insert(spdy::ACCEPTED_PROTOCOLS_HEADER, value);
-            }
-            Err(response)
-        }
-    }
-}
-
-/// The 101 answer to a SPDY upgrade.
-pub(crate) fn spdy_switching(protocol: &str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(
-        header::UPGRADE,
-        HeaderValue::from_static(spdy::UPGRADE_TOKEN),
-    );
-    if let Ok(value) = HeaderValue::from_str(protocol)
-        && !protocol.is_empty()
-    {
-        headers.insert(spdy::PROTOCOL_HEADER, value);
-    }
-    response
-}
-
-/// Time of the last traffic of a session, in either direction.
-#[derive(Clone)]
-pub(crate) struct Activity {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    pub(crate) fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-
-    /// Cancels `gone` once the session has been idle for `limit`, or when
-    /// the server shuts down.
-    pub(crate) fn watch(
-        &self,
-        limit: Duration,
-        gone: CancellationToken,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let activity = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let idle = activity.idle_for();
-                if idle >= limit {
-                    tracing::info!(
-                        idle_seconds = idle.as_secs(),
-                        "streaming session idle, closing"
-                    );
-                    gone.cancel();
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(limit - idle) => {}
-                    _ = gone.cancelled() => return,
-                    _ = shutdown.cancelled() => {
-                        gone.cancel();
-                        return;
-                    }
-                }
-            }
-        })
-    }
-}
-
-/// Waits for the HTTP upgrade of `req` to complete (after our 101 went out).
-pub(crate) async fn upgraded(req: Request<Incoming>) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
-    match hyper::upgrade::on(req).await {
-        Ok(upgraded) => Some(TokioIo::new(upgraded)),
-        Err(e) => {
-            tracing::debug!("streaming upgrade failed: {e}");
-            None
-        }
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection.
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, inner: Arc<Inner>)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let inner = inner.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(inner, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, "streaming connection: {e}");
     }
 }

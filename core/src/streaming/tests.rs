@@ -24,7 +24,7 @@ type Reader = Pin<Box<dyn AsyncRead + Send>>;
 /// Runs `cmd` on the host (attach runs `cat`), optionally on a pty;
 /// port-forward connects to 127.0.0.1.
 #[derive(Default)]
-struct HostBackend {
+pub(super) struct HostBackend {
     pids: Mutex<Vec<u32>>,
 }
 
@@ -149,7 +149,11 @@ impl HostBackend {
 
 #[async_trait]
 impl StreamBackend for HostBackend {
-    async fn exec(&self, req: ExecSpec) -> Result<ProcessStreams, StreamError> {
+    async fn exec(
+        &self,
+        req: ExecSpec,
+        _initial_size: Option<TerminalSize>,
+    ) -> Result<ProcessStreams, StreamError> {
         self.start(&req.cmd, req.tty)
     }
     async fn attach(&self, req: AttachSpec) -> Result<ProcessStreams, StreamError> {
@@ -163,7 +167,9 @@ impl StreamBackend for HostBackend {
     }
 }
 
-async fn server_with(config: StreamingConfig) -> (Arc<StreamingServer>, Arc<HostBackend>) {
+pub(super) async fn server_with(
+    config: StreamingConfig,
+) -> (Arc<StreamingServer>, Arc<HostBackend>) {
     let backend = Arc::new(HostBackend::default());
     let server = StreamingServer::start(&config, backend.clone())
         .await
@@ -175,7 +181,7 @@ async fn server() -> (Arc<StreamingServer>, Arc<HostBackend>) {
     server_with(StreamingConfig::default()).await
 }
 
-fn exec(cmd: &str, stdin: bool, tty: bool) -> StreamRequest {
+pub(super) fn exec(cmd: &str, stdin: bool, tty: bool) -> StreamRequest {
     StreamRequest::Exec(ExecSpec {
         container_id: "c".into(),
         cmd: vec!["sh".into(), "-c".into(), cmd.into()],
@@ -195,12 +201,12 @@ fn require(ok: bool, what: &str) -> Option<()> {
     .then_some(())
 }
 
-fn repo_file(path: &str) -> PathBuf {
+pub(super) fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
 /// Runs the Python `kubernetes` client script; `None` when unavailable.
-async fn python(args: &[&str]) -> Option<serde_json::Value> {
+pub(super) async fn python(args: &[&str]) -> Option<serde_json::Value> {
     let available = std::process::Command::new("python3")
         .args(["-c", "import kubernetes.stream.ws_client"])
         .output()

@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::remotecommand::{self, ClientIo, Options, OutChannel, ResizeDecoder, Starter};
-use super::server::{Activity, HttpResponse, Session, text, upgraded};
+use super::session::{Activity, HttpResponse, Session, text, upgraded};
 use super::status::StatusFormat;
 
 pub const V5_PROTOCOL: &str = "v5.channel.k8s.io";
@@ -337,8 +337,7 @@ pub(crate) async fn remote_command(
         out: out_tx,
         gone: gone.clone(),
     };
-    let started = start().await;
-    remotecommand::run(started, client, format).await;
+    remotecommand::launch(start, client, format).await;
     let _ = forward.await;
     finish(writer, reader, watchdog).await;
 }

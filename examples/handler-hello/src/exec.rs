@@ -7,10 +7,17 @@
 //! stdin (EOF closes it), the process's stdout/stderr → their sockets
 //! (closed when the output ends). The exit code waits in memory until
 //! `Wait` has answered for the exec; then the exec is forgotten.
+//!
+//! `runc exec` forwards catchable signals to the process it started, but
+//! SIGKILL would only kill runc and orphan the process; so `runc exec`
+//! writes the process's pid to a file (`<state_dir>/execs/`) and
+//! `KillProcess` signals that pid.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crius_shim_api::types::{
     ExecRequest, ExecResponse, KillProcessRequest, ProcessRef, WaitResponse,
@@ -24,7 +31,10 @@ use crate::{HelloHandler, now_nanos};
 
 /// One running (or exited, not yet waited) exec.
 pub(crate) struct Exec {
+    /// The `runc exec` process.
     pid: u32,
+    /// Where `runc exec` writes the pid of the process in the container.
+    pid_file: PathBuf,
     exit: watch::Receiver<Option<(i32, i64)>>,
 }
 
@@ -88,9 +98,16 @@ impl HelloHandler {
                 Stdio::null()
             }
         };
+        let pid_dir = self.root.with_file_name("execs");
+        tokio::fs::create_dir_all(&pid_dir).await.map_err(|e| {
+            HandlerError::internal(format!("hello: create {}: {e}", pid_dir.display()))
+        })?;
+        let pid_file = pid_dir.join(format!("{}.pid", req.exec_id));
         let mut child = self
             .runc()
             .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(&req.container_id)
             .args(&req.cmd)
             .stdin(piped(&stdin))
@@ -120,6 +137,7 @@ impl HelloHandler {
             _ => None,
         };
         let (tx, rx) = watch::channel(None);
+        let done_pid_file = pid_file.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => {
@@ -137,11 +155,17 @@ impl HelloHandler {
             if let Some(input) = input {
                 input.abort();
             }
+            let _ = tokio::fs::remove_file(&done_pid_file).await;
             let _ = tx.send(Some((code, now_nanos())));
         });
-        self.execs
-            .lock()
-            .insert(key(&req.container_id, &req.exec_id), Exec { pid, exit: rx });
+        self.execs.lock().insert(
+            key(&req.container_id, &req.exec_id),
+            Exec {
+                pid,
+                pid_file,
+                exit: rx,
+            },
+        );
         Ok(ExecResponse { pid })
     }
 
@@ -188,19 +212,35 @@ impl HelloHandler {
             .execs
             .lock()
             .get(&key(&req.container_id, &req.exec_id))
-            .map(|e| (e.pid, e.exit.borrow().is_some()));
+            .map(|e| (e.pid, e.pid_file.clone(), e.exit.borrow().is_some()));
         match target {
             None => Err(HandlerError::not_found(format!(
                 "hello: exec {} not found",
                 req.exec_id
             ))),
-            Some((_, true)) => Ok(()),
-            // `runc exec` forwards the signal to the process it started.
-            Some((pid, false)) => {
+            Some((_, _, true)) => Ok(()),
+            Some((runc_pid, pid_file, false)) => {
+                // The process itself; `runc exec` (which forwards what it
+                // can catch) only if it has not written the pid yet.
+                let pid = process_pid(&pid_file).await.unwrap_or(runc_pid);
                 // SAFETY: kill(2) takes two integers and touches no memory.
                 let _ = unsafe { libc::kill(pid as i32, req.signal as i32) };
                 Ok(())
             }
         }
     }
+}
+
+/// The pid `runc exec` wrote, waiting up to a second for the file (it is
+/// written once the process has started).
+async fn process_pid(pid_file: &Path) -> Option<u32> {
+    for _ in 0..20 {
+        if let Ok(text) = tokio::fs::read_to_string(pid_file).await
+            && let Ok(pid) = text.trim().parse()
+        {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }

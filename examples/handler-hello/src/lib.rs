@@ -17,7 +17,9 @@
 //! Options (`plugin.options` in the config):
 //! - `runtime`: the runc binary (default `/usr/sbin/runc`).
 //! - `fault`: fault injection for tests of the host: `panic:<Method>` panics
-//!   in that method, `abort:<Method>` aborts the process (shim mode only!).
+//!   in that method, `abort:<Method>` aborts the process (shim mode only!),
+//!   `hang:StartContainer` never answers StartContainer (the host's call
+//!   timeout must).
 //!
 //! Interactive processes (the `exec` module): `Exec` without a terminal,
 //! with stdin/stdout/stderr on the core's sockets, `Wait` and `KillProcess`
@@ -381,6 +383,9 @@ impl RuntimeHandler for HelloHandler {
 
     async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
         self.fault("StartContainer");
+        if matches!(&self.fault, Some((kind, at)) if kind == "hang" && at == "StartContainer") {
+            std::future::pending::<()>().await;
+        }
         let container = self.container(&req.container_id)?;
         if let Some(dir) = Path::new(&container.log_path).parent()
             && !container.log_path.is_empty()

@@ -56,12 +56,19 @@ fi
 # Modules, in load order (dependencies first, via modules.dep).
 wanted=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk
         vmw_vsock_virtio_transport 9pnet_virtio 9p virtiofs overlay)
+# Modules common workloads expect (a privileged container that builds a
+# bridge, a tun device, NAT rules): in the image but loaded only when the
+# kernel asks (request_module through busybox modprobe), so boot stays as
+# fast as without them. Deliberately short; see handlers/kata/README.md.
+on_demand=(bridge br_netfilter veth tun dummy macvlan vxlan
+           ip_tables iptable_filter iptable_nat xt_conntrack xt_MASQUERADE
+           nf_tables nft_chain_nat nft_compat)
 
 stamp_of() {
     {
         echo "kernel $kver"; sha256sum "$bzimage" "$busybox" "$runc" "$agent" "$0"
         ldd "$runc" "$agent" | awk '/=>/ {print $3}' | sort -u | xargs -r sha256sum
-        echo "${wanted[*]}"
+        echo "${wanted[*]} / ${on_demand[*]}"
     } | sha256sum | cut -d' ' -f1
 }
 stamp="$(stamp_of)"
@@ -146,14 +153,35 @@ resolve() {
     seen[$path]=1; order+=("$path")
 }
 for m in "${wanted[@]}"; do resolve "$m"; done
+boot_count=${#order[@]}
+for m in "${on_demand[@]}"; do resolve "$m"; done
+# Install every module uncompressed (busybox insmod/modprobe read plain
+# .ko); the first $boot_count are loaded by /init, the rest on demand.
+: >"$root/etc/modules.order"
+mkdir -p "$root/lib/modules/$kver"
+modules_dep="$root/lib/modules/$kver/modules.dep"
+: >"$modules_dep"
+mkdir -p "$root/etc/modprobe.d"
+i=0
 for path in "${order[@]}"; do
+    plain="${path%.xz}"
     case "$path" in
         *.ko) install -D -m0644 "$moddir/$path" "$root/lib/modules/$kver/$path" ;;
-        *.ko.xz) install -D -m0644 "$moddir/$path" "$root/lib/modules/$kver/$path"; xz -d "$root/lib/modules/$kver/$path"; path="${path%.xz}" ;;
+        *.ko.xz) install -D -m0644 "$moddir/$path" "$root/lib/modules/$kver/$path"; xz -d "$root/lib/modules/$kver/$path" ;;
         *) die "unsupported module file $path" ;;
     esac
-    echo "$path" >>"$root/etc/modules.order"
+    if ((i < boot_count)); then echo "$plain" >>"$root/etc/modules.order"; fi
+    i=$((i + 1))
+    line="$(grep -E "^${path//./\\.}:" "$moddir/modules.dep")"
+    deps="$(echo "${line#*:}" | sed 's/\.xz\b//g')"
+    echo "$plain:$deps" >>"$modules_dep"
+    # The kernel asks for aliases (rtnl-link-bridge, net-pf-…); busybox
+    # reads them from modprobe.d.
+    name="$(basename "$plain" .ko)"
+    awk -v n="$name" -v u="${name//-/_}" '$1 == "alias" && ($3 == n || $3 == u) {print}' \
+        "$moddir/modules.alias" >>"$root/etc/modprobe.d/crius-aliases.conf"
 done
+ln -sf ../bin/busybox "$root/sbin/modprobe"
 echo "$kver" >"$root/etc/kernel-release"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
@@ -162,7 +190,7 @@ install -m0755 "$here/init" "$root/init"
 mknod -m 600 "$root/dev/console" c 5 1
 mknod -m 666 "$root/dev/null" c 1 3
 
-say "packing initramfs ($(du -sh "$root" | cut -f1) unpacked, ${#order[@]} modules)"
+say "packing initramfs ($(du -sh "$root" | cut -f1) unpacked, $boot_count modules loaded at boot, $(( ${#order[@]} - boot_count )) on demand)"
 find "$root" -exec touch -h -d @0 {} +
 (cd "$root" && find . -print0 | LC_ALL=C sort -z \
     | cpio --null -o -H newc --reproducible --quiet) | gzip -n -6 >"$work/initramfs.cpio.gz"

@@ -8,15 +8,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crius_agent_proto::agent::{
-    self, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
-};
+use crius_agent_proto::agent::{self, CreateContainerRequest, CreateSandboxRequest};
 use crius_agent_proto::agent_ttrpc::AgentServiceClient;
 use crius_agent_proto::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response,
 };
 use crius_agent_proto::health_ttrpc::HealthClient;
-use crius_agent_proto::{oci, types};
+use crius_agent_proto::oci_json::{self, OciJsonError};
+use crius_agent_proto::oci_spec::runtime::{LinuxResources, Process};
+use crius_agent_proto::types;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use ttrpc::asynchronous::Client;
@@ -67,6 +67,8 @@ pub enum AgentError {
     },
     #[error("agent health check: status {0:?}")]
     Unhealthy(health_check_response::ServingStatus),
+    #[error(transparent)]
+    Spec(#[from] OciJsonError),
 }
 
 impl AgentError {
@@ -333,18 +335,15 @@ impl AgentClient {
             })
     }
 
+    /// ExecProcess of `process` (sent as OCI JSON, see
+    /// `crius_agent_proto::oci_json`).
     pub async fn exec_process(
         &self,
         container_id: &str,
         exec_id: &str,
-        process: oci::Process,
+        process: &Process,
     ) -> Result<()> {
-        let req = ExecProcessRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            process: Some(process).into(),
-            ..Default::default()
-        };
+        let req = oci_json::exec_process_request(container_id, exec_id, process)?;
         self.agent
             .exec_process(self.ctx(), &req)
             .await
@@ -512,22 +511,38 @@ impl AgentClient {
             })
     }
 
+    /// UpdateContainer to `resources` (sent as OCI JSON).
     pub async fn update_container(
         &self,
         container_id: &str,
-        resources: oci::LinuxResources,
+        resources: &LinuxResources,
     ) -> Result<()> {
-        let req = agent::UpdateContainerRequest {
-            container_id: container_id.into(),
-            resources: Some(resources).into(),
-            ..Default::default()
-        };
+        let req = oci_json::update_container_request(container_id, resources)?;
         self.agent
             .update_container(self.ctx(), &req)
             .await
             .map(drop)
             .map_err(|source| AgentError::Rpc {
                 method: "UpdateContainer",
+                source,
+            })
+    }
+
+    /// Brings `cpus` hot-plugged vCPUs (and any new memory) online in the
+    /// guest, waiting until they are.
+    pub async fn online_cpu_mem(&self, cpus: u32) -> Result<()> {
+        let req = agent::OnlineCPUMemRequest {
+            wait: true,
+            nb_cpus: cpus,
+            cpu_only: false,
+            ..Default::default()
+        };
+        self.agent
+            .online_cpu_mem(self.ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|source| AgentError::Rpc {
+                method: "OnlineCPUMem",
                 source,
             })
     }

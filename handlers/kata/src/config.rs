@@ -94,6 +94,13 @@ vm_config! {
     default_vcpus: u32 = 1,
     /// Guest memory of a pod without memory limits; limits add to it.
     default_memory_mib: u64 = 256,
+    /// Most vCPUs a pod's VM grows to when its containers' CPU limits rise
+    /// (hot-plug); 0 = the host's CPU count. The VM boots with room for
+    /// them (`-smp N,maxcpus=MAX`).
+    max_vcpus: u32 = 0,
+    /// Most guest memory a pod's VM grows to by DIMM hot-plug, in MiB
+    /// (q35 only); 0 = the host's memory.
+    max_memory_mib: u64 = 0,
     /// Host memory QEMU, its helpers and the shim use beyond the guest's.
     memory_overhead_mib: u64 = 64,
     /// CPU the VM's fixed work costs, reported as pod overhead.
@@ -111,7 +118,9 @@ vm_config! {
     /// The VM shim binary; empty = `crius-kata-shim` next to the daemon.
     /// Read by the daemon (it runs the shim); the shim only checks it.
     shim_path: PathBuf = PathBuf::new(),
-    /// Guest vsock CID (each VM has its own vsock device, so all may share it).
+    /// Guest vsock CID: with `hybrid` every VM uses it (each has its own
+    /// vhost-device-vsock); with `vhost` the lowest CID searched for a free
+    /// one per VM.
     guest_cid: u32 = 3,
 }
 
@@ -174,6 +183,27 @@ impl VmConfig {
                 "must be at least 64 (MiB)".to_string(),
             );
         }
+        if self.max_vcpus != 0 && self.max_vcpus < self.default_vcpus {
+            problem(
+                "max_vcpus",
+                format!(
+                    "must be 0 (the host's CPUs) or at least default_vcpus ({})",
+                    self.default_vcpus
+                ),
+            );
+        }
+        if self.max_vcpus > 240 {
+            problem("max_vcpus", "must be at most 240".to_string());
+        }
+        if self.max_memory_mib != 0 && self.max_memory_mib < self.default_memory_mib {
+            problem(
+                "max_memory_mib",
+                format!(
+                    "must be 0 (the host's memory) or at least default_memory_mib ({})",
+                    self.default_memory_mib
+                ),
+            );
+        }
         if self.boot_timeout_seconds == 0 {
             problem("boot_timeout_seconds", "must be at least 1".to_string());
         }
@@ -183,8 +213,8 @@ impl VmConfig {
                 "CIDs 0-2 are reserved; use 3 or more".to_string(),
             );
         }
-        if self.kernel_params.contains('\n') {
-            problem("kernel_params", "must be one line".to_string());
+        if let Err(e) = check_configured_kernel_params(&self.kernel_params) {
+            problem("kernel_params", e);
         }
         out
     }
@@ -206,6 +236,110 @@ impl VmConfig {
         }
         out
     }
+}
+
+/// Kernel parameters a pod may add (annotation
+/// `io.katacontainers.config.hypervisor.kernel_params`): logging, debugging
+/// and tuning of the guest kernel only. Matched on the name before `=`.
+pub const ALLOWED_POD_KERNEL_PARAMS: &[&str] = &[
+    "debug",
+    "quiet",
+    "loglevel",
+    "ignore_loglevel",
+    "printk.devkmsg",
+    "panic",
+    "panic_on_warn",
+    "oops",
+    "nokaslr",
+    "mitigations",
+    "nosmt",
+    "audit",
+    "cgroup_no_v1",
+    "transparent_hugepage",
+    "hugepagesz",
+    "hugepages",
+    "default_hugepagesz",
+    "swiotlb",
+    "tsc",
+    "clocksource",
+    "nohz",
+    "rcu_nocbs",
+    "ipv6.disable",
+    "net.ifnames",
+    "random.trust_cpu",
+    "init_on_alloc",
+    "init_on_free",
+    "slab_nomerge",
+];
+
+/// Longest kernel parameter string accepted from a pod.
+const MAX_POD_KERNEL_PARAMS: usize = 1024;
+
+/// Why a parameter can never be set: it would replace the guest's init
+/// (and so the agent), move its console, or reach the agent or the init
+/// script, whose parameters are the host's to set.
+fn forbidden_kernel_param(param: &str) -> Option<&'static str> {
+    let name = param.split('=').next().unwrap_or(param);
+    if param == "--" {
+        Some("`--` hands the rest of the command line to init")
+    } else if matches!(name, "init" | "rdinit") {
+        Some("it would replace the guest's init and agent")
+    } else if matches!(name, "console" | "earlycon" | "earlyprintk") {
+        Some("the guest console is the host's")
+    } else if name.starts_with("agent.") || name.starts_with("crius.") {
+        Some("agent parameters are the host's to set")
+    } else if param.contains(['"', '\'', '\\']) {
+        Some("quoting is not accepted")
+    } else {
+        None
+    }
+}
+
+/// Checks a pod's kernel parameters against [`ALLOWED_POD_KERNEL_PARAMS`]
+/// (bounded messages: the input is the user's).
+pub fn check_pod_kernel_params(params: &str) -> Result<(), String> {
+    if params.len() > MAX_POD_KERNEL_PARAMS {
+        return Err(format!(
+            "kernel parameters are {} bytes long, more than {MAX_POD_KERNEL_PARAMS}",
+            params.len()
+        ));
+    }
+    if params.contains(['\n', '\r', '\0']) {
+        return Err("kernel parameters must be one line".to_string());
+    }
+    for param in params.split_whitespace() {
+        let shown: String = param.chars().take(64).collect();
+        if let Some(why) = forbidden_kernel_param(param) {
+            return Err(format!("kernel parameter {shown:?} is not allowed: {why}"));
+        }
+        let name = param.split('=').next().unwrap_or(param);
+        if !ALLOWED_POD_KERNEL_PARAMS.contains(&name) {
+            return Err(format!(
+                "kernel parameter {shown:?} is not in the allowed list ({})",
+                ALLOWED_POD_KERNEL_PARAMS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the entry's own `kernel_params`: anything but init, the console
+/// and `--` (the operator may set agent parameters such as
+/// `crius.agent_log`).
+fn check_configured_kernel_params(params: &str) -> Result<(), String> {
+    if params.contains(['\n', '\r', '\0']) {
+        return Err("must be one line".to_string());
+    }
+    for param in params.split_whitespace() {
+        let name = param.split('=').next().unwrap_or(param);
+        let bad = param == "--" || matches!(name, "init" | "rdinit" | "console");
+        if bad {
+            return Err(format!(
+                "{param:?} is not allowed: crius sets the guest's init and console itself"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How big one pod's VM is.
@@ -261,11 +395,8 @@ pub fn size_vm(
         .get(ANNOTATION_KERNEL_PARAMS)
         .cloned()
         .unwrap_or_default();
-    if extra_kernel_params.contains('\n') {
-        return Err(format!(
-            "annotation {ANNOTATION_KERNEL_PARAMS} must be one line"
-        ));
-    }
+    check_pod_kernel_params(&extra_kernel_params)
+        .map_err(|e| format!("annotation {ANNOTATION_KERNEL_PARAMS}: {e}"))?;
     Ok(VmSize {
         vcpus,
         memory_mib,
@@ -276,6 +407,42 @@ pub fn size_vm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_kernel_params_are_checked_against_the_allow_list() {
+        check_pod_kernel_params("").unwrap();
+        check_pod_kernel_params("quiet loglevel=4  printk.devkmsg=on").unwrap();
+        for (bad, why) in [
+            ("init=/bin/sh", "replace the guest's init"),
+            ("quiet rdinit=/bin/sh", "replace the guest's init"),
+            ("console=ttyS1", "console"),
+            ("agent.debug_console", "agent parameters"),
+            ("crius.agent_log=debug", "agent parameters"),
+            ("quiet -- init", "`--`"),
+            ("loglevel=\"3 init=/bin/sh\"", "quoting"),
+            ("systemd.unit=rescue.target", "not in the allowed list"),
+            ("quiet\ninit=/bin/sh", "one line"),
+        ] {
+            let err = check_pod_kernel_params(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let long = "quiet ".repeat(1000);
+        assert!(check_pod_kernel_params(&long).unwrap_err().len() < 200);
+        let annotations = HashMap::from([(
+            ANNOTATION_KERNEL_PARAMS.to_string(),
+            "init=/bin/sh".to_string(),
+        )]);
+        let err = size_vm(&VmConfig::default(), &annotations, 0, 0, 0).unwrap_err();
+        assert!(err.contains(ANNOTATION_KERNEL_PARAMS), "{err}");
+    }
+
+    #[test]
+    fn configured_kernel_params_may_not_replace_init_or_console() {
+        check_configured_kernel_params("crius.agent_log=debug quiet").unwrap();
+        for bad in ["init=/x", "console=tty0", "a -- b"] {
+            assert!(check_configured_kernel_params(bad).is_err(), "{bad}");
+        }
+    }
 
     fn options(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         json.as_object().cloned().expect("an object")

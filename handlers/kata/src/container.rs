@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crius_agent_proto::oci_spec::runtime::{Mount, Root, Spec};
 use crius_shim_api::types::{ContainerState, ContainerStatusResponse};
-use serde_json::Value;
 
 use crate::agent_client::{GUEST_SHARED_DIR, guest_rootfs};
 
@@ -18,75 +18,93 @@ pub struct ShareMount {
     /// Where it appears under the pod's shared dir on the host.
     pub target: PathBuf,
     pub recursive: bool,
+    /// One share for the whole pod (under `volumes/`), mounted once and
+    /// kept until the pod is removed: see [`VOLUMES`].
+    pub pod_wide: bool,
 }
 
-fn is_bind(mount: &Value) -> bool {
-    let by_type = mount.get("type").and_then(Value::as_str) == Some("bind");
-    let by_option = mount
-        .get("options")
-        .and_then(Value::as_array)
-        .is_some_and(|o| {
-            o.iter()
-                .any(|v| matches!(v.as_str(), Some("bind" | "rbind")))
-        });
-    by_type || by_option
+/// Directory of the pod-wide shares under the shared dir. A bind mount
+/// with propagation (`rshared`/`shared`, `rslave`/`slave`: Kubernetes'
+/// Bidirectional and HostToContainer) only propagates between containers
+/// that mount the same guest mount, so each such host path is shared once
+/// per pod, at `volumes/<hash of the path>`, for every container that
+/// mounts it; the agent makes that guest path a shared mount.
+pub const VOLUMES: &str = "volumes";
+
+fn propagates(mount: &Mount) -> bool {
+    mount
+        .options()
+        .iter()
+        .flatten()
+        .any(|o| matches!(o.as_str(), "rshared" | "shared" | "rslave" | "slave"))
+}
+
+/// A stable name for a host path (FNV-1a, 64 bits): the same source gives
+/// the same pod-wide share in every container.
+fn volume_name(source: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.as_os_str().as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| matches!(o.as_str(), "bind" | "rbind"))
 }
 
 /// Rewrites the host's OCI spec for the guest and lists the host paths that
 /// must be shared for it: the rootfs (first) and each bind-mount source.
-/// Hooks (host binaries) are dropped; namespaces and cgroups are the
-/// agent's business (it drops host namespace paths and places the cgroup).
-pub fn adapt_spec(
-    spec: &mut Value,
-    cid: &str,
-    rootfs: &Path,
-    shared_dir: &Path,
-) -> Vec<ShareMount> {
+/// Everything else (hooks, hostname, …) goes to the guest as built; the
+/// agent places namespaces and cgroups and checks that hooks exist there.
+pub fn adapt_spec(spec: &mut Spec, cid: &str, rootfs: &Path, shared_dir: &Path) -> Vec<ShareMount> {
     let container_share = shared_dir.join(cid);
     let mut shares = vec![ShareMount {
         source: rootfs.to_path_buf(),
         target: container_share.join("rootfs"),
         recursive: false,
+        pod_wide: false,
     }];
-    if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
-        root.insert("path".into(), Value::String(guest_rootfs(cid)));
-    } else if let Some(obj) = spec.as_object_mut() {
-        obj.insert(
-            "root".into(),
-            serde_json::json!({ "path": guest_rootfs(cid) }),
-        );
-    }
-    if let Some(obj) = spec.as_object_mut() {
-        obj.remove("hooks");
-        // Containers share the VM's UTS namespace (the pod's): the agent
-        // set its hostname at CreateSandbox, and a runtime refuses to set
-        // one without a private UTS namespace.
-        obj.remove("hostname");
-        obj.remove("domainname");
-    }
-    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
+    let mut root = spec.root().clone().unwrap_or_else(|| {
+        let mut r = Root::default();
+        r.set_readonly(None);
+        r
+    });
+    root.set_path(PathBuf::from(guest_rootfs(cid)));
+    spec.set_root(Some(root));
+    if let Some(mounts) = spec.mounts_mut() {
         for (index, mount) in mounts.iter_mut().enumerate() {
             if !is_bind(mount) {
                 continue;
             }
-            let Some(source) = mount
-                .get("source")
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
-            else {
+            let Some(source) = mount.source().clone() else {
                 continue;
             };
-            let recursive = mount
-                .get("options")
-                .and_then(Value::as_array)
-                .is_some_and(|o| o.iter().any(|v| v.as_str() == Some("rbind")));
-            let name = format!("mounts/{index}");
+            let recursive = mount.options().iter().flatten().any(|o| o == "rbind");
+            let (target, guest) = if propagates(mount) {
+                let name = format!("{VOLUMES}/{}", volume_name(&source));
+                (shared_dir.join(&name), format!("{GUEST_SHARED_DIR}/{name}"))
+            } else {
+                let name = format!("mounts/{index}");
+                (
+                    container_share.join(&name),
+                    format!("{GUEST_SHARED_DIR}/{cid}/{name}"),
+                )
+            };
             shares.push(ShareMount {
+                pod_wide: propagates(mount),
                 source,
-                target: container_share.join(&name),
+                target,
                 recursive,
             });
-            mount["source"] = Value::String(format!("{GUEST_SHARED_DIR}/{cid}/{name}"));
+            mount.set_source(Some(PathBuf::from(guest)));
         }
     }
     shares
@@ -147,6 +165,22 @@ pub fn unshare_container(shared_dir: &Path, cid: &str) {
     let _ = std::fs::remove_dir(&dir);
 }
 
+/// Unmounts and removes the pod-wide shares (at pod removal, when no
+/// container uses them any more). Idempotent.
+pub fn unshare_pod_volumes(shared_dir: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    let dir = shared_dir.join(VOLUMES);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for target in entries.flatten().map(|e| e.path()) {
+        while umount2(&target, MntFlags::MNT_DETACH).is_ok() {}
+        // Never recursive: an unmount that failed leaves host data here.
+        let _ = std::fs::remove_dir(&target).or_else(|_| std::fs::remove_file(&target));
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
 /// The CRI-visible state of a container.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -185,19 +219,54 @@ pub fn now_nanos() -> i64 {
         .unwrap_or_default()
 }
 
+/// How the container's main process was asked to take input (its CRI
+/// `ContainerConfig`): what `Attach` may do with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    /// `stdin: true`: attach sessions may write to its stdin.
+    pub stdin: bool,
+    /// `stdin_once`: the first attach session's end closes its stdin.
+    pub stdin_once: bool,
+    /// `tty`: the process has a terminal (output on stdout only).
+    pub tty: bool,
+}
+
 /// One container of the pod.
 #[derive(Debug)]
 pub struct Container {
     pub id: String,
-    /// The spec sent to the agent (JSON), the template of exec processes.
-    pub spec: Value,
+    /// The spec sent to the agent, the template of exec processes.
+    pub spec: Spec,
     pub log: Option<std::sync::Arc<crate::crilog::CriLog>>,
     pub status: Mutex<Status>,
     /// Flips to true when the container's process has exited.
     pub exited: tokio::sync::watch::Sender<bool>,
+    pub stdio: StdioConfig,
+    /// The main process's output as it is copied into the log, for
+    /// attached clients.
+    pub output: crate::attach::OutputHub,
 }
 
 impl Container {
+    pub fn new(
+        id: String,
+        spec: Spec,
+        log: Option<std::sync::Arc<crate::crilog::CriLog>>,
+        status: Status,
+        stdio: StdioConfig,
+    ) -> Self {
+        let exited = status.is(ContainerState::Exited);
+        Container {
+            id,
+            spec,
+            log,
+            status: Mutex::new(status),
+            exited: tokio::sync::watch::channel(exited).0,
+            stdio,
+            output: crate::attach::OutputHub::default(),
+        }
+    }
+
     pub fn status(&self) -> Status {
         self.status
             .lock()
@@ -240,7 +309,8 @@ mod tests {
 
     #[test]
     fn spec_points_at_the_share_and_lists_bind_sources() {
-        let mut spec = json!({
+        let mut spec: Spec = serde_json::from_value(json!({
+            "ociVersion": "1.0.2",
             "root": {"path": "/host/bundle/rootfs", "readonly": true},
             "hooks": {"prestart": [{"path": "/usr/bin/hook"}]},
             "hostname": "pod",
@@ -248,40 +318,59 @@ mod tests {
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "type": "bind", "source": "/pods/p/hosts", "options": ["rbind", "ro"]},
                 {"destination": "/data", "source": "/vol", "options": ["bind"]},
+                {"destination": "/shared", "source": "/pvc", "options": ["rbind", "rshared"]},
             ],
-        });
+        }))
+        .unwrap();
         let shares = adapt_spec(
             &mut spec,
             "c1",
             Path::new("/b/rootfs"),
             Path::new("/s/shared"),
         );
+        let spec = serde_json::to_value(&spec).unwrap();
         assert_eq!(
             spec["root"],
             json!({"path": "/run/crius/shared/c1/rootfs", "readonly": true})
         );
-        assert!(spec.get("hooks").is_none());
-        assert!(spec.get("hostname").is_none());
+        // Hooks and hostname go to the guest (the agent judges them).
+        assert_eq!(spec["hooks"]["prestart"][0]["path"], "/usr/bin/hook");
+        assert_eq!(spec["hostname"], "pod");
         assert_eq!(spec["mounts"][0]["source"], "proc");
         assert_eq!(spec["mounts"][1]["source"], "/run/crius/shared/c1/mounts/1");
         assert_eq!(spec["mounts"][2]["source"], "/run/crius/shared/c1/mounts/2");
+        // A mount with propagation is shared once per pod, by host path.
+        let pod_wide = format!("volumes/{}", volume_name(Path::new("/pvc")));
+        assert_eq!(
+            spec["mounts"][3]["source"],
+            format!("/run/crius/shared/{pod_wide}")
+        );
         assert_eq!(
             shares,
             vec![
                 ShareMount {
                     source: "/b/rootfs".into(),
                     target: "/s/shared/c1/rootfs".into(),
-                    recursive: false
+                    recursive: false,
+                    pod_wide: false
                 },
                 ShareMount {
                     source: "/pods/p/hosts".into(),
                     target: "/s/shared/c1/mounts/1".into(),
-                    recursive: true
+                    recursive: true,
+                    pod_wide: false
                 },
                 ShareMount {
                     source: "/vol".into(),
                     target: "/s/shared/c1/mounts/2".into(),
-                    recursive: false
+                    recursive: false,
+                    pod_wide: false
+                },
+                ShareMount {
+                    source: "/pvc".into(),
+                    target: Path::new("/s/shared").join(&pod_wide),
+                    recursive: true,
+                    pod_wide: true
                 },
             ]
         );
@@ -289,14 +378,13 @@ mod tests {
 
     #[tokio::test]
     async fn exit_is_recorded_once_and_wakes_waiters() {
-        let (tx, _) = tokio::sync::watch::channel(false);
-        let c = std::sync::Arc::new(Container {
-            id: "c".into(),
-            spec: Value::Null,
-            log: None,
-            status: Mutex::new(Status::default()),
-            exited: tx,
-        });
+        let c = std::sync::Arc::new(Container::new(
+            "c".into(),
+            Spec::default(),
+            None,
+            Status::default(),
+            StdioConfig::default(),
+        ));
         let waiter = {
             let c = c.clone();
             tokio::spawn(async move { c.wait_exited(std::time::Duration::from_secs(5)).await })

@@ -9,13 +9,24 @@
 //!   through [`spawn`]) and talks to the guest agent ([`agent_client`]).
 //! - [`config`]: the handler entry's `vm:` table (parsed and checked by the
 //!   shim) and VM sizing.
+//! - Interactive processes (`Exec`, `Attach`, `Wait`, ...) go through the
+//!   agent's stream calls (`interactive`, `attach`); `PortForward` through
+//!   the agent's port-forward vsock port (`portfwd`).
 
 pub mod agent_client;
+mod attach;
+mod boot;
+pub mod cid;
 pub mod config;
 pub mod container;
 pub mod crilog;
+mod interactive;
 pub mod net;
+mod portfwd;
 pub mod qemu;
+mod qmp;
+mod resize;
+mod resources;
 pub mod shim;
 pub mod spawn;
 pub mod vm;

@@ -44,7 +44,14 @@ pub struct VmSpec {
     /// The `-cpu` value.
     pub cpu: String,
     pub vcpus: u32,
+    /// vCPUs the VM can grow to (hot-plug); at most `vcpus` = no room.
+    pub max_vcpus: u32,
     pub memory_mib: u64,
+    /// Memory the VM can grow to by DIMM hot-plug (q35); at most
+    /// `memory_mib` = no room.
+    pub max_memory_mib: u64,
+    /// The QMP socket the shim resizes the VM through.
+    pub qmp_socket: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub kernel_cmdline: String,
@@ -72,6 +79,9 @@ pub fn kernel_cmdline(parts: &[&str]) -> String {
     out
 }
 
+/// DIMM slots for memory hot-plug: each resize that adds memory takes one.
+pub const MEMORY_SLOTS: u32 = 8;
+
 /// QEMU's arguments (without the program name).
 pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
     let mut args = Args::default();
@@ -96,8 +106,26 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
         },
     );
     args.pair("-cpu", &spec.cpu);
-    args.pair("-smp", spec.vcpus.to_string());
-    args.pair("-m", format!("{}M", spec.memory_mib));
+    if spec.max_vcpus > spec.vcpus {
+        args.pair("-smp", format!("{},maxcpus={}", spec.vcpus, spec.max_vcpus));
+    } else {
+        args.pair("-smp", spec.vcpus.to_string());
+    }
+    // microvm has no ACPI memory hot-plug.
+    if spec.machine == Machine::Q35 && spec.max_memory_mib > spec.memory_mib {
+        args.pair(
+            "-m",
+            format!(
+                "{}M,slots={MEMORY_SLOTS},maxmem={}M",
+                spec.memory_mib, spec.max_memory_mib
+            ),
+        );
+    } else {
+        args.pair("-m", format!("{}M", spec.memory_mib));
+    }
+    let mut qmp = path_arg("unix:", &spec.qmp_socket);
+    qmp.push(",server=on,wait=off");
+    args.pair("-qmp", qmp);
     args.pair("-object", memory_backend);
     args.flag("-nodefaults");
     args.flag("-no-user-config");
@@ -212,7 +240,10 @@ mod tests {
             accelerator: Accelerator::Tcg,
             cpu: "max".into(),
             vcpus: 2,
+            max_vcpus: 2,
             memory_mib: 320,
+            max_memory_mib: 320,
+            qmp_socket: "/s/qmp.sock".into(),
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd".into(),
             kernel_cmdline: kernel_cmdline(&["a=1", " ", "b"]),
@@ -239,6 +270,27 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    #[test]
+    fn room_to_grow_is_reserved_on_q35_and_qmp_is_always_there() {
+        let mut s = spec();
+        s.max_vcpus = 4;
+        s.max_memory_mib = 2048;
+        let args = strings(qemu_args(&s));
+        assert_eq!(values(&args, "-smp"), ["2,maxcpus=4"]);
+        assert_eq!(values(&args, "-m"), ["320M,slots=8,maxmem=2048M"]);
+        assert_eq!(
+            values(&args, "-qmp"),
+            ["unix:/s/qmp.sock,server=on,wait=off"]
+        );
+        s.machine = Machine::Microvm;
+        let args = strings(qemu_args(&s));
+        assert_eq!(
+            values(&args, "-m"),
+            ["320M"],
+            "microvm has no memory hot-plug"
+        );
     }
 
     #[test]

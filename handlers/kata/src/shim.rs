@@ -12,21 +12,27 @@ use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
 use crius_shim_api::types::{
-    Capabilities, ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
-    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+    AttachRequest, Capabilities, ContainerRef, ContainerState, ContainerStatsResponse,
+    ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecRequest,
+    ExecResponse, ExecSyncRequest, ExecSyncResponse, KillProcessRequest, PortForwardRequest,
+    ProcessRef, ResizePtyRequest, RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest,
+    RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest, WaitResponse,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerParams, HandlerResult, RuntimeHandler};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::agent_client::{AgentAddr, AgentClient, AgentError, shared_9p_storage};
-use crate::config::{SharedFs, VmConfig, VsockMode, size_vm};
-use crate::container::{Container, Status, adapt_spec, mount_share, now_nanos, unshare_container};
-use crate::crilog::{CriLog, LineSplitter};
+use crate::agent_client::{AgentClient, AgentError};
+use crate::attach::{Stream, copy_output};
+use crate::config::{VmConfig, VsockMode};
+use crate::container::{
+    Container, Status, StdioConfig, VOLUMES, adapt_spec, mount_share, now_nanos, unshare_container,
+    unshare_pod_volumes,
+};
+use crate::crilog::CriLog;
 use crate::spawn::{ProcessSpawner, RealSpawner, kill_stale};
-use crate::vm::{AGENT_PORT, BootError, Vm, VmLayout, VmParams};
+use crate::vm::{Vm, VmLayout};
 
 /// The handler entry, as the daemon hands it over (`HandlerParams`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +43,11 @@ pub struct ShimConfig {
     pub qemu_path: PathBuf,
     /// The entry's `vm:` table.
     pub vm: VmConfig,
+    /// The handler's state dir (`HandlerParams.state_dir`, under the
+    /// daemon's `state_dir`): VM sockets go there when a pod's state dir is
+    /// too deep for a socket path.
+    #[serde(default)]
+    pub handler_state_dir: PathBuf,
 }
 
 impl ShimConfig {
@@ -47,6 +58,7 @@ impl ShimConfig {
             handler: params.name.clone(),
             qemu_path: PathBuf::from(&params.runtime_path),
             vm: VmConfig::from_options(&params.options)?,
+            handler_state_dir: PathBuf::from(&params.state_dir),
         })
     }
 }
@@ -67,17 +79,20 @@ pub struct VmState {
     pub socket_dir: PathBuf,
     /// Milliseconds from QEMU start until the agent answered.
     pub boot_ms: u64,
+    /// The guest's vsock CID (unique per VM with `vsock: vhost`).
+    #[serde(default)]
+    pub guest_cid: u32,
 }
 
 /// Timings of one VM start, logged and reported in SandboxStatus info.
 #[derive(Debug, Clone, Copy, Default)]
-struct Timings {
+pub(crate) struct Timings {
     /// Starting vhost-device-vsock (virtiofsd) and QEMU.
-    vm_start: Duration,
+    pub(crate) vm_start: Duration,
     /// From the start until the agent answered Check: the guest booted.
-    agent_ready: Duration,
+    pub(crate) agent_ready: Duration,
     /// ... until CreateSandbox and the guest network were done.
-    sandbox_ready: Duration,
+    pub(crate) sandbox_ready: Duration,
 }
 
 enum Phase {
@@ -99,24 +114,34 @@ struct Running {
 
 /// The pod's handler as served by the shim.
 pub struct PodShim {
-    config: ShimConfig,
+    pub(crate) config: ShimConfig,
     pod: OnceLock<PodIdent>,
-    spawner: Arc<dyn ProcessSpawner>,
+    pub(crate) spawner: Arc<dyn ProcessSpawner>,
     phase: Mutex<Phase>,
-    containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
+    pub(crate) containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
     /// Containers the agent reported OOM-killed.
-    oom_killed: Arc<std::sync::Mutex<HashSet<String>>>,
-    exec_counter: std::sync::atomic::AtomicU64,
+    pub(crate) oom_killed: Arc<std::sync::Mutex<HashSet<String>>>,
+    pub(crate) exec_counter: std::sync::atomic::AtomicU64,
+    /// Interactive execs until `Wait` answered for them.
+    pub(crate) execs: crate::interactive::Execs,
+    /// The running VM's vsock CID.
+    pub(crate) guest_cid: std::sync::atomic::AtomicU32,
     /// CreateContainer + StartContainer of the first container, in the
     /// guest (for the bench's kata split).
     last_container_start_ms: std::sync::atomic::AtomicU64,
     first_create_began: std::sync::Mutex<Option<Instant>>,
+    /// The pod's VM cgroup (`<pod cgroup>/vm`) QEMU and the helpers run in.
+    pub(crate) vm_cgroup: std::sync::Mutex<Option<crius_shim_api::cgroupfs::PodCgroup>>,
+    /// Pod-wide shares mounted so far (see `container::VOLUMES`).
+    pod_volumes: std::sync::Mutex<HashSet<PathBuf>>,
+    /// The VM's size and what it may grow to (see `resize`).
+    pub(crate) sizing: Mutex<crate::resize::Sizing>,
 }
 
 /// Exit code of a process killed by SIGKILL, as the agent reports it.
-const SIGKILL_EXIT: i32 = 128 + 9;
+pub(crate) const SIGKILL_EXIT: i32 = 128 + 9;
 
-fn agent_err(what: &str, err: AgentError) -> HandlerError {
+pub(crate) fn agent_err(what: &str, err: AgentError) -> HandlerError {
     HandlerError::internal(format!("{what}: {err}"))
 }
 
@@ -139,20 +164,34 @@ impl PodShim {
             containers: std::sync::Mutex::new(HashMap::new()),
             oom_killed: Arc::new(std::sync::Mutex::new(HashSet::new())),
             exec_counter: std::sync::atomic::AtomicU64::new(0),
+            execs: Default::default(),
+            guest_cid: std::sync::atomic::AtomicU32::new(0),
             last_container_start_ms: std::sync::atomic::AtomicU64::new(0),
             first_create_began: std::sync::Mutex::new(None),
+            vm_cgroup: std::sync::Mutex::new(None),
+            pod_volumes: Default::default(),
+            sizing: Default::default(),
         }
     }
 
+    /// The running VM's vsock CID.
+    pub(crate) fn guest_cid(&self) -> u32 {
+        self.guest_cid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The pod's id ("" before RunSandbox/RestoreSandbox).
-    fn sandbox_id(&self) -> &str {
+    pub(crate) fn sandbox_id(&self) -> &str {
         self.pod.get().map_or("", |p| p.sandbox_id.as_str())
     }
 
-    fn layout(&self) -> VmLayout {
+    pub(crate) fn layout(&self) -> VmLayout {
         match self.pod.get() {
-            Some(pod) => VmLayout::new(&pod.state_dir, &pod.sandbox_id),
-            None => VmLayout::new(Path::new(""), ""),
+            Some(pod) => VmLayout::new(
+                &pod.state_dir,
+                &self.config.handler_state_dir,
+                &pod.sandbox_id,
+            ),
+            None => VmLayout::new(Path::new(""), Path::new(""), ""),
         }
     }
 
@@ -178,7 +217,7 @@ impl PodShim {
     }
 
     /// The agent of the running VM.
-    async fn agent(&self) -> HandlerResult<AgentClient> {
+    pub(crate) async fn agent(&self) -> HandlerResult<AgentClient> {
         match &*self.phase.lock().await {
             Phase::Running(running) => Ok(running.agent.clone()),
             Phase::Empty => Err(HandlerError::failed_precondition(format!(
@@ -192,7 +231,7 @@ impl PodShim {
         }
     }
 
-    fn container(&self, req_sandbox: &str, id: &str) -> HandlerResult<Arc<Container>> {
+    pub(crate) fn container(&self, req_sandbox: &str, id: &str) -> HandlerResult<Arc<Container>> {
         self.check_pod(req_sandbox)?;
         self.containers
             .lock()
@@ -204,7 +243,7 @@ impl PodShim {
             })
     }
 
-    fn check_pod(&self, sandbox_id: &str) -> HandlerResult<()> {
+    pub(crate) fn check_pod(&self, sandbox_id: &str) -> HandlerResult<()> {
         if self.pod.get().is_none() {
             Err(HandlerError::not_found(format!(
                 "pod {sandbox_id} has no VM: its shim never ran it"
@@ -219,248 +258,6 @@ impl PodShim {
         }
     }
 
-    async fn boot(
-        &self,
-        req: &RunSandboxRequest,
-    ) -> HandlerResult<(Vm, AgentClient, Timings, Option<crate::net::NetSetup>)> {
-        let net = if req.netns_path.is_empty() {
-            None
-        } else {
-            let netns = PathBuf::from(&req.netns_path);
-            let network = req.network.clone().unwrap_or_default();
-            Some(crate::net::setup(&netns, &network).await.map_err(|err| {
-                HandlerError::internal(format!(
-                    "pod {}: bridging the pod network to the VM: {err}",
-                    req.sandbox_id
-                ))
-            })?)
-        };
-        let result = self.boot_with(req, net.as_ref()).await;
-        match result {
-            Ok((vm, agent, timings)) => Ok((vm, agent, timings, net)),
-            Err(err) => {
-                if let Some(net) = &net {
-                    crate::net::teardown(net).await;
-                }
-                Err(err)
-            }
-        }
-    }
-
-    async fn boot_with(
-        &self,
-        req: &RunSandboxRequest,
-        net: Option<&crate::net::NetSetup>,
-    ) -> HandlerResult<(Vm, AgentClient, Timings)> {
-        let config = &self.config.vm;
-        let resources = req
-            .config
-            .as_ref()
-            .and_then(|c| c.linux.as_ref())
-            .and_then(|l| l.resources.as_ref());
-        let annotations = req.annotations.clone().into_iter().collect();
-        let size = size_vm(
-            config,
-            &annotations,
-            resources.map_or(0, |r| r.memory_limit_in_bytes),
-            resources.map_or(0, |r| r.cpu_quota),
-            resources.map_or(0, |r| r.cpu_period),
-        )
-        .map_err(HandlerError::invalid_argument)?;
-        let layout = self.layout();
-        let params = VmParams {
-            sandbox_id: self.sandbox_id().to_string(),
-            qemu_path: self.config.qemu_path.clone(),
-            config: config.clone(),
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            extra_kernel_params: size.extra_kernel_params,
-            layout: layout.clone(),
-            netns: net.map(|n| n.netns.clone()),
-            net: net.map(|n| crate::qemu::NetDevice {
-                tap: n.tap.clone(),
-                mac: n.interface.mac.clone(),
-            }),
-        };
-        let begin = Instant::now();
-        let mut vm = Vm::start(self.spawner.as_ref(), &params)
-            .await
-            .map_err(|err| self.boot_error(err))?;
-        let vm_start = begin.elapsed();
-        let timeout = Duration::from_secs(config.boot_timeout_seconds);
-        let addr = match config.vsock {
-            VsockMode::Hybrid => AgentAddr::Hybrid {
-                uds: layout.vsock_uds(),
-                port: AGENT_PORT,
-            },
-            VsockMode::Vhost => AgentAddr::Vsock {
-                cid: config.guest_cid,
-                port: AGENT_PORT,
-            },
-        };
-        let ready = vm
-            .wait_ready(timeout, || {
-                let addr = addr.clone();
-                async move {
-                    let agent = AgentClient::connect(&addr)
-                        .await
-                        .ok()?
-                        .with_timeout(Duration::from_secs(2));
-                    agent.check().await.ok()?;
-                    Some(agent.with_timeout(crate::agent_client::DEFAULT_TIMEOUT))
-                }
-            })
-            .await;
-        let agent_ready = begin.elapsed();
-        let ready = match ready {
-            Ok(agent) => self
-                .create_guest_sandbox(&agent, req, net)
-                .await
-                .map(|()| agent),
-            Err(err) => Err(self.boot_error(err)),
-        };
-        match ready {
-            Ok(agent) => {
-                let timings = Timings {
-                    vm_start,
-                    agent_ready,
-                    sandbox_ready: begin.elapsed(),
-                };
-                tracing::info!(
-                    sandbox = %self.sandbox_id(),
-                    vm_start_ms = timings.vm_start.as_millis() as u64,
-                    agent_ready_ms = timings.agent_ready.as_millis() as u64,
-                    sandbox_ready_ms = timings.sandbox_ready.as_millis() as u64,
-                    vcpus = size.vcpus,
-                    memory_mib = size.memory_mib,
-                    "VM ready"
-                );
-                Ok((vm, agent, timings))
-            }
-            Err(err) => {
-                vm.stop().await;
-                Err(err)
-            }
-        }
-    }
-
-    /// CreateSandbox in the guest: hostname, DNS and the shared directory.
-    async fn create_guest_sandbox(
-        &self,
-        agent: &AgentClient,
-        req: &RunSandboxRequest,
-        net: Option<&crate::net::NetSetup>,
-    ) -> HandlerResult<()> {
-        let config = req.config.clone().unwrap_or_default();
-        let storage = match self.config.vm.shared_fs {
-            SharedFs::NineP => shared_9p_storage(),
-            SharedFs::Virtiofs => crius_agent_proto::agent::Storage {
-                driver: "virtio-fs".into(),
-                source: crate::vm::SHARED_TAG.into(),
-                fstype: "virtiofs".into(),
-                mount_point: crate::agent_client::GUEST_SHARED_DIR.into(),
-                ..Default::default()
-            },
-        };
-        let request = crius_agent_proto::agent::CreateSandboxRequest {
-            hostname: config.hostname.clone(),
-            dns: config.dns_config.map(|d| d.servers).unwrap_or_default(),
-            storages: vec![storage],
-            sandbox_id: req.sandbox_id.clone(),
-            ..Default::default()
-        };
-        agent.create_sandbox(request).await.map_err(|err| {
-            HandlerError::internal(format!(
-                "pod {}: guest agent CreateSandbox: {err}",
-                req.sandbox_id
-            ))
-        })?;
-        if let Some(net) = net {
-            self.configure_guest_network(agent, net)
-                .await
-                .map_err(|err| {
-                    HandlerError::internal(format!(
-                        "pod {}: configuring the guest network: {err}",
-                        req.sandbox_id
-                    ))
-                })?;
-        }
-        // Collects OOM kills for the pod's lifetime; exits with the VM.
-        let oom = self.oom_killed.clone();
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            while let Ok(id) = agent.get_oom_event().await {
-                tracing::info!(container = %id, "OOM kill reported by the guest");
-                oom.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-            }
-        });
-        Ok(())
-    }
-
-    /// Gives the guest NIC (same MAC as the CNI interface) the pod's
-    /// addresses and routes.
-    async fn configure_guest_network(
-        &self,
-        agent: &AgentClient,
-        net: &crate::net::NetSetup,
-    ) -> Result<(), AgentError> {
-        use crius_agent_proto::types::{IPAddress, IPFamily, Interface, Route};
-        let family = |v6: bool| if v6 { IPFamily::v6 } else { IPFamily::v4 };
-        let interface = Interface {
-            device: net.interface.name.clone(),
-            name: net.interface.name.clone(),
-            hwAddr: net.interface.mac.clone(),
-            mtu: net.interface.mtu,
-            IPAddresses: net
-                .interface
-                .addresses
-                .iter()
-                .map(|(address, prefix, v6)| IPAddress {
-                    family: family(*v6).into(),
-                    address: address.clone(),
-                    mask: prefix.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        agent.update_interface(interface).await?;
-        let routes = net
-            .routes
-            .iter()
-            .map(|r| Route {
-                dest: if r.dest == "default" {
-                    String::new()
-                } else {
-                    r.dest.clone()
-                },
-                gateway: r.gateway.clone(),
-                device: r.device.clone(),
-                source: r.source.clone(),
-                scope: r.scope,
-                family: family(r.ipv6).into(),
-                ..Default::default()
-            })
-            .collect();
-        agent.update_routes(routes).await?;
-        Ok(())
-    }
-
-    fn boot_error(&self, err: BootError) -> HandlerError {
-        let kind = match err {
-            BootError::Timeout { .. } => ErrorKind::DeadlineExceeded,
-            BootError::Prepare(_) | BootError::Exited { .. } => ErrorKind::Internal,
-        };
-        HandlerError::new(
-            kind,
-            format!(
-                "VM of pod {} ({}) failed to start: {err}",
-                self.sandbox_id(),
-                self.config.handler
-            ),
-        )
-    }
-
     /// Stops the VM (if it runs) and remembers why.
     pub async fn stop_vm(&self, reason: &str) {
         let mut phase = self.phase.lock().await;
@@ -469,6 +266,9 @@ impl PodShim {
             if let Some(net) = &running.net {
                 crate::net::teardown(net).await;
             }
+            self.remove_vm_cgroup().await;
+            // No VM to grow any more.
+            *self.sizing.lock().await = Default::default();
             *phase = Phase::Stopped {
                 reason: reason.to_string(),
             };
@@ -495,21 +295,20 @@ impl PodShim {
         }
         let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
         for c in &req.containers {
-            let (exited, _) = tokio::sync::watch::channel(true);
-            let container = Container {
-                id: c.container_id.clone(),
-                spec: serde_json::Value::Null,
-                log: None,
-                status: std::sync::Mutex::new(Status {
+            let container = Container::new(
+                c.container_id.clone(),
+                crius_agent_proto::oci_spec::runtime::Spec::default(),
+                None,
+                Status {
                     state: ContainerState::Exited as i32,
                     finished_at: now_nanos(),
                     exit_code: SIGKILL_EXIT,
                     reason: "Error".to_string(),
                     message: reason.to_string(),
                     ..Default::default()
-                }),
-                exited,
-            };
+                },
+                StdioConfig::default(),
+            );
             containers.insert(c.container_id.clone(), Arc::new(container));
         }
     }
@@ -586,6 +385,7 @@ impl RuntimeHandler for PodShim {
 
     async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
         self.claim(&req.sandbox_id, &req.state_dir)?;
+        self.check_request(&req)?;
         self.check_ready().await?;
         let mut phase = self.phase.lock().await;
         if !matches!(*phase, Phase::Empty) {
@@ -594,12 +394,21 @@ impl RuntimeHandler for PodShim {
                 format!("pod {} already ran its VM", req.sandbox_id),
             ));
         }
-        let (vm, agent, timings, net) = self.boot(&req).await?;
+        let (vm, agent, timings, net) = match self.boot(&req).await {
+            Ok(booted) => booted,
+            Err(err) => {
+                // Nothing of the VM may outlive a failed start, its socket
+                // dir included (the core may not send RemoveSandbox).
+                self.layout().remove_socket_dir();
+                return Err(err);
+            }
+        };
         let state = VmState {
             qemu_pid: vm.qemu_pid(),
             helper_pids: vm.pids().into_iter().skip(1).collect(),
             socket_dir: vm.layout.socket_dir.clone(),
             boot_ms: timings.sandbox_ready.as_millis() as u64,
+            guest_cid: self.guest_cid(),
         };
         *phase = Phase::Running(Box::new(Running {
             vm,
@@ -643,12 +452,18 @@ impl RuntimeHandler for PodShim {
             ids.extend(
                 entries
                     .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok()),
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|name| name != VOLUMES),
             );
         }
         for id in ids {
             unshare_container(&layout.shared_dir(), &id);
         }
+        unshare_pod_volumes(&layout.shared_dir());
+        self.pod_volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let _ = std::fs::remove_dir(layout.shared_dir());
         layout.remove_socket_dir();
         Ok(())
@@ -666,6 +481,9 @@ impl RuntimeHandler for PodShim {
             if let Some(net) = &running.net {
                 crate::net::teardown(net).await;
             }
+            self.remove_vm_cgroup().await;
+            // No VM to grow any more.
+            *self.sizing.lock().await = Default::default();
             *phase = Phase::Stopped {
                 reason: reason.clone(),
             };
@@ -752,7 +570,7 @@ impl RuntimeHandler for PodShim {
         }
         let agent = self.agent().await?;
         let bundle = req.bundle.clone().unwrap_or_default();
-        let mut spec: serde_json::Value =
+        let mut spec: crius_agent_proto::oci_spec::runtime::Spec =
             serde_json::from_slice(&bundle.oci_spec).map_err(|err| {
                 HandlerError::invalid_argument(format!("container {cid}: bad OCI spec: {err}"))
             })?;
@@ -777,17 +595,29 @@ impl RuntimeHandler for PodShim {
             ))
         };
         let result = async {
+            let limits = crate::resize::Limits::of(
+                req.config
+                    .as_ref()
+                    .and_then(|c| c.linux.as_ref())
+                    .and_then(|l| l.resources.as_ref()),
+            );
+            self.resize_for_container(&cid, Some(limits)).await?;
             for share in &shares {
+                let mut pod_volumes = self.pod_volumes.lock().unwrap_or_else(|e| e.into_inner());
+                if share.pod_wide && pod_volumes.contains(&share.target) {
+                    // Mounted for an earlier container of the pod.
+                    continue;
+                }
                 mount_share(share).map_err(|err| {
                     HandlerError::internal(format!("container {cid}: sharing with the VM: {err}"))
                 })?;
+                if share.pod_wide {
+                    pod_volumes.insert(share.target.clone());
+                }
             }
-            let request = crius_agent_proto::agent::CreateContainerRequest {
-                container_id: cid.clone(),
-                exec_id: cid.clone(),
-                OCI: Some(crius_agent_proto::convert::spec_from_json(&spec)).into(),
-                ..Default::default()
-            };
+            let mut request = crius_agent_proto::oci_json::create_container_request(&cid, &spec)
+                .map_err(|err| HandlerError::internal(format!("container {cid}: {err}")))?;
+            request.sandbox_pidns = crate::boot::shares_pod_pid_namespace(&req);
             agent.create_container(request).await.map_err(|err| {
                 agent_err(
                     &format!("container {cid}: guest agent CreateContainer"),
@@ -800,18 +630,26 @@ impl RuntimeHandler for PodShim {
             unshare_container(&shared_dir, &cid);
             return Err(err);
         }
-        let (exited, _) = tokio::sync::watch::channel(false);
-        let container = Arc::new(Container {
-            id: cid.clone(),
+        let stdio = req
+            .config
+            .as_ref()
+            .map(|c| StdioConfig {
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c.tty,
+            })
+            .unwrap_or_default();
+        let container = Arc::new(Container::new(
+            cid.clone(),
             spec,
             log,
-            status: std::sync::Mutex::new(Status {
+            Status {
                 state: ContainerState::Created as i32,
                 created_at: now_nanos(),
                 ..Default::default()
-            }),
-            exited,
-        });
+            },
+            stdio,
+        ));
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -857,8 +695,8 @@ impl RuntimeHandler for PodShim {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        let stdout = tokio::spawn(copy_output(agent.clone(), c.clone(), "stdout"));
-        let stderr = tokio::spawn(copy_output(agent.clone(), c.clone(), "stderr"));
+        let stdout = tokio::spawn(copy_output(agent.clone(), c.clone(), Stream::Stdout));
+        let stderr = tokio::spawn(copy_output(agent.clone(), c.clone(), Stream::Stderr));
         let oom = self.oom_killed.clone();
         tokio::spawn(async move {
             let result = agent.wait_process(&c.id, "").await;
@@ -912,8 +750,11 @@ impl RuntimeHandler for PodShim {
         }
         let agent = self.agent().await?;
         if req.timeout_seconds > 0 {
+            // The stop signal goes to the container's init only (as runc
+            // and the kubelet expect: the process decides how to stop its
+            // children); SIGKILL at the deadline goes to every process.
             let signal = stop_signal(&c.spec);
-            if let Err(err) = agent.signal_process(&c.id, "", signal).await {
+            if let Err(err) = agent.signal_process(&c.id, &c.id, signal).await {
                 tracing::debug!(container = %c.id, error = %err, "stop signal failed");
             }
             if c.wait_exited(Duration::from_secs(req.timeout_seconds as u64))
@@ -952,6 +793,9 @@ impl RuntimeHandler for PodShim {
                 c.id
             )));
         }
+        // The VM keeps its size (it only grows); the container no longer
+        // counts towards the next resize.
+        self.sizing.lock().await.containers.remove(&c.id);
         if let Ok(agent) = self.agent().await
             && let Err(err) = agent.remove_container(&c.id, 10).await
         {
@@ -974,113 +818,38 @@ impl RuntimeHandler for PodShim {
     }
 
     async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
-        let c = self.container(&req.sandbox_id, &req.container_id)?;
-        if !c.status().is(ContainerState::Running) {
-            return Err(HandlerError::failed_precondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        if req.cmd.is_empty() {
-            return Err(HandlerError::invalid_argument("ExecSync needs a command"));
-        }
-        let agent = self.agent().await?;
-        let n = self
-            .exec_counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let exec_id = format!("exec-{}-{n}", std::process::id());
-        let mut process = c
-            .spec
-            .get("process")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({}));
-        process["args"] = serde_json::json!(req.cmd);
-        process["terminal"] = serde_json::Value::Bool(false);
-        let process = crius_agent_proto::convert::process_from_json(&process);
-        agent
-            .exec_process(&c.id, &exec_id, process)
-            .await
-            .map_err(|err| {
-                agent_err(&format!("container {}: guest agent ExecProcess", c.id), err)
-            })?;
-        let run = async {
-            let out = read_all(agent.clone(), c.id.clone(), exec_id.clone(), true);
-            let err = read_all(agent.clone(), c.id.clone(), exec_id.clone(), false);
-            let (stdout, stderr, code) =
-                tokio::join!(out, err, agent.wait_process(&c.id, &exec_id));
-            (stdout, stderr, code)
-        };
-        let result = if req.timeout_seconds > 0 {
-            tokio::time::timeout(Duration::from_secs(req.timeout_seconds as u64), run)
-                .await
-                .ok()
-        } else {
-            Some(run.await)
-        };
-        match result {
-            Some((stdout, stderr, code)) => Ok(ExecSyncResponse {
-                stdout,
-                stderr,
-                exit_code: code.map_err(|err| {
-                    agent_err(&format!("container {}: guest agent WaitProcess", c.id), err)
-                })?,
-                timed_out: false,
-            }),
-            None => {
-                let _ = agent
-                    .signal_process(&c.id, &exec_id, libc::SIGKILL as u32)
-                    .await;
-                Ok(ExecSyncResponse {
-                    exit_code: -1,
-                    timed_out: true,
-                    ..Default::default()
-                })
-            }
-        }
+        self.do_exec_sync(req).await
+    }
+
+    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
+        self.do_exec(req).await
+    }
+
+    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
+        self.do_attach(req).await
+    }
+
+    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
+        self.do_resize_pty(req).await
+    }
+
+    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
+        self.do_kill_process(req).await
+    }
+
+    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
+        self.do_wait(req).await
+    }
+
+    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
+        self.do_port_forward(req).await
     }
 
     async fn update_container_resources(
         &self,
         req: UpdateContainerResourcesRequest,
     ) -> HandlerResult<()> {
-        let c = self.container(&req.sandbox_id, &req.container_id)?;
-        let agent = self.agent().await?;
-        let linux = req.linux.unwrap_or_default();
-        let mut resources = serde_json::json!({});
-        if linux.memory_limit_in_bytes > 0 {
-            resources["memory"] = serde_json::json!({ "limit": linux.memory_limit_in_bytes });
-        }
-        let mut cpu = serde_json::Map::new();
-        if linux.cpu_shares > 0 {
-            cpu.insert("shares".into(), linux.cpu_shares.into());
-        }
-        if linux.cpu_quota > 0 {
-            cpu.insert("quota".into(), linux.cpu_quota.into());
-        }
-        if linux.cpu_period > 0 {
-            cpu.insert("period".into(), linux.cpu_period.into());
-        }
-        if !linux.cpuset_cpus.is_empty() {
-            cpu.insert("cpus".into(), linux.cpuset_cpus.clone().into());
-        }
-        if !linux.cpuset_mems.is_empty() {
-            cpu.insert("mems".into(), linux.cpuset_mems.clone().into());
-        }
-        if !cpu.is_empty() {
-            resources["cpu"] = serde_json::Value::Object(cpu);
-        }
-        agent
-            .update_container(
-                &c.id,
-                crius_agent_proto::convert::resources_from_json(&resources),
-            )
-            .await
-            .map_err(|err| {
-                agent_err(
-                    &format!("container {}: guest agent UpdateContainer", c.id),
-                    err,
-                )
-            })
+        self.do_update_container_resources(req).await
     }
 
     async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
@@ -1094,37 +863,16 @@ impl RuntimeHandler for PodShim {
     }
 
     async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
-        let c = self.container(&req.sandbox_id, &req.container_id)?;
-        let agent = self.agent().await?;
-        let stats = agent.stats_container(&c.id).await.map_err(|err| {
-            agent_err(
-                &format!("container {}: guest agent StatsContainer", c.id),
-                err,
-            )
-        })?;
-        let cgroup = stats.cgroup_stats.into_option().unwrap_or_default();
-        let cpu = cgroup
-            .cpu_stats
-            .into_option()
-            .unwrap_or_default()
-            .cpu_usage
-            .into_option()
-            .unwrap_or_default();
-        let memory = cgroup.memory_stats.into_option().unwrap_or_default();
-        let usage = memory.usage.into_option().unwrap_or_default().usage;
-        let inactive = memory.stats.get("inactive_file").copied().unwrap_or(0);
-        Ok(ContainerStatsResponse {
-            timestamp: now_nanos(),
-            cpu_usage_core_nanoseconds: cpu.total_usage,
-            memory_working_set_bytes: usage.saturating_sub(inactive),
-            memory_usage_bytes: usage,
-            memory_rss_bytes: memory
-                .stats
-                .get("anon")
-                .or(memory.stats.get("rss"))
-                .copied()
-                .unwrap_or(0),
-        })
+        self.do_container_stats(req).await
+    }
+
+    async fn update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.check_pod(&req.sandbox_id)?;
+        self.resize_for_pod(crate::resize::Limits::of(req.resources.as_ref()))
+            .await
     }
 }
 
@@ -1140,164 +888,40 @@ pub fn find_program(program: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.exists())
 }
 
-/// The signal that asks the container to stop: the image's STOPSIGNAL if
-/// the core recorded it as an annotation, else SIGTERM.
-fn stop_signal(spec: &serde_json::Value) -> u32 {
-    spec.pointer("/annotations/io.kubernetes.cri.stop-signal")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|name| {
-            let name = name.trim_start_matches("SIG");
-            match name {
-                "TERM" | "15" => Some(libc::SIGTERM),
-                "INT" | "2" => Some(libc::SIGINT),
-                "QUIT" | "3" => Some(libc::SIGQUIT),
-                "KILL" | "9" => Some(libc::SIGKILL),
-                "HUP" | "1" => Some(libc::SIGHUP),
-                "USR1" | "10" => Some(libc::SIGUSR1),
-                "USR2" | "12" => Some(libc::SIGUSR2),
-                _ => None,
+/// Annotations the image's STOPSIGNAL may arrive in (the core sets the
+/// OCI one; the others as the runc handler also reads them).
+const STOP_SIGNAL_ANNOTATIONS: &[&str] = &[
+    "org.opencontainers.image.stopSignal",
+    "io.crius.image.stop-signal",
+    "io.containerd.image.config.stop-signal",
+    "io.kubernetes.cri.stop-signal",
+];
+
+/// The signal that asks the container to stop: the image's STOPSIGNAL
+/// (`SIGINT`, `INT` or a number) if the core recorded it as an annotation,
+/// else SIGTERM.
+pub(crate) fn stop_signal(spec: &crius_agent_proto::oci_spec::runtime::Spec) -> u32 {
+    let annotations = spec.annotations().as_ref();
+    STOP_SIGNAL_ANNOTATIONS
+        .iter()
+        .filter_map(|key| annotations?.get(*key).map(String::as_str))
+        .find_map(|value| {
+            let value = value.trim().to_ascii_uppercase();
+            if let Ok(n) = value.parse::<u32>() {
+                return (1..=64).contains(&n).then_some(n);
             }
+            let name = if value.starts_with("SIG") {
+                value
+            } else {
+                format!("SIG{value}")
+            };
+            name.parse::<nix::sys::signal::Signal>()
+                .ok()
+                .map(|s| s as i32 as u32)
         })
-        .unwrap_or(libc::SIGTERM) as u32
-}
-
-/// Copies one stream of a container's main process into its CRI log
-/// until EOF (or until the agent is gone).
-async fn copy_output(agent: AgentClient, c: Arc<Container>, stream: &'static str) {
-    let mut splitter = LineSplitter::default();
-    loop {
-        let read = if stream == "stdout" {
-            agent.read_stdout(&c.id, "", 64 * 1024).await
-        } else {
-            agent.read_stderr(&c.id, "", 64 * 1024).await
-        };
-        let chunk = match read {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(err) => {
-                tracing::debug!(container = %c.id, stream, error = %err, "output copy ended");
-                break;
-            }
-        };
-        if let Some(log) = &c.log {
-            for (partial, content) in splitter.feed(&chunk) {
-                if let Err(err) = log.write_record(stream, partial, &content) {
-                    tracing::warn!(container = %c.id, error = %err, "writing the CRI log failed");
-                }
-            }
-        }
-    }
-    if let (Some(log), Some((partial, content))) = (&c.log, splitter.finish()) {
-        let _ = log.write_record(stream, partial, &content);
-    }
-}
-
-/// All of an exec's stdout or stderr (bounded to 16 MiB, as kubelet output).
-async fn read_all(agent: AgentClient, cid: String, exec_id: String, stdout: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let read = if stdout {
-            agent.read_stdout(&cid, &exec_id, 64 * 1024).await
-        } else {
-            agent.read_stderr(&cid, &exec_id, 64 * 1024).await
-        };
-        match read {
-            Ok(Some(chunk)) if out.len() < 16 << 20 => out.extend_from_slice(&chunk),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return out,
-        }
-    }
+        .unwrap_or(libc::SIGTERM as u32)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crius_shim_api::types::RestoreContainer;
-
-    fn params(options: serde_json::Value) -> HandlerParams {
-        HandlerParams {
-            name: "kata".into(),
-            runtime_path: "/nonexistent/qemu-system-x86_64".into(),
-            options: options.as_object().cloned().unwrap_or_default(),
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_bad_vm_table_fails_construction_naming_the_key() {
-        let err = PodShim::from_params(params(serde_json::json!({ "default_vcpus": 0 })))
-            .err()
-            .expect("refused");
-        assert_eq!(err.kind, ErrorKind::InvalidArgument);
-        assert!(err.message.contains("default_vcpus"), "{err}");
-        let shim = PodShim::from_params(params(serde_json::json!({}))).unwrap();
-        let err = shim.check_ready().await.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::NotReady);
-        assert!(
-            err.message
-                .contains("QEMU /nonexistent/qemu-system-x86_64 does not exist"),
-            "{err}"
-        );
-    }
-
-    /// A fresh shim for a pod whose shim died: stop before restore is a
-    /// no-op, restore reports the pod not ready and its containers exited
-    /// with why, and remove releases the shared dir the dead shim left.
-    #[tokio::test]
-    async fn a_fresh_shim_takes_over_a_dead_pod_and_cleans_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("handler");
-        std::fs::create_dir_all(state_dir.join("shared/c1/rootfs")).unwrap();
-        let shim = PodShim::from_params(params(serde_json::json!({}))).unwrap();
-        let pod = SandboxRef {
-            sandbox_id: "p1".into(),
-        };
-        shim.stop_sandbox(pod.clone())
-            .await
-            .expect("nothing to stop");
-
-        let restored = shim
-            .restore_sandbox(RestoreSandboxRequest {
-                sandbox_id: "p1".into(),
-                state_dir: state_dir.display().to_string(),
-                handler_state: br#"{"qemu_pid":0,"helper_pids":[],"socket_dir":"","boot_ms":0}"#
-                    .to_vec(),
-                containers: vec![RestoreContainer {
-                    container_id: "c1".into(),
-                    ..Default::default()
-                }],
-                config: None,
-            })
-            .await
-            .unwrap();
-        assert!(!restored.ready);
-        let status = shim
-            .container_status(ContainerRef {
-                sandbox_id: "p1".into(),
-                container_id: "c1".into(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(status.state, ContainerState::Exited as i32);
-        assert!(status.message.contains("shim died"), "{status:?}");
-        let sandbox = shim.sandbox_status(pod.clone()).await.unwrap();
-        assert!(!sandbox.ready);
-        assert!(sandbox.info["reason"].contains("shim died"), "{sandbox:?}");
-
-        let other = shim
-            .stop_sandbox(SandboxRef {
-                sandbox_id: "p2".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(other.kind, ErrorKind::NotFound);
-
-        shim.stop_sandbox(pod.clone()).await.unwrap();
-        shim.remove_sandbox(pod.clone()).await.unwrap();
-        assert!(
-            !state_dir.join("shared").exists(),
-            "the dead shim's shares are gone"
-        );
-        shim.remove_sandbox(pod).await.expect("idempotent");
-    }
-}
+#[path = "shim_tests.rs"]
+mod tests;

@@ -24,6 +24,9 @@ pub struct ProcessSpec {
     pub log: PathBuf,
     /// Network namespace to enter before exec (QEMU opens the pod's tap).
     pub netns: Option<PathBuf>,
+    /// `cgroup.procs` files (one per hierarchy) the process joins before
+    /// exec, so it is charged to the pod from its first allocation.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A started process.
@@ -63,6 +66,15 @@ impl ProcessSpawner for RealSpawner {
             })?),
             None => None,
         };
+        let cgroups = spec
+            .cgroup_procs
+            .iter()
+            .map(|path| {
+                OpenOptions::new().write(true).open(path).map_err(|err| {
+                    io::Error::new(err.kind(), format!("cannot open {}: {err}", path.display()))
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut command = std::process::Command::new(&spec.program);
         command
             .args(&spec.args)
@@ -70,8 +82,8 @@ impl ProcessSpawner for RealSpawner {
             .stdout(log.try_clone()?)
             .stderr(log);
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe system calls (prctl, setns) on values prepared
-        // before the fork; it allocates nothing.
+        // async-signal-safe system calls (prctl, write, setns) on values
+        // prepared before the fork; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(
@@ -83,6 +95,13 @@ impl ProcessSpawner for RealSpawner {
                 ) != 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+                for procs in &cgroups {
+                    use std::os::fd::AsRawFd;
+                    // "0" is the writing process: the child itself.
+                    if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 if let Some(ns) = &netns {
                     use std::os::fd::AsRawFd;
@@ -187,6 +206,7 @@ mod tests {
             args: vec!["-c".into(), "echo hello; echo oops >&2; exit 3".into()],
             log: log.clone(),
             netns: None,
+            cgroup_procs: Vec::new(),
         };
         let mut child = RealSpawner.spawn(&spec).unwrap();
         let status = child.wait().await.unwrap();
@@ -204,6 +224,7 @@ mod tests {
             args: vec![],
             log: dir.path().join("log"),
             netns: None,
+            cgroup_procs: Vec::new(),
         };
         let err = RealSpawner.spawn(&spec).err().unwrap();
         assert!(
@@ -222,6 +243,7 @@ mod tests {
             args: vec!["100".into()],
             log: dir.path().join("log"),
             netns: None,
+            cgroup_procs: Vec::new(),
         };
         let mut child = RealSpawner.spawn(&spec).unwrap();
         let pid = child.pid();

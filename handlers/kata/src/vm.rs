@@ -16,21 +16,29 @@ pub const AGENT_PORT: u32 = 1024;
 /// 9p mount tag / virtio-fs tag of the pod's shared directory.
 pub const SHARED_TAG: &str = "crius";
 
-/// Where a pod's VM files live. Sockets go to a short directory when the
-/// state dir is too deep for a unix socket path (108 bytes).
+/// Where a pod's VM files live. Sockets go to a short directory of the
+/// handler's own (`HandlerParams.state_dir`, under the daemon's
+/// `state_dir`) when the pod's state dir is too deep for a unix socket path
+/// (108 bytes): never to a fixed host-wide path another daemon could share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmLayout {
     pub state_dir: PathBuf,
     pub socket_dir: PathBuf,
 }
 
-const SOCKET_PATH_MAX: usize = 100;
-/// Where sockets go when the state dir is too deep.
-pub const SHORT_SOCKET_ROOT: &str = "/run/crius-kata";
+/// The longest one readiness probe of the agent may take.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(4);
 
-/// Creates `dir` and any missing parent 0700 (the shared root
-/// [`SHORT_SOCKET_ROOT`] included) and tightens `dir` if it is wider: the
-/// sockets in it reach the guest agent and the VM's devices, root only.
+/// Longest socket path we create (the kernel's limit is 107 bytes + NUL;
+/// leave room).
+pub const SOCKET_PATH_MAX: usize = 100;
+/// The longest socket name in the socket dir: hybrid vsock appends
+/// `_<port>` for guest-initiated connections.
+const LONGEST_SOCKET: &str = "/vsock.sock_4294967295";
+
+/// Creates `dir` and any missing parent 0700 and tightens `dir` if it is
+/// wider: the sockets in it reach the guest agent and the VM's devices,
+/// root only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -44,11 +52,12 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl VmLayout {
-    pub fn new(state_dir: &Path, sandbox_id: &str) -> Self {
-        // The longest socket name below is `vsock.sock_1024` (hybrid vsock
-        // appends `_<port>` for guest-initiated connections).
-        let fits = state_dir.as_os_str().len() + "/vsock.sock_4294967295".len() <= SOCKET_PATH_MAX;
-        let socket_dir = if fits {
+    /// `short_root` is the handler's state dir ("" = none: sockets stay in
+    /// the pod's state dir, and [`VmLayout::check_socket_paths`] says
+    /// whether they fit).
+    pub fn new(state_dir: &Path, short_root: &Path, sandbox_id: &str) -> Self {
+        let fits = state_dir.as_os_str().len() + LONGEST_SOCKET.len() <= SOCKET_PATH_MAX;
+        let socket_dir = if fits || short_root.as_os_str().is_empty() {
             state_dir.to_path_buf()
         } else {
             let short: String = sandbox_id
@@ -56,12 +65,25 @@ impl VmLayout {
                 .filter(char::is_ascii_alphanumeric)
                 .take(16)
                 .collect();
-            PathBuf::from(SHORT_SOCKET_ROOT).join(short)
+            short_root.join(short)
         };
         Self {
             state_dir: state_dir.to_path_buf(),
             socket_dir,
         }
+    }
+    /// An error naming the socket dir when its sockets would be longer
+    /// than a unix socket path may be.
+    pub fn check_socket_paths(&self) -> Result<(), String> {
+        let len = self.socket_dir.as_os_str().len() + LONGEST_SOCKET.len();
+        if len <= SOCKET_PATH_MAX {
+            return Ok(());
+        }
+        Err(format!(
+            "the VM socket dir {} is too deep for unix socket paths ({len} > {SOCKET_PATH_MAX} bytes); \
+             configure a shorter daemon state_dir",
+            self.socket_dir.display()
+        ))
     }
     pub fn vhost_user_vsock(&self) -> PathBuf {
         self.socket_dir.join("vhu-vsock.sock")
@@ -72,6 +94,10 @@ impl VmLayout {
     }
     pub fn virtiofs_socket(&self) -> PathBuf {
         self.socket_dir.join("virtiofs.sock")
+    }
+    /// QEMU's QMP monitor (resizing the VM).
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.socket_dir.join("qmp.sock")
     }
     /// Shared into the guest (9p / virtio-fs): container rootfs and volumes.
     pub fn shared_dir(&self) -> PathBuf {
@@ -105,11 +131,19 @@ pub struct VmParams {
     pub config: VmConfig,
     pub vcpus: u32,
     pub memory_mib: u64,
+    /// Room to grow by hot-plug (see [`VmConfig`]'s `max_*`), resolved.
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
     pub extra_kernel_params: String,
+    /// The guest's vsock CID (allocated per VM with `vsock: vhost`).
+    pub guest_cid: u32,
     pub layout: VmLayout,
     /// The pod's netns (QEMU runs in it to open the tap).
     pub netns: Option<PathBuf>,
     pub net: Option<NetDevice>,
+    /// `cgroup.procs` of the pod's VM cgroup in each hierarchy: QEMU and
+    /// every helper start there.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Why a VM did not come up.
@@ -123,8 +157,15 @@ pub enum BootError {
         status: String,
         log: String,
     },
-    #[error("the guest agent did not answer within {timeout:?} (guest console: {console})")]
-    Timeout { timeout: Duration, console: String },
+    #[error(
+        "the guest agent did not answer within {timeout:?} (last probe: {last_probe}; guest console: {console})"
+    )]
+    Timeout {
+        timeout: Duration,
+        /// Why the last probe failed (or that none finished in time).
+        last_probe: String,
+        console: String,
+    },
 }
 
 /// A running VM and its helper processes.
@@ -149,6 +190,7 @@ impl Vm {
         let layout = &params.layout;
         let prepare =
             |what: &str, err: std::io::Error| BootError::Prepare(format!("{what}: {err}"));
+        layout.check_socket_paths().map_err(BootError::Prepare)?;
         std::fs::create_dir_all(&layout.state_dir).map_err(|e| prepare("state dir", e))?;
         create_private_dir(&layout.socket_dir).map_err(|e| prepare("socket dir", e))?;
         std::fs::create_dir_all(layout.shared_dir()).map_err(|e| prepare("shared dir", e))?;
@@ -170,7 +212,7 @@ impl Vm {
                         program: config.vhost_device_vsock_path.clone(),
                         args: vec![
                             "--guest-cid".into(),
-                            config.guest_cid.to_string().into(),
+                            params.guest_cid.to_string().into(),
                             "--socket".into(),
                             socket.clone().into(),
                             "--uds-path".into(),
@@ -178,6 +220,7 @@ impl Vm {
                         ],
                         log: layout.helper_log("vhost-device-vsock"),
                         netns: None,
+                        cgroup_procs: params.cgroup_procs.clone(),
                     };
                     start_helper(spawner, &spec, &socket, &mut helpers).await?;
                     VsockDevice::Hybrid {
@@ -185,7 +228,7 @@ impl Vm {
                     }
                 }
                 VsockMode::Vhost => VsockDevice::Vhost {
-                    guest_cid: config.guest_cid,
+                    guest_cid: params.guest_cid,
                 },
             };
             let shared = match config.shared_fs {
@@ -210,6 +253,7 @@ impl Vm {
                         ],
                         log: layout.helper_log("virtiofsd"),
                         netns: None,
+                        cgroup_procs: params.cgroup_procs.clone(),
                     };
                     start_helper(spawner, &spec, &socket, &mut helpers).await?;
                     SharedDevice::Virtiofs {
@@ -224,10 +268,15 @@ impl Vm {
                 accelerator: config.accelerator,
                 cpu: config.cpu(),
                 vcpus: params.vcpus,
+                max_vcpus: params.max_vcpus,
                 memory_mib: params.memory_mib,
+                max_memory_mib: params.max_memory_mib,
+                qmp_socket: layout.qmp_socket(),
                 kernel: config.kernel.clone(),
                 initrd: config.initrd.clone(),
                 kernel_cmdline: kernel_cmdline(&[
+                    // Hot-plugged DIMMs come online by themselves.
+                    "memhp_default_state=online",
                     &config.kernel_params,
                     &params.extra_kernel_params,
                 ]),
@@ -243,6 +292,7 @@ impl Vm {
                 args: qemu_args(&spec),
                 log: layout.qemu_log(),
                 netns: params.netns.clone(),
+                cgroup_procs: params.cgroup_procs.clone(),
             };
             tracing::info!(sandbox = %params.sandbox_id, args = ?qemu_spec.args, "starting QEMU");
             spawner
@@ -312,9 +362,10 @@ impl Vm {
     ) -> Result<T, BootError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
+        Fut: std::future::Future<Output = Result<T, String>>,
     {
         let deadline = self.started + timeout;
+        let mut last_probe = String::from("no probe finished");
         loop {
             if let Some(err) = self.exited() {
                 return Err(err);
@@ -323,11 +374,19 @@ impl Vm {
             if remaining.is_zero() {
                 return Err(BootError::Timeout {
                     timeout,
+                    last_probe,
                     console: log_tail(&self.layout.console_log(), 1500),
                 });
             }
-            if let Ok(Some(value)) = tokio::time::timeout(remaining, probe()).await {
-                return Ok(value);
+            // Each attempt is bounded on its own: a hybrid vsock connect
+            // made before the guest listened may never be answered, and
+            // must not hold the boot until the deadline (seen under load:
+            // the agent ready after 7 s, the pod failed after 150 s).
+            let attempt = PROBE_ATTEMPT.min(remaining);
+            match tokio::time::timeout(attempt, probe()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(why)) => last_probe = why,
+                Err(_) => last_probe = format!("no answer within {attempt:?}"),
             }
             tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
         }
@@ -344,6 +403,7 @@ impl Vm {
             self.layout.vhost_user_vsock(),
             self.layout.vsock_uds(),
             self.layout.virtiofs_socket(),
+            self.layout.qmp_socket(),
         ] {
             let _ = std::fs::remove_file(socket);
         }
@@ -425,15 +485,38 @@ mod tests {
 
     #[test]
     fn deep_state_dirs_get_a_short_socket_dir() {
-        let shallow = VmLayout::new(Path::new("/run/crius/pods/abc"), "abc");
+        let handler_dir = Path::new("/run/crius-a/plugins/kata");
+        let shallow = VmLayout::new(Path::new("/run/crius/pods/abc"), handler_dir, "abc");
         assert_eq!(shallow.socket_dir, Path::new("/run/crius/pods/abc"));
+        assert!(shallow.check_socket_paths().is_ok());
         let deep_dir = PathBuf::from("/tmp/crius-test-xyz/state/pods").join("f".repeat(64));
-        let deep = VmLayout::new(&deep_dir, &"0123456789abcdef".repeat(4));
+        let id = "0123456789abcdef".repeat(4);
+        let deep = VmLayout::new(&deep_dir, handler_dir, &id);
+        // Under the daemon's own state dir, not a host-wide path: two
+        // daemons never share it.
         assert_eq!(
             deep.socket_dir,
-            Path::new("/run/crius-kata/0123456789abcdef")
+            Path::new("/run/crius-a/plugins/kata/0123456789abcdef")
         );
         assert!(deep.vsock_uds().as_os_str().len() < SOCKET_PATH_MAX);
+        assert!(deep.check_socket_paths().is_ok());
+        let other = VmLayout::new(&deep_dir, Path::new("/run/crius-b/plugins/kata"), &id);
+        assert_ne!(other.socket_dir, deep.socket_dir);
+
+        // Too deep everywhere: refused by name before anything starts.
+        let long_root = PathBuf::from("/").join("d".repeat(90));
+        let err = VmLayout::new(&deep_dir, &long_root, &id)
+            .check_socket_paths()
+            .unwrap_err();
+        assert!(
+            err.contains("too deep") && err.contains("state_dir"),
+            "{err}"
+        );
+        assert!(
+            VmLayout::new(&deep_dir, Path::new(""), &id)
+                .check_socket_paths()
+                .is_err()
+        );
     }
 
     fn params(dir: &Path, qemu: &str) -> VmParams {
@@ -449,9 +532,13 @@ mod tests {
             config,
             vcpus: 1,
             memory_mib: 128,
+            max_vcpus: 1,
+            max_memory_mib: 128,
             extra_kernel_params: String::new(),
-            layout: VmLayout::new(dir, "test"),
+            guest_cid: 3,
+            layout: VmLayout::new(dir, Path::new(""), "test"),
             netns: None,
+            cgroup_procs: Vec::new(),
             net: None,
         }
     }
@@ -481,7 +568,9 @@ mod tests {
         let pids = vm.pids();
         assert_eq!(pids.len(), 2);
         let err = vm
-            .wait_ready(Duration::from_secs(5), || async { None::<()> })
+            .wait_ready(Duration::from_secs(5), || async {
+                Err::<(), _>("not yet".to_string())
+            })
             .await
             .unwrap_err();
         assert!(
@@ -496,6 +585,48 @@ mod tests {
             );
         }
         assert!(!params.layout.vhost_user_vsock().exists());
+    }
+
+    /// A probe that hangs (a connect made before the guest listened) is
+    /// abandoned and the next one finds the agent, well before the deadline.
+    #[tokio::test]
+    async fn a_hanging_probe_does_not_hold_the_boot_until_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = params(dir.path(), "/bin/sleep");
+        struct SleepQemu(FakeHelper);
+        impl ProcessSpawner for SleepQemu {
+            fn spawn(&self, spec: &ProcessSpec) -> std::io::Result<Box<dyn ChildProcess>> {
+                let mut spec = spec.clone();
+                if spec.name == "qemu" {
+                    spec.args = vec!["100".into()];
+                }
+                self.0.spawn(&spec)
+            }
+        }
+        let mut vm = Vm::start(&SleepQemu(FakeHelper(RealSpawner)), &params)
+            .await
+            .unwrap();
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let started = Instant::now();
+        let got = vm
+            .wait_ready(Duration::from_secs(60), || {
+                let attempts = attempts.clone();
+                async move {
+                    if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(7)
+                }
+            })
+            .await
+            .expect("the second probe answers");
+        assert_eq!(got, 7);
+        assert!(
+            started.elapsed() < PROBE_ATTEMPT + Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        vm.stop().await;
     }
 
     #[tokio::test]
@@ -518,10 +649,16 @@ mod tests {
             .unwrap();
         let started = Instant::now();
         let err = vm
-            .wait_ready(Duration::from_millis(300), || async { None::<()> })
+            .wait_ready(Duration::from_millis(300), || async {
+                Err::<(), _>("connection refused".to_string())
+            })
             .await
             .unwrap_err();
         assert!(matches!(err, BootError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string().contains("last probe: connection refused"),
+            "the timeout says why the last probe failed: {err}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
         let pids = vm.pids();
         vm.stop().await;

@@ -157,6 +157,114 @@ pub fn oom_killed(mounts: &CgroupMounts, cgroup: &str) -> bool {
     keyed(&file, "oom_kill").is_some_and(|n| n > 0)
 }
 
+/// Limits written to a pod cgroup by `UpdateSandboxResources`. `None`
+/// leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// v1 `cpu.shares`; `cpu.weight` on v2.
+    pub cpu_shares: Option<u64>,
+    /// CFS quota in µs per period; `Some(None)` = unlimited.
+    pub cpu_quota: Option<Option<u64>>,
+    /// CFS period in µs.
+    pub cpu_period: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Bytes; `Some(None)` = unlimited.
+    pub memory_limit: Option<Option<u64>>,
+}
+
+/// v1 `cpu.shares` to v2 `cpu.weight` (runc's and crun's linear mapping).
+fn weight_of(shares: u64) -> u64 {
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+fn write_file(path: &Path, value: &str) -> std::io::Result<()> {
+    std::fs::write(path, value).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+fn controller_dir(
+    mounts: &CgroupMounts,
+    controller: &str,
+    cgroup: &str,
+) -> std::io::Result<PathBuf> {
+    match mounts.dir(controller, cgroup) {
+        Some(dir) if dir.is_dir() => Ok(dir),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("cgroup {cgroup} has no {controller} controller directory"),
+        )),
+    }
+}
+
+/// Writes `limits` to `cgroup` (v1 per-controller files, or v2 files).
+/// Stops at the first write the kernel refuses (for example a memory limit
+/// below the current usage) and reports it.
+pub fn set_limits(mounts: &CgroupMounts, cgroup: &str, limits: &PodLimits) -> std::io::Result<()> {
+    if limits.cpu_shares.is_some() || limits.cpu_quota.is_some() || limits.cpu_period.is_some() {
+        let dir = controller_dir(mounts, "cpu", cgroup)?;
+        if mounts.is_v2_dir(&dir) {
+            if let Some(shares) = limits.cpu_shares {
+                write_file(&dir.join("cpu.weight"), &weight_of(shares).to_string())?;
+            }
+            if limits.cpu_quota.is_some() || limits.cpu_period.is_some() {
+                let current = std::fs::read_to_string(dir.join("cpu.max")).unwrap_or_default();
+                let mut parts = current.split_whitespace();
+                let cur_quota = parts.next().unwrap_or("max").to_string();
+                let cur_period = parts.next().unwrap_or("100000").to_string();
+                let quota = match limits.cpu_quota {
+                    Some(Some(q)) => q.to_string(),
+                    Some(None) => "max".to_string(),
+                    None => cur_quota,
+                };
+                let period = limits
+                    .cpu_period
+                    .map(|p| p.to_string())
+                    .unwrap_or(cur_period);
+                write_file(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+            }
+        } else {
+            if let Some(shares) = limits.cpu_shares {
+                write_file(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+            // The period first: the kernel checks a quota against it.
+            if let Some(period) = limits.cpu_period {
+                write_file(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+            }
+            match limits.cpu_quota {
+                Some(Some(q)) => write_file(&dir.join("cpu.cfs_quota_us"), &q.to_string())?,
+                Some(None) => write_file(&dir.join("cpu.cfs_quota_us"), "-1")?,
+                None => {}
+            }
+        }
+    }
+    if limits.cpuset_cpus.is_some() || limits.cpuset_mems.is_some() {
+        let dir = controller_dir(mounts, "cpuset", cgroup)?;
+        if let Some(cpus) = &limits.cpuset_cpus {
+            write_file(&dir.join("cpuset.cpus"), cpus)?;
+        }
+        if let Some(mems) = &limits.cpuset_mems {
+            write_file(&dir.join("cpuset.mems"), mems)?;
+        }
+    }
+    if let Some(limit) = limits.memory_limit {
+        let dir = controller_dir(mounts, "memory", cgroup)?;
+        if mounts.is_v2_dir(&dir) {
+            let value = limit.map(|l| l.to_string()).unwrap_or_else(|| "max".into());
+            write_file(&dir.join("memory.max"), &value)?;
+        } else {
+            let value = limit.map(|l| l.to_string()).unwrap_or_else(|| "-1".into());
+            write_file(&dir.join("memory.limit_in_bytes"), &value)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +334,47 @@ mod tests {
         assert!(oom_killed(&m, "/c1"));
         assert!(!oom_killed(&m, "/missing"));
         assert_eq!(stats(&m, "/missing"), None);
+    }
+
+    #[test]
+    fn writes_v1_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("cpu/pod");
+        let mem = dir.path().join("memory/pod");
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::create_dir_all(&mem).unwrap();
+        let m = CgroupMounts {
+            v1: vec![
+                (vec!["cpu".into()], dir.path().join("cpu")),
+                (vec!["memory".into()], dir.path().join("memory")),
+            ],
+            v2: None,
+        };
+        let limits = PodLimits {
+            cpu_shares: Some(512),
+            cpu_quota: Some(Some(50_000)),
+            cpu_period: Some(100_000),
+            memory_limit: Some(Some(64 << 20)),
+            ..Default::default()
+        };
+        set_limits(&m, "/pod", &limits).unwrap();
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(cpu.join("cpu.shares")), "512");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        let unlimited = PodLimits {
+            cpu_quota: Some(None),
+            memory_limit: Some(None),
+            ..Default::default()
+        };
+        set_limits(&m, "/pod", &unlimited).unwrap();
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1");
+        assert_eq!(read(mem.join("memory.limit_in_bytes")), "-1");
+        let err = set_limits(&m, "/missing", &limits).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -527,9 +527,12 @@ impl OciHandler {
                     exit_code,
                     finished_at,
                     oom_killed,
+                    reason,
                     ..
                 } => {
-                    let reason = if oom_killed {
+                    let reason = if !reason.is_empty() {
+                        reason.as_str()
+                    } else if oom_killed {
                         "OOMKilled"
                     } else if exit_code == 0 {
                         "Completed"

@@ -8,6 +8,15 @@
 //! What the handler reports in `Status` comes from the runtime's own
 //! `features` document, never from its name or version.
 //!
+//! conmon dying before its container (kill -9, OOM) is reported, never
+//! hidden: a container that still runs stays RUNNING with a status message
+//! saying it is unmonitored (conmon cannot adopt a running process; its
+//! output is no longer logged, its exit code will not be known); one that
+//! ended is EXITED with exit code 255 and reason `ConmonDied`; a created
+//! container without its conmon is deleted and reported the same way, so
+//! it can never be started unmonitored. ExecSync does not use conmon (see
+//! `execsync`).
+//!
 //! Interactive processes (exec, attach, resize, kill, wait) are described
 //! in the `interactive` module: execs run as `<runtime> exec` children of
 //! the handler with pipes or a pty the handler allocates; attach goes
@@ -18,10 +27,12 @@
 pub mod cgroupfs;
 pub mod command;
 pub mod crilog;
+pub mod execsync;
 mod fdio;
 pub mod features;
 mod interactive;
 pub mod monitor;
+mod observe;
 mod ops;
 mod portforward;
 pub mod resources;
@@ -42,7 +53,7 @@ use crius_shim_api::types::{
     ExecSyncResponse, KillProcessRequest, PortForwardRequest, ProcessRef, ResizePtyRequest,
     RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
     SandboxRef, SandboxStatsResponse, SandboxStatusResponse, StopContainerRequest,
-    UpdateContainerResourcesRequest, WaitResponse,
+    UpdateContainerResourcesRequest, UpdateSandboxResourcesRequest, WaitResponse,
 };
 use crius_shim_api::{HandlerError, HandlerFeatures, HandlerResult, RuntimeHandler};
 
@@ -124,6 +135,26 @@ pub fn runc_default_config(name: impl Into<String>) -> OciHandlerConfig {
         RUNC_DEFAULT_RUNTIME_ROOT,
         DEFAULT_MONITOR_PATH,
     )
+}
+
+/// Reconciles a runtime state root with the caller's records at start (see
+/// [`OciRuntime::delete_unknown`]) and waits out the conmon of each deleted
+/// container (killing one that does not exit), so nothing of them runs once
+/// this returns. Returns the ids deleted.
+pub async fn delete_unknown_containers(
+    runtime: &OciRuntime,
+    known: &(dyn Fn(&str) -> bool + Sync),
+    owned: &(dyn Fn(&Path) -> bool + Sync),
+) -> Vec<String> {
+    let ids = runtime.list_ids();
+    let deleted = runtime.delete_unknown(&ids, known, owned).await;
+    futures::future::join_all(
+        deleted.iter().map(|(_, bundle)| {
+            ops::reap_conmon(ops::read_conmon_pid(bundle), ops::CONMON_EXIT_WAIT)
+        }),
+    )
+    .await;
+    deleted.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Outcome of asking the runtime for its features document.
@@ -425,6 +456,12 @@ impl RuntimeHandler for OciHandler {
     }
     async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
         self.do_sandbox_stats(req).await
+    }
+    async fn update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        self.do_update_sandbox_resources(req).await
     }
 }
 

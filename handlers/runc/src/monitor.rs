@@ -7,10 +7,8 @@
 //!
 //! * two pipes passed by number in `_OCI_SYNCPIPE` and `_OCI_STARTPIPE`;
 //! * conmon blocks until one byte arrives on the start pipe, forks into the
-//!   background (its first process exits), runs `<runtime> create` (or
-//!   `exec` with `-e`) and reports on the sync pipe: `{"pid": N}` on success,
-//!   `{"pid": -1, "message": "..."}` on failure; in exec mode a single
-//!   `{"exit_code": N[, "message": "..."]}` when the command ends;
+//!   background (its first process exits), runs `<runtime> create` and reports on the sync pipe: `{"pid": N}` on success,
+//!   `{"pid": -1, "message": "..."}` on failure;
 //! * errors before the fork go to conmon's own stderr, which is captured
 //!   (there is no syslog on the machines crius targets).
 
@@ -25,11 +23,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::crilog::{CriLogError, split_streams};
-
-/// Cap of an ExecSync's CRI log file (stdout and stderr with their CRI
-/// prefixes), below the kubelet's 16 MiB gRPC message limit.
-pub const EXEC_SYNC_LOG_MAX_BYTES: u64 = 8 << 20;
+/// Most output one ExecSync keeps (see [`crate::execsync`]).
+pub use crate::execsync::EXEC_SYNC_OUTPUT_MAX_BYTES;
 
 /// What the caller provides to create a container under the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,8 +124,6 @@ pub enum MonitorError {
         line: String,
         reason: String,
     },
-    #[error("exec output log of {id} is unreadable: {source}")]
-    ExecLog { id: String, source: CriLogError },
 }
 
 /// Creates containers and runs exec-syncs under a monitor process.
@@ -141,7 +134,9 @@ pub trait ContainerMonitor: Send + Sync {
     /// is the runtime's `start`. On error the runtime may still hold state
     /// for the ID; the caller's rollback deletes it (`OciRuntime::delete`).
     async fn create(&self, spec: &LaunchSpec) -> Result<Launched, MonitorError>;
-    /// Runs a command in a running container and collects its output.
+    /// Runs a command in a running container and collects its output (for
+    /// [`Conmon`], the runtime's `exec` run directly: see
+    /// [`crate::execsync`]).
     async fn exec_sync(&self, spec: &ExecSyncSpec) -> Result<ExecSyncOutput, MonitorError>;
 }
 
@@ -208,37 +203,6 @@ impl Conmon {
                 args.push("--leave-stdin-open".into());
             }
         }
-        args
-    }
-
-    /// The conmon command line for an exec-sync whose scratch files live in
-    /// `dir`.
-    pub fn exec_args(&self, id: &str, dir: &Path, timeout: Option<Duration>) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: OsString| {
-            args.push(flag.into());
-            args.push(value);
-        };
-        push("-c", id.into());
-        push("-n", format!("{id}-exec").into());
-        push("-r", self.runtime_path.clone().into());
-        push("--runtime-arg", prefixed("--root=", &self.runtime_root));
-        push("--exec-process-spec", dir.join("process.json").into());
-        push("-p", dir.join("exec.pid").into());
-        push("-l", prefixed("k8s-file:", &dir.join("exec.log")));
-        // The whole log is read into memory and returned in one gRPC message
-        // (the kubelet accepts 16 MiB), so a chatty command must not grow it
-        // without bound: conmon truncates the file at this size.
-        push("--log-size-max", EXEC_SYNC_LOG_MAX_BYTES.to_string().into());
-        push("--log-level", self.log_level.clone().into());
-        if let Some(timeout) = timeout {
-            // conmon's timer (g_timeout_add_seconds) may fire up to a
-            // second early, so crius enforces the timeout itself (see
-            // `exec_sync`); conmon's, a second later, is only a backstop.
-            let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-            push("-T", (secs.max(1) + 1).to_string().into());
-        }
-        args.push("-e".into());
         args
     }
 
@@ -439,121 +403,15 @@ impl ContainerMonitor for Conmon {
     }
 
     async fn exec_sync(&self, spec: &ExecSyncSpec) -> Result<ExecSyncOutput, MonitorError> {
-        tokio::fs::create_dir_all(&spec.scratch_dir)
-            .await
-            .map_err(|source| MonitorError::Io {
-                action: "create exec scratch dir",
-                path: spec.scratch_dir.clone(),
-                source,
-            })?;
-        let dir = tempfile::Builder::new()
-            .prefix("exec-")
-            .tempdir_in(&spec.scratch_dir)
-            .map_err(|source| MonitorError::Io {
-                action: "create exec dir in",
-                path: spec.scratch_dir.clone(),
-                source,
-            })?;
-        let process_path = dir.path().join("process.json");
-        let process_json = serde_json::to_vec(&spec.process).map_err(|e| MonitorError::Io {
-            action: "serialize exec process spec",
-            path: process_path.clone(),
-            source: io::Error::other(e),
-        })?;
-        tokio::fs::write(&process_path, process_json)
-            .await
-            .map_err(|source| MonitorError::Io {
-                action: "write",
-                path: process_path.clone(),
-                source,
-            })?;
-
-        let args = self.exec_args(&spec.id, dir.path(), spec.timeout);
-        let (receiver, _) = self.spawn(&spec.id, dir.path(), &args).await?;
-        // In exec mode conmon writes one message when the command ends (or
-        // fails to start) and then exits: read to EOF. At the timeout the
-        // command is killed here (conmon then reports it killed); the guard
-        // only protects against a wedged conmon.
-        let guard = spec
-            .timeout
-            .map(|t| t + Duration::from_secs(30))
-            .unwrap_or(Duration::MAX);
-        let mut text = String::new();
-        let read = async { BufReader::new(receiver).read_to_string(&mut text).await };
-        let started = tokio::time::Instant::now();
-        let mut killed_at_timeout = false;
-        let read_result = {
-            tokio::pin!(read);
-            let mut result = None;
-            if let Some(timeout) = spec.timeout {
-                tokio::select! {
-                    r = &mut read => result = Some(r),
-                    _ = tokio::time::sleep(timeout) => {
-                        killed_at_timeout = kill_exec_process(&dir.path().join("exec.pid"));
-                    }
-                }
-            }
-            match result {
-                Some(r) => Some(r),
-                None => tokio::time::timeout(guard.saturating_sub(started.elapsed()), read)
-                    .await
-                    .ok(),
-            }
-        };
-        match read_result {
-            None => {
-                return Err(MonitorError::Timeout {
-                    id: spec.id.clone(),
-                    timeout: guard,
-                });
-            }
-            Some(r) => r.map_err(MonitorError::Pipe)?,
-        };
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .ok_or_else(|| MonitorError::MonitorFailed {
-                id: spec.id.clone(),
-                status: "exec monitor closed the sync pipe without a message".to_string(),
-                stderr: "no output".to_string(),
-            })?;
-        let msg = parse_sync_line(&spec.id, line)?;
-        let timed_out = killed_at_timeout || msg.message.as_deref() == Some("command timed out");
-        let code = if timed_out { -1 } else { msg.pid.unwrap_or(-1) };
-        if code < 0 && !timed_out {
-            return Err(MonitorError::RuntimeFailed {
-                id: spec.id.clone(),
-                action: "exec in",
-                message: msg
-                    .message
-                    .unwrap_or_else(|| format!("exit code {code}"))
-                    .trim()
-                    .to_string(),
-            });
-        }
-        let log_path = dir.path().join("exec.log");
-        let log = match tokio::fs::read(&log_path).await {
-            Ok(log) => log,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(MonitorError::Io {
-                    action: "read",
-                    path: log_path,
-                    source,
-                });
-            }
-        };
-        let (stdout, stderr) = split_streams(&log).map_err(|source| MonitorError::ExecLog {
-            id: spec.id.clone(),
-            source,
-        })?;
-        Ok(ExecSyncOutput {
-            stdout,
-            stderr,
-            exit_code: code,
-            timed_out,
-        })
+        // Not through conmon: its log-size limit would cut the output
+        // silently (see `crate::execsync`).
+        crate::execsync::run(
+            &self.runtime_path,
+            &self.runtime_root,
+            spec,
+            EXEC_SYNC_OUTPUT_MAX_BYTES,
+        )
+        .await
     }
 }
 
@@ -630,26 +488,6 @@ pub async fn wait_for_exit(
         // and 20 ms is far below kubelet's resolution.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// SIGKILLs the exec'd process (and its process group when it leads one,
-/// as conmon does). `false` when no process was found.
-fn kill_exec_process(pidfile: &Path) -> bool {
-    use nix::sys::signal::{Signal, kill, killpg};
-    use nix::unistd::{Pid, getpgid};
-    let Some(pid) = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|p| *p > 1)
-    else {
-        return false;
-    };
-    let pid = Pid::from_raw(pid);
-    // The group kill can take the process with it and conmon may reap it
-    // before the direct kill: either success counts.
-    let group =
-        getpgid(Some(pid)).is_ok_and(|pg| pg == pid) && killpg(pid, Signal::SIGKILL).is_ok();
-    kill(pid, Signal::SIGKILL).is_ok() || group
 }
 
 fn prefixed(prefix: &str, path: &Path) -> OsString {
@@ -745,20 +583,6 @@ mod tests {
         let l = args.iter().position(|a| a == "-l").unwrap();
         assert_eq!(args[l + 1], "none:");
         assert!(args.ends_with(&["-t".into(), "-i".into(), "--leave-stdin-open".into()]));
-    }
-
-    #[test]
-    fn exec_args_round_timeout_up() {
-        let args =
-            strings(conmon().exec_args("c1", Path::new("/x"), Some(Duration::from_millis(1500))));
-        let t = args.iter().position(|a| a == "-T").unwrap();
-        assert_eq!(args[t + 1], "3");
-        assert!(args.contains(&"-e".to_string()));
-        assert!(args.contains(&"/x/process.json".to_string()));
-        let none = strings(conmon().exec_args("c1", Path::new("/x"), None));
-        assert!(!none.contains(&"-T".to_string()));
-        let m = none.iter().position(|a| a == "--log-size-max").unwrap();
-        assert_eq!(none[m + 1], EXEC_SYNC_LOG_MAX_BYTES.to_string());
     }
 
     #[test]

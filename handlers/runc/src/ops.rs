@@ -5,7 +5,7 @@
 //! conmon daemonizes (fork + setsid) before it creates the container, so it
 //! outlives the daemon; after a restart the handler rebuilds its view from
 //! the records in the pod's state directory and the exit files conmon
-//! leaves.
+//! leaves (the `observe` module: container state and restore).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,19 +15,17 @@ use std::time::{Duration, Instant};
 use crius_shim_api::types::{
     ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
     CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
-    RestoreSandboxRequest, RestoreSandboxResponse, RunSandboxRequest, RunSandboxResponse,
-    SandboxRef, SandboxStatusResponse, StopContainerRequest, UpdateContainerResourcesRequest,
+    RunSandboxRequest, RunSandboxResponse, SandboxRef, SandboxStatusResponse, StopContainerRequest,
+    UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
 use serde_json::Value;
 
 use crate::cgroupfs::{self, CgroupMounts};
-use crate::monitor::{
-    ContainerExit, ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError, read_exit,
-};
+use crate::monitor::{ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError};
 use crate::state::{
     Container, ContainerRecord, Layout, RECORD_VERSION, SandboxRecord, conmon_alive, now_ns,
-    system_time_ns, write_atomic,
+    write_atomic,
 };
 use crate::{OciHandler, signal};
 
@@ -36,7 +34,7 @@ const INFRA_LOG_SIZE_MAX: u64 = 1 << 20;
 /// How long to wait for a SIGKILLed container to be reported exited.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// How long conmon may take to exit after its container was deleted.
-const CONMON_EXIT_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CONMON_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// One pod as the handler holds it.
 #[derive(Debug)]
@@ -89,7 +87,7 @@ impl Pods {
     fn get(&self, id: &str) -> Option<Arc<Pod>> {
         lock_map(&self.map).get(id).cloned()
     }
-    fn insert(&self, pod: Pod) {
+    pub(crate) fn insert(&self, pod: Pod) {
         lock_map(&self.map).insert(pod.id.clone(), Arc::new(pod));
     }
     fn forget(&self, id: &str) {
@@ -106,6 +104,9 @@ pub(crate) enum Observed {
         exit_code: i32,
         finished_at: i64,
         oom_killed: bool,
+        /// CRI reason when the handler knows better than the exit code
+        /// (empty: derived from it).
+        reason: String,
         message: String,
     },
     Unknown(String),
@@ -139,7 +140,7 @@ pub(crate) fn load_spec(bundle: &Path) -> HandlerResult<Value> {
     })
 }
 
-fn spec_cgroup(spec: &Value) -> Option<String> {
+pub(crate) fn spec_cgroup(spec: &Value) -> Option<String> {
     spec.pointer("/linux/cgroupsPath")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
@@ -182,7 +183,7 @@ fn kill_conmon(pid: Option<i32>) {
 
 /// Waits for conmon to exit on its own (it does once its container is
 /// gone), then kills it.
-async fn reap_conmon(pid: Option<i32>, wait: Duration) {
+pub(crate) async fn reap_conmon(pid: Option<i32>, wait: Duration) {
     let deadline = Instant::now() + wait;
     while conmon_alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,7 +194,7 @@ async fn reap_conmon(pid: Option<i32>, wait: Duration) {
     }
 }
 
-fn read_conmon_pid(bundle: &Path) -> Option<i32> {
+pub(crate) fn read_conmon_pid(bundle: &Path) -> Option<i32> {
     std::fs::read_to_string(bundle.join("conmon.pid"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -240,71 +241,8 @@ impl OciHandler {
         Some((pod, ctr))
     }
 
-    fn mounts(&self) -> CgroupMounts {
+    pub(crate) fn mounts(&self) -> CgroupMounts {
         CgroupMounts::current().unwrap_or_default()
-    }
-
-    /// The container's state, cheaply: exit file first, then conmon, and
-    /// only when conmon is gone the runtime.
-    pub(crate) async fn observe(&self, ctr: &Container) -> HandlerResult<Observed> {
-        let exit = read_exit(&ctr.exit_dir, &ctr.persist_dir(), &ctr.id)
-            .map_err(|e| self.err(format!("container {}", ctr.id), e))?;
-        if let Some(exit) = exit {
-            return Ok(self.exited(ctr, exit));
-        }
-        if conmon_alive(ctr.conmon_pid) {
-            return Ok(if ctr.started_at() > 0 {
-                Observed::Running
-            } else {
-                Observed::Created
-            });
-        }
-        // conmon is gone without an exit file (killed, or the host
-        // rebooted): ask the runtime.
-        let state = self
-            .runtime()
-            .state(&ctr.id)
-            .await
-            .map_err(|e| self.err(format!("state of container {}", ctr.id), e))?;
-        Ok(match state.as_ref().map(|s| s.status.as_str()) {
-            Some("created") => Observed::Created,
-            Some("running") | Some("paused") | Some("creating") => Observed::Running,
-            Some(_) => {
-                // Stopped with nobody having recorded the code: record a
-                // synthetic one so later calls agree on the finish time.
-                let _ = std::fs::create_dir_all(&ctr.exit_dir);
-                let _ = write_atomic(&ctr.exit_file(), b"255");
-                Observed::Exited {
-                    exit_code: 255,
-                    finished_at: now_ns(),
-                    oom_killed: false,
-                    message: "conmon exited without recording the exit code".into(),
-                }
-            }
-            None => Observed::Unknown(format!(
-                "container {} is unknown to {} and its monitor is gone",
-                ctr.id,
-                self.config.runtime_path.display()
-            )),
-        })
-    }
-
-    fn exited(&self, ctr: &Container, exit: ContainerExit) -> Observed {
-        // conmon's marker is the primary source; a SIGKILL with the cgroup's
-        // oom_kill counter raised is the fallback (conmon may miss the event
-        // when the cgroup goes away at the same time).
-        let oom_killed = exit.oom_killed
-            || (exit.exit_code == 128 + libc::SIGKILL
-                && ctr
-                    .cgroup
-                    .as_deref()
-                    .is_some_and(|cg| cgroupfs::oom_killed(&self.mounts(), cg)));
-        Observed::Exited {
-            exit_code: exit.exit_code,
-            finished_at: system_time_ns(exit.finished_at),
-            oom_killed,
-            message: String::new(),
-        }
     }
 
     /// Waits up to `timeout` for the container to be exited.
@@ -626,6 +564,14 @@ impl OciHandler {
 
     pub(crate) async fn do_remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
         let Some(pod) = self.pods.get(&req.sandbox_id) else {
+            // Unknown here, but the runtime may still hold the infra (named
+            // by the sandbox id) of a pod whose restore never reached us.
+            check_id("sandbox id", &req.sandbox_id)?;
+            if self.runtime().has_state(&req.sandbox_id) {
+                self.runtime().delete(&req.sandbox_id).await.map_err(|e| {
+                    self.err(format!("delete infra of sandbox {}", req.sandbox_id), e)
+                })?;
+            }
             return Ok(());
         };
         let _pod_guard = pod.lifecycle.lock().await;
@@ -665,87 +611,6 @@ impl OciHandler {
             ready: observed == Observed::Running,
             info,
         })
-    }
-
-    pub(crate) async fn do_restore_sandbox(
-        &self,
-        req: RestoreSandboxRequest,
-    ) -> HandlerResult<RestoreSandboxResponse> {
-        check_id("sandbox id", &req.sandbox_id)?;
-        let layout = Layout::new(&req.state_dir);
-        // The file in the state dir is the newest; handler_state is the
-        // core's copy from RunSandbox.
-        let sandbox: SandboxRecord = std::fs::read(layout.sandbox_record())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .or_else(|| serde_json::from_slice(&req.handler_state).ok())
-            .ok_or_else(|| {
-                HandlerError::invalid_argument(format!(
-                    "handler {}: sandbox {} has no readable handler state (neither {} nor the persisted handler_state)",
-                    self.config.name,
-                    req.sandbox_id,
-                    layout.sandbox_record().display()
-                ))
-            })?;
-        if sandbox.sandbox_id != req.sandbox_id {
-            return Err(HandlerError::invalid_argument(format!(
-                "handler state belongs to sandbox {}, not {}",
-                sandbox.sandbox_id, req.sandbox_id
-            )));
-        }
-        let infra = Arc::new(Container::from_record(&sandbox.infra, &layout));
-        let mut containers = HashMap::new();
-        for rc in &req.containers {
-            check_id("container id", &rc.container_id)?;
-            let from_file =
-                std::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok());
-            let record = from_file
-                .or_else(|| serde_json::from_slice(&rc.handler_state).ok())
-                .unwrap_or_else(|| ContainerRecord {
-                    // Nothing persisted (a crash inside CreateContainer):
-                    // rebuild what the layout implies; status asks the
-                    // runtime.
-                    version: RECORD_VERSION,
-                    id: rc.container_id.clone(),
-                    sandbox_id: req.sandbox_id.clone(),
-                    infra: false,
-                    bundle: PathBuf::from(&rc.bundle_dir),
-                    log_path: (!rc.log_path.is_empty()).then(|| PathBuf::from(&rc.log_path)),
-                    cgroup: load_spec(Path::new(&rc.bundle_dir))
-                        .ok()
-                        .as_ref()
-                        .and_then(spec_cgroup),
-                    stop_signal: libc::SIGTERM,
-                    created_at: 0,
-                    started_at: 0,
-                    pid: 0,
-                    conmon_pid: read_conmon_pid(Path::new(&rc.bundle_dir)),
-                    terminal: false,
-                    stdin: false,
-                    stdin_once: false,
-                });
-            let ctr = Container::from_record(&record, &layout);
-            if ctr.started_at() == 0 && matches!(self.observe(&ctr).await, Ok(Observed::Running)) {
-                // Started, but the daemon died before recording it.
-                ctr.set_started_at(ctr.created_at.max(1));
-            }
-            containers.insert(rc.container_id.clone(), Arc::new(ctr));
-        }
-        let ready = self.observe(&infra).await? == Observed::Running;
-        let pod = Pod {
-            id: req.sandbox_id.clone(),
-            layout,
-            netns_path: sandbox.netns_path.clone(),
-            cgroup_parent: sandbox.cgroup_parent.clone(),
-            infra,
-            containers: std::sync::Mutex::new(containers),
-            lifecycle: Default::default(),
-        };
-        tracing::info!(handler = %self.config.name, sandbox = %req.sandbox_id, ready, containers = req.containers.len(), "sandbox restored");
-        self.pods.insert(pod);
-        Ok(RestoreSandboxResponse { ready })
     }
 
     pub(crate) async fn do_create_container(
@@ -932,11 +797,20 @@ impl OciHandler {
             Observed::Running => {
                 resp.state = ContainerState::Running as i32;
                 resp.pid = ctr.pid;
+                if !conmon_alive(ctr.conmon_pid) {
+                    // conmon cannot adopt a running process: it stays
+                    // running, and the status says what is lost.
+                    resp.message = format!(
+                        "unmonitored: conmon (pid {}) is gone; the container's output is no longer logged and its exit code will not be known",
+                        ctr.conmon_pid.unwrap_or(0)
+                    );
+                }
             }
             Observed::Exited {
                 exit_code,
                 finished_at,
                 oom_killed,
+                reason,
                 message,
             } => {
                 resp.state = ContainerState::Exited as i32;
@@ -944,7 +818,9 @@ impl OciHandler {
                 // The exit file's mtime comes from the coarse kernel clock
                 // and may precede the start stamp by a few milliseconds.
                 resp.finished_at = finished_at.max(resp.started_at);
-                resp.reason = if oom_killed {
+                resp.reason = if !reason.is_empty() {
+                    reason.as_str()
+                } else if oom_killed {
                     "OOMKilled"
                 } else if exit_code == 0 {
                     "Completed"

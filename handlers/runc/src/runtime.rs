@@ -167,6 +167,68 @@ impl OciRuntime {
             .map(drop)
     }
 
+    /// Every container the runtime keeps state for: the directories of its
+    /// state root (the layout runc and crun share). A missing root is empty.
+    pub fn list_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Reconciles the state root with the caller's records: every
+    /// container in `ids` (a [`list_ids`](Self::list_ids) snapshot) that
+    /// `known` does not claim, and whose bundle `owned` says is the
+    /// caller's (so a root shared by mistake with another daemon loses
+    /// nothing of that daemon's), is deleted (`delete --force`, which kills
+    /// what still runs; its conmon, if any, then exits by itself). Returns
+    /// the ids deleted with their bundles; failures are logged and left for
+    /// the next start.
+    pub async fn delete_unknown(
+        &self,
+        ids: &[String],
+        known: &(dyn Fn(&str) -> bool + Sync),
+        owned: &(dyn Fn(&Path) -> bool + Sync),
+    ) -> Vec<(String, PathBuf)> {
+        let unknown: Vec<&String> = ids.iter().filter(|id| !known(id)).collect();
+        let deletes = unknown.iter().map(|id| async move {
+            let bundle = match self.state(id).await {
+                Ok(Some(state)) if owned(&state.bundle) => state.bundle,
+                Ok(Some(state)) => {
+                    tracing::warn!(runtime = %self.path.display(), container_id = %id, bundle = %state.bundle.display(),
+                        "unknown container in the runtime root is not ours (its bundle is elsewhere); left alone");
+                    return None;
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(runtime = %self.path.display(), container_id = %id, error = %e,
+                        "cannot read the state of an unknown container; left alone");
+                    return None;
+                }
+            };
+            match self.delete(id).await {
+                Ok(()) => Some(((*id).clone(), bundle)),
+                Err(e) => {
+                    tracing::warn!(runtime = %self.path.display(), container_id = %id, error = %e,
+                        "cannot delete a container crius has no record of");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(deletes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Deletes the container (killing it if it still runs). Deleting an
     /// unknown container succeeds, so callers can retry cleanup.
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -272,6 +334,43 @@ mod tests {
         assert_eq!(calls[0][1..], ["kill", "--all", "c1", "KILL"]);
         assert_eq!(calls[1][1..], ["kill", "c1", "15"]);
         drop(calls);
+    }
+
+    #[tokio::test]
+    async fn unknown_containers_are_deleted_known_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in ["known", "stray", ".hidden"] {
+            std::fs::create_dir(dir.path().join(id)).unwrap();
+        }
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let state =
+            r#"{"id":"stray","pid":1,"status":"stopped","bundle":"/ours/pods/p/containers/stray"}"#;
+        let (rt, calls) = runtime(0, state, "", dir.path());
+        let ids = rt.list_ids();
+        assert_eq!(ids, vec!["known".to_string(), "stray".to_string()]);
+        let deleted = rt
+            .delete_unknown(&ids, &|id| id == "known", &|b| b.starts_with("/ours"))
+            .await;
+        assert_eq!(
+            deleted,
+            vec![(
+                "stray".to_string(),
+                PathBuf::from("/ours/pods/p/containers/stray")
+            )]
+        );
+        {
+            let calls = calls.calls.lock().unwrap();
+            assert_eq!(calls.len(), 2);
+            assert_eq!(calls[0][1..], ["state", "stray"]);
+            assert_eq!(calls[1][1..], ["delete", "--force", "stray"]);
+        }
+        // Another daemon's container (bundle elsewhere) is left alone.
+        let (rt, calls) = runtime(0, state, "", dir.path());
+        let deleted = rt
+            .delete_unknown(&ids, &|id| id == "known", &|b| b.starts_with("/theirs"))
+            .await;
+        assert!(deleted.is_empty());
+        assert_eq!(calls.calls.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -1,15 +1,16 @@
-//! `SandboxStats` of [`OciHandler`]: CPU and memory of the pod cgroup
+//! `SandboxStats` and `UpdateSandboxResources` of [`OciHandler`]. Stats: CPU and memory of the pod cgroup
 //! (`RunSandboxRequest.cgroup_parent`), the network counters of the pod's
 //! namespace (`/proc/<infra pid>/net/dev`, which shows the interfaces of
 //! the namespace the infra process lives in) and the pod's process count
-//! (`pids.current` of the pod cgroup).
+//! (`pids.current` of the pod cgroup). Resources: the pod cgroup's limits
+//! are the pod's total resources plus its overhead, as at RunSandbox.
 
 use crius_shim_api::cri;
-use crius_shim_api::types::{SandboxRef, SandboxStatsResponse};
+use crius_shim_api::types::{SandboxRef, SandboxStatsResponse, UpdateSandboxResourcesRequest};
 use crius_shim_api::{HandlerError, HandlerResult};
 
 use crate::OciHandler;
-use crate::cgroupfs::{self, CgroupMounts};
+use crate::cgroupfs::{self, CgroupMounts, PodLimits};
 use crate::ops::Observed;
 use crate::state::now_ns;
 
@@ -37,7 +38,87 @@ pub(crate) fn parse_net_dev(text: &str) -> Vec<(String, u64, u64, u64, u64)> {
         .collect()
 }
 
+/// The pod cgroup limits for `resources` (the sum of the containers')
+/// plus `overhead`: zero leaves a setting as it is, a negative CPU quota
+/// lifts the limit, other negative values are refused.
+pub(crate) fn pod_limits(
+    resources: Option<&cri::LinuxContainerResources>,
+    overhead: Option<&cri::LinuxContainerResources>,
+) -> Result<PodLimits, String> {
+    let r = resources.cloned().unwrap_or_default();
+    let o = overhead.cloned().unwrap_or_default();
+    for (what, v) in [
+        ("cpu_shares", r.cpu_shares),
+        ("cpu_period", r.cpu_period),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
+        ("overhead cpu_shares", o.cpu_shares),
+        ("overhead memory_limit_in_bytes", o.memory_limit_in_bytes),
+    ] {
+        if v < 0 {
+            return Err(format!("{what} {v} is negative"));
+        }
+    }
+    let positive = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
+    let plus = |v: u64, extra: i64| v.saturating_add(u64::try_from(extra).unwrap_or(0));
+    Ok(PodLimits {
+        cpu_shares: positive(r.cpu_shares).map(|s| plus(s, o.cpu_shares)),
+        cpu_quota: match r.cpu_quota {
+            q if q < 0 => Some(None),
+            0 => None,
+            q => Some(Some(plus(q as u64, o.cpu_quota))),
+        },
+        cpu_period: positive(r.cpu_period),
+        cpuset_cpus: (!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()),
+        cpuset_mems: (!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()),
+        memory_limit: positive(r.memory_limit_in_bytes)
+            .map(|m| Some(plus(m, o.memory_limit_in_bytes))),
+    })
+}
+
 impl OciHandler {
+    pub(crate) async fn do_update_sandbox_resources(
+        &self,
+        req: UpdateSandboxResourcesRequest,
+    ) -> HandlerResult<()> {
+        let pod = self.pod(&req.sandbox_id)?;
+        let cgroup = pod.cgroup_parent.clone().ok_or_else(|| {
+            HandlerError::failed_precondition(format!(
+                "handler {}: sandbox {} has no pod cgroup recorded",
+                self.config.name, req.sandbox_id
+            ))
+        })?;
+        let limits = pod_limits(req.resources.as_ref(), req.overhead.as_ref()).map_err(|e| {
+            HandlerError::invalid_argument(format!("sandbox {}: {e}", req.sandbox_id))
+        })?;
+        let target = cgroup.clone();
+        let applied = limits.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mounts = CgroupMounts::current()?;
+            cgroupfs::set_limits(&mounts, &target, &applied)
+        })
+        .await
+        .map_err(|e| self.err("sandbox resources task", e))?;
+        match result {
+            Ok(()) => {
+                tracing::info!(pod_id = %req.sandbox_id, handler = %self.config.name, cgroup = %cgroup, limits = ?limits, "pod cgroup limits updated");
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!(
+                    "handler {}: updating the cgroup {cgroup} of sandbox {}: {e}",
+                    self.config.name, req.sandbox_id
+                );
+                Err(match e.kind() {
+                    std::io::ErrorKind::InvalidInput => HandlerError::invalid_argument(message),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy => {
+                        HandlerError::failed_precondition(message)
+                    }
+                    _ => HandlerError::internal(message),
+                })
+            }
+        }
+    }
+
     pub(crate) async fn do_sandbox_stats(
         &self,
         req: SandboxRef,
@@ -125,6 +206,49 @@ impl OciHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_limits_add_the_overhead() {
+        let resources = cri::LinuxContainerResources {
+            cpu_shares: 1024,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 100 << 20,
+            ..Default::default()
+        };
+        let overhead = cri::LinuxContainerResources {
+            cpu_shares: 10,
+            cpu_quota: 5_000,
+            memory_limit_in_bytes: 10 << 20,
+            ..Default::default()
+        };
+        let l = pod_limits(Some(&resources), Some(&overhead)).unwrap();
+        assert_eq!(l.cpu_shares, Some(1034));
+        assert_eq!(l.cpu_quota, Some(Some(55_000)));
+        assert_eq!(l.cpu_period, Some(100_000));
+        assert_eq!(l.memory_limit, Some(Some(110 << 20)));
+        assert_eq!(l.cpuset_cpus, None);
+        // Zero: untouched; negative quota: unlimited.
+        let l = pod_limits(
+            Some(&cri::LinuxContainerResources {
+                cpu_quota: -1,
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.cpu_quota, Some(None));
+        assert_eq!(l.memory_limit, None);
+        let bad = cri::LinuxContainerResources {
+            memory_limit_in_bytes: -5,
+            ..Default::default()
+        };
+        assert!(
+            pod_limits(Some(&bad), None)
+                .unwrap_err()
+                .contains("negative")
+        );
+    }
 
     #[test]
     fn net_dev_is_parsed_without_loopback() {

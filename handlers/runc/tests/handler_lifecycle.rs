@@ -570,7 +570,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     assert!(!out.stderr.is_empty());
     let err = h.exec_sync(exec(&pod, web, &[], 10)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument);
-    // 24 MiB of output: what comes back stays under the cap, not all of it.
+    // 24 MiB of output, under the 32 MiB cap: all of it comes back.
     let out = h
         .exec_sync(exec(
             &pod,
@@ -586,11 +586,20 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         "{:?}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cap = crius_handler_runc::monitor::EXEC_SYNC_LOG_MAX_BYTES as usize;
     assert!(
-        !out.stdout.is_empty() && out.stdout.len() <= cap,
-        "{} bytes of stdout",
-        out.stdout.len()
+        (crius_handler_runc::execsync::EXEC_SYNC_OUTPUT_MAX_BYTES as usize) > 25165824,
+        "the test must stay under the cap"
+    );
+    assert_eq!(
+        out.stdout.len(),
+        25165824,
+        "every byte of stdout comes back"
+    );
+    assert!(out.stdout.iter().all(|&b| b == b'a'));
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // --- stats and resources -------------------------------------------------

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame, HeaderDecoder, HeaderEncoder, Headers};
-use crate::streaming::server::Activity;
+use crate::streaming::session::Activity;
 
 /// Data frames written at once (client-go reads in 32 KiB pieces too).
 const MAX_DATA_CHUNK: usize = 32 * 1024;

@@ -5,6 +5,9 @@
 
 pub mod conn;
 pub mod frame;
+pub(crate) mod handshake;
+pub(crate) mod portforward;
+pub(crate) mod remotecommand;
 
 #[cfg(test)]
 mod tests;

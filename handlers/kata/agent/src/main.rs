@@ -2,18 +2,35 @@
 //! initramfs `/init`) and serves the Kata-compatible agent API over ttrpc on
 //! vsock port 1024. Containers run under runc inside the guest.
 //!
+//! # Which compatibility we keep with Kata's `grpc.AgentService`
+//!
+//! Names, packages and Kata's field numbers, so requests have Kata's shape
+//! and Kata's tools can call what carries no OCI data. The OCI spec is the
+//! exception: the agent reads it only as OCI JSON from crius's extension
+//! fields (`oci_spec_json`, `process_json`, `resources_json`, numbered 100;
+//! `crius_agent_proto::oci_json`) and deserialises it into `oci-spec` types.
+//! A request with only Kata's protobuf form (`grpc.Spec` in `OCI`, …) is
+//! refused with INVALID_ARGUMENT naming the missing field: that form is a
+//! lossy translation of the spec, and we keep no second path that would
+//! need a hand conversion again. Hooks and hostname of the spec reach the
+//! guest's runc (see handlers/kata/README.md, "OCI spec handling").
+//!
 //! Usage: `crius-kata-agent [--listen ADDR] [--runtime PATH]`
 //! (ADDR defaults to `vsock://-1:1024`; `unix:///path` works for debugging).
 
 mod cgroup;
+mod forward;
+mod hotplug;
 mod mount;
 mod network;
+mod pidns;
 mod reaper;
 mod runc;
 mod service;
 mod spec;
 mod state;
 mod stdio;
+mod sysctl;
 
 use std::path::PathBuf;
 
@@ -53,6 +70,10 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() {
+    // Re-executed as the pod's pause process (see pidns.rs).
+    if std::env::args_os().next().as_deref() == Some(std::ffi::OsStr::new(pidns::HOLDER_ARG0)) {
+        pidns::holder_main();
+    }
     if let Err(e) = run() {
         eprintln!("crius-agent: fatal: {e:#}");
         // As PID 1, exiting panics the kernel; with `panic=-1` the VM
@@ -80,7 +101,7 @@ fn run() -> anyhow::Result<()> {
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "PR_SET_CHILD_SUBREAPER");
     }
-    for dir in ["containers", "runc"] {
+    for dir in ["containers", "runc", "console"] {
         std::fs::create_dir_all(std::path::Path::new(state::STATE_DIR).join(dir))?;
     }
 
@@ -102,6 +123,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let agent = service::Agent::new(runc, reaper);
     tokio::spawn(agent.clone().watch_oom());
+    // Port-forward needs vsock; on a unix-socket listen (debugging) it is
+    // simply not offered.
+    if args.listen.starts_with("vsock://")
+        && let Err(e) = forward::serve(forward::FORWARD_VSOCK_PORT)
+    {
+        tracing::warn!(error = %e, "no port-forward listener");
+    }
 
     let mut server = ttrpc::asynchronous::Server::new()
         .bind(&args.listen)

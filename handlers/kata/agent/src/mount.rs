@@ -102,6 +102,28 @@ pub fn unmount(target: &Path) {
     }
 }
 
+/// Makes `path` a mount of its own with shared propagation (idempotent):
+/// containers that bind it `rshared` or `rslave` then see each other's
+/// mounts below it, as they would on a host path of a runc pod.
+pub fn make_shared(path: &Path) -> nix::Result<()> {
+    if !is_mountpoint(path) {
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+    }
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+}
+
 fn is_mountpoint(p: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return false;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crius_agent_proto::agent::{self, *};
 use crius_agent_proto::agent_ttrpc::AgentService;
-use crius_agent_proto::convert;
 use crius_agent_proto::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response,
 };
 use crius_agent_proto::health_ttrpc::Health;
+use crius_agent_proto::oci_json;
 use crius_agent_proto::types;
 use protobuf::well_known_types::empty::Empty;
 use ttrpc::asynchronous::TtrpcContext;
@@ -59,9 +59,45 @@ fn internal(e: impl std::fmt::Display) -> Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// Waits (at most 2 s) until `pid` is no longer `runc init`: `runc start`
+/// returns before the init process execs the container's command, and a
+/// signal in between reaches runc's Go runtime (exit 2) instead of the
+/// command (a StopContainer right after start saw exit 2, not the
+/// command's SIGTERM handling).
+async fn exec_done(pid: u32) {
+    let exe = format!("/proc/{pid}/exe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match tokio::fs::read_link(&exe).await {
+            Ok(target) if target.to_string_lossy().contains("runc") => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes a file only root may read (a spec carries the container's env).
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| internal(format!("{}: {e}", path.display())))
+}
+
+/// How long a waited-for exec is kept for the host to read the rest of its
+/// output (a background child may hold the pipes open for ever).
+const EXEC_DRAIN: Duration = Duration::from_secs(10);
+
 pub struct Agent {
     runc: Runc,
     reaper: Reaper,
+    pod_pid_namespace: crate::pidns::PodPidNamespace,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     sandbox: tokio::sync::Mutex<Sandbox>,
     oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
@@ -74,6 +110,7 @@ impl Agent {
         Arc::new(Agent {
             runc,
             reaper,
+            pod_pid_namespace: Default::default(),
             containers: Mutex::new(HashMap::new()),
             sandbox: tokio::sync::Mutex::new(Sandbox::default()),
             oom_tx,
@@ -132,7 +169,14 @@ impl Agent {
         let log = dir.join(format!("{name}.runc.log"));
         let stdout = OutBuf::default();
         let (stdio, stdin_w, stderr) = if terminal {
-            let sock = dir.join(format!("{name}.console.sock"));
+            // Not in the bundle: `/run/crius/containers/<64-char id>/exec-<id>`
+            // is too long for a unix socket path. runc's connection is
+            // accepted (and the socket removed) before the spawn returns.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let sock = Path::new(crate::state::STATE_DIR)
+                .join("console")
+                .join(format!("{n}.sock"));
             args.extend(["--console-socket".into(), sock.display().to_string()]);
             (
                 ProcStdio::Tty {
@@ -201,11 +245,7 @@ impl Agent {
                 "container {cid:?} already exists"
             )));
         }
-        let Some(oci) = req.OCI.as_ref() else {
-            return Err(Error::InvalidArgument(
-                "CreateContainer without an OCI spec".into(),
-            ));
-        };
+        let mut oci = oci_json::spec_of(&req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let bundle = bundle_dir(&cid);
         std::fs::create_dir_all(&bundle).map_err(internal)?;
         let mut mounts = Vec::new();
@@ -213,17 +253,50 @@ impl Agent {
             for s in &req.storages {
                 mounts.push(mount::mount_storage(s).map_err(internal)?);
             }
-            let mut json = convert::spec_to_json(oci);
-            spec::adapt(&mut json, &cid, req.sandbox_pidns);
-            let root = json["root"]["path"].as_str().unwrap_or_default().to_string();
-            if !Path::new(&root).is_dir() {
+            let pod_pid_namespace = if req.sandbox_pidns {
+                Some(
+                    self.pod_pid_namespace
+                        .path(&self.reaper)
+                        .await
+                        .map_err(internal)?,
+                )
+            } else {
+                None
+            };
+            spec::adapt(&mut oci, &cid, pod_pid_namespace.as_deref());
+            for source in spec::propagated_sources(&oci) {
+                mount::make_shared(&source).map_err(|e| {
+                    internal(format!(
+                        "making {} a shared mount for propagation: {e}",
+                        source.display()
+                    ))
+                })?;
+            }
+            let sysctls = crate::sysctl::take(&mut oci).map_err(Error::InvalidArgument)?;
+            crate::sysctl::apply(&sysctls)
+                .await
+                .map_err(Error::InvalidArgument)?;
+            let root = oci
+                .root()
+                .as_ref()
+                .map(|r| r.path().clone())
+                .unwrap_or_default();
+            if !root.is_dir() {
                 return Err(Error::FailedPrecondition(format!(
-                    "container rootfs {root} is not a directory in the guest (is the pod share mounted?)"
+                    "container rootfs {} is not a directory in the guest (is the pod share mounted?)",
+                    root.display()
                 )));
             }
-            let config = serde_json::to_vec_pretty(&json).map_err(internal)?;
-            std::fs::write(bundle.join("config.json"), config).map_err(internal)?;
-            let terminal = json["process"]["terminal"].as_bool().unwrap_or(false);
+            if let Some(missing) = spec::missing_hook(&oci, &root) {
+                return Err(Error::FailedPrecondition(format!("container {cid}: {missing}")));
+            }
+            let config = serde_json::to_vec_pretty(&oci).map_err(internal)?;
+            write_private(&bundle.join("config.json"), &config)?;
+            let terminal = oci
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
             let args = vec!["create".into(), "--bundle".into(), bundle.display().to_string()];
             self.spawn_process(args, &cid, &bundle, "init", terminal).await
         }
@@ -266,15 +339,14 @@ impl Agent {
                 "exec {exec_id:?} already exists"
             )));
         }
-        let Some(process) = req.process.as_ref() else {
-            return Err(Error::InvalidArgument(
-                "ExecProcess without a process".into(),
-            ));
-        };
-        let json = convert::process_to_json(process);
+        let process =
+            oci_json::process_of(&req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let process_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        std::fs::write(&process_file, serde_json::to_vec(&json).map_err(internal)?)
-            .map_err(internal)?;
+        write_private(
+            &process_file,
+            &serde_json::to_vec(&process).map_err(internal)?,
+        )?;
+        let terminal = process.terminal().unwrap_or(false);
         let args = vec![
             "exec".into(),
             "-d".into(),
@@ -282,14 +354,9 @@ impl Agent {
             process_file.display().to_string(),
         ];
         let p = self
-            .spawn_process(
-                args,
-                &c.id,
-                &c.bundle,
-                &format!("exec-{exec_id}"),
-                process.Terminal,
-            )
-            .await?;
+            .spawn_process(args, &c.id, &c.bundle, &format!("exec-{exec_id}"), terminal)
+            .await
+            .inspect_err(|_| c.remove_exec_files(&exec_id))?;
         tracing::info!(container = %c.id, exec = %exec_id, pid = p.pid, "exec started");
         c.execs
             .lock()
@@ -412,11 +479,12 @@ impl AgentService for Service {
         let a = &self.0;
         empty(
             async {
-                a.container(&req.container_id)?;
+                let c = a.container(&req.container_id)?;
                 a.runc
                     .run(&["start", &req.container_id])
                     .await
                     .map_err(internal)?;
+                exec_done(c.init.pid).await;
                 tracing::info!(container = %req.container_id, "container started");
                 Ok(())
             }
@@ -453,6 +521,15 @@ impl AgentService for Service {
                     Error::InvalidArgument(format!("invalid signal {}", req.signal))
                 })?;
                 if req.exec_id.is_empty() {
+                    // SIGKILL to everything: the container's cgroup does it
+                    // at once (cgroup v2 `cgroup.kill`), where starting runc
+                    // costs a noticeable part of a second under TCG.
+                    if sig == nix::sys::signal::Signal::SIGKILL {
+                        let kill = cgroup::container_cgroup(&c.id).join("cgroup.kill");
+                        if tokio::fs::write(&kill, "1").await.is_ok() {
+                            return Ok(());
+                        }
+                    }
                     let n = req.signal.to_string();
                     a.runc
                         .run(&["kill", "--all", &c.id, &n])
@@ -481,6 +558,23 @@ impl AgentService for Service {
     ) -> ttrpc::Result<WaitProcessResponse> {
         let p = self.0.process(&req.container_id, &req.exec_id)?;
         let status = reaper::wait(p.exit.clone()).await;
+        if let Ok(c) = self.0.container(&req.container_id)
+            && !req.exec_id.is_empty()
+            && req.exec_id != c.id
+        {
+            // As Kata's agent does, an exec is forgotten once its exit was
+            // waited for: after the host read its output to the end (or
+            // gave up on it), its record and files go.
+            let exec_id = req.exec_id.clone();
+            tokio::spawn(async move {
+                let drained = async {
+                    p.stdout.drained().await;
+                    p.stderr.drained().await;
+                };
+                let _ = tokio::time::timeout(EXEC_DRAIN, drained).await;
+                c.forget_exec(&exec_id);
+            });
+        }
         Ok(WaitProcessResponse {
             status,
             ..Default::default()
@@ -496,13 +590,10 @@ impl AgentService for Service {
         empty(
             async {
                 let c = a.container(&req.container_id)?;
-                let res = req.resources.as_ref().cloned().unwrap_or_default();
+                let res = oci_json::resources_of(&req)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
                 let file = c.bundle.join("update.json");
-                std::fs::write(
-                    &file,
-                    serde_json::to_vec(&convert::resources_to_json(&res)).map_err(internal)?,
-                )
-                .map_err(internal)?;
+                write_private(&file, &serde_json::to_vec(&res).map_err(internal)?)?;
                 let f = file.display().to_string();
                 a.runc
                     .run(&["update", "--resources", &f, &c.id])
@@ -695,6 +786,18 @@ impl AgentService for Service {
             .into(),
             ..Default::default()
         })
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _: &TtrpcContext,
+        req: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        let onlined = crate::hotplug::online(req.nb_cpus, req.wait, req.cpu_only)
+            .await
+            .map_err(|e| ttrpc::Error::from(Error::FailedPrecondition(e)))?;
+        tracing::info!(onlined, asked = req.nb_cpus, "hot-plugged CPUs online");
+        Ok(Empty::new())
     }
 
     async fn get_oom_event(

@@ -49,6 +49,22 @@ impl Container {
             .get(exec_id)
             .cloned()
     }
+
+    /// Drops an exec's record and its files in the bundle.
+    pub fn forget_exec(&self, exec_id: &str) {
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(exec_id);
+        self.remove_exec_files(exec_id);
+    }
+
+    /// The files `runc exec` left for an exec (process spec, pid, log).
+    pub fn remove_exec_files(&self, exec_id: &str) {
+        for suffix in [".json", ".pid", ".runc.log"] {
+            let _ = std::fs::remove_file(self.bundle.join(format!("exec-{exec_id}{suffix}")));
+        }
+    }
 }
 
 #[derive(Default)]

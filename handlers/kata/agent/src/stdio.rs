@@ -87,6 +87,24 @@ impl OutBuf {
         }
     }
 
+    /// Waits until the stream reached EOF and the host read all of it.
+    pub async fn drained(&self) {
+        loop {
+            let readable = self.readable.notified();
+            let writable = self.writable.notified();
+            {
+                let s = self.lock();
+                if s.eof && s.data.is_empty() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = readable => {}
+                _ = writable => {}
+            }
+        }
+    }
+
     /// Waits for data; returns at most `max` bytes, or an empty vector at EOF.
     pub async fn read(&self, max: usize) -> Vec<u8> {
         let max = max.clamp(1, BUFFER_CAP);
@@ -210,6 +228,25 @@ mod tests {
         drop(w);
         assert!(buf.read(4).await.is_empty(), "EOF after the writer closed");
         assert!(OutBuf::closed().read(1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_eof_and_the_last_read() {
+        let (r, w) = pipe().expect("pipe");
+        let buf = OutBuf::default();
+        buf.spawn_pump(r);
+        File::from(w).write_all(b"xy").expect("write");
+        let waiter = {
+            let buf = buf.clone();
+            tokio::spawn(async move { buf.drained().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "data is still buffered");
+        assert_eq!(buf.read(8).await, b"xy");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("drained after EOF and the read")
+            .expect("task");
     }
 
     #[tokio::test]

@@ -1,7 +1,14 @@
 //! `criusctl`: a small CRI client for crius (and any CRI runtime) over its
 //! unix socket. It covers what an operator needs to try a node by hand and
 //! what the demo and the benchmark need: images, pods, containers, logs,
-//! exec, and `bench` (pod start latency per handler).
+//! interactive `exec`, `attach` and `port-forward` through the runtime's
+//! streaming URLs (module `stream`, WebSocket), and `bench` (pod start
+//! latency per handler).
+
+mod bench;
+mod portforward;
+mod stream;
+mod term;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +34,10 @@ struct Cli {
         global = true
     )]
     socket: PathBuf,
+    /// PEM CA bundle to verify an `https://` streaming server with
+    /// (default: the system bundle).
+    #[arg(long, global = true)]
+    streaming_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,13 +70,26 @@ enum Command {
     Inspect { container: String },
     /// Print a container's log (the CRI log file, without the CRI prefixes).
     Logs { container: String },
-    /// Run a command in a container and print its output.
-    Exec {
+    /// Run a command in a container through the streaming server (CRI
+    /// Exec); exits with the command's exit code.
+    Exec(ExecArgs),
+    /// Attach to a container's main process (CRI Attach).
+    Attach {
+        /// Send our stdin (the container needs `stdin: true`).
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// The container has a terminal: raw mode here, resizes sent.
+        #[arg(short = 't', long)]
+        tty: bool,
         container: String,
-        #[arg(long, default_value_t = 10)]
-        timeout: i64,
-        #[arg(trailing_var_arg = true, required = true)]
-        cmd: Vec<String>,
+    },
+    /// Forward local TCP ports to ports in a pod (CRI PortForward), until
+    /// interrupted.
+    PortForward {
+        pod: String,
+        /// `LOCAL:REMOTE` or `PORT` (both the same); LOCAL 0 picks a free port.
+        #[arg(required = true)]
+        ports: Vec<String>,
     },
     /// Stop a container.
     Stop {
@@ -76,7 +100,7 @@ enum Command {
     /// Stop and remove a pod with all its containers.
     Rmp { pod: String },
     /// Measure RunPodSandbox + CreateContainer + StartContainer over N pods.
-    Bench(BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -101,17 +125,26 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
-struct BenchArgs {
-    /// Handlers to compare, side by side.
-    #[arg(long, value_delimiter = ',', default_value = "runc,crun")]
-    handlers: Vec<String>,
-    /// Pods per handler.
-    #[arg(long, default_value_t = 10)]
-    pods: usize,
+struct ExecArgs {
+    /// Send our stdin to the command (EOF closes its stdin).
+    #[arg(short = 'i', long)]
+    stdin: bool,
+    /// Give the command a terminal: raw mode here, resizes sent on SIGWINCH.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Use ExecSync instead (output collected, then printed).
+    #[arg(long, conflicts_with_all = ["stdin", "tty"])]
+    sync: bool,
+    /// ExecSync timeout in seconds (with --sync).
+    #[arg(long, default_value_t = 10, requires = "sync")]
+    timeout: i64,
+    /// Print `url-to-first-byte-ms: N` on stderr: from the URL's arrival to
+    /// the first byte of output.
     #[arg(long)]
-    image: String,
-    #[arg(long, default_value = "/var/log/crius/bench")]
-    log_root: PathBuf,
+    latency: bool,
+    container: String,
+    #[arg(trailing_var_arg = true, required = true)]
+    cmd: Vec<String>,
 }
 
 struct Clients {
@@ -153,7 +186,14 @@ fn print_info(info: &HashMap<String, String>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command {
+        // The bench connects to its own endpoints (default: the socket).
+        return bench::bench(cli.socket.clone(), args).await;
+    }
     let mut c = connect(&cli.socket).await?;
+    let options = stream::Options {
+        ca: cli.streaming_ca.clone(),
+    };
     match cli.command {
         Command::Version => {
             let v = c
@@ -314,17 +354,13 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("reading log file {path}"))?;
             print!("{}", strip_cri_log(&text));
         }
-        Command::Exec {
-            container,
-            timeout,
-            cmd,
-        } => {
+        Command::Exec(args) if args.sync => {
             let r = c
                 .runtime
                 .exec_sync(cri::ExecSyncRequest {
-                    container_id: container,
-                    cmd,
-                    timeout,
+                    container_id: args.container,
+                    cmd: args.cmd,
+                    timeout: args.timeout,
                 })
                 .await?
                 .into_inner();
@@ -332,6 +368,65 @@ async fn main() -> Result<()> {
             std::io::stdout().write_all(&r.stdout)?;
             std::io::stderr().write_all(&r.stderr)?;
             std::process::exit(r.exit_code);
+        }
+        Command::Exec(args) => {
+            let url = c
+                .runtime
+                .exec(cri::ExecRequest {
+                    container_id: args.container,
+                    cmd: args.cmd,
+                    tty: args.tty,
+                    stdin: args.stdin,
+                    stdout: true,
+                    stderr: !args.tty,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let start = Instant::now();
+            let ws = stream::connect(&url, "v5.channel.k8s.io", &options).await?;
+            let code = stream::remote_command(
+                ws,
+                stream::Session {
+                    stdin: args.stdin,
+                    tty: args.tty,
+                    latency_from: args.latency.then_some(start),
+                },
+            )
+            .await?;
+            std::process::exit(code);
+        }
+        Command::Attach {
+            stdin,
+            tty,
+            container,
+        } => {
+            let url = c
+                .runtime
+                .attach(cri::AttachRequest {
+                    container_id: container,
+                    stdin,
+                    tty,
+                    stdout: true,
+                    stderr: !tty,
+                })
+                .await?
+                .into_inner()
+                .url;
+            let ws = stream::connect(&url, "v5.channel.k8s.io", &options).await?;
+            let code = stream::remote_command(
+                ws,
+                stream::Session {
+                    stdin,
+                    tty,
+                    latency_from: None,
+                },
+            )
+            .await?;
+            std::process::exit(code);
+        }
+        Command::PortForward { pod, ports } => {
+            portforward::run(c.runtime.clone(), &pod, &ports, &options).await?
         }
         Command::Stop { container, timeout } => {
             c.runtime
@@ -342,7 +437,7 @@ async fn main() -> Result<()> {
                 .await?;
         }
         Command::Rmp { pod } => remove_pod(&mut c, &pod).await?,
-        Command::Bench(args) => bench(&mut c, &args).await?,
+        Command::Bench(_) => unreachable!("handled before connecting"),
     }
     Ok(())
 }
@@ -500,88 +595,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Pod start latency (RunPodSandbox + CreateContainer + StartContainer) per
-/// handler, pods started one after another, printed side by side. Handlers
-/// may add a split of the start time to the verbose PodSandboxStatus info
-/// (keys ending in `_ms`, e.g. a VM handler's boot and agent-ready times);
-/// their medians are printed too.
-async fn bench(c: &mut Clients, args: &BenchArgs) -> Result<()> {
-    ensure_image(c, &args.image).await?;
-    println!(
-        "{:<10} {:>5} {:>10} {:>10} {:>10}  split (p50)",
-        "handler", "pods", "p50 ms", "p95 ms", "max ms"
-    );
-    for handler in &args.handlers {
-        let run = RunArgs {
-            handler: handler.clone(),
-            name: format!("bench-{handler}"),
-            namespace: "bench".into(),
-            image: args.image.clone(),
-            log_root: args.log_root.clone(),
-            cmd: vec!["sleep".into(), "3600".into()],
-        };
-        let mut times = Vec::with_capacity(args.pods);
-        let mut splits: HashMap<String, Vec<f64>> = HashMap::new();
-        let mut pods = Vec::new();
-        for i in 0..args.pods {
-            let start = Instant::now();
-            let result = run_pod(c, &run, i + 1).await;
-            let elapsed = start.elapsed();
-            let (pod, _) = result.with_context(|| format!("handler {handler}, pod {i}"))?;
-            times.push(elapsed);
-            let status = c
-                .runtime
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.clone(),
-                    verbose: true,
-                })
-                .await?
-                .into_inner();
-            // Top-level `*_ms` keys, and those the handler reports in the
-            // verbose info's `handlerInfo` (kata: VM start, agent ready,
-            // container start).
-            let nested: Vec<(String, String)> = status
-                .info
-                .get("info")
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-                .and_then(|info| info.get("handlerInfo").and_then(|h| h.as_object()).cloned())
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
-                .collect();
-            for (k, v) in status.info.into_iter().chain(nested) {
-                if let (true, Ok(ms)) = (k.ends_with("_ms"), v.trim().parse::<f64>()) {
-                    splits.entry(k).or_default().push(ms);
-                }
-            }
-            pods.push(pod);
-        }
-        for pod in &pods {
-            remove_pod(c, pod).await?;
-        }
-        times.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let mut split: Vec<String> = splits
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort_by(f64::total_cmp);
-                format!("{k}={:.0}", v[v.len() / 2])
-            })
-            .collect();
-        split.sort();
-        println!(
-            "{:<10} {:>5} {:>10.1} {:>10.1} {:>10.1}  {}",
-            handler,
-            times.len(),
-            ms(percentile(&times, 50.0)),
-            ms(percentile(&times, 95.0)),
-            ms(*times.last().unwrap_or(&Duration::ZERO)),
-            split.join(" ")
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

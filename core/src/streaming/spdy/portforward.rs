@@ -1,106 +1,23 @@
-//! Port-forward: the URL handler and the SPDY transport
-//! (`portforward.k8s.io`). Each forwarded connection is a pair of streams
+//! Port-forward over SPDY (`portforward.k8s.io`). Each forwarded connection is a pair of streams
 //! the client opens, `streamtype: error` and `streamtype: data`, with the
 //! same `port` and `requestID` headers.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::server::{
-    Activity, HttpResponse, STREAM_CREATION_TIMEOUT, Session, Upgrade, negotiate_spdy,
-    spdy_switching, text, upgrade_kind, upgraded,
-};
-use super::spdy::conn::{Connection, IncomingStream};
-use super::{StreamBackend, websocket};
+use super::conn::{Connection, IncomingStream};
+use crate::streaming::StreamBackend;
+use crate::streaming::session::{Activity, STREAM_CREATION_TIMEOUT, Session, upgraded};
 
 /// The SPDY port-forward subprotocol.
 pub(crate) const SPDY_PROTOCOL: &str = "portforward.k8s.io";
 /// Stream pairs waiting for their other half, at most.
 const MAX_PENDING_PAIRS: usize = 128;
-
-/// Answers a port-forward URL.
-pub(crate) async fn serve(
-    session: Session,
-    pod_id: String,
-    ports: Vec<u16>,
-    req: Request<Incoming>,
-) -> HttpResponse {
-    match upgrade_kind(req.headers()) {
-        Some(Upgrade::WebSocket) => {
-            // WebSocket clients name their ports up front: the CRI
-            // request's, else the URL's `port`/`ports` query.
-            let ports = if ports.is_empty() {
-                match query_ports(req.uri().query().unwrap_or("")) {
-                    Ok(ports) => ports,
-                    Err(message) => return text(StatusCode::BAD_REQUEST, message),
-                }
-            } else {
-                ports
-            };
-            if ports.is_empty() {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "port-forward over WebSocket needs at least one port",
-                );
-            }
-            match websocket::negotiate(req.headers(), websocket::PORT_FORWARD_PROTOCOLS) {
-                Ok(negotiated) => {
-                    let response = websocket::switching(&negotiated);
-                    tokio::spawn(websocket::port_forward(
-                        session,
-                        pod_id,
-                        ports,
-                        negotiated.protocol,
-                        req,
-                    ));
-                    response
-                }
-                Err(response) => response,
-            }
-        }
-        Some(Upgrade::Spdy) => match negotiate_spdy(req.headers(), &[SPDY_PROTOCOL]) {
-            Ok(protocol) => {
-                let response = spdy_switching(&protocol);
-                tokio::spawn(spdy_session(session, pod_id, ports, req));
-                response
-            }
-            Err(response) => response,
-        },
-        None => text(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: this URL needs a SPDY/3.1 or WebSocket upgrade",
-        ),
-    }
-}
-
-/// Ports from a query string (`port=80&port=8080`, `ports=80,8080`).
-fn query_ports(query: &str) -> Result<Vec<u16>, String> {
-    let mut ports = Vec::new();
-    for pair in query.split('&') {
-        let Some((key, value)) = pair.split_once('=') else {
-            continue;
-        };
-        if key != "port" && key != "ports" {
-            continue;
-        }
-        for value in value.split(',').filter(|v| !v.is_empty()) {
-            match value.parse::<u16>() {
-                Ok(port) if port > 0 => {
-                    if !ports.contains(&port) {
-                        ports.push(port);
-                    }
-                }
-                _ => return Err(format!("invalid port {value:?}: must be 1-65535")),
-            }
-        }
-    }
-    Ok(ports)
-}
 
 #[derive(Default)]
 struct Pair {
@@ -122,7 +39,12 @@ fn request_id(stream: &IncomingStream, kind: &str) -> String {
     }
 }
 
-async fn spdy_session(session: Session, pod_id: String, ports: Vec<u16>, req: Request<Incoming>) {
+pub(crate) async fn session(
+    session: Session,
+    pod_id: String,
+    ports: Vec<u16>,
+    req: Request<Incoming>,
+) {
     let Some(io) = upgraded(req).await else {
         return;
     };
@@ -276,18 +198,4 @@ async fn forward(
     };
     tokio::join!(upstream, downstream);
     let _ = error.writer.finish().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_from_queries() {
-        assert_eq!(query_ports("port=80&port=8080"), Ok(vec![80, 8080]));
-        assert_eq!(query_ports("ports=80,8080&x=1"), Ok(vec![80, 8080]));
-        assert!(query_ports("port=0").is_err());
-        assert!(query_ports("port=70000").is_err());
-        assert_eq!(query_ports(""), Ok(vec![]));
-    }
 }

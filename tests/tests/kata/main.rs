@@ -6,6 +6,9 @@
 //! (`scripts/setup --with-kata`); skipped with the reason otherwise.
 //! `CRIUS_KATA_GUEST_DIR` overrides where the guest image is looked for.
 
+mod interactive;
+mod pod_semantics;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,36 +21,26 @@ use crius_tests::host::{
 };
 use crius_tests::image::{self, BUSYBOX_STATIC};
 use crius_tests::registry::{REGISTRY_BIN, Registry};
-use crius_tests::{Daemon, require_root_and_tools, skip, unique_token};
+use crius_tests::{Daemon, require_root_and_tools, require_tools, unique_token};
 use tonic::transport::Channel;
 
 type Runtime = RuntimeServiceClient<Channel>;
 
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const CONMON: &str = "/usr/bin/conmon";
 const CATATONIT: &str = "/usr/bin/catatonit";
 const RUNC: &str = "/usr/sbin/runc";
 const CNI_PLUGINS: [&str; 2] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"];
+/// The pod annotation that adds guest kernel parameters (allowed on the
+/// test's kata entries, so the shim's own check is what refuses bad ones).
+const ANNOTATION_KERNEL_PARAMS: &str = "io.katacontainers.config.hypervisor.kernel_params";
+/// Room the test VMs have to grow (more vCPUs than the host's cores is
+/// fine for a guest).
+const MAX_VCPUS: u32 = 3;
+const MAX_MEMORY_MIB: u64 = 2048;
 /// Generous: TCG on a loaded 2-core machine.
 const BOOT_TIMEOUT_SECONDS: u64 = 150;
 
-fn guest_dir() -> PathBuf {
-    std::env::var_os("CRIUS_KATA_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/crius/kata".into())
-}
-
-fn vhost_device_vsock() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push(
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin"),
-    );
-    dirs.into_iter()
-        .map(|d| d.join("vhost-device-vsock"))
-        .find(|p| p.exists())
-}
+use crius_tests::kata::{QEMU, VmEntry, VmParts, uses_virtiofs};
 
 struct Env {
     // Field order is drop order: the daemon stops before the registry goes away.
@@ -56,7 +49,43 @@ struct Env {
     guest_release: String,
     log_dir: tempfile::TempDir,
     _cni_dir: tempfile::TempDir,
+    _hooks_dir: tempfile::TempDir,
     _registry: Registry,
+}
+
+/// Containers with this annotation (`yes`) get [`HOOK_FILE`] written by a
+/// `startContainer` OCI hook from the daemon's hook dir.
+const HOOK_ANNOTATION: &str = "crius-test/kata-hook";
+/// What the hook writes (inside the container, so in the guest).
+const HOOK_FILE: &str = "/tmp/kata-hook";
+
+/// A hook dir with one `oci-hooks(5)` file: `/bin/sh` (the image's) writes
+/// [`HOOK_FILE`] in containers annotated with [`HOOK_ANNOTATION`].
+fn write_hooks_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("crius-katahooks-")
+        .tempdir()
+        .unwrap();
+    let hook = serde_json::json!({
+        "version": "1.0.0",
+        "hook": {"path": "/bin/sh", "args": ["sh", "-c", format!("echo hooked-in-the-guest > {HOOK_FILE}")]},
+        "when": {"annotations": {format!("^{}$", regex_escape(HOOK_ANNOTATION)): "^yes$"}},
+        "stages": ["startContainer"]
+    });
+    std::fs::write(dir.path().join("kata-test.json"), hook.to_string()).unwrap();
+    dir
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
 }
 
 /// A CNI bridge network of the test's own (like tests/pods.rs).
@@ -73,38 +102,20 @@ fn write_cni_config(dir: &Path, token: &str, subnet_prefix: &str) {
 /// (a boot timeout no VM can meet). `None` (reason printed) when something
 /// is missing.
 async fn setup(subnet: u32) -> Option<Env> {
-    let guest = guest_dir();
-    let kernel = guest.join("vmlinux");
-    let initrd = guest.join("initramfs.cpio.gz");
-    let mut tools = vec![REGISTRY_BIN, BUSYBOX_STATIC, QEMU, CONMON, CATATONIT, RUNC];
-    tools.extend(CNI_PLUGINS);
-    let (kernel_s, initrd_s) = (kernel.display().to_string(), initrd.display().to_string());
-    tools.push(&kernel_s);
-    tools.push(&initrd_s);
-    if !require_root_and_tools(&tools) {
+    if !require_root_and_tools(&[REGISTRY_BIN, BUSYBOX_STATIC, CONMON, CATATONIT, RUNC])
+        || !require_tools(&CNI_PLUGINS)
+    {
         return None;
     }
-    let Some(vsock) = vhost_device_vsock() else {
-        skip("vhost-device-vsock is not installed (scripts/setup --with-kata installs it)");
-        return None;
-    };
-    let shim = crius_tests::daemon::crius_bin().with_file_name("crius-kata-shim");
-    assert!(
-        shim.exists(),
-        "{} does not exist: build it (`cargo build -p crius-handler-kata`) with the daemon",
-        shim.display()
-    );
-    let guest_release = std::fs::read_to_string(guest.join("kernel-release"))
-        .expect("the guest image has kernel-release")
-        .trim()
-        .to_string();
+    let vm = VmParts::find()?;
+    let guest_release = vm.guest_release.clone();
 
     let registry = Registry::start().await.expect("registry starts");
     let image = image::push_busybox_with_applets(
         &registry,
         "katabox",
         "1",
-        &["dd", "uname", "ip", "httpd", "wget", "seq"],
+        &["dd", "uname", "ip", "httpd", "wget", "seq", "stty"],
     )
     .await
     .expect("push image");
@@ -119,27 +130,26 @@ async fn setup(subnet: u32) -> Option<Env> {
         &token,
         &format!("10.{}.{subnet}", 150 + std::process::id() % 40),
     );
-    let vm = |timeout: u64| {
-        format!(
-            "    kind: vm\n    runtime_path: {QEMU}\n    vm:\n      kernel: \"{}\"\n      initrd: \"{}\"\n      \
-             boot_timeout_seconds: {timeout}\n      vhost_device_vsock_path: \"{}\"\n",
-            kernel.display(),
-            initrd.display(),
-            vsock.display()
-        )
+    let entry = |boot_timeout_seconds: u64| VmEntry {
+        boot_timeout_seconds,
+        allowed_annotations: &[ANNOTATION_KERNEL_PARAMS],
+        max_vcpus: MAX_VCPUS,
+        max_memory_mib: MAX_MEMORY_MIB,
     };
     let handlers = format!(
         "default_runtime_handler: runc\nruntime_handlers:\n  runc:\n    kind: oci\n    runtime_path: {RUNC}\n    \
-         monitor_path: {CONMON}\n  kata:\n{}  kata-slow:\n{}",
-        vm(BOOT_TIMEOUT_SECONDS),
-        vm(1)
+         monitor_path: {CONMON}\n{}{}",
+        vm.entry_yaml("kata", &entry(BOOT_TIMEOUT_SECONDS)),
+        vm.entry_yaml("kata-slow", &entry(1))
     );
+    let hooks_dir = write_hooks_dir();
     let daemon = Daemon::builder()
         .registry(&registry)
         .runtime_handlers_yaml(&handlers)
         .extra_yaml(&format!(
-            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n",
-            cni_dir.path().display()
+            "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\nhooks_dirs: [\"{}\"]\n",
+            cni_dir.path().display(),
+            hooks_dir.path().display()
         ))
         .start()
         .await
@@ -157,6 +167,7 @@ async fn setup(subnet: u32) -> Option<Env> {
         guest_release,
         log_dir,
         _cni_dir: cni_dir,
+        _hooks_dir: hooks_dir,
         _registry: registry,
     })
 }
@@ -302,18 +313,30 @@ impl Env {
         info
     }
 
+    /// Stops and removes the pod (twice: removal is idempotent). Each call
+    /// must fit in a CRI client's default 2 s timeout (crictl's), even with
+    /// running containers, which are killed (the VM goes with them).
     async fn stop_and_remove_pod(&self, id: &str) {
         let mut rt = self.rt();
+        let started = Instant::now();
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: id.to_string(),
         })
         .await
         .expect("StopPodSandbox");
+        let stop = started.elapsed();
+        let started = Instant::now();
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.to_string(),
         })
         .await
         .expect("RemovePodSandbox");
+        let remove = started.elapsed();
+        eprintln!("kata StopPodSandbox took {stop:?}, RemovePodSandbox {remove:?}");
+        assert!(
+            stop < Duration::from_secs(2) && remove < Duration::from_secs(2),
+            "StopPodSandbox took {stop:?} and RemovePodSandbox {remove:?}: each must fit in 2 s"
+        );
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.to_string(),
         })
@@ -323,8 +346,9 @@ impl Env {
 
     /// No VM process of any pod, no pod dir, netns pin or mount left.
     fn assert_nothing_left(&self, context: &str) {
-        let state = self.daemon.state_dir().display().to_string();
-        let pods_dir = self.daemon.state_dir().join("pods");
+        // Root and state dir both live in the daemon's own directory.
+        let state = self.daemon.dir().display().to_string();
+        let pods_dir = self.daemon.pods_dir();
         let left = crius_tests::dir_entries(&pods_dir);
         assert!(left.is_empty(), "{context}: pod dirs left: {left:?}");
         let netns = crius_tests::dir_entries(&self.daemon.state_dir().join("netns"));
@@ -345,10 +369,15 @@ impl Env {
 /// carry in their command lines.
 fn vm_processes(pod_id: &str) -> Vec<String> {
     let short = &pod_id[..16];
-    ["qemu-system", "vhost-device-vsock", "crius-kata-shim"]
-        .iter()
-        .flat_map(|needle| processes_matching(&[needle, short]))
-        .collect()
+    [
+        "qemu-system",
+        "vhost-device-vsock",
+        "virtiofsd",
+        "crius-kata-shim",
+    ]
+    .iter()
+    .flat_map(|needle| processes_matching(&[needle, short]))
+    .collect()
 }
 
 fn host_release() -> String {
@@ -384,16 +413,30 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
     );
     assert_eq!(
         vm_processes(&pod_id).len(),
-        3,
-        "shim, QEMU and vhost-device-vsock run: {:?}",
+        3 + usize::from(uses_virtiofs()),
+        "shim, QEMU, vhost-device-vsock (and virtiofsd) run: {:?}",
         vm_processes(&pod_id)
+    );
+    // The VM's sockets are the daemon's own: in the pod's dir or, as here
+    // (the pod dir is too deep for a socket path), under the handler's
+    // state dir; never in a host-wide directory another daemon shares.
+    let short_id: String = pod_id.chars().take(16).collect();
+    let socket_dir = env.daemon.state_dir().join("plugins/kata").join(&short_id);
+    assert!(
+        socket_dir.join("vsock.sock").exists(),
+        "hybrid vsock socket in {}",
+        socket_dir.display()
+    );
+    assert!(
+        !Path::new("/run/crius-kata").join(&short_id).exists(),
+        "nothing under the shared /run/crius-kata"
     );
 
     // A short-lived container: output, stderr and exit code.
     let started = Instant::now();
     let config = env.container_config(
         "uname",
-        &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"],
+        &["sh", "-c", "uname -r; uname -n; echo to-stderr >&2; exit 3"],
     );
     let id = env.create_and_start(&pod_id, &pod, config).await;
     let create_start = started.elapsed();
@@ -430,6 +473,14 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
         lines.iter().any(|l| l.ends_with(" stderr F to-stderr")),
         "{log}"
     );
+    // The spec's hostname reached the guest's runtime: the pod's.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!(" stdout F {}", pod.hostname))),
+        "the container's hostname is the pod's {:?}: {log}",
+        pod.hostname
+    );
 
     // A long-running container: ExecSync runs in the VM too.
     // PID 1 of its namespace: without a handler SIGTERM would be ignored.
@@ -438,9 +489,25 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
         "-c",
         "trap 'exit 42' TERM; while true; do sleep 1; done",
     ];
-    let sleeper = env
-        .create_and_start(&pod_id, &pod, env.container_config("sleeper", &sleeper_cmd))
-        .await;
+    // Its spec carries a startContainer hook from the daemon's hook dir,
+    // which runs in the guest, inside the container.
+    let mut sleeper_config = env.container_config("sleeper", &sleeper_cmd);
+    sleeper_config
+        .annotations
+        .insert(HOOK_ANNOTATION.to_string(), "yes".to_string());
+    let sleeper = env.create_and_start(&pod_id, &pod, sleeper_config).await;
+    let out = env.exec(&sleeper, &["cat", HOOK_FILE]).await;
+    assert_eq!(
+        (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+        (0, "hooked-in-the-guest"),
+        "the OCI hook ran in the guest: {out:?}"
+    );
+    let out = env.exec(&sleeper, &["uname", "-n"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        pod.hostname,
+        "{out:?}"
+    );
     let out = env.exec(&sleeper, &["uname", "-r"]).await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -474,7 +541,9 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
         "{status:?}"
     );
 
-    // Stop: the sleeper gets SIGTERM (and exits on it, within the timeout).
+    // Stop: the sleeper gets SIGTERM and exits on it; StopContainer
+    // returns as soon as it has, far inside the timeout (as on runc).
+    let started = Instant::now();
     env.rt()
         .stop_container(cri::StopContainerRequest {
             container_id: sleeper.clone(),
@@ -482,6 +551,11 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
         })
         .await
         .expect("StopContainer");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "StopContainer of a SIGTERM-handling container took {:?}",
+        started.elapsed()
+    );
     let status = env.wait_exited(&sleeper, Duration::from_secs(5)).await;
     assert_eq!(
         (status.exit_code, status.reason.as_str()),
@@ -515,6 +589,11 @@ async fn kata_pod_runs_containers_on_the_guest_kernel() {
 
     // Stop and remove the pod: nothing left.
     env.stop_and_remove_pod(&pod_id).await;
+    assert!(
+        !socket_dir.exists(),
+        "socket dir {} left",
+        socket_dir.display()
+    );
     assert!(
         vm_processes(&pod_id).is_empty(),
         "VM processes left: {:?}",
@@ -637,7 +716,7 @@ async fn runc_and_kata_pods_side_by_side() {
     let addrs = String::from_utf8_lossy(&out.stdout);
     if !addrs.contains(&format!("inet {kata_ip}/")) {
         let all = env.exec(&kata_s, &["ip", "addr", "show"]).await;
-        let dir = env.daemon.state_dir().join("pods").join(&kata_id);
+        let dir = env.daemon.pods_dir().join(&kata_id);
         let console = std::fs::read_to_string(dir.join("handler/console.log")).unwrap_or_default();
         let shim = std::fs::read_to_string(dir.join("handler/shim.log")).unwrap_or_default();
         panic!(
@@ -886,6 +965,6 @@ async fn a_vm_table_the_shim_refuses_makes_only_that_handler_not_ready() {
     rt.version(cri::VersionRequest::default())
         .await
         .expect("the daemon serves on");
-    let left = crius_tests::dir_entries(&daemon.state_dir().join("pods"));
+    let left = crius_tests::dir_entries(&daemon.pods_dir());
     assert!(left.is_empty(), "pod dirs left: {left:?}");
 }

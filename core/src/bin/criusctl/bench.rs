@@ -1,0 +1,484 @@
+//! `criusctl bench`: pod start latency per handler, on one or more CRI
+//! endpoints side by side. Pods are started interleaved across the endpoints
+//! (pod 1 on A, pod 1 on B, pod 2 on A, ...) so that load and cache effects
+//! of the machine fall on every endpoint alike; then they are torn down in
+//! the same order. Each RPC is timed on its own; pod start is
+//! RunPodSandbox + CreateContainer + StartContainer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crius_proto::cri;
+use serde_json::json;
+
+use super::{Clients, RunArgs, connect, ensure_image, image_spec, percentile, pod_config};
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Handlers to compare, side by side (the RuntimeClass handler name every
+    /// endpoint knows; containerd's default is `runc`).
+    #[arg(long, value_delimiter = ',', default_value = "runc,crun")]
+    handlers: Vec<String>,
+    /// Pods per handler and endpoint.
+    #[arg(long, default_value_t = 10)]
+    pods: usize,
+    #[arg(long)]
+    image: String,
+    #[arg(long, default_value = "/var/log/crius/bench")]
+    log_root: PathBuf,
+    /// A CRI endpoint to measure, `NAME=unix:///path.sock` (repeatable; the
+    /// first is the reference of the ratios). Default: `crius=` the socket
+    /// given with `-s`.
+    #[arg(long = "endpoint", value_name = "NAME=URI")]
+    endpoints: Vec<String>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The RPCs timed, in call order.
+const RPCS: [&str; 5] = [
+    "RunPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+];
+
+/// `NAME=unix:///path` (or `NAME=/path`) → (name, socket path).
+fn parse_endpoint(spec: &str) -> Result<(String, PathBuf)> {
+    let Some((name, uri)) = spec.split_once('=') else {
+        bail!("--endpoint {spec:?}: expected NAME=unix:///path.sock");
+    };
+    if name.is_empty() {
+        bail!("--endpoint {spec:?}: empty name");
+    }
+    let path = match uri.strip_prefix("unix://") {
+        Some(p) => p,
+        None if uri.starts_with('/') => uri,
+        None => bail!("--endpoint {spec:?}: only unix:// endpoints are supported"),
+    };
+    if path.is_empty() {
+        bail!("--endpoint {spec:?}: empty socket path");
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+struct Target {
+    name: String,
+    socket: PathBuf,
+    clients: Clients,
+}
+
+/// What one endpoint measured for one handler.
+#[derive(Default)]
+struct Samples {
+    /// Per RPC, in `RPCS` order.
+    rpc: [Vec<Duration>; 5],
+    pod_start: Vec<Duration>,
+    /// Handler-reported `*_ms` split keys (e.g. kata's VM start).
+    split: HashMap<String, Vec<f64>>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Stat {
+    p50: f64,
+    p95: f64,
+    max: f64,
+}
+
+fn stat(samples: &[Duration]) -> Stat {
+    let mut v = samples.to_vec();
+    v.sort();
+    Stat {
+        p50: ms(percentile(&v, 50.0)),
+        p95: ms(percentile(&v, 95.0)),
+        max: ms(v.last().copied().unwrap_or_default()),
+    }
+}
+
+fn split_medians(split: &HashMap<String, Vec<f64>>) -> BTreeMap<String, f64> {
+    split
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            v.sort_by(f64::total_cmp);
+            (k.clone(), v[v.len() / 2])
+        })
+        .collect()
+}
+
+pub(crate) async fn bench(default_socket: PathBuf, args: &BenchArgs) -> Result<()> {
+    let specs: Vec<(String, PathBuf)> = if args.endpoints.is_empty() {
+        vec![("crius".into(), default_socket)]
+    } else {
+        args.endpoints
+            .iter()
+            .map(|s| parse_endpoint(s))
+            .collect::<Result<_>>()?
+    };
+    if args.pods == 0 {
+        bail!("--pods must be at least 1");
+    }
+    let mut targets = Vec::new();
+    for (name, socket) in specs {
+        if targets.iter().any(|t: &Target| t.name == name) {
+            bail!("--endpoint {name:?} given twice");
+        }
+        let mut clients = connect(&socket).await?;
+        ensure_image(&mut clients, &args.image)
+            .await
+            .with_context(|| format!("endpoint {name}"))?;
+        targets.push(Target {
+            name,
+            socket,
+            clients,
+        });
+    }
+    let mut results: Vec<(String, Vec<Samples>)> = Vec::new();
+    for handler in &args.handlers {
+        let samples = run_handler(&mut targets, handler, args).await?;
+        if !args.json {
+            print_table(handler, &targets, &samples, results.is_empty());
+        }
+        results.push((handler.clone(), samples));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&targets, &results))?
+        );
+    }
+    Ok(())
+}
+
+async fn run_handler(
+    targets: &mut [Target],
+    handler: &str,
+    args: &BenchArgs,
+) -> Result<Vec<Samples>> {
+    let run = RunArgs {
+        handler: handler.to_string(),
+        name: format!("bench-{handler}"),
+        namespace: "bench".into(),
+        image: args.image.clone(),
+        log_root: args.log_root.clone(),
+        cmd: vec!["sleep".into(), "3600".into()],
+    };
+    let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
+    let mut pods: Vec<Vec<String>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut failure = None;
+    'start: for i in 0..args.pods {
+        for (t, target) in targets.iter_mut().enumerate() {
+            match start_pod(&mut target.clients, &run, i + 1, &mut samples[t]).await {
+                Ok(pod) => pods[t].push(pod),
+                Err(e) => {
+                    failure = Some(e.context(format!(
+                        "endpoint {}, handler {handler}, pod {}",
+                        target.name,
+                        i + 1
+                    )));
+                    break 'start;
+                }
+            }
+        }
+    }
+    // Teardown interleaved too; after a failure, whatever was started is
+    // still removed before the error is returned.
+    let most = pods.iter().map(Vec::len).max().unwrap_or(0);
+    for i in 0..most {
+        for (t, target) in targets.iter_mut().enumerate() {
+            let Some(pod) = pods[t].get(i) else { continue };
+            if let Err(e) = stop_pod(&mut target.clients, pod, &mut samples[t]).await {
+                failure.get_or_insert(e.context(format!("endpoint {}, pod {pod}", target.name)));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(samples),
+    }
+}
+
+/// Starts one pod with its container, timing each RPC; returns the pod id.
+async fn start_pod(
+    c: &mut Clients,
+    run: &RunArgs,
+    index: usize,
+    s: &mut Samples,
+) -> Result<String> {
+    let config = pod_config(run, index);
+    // The kubelet creates the pod's log directory before RunPodSandbox; not
+    // every runtime does it itself.
+    tokio::fs::create_dir_all(&config.log_directory)
+        .await
+        .with_context(|| format!("creating {}", config.log_directory))?;
+    let began = Instant::now();
+    let pod = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: run.handler.clone(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    let t1 = Instant::now();
+    let ctr_config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: run.name.clone(),
+            attempt: 0,
+        }),
+        image: image_spec(&run.image),
+        command: run.cmd.clone(),
+        log_path: format!("{}/0.log", run.name),
+        ..Default::default()
+    };
+    let created = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ctr_config),
+            sandbox_config: Some(config),
+        })
+        .await;
+    let t2 = Instant::now();
+    let ctr = match created {
+        Ok(r) => r.into_inner().container_id,
+        Err(e) => {
+            let _ = super::remove_pod(c, &pod).await;
+            return Err(e).context("CreateContainer");
+        }
+    };
+    if let Err(e) = c
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+    {
+        let _ = super::remove_pod(c, &pod).await;
+        return Err(e).context("StartContainer");
+    }
+    let t3 = Instant::now();
+    s.rpc[0].push(t1 - began);
+    s.rpc[1].push(t2 - t1);
+    s.rpc[2].push(t3 - t2);
+    s.pod_start.push(t3 - began);
+    let status = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    // Top-level `*_ms` keys, and those the handler reports in the verbose
+    // info's `handlerInfo` (kata: VM start, agent ready, container start).
+    let nested: Vec<(String, String)> = status
+        .info
+        .get("info")
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|info| info.get("handlerInfo").and_then(|h| h.as_object()).cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+        .collect();
+    for (k, v) in status.info.into_iter().chain(nested) {
+        if let (true, Ok(ms)) = (k.ends_with("_ms"), v.trim().parse::<f64>()) {
+            s.split.entry(k).or_default().push(ms);
+        }
+    }
+    Ok(pod)
+}
+
+async fn stop_pod(c: &mut Clients, pod: &str, s: &mut Samples) -> Result<()> {
+    let began = Instant::now();
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .context("StopPodSandbox")?;
+    let t1 = Instant::now();
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .context("RemovePodSandbox")?;
+    s.rpc[3].push(t1 - began);
+    s.rpc[4].push(began.elapsed() - (t1 - began));
+    Ok(())
+}
+
+fn print_table(handler: &str, targets: &[Target], samples: &[Samples], header: bool) {
+    if targets.len() == 1 {
+        // One endpoint: the classic one-line-per-handler table.
+        if header {
+            println!(
+                "{:<10} {:>5} {:>10} {:>10} {:>10}  split (p50)",
+                "handler", "pods", "p50 ms", "p95 ms", "max ms"
+            );
+        }
+        let s = &samples[0];
+        let st = stat(&s.pod_start);
+        let split: Vec<String> = split_medians(&s.split)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v:.0}"))
+            .collect();
+        println!(
+            "{:<10} {:>5} {:>10.1} {:>10.1} {:>10.1}  {}",
+            handler,
+            s.pod_start.len(),
+            st.p50,
+            st.p95,
+            st.max,
+            split.join(" ")
+        );
+        return;
+    }
+    println!(
+        "handler {handler}, {} pods per endpoint, interleaved (ms, p50 / p95)",
+        samples[0].pod_start.len()
+    );
+    let mut head = format!("{:<18}", "");
+    for t in targets {
+        head.push_str(&format!(" {:>17}", t.name));
+    }
+    for t in &targets[1..] {
+        head.push_str(&format!(
+            " {:>17}",
+            format!("{}/{}", targets[0].name, t.name)
+        ));
+    }
+    println!("{head}");
+    let mut rows: Vec<(&str, Vec<&[Duration]>)> = RPCS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, samples.iter().map(|s| s.rpc[i].as_slice()).collect()))
+        .collect();
+    rows.insert(
+        3,
+        (
+            "pod start",
+            samples.iter().map(|s| s.pod_start.as_slice()).collect(),
+        ),
+    );
+    for (name, per_target) in rows {
+        let stats: Vec<Stat> = per_target.iter().map(|v| stat(v)).collect();
+        let mut line = format!("{name:<18}");
+        for st in &stats {
+            line.push_str(&format!(
+                " {:>17}",
+                format!("{:.1} / {:.1}", st.p50, st.p95)
+            ));
+        }
+        for st in &stats[1..] {
+            line.push_str(&format!(
+                " {:>17}",
+                format!(
+                    "{:.2} / {:.2}",
+                    ratio(stats[0].p50, st.p50),
+                    ratio(stats[0].p95, st.p95)
+                )
+            ));
+        }
+        println!("{line}");
+    }
+    for (t, s) in targets.iter().zip(samples) {
+        let split = split_medians(&s.split);
+        if !split.is_empty() {
+            let split: Vec<String> = split
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v:.0}"))
+                .collect();
+            println!("split (p50) {}: {}", t.name, split.join(" "));
+        }
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+fn stat_json(samples: &[Duration]) -> serde_json::Value {
+    let st = stat(samples);
+    json!({ "p50_ms": st.p50, "p95_ms": st.p95, "max_ms": st.max, "count": samples.len() })
+}
+
+fn to_json(targets: &[Target], results: &[(String, Vec<Samples>)]) -> serde_json::Value {
+    let handlers: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(handler, samples)| {
+            let endpoints: Vec<serde_json::Value> = targets
+                .iter()
+                .zip(samples)
+                .map(|(t, s)| {
+                    let rpc: serde_json::Map<String, serde_json::Value> = RPCS
+                        .iter()
+                        .enumerate()
+                        .map(|(i, name)| (name.to_string(), stat_json(&s.rpc[i])))
+                        .collect();
+                    json!({
+                        "name": t.name,
+                        "endpoint": format!("unix://{}", t.socket.display()),
+                        "pod_start": stat_json(&s.pod_start),
+                        "rpc": rpc,
+                        "split_p50_ms": split_medians(&s.split),
+                    })
+                })
+                .collect();
+            let reference = stat(&samples[0].pod_start);
+            let ratios: serde_json::Map<String, serde_json::Value> = targets
+                .iter()
+                .zip(samples)
+                .skip(1)
+                .map(|(t, s)| {
+                    let st = stat(&s.pod_start);
+                    (
+                        format!("{}/{}", targets[0].name, t.name),
+                        json!({
+                            "pod_start_p50": ratio(reference.p50, st.p50),
+                            "pod_start_p95": ratio(reference.p95, st.p95),
+                        }),
+                    )
+                })
+                .collect();
+            json!({ "handler": handler, "endpoints": endpoints, "ratios": ratios })
+        })
+        .collect();
+    json!({ "handlers": handlers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_name_and_unix_path() {
+        let (n, p) = parse_endpoint("containerd=unix:///run/containerd/c.sock").unwrap();
+        assert_eq!(
+            (n.as_str(), p),
+            ("containerd", PathBuf::from("/run/containerd/c.sock"))
+        );
+        let (_, p) = parse_endpoint("crius=/run/crius/crius.sock").unwrap();
+        assert_eq!(p, PathBuf::from("/run/crius/crius.sock"));
+        assert!(parse_endpoint("nameless").is_err());
+        assert!(parse_endpoint("=unix:///x").is_err());
+        assert!(parse_endpoint("tcp=tcp://127.0.0.1:1").is_err());
+        assert!(parse_endpoint("e=unix://").is_err());
+    }
+
+    #[test]
+    fn ratio_of_a_zero_is_not_a_number() {
+        assert_eq!(ratio(50.0, 100.0), 0.5);
+        assert!(ratio(1.0, 0.0).is_nan());
+    }
+}

@@ -1,0 +1,129 @@
+//! What every protocol module shares: the admitted session and its server
+//! state, traffic/idle tracking, plain-text HTTP answers and the upgraded
+//! connection. It depends on no protocol module; the protocol modules
+//! (`remotecommand`, `spdy`, `websocket`) depend on it, and the server
+//! (`server`) on them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::StreamBackend;
+use super::token::TokenStore;
+
+/// How long a SPDY client may take to open the streams of a session
+/// (the kubelet's default stream creation timeout).
+pub(crate) const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn StreamBackend>,
+    pub(crate) tokens: TokenStore,
+    pub(crate) sessions: Arc<Semaphore>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// One admitted session: holds its slot of `max_sessions` until dropped.
+pub(crate) struct Session {
+    pub(crate) inner: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Session {
+    pub(crate) fn new(inner: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+        }
+    }
+}
+
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
+
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(message.into() + "\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Time of the last traffic of a session, in either direction.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Cancels `gone` once the session has been idle for `limit`, or when
+    /// the server shuts down.
+    pub(crate) fn watch(
+        &self,
+        limit: Duration,
+        gone: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let activity = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let idle = activity.idle_for();
+                if idle >= limit {
+                    tracing::info!(
+                        idle_seconds = idle.as_secs(),
+                        "streaming session idle, closing"
+                    );
+                    gone.cancel();
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(limit - idle) => {}
+                    _ = gone.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        gone.cancel();
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Waits for the HTTP upgrade of `req` to complete (after our 101 went out).
+pub(crate) async fn upgraded(req: Request<Incoming>) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match hyper::upgrade::on(req).await {
+        Ok(upgraded) => Some(TokioIo::new(upgraded)),
+        Err(e) => {
+            tracing::debug!("streaming upgrade failed: {e}");
+            None
+        }
+    }
+}
