@@ -295,6 +295,10 @@ pub struct RemoteHandler {
     run_sandbox_timeout: Duration,
     info: InfoResponse,
     shims: Mutex<HashMap<String, Arc<Shim>>>,
+    /// Held while a dead shim is replaced, so that concurrent callers that
+    /// all saw it die (a stop and the pod's exit `Wait`) get one fresh shim
+    /// instead of starting one each on the same socket.
+    respawning: tokio::sync::Mutex<()>,
     ready: Mutex<Option<(Instant, HandlerResult<()>)>>,
 }
 
@@ -358,6 +362,7 @@ impl RemoteHandler {
             run_sandbox_timeout: CALL_TIMEOUT,
             info,
             shims: Mutex::new(HashMap::new()),
+            respawning: tokio::sync::Mutex::new(()),
             ready: Mutex::new(None),
         })
     }
@@ -485,8 +490,20 @@ impl RemoteHandler {
     /// A new shim for a pod whose shim died: it restores the pod from what
     /// the dead one held and kept on disk, so that it can serve the pod's
     /// calls (stop and remove included).
+    ///
+    /// Once per dead shim: a caller that finds the pod already taken over
+    /// by a live shim gets that one, and a pod removed in the meantime
+    /// (forgotten) gets none, so no shim outlives its pod.
     async fn respawn(&self, dead: &Shim) -> Option<Arc<Shim>> {
         let id = &dead.sandbox_id;
+        let _one_at_a_time = self.respawning.lock().await;
+        match self.shims.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            None => return None,
+            Some(current) if !std::ptr::eq(current.as_ref(), dead) && !current.is_dead() => {
+                return Some(current.clone());
+            }
+            Some(_) => {}
+        }
         warn!(handler = %self.name, pod = %id, "the pod's shim is gone; starting a new one that restores the pod");
         match self
             .spawn_shim(id, dead.socket.clone(), dead.log.clone(), &dead.state_dir)
@@ -505,10 +522,15 @@ impl RemoteHandler {
                     warn!(handler = %self.name, pod = %id, "the fresh shim could not restore the pod; cleaning up anyway: {err}");
                 }
                 let fresh = Arc::new(fresh);
-                self.shims
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), fresh.clone());
+                let mut shims = self.shims.lock().unwrap_or_else(|e| e.into_inner());
+                if !shims.contains_key(id) {
+                    // Removed while the fresh shim started: it has no pod.
+                    drop(shims);
+                    fresh.terminate_now();
+                    let _ = std::fs::remove_file(&fresh.socket);
+                    return None;
+                }
+                shims.insert(id.clone(), fresh.clone());
                 Some(fresh)
             }
             Err(err) => {
