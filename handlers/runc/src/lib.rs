@@ -36,6 +36,7 @@ mod observe;
 mod ops;
 mod portforward;
 pub mod resources;
+mod rro_probe;
 pub mod runtime;
 mod sandboxstats;
 pub mod signal;
@@ -165,15 +166,51 @@ pub enum FeatureProbe {
     /// No usable document (no `features` subcommand, binary missing, bad
     /// output); every feature is reported as unsupported unless overridden.
     Unavailable { reason: String },
+    /// No document (`reason`), but the runtime was tried: recursive
+    /// read-only mounts by creating a trial container (user namespaces are
+    /// not tried and stay unsupported).
+    Tried {
+        reason: String,
+        features: HandlerFeatures,
+    },
 }
 
 impl FeatureProbe {
     /// Features as probed, before overrides.
     pub fn features(&self) -> HandlerFeatures {
         match self {
-            FeatureProbe::Reported(f) => *f,
+            FeatureProbe::Reported(f) | FeatureProbe::Tried { features: f, .. } => *f,
             FeatureProbe::Unavailable { .. } => HandlerFeatures::default(),
         }
+    }
+}
+
+/// For a runtime without a features document: tries what can be tried
+/// (see `rro_probe`). A trial that cannot run leaves the probe unavailable.
+async fn try_features(config: &OciHandlerConfig, reason: &str) -> FeatureProbe {
+    let work_parent = config
+        .runtime_root
+        .parent()
+        .unwrap_or_else(|| Path::new("/tmp"));
+    if let Err(e) = std::fs::create_dir_all(&config.runtime_root) {
+        return FeatureProbe::Unavailable {
+            reason: format!(
+                "{reason}; cannot create {}: {e}",
+                config.runtime_root.display()
+            ),
+        };
+    }
+    match rro_probe::try_rro(&config.runtime_path, &config.runtime_root, work_parent).await {
+        Ok(rro) => FeatureProbe::Tried {
+            reason: reason.to_string(),
+            features: HandlerFeatures {
+                recursive_read_only_mounts: rro,
+                user_namespaces: false,
+            },
+        },
+        Err(e) => FeatureProbe::Unavailable {
+            reason: format!("{reason}; trying rro failed: {e}"),
+        },
     }
 }
 
@@ -274,7 +311,16 @@ impl OciHandler {
         config: OciHandlerConfig,
         runner: Arc<dyn CommandRunner>,
     ) -> OciHandler {
-        let probe = probe_features(runner.as_ref(), &config.runtime_path).await;
+        let mut probe = probe_features(runner.as_ref(), &config.runtime_path).await;
+        if let FeatureProbe::Unavailable { reason } = &probe
+            && config
+                .feature_overrides
+                .recursive_read_only_mounts
+                .is_none()
+            && config.runtime_path.is_file()
+        {
+            probe = try_features(&config, reason).await;
+        }
         let features = config.feature_overrides.apply(probe.features());
         match &probe {
             FeatureProbe::Reported(probed) => tracing::info!(
@@ -293,6 +339,18 @@ impl OciHandler {
                 recursive_read_only_mounts = features.recursive_read_only_mounts,
                 user_namespaces = features.user_namespaces,
                 "runtime reports no features document; features not set by overrides are reported unsupported"
+            ),
+            FeatureProbe::Tried {
+                reason,
+                features: tried,
+            } => tracing::info!(
+                handler = %config.name,
+                runtime = %config.runtime_path.display(),
+                %reason,
+                tried_rro = tried.recursive_read_only_mounts,
+                recursive_read_only_mounts = features.recursive_read_only_mounts,
+                user_namespaces = features.user_namespaces,
+                "runtime reports no features document; recursive read-only mounts tried"
             ),
         }
         OciHandler {

@@ -47,7 +47,10 @@ async fn runc_reports_its_features_document() {
 #[tokio::test]
 async fn crun_probe_matches_the_binary() {
     let crun = "/usr/bin/crun";
-    if !crius_testkit::require_tools(&[crun, DEFAULT_MONITOR_PATH]) {
+    // Root: the rro trial mounts a tmpfs and creates a container.
+    if !crius_testkit::require_root()
+        || !crius_testkit::require_tools(&[crun, DEFAULT_MONITOR_PATH])
+    {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -63,14 +66,34 @@ async fn crun_probe_matches_the_binary() {
             &FeatureProbe::Reported(parse_features(&raw.stdout).unwrap())
         );
     } else {
-        // crun 1.8.1 has no features subcommand: nothing is claimed.
+        // crun 1.8.1 has no features subcommand: recursive read-only
+        // mounts are tried (crun has applied `rro` since 1.4); user
+        // namespaces are not claimed.
         match h.feature_probe() {
-            FeatureProbe::Unavailable { reason } => {
+            FeatureProbe::Tried { reason, .. } => {
                 assert!(reason.contains("features"), "{reason}")
             }
             other => panic!("crun has no features subcommand but probe says {other:?}"),
         }
-        assert_eq!(h.features(), Default::default());
+        assert!(h.features().recursive_read_only_mounts);
+        assert!(!h.features().user_namespaces);
+        // The trial left nothing: no container in crun's state, no scratch
+        // dir beside it, no mount.
+        let list = std::process::Command::new(crun)
+            .arg("--root")
+            .arg(root.path())
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "");
+        let scratch: Vec<_> = std::fs::read_dir(root.path().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("rro-probe"))
+            .collect();
+        assert!(scratch.is_empty(), "{scratch:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains("rro-probe"), "{mounts}");
     }
 }
 
