@@ -45,6 +45,8 @@ pub struct Config {
     pub restrict_oom_score_adj: bool,
     /// Only `cgroupfs` is supported.
     pub cgroup_driver: CgroupDriver,
+    /// How container root filesystems are made from image layers.
+    pub storage_driver: StorageDriver,
     /// Handler used when a pod's `runtime_handler` is empty.
     pub default_runtime_handler: String,
     /// Handler table: RuntimeClass handler name → handler.
@@ -133,6 +135,19 @@ pub enum CgroupDriver {
     /// Write the cgroup filesystem directly (v1 or v2, detected).
     #[default]
     Cgroupfs,
+}
+
+/// How a container's root filesystem is made from its image's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    /// An overlayfs mount of the layers with a per-container upper dir.
+    #[default]
+    Overlay,
+    /// A full copy of the layers per container (containers/storage's
+    /// `vfs`), for hosts where overlayfs cannot be mounted; slower to
+    /// create and as big as the image per container.
+    Vfs,
 }
 
 /// What kind of runtime a handler is.
@@ -423,6 +438,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             restrict_oom_score_adj: true,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            storage_driver: StorageDriver::Overlay,
             default_runtime_handler: "runc".to_string(),
             runtime_handlers,
             cni: CniConfig::default(),

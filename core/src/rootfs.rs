@@ -1,6 +1,7 @@
 //! Container root filesystems: overlayfs over the image layers with a
-//! per-container upper dir, and the shared minimal rootfs of infra (pause)
-//! containers.
+//! per-container upper dir (or, with the `vfs` storage driver, a plain copy
+//! of the layers: see [`vfs`]), and the shared minimal rootfs of infra
+//! (pause) containers.
 //!
 //! Layer order: [`mount_overlay`] takes the layers **top-most first**, which
 //! is exactly what `ImageManager::layer_dirs` returns and what overlayfs's
@@ -26,14 +27,71 @@ use rustix::mount::{
 };
 use sha2::{Digest, Sha256};
 
-/// A mounted overlay.
+pub mod vfs;
+
+use crate::config::StorageDriver;
+
+/// A container's prepared root filesystem.
 #[derive(Debug, Clone)]
 pub struct Overlay {
-    /// Lower dirs, top-most first (the order of overlayfs `lowerdir`).
+    /// Lower dirs, top-most first (the order of overlayfs `lowerdir`);
+    /// empty with the vfs driver.
     pub lower_dirs: Vec<PathBuf>,
+    /// Where the container's writes land: the overlay's upper dir, or with
+    /// vfs the copy itself (= `mount_point`).
     pub upper_dir: PathBuf,
+    /// The overlay's work dir; empty with vfs.
     pub work_dir: PathBuf,
+    /// The root the container sees (`<container_dir>/rootfs`).
     pub mount_point: PathBuf,
+}
+
+/// Prepares `container_dir/rootfs` from `layers_top_first` with `driver`:
+/// an overlay mount, or a copy of the layers (vfs). Blocking.
+pub fn prepare(
+    driver: StorageDriver,
+    layers_top_first: &[PathBuf],
+    container_dir: &Path,
+) -> Result<Overlay, RootfsError> {
+    match driver {
+        StorageDriver::Overlay => mount_overlay(layers_top_first, container_dir),
+        StorageDriver::Vfs => copy_rootfs(layers_top_first, container_dir),
+    }
+}
+
+/// The vfs driver: `container_dir/rootfs` becomes a copy of the layers. A
+/// rootfs left over from an earlier try (a crash mid-copy) is replaced.
+fn copy_rootfs(layers_top_first: &[PathBuf], container_dir: &Path) -> Result<Overlay, RootfsError> {
+    let mount_point = container_dir.join("rootfs");
+    if is_mount_point(&mount_point)? {
+        return Err(RootfsError::AlreadyMounted(mount_point));
+    }
+    fs::create_dir_all(container_dir)
+        .map_err(io_err(format!("creating {}", container_dir.display())))?;
+    match fs::remove_dir_all(&mount_point) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("removing {}", mount_point.display()))(e)),
+    }
+    fs::create_dir(&mount_point).map_err(io_err(format!("creating {}", mount_point.display())))?;
+    // The root of the copy is what overlayfs shows as the root too: a fresh
+    // root-owned 0755 directory (there it is the upper dir).
+    fs::set_permissions(&mount_point, fs::Permissions::from_mode(0o755))
+        .map_err(io_err(format!("chmod {}", mount_point.display())))?;
+    let started = std::time::Instant::now();
+    vfs::copy_layers(layers_top_first, &mount_point)?;
+    tracing::debug!(
+        rootfs = %mount_point.display(),
+        layers = layers_top_first.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "layers copied (vfs)"
+    );
+    Ok(Overlay {
+        lower_dirs: Vec::new(),
+        upper_dir: mount_point.clone(),
+        work_dir: PathBuf::new(),
+        mount_point,
+    })
 }
 
 /// Why a rootfs operation failed.

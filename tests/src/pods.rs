@@ -119,7 +119,14 @@ pub struct PodEnvOptions<'a> {
     pub handlers_yaml: &'a str,
     /// The pods' namespace; empty = `crius-test`.
     pub namespace: &'a str,
+    /// The daemon's `storage_driver`; empty = `$CRIUS_TEST_STORAGE_DRIVER`,
+    /// or the daemon's default (overlay) when that is unset too.
+    pub storage_driver: &'a str,
 }
+
+/// The environment variable that runs a whole suite with another storage
+/// driver (`scripts/test` runs the pod suites once more with `vfs`).
+pub const STORAGE_DRIVER_ENV: &str = "CRIUS_TEST_STORAGE_DRIVER";
 
 pub struct PodEnv {
     // Field order is drop order: the daemon stops before the registry goes away.
@@ -128,6 +135,8 @@ pub struct PodEnv {
     pub image: String,
     /// The namespace of [`PodEnv::pod_config`]'s pods.
     pub namespace: String,
+    /// The daemon's storage driver (`overlay` or `vfs`).
+    pub storage_driver: String,
     pub subnet_prefix: String,
     /// The test network's bridge (the bridge plugin never deletes it).
     pub bridge: String,
@@ -185,10 +194,15 @@ impl PodEnv {
         if !handlers_yaml.is_empty() {
             builder = builder.runtime_handlers_yaml(&handlers_yaml);
         }
+        let storage_driver = match options.storage_driver {
+            "" => std::env::var(STORAGE_DRIVER_ENV).unwrap_or_else(|_| "overlay".into()),
+            other => other.to_string(),
+        };
         let daemon = builder
             .extra_yaml(&format!(
-                "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\n{}",
+                "cni:\n  conf_dir: \"{}\"\n  bin_dirs: [/usr/lib/cni]\nstorage_driver: {}\n{}",
                 cni_dir.path().display(),
+                storage_driver,
                 options.extra_yaml
             ))
             .start()
@@ -210,6 +224,7 @@ impl PodEnv {
             handler,
             image,
             namespace: namespace.to_string(),
+            storage_driver,
             subnet_prefix,
             bridge,
             log_dir,
@@ -273,12 +288,48 @@ impl PodEnv {
             config: Some(config),
             sandbox_config: Some(pod.clone()),
         };
-        Ok(self
+        let id = self
             .rt()
             .create_container(req)
             .await?
             .into_inner()
-            .container_id)
+            .container_id;
+        self.assert_storage_driver(pod_id, &id);
+        Ok(id)
+    }
+
+    /// The container's rootfs is what the storage driver makes: an overlay
+    /// mount, or (vfs) a plain directory with no mount at all. Checked on
+    /// every container a suite creates, so a suite run with
+    /// [`STORAGE_DRIVER_ENV`] fails if the daemon ignored the driver.
+    pub fn assert_storage_driver(&self, pod_id: &str, container_id: &str) {
+        let rootfs = self
+            .daemon
+            .pods_dir()
+            .join(pod_id)
+            .join("containers")
+            .join(container_id)
+            .join("rootfs");
+        let needle = format!("{}/", container_id);
+        let overlays: Vec<_> = crate::host::mounts_containing(&needle)
+            .into_iter()
+            .filter(|l| l.contains(" - overlay "))
+            .collect();
+        match self.storage_driver.as_str() {
+            "vfs" => {
+                assert!(overlays.is_empty(), "vfs: overlay mounts {overlays:?}");
+                assert!(
+                    rootfs.join("bin").is_dir(),
+                    "vfs: no image copy at {}",
+                    rootfs.display()
+                );
+            }
+            _ => assert!(
+                !overlays.is_empty(),
+                "overlay: {} is not mounted",
+                rootfs.display()
+            ),
+        }
     }
 
     pub async fn create_and_start(

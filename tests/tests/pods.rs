@@ -260,6 +260,7 @@ per_handler!(
     infra_failure_rolls_back,
     pod_caught_mid_creation_is_removed_after_a_crash,
     exec_and_port_forward_through_the_streaming_url,
+    vfs_rootfs_is_a_private_copy_of_the_layers,
 );
 
 /// A web server and a client in one pod: the client reaches the server on
@@ -1506,4 +1507,90 @@ async fn exec_and_port_forward_through_the_streaming_url(handler: &'static str) 
     );
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_no_pods_left("after the streaming sessions");
+}
+
+/// `storage_driver: vfs`: a container's root is a copy of its image's
+/// layers with the whiteouts applied (no overlay mount anywhere), its
+/// writes stay its own (another container of the same image sees the
+/// image), its writable layer is reported, and removal deletes the copy.
+async fn vfs_rootfs_is_a_private_copy_of_the_layers(handler: &'static str) {
+    let options = PodEnvOptions {
+        storage_driver: "vfs",
+        ..PodEnvOptions::default()
+    };
+    let Some(env) = PodEnv::start(handler, options).await else {
+        return;
+    };
+    // busybox, then /data/{a,b} and /old/x, then a whiteout of /data/a and
+    // an opaque /old holding only /old/new.
+    let multilayer = crius_tests::image::push_standard_images(&env.registry)
+        .await
+        .expect("push the standard images")
+        .multilayer
+        .reference(&env.registry);
+    images::pull(&mut env.daemon.image(), &multilayer)
+        .await
+        .expect("pull multilayer:wh");
+    let pod = env.pod_config("vfs");
+    let pod_id = env.run_pod(&pod).await.expect("RunPodSandbox");
+    let config = |name: &str| {
+        let mut c = env.container_config(name, &["sleep", "1000"]);
+        c.image = Some(cri::ImageSpec {
+            image: multilayer.clone(),
+            ..Default::default()
+        });
+        c
+    };
+    // create() checks that the rootfs is a plain copy, not a mount.
+    let writer = env.create_and_start(&pod_id, &pod, config("writer")).await;
+    let (code, out, err) = env
+        .exec_sync(&writer, &["sh", "-c", "ls /data; ls /old; cat /data/b"])
+        .await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(out, "b\nnew\nb\n", "whiteouts and the opaque dir applied");
+    let (code, _, err) = env
+        .exec_sync(
+            &writer,
+            &["sh", "-c", "echo changed > /data/b && rm /old/new && dd if=/dev/zero of=/big bs=1M count=4 2>/dev/null"],
+        )
+        .await;
+    assert_eq!((code, err.as_str()), (0, ""));
+    let reader = env.create_and_start(&pod_id, &pod, config("reader")).await;
+    let (_, out, _) = env
+        .exec_sync(&reader, &["sh", "-c", "cat /data/b; ls /old; ls /big 2>&1"])
+        .await;
+    assert!(
+        out.starts_with("b\nnew\n") && out.contains("No such file"),
+        "the second container sees the image, not the first one's writes: {out:?}"
+    );
+    let stats = env
+        .rt()
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: writer.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let used = stats
+        .writable_layer
+        .and_then(|l| l.used_bytes)
+        .map(|u| u.value)
+        .unwrap_or(0);
+    assert!(
+        used >= 4 << 20,
+        "writable layer holds the copy and /big: {used}"
+    );
+
+    let copy = env
+        .daemon
+        .pods_dir()
+        .join(&pod_id)
+        .join("containers")
+        .join(&writer);
+    assert!(copy.join("rootfs/big").is_file());
+    env.stop_and_remove_pod(&pod_id).await;
+    assert!(!copy.exists(), "{} is left after the pod", copy.display());
+    assert!(mounts_containing(&pod_id).is_empty());
 }

@@ -23,7 +23,7 @@ use serde_saphyr::MessageFormatter as _;
 use super::validate::{Key, Problem, join_problems};
 use super::{
     CgroupDriver, CniConfig, Config, FeatureOverrides, HandlerConfig, HandlerKind, ImageConfig,
-    PauseConfig, RegistryConfig, StreamingConfig,
+    PauseConfig, RegistryConfig, StorageDriver, StreamingConfig,
 };
 
 /// A configuration that cannot be used. `Display` is self-contained
@@ -270,6 +270,7 @@ struct FileConfig {
     log_level: Option<Src<String>>,
     restrict_oom_score_adj: Option<Src<bool>>,
     cgroup_driver: Option<Src<CgroupDriver>>,
+    storage_driver: Option<Src<StorageDriver>>,
     default_runtime_handler: Option<Src<String>>,
     runtime_handlers: Option<BTreeMap<String, Src<FileHandler>>>,
     cni: Option<FileCni>,
@@ -384,6 +385,7 @@ impl FileConfig {
             file,
         );
         put(&mut self.cgroup_driver, other.cgroup_driver, file);
+        put(&mut self.storage_driver, other.storage_driver, file);
         put(
             &mut self.default_runtime_handler,
             other.default_runtime_handler,
@@ -514,6 +516,7 @@ impl FileConfig {
                 defaults.restrict_oom_score_adj,
             ),
             cgroup_driver: value(&self.cgroup_driver, defaults.cgroup_driver),
+            storage_driver: value(&self.storage_driver, defaults.storage_driver),
             default_runtime_handler: value(
                 &self.default_runtime_handler,
                 defaults.default_runtime_handler,

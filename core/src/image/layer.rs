@@ -886,7 +886,7 @@ fn read_pax<R: Read>(
 /// includes overlayfs' own metadata), `security.*` labels and ACLs are not
 /// ours to take from an image; `user.overlay.*` is overlayfs metadata when
 /// a filesystem is mounted with `userxattr`.
-fn xattr_allowed(name: &[u8]) -> bool {
+pub(crate) fn xattr_allowed(name: &[u8]) -> bool {
     name == b"security.capability"
         || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
 }

@@ -189,7 +189,10 @@ impl PodManager {
     /// container at `image_sub_path` of it. Returns the config the spec is
     /// built from, with those mounts turned into read-only binds; VM
     /// handlers share them into the guest like any bind.
-    fn mount_image_volumes(&self, rec: &mut ContainerRecord) -> PodResult<cri::ContainerConfig> {
+    async fn mount_image_volumes(
+        &self,
+        rec: &mut ContainerRecord,
+    ) -> PodResult<cri::ContainerConfig> {
         let mut config = rec.config.clone();
         for (index, m) in config.mounts.iter_mut().enumerate() {
             let Some(image) = m.image.as_ref().filter(|i| !i.image.is_empty()) else {
@@ -232,7 +235,7 @@ impl PodManager {
                 .bundle_dir
                 .join(IMAGE_VOLUMES_DIR)
                 .join(index.to_string());
-            let overlay = rootfs::mount_overlay(&layers, &dir)?;
+            let overlay = self.prepare_rootfs(layers, dir).await?;
             let host = overlay.mount_point.join(sub_path);
             // The sub-path must stay inside the image (no symlink out).
             let resolved = std::fs::canonicalize(&host).map_err(|e| {
@@ -253,6 +256,20 @@ impl PodManager {
             m.readonly = true;
         }
         Ok(config)
+    }
+
+    /// `dir/rootfs` from the image `layers` with the configured storage
+    /// driver, on the blocking pool (vfs copies the whole image).
+    async fn prepare_rootfs(
+        &self,
+        layers: Vec<PathBuf>,
+        dir: PathBuf,
+    ) -> PodResult<rootfs::Overlay> {
+        let driver = self.config.storage_driver;
+        super::blocking("preparing a container rootfs", move || {
+            Ok(rootfs::prepare(driver, &layers, &dir)?)
+        })
+        .await
     }
 
     async fn setup_container(
@@ -282,9 +299,11 @@ impl PodManager {
         // Recorded before mounting so a crash right after still unmounts.
         rec.rootfs = Some(rec.bundle_dir.join("rootfs"));
         self.store.save_container(rec)?;
-        let overlay = rootfs::mount_overlay(layers, &rec.bundle_dir)?;
+        let overlay = self
+            .prepare_rootfs(layers.to_vec(), rec.bundle_dir.clone())
+            .await?;
         rec.rootfs = Some(overlay.mount_point.clone());
-        let config = self.mount_image_volumes(rec)?;
+        let config = self.mount_image_volumes(rec).await?;
 
         let caps = handler.capabilities();
         let namespaces = PodNamespaces {

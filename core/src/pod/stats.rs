@@ -286,9 +286,15 @@ fn sum_of_containers(
     )
 }
 
-/// The container's writable layer: the overlay upper dir in its bundle.
+/// The container's writable layer: the overlay upper dir in its bundle,
+/// or with the vfs driver (no `upper`) the rootfs copy itself.
 pub(super) fn upper_dir(c: &ContainerRecord) -> PathBuf {
-    c.bundle_dir.join("upper")
+    let upper = c.bundle_dir.join("upper");
+    if upper.is_dir() {
+        upper
+    } else {
+        c.bundle_dir.join("rootfs")
+    }
 }
 
 impl PodManager {
