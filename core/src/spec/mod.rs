@@ -18,7 +18,11 @@
 mod caps;
 pub mod cdi;
 pub mod hooks;
+mod infra;
+mod lsm;
 mod mounts;
+mod process;
+mod resources;
 mod seccomp;
 mod sysctl;
 mod user;
@@ -34,6 +38,11 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
+pub use infra::infra_spec;
+use lsm::*;
+use process::*;
+use resources::*;
+pub use resources::{MIN_MEMORY_LIMIT_BYTES, validate_resources};
 pub use seccomp::runtime_default as runtime_default_seccomp;
 
 /// Annotation keys the kubelet-facing runtimes put on OCI specs (shims and
@@ -188,246 +197,12 @@ fn host_hostname() -> String {
         .unwrap_or_default()
 }
 
-fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y")
-}
-
-fn selinux_enabled() -> bool {
-    Path::new("/sys/fs/selinux/enforce").exists()
-}
-
-/// The AppArmor profile to apply, only when the host has AppArmor: a
-/// Localhost profile by name. RuntimeDefault has no crius profile loaded
-/// and runs under the runtime's default (unconfined); privileged
-/// containers are unconfined.
-fn apparmor_profile(
-    sc: Option<&cri::LinuxContainerSecurityContext>,
-    privileged: bool,
-) -> Result<Option<String>, SpecError> {
-    let Some(sc) = sc else { return Ok(None) };
-    let wanted = match &sc.apparmor {
-        Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::Localhost) => {
-                let name = p.localhost_ref.trim_start_matches("localhost/");
-                if name.is_empty() {
-                    return Err(SpecError::InvalidArgument(
-                        "apparmor Localhost profile without a name".into(),
-                    ));
-                }
-                Some(name.to_string())
-            }
-            _ => None,
-        },
-        #[allow(deprecated)] // still sent by older kubelets
-        None => sc
-            .apparmor_profile
-            .strip_prefix("localhost/")
-            .map(String::from),
-    };
-    if privileged || !apparmor_enabled() {
-        if let Some(w) = &wanted {
-            tracing::debug!(profile = %w, privileged, "apparmor profile not applied");
-        }
-        return Ok(None);
-    }
-    Ok(wanted)
-}
-
-/// `user:role:type:level` from the CRI's SELinux options, only on SELinux
-/// hosts (missing parts take the usual container defaults).
-fn selinux_label(opts: Option<&cri::SeLinuxOption>) -> Option<String> {
-    let o = opts?;
-    if (o.r#type.is_empty() && o.level.is_empty()) || !selinux_enabled() {
-        return None;
-    }
-    let or = |v: &str, d: &str| {
-        if v.is_empty() {
-            d.to_string()
-        } else {
-            v.to_string()
-        }
-    };
-    Some(format!(
-        "{}:{}:{}:{}",
-        or(&o.user, "system_u"),
-        or(&o.role, "system_r"),
-        or(&o.r#type, "container_t"),
-        or(&o.level, "s0")
-    ))
-}
-
-/// Kubernetes command rules: `command` replaces the entrypoint and drops the
-/// image's cmd; `args` replace the cmd.
-fn process_args(
-    cfg: &cri::ContainerConfig,
-    image: &crate::image::ContainerDefaults,
-) -> Vec<String> {
-    let mut args = if cfg.command.is_empty() {
-        image.entrypoint.clone()
-    } else {
-        cfg.command.clone()
-    };
-    if !cfg.args.is_empty() {
-        args.extend(cfg.args.iter().cloned());
-    } else if cfg.command.is_empty() {
-        args.extend(image.cmd.iter().cloned());
-    }
-    args
-}
-
-/// HOSTNAME, then the image's env, then the CRI's (later keys replace
-/// earlier ones in place); PATH is added when nobody set it.
-fn merge_env(image_env: &[String], cri_env: &[cri::KeyValue], hostname: &str) -> Vec<String> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let set = |k: &str, v: &str, out: &mut Vec<(String, String)>| {
-        if k.is_empty() {
-            return;
-        }
-        match out.iter_mut().find(|(ok, _)| ok == k) {
-            Some(e) => e.1 = v.to_string(),
-            None => out.push((k.to_string(), v.to_string())),
-        }
-    };
-    if !hostname.is_empty() {
-        set("HOSTNAME", hostname, &mut out);
-    }
-    for e in image_env {
-        let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
-        set(k, v, &mut out);
-    }
-    for kv in cri_env {
-        set(&kv.key, &String::from_utf8_lossy(&kv.value), &mut out);
-    }
-    if !out.iter().any(|(k, _)| k == "PATH") {
-        let (k, v) = DEFAULT_PATH.split_once('=').expect("PATH=...");
-        out.insert(0, (k.into(), v.into()));
-    }
-    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
-/// RLIMIT_NOFILE of 1048576, capped at the daemon's own hard limit: the
-/// runtime cannot raise a hard limit where the host denies it (it fails
-/// with EPERM), and a lower one is what the host operator chose.
-fn nofile_limit() -> u64 {
-    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-    own.map_or(NOFILE, |max| max.min(NOFILE))
-}
-
-fn rlimits() -> Vec<oci_spec::runtime::PosixRlimit> {
-    let nofile = nofile_limit();
-    vec![
-        PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(nofile)
-            .soft(nofile)
-            .build()
-            .expect("complete rlimit"),
-    ]
-}
-
 fn paths(cri: &[String], default: &[&str]) -> Vec<String> {
     if cri.is_empty() {
         default.iter().map(|s| s.to_string()).collect()
     } else {
         cri.to_vec()
     }
-}
-
-fn resources(
-    r: Option<&cri::LinuxContainerResources>,
-    device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
-) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
-    let mut b = LinuxResourcesBuilder::default().devices(device_rules);
-    if let Some(r) = r {
-        let mut cpu = LinuxCpuBuilder::default();
-        let mut any_cpu = false;
-        if r.cpu_shares > 0 {
-            cpu = cpu.shares(r.cpu_shares as u64);
-            any_cpu = true;
-        }
-        if r.cpu_quota != 0 {
-            cpu = cpu.quota(r.cpu_quota);
-            any_cpu = true;
-        }
-        if r.cpu_period > 0 {
-            cpu = cpu.period(r.cpu_period as u64);
-            any_cpu = true;
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu = cpu.cpus(r.cpuset_cpus.clone());
-            any_cpu = true;
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu = cpu.mems(r.cpuset_mems.clone());
-            any_cpu = true;
-        }
-        if any_cpu {
-            b = b.cpu(cpu.build().map_err(build_err)?);
-        }
-        if r.memory_limit_in_bytes > 0 || r.memory_swap_limit_in_bytes > 0 {
-            let mut mem = LinuxMemoryBuilder::default();
-            if r.memory_limit_in_bytes > 0 {
-                mem = mem.limit(r.memory_limit_in_bytes);
-            }
-            if r.memory_swap_limit_in_bytes > 0 {
-                mem = mem.swap(r.memory_swap_limit_in_bytes);
-            }
-            b = b.memory(mem.build().map_err(build_err)?);
-        }
-        if !r.hugepage_limits.is_empty() {
-            let limits = r
-                .hugepage_limits
-                .iter()
-                .map(|h| {
-                    LinuxHugepageLimitBuilder::default()
-                        .page_size(h.page_size.clone())
-                        .limit(i64::try_from(h.limit).unwrap_or(i64::MAX))
-                        .build()
-                        .map_err(build_err)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            b = b.hugepage_limits(limits);
-        }
-        if !r.unified.is_empty() {
-            b = b.unified(r.unified.clone());
-        }
-    }
-    b.build().map_err(build_err)
-}
-
-/// The lowest memory limit a container may ask for: below it runc's init
-/// and the container's first process cannot even start, and the failure
-/// would surface as an opaque runtime error at StartContainer (CRI-O uses
-/// the same bound).
-pub const MIN_MEMORY_LIMIT_BYTES: i64 = 12 * 1024 * 1024;
-
-/// Refuses resource values the kernel or the OCI runtime would reject, so
-/// the client gets `InvalidArgument` up front instead of an internal error
-/// from deep inside container creation.
-pub fn validate_resources(r: &cri::LinuxContainerResources) -> Result<(), SpecError> {
-    if !(-1000..=1000).contains(&r.oom_score_adj) {
-        return Err(SpecError::InvalidArgument(format!(
-            "oom_score_adj {} is outside -1000..=1000",
-            r.oom_score_adj
-        )));
-    }
-    if r.memory_limit_in_bytes < 0
-        || (r.memory_limit_in_bytes > 0 && r.memory_limit_in_bytes < MIN_MEMORY_LIMIT_BYTES)
-    {
-        return Err(SpecError::InvalidArgument(format!(
-            "memory_limit_in_bytes {} is below the minimum of {MIN_MEMORY_LIMIT_BYTES} bytes (12 MiB)",
-            r.memory_limit_in_bytes
-        )));
-    }
-    for (what, v) in [("cpu_period", r.cpu_period), ("cpu_shares", r.cpu_shares)] {
-        if v < 0 {
-            return Err(SpecError::InvalidArgument(format!(
-                "{what} {v} is negative"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Builds the OCI spec of a workload container.
@@ -723,167 +498,6 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         sandbox_id = input.sandbox_id,
         "container spec built"
     );
-    Ok(spec)
-}
-
-/// Builds the OCI spec of a pod's infra (pause) container: `/catatonit -P`
-/// as root without capabilities on the read-only shared infra rootfs,
-/// holding new IPC and UTS namespaces (unless the pod uses the host's), a
-/// new PID namespace unless the pod uses the host's, the pod network
-/// namespace, the pod hostname and the pod sysctls.
-pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
-    let pod = input.sandbox_config;
-    let sc = pod.linux.as_ref().and_then(|l| l.security_context.as_ref());
-    let opts = sc
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default();
-    let host_network =
-        input.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
-    let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
-    let host_pid = mode(opts.pid) == Some(NamespaceMode::Node);
-
-    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
-    if !host_network {
-        namespaces.push(ns(
-            LinuxNamespaceType::Network,
-            input.netns_path.map(Path::to_path_buf),
-        ));
-        namespaces.push(ns(LinuxNamespaceType::Uts, None));
-    }
-    if !host_ipc {
-        namespaces.push(ns(LinuxNamespaceType::Ipc, None));
-    }
-    if !host_pid {
-        namespaces.push(ns(LinuxNamespaceType::Pid, None));
-    }
-    if cgroup_v2_unified() {
-        namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
-    }
-    let sysctls = sysctl::validate(
-        pod.linux
-            .as_ref()
-            .map(|l| &l.sysctls)
-            .unwrap_or(&HashMap::new()),
-        host_network,
-        host_ipc,
-    )?;
-
-    let uid = match sc.and_then(|s| s.run_as_user.as_ref()) {
-        Some(v) => u32::try_from(v.value).map_err(|_| {
-            SpecError::InvalidArgument(format!("run_as_user {} out of range", v.value))
-        })?,
-        None => 0,
-    };
-    let gid = match sc.and_then(|s| s.run_as_group.as_ref()) {
-        Some(v) => u32::try_from(v.value).map_err(|_| {
-            SpecError::InvalidArgument(format!("run_as_group {} out of range", v.value))
-        })?,
-        None => 0,
-    };
-    let seccomp = if sc.is_some_and(|s| s.privileged) {
-        None
-    } else {
-        let choice = seccomp::choice(
-            sc.and_then(|s| s.seccomp.as_ref()),
-            #[allow(deprecated)] // still sent by older kubelets
-            sc.map(|s| s.seccomp_profile_path.as_str())
-                .unwrap_or_default(),
-        )?;
-        seccomp::profile(&choice, &HashSet::new())?
-    };
-    let process = ProcessBuilder::default()
-        .terminal(false)
-        .user(
-            UserBuilder::default()
-                .uid(uid)
-                .gid(gid)
-                .additional_gids(vec![gid])
-                .build()
-                .map_err(build_err)?,
-        )
-        .args(
-            INFRA_COMMAND
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .env(vec![DEFAULT_PATH.to_string()])
-        .cwd("/")
-        .capabilities(caps::process_caps(HashSet::new(), &[])?)
-        .rlimits(rlimits())
-        .no_new_privileges(true)
-        .build()
-        .map_err(build_err)?;
-
-    let mut all_mounts = mounts::standard(false);
-    all_mounts.extend(mounts::pod_files(input.pod_files, true));
-
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .resources(resources(None, vec![mounts::deny_all()])?)
-        .cgroups_path(PathBuf::from(input.cgroups_path))
-        .devices(Vec::new())
-        .build()
-        .map_err(build_err)?;
-    linux.set_masked_paths(Some(
-        DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
-    ));
-    linux.set_readonly_paths(Some(
-        DEFAULT_READONLY_PATHS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    ));
-    linux.set_seccomp(seccomp);
-    linux.set_sysctl(if sysctls.is_empty() {
-        None
-    } else {
-        Some(sysctls)
-    });
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
-
-    let meta = pod.metadata.clone().unwrap_or_default();
-    let mut ann: HashMap<String, String> = pod.annotations.clone();
-    for (k, v) in [
-        (
-            annotations::CONTAINER_TYPE,
-            annotations::CONTAINER_TYPE_SANDBOX.to_string(),
-        ),
-        (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
-        (annotations::SANDBOX_NAME, meta.name.clone()),
-        (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
-        (annotations::SANDBOX_UID, meta.uid.clone()),
-        (
-            annotations::SANDBOX_LOG_DIRECTORY,
-            pod.log_directory.clone(),
-        ),
-    ] {
-        ann.insert(k.to_string(), v);
-    }
-
-    let mut spec = SpecBuilder::default()
-        .version(OCI_VERSION)
-        .root(
-            RootBuilder::default()
-                .path(input.rootfs)
-                .readonly(true)
-                .build()
-                .map_err(build_err)?,
-        )
-        .mounts(all_mounts)
-        .process(process)
-        .linux(linux)
-        .annotations(ann)
-        .build()
-        .map_err(build_err)?;
-    spec.set_hostname(if !host_network && !pod.hostname.is_empty() {
-        Some(pod.hostname.clone())
-    } else {
-        None
-    });
-    spec.set_domainname(None);
-    spec.set_hooks(None);
     Ok(spec)
 }
 
