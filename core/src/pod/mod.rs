@@ -12,6 +12,7 @@ mod checkpoint;
 mod container;
 pub mod error;
 pub mod files;
+mod image_volumes;
 mod interactive;
 pub mod metrics;
 mod notify;

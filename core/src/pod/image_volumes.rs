@@ -1,0 +1,105 @@
+//! Image volumes (KEP-4639): an image's layers mounted read-only into a
+//! container, kept under the container's bundle.
+
+use std::path::Path;
+
+use crius_proto::cri;
+
+use super::PodManager;
+use super::error::{PodError, PodResult};
+use super::store::ContainerRecord;
+use crate::image::ImageError;
+use crate::rootfs;
+
+impl PodManager {
+    /// Mounts each image volume (`Mount.image`, KEP-4639) the request
+    /// names: the image, which the kubelet pulled, as an overlay of its
+    /// layers under `<bundle>/image-volumes/<n>` (its own writable layer
+    /// keeps the image's layers untouched), bound read-only into the
+    /// container at `image_sub_path` of it. Returns the config the spec is
+    /// built from, with those mounts turned into read-only binds; VM
+    /// handlers share them into the guest like any bind.
+    pub(super) async fn mount_image_volumes(
+        &self,
+        rec: &mut ContainerRecord,
+    ) -> PodResult<cri::ContainerConfig> {
+        let mut config = rec.config.clone();
+        for (index, m) in config.mounts.iter_mut().enumerate() {
+            let Some(image) = m.image.as_ref().filter(|i| !i.image.is_empty()) else {
+                continue;
+            };
+            let name = image.image.clone();
+            let record = self.images.resolve(&name).map_err(|e| match e {
+                ImageError::NotFound(_) => PodError::NotFound(format!(
+                    "image volume {name:?} (for {}) not found; pull it first",
+                    m.container_path
+                )),
+                other => PodError::Image {
+                    image: name.clone(),
+                    source: other,
+                },
+            })?;
+            let layers = self
+                .images
+                .layer_dirs(&record.id)
+                .map_err(|e| PodError::Image {
+                    image: name.clone(),
+                    source: e,
+                })?;
+            let sub_path = Path::new(&m.image_sub_path);
+            if sub_path.is_absolute()
+                || sub_path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?} must be a relative path \
+                     without `..`",
+                    crate::bounded::bounded(&m.image_sub_path)
+                )));
+            }
+            rec.image_volume_ids.push(record.id.clone());
+            // Recorded before mounting so a crash right after still unmounts.
+            self.store.save_container(rec)?;
+            let dir = rec
+                .bundle_dir
+                .join(IMAGE_VOLUMES_DIR)
+                .join(index.to_string());
+            let overlay = self.prepare_rootfs(layers, dir).await?;
+            let host = overlay.mount_point.join(sub_path);
+            // The sub-path must stay inside the image (no symlink out).
+            let resolved = std::fs::canonicalize(&host).map_err(|e| {
+                PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?}: {e}",
+                    crate::bounded::bounded(&m.image_sub_path)
+                ))
+            })?;
+            if !resolved.starts_with(&overlay.mount_point) {
+                return Err(PodError::InvalidArgument(format!(
+                    "image volume {name:?}: image_sub_path {:?} leads out of the image",
+                    crate::bounded::bounded(&m.image_sub_path)
+                )));
+            }
+            m.host_path = resolved.display().to_string();
+            m.image = None;
+            m.image_sub_path.clear();
+            m.readonly = true;
+        }
+        Ok(config)
+    }
+}
+
+/// Where a container's image volumes are mounted, under its bundle dir.
+const IMAGE_VOLUMES_DIR: &str = "image-volumes";
+
+/// Unmounts every image volume of the container at `bundle_dir` (whatever
+/// the record says: a crash may have come between mount and save).
+pub(super) fn unmount_image_volumes(bundle_dir: &Path) -> PodResult<()> {
+    let Ok(entries) = std::fs::read_dir(bundle_dir.join(IMAGE_VOLUMES_DIR)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        rootfs::unmount(&entry.path().join("rootfs"))?;
+    }
+    Ok(())
+}
