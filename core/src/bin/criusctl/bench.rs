@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crius_proto::cri;
 use serde_json::json;
 
-use super::{Clients, RunArgs, connect, ensure_image, image_spec, percentile, pod_config};
+use super::{Clients, RunArgs, connect, container_config, ensure_image, percentile, pod_config};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -230,16 +230,7 @@ async fn start_pod(
         .into_inner()
         .pod_sandbox_id;
     let t1 = Instant::now();
-    let ctr_config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: run.name.clone(),
-            attempt: 0,
-        }),
-        image: image_spec(&run.image),
-        command: run.cmd.clone(),
-        log_path: format!("{}/0.log", run.name),
-        ..Default::default()
-    };
+    let ctr_config = container_config(&run.name, &run.image, &run.cmd);
     let created = c
         .runtime
         .create_container(cri::CreateContainerRequest {

@@ -175,6 +175,21 @@ fn image_spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
+/// The config of a `run`/`bench` container: `cmd` in `image`, logging to
+/// `<name>/0.log` in the pod's log directory.
+fn container_config(name: &str, image: &str, cmd: &[String]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: image_spec(image),
+        command: cmd.to_vec(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
 fn print_info(info: &HashMap<String, String>) {
     let mut keys: Vec<_> = info.keys().collect();
     keys.sort();
@@ -535,16 +550,7 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
         .context("RunPodSandbox")?
         .into_inner()
         .pod_sandbox_id;
-    let ctr_config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: args.name.clone(),
-            attempt: 0,
-        }),
-        image: image_spec(&args.image),
-        command: args.cmd.clone(),
-        log_path: format!("{}/0.log", args.name),
-        ..Default::default()
-    };
+    let ctr_config = container_config(&args.name, &args.image, &args.cmd);
     let created = c
         .runtime
         .create_container(cri::CreateContainerRequest {
