@@ -295,6 +295,9 @@ impl Default for CniConfig {
 pub struct ImageConfig {
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
+    /// Pulls (of different images) that run at once; more wait for a slot.
+    /// 0 = no limit.
+    pub max_concurrent_pulls: usize,
     /// Registry used for names without a registry host (`busybox` → `docker.io/library/busybox`).
     pub default_registry: String,
     /// Largest layer a pull stores, in bytes: its compressed blob (checked
@@ -355,6 +358,7 @@ impl Default for ImageConfig {
     fn default() -> Self {
         Self {
             max_concurrent_downloads: 3,
+            max_concurrent_pulls: 0,
             default_registry: "docker.io".to_string(),
             max_layer_size: DEFAULT_MAX_LAYER_SIZE,
             max_image_size: DEFAULT_MAX_IMAGE_SIZE,

@@ -775,3 +775,61 @@ async fn a_schema1_manifest_is_refused_naming_the_deprecation() {
     let layers = daemon.root().join("layers");
     assert!(files_below(&layers).is_empty(), "no layer kept");
 }
+
+/// `image.max_concurrent_pulls: 1`: a second pull (another image, another
+/// registry) waits for the slot the first holds, says so in the log, and
+/// runs once the first ends (here: aborted by the stall timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_beyond_max_concurrent_pulls_wait_for_a_slot() {
+    if !require_root() {
+        return;
+    }
+    let stalled = FakeRegistry::start("stall", LayerMode::Stall).await;
+    let good = FakeRegistry::start("good", LayerMode::Whole).await;
+    let daemon = Daemon::builder()
+        .registries_yaml(&format!(
+            "registries:\n  - prefix: \"{}\"\n    insecure: true\n  - prefix: \"{}\"\n    insecure: true\n",
+            stalled.addr(),
+            good.addr()
+        ))
+        .extra_yaml("image:\n  pull_progress_timeout_seconds: 2\n  max_concurrent_pulls: 1\n")
+        .start()
+        .await
+        .expect("daemon starts");
+    let started = Instant::now();
+    let mut first_client = daemon.image();
+    let first_ref = format!("{}/stall:1", stalled.addr());
+    let first = tokio::spawn(async move {
+        let result = images::pull(&mut first_client, &first_ref).await;
+        (result, Instant::now())
+    });
+    // The first pull holds the slot once its layer download stalls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.stderr_text().contains("downloading blob") {
+        assert!(Instant::now() < deadline, "{}", daemon.stderr_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = daemon.image();
+    let second = images::pull(&mut client, &format!("{}/good:1", good.addr()))
+        .await
+        .expect("the second pull runs once the slot is free");
+    let second_done = Instant::now();
+    let (first_result, first_done) = first.await.unwrap();
+    let err = first_result.expect_err("the stalled pull is aborted");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(second.starts_with("sha256:"), "{second}");
+    assert!(
+        first_done <= second_done,
+        "the second pull ended {:?} before the first gave its slot back",
+        first_done - second_done
+    );
+    assert!(
+        second_done - started >= Duration::from_secs(2),
+        "the second pull did not wait for the slot"
+    );
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("waiting for a pull slot (image.max_concurrent_pulls)"),
+        "{log}"
+    );
+}

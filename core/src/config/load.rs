@@ -357,6 +357,7 @@ struct FileCni {
 #[serde(deny_unknown_fields, default)]
 struct FileImage {
     max_concurrent_downloads: Option<Src<usize>>,
+    max_concurrent_pulls: Option<Src<usize>>,
     default_registry: Option<Src<String>>,
     max_layer_size: Option<Src<u64>>,
     max_image_size: Option<Src<u64>>,
@@ -415,6 +416,11 @@ impl FileConfig {
             put(
                 &mut merged.max_concurrent_downloads,
                 image.max_concurrent_downloads,
+                file,
+            );
+            put(
+                &mut merged.max_concurrent_pulls,
+                image.max_concurrent_pulls,
                 file,
             );
             put(&mut merged.default_registry, image.default_registry, file);
@@ -530,6 +536,10 @@ impl FileConfig {
                 max_concurrent_downloads: value(
                     &image.max_concurrent_downloads,
                     image_defaults.max_concurrent_downloads,
+                ),
+                max_concurrent_pulls: value(
+                    &image.max_concurrent_pulls,
+                    image_defaults.max_concurrent_pulls,
                 ),
                 default_registry: value(&image.default_registry, image_defaults.default_registry),
                 max_layer_size: value(&image.max_layer_size, image_defaults.max_layer_size),

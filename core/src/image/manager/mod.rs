@@ -64,6 +64,14 @@ pub struct FsUsage {
     pub inodes_used: u64,
 }
 
+/// The slots of `image.max_concurrent_pulls` (`None` for 0: no limit).
+fn pull_slots(limit: usize) -> (usize, Option<Arc<tokio::sync::Semaphore>>) {
+    (
+        limit,
+        (limit > 0).then(|| Arc::new(tokio::sync::Semaphore::new(limit))),
+    )
+}
+
 type PullFuture = Shared<BoxFuture<'static, Result<ImageRecord, ImageError>>>;
 
 /// The image store and puller. Construct with [`ImageManager::open`].
@@ -76,6 +84,9 @@ pub struct ImageManager {
     records: RwLock<BTreeMap<String, ImageRecord>>,
     /// In-flight pulls by normalized name.
     inflight: Mutex<HashMap<String, PullFuture>>,
+    /// `image.max_concurrent_pulls` and the slots it gives (`None`: no
+    /// limit); replaced on reload, held by each running pull.
+    pull_slots: RwLock<(usize, Option<Arc<tokio::sync::Semaphore>>)>,
     /// Per-key (`blob:<digest>`, `layer:<diff_id>`) async locks.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Content in use by running pulls (`blob:<digest>`, `layer:<diff_id>`).
@@ -127,6 +138,7 @@ impl ImageManager {
             settings: RwLock::new(Arc::new(PullSettings::from_config(config))),
             records: RwLock::new(records),
             inflight: Mutex::new(HashMap::new()),
+            pull_slots: RwLock::new(pull_slots(config.image.max_concurrent_pulls)),
             locks: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
             commit: tokio::sync::Mutex::new(()),
@@ -149,10 +161,18 @@ impl ImageManager {
     /// pulls that start from now on (running pulls finish with the settings
     /// they started with). Returns whether anything changed.
     pub fn reconfigure(&self, config: &Config) -> bool {
+        let limit_changed = {
+            let mut slots = write(&self.pull_slots);
+            let changed = slots.0 != config.image.max_concurrent_pulls;
+            if changed {
+                *slots = pull_slots(config.image.max_concurrent_pulls);
+            }
+            changed
+        };
         let new = PullSettings::from_config(config);
         let mut settings = write(&self.settings);
         if **settings == new {
-            return false;
+            return limit_changed;
         }
         *settings = Arc::new(new);
         true
@@ -201,6 +221,18 @@ impl ImageManager {
             }
         }
         Err(last_err.unwrap_or_else(|| ImageError::Internal("no name to pull".into())))
+    }
+
+    /// A slot of `image.max_concurrent_pulls` for the pull of `name`,
+    /// waited for (and said so in the log) when all are taken.
+    async fn pull_slot(&self, name: &ImageName) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slots = read(&self.pull_slots).1.clone()?;
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        info!(image = %name, "waiting for a pull slot (image.max_concurrent_pulls)");
+        // The semaphore is never closed.
+        slots.acquire_owned().await.ok()
     }
 
     /// The signature policy's requirements for `name`; a `reject` is
@@ -260,6 +292,7 @@ impl ImageManager {
                             manager: &me,
                             key: task_key,
                         };
+                        let _slot = me.pull_slot(&name).await;
                         me.pull_uncached(&name, auth.as_ref(), &decision).await
                     });
                     let fut: PullFuture = async move {
