@@ -119,24 +119,16 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
 
-    let meta = pod.metadata.clone().unwrap_or_default();
-    let mut ann: HashMap<String, String> = pod.annotations.clone();
-    for (k, v) in [
-        (
-            annotations::CONTAINER_TYPE,
-            annotations::CONTAINER_TYPE_SANDBOX.to_string(),
-        ),
-        (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
-        (annotations::SANDBOX_NAME, meta.name.clone()),
-        (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
-        (annotations::SANDBOX_UID, meta.uid.clone()),
-        (
-            annotations::SANDBOX_LOG_DIRECTORY,
-            pod.log_directory.clone(),
-        ),
-    ] {
-        ann.insert(k.to_string(), v);
-    }
+    let mut ann = pod_annotations(
+        &pod.annotations,
+        annotations::CONTAINER_TYPE_SANDBOX,
+        input.sandbox_id,
+        pod,
+    );
+    ann.insert(
+        annotations::SANDBOX_LOG_DIRECTORY.to_string(),
+        pod.log_directory.clone(),
+    );
 
     let mut spec = SpecBuilder::default()
         .version(OCI_VERSION)

@@ -205,6 +205,29 @@ fn paths(cri: &[String], default: &[&str]) -> Vec<String> {
     }
 }
 
+/// The annotations every spec of a pod carries: the request's own, then
+/// (winning over a request key of the same name) the container type and
+/// the pod's identity.
+fn pod_annotations(
+    own: &HashMap<String, String>,
+    container_type: &str,
+    sandbox_id: &str,
+    pod: &cri::PodSandboxConfig,
+) -> HashMap<String, String> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let mut ann = own.clone();
+    for (k, v) in [
+        (annotations::CONTAINER_TYPE, container_type.to_string()),
+        (annotations::SANDBOX_ID, sandbox_id.to_string()),
+        (annotations::SANDBOX_NAME, meta.name),
+        (annotations::SANDBOX_NAMESPACE, meta.namespace),
+        (annotations::SANDBOX_UID, meta.uid),
+    ] {
+        ann.insert(k.to_string(), v);
+    }
+    ann
+}
+
 /// Builds the OCI spec of a workload container.
 pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let cfg = input.config;
@@ -436,17 +459,13 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
 
-    let mut ann: HashMap<String, String> = cfg.annotations.clone();
-    let meta = pod.metadata.clone().unwrap_or_default();
+    let mut ann = pod_annotations(
+        &cfg.annotations,
+        annotations::CONTAINER_TYPE_CONTAINER,
+        input.sandbox_id,
+        pod,
+    );
     for (k, v) in [
-        (
-            annotations::CONTAINER_TYPE,
-            annotations::CONTAINER_TYPE_CONTAINER.to_string(),
-        ),
-        (annotations::SANDBOX_ID, input.sandbox_id.to_string()),
-        (annotations::SANDBOX_NAME, meta.name.clone()),
-        (annotations::SANDBOX_NAMESPACE, meta.namespace.clone()),
-        (annotations::SANDBOX_UID, meta.uid.clone()),
         (
             annotations::CONTAINER_NAME,
             cfg.metadata
