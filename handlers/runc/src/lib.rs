@@ -192,7 +192,7 @@ async fn try_features(config: &OciHandlerConfig, reason: &str) -> FeatureProbe {
         .runtime_root
         .parent()
         .unwrap_or_else(|| Path::new("/tmp"));
-    if let Err(e) = std::fs::create_dir_all(&config.runtime_root) {
+    if let Err(e) = tokio::fs::create_dir_all(&config.runtime_root).await {
         return FeatureProbe::Unavailable {
             reason: format!(
                 "{reason}; cannot create {}: {e}",

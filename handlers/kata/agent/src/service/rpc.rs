@@ -10,6 +10,19 @@ fn empty(r: Result<()>) -> ttrpc::Result<Empty> {
 #[derive(Clone)]
 pub struct Service(pub Arc<Agent>);
 
+impl Service {
+    /// `runc <verb> <cid>` for a container the agent knows.
+    async fn runc_on_container(&self, verb: &str, cid: &str) -> Result<()> {
+        self.0.container(cid)?;
+        self.0
+            .runc
+            .run(&[verb, cid])
+            .await
+            .map(drop)
+            .map_err(internal)
+    }
+}
+
 #[async_trait::async_trait]
 impl AgentService for Service {
     async fn create_container(
@@ -172,18 +185,7 @@ impl AgentService for Service {
         _: &TtrpcContext,
         req: PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        let a = &self.0;
-        empty(
-            async {
-                a.container(&req.container_id)?;
-                a.runc
-                    .run(&["pause", &req.container_id])
-                    .await
-                    .map(drop)
-                    .map_err(internal)
-            }
-            .await,
-        )
+        empty(self.runc_on_container("pause", &req.container_id).await)
     }
 
     async fn resume_container(
@@ -191,18 +193,7 @@ impl AgentService for Service {
         _: &TtrpcContext,
         req: ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        let a = &self.0;
-        empty(
-            async {
-                a.container(&req.container_id)?;
-                a.runc
-                    .run(&["resume", &req.container_id])
-                    .await
-                    .map(drop)
-                    .map_err(internal)
-            }
-            .await,
-        )
+        empty(self.runc_on_container("resume", &req.container_id).await)
     }
 
     async fn write_stdin(
