@@ -21,7 +21,7 @@ use crate::monitor::{ContainerExit, read_exit};
 use crate::ops::{Observed, Pod, check_id, load_spec, read_conmon_pid, spec_cgroup};
 use crate::state::{
     Container, ContainerRecord, Layout, RECORD_VERSION, SandboxRecord, conmon_alive, now_ns,
-    system_time_ns, write_atomic,
+    system_time_ns, write_once,
 };
 
 /// CRI reason of a container whose conmon died before it: the handler
@@ -115,13 +115,16 @@ impl OciHandler {
             reason: CONMON_DIED.to_string(),
             message: message.clone(),
         };
+        // Written once: a status call and the exit watcher can both find
+        // conmon gone, and the end (its time is the exit file's) must not
+        // move when the second one records it again.
         let _ = std::fs::create_dir_all(ctr.persist_dir());
-        let _ = write_atomic(
+        let _ = write_once(
             &end_file(ctr),
             &serde_json::to_vec(&end).unwrap_or_default(),
         );
         let _ = std::fs::create_dir_all(&ctr.exit_dir);
-        let _ = write_atomic(&ctr.exit_file(), UNKNOWN_EXIT_CODE.to_string().as_bytes());
+        let _ = write_once(&ctr.exit_file(), UNKNOWN_EXIT_CODE.to_string().as_bytes());
         // Answered from the files, as every later call will be.
         if let Ok(Some(exit)) = read_exit(&ctr.exit_dir, &ctr.persist_dir(), &ctr.id) {
             return self.exited(ctr, exit);

@@ -146,6 +146,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes `path` only if nothing is there yet, atomically (a private
+/// temporary file hard-linked into place): of concurrent writers the first
+/// wins and the file never changes afterwards. Returns whether this call
+/// wrote it.
+pub fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A container the handler manages (infra included).
 #[derive(Debug)]
 pub struct Container {
@@ -274,6 +305,17 @@ pub fn conmon_alive(pid: Option<i32>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_once_keeps_the_first_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exit");
+        assert!(write_once(&path, b"first").unwrap());
+        assert!(!write_once(&path, b"second").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left");
+    }
 
     fn record() -> ContainerRecord {
         ContainerRecord {
