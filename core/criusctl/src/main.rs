@@ -365,7 +365,8 @@ async fn main() -> Result<()> {
                 .await?
                 .into_inner();
             let path = r.status.map(|s| s.log_path).unwrap_or_default();
-            let text = std::fs::read_to_string(&path)
+            let text = tokio::fs::read_to_string(&path)
+                .await
                 .with_context(|| format!("reading log file {path}"))?;
             print!("{}", strip_cri_log(&text));
         }
