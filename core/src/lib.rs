@@ -8,6 +8,7 @@ pub mod events;
 pub mod fsusage;
 pub mod handlers;
 pub mod image;
+pub mod leftovers;
 pub mod metrics;
 pub mod perms;
 pub mod plugin;

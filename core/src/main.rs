@@ -46,7 +46,17 @@ enum Command {
     Config,
     /// Validate the configuration and the host (handler binaries, cgroups,
     /// CNI config and plugins); exits non-zero listing the problems.
-    Check,
+    Check {
+        /// Instead: list what belongs to crius but no pod, container or
+        /// image record accounts for (processes, runtime state, mounts,
+        /// netns pins, cgroups, IPAM leases, directories, layers, blobs);
+        /// exits non-zero when there is any.
+        #[arg(long)]
+        leftovers: bool,
+        /// With --leftovers: remove them (refused while the daemon runs).
+        #[arg(long, requires = "leftovers")]
+        repair: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,7 +70,11 @@ fn main() -> ExitCode {
     };
     match args.command {
         Some(Command::Config) => return print_config(&config),
-        Some(Command::Check) => return check(&config),
+        Some(Command::Check {
+            leftovers: true,
+            repair,
+        }) => return check_leftovers(&config, repair),
+        Some(Command::Check { .. }) => return check(&config),
         None => {}
     }
     let filter = args
@@ -135,6 +149,76 @@ fn check(config: &Config) -> ExitCode {
         eprintln!("  {}: {}", problem.subject, problem.message);
     }
     ExitCode::FAILURE
+}
+
+/// `crius check --leftovers [--repair]`.
+fn check_leftovers(config: &Config, repair: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("crius: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        use crius_core::leftovers;
+        let found = match leftovers::audit(config).await {
+            Ok(found) => found,
+            Err(err) => {
+                eprintln!("crius check: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for item in &found {
+            println!("leftover {item}");
+        }
+        if found.is_empty() {
+            println!("no leftovers: everything of crius's on this host has a record");
+            return ExitCode::SUCCESS;
+        }
+        if !repair {
+            eprintln!(
+                "crius check: {} leftover(s); `crius check --leftovers --repair` removes them",
+                found.len()
+            );
+            return ExitCode::FAILURE;
+        }
+        // A running daemon writes a record just before making what it
+        // records: a repair now could take a pod being created.
+        if tokio::net::UnixStream::connect(&config.listen).await.is_ok() {
+            eprintln!(
+                "crius check: the daemon answers on {}; stop it before --repair (it cleans up its own pods at start)",
+                config.listen.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        for (item, outcome) in leftovers::repair(&found).await {
+            match outcome {
+                Ok(()) => println!("removed {item}"),
+                Err(err) => eprintln!("cannot remove {item}: {err}"),
+            }
+        }
+        match leftovers::audit(config).await {
+            Ok(left) if left.is_empty() => {
+                println!("no leftovers remain");
+                ExitCode::SUCCESS
+            }
+            Ok(left) => {
+                eprintln!("crius check: {} leftover(s) remain:", left.len());
+                for item in left {
+                    eprintln!("  {item}");
+                }
+                ExitCode::FAILURE
+            }
+            Err(err) => {
+                eprintln!("crius check: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 async fn serve(config: Config, reloader: Reloader) -> Result<()> {
@@ -261,7 +345,7 @@ async fn serve(config: Config, reloader: Reloader) -> Result<()> {
         .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
         .await
         .context("serving the CRI");
-    if let Err(err) = std::fs::remove_file(&config.listen) {
+    if let Err(err) = tokio::fs::remove_file(&config.listen).await {
         tracing::warn!(socket = %config.listen.display(), "removing socket: {err}");
     }
     info!("crius stopped");

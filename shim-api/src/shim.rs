@@ -300,7 +300,7 @@ async fn serve(
         streams: HashMap::new(),
     };
     // A socket left by an earlier shim of this pod that crashed.
-    let _ = std::fs::remove_file(socket);
+    let _ = tokio::fs::remove_file(socket).await;
     let mut server = Server::new()
         .bind(&format!("unix://{socket}"))
         .map_err(|e| format!("cannot listen on {socket}: {e}"))?
@@ -324,7 +324,7 @@ async fn serve(
         }
         _ = term.recv() => eprintln!("SIGTERM; shim for pod {sandbox_id} exiting"),
     }
-    let _ = std::fs::remove_file(socket);
+    let _ = tokio::fs::remove_file(socket).await;
     Ok(())
 }
 

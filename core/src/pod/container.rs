@@ -223,7 +223,7 @@ impl PodManager {
             .map_err(|e| PodError::io(format!("creating {}", rec.bundle_dir.display()), e))?;
         // Recorded before mounting so a crash right after still unmounts.
         rec.rootfs = Some(rec.bundle_dir.join("rootfs"));
-        self.store.save_container(rec)?;
+        self.store.save_container(rec).await?;
         let overlay = self
             .prepare_rootfs(layers.to_vec(), rec.bundle_dir.clone())
             .await?;
@@ -277,13 +277,13 @@ impl PodManager {
         if !rec.log_path.is_empty()
             && let Some(parent) = Path::new(&rec.log_path).parent()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
                 PodError::io(format!("creating log directory {}", parent.display()), e)
             })?;
         }
 
         rec.handler_created = true;
-        self.store.save_container(rec)?;
+        self.store.save_container(rec).await?;
         let response = handler
             .create_container(types::CreateContainerRequest {
                 sandbox_id: pod.id.clone(),
@@ -317,7 +317,7 @@ impl PodManager {
                 )
             })?;
         rec.handler_state = response.handler_state;
-        self.store.save_container(rec)?;
+        self.store.save_container(rec).await?;
         Ok(())
     }
 
@@ -357,7 +357,7 @@ impl PodManager {
             files::remove_dir_safely(&bundle_dir)
         })
         .await?;
-        self.store.forget_container(c)?;
+        self.store.forget_container(c).await?;
         Ok(())
     }
 
@@ -605,7 +605,7 @@ impl PodManager {
                 PodError::handler(format!("updating resources of container {}", c.id), e)
             })?;
         c.resources = Some(resources);
-        self.store.save_container(&c)?;
+        self.store.save_container(&c).await?;
         Ok(())
     }
 

@@ -60,7 +60,7 @@ impl PodManager {
             }
             rec.image_volume_ids.push(record.id.clone());
             // Recorded before mounting so a crash right after still unmounts.
-            self.store.save_container(rec)?;
+            self.store.save_container(rec).await?;
             let dir = rec
                 .bundle_dir
                 .join(IMAGE_VOLUMES_DIR)
@@ -68,7 +68,7 @@ impl PodManager {
             let overlay = self.prepare_rootfs(layers, dir).await?;
             let host = overlay.mount_point.join(sub_path);
             // The sub-path must stay inside the image (no symlink out).
-            let resolved = std::fs::canonicalize(&host).map_err(|e| {
+            let resolved = tokio::fs::canonicalize(&host).await.map_err(|e| {
                 PodError::InvalidArgument(format!(
                     "image volume {name:?}: image_sub_path {:?}: {e}",
                     crate::bounded::bounded(&m.image_sub_path)

@@ -129,7 +129,7 @@ impl PodManager {
         let runtime_leftovers = self.delete_runtime_leftovers().await;
         self.remove_stray_netns_pins().await;
         // state_dir exists (the daemon made it, 0711, before loading).
-        if let Err(e) = std::fs::write(self.boot_marker(), current_boot_id()) {
+        if let Err(e) = tokio::fs::write(self.boot_marker(), current_boot_id()).await {
             warn!(path = %self.boot_marker().display(), error = %e, "cannot record the boot id; the next start may take the pods for a previous boot's");
         }
         info!(
@@ -157,7 +157,7 @@ impl PodManager {
             warn!(pod_id = %rec.id, error = %e, "removing a previous boot's pod left something; kept as not ready");
             rec.state = PodState::NotReady;
             if rec.dir.exists() {
-                let _ = self.store.save_pod(&rec);
+                let _ = self.store.save_pod(&rec).await;
             }
             return;
         }
@@ -173,7 +173,7 @@ impl PodManager {
             Err(e) => {
                 warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "pod's handler is gone; pod marked not ready");
                 rec.state = PodState::NotReady;
-                let _ = self.store.save_pod(&rec);
+                let _ = self.store.save_pod(&rec).await;
                 return true;
             }
         };
@@ -213,7 +213,7 @@ impl PodManager {
                 if !resp.ready && rec.state == PodState::Ready {
                     warn!(pod_id = %rec.id, "pod's infra is gone after restart; marked not ready");
                     rec.state = PodState::NotReady;
-                    let _ = self.store.save_pod(&rec);
+                    let _ = self.store.save_pod(&rec).await;
                 }
                 info!(pod_id = %rec.id, handler = %rec.handler, ready = resp.ready, "pod restored");
             }
@@ -221,7 +221,7 @@ impl PodManager {
                 warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "handler could not restore pod; marked not ready");
                 if rec.state == PodState::Ready {
                     rec.state = PodState::NotReady;
-                    let _ = self.store.save_pod(&rec);
+                    let _ = self.store.save_pod(&rec).await;
                 }
             }
         }

@@ -167,14 +167,14 @@ impl PodManager {
             shm_mounted: false,
         };
         let started = std::time::Instant::now();
-        let result = match self.store.save_pod(&rec) {
+        let result = match self.store.save_pod(&rec).await {
             Ok(()) => self.setup_pod(&mut rec, handler.as_ref()).await,
             Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
                 rec.state = PodState::Ready;
-                if let Err(e) = self.store.save_pod(&rec) {
+                if let Err(e) = self.store.save_pod(&rec).await {
                     self.undo_pod(&mut rec, handler.as_ref()).await;
                     return Err(e);
                 }
@@ -221,16 +221,20 @@ impl PodManager {
         let mut pod_network = None;
         if !host_network {
             let netns_dir = self.config.state_dir.join("netns");
-            let ns = NetNs::create(&netns_dir, &id)?;
-            rec.netns_path = Some(ns.path().to_path_buf());
-            self.store.save_pod(rec)?;
-            ns.bring_up_loopback()?;
-
             let network = CniNetwork::load(&self.config.cni)?;
+            let ns = NetNs::create(&netns_dir, &id)?;
+            // One write-ahead record for the pinned namespace and the CNI
+            // attachment about to be made: a crash before it leaves only a
+            // pin, which the restore removes as a stray; one after it is
+            // torn down through the record (DEL of an attachment that was
+            // never made succeeds).
             let record = rec.dir.join("cni.json");
+            rec.netns_path = Some(ns.path().to_path_buf());
             rec.cni_record = Some(record.clone());
             rec.cni_attached = true;
-            self.store.save_pod(rec)?;
+            self.store.save_pod(rec).await?;
+            ns.bring_up_loopback()?;
+
             let meta = rec.metadata();
             let request = CniRequest {
                 port_mappings: port_mappings(&rec.config),
@@ -251,9 +255,10 @@ impl PodManager {
                     return Err(e.into());
                 }
             };
+            // Recorded with the next save: a pod still Creating is torn
+            // down through its CNI record, which does not need the IPs.
             rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
             pod_network = Some(result.pod_network());
-            self.store.save_pod(rec)?;
         }
 
         let hostname = files::pod_hostname(&rec.config, host_network);
@@ -266,7 +271,7 @@ impl PodManager {
         if !host_ipc {
             rec.shm_dir = Some(rec.dir.join("shm"));
             rec.shm_mounted = true;
-            self.store.save_pod(rec)?;
+            self.store.save_pod(rec).await?;
             files::mount_shm(&rec.dir)?;
         }
         crate::perms::ensure_private_dir(&rec.handler_dir)
@@ -281,7 +286,7 @@ impl PodManager {
         };
 
         rec.handler_started = true;
-        self.store.save_pod(rec)?;
+        self.store.save_pod(rec).await?;
         let handler_started = std::time::Instant::now();
         let response = handler
             .run_sandbox(types::RunSandboxRequest {
@@ -601,7 +606,7 @@ impl PodManager {
         if rec.state != PodState::Creating {
             rec.state = PodState::NotReady;
         }
-        self.store.save_pod(&rec)?;
+        self.store.save_pod(&rec).await?;
         result?;
         info!(pod_id = %id, handler = %rec.handler, "pod sandbox stopped");
         self.publish_sandbox(&id, &[Event::ContainerStoppedEvent], None)
@@ -623,7 +628,7 @@ impl PodManager {
         if let Err(e) = self.teardown_pod(&mut rec, handler.as_ref()).await {
             // Keep the record (with what is left) so a retry finishes the job.
             if rec.dir.exists() {
-                let _ = self.store.save_pod(&rec);
+                let _ = self.store.save_pod(&rec).await;
             }
             return Err(e);
         }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crius_proto::cri;
 use serde::{Deserialize, Serialize};
@@ -210,6 +210,15 @@ impl ContainerRecord {
 }
 
 /// The in-memory view plus the files behind it.
+/// What [`Store::read_records`] found.
+#[derive(Debug, Default)]
+pub struct RecordsOnDisk {
+    pub pods: Vec<PodRecord>,
+    pub containers: Vec<ContainerRecord>,
+    /// Pod directories without a `pod.json`.
+    pub without_record: Vec<PathBuf>,
+}
+
 pub struct Store {
     root: PathBuf,
     pods: RwLock<BTreeMap<String, PodRecord>>,
@@ -217,6 +226,11 @@ pub struct Store {
     /// Reserved name → owner id, pods and containers alike (container
     /// names carry their pod id, so the two never collide).
     names: Mutex<BTreeMap<String, String>>,
+    /// One lock per record file, held from the disk write to the cache
+    /// update: two saves of one record (a status update racing a stop)
+    /// reach the disk and the cache in the same order, and never share
+    /// the temporary file.
+    write_order: Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -236,6 +250,7 @@ impl Store {
             pods: RwLock::new(BTreeMap::new()),
             containers: RwLock::new(BTreeMap::new()),
             names: Mutex::new(BTreeMap::new()),
+            write_order: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -248,20 +263,25 @@ impl Store {
         self.root.join(id)
     }
 
-    /// Loads every record from disk (at start-up). Unreadable records are
-    /// skipped with a warning: one corrupt file must not keep the daemon
-    /// from serving the other pods.
-    pub fn load(&self) -> PodResult<()> {
-        crate::perms::ensure_private_dir(&self.root)
-            .map_err(|e| PodError::io(format!("creating {}", self.root.display()), e))?;
-        let entries = fs::read_dir(&self.root)
-            .map_err(|e| PodError::io(format!("reading {}", self.root.display()), e))?;
+    /// Reads every record on disk without changing anything. Unreadable
+    /// records are skipped with a warning: one corrupt file must not keep
+    /// the daemon from serving the other pods.
+    pub fn read_records(&self) -> PodResult<RecordsOnDisk> {
+        let mut out = RecordsOnDisk::default();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(PodError::io(format!("reading {}", self.root.display()), e)),
+        };
         for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let pod_file = entry.path().join("pod.json");
             let pod: PodRecord = match read_json(&pod_file) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    remove_unborn_pod_dir(&entry.path());
+                    out.without_record.push(entry.path());
                     continue;
                 }
                 Err(e) => {
@@ -277,10 +297,7 @@ impl Store {
                         continue;
                     }
                     match read_json::<ContainerRecord>(&path) {
-                        Ok(Some(rec)) => {
-                            self.reserve(&rec.name, &rec.id, "container").ok();
-                            write_lock(&self.containers).insert(rec.id.clone(), rec);
-                        }
+                        Ok(Some(rec)) => out.containers.push(rec),
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "skipping unreadable container record")
@@ -288,6 +305,25 @@ impl Store {
                     }
                 }
             }
+            out.pods.push(pod);
+        }
+        Ok(out)
+    }
+
+    /// Loads every record from disk (at start-up), and removes the pod
+    /// directories a crash left before their first record was written.
+    pub fn load(&self) -> PodResult<()> {
+        crate::perms::ensure_private_dir(&self.root)
+            .map_err(|e| PodError::io(format!("creating {}", self.root.display()), e))?;
+        let on_disk = self.read_records()?;
+        for dir in &on_disk.without_record {
+            remove_unborn_pod_dir(dir);
+        }
+        for rec in on_disk.containers {
+            self.reserve(&rec.name, &rec.id, "container").ok();
+            write_lock(&self.containers).insert(rec.id.clone(), rec);
+        }
+        for pod in on_disk.pods {
             self.reserve(&pod.name, &pod.id, "pod").ok();
             write_lock(&self.pods).insert(pod.id.clone(), pod);
         }
@@ -326,16 +362,51 @@ impl Store {
         read_lock(&self.pods).values().cloned().collect()
     }
 
-    /// Writes and caches a pod record.
-    pub fn save_pod(&self, pod: &PodRecord) -> PodResult<()> {
-        write_json(&pod.dir.join("pod.json"), pod)?;
-        write_lock(&self.pods).insert(pod.id.clone(), pod.clone());
+    /// The write lock of the record file at `path`.
+    fn write_slot(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut slots = self.write_order.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    fn drop_write_slot(&self, path: &Path) {
+        let mut slots = self.write_order.lock().unwrap_or_else(|e| e.into_inner());
+        slots.remove(path);
+    }
+
+    /// Writes `value` to `path` atomically on the blocking pool (the
+    /// fsyncs take milliseconds), then runs `cache` — both under the
+    /// record's write lock.
+    async fn persist<T: Serialize>(
+        &self,
+        path: PathBuf,
+        value: &T,
+        cache: impl FnOnce(),
+    ) -> PodResult<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| PodError::Record {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let slot = self.write_slot(&path);
+        let _order = slot.lock().await;
+        tokio::task::spawn_blocking(move || write_bytes(&path, &bytes))
+            .await
+            .map_err(|e| PodError::io("the record write task", std::io::Error::other(e)))??;
+        cache();
         Ok(())
+    }
+
+    /// Writes and caches a pod record.
+    pub async fn save_pod(&self, pod: &PodRecord) -> PodResult<()> {
+        self.persist(pod.dir.join("pod.json"), pod, || {
+            write_lock(&self.pods).insert(pod.id.clone(), pod.clone());
+        })
+        .await
     }
 
     /// Forgets a pod (its directory is removed by the caller).
     pub fn forget_pod(&self, pod: &PodRecord) {
         write_lock(&self.pods).remove(&pod.id);
+        self.drop_write_slot(&pod.dir.join("pod.json"));
         self.release(&pod.name, &pod.id);
     }
 
@@ -361,21 +432,26 @@ impl Store {
             .join(format!("{}.json", c.id))
     }
 
-    pub fn save_container(&self, c: &ContainerRecord) -> PodResult<()> {
-        write_json(&self.container_file(c), c)?;
-        write_lock(&self.containers).insert(c.id.clone(), c.clone());
-        Ok(())
+    /// Writes and caches a container record.
+    pub async fn save_container(&self, c: &ContainerRecord) -> PodResult<()> {
+        self.persist(self.container_file(c), c, || {
+            write_lock(&self.containers).insert(c.id.clone(), c.clone());
+        })
+        .await
     }
 
     /// Deletes a container's record file and forgets it.
-    pub fn forget_container(&self, c: &ContainerRecord) -> PodResult<()> {
+    pub async fn forget_container(&self, c: &ContainerRecord) -> PodResult<()> {
         let path = self.container_file(c);
-        match fs::remove_file(&path) {
+        let slot = self.write_slot(&path);
+        let _order = slot.lock().await;
+        match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(PodError::io(format!("removing {}", path.display()), e)),
         }
         write_lock(&self.containers).remove(&c.id);
+        self.drop_write_slot(&path);
         self.release(&c.name, &c.id);
         Ok(())
     }
@@ -460,24 +536,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> PodResult<Option<T>> 
 }
 
 /// Atomic write: temp file, fsync, rename, fsync of the directory.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> PodResult<()> {
+fn write_bytes(path: &Path, bytes: &[u8]) -> PodResult<()> {
     let dir = path.parent().ok_or_else(|| PodError::Record {
         path: path.display().to_string(),
         message: "no parent directory".into(),
     })?;
     crate::perms::ensure_private_dir(dir)
         .map_err(|e| PodError::io(format!("creating {}", dir.display()), e))?;
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| PodError::Record {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let result = (|| -> std::io::Result<()> {
         // Records carry the container config (env included): root only.
         let mut f = crate::perms::create_private_file(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
@@ -544,13 +616,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_round_trip_through_disk() {
+    #[tokio::test]
+    async fn records_round_trip_through_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().to_path_buf());
         let p = pod(dir.path(), "abc", "p_ns_uid_0");
         store.reserve(&p.name, &p.id, "pod").unwrap();
-        store.save_pod(&p).unwrap();
+        store.save_pod(&p).await.unwrap();
         let c = ContainerRecord {
             id: "c1".into(),
             pod_id: "abc".into(),
@@ -577,7 +649,7 @@ mod tests {
             }),
         };
         store.reserve(&c.name, &c.id, "container").unwrap();
-        store.save_container(&c).unwrap();
+        store.save_container(&c).await.unwrap();
 
         let again = Store::new(dir.path().to_path_buf());
         again.load().unwrap();
@@ -590,7 +662,7 @@ mod tests {
         // Names are reserved again after loading.
         let err = again.reserve("p_ns_uid_0", "other", "pod").unwrap_err();
         assert!(err.to_string().contains("already reserved by abc"), "{err}");
-        again.forget_container(&c2).unwrap();
+        again.forget_container(&c2).await.unwrap();
         assert!(!dir.path().join("abc/containers/c1.json").exists());
         again.reserve("abc/c_0", "c2", "container").unwrap();
     }

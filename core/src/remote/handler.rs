@@ -63,7 +63,7 @@ impl RuntimeHandler for RemoteHandler {
             Err(err) => {
                 // RunSandbox must leave nothing behind.
                 shim.terminate_now();
-                let _ = std::fs::remove_file(&shim.socket);
+                let _ = tokio::fs::remove_file(&shim.socket).await;
                 Err(err)
             }
         }
@@ -81,7 +81,7 @@ impl RuntimeHandler for RemoteHandler {
         if let Some(shim) = self.forget(&id) {
             // The shim exits by itself after RemoveSandbox; make sure.
             shim.terminate().await;
-            let _ = std::fs::remove_file(&shim.socket);
+            let _ = tokio::fs::remove_file(&shim.socket).await;
         }
         Ok(())
     }

@@ -131,7 +131,9 @@ impl RemoteHandler {
             path: exe.to_path_buf(),
             message,
         };
-        let meta = std::fs::metadata(exe).map_err(|e| exe_error(e.to_string()))?;
+        let meta = tokio::fs::metadata(exe)
+            .await
+            .map_err(|e| exe_error(e.to_string()))?;
         if !meta.is_file()
             || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0
         {
@@ -329,15 +331,20 @@ impl RemoteHandler {
                     warn!(handler = %self.name, pod = %id, "the fresh shim could not restore the pod; cleaning up anyway: {err}");
                 }
                 let fresh = Arc::new(fresh);
-                let mut shims = self.shims.lock().unwrap_or_else(|e| e.into_inner());
-                if !shims.contains_key(id) {
+                let adopted = {
+                    let mut shims = self.shims.lock().unwrap_or_else(|e| e.into_inner());
                     // Removed while the fresh shim started: it has no pod.
-                    drop(shims);
+                    let pod_still_known = shims.contains_key(id);
+                    if pod_still_known {
+                        shims.insert(id.clone(), fresh.clone());
+                    }
+                    pod_still_known
+                };
+                if !adopted {
                     fresh.terminate_now();
-                    let _ = std::fs::remove_file(&fresh.socket);
+                    let _ = tokio::fs::remove_file(&fresh.socket).await;
                     return None;
                 }
-                shims.insert(id.clone(), fresh.clone());
                 Some(fresh)
             }
             Err(err) => {
@@ -398,15 +405,18 @@ impl RemoteHandler {
             crate::perms::ensure_private_dir(dir)
                 .map_err(|e| internal("creating the pod state dir", &e))?;
         }
-        let log_file = std::fs::OpenOptions::new()
+        let log_file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
-            .map_err(|e| internal("opening the shim log", &e))?;
+            .await
+            .map_err(|e| internal("opening the shim log", &e))?
+            .into_std()
+            .await;
         let log_err = log_file
             .try_clone()
             .map_err(|e| internal("opening the shim log", &e))?;
-        let _ = std::fs::remove_file(&socket);
+        let _ = tokio::fs::remove_file(&socket).await;
         let mut child = tokio::process::Command::new(&self.exe)
             .arg("serve")
             .arg("--socket")

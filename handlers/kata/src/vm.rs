@@ -191,15 +191,19 @@ impl Vm {
         let prepare =
             |what: &str, err: std::io::Error| BootError::Prepare(format!("{what}: {err}"));
         layout.check_socket_paths().map_err(BootError::Prepare)?;
-        std::fs::create_dir_all(&layout.state_dir).map_err(|e| prepare("state dir", e))?;
+        tokio::fs::create_dir_all(&layout.state_dir)
+            .await
+            .map_err(|e| prepare("state dir", e))?;
         create_private_dir(&layout.socket_dir).map_err(|e| prepare("socket dir", e))?;
-        std::fs::create_dir_all(layout.shared_dir()).map_err(|e| prepare("shared dir", e))?;
+        tokio::fs::create_dir_all(layout.shared_dir())
+            .await
+            .map_err(|e| prepare("shared dir", e))?;
         for stale in [
             layout.vhost_user_vsock(),
             layout.vsock_uds(),
             layout.virtiofs_socket(),
         ] {
-            let _ = std::fs::remove_file(stale);
+            let _ = tokio::fs::remove_file(stale).await;
         }
         let config = &params.config;
         let mut helpers: Vec<(String, Box<dyn ChildProcess>)> = Vec::new();
@@ -405,9 +409,9 @@ impl Vm {
             self.layout.virtiofs_socket(),
             self.layout.qmp_socket(),
         ] {
-            let _ = std::fs::remove_file(socket);
+            let _ = tokio::fs::remove_file(socket).await;
         }
-        let _ = std::fs::remove_file(self.layout.qemu_pidfile());
+        let _ = tokio::fs::remove_file(self.layout.qemu_pidfile()).await;
     }
 }
 

@@ -386,7 +386,8 @@ impl ContainerMonitor for Conmon {
                     .to_string(),
             });
         }
-        let monitor_pid = std::fs::read_to_string(spec.bundle.join("conmon.pid"))
+        let monitor_pid = tokio::fs::read_to_string(spec.bundle.join("conmon.pid"))
+            .await
             .ok()
             .and_then(|s| s.trim().parse().ok());
         tracing::info!(

@@ -169,7 +169,8 @@ impl OciHandler {
         // the infra's create and the record write: the infra is then known
         // only to the runtime (by the sandbox id) and is rebuilt from what
         // the runtime says, so stop and remove still reach it.
-        let recorded: Option<SandboxRecord> = std::fs::read(layout.sandbox_record())
+        let recorded: Option<SandboxRecord> = tokio::fs::read(layout.sandbox_record())
+            .await
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .or_else(|| serde_json::from_slice(&req.handler_state).ok());
@@ -192,7 +193,8 @@ impl OciHandler {
         for rc in &req.containers {
             check_id("container id", &rc.container_id)?;
             let from_file =
-                std::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
+                tokio::fs::read(layout.container_dir(&rc.container_id).join("record.json"))
+                    .await
                     .ok()
                     .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok());
             let record = from_file

@@ -134,7 +134,7 @@ impl OciHandler {
             Observed::Running => Some(pod.infra.pid),
             _ => None,
         };
-        let collect = move || {
+        let (stats, pids, net) = tokio::task::spawn_blocking(move || {
             let mounts = CgroupMounts::current().unwrap_or_default();
             let stats = cgroupfs::stats(&mounts, &cgroup);
             let pids = mounts
@@ -145,10 +145,9 @@ impl OciHandler {
                 .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
                 .map(|t| parse_net_dev(&t));
             (stats, pids, net)
-        };
-        let (stats, pids, net) = tokio::task::spawn_blocking(collect)
-            .await
-            .map_err(|e| self.err("sandbox stats task", e))?;
+        })
+        .await
+        .map_err(|e| self.err("sandbox stats task", e))?;
         let stats = stats.ok_or_else(|| {
             HandlerError::failed_precondition(format!(
                 "handler {}: the cgroup of sandbox {} does not exist",

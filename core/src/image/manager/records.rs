@@ -140,6 +140,9 @@ impl ImageManager {
                 // Renamed while the pins lock is held: a pull either pinned
                 // it before (and we skip it) or will find it absent.
                 let trash = self.layout.temp_path("gc");
+                // blocking-ok: one rename inside the store, which must happen
+                // under the pins lock (a sync lock, never held across an
+                // await); the slow deletion runs on the blocking pool below.
                 match std::fs::rename(&path, &trash) {
                     Ok(()) => doomed.push(trash),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -158,6 +161,49 @@ impl ImageManager {
             warn!(error = %e, "garbage collection task failed");
         }
         debug!(image, removed = count, "garbage collected image content");
+    }
+
+    /// The content of the store under `config.root` that no image record
+    /// references — unpacked layers (`true`) and blobs (`false`) — and the
+    /// store's temporary entries (as blobs), for `crius check --leftovers`.
+    /// Reads only; an absent store has none.
+    pub async fn unreferenced_content(config: &Config) -> Result<Vec<(bool, PathBuf)>, ImageError> {
+        let layout = StoreLayout::new(&config.root);
+        if !tokio::fs::try_exists(&layout.images).await.unwrap_or(false) {
+            return Ok(Vec::new());
+        }
+        let records = load_records(&layout).await?;
+        let mut used = HashSet::new();
+        for r in records.values() {
+            for digest in r.layers.iter().map(|l| &l.diff_id) {
+                used.extend(layout.layer_path(digest).ok());
+            }
+            for digest in record_blobs(r) {
+                used.extend(layout.blob_path(&digest).ok());
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (is_layer, dir, all) in [
+                (true, &layout.layers, false),
+                (false, &layout.blobs, false),
+                (false, &layout.tmp, true),
+            ] {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if all || !used.contains(&path) {
+                        out.push((is_layer, path));
+                    }
+                }
+            }
+            out.sort();
+            out
+        })
+        .await
+        .map_err(|e| ImageError::Internal(format!("listing the store: {e}")))
     }
 
     // ----- locks and pins -----

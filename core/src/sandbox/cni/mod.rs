@@ -431,6 +431,24 @@ impl CniNetwork {
         &self.name
     }
 
+    /// Where the chain's `host-local` IPAM keeps this network's leases
+    /// (`<dataDir>/<network name>`, `dataDir` defaulting to
+    /// `/var/lib/cni/networks`).
+    pub fn host_local_lease_dirs(&self) -> Vec<PathBuf> {
+        self.plugins
+            .iter()
+            .filter_map(|p| p.conf.get("ipam"))
+            .filter(|ipam| ipam.get("type").and_then(Value::as_str) == Some("host-local"))
+            .map(|ipam| {
+                let data_dir = ipam
+                    .get("dataDir")
+                    .and_then(Value::as_str)
+                    .unwrap_or("/var/lib/cni/networks");
+                Path::new(data_dir).join(&self.name)
+            })
+            .collect()
+    }
+
     pub fn cni_version(&self) -> &str {
         &self.cni_version
     }

@@ -93,7 +93,7 @@ impl Runc {
         log: &Path,
     ) -> Result<Option<OwnedFd>, RuncError> {
         let cmd_name = args.first().cloned().unwrap_or_default();
-        let _ = std::fs::remove_file(log);
+        let _ = tokio::fs::remove_file(log).await;
         let mut console_listener = None;
         let exit = {
             let mut cmd = self.command(Some(log));
@@ -109,7 +109,7 @@ impl Runc {
                         .stderr(Stdio::from(stderr));
                 }
                 ProcStdio::Tty { console_socket } => {
-                    let _ = std::fs::remove_file(&console_socket);
+                    let _ = tokio::fs::remove_file(&console_socket).await;
                     let l = std::os::unix::net::UnixListener::bind(&console_socket)?;
                     l.set_nonblocking(true)?;
                     console_listener = Some((
@@ -149,7 +149,7 @@ impl Runc {
                         Err(reason) => {
                             // runc hung up without a pty: its log says why.
                             let code = reaper::wait(exit.clone()).await;
-                            let _ = std::fs::remove_file(&path);
+                            let _ = tokio::fs::remove_file(&path).await;
                             if code != 0 {
                                 return Err(failed(code));
                             }
@@ -161,11 +161,11 @@ impl Runc {
                     if let Some(c) = *exit_wait.borrow_and_update() { break c; }
                     if exit_wait.changed().await.is_err() { break 255; }
                 } } => {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = tokio::fs::remove_file(&path).await;
                     return Err(failed(code));
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            let _ = tokio::fs::remove_file(&path).await;
         }
         let code = reaper::wait(exit).await;
         if code != 0 {

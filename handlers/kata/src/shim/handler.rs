@@ -90,26 +90,34 @@ impl RuntimeHandler for PodShim {
             .drain()
             .map(|(id, _)| id)
             .collect();
-        // A shim that took over from a dead one knows the containers only
-        // from the shared dir: release whatever is there.
-        if let Ok(entries) = std::fs::read_dir(layout.shared_dir()) {
-            ids.extend(
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|name| name != VOLUMES),
-            );
-        }
-        for id in ids {
-            unshare_container(&layout.shared_dir(), &id);
-        }
-        unshare_pod_volumes(&layout.shared_dir());
         self.pod_volumes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        let _ = std::fs::remove_dir(layout.shared_dir());
-        layout.remove_socket_dir();
+        // Unmounts and directory removals, on the blocking pool.
+        let released = tokio::task::spawn_blocking(move || {
+            let shared = layout.shared_dir();
+            // A shim that took over from a dead one knows the containers
+            // only from the shared dir: release whatever is there.
+            if let Ok(entries) = std::fs::read_dir(&shared) {
+                ids.extend(
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|name| name != VOLUMES),
+                );
+            }
+            for id in ids {
+                unshare_container(&shared, &id);
+            }
+            unshare_pod_volumes(&shared);
+            let _ = std::fs::remove_dir(&shared);
+            layout.remove_socket_dir();
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(pod_id = %req.sandbox_id, "releasing the pod's shared dir: {e}");
+        }
         Ok(())
     }
 

@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -272,26 +272,34 @@ impl OciHandler {
         }
 
         let dir = ctr.exec_dir().join(format!("i-{}", req.exec_id));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new()
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
+            .await
             .map_err(|e| self.err(format!("create {}", dir.display()), e))?;
         let cleanup = |e: HandlerError| {
+            // blocking-ok: error paths only, removing the dir just made
+            // (a process.json and at most a log).
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
         let process_path = dir.join("process.json");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&process_path)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(&serde_json::to_vec(&process).unwrap_or_default())
-            })
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&process_path)
+                .await?;
+            f.write_all(&serde_json::to_vec(&process).unwrap_or_default())
+                .await?;
+            f.flush().await
+        };
+        written
+            .await
             .map_err(|e| cleanup(self.err(format!("write {}", process_path.display()), e)))?;
 
         let stdin_sock = connect_stdio("stdin", &stdio.stdin)

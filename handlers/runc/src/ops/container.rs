@@ -322,10 +322,11 @@ impl OciHandler {
             .suffix(".json")
             .tempfile_in(&ctr.dir)
             .map_err(|e| self.err(format!("resources file for {}", ctr.id), e))?;
-        std::fs::write(
+        tokio::fs::write(
             file.path(),
             serde_json::to_vec(&resources).unwrap_or_default(),
         )
+        .await
         .map_err(|e| self.err(format!("write {}", file.path().display()), e))?;
         self.runtime()
             .update(&ctr.id, file.path())
@@ -350,16 +351,19 @@ impl OciHandler {
         // conmon's control FIFO takes "<type> <height> <width>\n"; type 2
         // reopens the log files. Non-blocking open fails with ENXIO when
         // nobody reads it, instead of hanging.
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
+        let write = async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
-                .open(&fifo)?;
-            f.write_all(b"2 0 0\n")
+                .open(&fifo)
+                .await?;
+            f.write_all(b"2 0 0\n").await?;
+            f.flush().await
         };
-        write().map_err(|e| self.err(format!("write {}", fifo.display()), e))?;
+        write
+            .await
+            .map_err(|e| self.err(format!("write {}", fifo.display()), e))?;
         // conmon reopens asynchronously; the kubelet expects the new file
         // once this call returns.
         let deadline = Instant::now() + Duration::from_secs(5);

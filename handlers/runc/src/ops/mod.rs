@@ -375,7 +375,7 @@ impl OciHandler {
             ctr.persist_dir(),
             ctr.exec_dir(),
         ] {
-            if let Err(e) = std::fs::create_dir_all(&dir) {
+            if let Err(e) = tokio::fs::create_dir_all(&dir).await {
                 remove_path(&ctr.dir);
                 return Err(self.err(format!("create {}", dir.display()), e));
             }

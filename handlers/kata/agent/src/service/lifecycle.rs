@@ -18,7 +18,7 @@ impl Agent {
         }
         let mut oci = oci_json::spec_of(&req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let bundle = bundle_dir(&cid);
-        std::fs::create_dir_all(&bundle).map_err(internal)?;
+        tokio::fs::create_dir_all(&bundle).await.map_err(internal)?;
         let mut mounts = Vec::new();
         let result = async {
             for s in &req.storages {
@@ -91,7 +91,7 @@ impl Agent {
                     mount::unmount(m);
                 }
                 let _ = self.runc.run(&["delete", "--force", &cid]).await;
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = tokio::fs::remove_dir_all(&bundle).await;
                 Err(e)
             }
         }
@@ -157,7 +157,7 @@ impl Agent {
         for m in c.mounts.iter().rev() {
             mount::unmount(m);
         }
-        let _ = std::fs::remove_dir_all(&c.bundle);
+        let _ = tokio::fs::remove_dir_all(&c.bundle).await;
         self.table().remove(cid);
         tracing::info!(container = %cid, "container removed");
         Ok(())
@@ -177,8 +177,10 @@ impl Agent {
         }
         if !req.dns.is_empty() {
             let text: String = req.dns.iter().map(|l| format!("{l}\n")).collect();
-            std::fs::create_dir_all("/etc").map_err(internal)?;
-            std::fs::write("/etc/resolv.conf", text).map_err(internal)?;
+            tokio::fs::create_dir_all("/etc").await.map_err(internal)?;
+            tokio::fs::write("/etc/resolv.conf", text)
+                .await
+                .map_err(internal)?;
         }
         for m in &req.kernel_modules {
             let mut cmd = std::process::Command::new("modprobe");

@@ -169,7 +169,7 @@ impl Agent {
         terminal: bool,
     ) -> Result<Process> {
         let pid_file = dir.join(format!("{name}.pid"));
-        let _ = std::fs::remove_file(&pid_file);
+        let _ = tokio::fs::remove_file(&pid_file).await;
         args.extend(["--pid-file".into(), pid_file.display().to_string()]);
         let log = dir.join(format!("{name}.runc.log"));
         let stdout = OutBuf::default();
@@ -213,7 +213,8 @@ impl Agent {
             .spawn_detached(&args, stdio, &log)
             .await
             .map_err(internal)?;
-        let pid: u32 = std::fs::read_to_string(&pid_file)
+        let pid: u32 = tokio::fs::read_to_string(&pid_file)
+            .await
             .map_err(|e| internal(format!("read {}: {e}", pid_file.display())))?
             .trim()
             .parse()

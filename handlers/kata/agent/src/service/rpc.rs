@@ -305,7 +305,8 @@ impl AgentService for Service {
         req: GuestDetailsRequest,
     ) -> ttrpc::Result<GuestDetailsResponse> {
         let block = if req.mem_block_size {
-            std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
+            tokio::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
+                .await
                 .ok()
                 .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
                 .unwrap_or(0)
