@@ -258,6 +258,24 @@ fn put<T>(dst: &mut Option<Src<T>>, src: Option<Src<T>>, file: usize) {
     }
 }
 
+/// [`put`] for each named key: `$dst.key` takes `$src.key` when set.
+macro_rules! put_keys {
+    ($dst:expr, $src:expr, $file:expr; $($key:ident),+ $(,)?) => {
+        $(put(&mut $dst.$key, $src.$key, $file);)+
+    };
+}
+
+/// A `$ty` whose named keys take the merged value or the default's, and
+/// whose other fields are given.
+macro_rules! resolve_keys {
+    ($ty:ident { $src:expr, $defaults:expr; $($key:ident),+ $(,)? } $($field:ident: $value:expr),* $(,)?) => {
+        $ty {
+            $($key: $src.$key.as_ref().map_or($defaults.$key, |s| s.value.clone()),)+
+            $($field: $value,)*
+        }
+    };
+}
+
 /// Every key of [`Config`], all optional. Field names must match
 /// [`Config`]'s; [`FileConfig::resolve`] builds a `Config` with a struct
 /// literal, so a field added there fails to compile until it is added here.
@@ -373,25 +391,9 @@ struct FileImage {
 impl FileConfig {
     /// Applies the later file `other` (index `file`) on top of `self`.
     fn merge(&mut self, other: FileConfig, file: usize) {
-        put(&mut self.listen, other.listen, file);
-        put(&mut self.root, other.root, file);
-        put(&mut self.state_dir, other.state_dir, file);
-        put(&mut self.log_level, other.log_level, file);
-        put(&mut self.cdi_spec_dirs, other.cdi_spec_dirs, file);
-        put(&mut self.hooks_dirs, other.hooks_dirs, file);
-        put(&mut self.metrics_address, other.metrics_address, file);
-        put(
-            &mut self.restrict_oom_score_adj,
-            other.restrict_oom_score_adj,
-            file,
-        );
-        put(&mut self.cgroup_driver, other.cgroup_driver, file);
-        put(&mut self.storage_driver, other.storage_driver, file);
-        put(
-            &mut self.default_runtime_handler,
-            other.default_runtime_handler,
-            file,
-        );
+        put_keys!(self, other, file;
+            listen, root, state_dir, log_level, cdi_spec_dirs, hooks_dirs, metrics_address,
+            restrict_oom_score_adj, cgroup_driver, storage_driver, default_runtime_handler);
         if let Some(handlers) = other.runtime_handlers {
             let merged = self.runtime_handlers.get_or_insert_default();
             for (name, handler) in handlers {
@@ -407,66 +409,22 @@ impl FileConfig {
             }
         }
         if let Some(cni) = other.cni {
-            let merged = self.cni.get_or_insert_default();
-            put(&mut merged.conf_dir, cni.conf_dir, file);
-            put(&mut merged.bin_dirs, cni.bin_dirs, file);
+            put_keys!(self.cni.get_or_insert_default(), cni, file; conf_dir, bin_dirs);
         }
         if let Some(image) = other.image {
-            let merged = self.image.get_or_insert_default();
-            put(
-                &mut merged.max_concurrent_downloads,
-                image.max_concurrent_downloads,
-                file,
-            );
-            put(
-                &mut merged.max_concurrent_pulls,
-                image.max_concurrent_pulls,
-                file,
-            );
-            put(&mut merged.default_registry, image.default_registry, file);
-            put(&mut merged.max_layer_size, image.max_layer_size, file);
-            put(&mut merged.max_image_size, image.max_image_size, file);
-            put(
-                &mut merged.pull_progress_timeout_seconds,
-                image.pull_progress_timeout_seconds,
-                file,
-            );
-            put(&mut merged.pinned_images, image.pinned_images, file);
-            put(&mut merged.registries_conf, image.registries_conf, file);
-            put(
-                &mut merged.registries_conf_dir,
-                image.registries_conf_dir,
-                file,
-            );
-            put(&mut merged.signature_policy, image.signature_policy, file);
-            put(
-                &mut merged.signature_policy_dir,
-                image.signature_policy_dir,
-                file,
-            );
-            put(&mut merged.registries_d, image.registries_d, file);
+            put_keys!(self.image.get_or_insert_default(), image, file;
+                max_concurrent_downloads, max_concurrent_pulls, default_registry,
+                max_layer_size, max_image_size, pull_progress_timeout_seconds, pinned_images,
+                registries_conf, registries_conf_dir, signature_policy, signature_policy_dir,
+                registries_d);
         }
         if let Some(pause) = other.pause {
-            let merged = self.pause.get_or_insert_default();
-            put(&mut merged.catatonit_path, pause.catatonit_path, file);
+            put_keys!(self.pause.get_or_insert_default(), pause, file; catatonit_path);
         }
         if let Some(streaming) = other.streaming {
-            let merged = self.streaming.get_or_insert_default();
-            put(&mut merged.address, streaming.address, file);
-            put(&mut merged.port, streaming.port, file);
-            put(&mut merged.tls_cert, streaming.tls_cert, file);
-            put(&mut merged.tls_key, streaming.tls_key, file);
-            put(
-                &mut merged.token_ttl_seconds,
-                streaming.token_ttl_seconds,
-                file,
-            );
-            put(
-                &mut merged.idle_timeout_seconds,
-                streaming.idle_timeout_seconds,
-                file,
-            );
-            put(&mut merged.max_sessions, streaming.max_sessions, file);
+            put_keys!(self.streaming.get_or_insert_default(), streaming, file;
+                address, port, tls_cert, tls_key, token_ttl_seconds, idle_timeout_seconds,
+                max_sessions);
         }
         if let Some(mut registries) = other.registries {
             for entry in &mut registries.value {
@@ -480,9 +438,6 @@ impl FileConfig {
     /// set. Fails only for handlers that lack a required key after merging.
     fn resolve(&self) -> Result<Config, Vec<Problem>> {
         let defaults = Config::default();
-        fn value<T: Clone>(src: &Option<Src<T>>, default: T) -> T {
-            src.as_ref().map_or(default, |s| s.value.clone())
-        }
 
         let mut problems = Vec::new();
         let runtime_handlers = match &self.runtime_handlers {
@@ -504,104 +459,42 @@ impl FileConfig {
             return Err(problems);
         }
 
-        let cni_defaults = CniConfig::default();
-        let image_defaults = ImageConfig::default();
         let no_cni = FileCni::default();
         let no_image = FileImage::default();
         let cni = self.cni.as_ref().unwrap_or(&no_cni);
         let image = self.image.as_ref().unwrap_or(&no_image);
-        Ok(Config {
-            listen: value(&self.listen, defaults.listen),
-            root: value(&self.root, defaults.root),
-            state_dir: value(&self.state_dir, defaults.state_dir),
-            log_level: value(&self.log_level, defaults.log_level),
-            cdi_spec_dirs: value(&self.cdi_spec_dirs, defaults.cdi_spec_dirs),
-            hooks_dirs: value(&self.hooks_dirs, defaults.hooks_dirs),
-            restrict_oom_score_adj: value(
-                &self.restrict_oom_score_adj,
-                defaults.restrict_oom_score_adj,
-            ),
-            cgroup_driver: value(&self.cgroup_driver, defaults.cgroup_driver),
-            storage_driver: value(&self.storage_driver, defaults.storage_driver),
-            default_runtime_handler: value(
-                &self.default_runtime_handler,
-                defaults.default_runtime_handler,
-            ),
-            runtime_handlers,
-            cni: CniConfig {
-                conf_dir: value(&cni.conf_dir, cni_defaults.conf_dir),
-                bin_dirs: value(&cni.bin_dirs, cni_defaults.bin_dirs),
-            },
-            image: ImageConfig {
-                max_concurrent_downloads: value(
-                    &image.max_concurrent_downloads,
-                    image_defaults.max_concurrent_downloads,
-                ),
-                max_concurrent_pulls: value(
-                    &image.max_concurrent_pulls,
-                    image_defaults.max_concurrent_pulls,
-                ),
-                default_registry: value(&image.default_registry, image_defaults.default_registry),
-                max_layer_size: value(&image.max_layer_size, image_defaults.max_layer_size),
-                max_image_size: value(&image.max_image_size, image_defaults.max_image_size),
-                pull_progress_timeout_seconds: value(
-                    &image.pull_progress_timeout_seconds,
-                    image_defaults.pull_progress_timeout_seconds,
-                ),
-                pinned_images: value(&image.pinned_images, image_defaults.pinned_images),
-                registries_conf: value(&image.registries_conf, image_defaults.registries_conf),
-                registries_conf_dir: value(
-                    &image.registries_conf_dir,
-                    image_defaults.registries_conf_dir,
-                ),
-                signature_policy: value(&image.signature_policy, image_defaults.signature_policy),
-                signature_policy_dir: value(
-                    &image.signature_policy_dir,
-                    image_defaults.signature_policy_dir,
-                ),
-                registries_d: value(&image.registries_d, image_defaults.registries_d),
+        let no_pause = FilePause::default();
+        let pause = self.pause.as_ref().unwrap_or(&no_pause);
+        let streaming = self.streaming.as_ref();
+        let streaming_defaults = StreamingConfig::default();
+        Ok(resolve_keys!(Config { self, defaults;
+                listen, root, state_dir, log_level, cdi_spec_dirs, hooks_dirs,
+                restrict_oom_score_adj, cgroup_driver, storage_driver, default_runtime_handler }
+            runtime_handlers: runtime_handlers,
+            cni: resolve_keys!(CniConfig { cni, CniConfig::default(); conf_dir, bin_dirs }),
+            image: resolve_keys!(ImageConfig { image, ImageConfig::default();
+                    max_concurrent_downloads, max_concurrent_pulls, default_registry,
+                    max_layer_size, max_image_size, pull_progress_timeout_seconds, pinned_images,
+                    registries_conf, registries_conf_dir, signature_policy, signature_policy_dir,
+                    registries_d }
                 // Filled from registries.conf by `load`.
                 unqualified_search_registries: Vec::new(),
                 short_name_aliases: BTreeMap::new(),
-            },
-            registries: self
-                .registries
-                .as_ref()
-                .map_or(defaults.registries, |registries| {
-                    registries
-                        .value
-                        .iter()
-                        .map(|entry| entry.value.clone())
-                        .collect()
-                }),
-            pause: PauseConfig {
-                catatonit_path: self
-                    .pause
-                    .as_ref()
-                    .map_or(defaults.pause.catatonit_path.clone(), |p| {
-                        value(&p.catatonit_path, defaults.pause.catatonit_path.clone())
-                    }),
-            },
+            ),
+            registries: self.registries.as_ref().map_or(defaults.registries, |registries| {
+                registries.value.iter().map(|entry| entry.value.clone()).collect()
+            }),
+            pause: resolve_keys!(PauseConfig { pause, defaults.pause; catatonit_path }),
             metrics_address: self.metrics_address.as_ref().map(|s| s.value),
-            streaming: self
-                .streaming
-                .as_ref()
-                .map_or(defaults.streaming.clone(), |s| {
-                    let d = StreamingConfig::default();
-                    StreamingConfig {
-                        address: value(&s.address, d.address),
-                        port: value(&s.port, d.port),
-                        tls_cert: s.tls_cert.as_ref().map(|v| v.value.clone()),
-                        tls_key: s.tls_key.as_ref().map(|v| v.value.clone()),
-                        token_ttl_seconds: value(&s.token_ttl_seconds, d.token_ttl_seconds),
-                        idle_timeout_seconds: value(
-                            &s.idle_timeout_seconds,
-                            d.idle_timeout_seconds,
-                        ),
-                        max_sessions: value(&s.max_sessions, d.max_sessions),
-                    }
-                }),
-        })
+            streaming: match streaming {
+                None => defaults.streaming,
+                Some(s) => resolve_keys!(StreamingConfig { s, streaming_defaults;
+                        address, port, token_ttl_seconds, idle_timeout_seconds, max_sessions }
+                    tls_cert: s.tls_cert.as_ref().map(|v| v.value.clone()),
+                    tls_key: s.tls_key.as_ref().map(|v| v.value.clone()),
+                ),
+            },
+        ))
     }
 
     /// Formats `problem` with the position of the value it is about: the
@@ -678,15 +571,8 @@ impl FileConfig {
 
 impl FileHandler {
     fn merge(&mut self, other: FileHandler, file: usize) {
-        put(&mut self.kind, other.kind, file);
-        put(&mut self.runtime_path, other.runtime_path, file);
-        put(&mut self.runtime_root, other.runtime_root, file);
-        put(&mut self.monitor_path, other.monitor_path, file);
-        put(
-            &mut self.allowed_annotations,
-            other.allowed_annotations,
-            file,
-        );
+        put_keys!(self, other, file;
+            kind, runtime_path, runtime_root, monitor_path, allowed_annotations);
         if let Some(annotations) = other.default_annotations {
             let merged = self.default_annotations.get_or_insert_default();
             for (key, mut value) in annotations {
@@ -700,13 +586,8 @@ impl FileHandler {
             file,
         );
         if let Some(features) = other.features {
-            let merged = self.features.get_or_insert_default();
-            put(
-                &mut merged.recursive_read_only_mounts,
-                features.recursive_read_only_mounts,
-                file,
-            );
-            put(&mut merged.user_namespaces, features.user_namespaces, file);
+            put_keys!(self.features.get_or_insert_default(), features, file;
+                recursive_read_only_mounts, user_namespaces);
         }
         // The plugin sub-table is small; a later file replaces it whole.
         put(&mut self.plugin, other.plugin, file);
@@ -716,16 +597,7 @@ impl FileHandler {
                 None => put(&mut self.vm, Some(vm), file),
             }
         }
-        put(
-            &mut self.run_sandbox_timeout_seconds,
-            other.run_sandbox_timeout_seconds,
-            file,
-        );
-        put(
-            &mut self.call_timeout_seconds,
-            other.call_timeout_seconds,
-            file,
-        );
+        put_keys!(self, other, file; run_sandbox_timeout_seconds, call_timeout_seconds);
     }
 
     fn resolve(&self, name: &str) -> Result<HandlerConfig, Problem> {
@@ -797,671 +669,4 @@ impl FileHandler {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs;
-
-    use super::*;
-    use crate::config::MirrorConfig;
-
-    /// A config file (and optional drop-ins) in a fresh temporary directory.
-    struct Fixture {
-        dir: tempfile::TempDir,
-    }
-
-    impl Fixture {
-        fn new(main: &str) -> Self {
-            let dir = tempfile::tempdir().expect("tempdir");
-            fs::write(dir.path().join("crius.yaml"), main).expect("write main");
-            Self { dir }
-        }
-
-        fn drop_in(self, name: &str, text: &str) -> Self {
-            let d = self.dir.path().join("crius.yaml.d");
-            fs::create_dir_all(&d).expect("mkdir .d");
-            fs::write(d.join(name), text).expect("write drop-in");
-            self
-        }
-
-        fn path(&self) -> PathBuf {
-            self.dir.path().join("crius.yaml")
-        }
-
-        fn load(&self) -> Result<Config, ConfigError> {
-            load_files(&self.path())
-        }
-
-        fn err(&self) -> String {
-            match self.load() {
-                Ok(config) => panic!("expected an error, loaded {config:?}"),
-                Err(err) => err.to_string(),
-            }
-        }
-    }
-
-    fn repo_config() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/crius.yaml")
-    }
-
-    #[test]
-    fn shipped_config_is_the_default_config() {
-        let config = load_files(&repo_config()).expect("configs/crius.yaml loads");
-        config.validate().expect("and validates");
-        assert_eq!(config, Config::default());
-    }
-
-    #[test]
-    fn streaming_table_merges_and_refuses_half_tls_and_zero_bounds() {
-        let config = Fixture::new("streaming:\n  address: 0.0.0.0\n  port: 10010\n")
-            .drop_in("10.yaml", "streaming:\n  max_sessions: 8\n")
-            .load()
-            .expect("loads");
-        assert_eq!(config.streaming.address.to_string(), "0.0.0.0");
-        assert_eq!(config.streaming.port, 10010);
-        assert_eq!(config.streaming.max_sessions, 8);
-        assert_eq!(config.streaming.token_ttl_seconds, 60);
-
-        let err = Fixture::new("streaming:\n  tls_cert: /etc/crius/cert.pem\n").err();
-        assert!(err.contains("crius.yaml:2:"), "{err}");
-        assert!(err.contains("streaming.tls_cert"), "{err}");
-        assert!(err.contains("without tls_key"), "{err}");
-        let config = Fixture::new(
-            "streaming:\n  tls_cert: /etc/crius/cert.pem\n  tls_key: /etc/crius/key.pem\n",
-        )
-        .load()
-        .expect("both TLS paths load");
-        assert_eq!(
-            config.streaming.tls_key.as_deref(),
-            Some(std::path::Path::new("/etc/crius/key.pem"))
-        );
-
-        let err = Fixture::new("streaming:\n  max_sessions: 0\n").err();
-        assert!(
-            err.contains("streaming.max_sessions: must be at least 1"),
-            "{err}"
-        );
-
-        let err = Fixture::new("streaming:\n  address: localhost\n").err();
-        assert!(err.contains("crius.yaml:2"), "{err}");
-    }
-
-    #[test]
-    fn shipped_registries_example_is_valid() {
-        // The commented-out `registries` example must stay loadable.
-        let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
-        let example: String = text
-            .lines()
-            .skip_while(|line| !line.starts_with("# registries:"))
-            .take_while(|line| line.starts_with('#'))
-            .map(|line| {
-                line.strip_prefix("# ")
-                    .unwrap_or(line.trim_start_matches('#'))
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        assert!(
-            example.contains("prefix: docker.io"),
-            "example not found: {example}"
-        );
-        let config = Fixture::new(&example).load().expect("example loads");
-        assert_eq!(config.registries.len(), 4);
-        let hub = config
-            .registry_for("docker.io/library/busybox:latest")
-            .expect("docker.io entry");
-        assert!(hub.blocked);
-        assert_eq!(
-            hub.mirrors,
-            vec![MirrorConfig {
-                location: "127.0.0.1:5000/dockerhub".into(),
-                insecure: true
-            }]
-        );
-        assert!(
-            config
-                .registry_for("127.0.0.1:5000/busybox:1")
-                .expect("local")
-                .insecure
-        );
-    }
-
-    #[test]
-    fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
-        // The commented-out kata example of configs/crius.yaml must load; its
-        // `vm` table is the shim's (whose tests check that the example holds
-        // the defaults): the daemon keeps it as given and merges drop-ins
-        // into it key by key.
-        let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
-        let example: String = text
-            .lines()
-            .skip_while(|line| !line.starts_with("# runtime_handlers:"))
-            .take_while(|line| line.starts_with('#'))
-            .map(|line| {
-                line.strip_prefix("# ")
-                    .unwrap_or(line.trim_start_matches('#'))
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        assert!(example.contains("kind: vm"), "example not found: {example}");
-        let plain = Fixture::new(&format!("default_runtime_handler: kata\n{example}"));
-        let example_vm = plain.load().expect("example loads").runtime_handlers["kata"]
-            .vm
-            .clone()
-            .expect("vm handlers always have a vm table");
-        assert_eq!(example_vm["boot_timeout_seconds"], 60, "{example_vm:?}");
-        let fx = Fixture::new(&format!("default_runtime_handler: kata\n{example}")).drop_in(
-            "10-fast.yaml",
-            "runtime_handlers:\n  kata:\n    vm:\n      boot_timeout_seconds: 5\n",
-        );
-        let config = fx.load().expect("example loads");
-        let kata = &config.runtime_handlers["kata"];
-        assert_eq!(kata.kind, HandlerKind::Vm);
-        let vm = kata.vm.clone().expect("vm handlers always have a vm table");
-        assert_eq!(vm["boot_timeout_seconds"], 5, "the drop-in changed one key");
-        let mut rest = vm.clone();
-        rest.insert("boot_timeout_seconds".into(), 60.into());
-        assert_eq!(rest, example_vm, "the rest are the example's");
-        // The table is located where the main file wrote it.
-        let location = kata.vm_location.clone().expect("located");
-        assert!(
-            location.starts_with(&format!("{}:", fx.path().display())),
-            "{location}"
-        );
-
-        // A vm handler without a vm table gets an empty one; other kinds none.
-        let fx = Fixture::new(
-            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n",
-        );
-        let k = &fx.load().expect("load").runtime_handlers["k"];
-        assert_eq!(k.vm, Some(Default::default()));
-        assert_eq!(
-            k.vm_location,
-            Some(format!("{}:4:5", fx.path().display())),
-            "without a table, the entry's position"
-        );
-        assert_eq!(Config::default().runtime_handlers["runc"].vm, None);
-
-        // Keys and values are the shim's business, except the shim path
-        // the daemon runs.
-        let fx = Fixture::new(
-            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
-             vm:\n      bogus: 1\n      default_vcpus: 0\n",
-        );
-        let k = &fx
-            .load()
-            .expect("the shim checks the table")
-            .runtime_handlers["k"];
-        assert_eq!(k.vm.as_ref().unwrap()["bogus"], 1);
-        assert_eq!(
-            k.vm_location,
-            Some(format!("{}:7:7", fx.path().display())),
-            "the table's position"
-        );
-        let fx = Fixture::new(
-            "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
-             vm:\n      shim_path: bin/shim\n",
-        );
-        let err = fx.load().unwrap_err().to_string();
-        assert!(
-            err.contains("runtime_handlers.k.vm: shim_path: must be an absolute path"),
-            "{err}"
-        );
-        let fx = Fixture::new(
-            "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
-             vm:\n      default_vcpus: 2\n",
-        );
-        let err = fx.load().unwrap_err().to_string();
-        assert!(
-            err.contains("only handlers of kind `vm` take a `vm` table"),
-            "{err}"
-        );
-        let fx = Fixture::new(
-            "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
-             call_timeout_seconds: 0\n",
-        );
-        let err = fx.load().unwrap_err().to_string();
-        assert!(
-            err.contains("runtime_handlers.runc.call_timeout_seconds: must be at least 1"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn empty_and_comment_only_files_give_the_defaults() {
-        assert_eq!(Fixture::new("").load().expect("empty"), Config::default());
-        assert_eq!(
-            Fixture::new("# nothing\n").load().expect("comments"),
-            Config::default()
-        );
-    }
-
-    #[test]
-    fn default_config_round_trips_through_yaml() {
-        // Every field of Config must be accepted by the per-file types.
-        let text = serde_saphyr::to_string(&Config::default()).expect("serialize");
-        assert_eq!(
-            Fixture::new(&text).load().expect("load serialized"),
-            Config::default()
-        );
-    }
-
-    #[test]
-    fn unknown_top_level_key_names_file_and_line() {
-        let fx = Fixture::new("listen: /run/x.sock\nroot: /var/lib/x\nruntime_handler: runc\n");
-        let err = fx.err();
-        let expected = format!(
-            "{}:3:1: unknown field `runtime_handler`",
-            fx.path().display()
-        );
-        assert!(err.starts_with(&expected), "{err}");
-        assert!(err.contains("expected one of"), "{err}");
-        assert!(matches!(
-            fx.load(),
-            Err(ConfigError::Parse {
-                line: 3,
-                column: 1,
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn unknown_key_inside_a_handler_names_file_and_line() {
-        let fx = Fixture::new(
-            "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /usr/sbin/runc\n    \
-             monitor: /usr/bin/conmon\n",
-        );
-        let err = fx.err();
-        let expected = format!("{}:5:5: unknown field `monitor`", fx.path().display());
-        assert!(err.starts_with(&expected), "{err}");
-        assert!(
-            err.contains("monitor_path"),
-            "should list the known keys: {err}"
-        );
-    }
-
-    #[test]
-    fn unknown_key_in_a_drop_in_names_the_drop_in() {
-        let fx = Fixture::new("").drop_in("10-a.yaml", "image:\n  max_downloads: 2\n");
-        let err = fx.err();
-        let drop_in = fx.dir.path().join("crius.yaml.d/10-a.yaml");
-        assert!(
-            err.starts_with(&format!("{}:2:3: unknown field", drop_in.display())),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn wrong_type_names_file_line_and_the_line_text() {
-        let fx = Fixture::new("log_level: info\nimage:\n  max_concurrent_downloads: lots\n");
-        let err = fx.err();
-        assert!(
-            err.starts_with(&format!("{}:3:29: ", fx.path().display())),
-            "{err}"
-        );
-        assert!(err.contains("max_concurrent_downloads: lots"), "{err}");
-
-        let fx = Fixture::new("runtime_handlers:\n  runc:\n    kind: docker\n");
-        let err = fx.err();
-        assert!(
-            err.starts_with(&format!("{}:3:11: ", fx.path().display())),
-            "{err}"
-        );
-        assert!(err.contains("docker"), "{err}");
-
-        let fx = Fixture::new("cni:\n  bin_dirs: /usr/lib/cni\n");
-        assert!(
-            fx.err()
-                .starts_with(&format!("{}:2:13: ", fx.path().display()))
-        );
-    }
-
-    #[test]
-    fn yaml_syntax_errors_and_duplicate_keys_are_located() {
-        let fx = Fixture::new("listen: /a\nroot: [/b\n");
-        let err = fx.err();
-        assert!(
-            err.starts_with(&format!("{}:", fx.path().display())),
-            "{err}"
-        );
-        assert!(
-            matches!(fx.load(), Err(ConfigError::Parse { line: 2.., .. })),
-            "{err}"
-        );
-
-        let fx = Fixture::new("listen: /a\nlisten: /b\n");
-        assert!(
-            fx.err()
-                .starts_with(&format!("{}:2:1: duplicate", fx.path().display()))
-        );
-    }
-
-    #[test]
-    fn missing_main_file_is_an_io_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("nope.yaml");
-        let err = load(&path).expect_err("missing file");
-        assert!(matches!(err, ConfigError::Io { .. }));
-        assert!(err.to_string().contains(&path.display().to_string()));
-    }
-
-    #[test]
-    fn drop_ins_apply_in_lexical_order() {
-        let fx = Fixture::new("log_level: warn\nimage:\n  max_concurrent_downloads: 5\n")
-            // Written out of order on purpose: the file name decides.
-            .drop_in("20-b.yaml", "log_level: debug\n")
-            .drop_in("10-a.yaml", "log_level: error\nroot: /srv/crius\n")
-            .drop_in("30-ignored.yml", "log_level: trace\n")
-            .drop_in(".40-hidden.yaml", "log_level: trace\n");
-        let config = fx.load().expect("load");
-        assert_eq!(config.log_level, "debug");
-        assert_eq!(config.root, PathBuf::from("/srv/crius"));
-        assert_eq!(config.image.max_concurrent_downloads, 5);
-        assert_eq!(
-            config.image.default_registry, "docker.io",
-            "unset nested key keeps default"
-        );
-        let names: Vec<String> = config_files(&fx.path())
-            .expect("files")
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        assert_eq!(names, ["crius.yaml", "10-a.yaml", "20-b.yaml"]);
-    }
-
-    #[test]
-    fn drop_in_adds_a_handler_and_changes_one_field_of_another() {
-        let main = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
-        let fx = Fixture::new(&main).drop_in(
-            "10-kata.yaml",
-            "runtime_handlers:\n  runc:\n    monitor_path: /opt/conmon\n    default_annotations:\n      \
-             a: b\n  kata:\n    kind: vm\n    runtime_path: /usr/bin/qemu-system-x86_64\n",
-        );
-        let config = fx.load().expect("load");
-        let defaults = Config::default();
-
-        let runc = &config.runtime_handlers["runc"];
-        assert_eq!(runc.monitor_path, Some(PathBuf::from("/opt/conmon")));
-        assert_eq!(
-            runc.runtime_path,
-            PathBuf::from("/usr/sbin/runc"),
-            "other fields kept"
-        );
-        assert_eq!(
-            runc.runtime_root,
-            defaults.runtime_handlers["runc"].runtime_root
-        );
-        assert_eq!(
-            runc.default_annotations,
-            BTreeMap::from([("a".into(), "b".into())])
-        );
-        assert_eq!(
-            config.runtime_handlers["crun"],
-            defaults.runtime_handlers["crun"]
-        );
-
-        let kata = &config.runtime_handlers["kata"];
-        assert_eq!(kata.kind, HandlerKind::Vm);
-        assert_eq!(kata.monitor_path, None);
-        assert_eq!(config.runtime_handlers.len(), 3);
-    }
-
-    #[test]
-    fn maps_merge_but_lists_replace() {
-        let fx = Fixture::new(
-            "runtime_handlers:\n  r:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
-             allowed_annotations: [a, b]\n    default_annotations: {x: '1', y: '2'}\n    \
-             features: {user_namespaces: true}\ndefault_runtime_handler: r\n",
-        )
-        .drop_in(
-            "1.yaml",
-            "runtime_handlers:\n  r:\n    allowed_annotations: [c]\n    \
-             default_annotations: {y: '3'}\n    features: {recursive_read_only_mounts: false}\n",
-        );
-        let config = fx.load().expect("load");
-        let r = &config.runtime_handlers["r"];
-        assert_eq!(r.allowed_annotations, ["c"]);
-        assert_eq!(
-            r.default_annotations,
-            BTreeMap::from([("x".into(), "1".into()), ("y".into(), "3".into())])
-        );
-        assert_eq!(
-            r.features,
-            FeatureOverrides {
-                recursive_read_only_mounts: Some(false),
-                user_namespaces: Some(true)
-            }
-        );
-        assert_eq!(
-            config.runtime_handlers.len(),
-            1,
-            "the file's table replaces the defaults"
-        );
-    }
-
-    #[test]
-    fn registries_list_is_replaced_by_a_drop_in() {
-        let fx = Fixture::new("registries:\n  - prefix: a.example\n  - prefix: b.example\n")
-            .drop_in(
-                "1.yaml",
-                "registries:\n  - prefix: c.example\n    insecure: true\n",
-            );
-        let config = fx.load().expect("load");
-        let prefixes: Vec<&str> = config
-            .registries
-            .iter()
-            .map(|r| r.prefix.as_str())
-            .collect();
-        assert_eq!(prefixes, ["c.example"]);
-    }
-
-    #[test]
-    fn missing_default_handler_lists_known_names() {
-        let fx = Fixture::new("default_runtime_handler: kata\n");
-        let err = fx.load().expect_err("unknown default handler");
-        assert!(matches!(err, ConfigError::Invalid { .. }));
-        let err = err.to_string();
-        assert!(
-            err.starts_with(&format!("{}:1:26: ", fx.path().display())),
-            "{err}"
-        );
-        assert!(err.contains("`kata`"), "{err}");
-        assert!(err.contains("known handlers: crun, runc"), "{err}");
-    }
-
-    #[test]
-    fn handler_missing_required_keys_after_merge_points_at_its_definition() {
-        let fx = Fixture::new("").drop_in(
-            "10-x.yaml",
-            "runtime_handlers:\n  runc:\n    monitor_path: /m\n",
-        );
-        let err = fx.err();
-        let drop_in = fx.dir.path().join("crius.yaml.d/10-x.yaml");
-        assert!(
-            err.starts_with(&format!(
-                "{}:3:5: runtime_handlers.runc:",
-                drop_in.display()
-            )),
-            "{err}"
-        );
-        assert!(err.contains("`kind` and `runtime_path`"), "{err}");
-    }
-
-    #[test]
-    fn semantic_problems_are_all_reported_with_their_files() {
-        let fx = Fixture::new(
-            "root: var/lib/crius\nlog_level: loud\nruntime_handlers:\n  Bad_Name:\n    kind: oci\n    \
-             runtime_path: /x\n  runc:\n    kind: oci\n    runtime_path: /usr/sbin/runc\n",
-        )
-        .drop_in("1.yaml", "image:\n  max_concurrent_downloads: 0\n");
-        let err = fx.err();
-        let main = fx.path().display().to_string();
-        let drop_in = fx
-            .dir
-            .path()
-            .join("crius.yaml.d/1.yaml")
-            .display()
-            .to_string();
-        for expected in [
-            format!("{main}:1:7: root: path `var/lib/crius` must be absolute"),
-            format!("{main}:2:12: log_level: `loud` is not one of error, warn, info, debug, trace"),
-            format!("{main}:5:5: runtime_handlers.Bad_Name: the handler name `Bad_Name` is not"),
-            format!("{main}:5:5: runtime_handlers.Bad_Name: `oci` handlers need `monitor_path`"),
-            format!("{main}:8:5: runtime_handlers.runc: `oci` handlers need `monitor_path`"),
-            format!("{drop_in}:2:29: image.max_concurrent_downloads: must be at least 1"),
-        ] {
-            assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
-        }
-        assert!(err.starts_with("6 problems:"), "{err}");
-    }
-
-    fn validate_err(config: &Config) -> String {
-        config.validate().expect_err("invalid config").to_string()
-    }
-
-    #[test]
-    fn validate_checks_handlers() {
-        let mut config = Config::default();
-        config.validate().expect("defaults are valid");
-
-        config.runtime_handlers.clear();
-        assert!(validate_err(&config).contains("none are configured"));
-
-        let mut config = Config::default();
-        let runc = config.runtime_handlers["runc"].clone();
-        config.runtime_handlers.insert(String::new(), runc.clone());
-        config.runtime_handlers.insert("-x".into(), runc.clone());
-        config.runtime_handlers.insert("a".repeat(64), runc.clone());
-        let mut relative = runc.clone();
-        relative.runtime_path = PathBuf::from("runc");
-        relative.allowed_annotations = vec!["*".into(), "io.a*.b".into(), "io.kata.*".into()];
-        config.runtime_handlers.insert("rel".into(), relative);
-        let mut vm = runc;
-        vm.kind = HandlerKind::Vm;
-        vm.monitor_path = None;
-        config.runtime_handlers.insert("vm".into(), vm);
-        let err = validate_err(&config);
-        assert!(err.contains("the handler name is empty"), "{err}");
-        assert!(
-            err.contains("the handler name `-x` is not a valid"),
-            "{err}"
-        );
-        assert!(err.contains("longer than 63"), "{err}");
-        assert!(
-            err.contains("runtime_handlers.rel.runtime_path: path `runc` must be absolute"),
-            "{err}"
-        );
-        assert!(err.contains("`*` would allow every annotation"), "{err}");
-        assert!(
-            err.contains("`io.a*.b`: `*` is only allowed at the end"),
-            "{err}"
-        );
-        assert!(!err.contains("io.kata.*"), "a trailing * is fine: {err}");
-        assert!(
-            !err.contains("runtime_handlers.vm"),
-            "vm handlers need no monitor: {err}"
-        );
-        assert!(err.starts_with("6 problems:"), "{err}");
-    }
-
-    #[test]
-    fn validate_checks_registries() {
-        let registry = |prefix: &str| RegistryConfig {
-            prefix: prefix.into(),
-            location: None,
-            insecure: false,
-            mirrors: Vec::new(),
-            blocked: false,
-            mirror_by_digest_only: false,
-        };
-        let config = Config {
-            registries: vec![
-                registry("docker.io"),
-                registry(""),
-                registry("docker.io"),
-                RegistryConfig {
-                    location: Some("http://x".into()),
-                    mirrors: vec![MirrorConfig {
-                        location: String::new(),
-                        insecure: true,
-                    }],
-                    ..registry("quay.io")
-                },
-            ],
-            ..Config::default()
-        };
-        let err = validate_err(&config);
-        assert!(
-            err.contains("registries[1]: prefix must not be empty"),
-            "{err}"
-        );
-        assert!(
-            err.contains("registries[2]: prefix `docker.io` appears more than once"),
-            "{err}"
-        );
-        assert!(
-            err.contains("registries[3]: location `http://x` must be a host"),
-            "{err}"
-        );
-        assert!(
-            err.contains("registries[3]: mirrors[0].location must not be empty"),
-            "{err}"
-        );
-        assert!(err.starts_with("4 problems:"), "{err}");
-
-        let mut config = Config::default();
-        config.image.default_registry = String::new();
-        assert!(validate_err(&config).contains("image.default_registry: must not be empty"));
-    }
-
-    #[test]
-    fn registry_for_picks_the_longest_prefix_at_a_boundary() {
-        let mut config = Config::default();
-        for prefix in [
-            "docker.io",
-            "docker.io/library",
-            "docker.io/lib",
-            "localhost",
-            "quay.io/org/app",
-        ] {
-            config.registries.push(RegistryConfig {
-                prefix: prefix.into(),
-                location: None,
-                insecure: false,
-                mirrors: Vec::new(),
-                blocked: false,
-                mirror_by_digest_only: false,
-            });
-        }
-        let prefix = |name: &str| config.registry_for(name).map(|r| r.prefix.as_str());
-        assert_eq!(
-            prefix("docker.io/library/busybox:latest"),
-            Some("docker.io/library")
-        );
-        assert_eq!(
-            prefix("docker.io/libfoo/x:1"),
-            Some("docker.io"),
-            "`docker.io/lib` is no match"
-        );
-        assert_eq!(prefix("docker.io/lib/x:1"), Some("docker.io/lib"));
-        assert_eq!(prefix("docker.io"), Some("docker.io"));
-        assert_eq!(prefix("docker.iox/a"), None);
-        assert_eq!(prefix("localhost/a:1"), Some("localhost"));
-        assert_eq!(
-            prefix("localhost:5000/a:1"),
-            None,
-            "a port names another registry"
-        );
-        assert_eq!(
-            prefix("quay.io/org/app:v1"),
-            Some("quay.io/org/app"),
-            "tag after a path"
-        );
-        assert_eq!(prefix("quay.io/org/app@sha256:00"), Some("quay.io/org/app"));
-        assert_eq!(prefix("quay.io/org/application:v1"), None);
-        assert_eq!(prefix("registry.k8s.io/pause:3.10"), None);
-    }
-}
+mod tests;

@@ -173,16 +173,7 @@ impl PodManager {
             )));
         }
         absolute(RPC, "output_path", &req.output_path)?;
-        let pod = self
-            .store
-            .find_pod_id(&req.pod_sandbox_id)
-            .and_then(|id| self.store.pod(&id))
-            .ok_or_else(|| {
-                PodError::NotFound(format!(
-                    "pod sandbox {:?} not found",
-                    crate::bounded::bounded(&req.pod_sandbox_id)
-                ))
-            })?;
+        let pod = self.known_pod(&req.pod_sandbox_id)?;
         if pod.state != PodState::Ready {
             return Err(PodError::FailedPrecondition(format!(
                 "{RPC}: pod sandbox {} is not ready",

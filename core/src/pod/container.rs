@@ -89,12 +89,7 @@ impl PodManager {
             .ok_or_else(|| {
                 PodError::InvalidArgument("CreateContainer: config.image is required".into())
             })?;
-        let pod_id = self.store.find_pod_id(&req.pod_sandbox_id).ok_or_else(|| {
-            PodError::NotFound(format!(
-                "pod sandbox {:?} not found",
-                bounded(&req.pod_sandbox_id)
-            ))
-        })?;
+        let pod_id = self.known_pod_id(&req.pod_sandbox_id)?;
         let _guard = self.lock_pod(&pod_id).await;
         let pod = self
             .store

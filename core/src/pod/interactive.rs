@@ -401,14 +401,8 @@ impl PodManager {
                 "PortForward: port {port} is outside 1-65535"
             )));
         }
-        let pod_id = self
-            .store
-            .find_pod_id(pod_id)
-            .unwrap_or_else(|| pod_id.to_string());
-        let pod = self
-            .store
-            .pod(&pod_id)
-            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
+        let pod = self.known_pod(pod_id)?;
+        let pod_id = pod.id.clone();
         if pod.state != PodState::Ready {
             return Err(PodError::FailedPrecondition(format!(
                 "PortForward: pod sandbox {pod_id} is not ready"

@@ -126,6 +126,24 @@ impl PodManager {
             .remove(pod_id);
     }
 
+    /// The full id of the pod `id` names (a full id or a unique prefix).
+    fn known_pod_id(&self, id: &str) -> PodResult<String> {
+        self.store.find_pod_id(id).ok_or_else(|| {
+            PodError::NotFound(format!(
+                "pod sandbox {:?} not found",
+                crate::bounded::bounded(id)
+            ))
+        })
+    }
+
+    /// The record of the pod `id` names (a full id or a unique prefix).
+    fn known_pod(&self, id: &str) -> PodResult<PodRecord> {
+        let full = self.known_pod_id(id)?;
+        self.store
+            .pod(&full)
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {full:?} not found")))
+    }
+
     fn handler(&self, name: &str) -> PodResult<Arc<dyn RuntimeHandler>> {
         Ok(self.handlers.resolve(name)?)
     }

@@ -53,12 +53,7 @@ impl PodManager {
         if let Some(overhead) = &req.overhead {
             check("overhead", overhead)?;
         }
-        let id = self.store.find_pod_id(&req.pod_sandbox_id).ok_or_else(|| {
-            PodError::NotFound(format!(
-                "pod sandbox {:?} not found",
-                crate::bounded::bounded(&req.pod_sandbox_id)
-            ))
-        })?;
+        let id = self.known_pod_id(&req.pod_sandbox_id)?;
         let _guard = self.lock_pod(&id).await;
         let pod = self
             .store

@@ -675,16 +675,7 @@ impl PodManager {
         id: &str,
         verbose: bool,
     ) -> PodResult<cri::PodSandboxStatusResponse> {
-        let rec = self
-            .store
-            .find_pod_id(id)
-            .and_then(|id| self.store.pod(&id))
-            .ok_or_else(|| {
-                PodError::NotFound(format!(
-                    "pod sandbox {:?} not found",
-                    crate::bounded::bounded(id)
-                ))
-            })?;
+        let rec = self.known_pod(id)?;
         let state = self.pod_state(&rec).await;
         let network = rec
             .pod_ips

@@ -513,16 +513,7 @@ impl PodManager {
                 "PodSandboxStats: pod_sandbox_id is required".into(),
             ));
         }
-        let pod = self
-            .store
-            .find_pod_id(id)
-            .and_then(|id| self.store.pod(&id))
-            .ok_or_else(|| {
-                PodError::NotFound(format!(
-                    "pod sandbox {:?} not found",
-                    crate::bounded::bounded(id)
-                ))
-            })?;
+        let pod = self.known_pod(id)?;
         if pod.state != PodState::Ready {
             return Err(PodError::FailedPrecondition(format!(
                 "PodSandboxStats: pod sandbox {} is not ready",

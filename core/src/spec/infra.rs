@@ -130,27 +130,14 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
         pod.log_directory.clone(),
     );
 
-    let mut spec = SpecBuilder::default()
-        .version(OCI_VERSION)
-        .root(
-            RootBuilder::default()
-                .path(input.rootfs)
-                .readonly(true)
-                .build()
-                .map_err(build_err)?,
-        )
-        .mounts(all_mounts)
-        .process(process)
-        .linux(linux)
-        .annotations(ann)
-        .build()
-        .map_err(build_err)?;
-    spec.set_hostname(if !host_network && !pod.hostname.is_empty() {
-        Some(pod.hostname.clone())
-    } else {
-        None
-    });
-    spec.set_domainname(None);
-    spec.set_hooks(None);
-    Ok(spec)
+    let hostname = (!host_network && !pod.hostname.is_empty()).then(|| pod.hostname.clone());
+    assemble(
+        input.rootfs,
+        true,
+        all_mounts,
+        process,
+        linux,
+        ann,
+        hostname,
+    )
 }

@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 
 use crius_proto::cri::{self, NamespaceMode, security_profile::ProfileType};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, Linux, LinuxBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 pub use infra::infra_spec;
@@ -490,33 +490,53 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         );
     }
 
-    let mut spec = SpecBuilder::default()
-        .version(OCI_VERSION)
-        .root(
-            RootBuilder::default()
-                .path(input.rootfs)
-                .readonly(readonly_rootfs)
-                .build()
-                .map_err(build_err)?,
-        )
-        .mounts(all_mounts)
-        .process(process)
-        .linux(linux)
-        .annotations(ann)
-        .build()
-        .map_err(build_err)?;
-    spec.set_hostname(if own_uts && !hostname.is_empty() {
-        Some(hostname)
-    } else {
-        None
-    });
-    spec.set_domainname(None);
-    spec.set_hooks(None);
+    let hostname = (own_uts && !hostname.is_empty()).then_some(hostname);
+    let spec = assemble(
+        input.rootfs,
+        readonly_rootfs,
+        all_mounts,
+        process,
+        linux,
+        ann,
+        hostname,
+    )?;
     tracing::debug!(
         container_id = input.container_id,
         sandbox_id = input.sandbox_id,
         "container spec built"
     );
+    Ok(spec)
+}
+
+/// The spec of a container or a pod's infra container from its parts;
+/// no domain name and no hooks (hooks are added from the hooks dirs).
+pub(crate) fn assemble(
+    rootfs: &Path,
+    readonly_rootfs: bool,
+    mounts: Vec<Mount>,
+    process: Process,
+    linux: Linux,
+    annotations: HashMap<String, String>,
+    hostname: Option<String>,
+) -> Result<Spec, SpecError> {
+    let mut spec = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(readonly_rootfs)
+                .build()
+                .map_err(build_err)?,
+        )
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .map_err(build_err)?;
+    spec.set_hostname(hostname);
+    spec.set_domainname(None);
+    spec.set_hooks(None);
     Ok(spec)
 }
 

@@ -127,3 +127,64 @@ pub(crate) async fn upgraded(req: Request<Incoming>) -> Option<TokioIo<hyper::up
         }
     }
 }
+
+/// When a forwarded connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForwardEnd {
+    /// When both sides are done: SPDY streams half-close, so the client
+    /// may still send after the pod stopped sending.
+    BothSides,
+    /// When the pod side is done: a WebSocket channel cannot be
+    /// half-closed by the client.
+    PodSide,
+}
+
+/// Copies one port-forward connection both ways: the client's data
+/// (`from_client`) to the pod, the pod's data to the client through
+/// `to_client` (false when the client is gone).
+pub(crate) async fn forward_connection<F, Fut>(
+    conn: super::BoxedDuplex,
+    mut from_client: tokio::sync::mpsc::Receiver<Bytes>,
+    mut to_client: F,
+    end: ForwardEnd,
+) where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (mut pod_read, mut pod_write) = tokio::io::split(conn);
+    let upstream = async move {
+        while let Some(chunk) = from_client.recv().await {
+            if pod_write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // The client half-closed (or reset) its side.
+        let _ = pod_write.shutdown().await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match pod_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !to_client(Bytes::copy_from_slice(&buf[..n])).await {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    match end {
+        ForwardEnd::BothSides => {
+            tokio::join!(upstream, downstream);
+        }
+        ForwardEnd::PodSide => {
+            tokio::select! {
+                _ = downstream => {}
+                _ = async { upstream.await; std::future::pending::<()>().await } => {}
+            }
+        }
+    }
+}

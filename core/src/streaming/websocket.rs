@@ -23,7 +23,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -34,7 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::remotecommand::{self, ClientIo, Options, OutChannel, ResizeDecoder, Starter};
-use super::session::{Activity, HttpResponse, Session, text, upgraded};
+use super::session::{
+    Activity, ForwardEnd, HttpResponse, Session, forward_connection, text, upgraded,
+};
 use super::status::StatusFormat;
 
 pub const V5_PROTOCOL: &str = "v5.channel.k8s.io";
@@ -394,7 +395,7 @@ pub(crate) async fn port_forward(
                 .send(codec.encode(channel, &port.to_le_bytes()))
                 .await;
         }
-        let (tx, mut from_client) = mpsc::channel::<Bytes>(16);
+        let (tx, from_client) = mpsc::channel::<Bytes>(16);
         to_pod.push(tx);
         let backend = session.inner.backend.clone();
         let messages_tx = messages_tx.clone();
@@ -410,38 +411,14 @@ pub(crate) async fn port_forward(
                     return;
                 }
             };
-            let (mut pod_read, mut pod_write) = tokio::io::split(conn);
-            let upstream = async move {
-                while let Some(data) = from_client.recv().await {
-                    if pod_write.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = pod_write.shutdown().await;
+            let messages_tx = &messages_tx;
+            let to_client = |chunk: Bytes| async move {
+                messages_tx
+                    .send(codec.encode(data_channel, &chunk))
+                    .await
+                    .is_ok()
             };
-            let downstream = async {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match pod_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if messages_tx
-                                .send(codec.encode(data_channel, &buf[..n]))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                }
-            };
-            // The connection is done when the pod side is: a WebSocket
-            // channel cannot be half-closed by the client.
-            tokio::select! {
-                _ = downstream => {}
-                _ = async { upstream.await; std::future::pending::<()>().await } => {}
-            }
+            forward_connection(conn, from_client, to_client, ForwardEnd::PodSide).await;
         });
     }
     drop(messages_tx);

@@ -378,6 +378,27 @@ impl<'o> Unpacker<'o> {
         Ok(())
     }
 
+    /// The entry's owner, when ownership is kept; never through a symlink.
+    fn chown_entry(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        meta: &Meta,
+        entry_path: &str,
+    ) -> Result<(), LayerError> {
+        if self.opts.preserve_ownership {
+            rustix::fs::chownat(
+                parent,
+                name,
+                Some(meta.uid),
+                Some(meta.gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(entry_path, "setting owner", e))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn symlink(
         &mut self,
         parent: &[&[u8]],
@@ -401,18 +422,8 @@ impl<'o> Unpacker<'o> {
         replace_existing(&parent, name, entry_path)?;
         rustix::fs::symlinkat(target.as_slice(), &parent, name)
             .map_err(|e| io_err(entry_path, "creating symlink", e))?;
-        if self.opts.preserve_ownership {
-            rustix::fs::chownat(
-                &parent,
-                name,
-                Some(meta.uid),
-                Some(meta.gid),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err(entry_path, "setting owner", e))?;
-        }
-        rustix::fs::utimensat(&parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io_err(entry_path, "setting times", e))?;
+        self.chown_entry(&parent, name, meta, entry_path)?;
+        set_entry_times(&parent, name, meta, entry_path)?;
         Ok(())
     }
 
@@ -491,24 +502,14 @@ impl<'o> Unpacker<'o> {
         replace_existing(&parent, name, entry_path)?;
         rustix::fs::mknodat(&parent, name, file_type, meta.mode, dev)
             .map_err(|e| io_err(entry_path, "creating special file", e))?;
-        if self.opts.preserve_ownership {
-            rustix::fs::chownat(
-                &parent,
-                name,
-                Some(meta.uid),
-                Some(meta.gid),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err(entry_path, "setting owner", e))?;
-        }
+        self.chown_entry(&parent, name, meta, entry_path)?;
         // fchmodat cannot refuse to follow symlinks on older kernels, and a
         // device or fifo cannot be opened just to fchmod it. The name was
         // created by mknodat just above and we are the only writer in the
         // destination, so it is not a symlink.
         rustix::fs::chmodat(&parent, name, meta.mode, AtFlags::empty())
             .map_err(|e| io_err(entry_path, "setting mode", e))?;
-        rustix::fs::utimensat(&parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io_err(entry_path, "setting times", e))?;
+        set_entry_times(&parent, name, meta, entry_path)?;
         Ok(())
     }
 
@@ -584,4 +585,15 @@ impl<'o> Unpacker<'o> {
         }
         Ok(())
     }
+}
+
+/// The entry's access and modification times; never through a symlink.
+fn set_entry_times(
+    parent: &OwnedFd,
+    name: &[u8],
+    meta: &Meta,
+    entry_path: &str,
+) -> Result<(), LayerError> {
+    rustix::fs::utimensat(parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err(entry_path, "setting times", e))
 }

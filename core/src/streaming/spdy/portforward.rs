@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use hyper::Request;
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::conn::{Connection, IncomingStream};
 use crate::streaming::StreamBackend;
-use crate::streaming::session::{Activity, STREAM_CREATION_TIMEOUT, Session, upgraded};
+use crate::streaming::session::{
+    Activity, ForwardEnd, STREAM_CREATION_TIMEOUT, Session, forward_connection, upgraded,
+};
 
 /// The SPDY port-forward subprotocol.
 pub(crate) const SPDY_PROTOCOL: &str = "portforward.k8s.io";
@@ -163,39 +164,12 @@ async fn forward(
             return;
         }
     };
-    let (mut pod_read, mut pod_write) = tokio::io::split(conn);
-    let IncomingStream {
-        data: mut from_client,
-        writer,
-        ..
-    } = data;
-    let upstream = async move {
-        while let Some(chunk) = from_client.recv().await {
-            if pod_write.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        // The client half-closed (or reset) its side.
-        let _ = pod_write.shutdown().await;
+    let IncomingStream { data, writer, .. } = data;
+    let to_client = |chunk| {
+        let writer = &writer;
+        async move { writer.send(chunk).await.is_ok() }
     };
-    let downstream = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match pod_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if writer
-                        .send(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = writer.finish().await;
-    };
-    tokio::join!(upstream, downstream);
+    forward_connection(conn, data, to_client, ForwardEnd::BothSides).await;
+    let _ = writer.finish().await;
     let _ = error.writer.finish().await;
 }
