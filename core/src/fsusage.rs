@@ -73,33 +73,12 @@ pub fn tree_usage(root: &Path) -> io::Result<DiskUsage> {
     })
 }
 
-/// Unescapes a mountinfo path (`\040` for space and the like).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The mount point, in `mountinfo` text, of the filesystem holding the
 /// (absolute, canonical) `path`: the longest mount point that is a prefix.
 pub fn mount_point_in(mountinfo: &str, path: &Path) -> PathBuf {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4).map(unescape))
-        .map(PathBuf::from)
+    crius_shim_api::mountinfo::parse(mountinfo)
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|mp| path.starts_with(mp))
         // A later mount on the same point hides an earlier one: keep the last.
         .fold(None::<PathBuf>, |best, mp| match best {

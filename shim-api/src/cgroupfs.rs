@@ -130,19 +130,8 @@ impl CgroupLayout {
     pub fn from_mountinfo(text: &str) -> Result<CgroupLayout, CgroupError> {
         let mut v1: Vec<Hierarchy> = Vec::new();
         let mut v2: Vec<PathBuf> = Vec::new();
-        for line in text.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mount) = pre.split(' ').nth(4) else {
-                continue;
-            };
-            let mut post = post.split(' ');
-            let (Some(fstype), Some(_source), Some(opts)) = (post.next(), post.next(), post.next())
-            else {
-                continue;
-            };
-            let mount = PathBuf::from(unescape_mountinfo(mount));
+        for entry in crate::mountinfo::parse(text) {
+            let (fstype, opts, mount) = (&*entry.fs_type, &*entry.super_options, entry.mount_point);
             match fstype {
                 "cgroup2" if !v2.contains(&mount) => v2.push(mount),
                 "cgroup" => {
@@ -223,26 +212,6 @@ impl CgroupLayout {
     pub fn hierarchies(&self) -> &[Hierarchy] {
         &self.hierarchies
     }
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks and normalises a cgroupfs path: absolute, not the root, no empty,

@@ -139,40 +139,17 @@ pub fn cgroup_pids(dirs: &[PathBuf]) -> Vec<i32> {
 
 /// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(entries) = crius_shim_api::mountinfo::read_self() else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
+    let mut out: Vec<PathBuf> = entries
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     out.dedup();
     out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = (bytes[i] == b'\\' && i + 4 <= bytes.len())
-            .then(|| std::str::from_utf8(&bytes[i + 1..i + 4]).ok())
-            .flatten()
-            .and_then(|t| u8::from_str_radix(t, 8).ok());
-        if let Some(v) = octal {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes `dir` recursively after unmounting anything still mounted below
@@ -236,12 +213,5 @@ mod tests {
         assert_eq!(pod_hostname(&config, false).len(), 63);
         config.hostname = "h".into();
         assert_eq!(pod_hostname(&config, false), "h");
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/x\\é1"), "/x\\é1");
     }
 }

@@ -97,54 +97,22 @@ pub(crate) fn pod_files(files: &PodFiles, readonly_rootfs: bool) -> Vec<Mount> {
 
 /// Propagation of the mount holding `path`: (shared, slave).
 fn propagation_of(path: &Path) -> Result<(bool, bool), SpecError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SpecError::Io {
+    let entries = crius_shim_api::mountinfo::read_self().map_err(|source| SpecError::Io {
         context: "reading /proc/self/mountinfo".into(),
         source,
     })?;
     let mut best: Option<(usize, bool, bool)> = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(mp) = fields.get(4) else { continue };
-        let mp = unescape_mountinfo(mp);
-        if !path.starts_with(&mp) {
+    for entry in &entries {
+        if !path.starts_with(&entry.mount_point) {
             continue;
         }
-        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
-        let (mut shared, mut slave) = (false, false);
-        for f in optional {
-            shared |= f.starts_with("shared:");
-            slave |= f.starts_with("master:");
-        }
-        let len = mp.as_os_str().len();
+        let len = entry.mount_point.as_os_str().len();
         // Later lines with the same mount point are mounted on top.
         if best.is_none_or(|(l, _, _)| len >= l) {
-            best = Some((len, shared, slave));
+            best = Some((len, entry.is_shared(), entry.is_slave()));
         }
     }
     Ok(best.map(|(_, s, m)| (s, m)).unwrap_or((false, false)))
-}
-
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from(
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
 }
 
 /// How the CRI mounts want the rootfs propagation set.

@@ -21,19 +21,11 @@ impl CgroupMounts {
     /// Parses `/proc/self/mountinfo`.
     pub fn from_mountinfo(text: &str) -> CgroupMounts {
         let mut mounts = CgroupMounts::default();
-        for line in text.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mut post = post.split(' ');
-            let fstype = post.next().unwrap_or("");
-            let _source = post.next();
-            let super_opts = post.next().unwrap_or("");
-            let Some(mount_point) = pre.split(' ').nth(4) else {
-                continue;
-            };
+        for entry in crius_shim_api::mountinfo::parse(text) {
+            let (fstype, super_opts, mount_point) =
+                (&*entry.fs_type, &*entry.super_options, entry.mount_point);
             match fstype {
-                "cgroup2" => mounts.v2 = Some(PathBuf::from(mount_point)),
+                "cgroup2" => mounts.v2 = Some(mount_point),
                 "cgroup" => {
                     let controllers = super_opts
                         .split(',')
@@ -44,7 +36,7 @@ impl CgroupMounts {
                         })
                         .map(str::to_string)
                         .collect();
-                    mounts.v1.push((controllers, PathBuf::from(mount_point)));
+                    mounts.v1.push((controllers, mount_point));
                 }
                 _ => {}
             }

@@ -63,7 +63,10 @@ fn parses_v2_and_rejects_none() {
         CgroupLayout::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
         Err(CgroupError::NotMounted)
     ));
-    assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+    assert_eq!(
+        crate::mountinfo::unescape("/a\\040b"),
+        PathBuf::from("/a b")
+    );
 }
 
 #[test]
