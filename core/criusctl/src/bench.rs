@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crius_proto::cri;
 use serde_json::json;
 
-use super::{Clients, RunArgs, connect, container_config, ensure_image, percentile, pod_config};
+use super::{Clients, RunArgs, connect, ensure_image, percentile, pod_config};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -218,50 +218,12 @@ async fn start_pod(
     tokio::fs::create_dir_all(&config.log_directory)
         .await
         .with_context(|| format!("creating {}", config.log_directory))?;
-    let began = Instant::now();
-    let pod = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: run.handler.clone(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
-    let t1 = Instant::now();
-    let ctr_config = container_config(&run.name, &run.image, &run.cmd);
-    let created = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr_config),
-            sandbox_config: Some(config),
-        })
-        .await;
-    let t2 = Instant::now();
-    let ctr = match created {
-        Ok(r) => r.into_inner().container_id,
-        Err(e) => {
-            let _ = super::remove_pod(c, &pod).await;
-            return Err(e).context("CreateContainer");
-        }
-    };
-    if let Err(e) = c
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: ctr.clone(),
-        })
-        .await
-    {
-        let _ = super::remove_pod(c, &pod).await;
-        return Err(e).context("StartContainer");
+    let started = super::start_pod(c, run, config).await?;
+    for (samples, took) in s.rpc.iter_mut().zip(started.rpc_times) {
+        samples.push(took);
     }
-    let t3 = Instant::now();
-    s.rpc[0].push(t1 - began);
-    s.rpc[1].push(t2 - t1);
-    s.rpc[2].push(t3 - t2);
-    s.pod_start.push(t3 - began);
+    s.pod_start.push(started.rpc_times.iter().sum());
+    let pod = started.pod;
     let status = c
         .runtime
         .pod_sandbox_status(cri::PodSandboxStatusRequest {

@@ -540,7 +540,26 @@ fn rand_u64() -> u64 {
 /// Runs a pod with one container; returns (pod id, container id).
 async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(String, String)> {
     ensure_image(c, &args.image).await?;
-    let config = pod_config(args, index);
+    let started = start_pod(c, args, pod_config(args, index)).await?;
+    Ok((started.pod, started.container))
+}
+
+/// A pod started with its container, and how long each RPC took.
+struct StartedPod {
+    pod: String,
+    container: String,
+    /// RunPodSandbox, CreateContainer, StartContainer.
+    rpc_times: [Duration; 3],
+}
+
+/// RunPodSandbox with `config`, then CreateContainer and StartContainer of
+/// `args`'s container; a pod whose container fails is removed again.
+async fn start_pod(
+    c: &mut Clients,
+    args: &RunArgs,
+    config: cri::PodSandboxConfig,
+) -> Result<StartedPod> {
+    let began = Instant::now();
     let pod = c
         .runtime
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -551,6 +570,7 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
         .context("RunPodSandbox")?
         .into_inner()
         .pod_sandbox_id;
+    let ran = Instant::now();
     let ctr_config = container_config(&args.name, &args.image, &args.cmd);
     let created = c
         .runtime
@@ -560,7 +580,8 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
             sandbox_config: Some(config),
         })
         .await;
-    let ctr = match created {
+    let created_at = Instant::now();
+    let container = match created {
         Ok(r) => r.into_inner().container_id,
         Err(e) => {
             let _ = remove_pod(c, &pod).await;
@@ -570,14 +591,19 @@ async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(Strin
     if let Err(e) = c
         .runtime
         .start_container(cri::StartContainerRequest {
-            container_id: ctr.clone(),
+            container_id: container.clone(),
         })
         .await
     {
         let _ = remove_pod(c, &pod).await;
         return Err(e).context("StartContainer");
     }
-    Ok((pod, ctr))
+    let rpc_times = [ran - began, created_at - ran, created_at.elapsed()];
+    Ok(StartedPod {
+        pod,
+        container,
+        rpc_times,
+    })
 }
 
 async fn remove_pod(c: &mut Clients, pod: &str) -> Result<()> {
