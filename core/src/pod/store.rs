@@ -209,7 +209,6 @@ impl ContainerRecord {
     }
 }
 
-/// The in-memory view plus the files behind it.
 /// What [`Store::read_records`] found.
 #[derive(Debug, Default)]
 pub struct RecordsOnDisk {
@@ -219,6 +218,7 @@ pub struct RecordsOnDisk {
     pub without_record: Vec<PathBuf>,
 }
 
+/// The in-memory view plus the files behind it.
 pub struct Store {
     root: PathBuf,
     pods: RwLock<BTreeMap<String, PodRecord>>,
