@@ -162,6 +162,27 @@ pub async fn connect_hybrid(uds: &std::path::Path, port: u32) -> Result<UnixStre
     Ok(stream)
 }
 
+/// The typed wrappers of the agent's RPCs, one entry each:
+/// `fn wrapper(args) -> Out = client.method["RpcName"](deadline, request) [=> map];`.
+/// `deadline` is `ctx` (the client's timeout) or `forever`; `map` turns the
+/// reply into `Out` (without it the reply is returned as is).
+macro_rules! agent_rpcs {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty =
+            $client:ident.$method:ident[$rpc:literal]($deadline:ident, $req:expr)
+            $(=> $map:expr)?;
+    )*) => {$(
+        $(#[$doc])*
+        pub async fn $name(&self, $($arg: $ty),*) -> Result<$out> {
+            let req = $req;
+            call($rpc, self.$client.$method(self.$deadline(), &req))
+                .await
+                $(.map($map))?
+        }
+    )*};
+}
+
 impl AgentClient {
     /// Connects once (no retry, no health check).
     pub async fn connect(addr: &AgentAddr) -> Result<Self> {
@@ -226,402 +247,231 @@ impl AgentClient {
         context::with_timeout(self.timeout.as_nanos() as i64)
     }
 
-    fn forever() -> Context {
+    /// No deadline: for calls that block until something happens.
+    fn forever(&self) -> Context {
         context::Context::default()
     }
 
     pub async fn check(&self) -> Result<()> {
-        let r: HealthCheckResponse = self
-            .health
-            .check(self.ctx(), &CheckRequest::default())
-            .await
-            .map_err(|source| AgentError::Rpc {
-                method: "Check",
-                source,
-            })?;
+        let r: HealthCheckResponse = call(
+            "Check",
+            self.health.check(self.ctx(), &CheckRequest::default()),
+        )
+        .await?;
         match r.status.enum_value_or_default() {
             health_check_response::ServingStatus::SERVING => Ok(()),
             s => Err(AgentError::Unhealthy(s)),
         }
     }
 
-    pub async fn version(&self) -> Result<VersionCheckResponse> {
-        self.health
-            .version(self.ctx(), &CheckRequest::default())
-            .await
-            .map_err(|source| AgentError::Rpc {
-                method: "Version",
-                source,
-            })
-    }
+    agent_rpcs! {
+        fn version() -> VersionCheckResponse =
+            health.version["Version"](ctx, CheckRequest::default());
 
-    pub async fn guest_details(&self) -> Result<agent::GuestDetailsResponse> {
-        let req = agent::GuestDetailsRequest {
-            mem_block_size: true,
-            ..Default::default()
-        };
-        self.agent
-            .get_guest_details(self.ctx(), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                method: "GetGuestDetails",
-                source,
-            })
-    }
-
-    pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
-        self.agent
-            .create_sandbox(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "CreateSandbox",
-                source,
-            })
-    }
-
-    pub async fn destroy_sandbox(&self) -> Result<()> {
-        self.agent
-            .destroy_sandbox(self.ctx(), &agent::DestroySandboxRequest::default())
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "DestroySandbox",
-                source,
-            })
-    }
-
-    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<()> {
-        self.agent
-            .create_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "CreateContainer",
-                source,
-            })
-    }
-
-    pub async fn start_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::StartContainerRequest {
-            container_id: container_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .start_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "StartContainer",
-                source,
-            })
-    }
-
-    /// Kills what still runs and deletes the container; `timeout_secs` bounds
-    /// the wait for the processes to die (0 = agent default).
-    pub async fn remove_container(&self, container_id: &str, timeout_secs: u32) -> Result<()> {
-        let req = agent::RemoveContainerRequest {
-            container_id: container_id.into(),
-            timeout: timeout_secs,
-            ..Default::default()
-        };
-        self.agent
-            .remove_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "RemoveContainer",
-                source,
-            })
-    }
-
-    /// ExecProcess of `process` (sent as OCI JSON, see
-    /// `crius_agent_proto::oci_json`).
-    pub async fn exec_process(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        process: &Process,
-    ) -> Result<()> {
-        let req = oci_json::exec_process_request(container_id, exec_id, process)?;
-        self.agent
-            .exec_process(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "ExecProcess",
-                source,
-            })
-    }
-
-    /// `exec_id` empty: every process of the container.
-    pub async fn signal_process(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        signal: u32,
-    ) -> Result<()> {
-        let req = agent::SignalProcessRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            signal,
-            ..Default::default()
-        };
-        self.agent
-            .signal_process(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "SignalProcess",
-                source,
-            })
-    }
-
-    /// Blocks until the process exits; exit code or 128+signal.
-    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32> {
-        let req = agent::WaitProcessRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .wait_process(Self::forever(), &req)
-            .await
-            .map(|r| r.status)
-            .map_err(|source| AgentError::Rpc {
-                method: "WaitProcess",
-                source,
-            })
-    }
-
-    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: &[u8]) -> Result<u32> {
-        let req = agent::WriteStreamRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            data: data.to_vec(),
-            ..Default::default()
-        };
-        self.agent
-            .write_stdin(Self::forever(), &req)
-            .await
-            .map(|r| r.len)
-            .map_err(|source| AgentError::Rpc {
-                method: "WriteStdin",
-                source,
-            })
-    }
-
-    fn read_req(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
-        agent::ReadStreamRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            len,
-            ..Default::default()
-        }
-    }
-
-    /// Blocks until output is available; `None` at end of file.
-    pub async fn read_stdout(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        len: u32,
-    ) -> Result<Option<Vec<u8>>> {
-        self.agent
-            .read_stdout(Self::forever(), &Self::read_req(container_id, exec_id, len))
-            .await
-            .map(|r| (!r.data.is_empty()).then_some(r.data))
-            .map_err(|source| AgentError::Rpc {
-                method: "ReadStdout",
-                source,
-            })
-    }
-
-    /// Blocks until output is available; `None` at end of file.
-    pub async fn read_stderr(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        len: u32,
-    ) -> Result<Option<Vec<u8>>> {
-        self.agent
-            .read_stderr(Self::forever(), &Self::read_req(container_id, exec_id, len))
-            .await
-            .map(|r| (!r.data.is_empty()).then_some(r.data))
-            .map_err(|source| AgentError::Rpc {
-                method: "ReadStderr",
-                source,
-            })
-    }
-
-    pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
-        let req = agent::CloseStdinRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .close_stdin(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "CloseStdin",
-                source,
-            })
-    }
-
-    pub async fn tty_win_resize(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        row: u32,
-        column: u32,
-    ) -> Result<()> {
-        let req = agent::TtyWinResizeRequest {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            row,
-            column,
-            ..Default::default()
-        };
-        self.agent
-            .tty_win_resize(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "TtyWinResize",
-                source,
-            })
-    }
-
-    pub async fn stats_container(
-        &self,
-        container_id: &str,
-    ) -> Result<agent::StatsContainerResponse> {
-        let req = agent::StatsContainerRequest {
-            container_id: container_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .stats_container(self.ctx(), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                method: "StatsContainer",
-                source,
-            })
-    }
-
-    /// UpdateContainer to `resources` (sent as OCI JSON).
-    pub async fn update_container(
-        &self,
-        container_id: &str,
-        resources: &LinuxResources,
-    ) -> Result<()> {
-        let req = oci_json::update_container_request(container_id, resources)?;
-        self.agent
-            .update_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "UpdateContainer",
-                source,
-            })
-    }
-
-    /// Brings `cpus` hot-plugged vCPUs (and any new memory) online in the
-    /// guest, waiting until they are.
-    pub async fn online_cpu_mem(&self, cpus: u32) -> Result<()> {
-        let req = agent::OnlineCPUMemRequest {
-            wait: true,
-            nb_cpus: cpus,
-            cpu_only: false,
-            ..Default::default()
-        };
-        self.agent
-            .online_cpu_mem(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "OnlineCPUMem",
-                source,
-            })
-    }
-
-    pub async fn pause_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::PauseContainerRequest {
-            container_id: container_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .pause_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "PauseContainer",
-                source,
-            })
-    }
-
-    pub async fn resume_container(&self, container_id: &str) -> Result<()> {
-        let req = agent::ResumeContainerRequest {
-            container_id: container_id.into(),
-            ..Default::default()
-        };
-        self.agent
-            .resume_container(self.ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                method: "ResumeContainer",
-                source,
-            })
-    }
-
-    /// Blocks until a container is OOM-killed; returns its id.
-    pub async fn get_oom_event(&self) -> Result<String> {
-        self.agent
-            .get_oom_event(Self::forever(), &agent::GetOOMEventRequest::default())
-            .await
-            .map(|e| e.container_id)
-            .map_err(|source| AgentError::Rpc {
-                method: "GetOOMEvent",
-                source,
-            })
-    }
-
-    pub async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface> {
-        let req = agent::UpdateInterfaceRequest {
-            interface: Some(interface).into(),
-            ..Default::default()
-        };
-        self.agent
-            .update_interface(self.ctx(), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                method: "UpdateInterface",
-                source,
-            })
-    }
-
-    pub async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>> {
-        let req = agent::UpdateRoutesRequest {
-            routes: Some(agent::Routes {
-                Routes: routes,
+        fn guest_details() -> agent::GuestDetailsResponse =
+            agent.get_guest_details["GetGuestDetails"](ctx, agent::GuestDetailsRequest {
+                mem_block_size: true,
                 ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        };
-        self.agent
-            .update_routes(self.ctx(), &req)
-            .await
-            .map(|r| r.Routes)
-            .map_err(|source| AgentError::Rpc {
-                method: "UpdateRoutes",
-                source,
-            })
+            });
+
+        fn create_sandbox(req: CreateSandboxRequest) -> () =
+            agent.create_sandbox["CreateSandbox"](ctx, req) => drop;
+
+        fn destroy_sandbox() -> () =
+            agent.destroy_sandbox["DestroySandbox"](ctx, agent::DestroySandboxRequest::default())
+            => drop;
+
+        fn create_container(req: CreateContainerRequest) -> () =
+            agent.create_container["CreateContainer"](ctx, req) => drop;
+
+        fn start_container(container_id: &str) -> () =
+            agent.start_container["StartContainer"](ctx, for_container(container_id)) => drop;
+
+        /// Kills what still runs and deletes the container; `timeout_secs` bounds
+        /// the wait for the processes to die (0 = agent default).
+        fn remove_container(container_id: &str, timeout_secs: u32) -> () =
+            agent.remove_container["RemoveContainer"](ctx, agent::RemoveContainerRequest {
+                timeout: timeout_secs,
+                ..for_container(container_id)
+            }) => drop;
+
+        /// ExecProcess of `process` (sent as OCI JSON, see
+        /// `crius_agent_proto::oci_json`).
+        fn exec_process(container_id: &str, exec_id: &str, process: &Process) -> () =
+            agent.exec_process["ExecProcess"](
+                ctx,
+                oci_json::exec_process_request(container_id, exec_id, process)?
+            ) => drop;
+
+        /// `exec_id` empty: every process of the container.
+        fn signal_process(container_id: &str, exec_id: &str, signal: u32) -> () =
+            agent.signal_process["SignalProcess"](ctx, agent::SignalProcessRequest {
+                signal,
+                ..for_process(container_id, exec_id)
+            }) => drop;
+
+        /// Blocks until the process exits; exit code or 128+signal.
+        fn wait_process(container_id: &str, exec_id: &str) -> i32 =
+            agent.wait_process["WaitProcess"](forever, for_process(container_id, exec_id))
+            => |r| r.status;
+
+        fn write_stdin(container_id: &str, exec_id: &str, data: &[u8]) -> u32 =
+            agent.write_stdin["WriteStdin"](forever, agent::WriteStreamRequest {
+                data: data.to_vec(),
+                ..for_process(container_id, exec_id)
+            }) => |r| r.len;
+
+        /// Blocks until output is available; `None` at end of file.
+        fn read_stdout(container_id: &str, exec_id: &str, len: u32) -> Option<Vec<u8>> =
+            agent.read_stdout["ReadStdout"](forever, read_request(container_id, exec_id, len))
+            => data_or_eof;
+
+        /// Blocks until output is available; `None` at end of file.
+        fn read_stderr(container_id: &str, exec_id: &str, len: u32) -> Option<Vec<u8>> =
+            agent.read_stderr["ReadStderr"](forever, read_request(container_id, exec_id, len))
+            => data_or_eof;
+
+        fn close_stdin(container_id: &str, exec_id: &str) -> () =
+            agent.close_stdin["CloseStdin"](ctx, for_process(container_id, exec_id)) => drop;
+
+        fn tty_win_resize(container_id: &str, exec_id: &str, row: u32, column: u32) -> () =
+            agent.tty_win_resize["TtyWinResize"](ctx, agent::TtyWinResizeRequest {
+                row,
+                column,
+                ..for_process(container_id, exec_id)
+            }) => drop;
+
+        fn stats_container(container_id: &str) -> agent::StatsContainerResponse =
+            agent.stats_container["StatsContainer"](ctx, for_container(container_id));
+
+        /// UpdateContainer to `resources` (sent as OCI JSON).
+        fn update_container(container_id: &str, resources: &LinuxResources) -> () =
+            agent.update_container["UpdateContainer"](
+                ctx,
+                oci_json::update_container_request(container_id, resources)?
+            ) => drop;
+
+        /// Brings `cpus` hot-plugged vCPUs (and any new memory) online in the
+        /// guest, waiting until they are.
+        fn online_cpu_mem(cpus: u32) -> () =
+            agent.online_cpu_mem["OnlineCPUMem"](ctx, agent::OnlineCPUMemRequest {
+                wait: true,
+                nb_cpus: cpus,
+                cpu_only: false,
+                ..Default::default()
+            }) => drop;
+
+        fn pause_container(container_id: &str) -> () =
+            agent.pause_container["PauseContainer"](ctx, for_container(container_id)) => drop;
+
+        fn resume_container(container_id: &str) -> () =
+            agent.resume_container["ResumeContainer"](ctx, for_container(container_id)) => drop;
+
+        /// Blocks until a container is OOM-killed; returns its id.
+        fn get_oom_event() -> String =
+            agent.get_oom_event["GetOOMEvent"](forever, agent::GetOOMEventRequest::default())
+            => |e| e.container_id;
+
+        fn update_interface(interface: types::Interface) -> types::Interface =
+            agent.update_interface["UpdateInterface"](ctx, agent::UpdateInterfaceRequest {
+                interface: Some(interface).into(),
+                ..Default::default()
+            });
+
+        fn update_routes(routes: Vec<types::Route>) -> Vec<types::Route> =
+            agent.update_routes["UpdateRoutes"](ctx, agent::UpdateRoutesRequest {
+                routes: Some(agent::Routes {
+                    Routes: routes,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            }) => |r| r.Routes;
     }
 }
+
+/// Awaits one agent RPC; an error names the RPC (`method`, as in the
+/// agent's API) so a failure says which call it was.
+async fn call<T>(method: &'static str, reply: impl Future<Output = ttrpc::Result<T>>) -> Result<T> {
+    reply
+        .await
+        .map_err(|source| AgentError::Rpc { method, source })
+}
+
+fn read_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
+    agent::ReadStreamRequest {
+        len,
+        ..for_process(container_id, exec_id)
+    }
+}
+
+/// A read's data; the agent answers an empty read at end of file.
+fn data_or_eof(reply: agent::ReadStreamResponse) -> Option<Vec<u8>> {
+    (!reply.data.is_empty()).then_some(reply.data)
+}
+
+/// Requests that name a container (and nothing else, or defaults
+/// besides).
+trait ContainerRequest: Default {
+    fn set_container(&mut self, container_id: &str);
+}
+
+/// Requests that name one process of a container.
+trait ProcessRequest: ContainerRequest {
+    fn set_exec(&mut self, exec_id: &str);
+}
+
+fn for_container<R: ContainerRequest>(container_id: &str) -> R {
+    let mut req = R::default();
+    req.set_container(container_id);
+    req
+}
+
+fn for_process<R: ProcessRequest>(container_id: &str, exec_id: &str) -> R {
+    let mut req: R = for_container(container_id);
+    req.set_exec(exec_id);
+    req
+}
+
+// The generated messages share field names, not a trait.
+macro_rules! container_requests {
+    ($($request:ident),* $(,)?) => {$(
+        impl ContainerRequest for agent::$request {
+            fn set_container(&mut self, container_id: &str) {
+                self.container_id = container_id.into();
+            }
+        }
+    )*};
+}
+
+macro_rules! process_requests {
+    ($($request:ident),* $(,)?) => {
+        container_requests!($($request),*);
+        $(
+            impl ProcessRequest for agent::$request {
+                fn set_exec(&mut self, exec_id: &str) {
+                    self.exec_id = exec_id.into();
+                }
+            }
+        )*
+    };
+}
+
+container_requests!(
+    StartContainerRequest,
+    RemoveContainerRequest,
+    StatsContainerRequest,
+    PauseContainerRequest,
+    ResumeContainerRequest,
+);
+process_requests!(
+    SignalProcessRequest,
+    WaitProcessRequest,
+    WriteStreamRequest,
+    ReadStreamRequest,
+    CloseStdinRequest,
+    TtyWinResizeRequest,
+);
 
 /// The guest mount point of the pod's shared directory.
 pub const GUEST_SHARED_DIR: &str = "/run/crius/shared";

@@ -2,14 +2,16 @@
 //! (or virtiofsd) and QEMU started, the agent awaited, then the guest's
 //! sandbox (hostname, DNS, shared directory) and network configured.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crius_shim_api::cri::{LinuxContainerResources, NamespaceOption, PodSandboxConfig};
 use crius_shim_api::types::{CreateContainerRequest, RunSandboxRequest};
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
 
 use crate::agent_client::{AgentAddr, AgentClient, AgentError, shared_9p_storage};
-use crate::config::{SharedFs, VsockMode, size_vm};
+use crate::config::{SharedFs, VmSize, VsockMode, size_vm};
 use crate::shim::{PodShim, Timings};
 use crate::vm::{AGENT_PORT, BootError, Vm, VmParams};
 
@@ -18,13 +20,7 @@ use crate::vm::{AGENT_PORT, BootError, Vm, VmParams};
 /// host's; Kata refuses them too).
 pub(crate) fn refuse_host_namespaces(req: &RunSandboxRequest) -> HandlerResult<()> {
     use crius_shim_api::cri::NamespaceMode;
-    let Some(ns) = req
-        .config
-        .as_ref()
-        .and_then(|c| c.linux.as_ref())
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-    else {
+    let Some(ns) = pod_namespace_options(req.config.as_ref()) else {
         return Ok(());
     };
     let node = NamespaceMode::Node as i32;
@@ -38,6 +34,22 @@ pub(crate) fn refuse_host_namespaces(req: &RunSandboxRequest) -> HandlerResult<(
         }
     }
     Ok(())
+}
+
+/// The namespace options of a pod's sandbox config, if it has any.
+fn pod_namespace_options(config: Option<&PodSandboxConfig>) -> Option<&NamespaceOption> {
+    config
+        .and_then(|c| c.linux.as_ref())
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+}
+
+/// The resources of a pod's sandbox config (what sizes its VM).
+fn pod_resources(req: &RunSandboxRequest) -> Option<&LinuxContainerResources> {
+    req.config
+        .as_ref()
+        .and_then(|c| c.linux.as_ref())
+        .and_then(|l| l.resources.as_ref())
 }
 
 /// What the agent prints on the console once it listens (see the README).
@@ -91,13 +103,7 @@ pub(crate) fn shares_pod_pid_namespace(req: &CreateContainerRequest) -> bool {
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
         .map(|n| n.pid);
-    let pod = req
-        .sandbox_config
-        .as_ref()
-        .and_then(|c| c.linux.as_ref())
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .map(|n| n.pid);
+    let pod = pod_namespace_options(req.sandbox_config.as_ref()).map(|n| n.pid);
     container.or(pod) == Some(NamespaceMode::Pod as i32)
 }
 
@@ -105,21 +111,26 @@ impl PodShim {
     /// Everything RunSandbox can refuse before it starts anything.
     pub(crate) fn check_request(&self, req: &RunSandboxRequest) -> HandlerResult<()> {
         refuse_host_namespaces(req)?;
-        let resources = req
-            .config
-            .as_ref()
-            .and_then(|c| c.linux.as_ref())
-            .and_then(|l| l.resources.as_ref());
         let annotations = req.annotations.clone().into_iter().collect();
+        self.requested_size(&annotations, pod_resources(req))
+            .map_err(|e| HandlerError::invalid_argument(format!("pod {}: {e}", req.sandbox_id)))?;
+        Ok(())
+    }
+
+    /// The VM size the pod asks for (annotations, then its resources),
+    /// within the handler's limits.
+    fn requested_size(
+        &self,
+        annotations: &HashMap<String, String>,
+        resources: Option<&LinuxContainerResources>,
+    ) -> Result<VmSize, String> {
         size_vm(
             &self.config.vm,
-            &annotations,
+            annotations,
             resources.map_or(0, |r| r.memory_limit_in_bytes),
             resources.map_or(0, |r| r.cpu_quota),
             resources.map_or(0, |r| r.cpu_period),
         )
-        .map_err(|e| HandlerError::invalid_argument(format!("pod {}: {e}", req.sandbox_id)))?;
-        Ok(())
     }
 
     pub(crate) async fn boot(
@@ -151,6 +162,29 @@ impl PodShim {
         }
     }
 
+    /// Runs a blocking step of the boot (`what`, for the error) off the
+    /// executor. Its failure is the host's state, not the request's: a
+    /// FailedPrecondition of the pod.
+    async fn blocking_step<T, E>(
+        &self,
+        what: &str,
+        step: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> HandlerResult<T>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        tokio::task::spawn_blocking(step)
+            .await
+            .map_err(|e| HandlerError::internal(format!("{what}: {e}")))?
+            .map_err(|e| {
+                HandlerError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("pod {}: {what}: {e}", self.sandbox_id()),
+                )
+            })
+    }
+
     /// Creates the pod's VM cgroup, `<cgroup_parent>/vm` in every hierarchy
     /// (a child, not the pod cgroup itself: on cgroup v2 a cgroup that
     /// delegates controllers holds no processes), and returns the
@@ -163,18 +197,12 @@ impl PodShim {
             return Ok(Vec::new());
         }
         let path = format!("{}/vm", cgroup_parent.trim_end_matches('/'));
-        let created = tokio::task::spawn_blocking(move || {
-            let layout = CgroupLayout::detect()?;
-            PodCgroup::create(&layout, &path)
-        })
-        .await
-        .map_err(|e| HandlerError::internal(format!("creating the VM cgroup: {e}")))?
-        .map_err(|e| {
-            HandlerError::new(
-                ErrorKind::FailedPrecondition,
-                format!("pod {}: creating the VM cgroup: {e}", self.sandbox_id()),
-            )
-        })?;
+        let created = self
+            .blocking_step("creating the VM cgroup", move || {
+                let layout = CgroupLayout::detect()?;
+                PodCgroup::create(&layout, &path)
+            })
+            .await?;
         let procs = created
             .dirs()
             .into_iter()
@@ -219,35 +247,21 @@ impl PodShim {
         net: Option<&crate::net::NetSetup>,
     ) -> HandlerResult<(Vm, AgentClient, Timings)> {
         let config = &self.config.vm;
-        let resources = req
-            .config
-            .as_ref()
-            .and_then(|c| c.linux.as_ref())
-            .and_then(|l| l.resources.as_ref());
+        let resources = pod_resources(req);
         let annotations = req.annotations.clone().into_iter().collect();
-        let size = size_vm(
-            config,
-            &annotations,
-            resources.map_or(0, |r| r.memory_limit_in_bytes),
-            resources.map_or(0, |r| r.cpu_quota),
-            resources.map_or(0, |r| r.cpu_period),
-        )
-        .map_err(HandlerError::invalid_argument)?;
+        let size = self
+            .requested_size(&annotations, resources)
+            .map_err(HandlerError::invalid_argument)?;
         let layout = self.layout();
         let guest_cid = match config.vsock {
             VsockMode::Hybrid => config.guest_cid,
             VsockMode::Vhost => {
                 let base = config.guest_cid;
                 let seed = self.sandbox_id().to_string();
-                tokio::task::spawn_blocking(move || crate::cid::allocate(base, &seed))
-                    .await
-                    .map_err(|e| HandlerError::internal(format!("allocating a vsock CID: {e}")))?
-                    .map_err(|e| {
-                        HandlerError::new(
-                            ErrorKind::FailedPrecondition,
-                            format!("pod {}: allocating a vsock CID: {e}", self.sandbox_id()),
-                        )
-                    })?
+                self.blocking_step("allocating a vsock CID", move || {
+                    crate::cid::allocate(base, &seed)
+                })
+                .await?
             }
         };
         self.guest_cid

@@ -79,6 +79,12 @@ impl Execs {
             .get(&(cid.to_string(), exec_id.to_string()))
             .cloned()
     }
+    /// The session, or NotFound naming it.
+    fn find(&self, cid: &str, exec_id: &str) -> HandlerResult<Arc<ExecSession>> {
+        self.get(cid, exec_id).ok_or_else(|| {
+            HandlerError::not_found(format!("exec {exec_id} of container {cid} not found"))
+        })
+    }
     fn remove(&self, cid: &str, exec_id: &str) {
         self.lock().remove(&(cid.to_string(), exec_id.to_string()));
     }
@@ -104,6 +110,20 @@ pub(crate) fn agent_status(what: &str, err: AgentError) -> HandlerError {
         _ => return agent_err(what, err),
     };
     HandlerError::new(kind, format!("{what}: {err}"))
+}
+
+/// The result of an agent call on a process: NOT_FOUND means it exited
+/// meanwhile, which is no error to the caller; anything else is
+/// [`agent_status`] of `what`.
+fn unless_exited(
+    result: Result<(), AgentError>,
+    what: impl FnOnce() -> String,
+) -> HandlerResult<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if err.code() == Some(ttrpc::Code::NOT_FOUND) => Ok(()),
+        Err(err) => Err(agent_status(&what(), err)),
+    }
 }
 
 /// `ExecProcess` failed because the guest runtime could not start the
@@ -433,12 +453,7 @@ impl PodShim {
                 reason: status.reason,
             });
         }
-        let session = self.execs.get(&c.id, &req.exec_id).ok_or_else(|| {
-            HandlerError::not_found(format!(
-                "exec {} of container {} not found",
-                req.exec_id, c.id
-            ))
-        })?;
+        let session = self.execs.find(&c.id, &req.exec_id)?;
         let mut exit = session.exit.clone();
         let (code, at) = match exit.wait_for(Option::is_some).await {
             Ok(v) => v.unwrap_or((SIGKILL_EXIT, now_nanos())),
@@ -462,27 +477,16 @@ impl PodShim {
             // The main process only (the agent's init), not every process.
             c.id.clone()
         } else {
-            let session = self.execs.get(&c.id, &req.exec_id).ok_or_else(|| {
-                HandlerError::not_found(format!(
-                    "exec {} of container {} not found",
-                    req.exec_id, c.id
-                ))
-            })?;
+            let session = self.execs.find(&c.id, &req.exec_id)?;
             if session.exited().is_some() {
                 return Ok(());
             }
             req.exec_id.clone()
         };
         let agent = self.agent().await?;
-        match agent.signal_process(&c.id, &target, signal).await {
-            Ok(()) => Ok(()),
-            // It exited meanwhile.
-            Err(err) if err.code() == Some(ttrpc::Code::NOT_FOUND) => Ok(()),
-            Err(err) => Err(agent_status(
-                &format!("signalling {target} of container {}", c.id),
-                err,
-            )),
-        }
+        unless_exited(agent.signal_process(&c.id, &target, signal).await, || {
+            format!("signalling {target} of container {}", c.id)
+        })
     }
 
     pub(crate) async fn do_resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
@@ -499,12 +503,7 @@ impl PodShim {
                 return Ok(());
             }
         } else {
-            let session = self.execs.get(&c.id, &req.exec_id).ok_or_else(|| {
-                HandlerError::not_found(format!(
-                    "exec {} of container {} not found",
-                    req.exec_id, c.id
-                ))
-            })?;
+            let session = self.execs.find(&c.id, &req.exec_id)?;
             if !session.terminal {
                 return Err(HandlerError::failed_precondition(format!(
                     "exec {} of container {} has no terminal",
@@ -516,17 +515,12 @@ impl PodShim {
             }
         }
         let agent = self.agent().await?;
-        match agent
-            .tty_win_resize(&c.id, &req.exec_id, height, width)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(err) if err.code() == Some(ttrpc::Code::NOT_FOUND) => Ok(()),
-            Err(err) => Err(agent_status(
-                &format!("resizing the terminal in container {}", c.id),
-                err,
-            )),
-        }
+        unless_exited(
+            agent
+                .tty_win_resize(&c.id, &req.exec_id, height, width)
+                .await,
+            || format!("resizing the terminal in container {}", c.id),
+        )
     }
 
     pub(crate) async fn do_exec_sync(
@@ -565,21 +559,20 @@ impl PodShim {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let run = async {
-            let out = collect(
-                agent.clone(),
-                c.id.clone(),
-                exec_id.clone(),
-                true,
-                stdout.clone(),
+            let output = |stdout: bool, into: &Arc<Mutex<Vec<u8>>>| {
+                collect(
+                    agent.clone(),
+                    c.id.clone(),
+                    exec_id.clone(),
+                    stdout,
+                    into.clone(),
+                )
+            };
+            let (_, _, code) = tokio::join!(
+                output(true, &stdout),
+                output(false, &stderr),
+                agent.wait_process(&c.id, &exec_id)
             );
-            let err = collect(
-                agent.clone(),
-                c.id.clone(),
-                exec_id.clone(),
-                false,
-                stderr.clone(),
-            );
-            let (_, _, code) = tokio::join!(out, err, agent.wait_process(&c.id, &exec_id));
             code
         };
         let result = if req.timeout_seconds > 0 {

@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-
 use crate::config::{SharedFs, VmConfig, VsockMode};
 use crate::qemu::{NetDevice, SharedDevice, VmSpec, VsockDevice, kernel_cmdline, qemu_args};
 use crate::spawn::{ChildProcess, ProcessSpawner, ProcessSpec, kill_and_reap, log_tail};
@@ -85,33 +82,6 @@ impl VmLayout {
             self.socket_dir.display()
         ))
     }
-    pub fn vhost_user_vsock(&self) -> PathBuf {
-        self.socket_dir.join("vhu-vsock.sock")
-    }
-    /// Hybrid vsock: the host side of the guest's ports.
-    pub fn vsock_uds(&self) -> PathBuf {
-        self.socket_dir.join("vsock.sock")
-    }
-    pub fn virtiofs_socket(&self) -> PathBuf {
-        self.socket_dir.join("virtiofs.sock")
-    }
-    /// QEMU's QMP monitor (resizing the VM).
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.socket_dir.join("qmp.sock")
-    }
-    /// Shared into the guest (9p / virtio-fs): container rootfs and volumes.
-    pub fn shared_dir(&self) -> PathBuf {
-        self.state_dir.join("shared")
-    }
-    pub fn console_log(&self) -> PathBuf {
-        self.state_dir.join("console.log")
-    }
-    pub fn qemu_log(&self) -> PathBuf {
-        self.state_dir.join("qemu.log")
-    }
-    pub fn qemu_pidfile(&self) -> PathBuf {
-        self.state_dir.join("qemu.pid")
-    }
     pub fn helper_log(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.log"))
     }
@@ -121,6 +91,35 @@ impl VmLayout {
             let _ = std::fs::remove_dir_all(&self.socket_dir);
         }
     }
+}
+
+/// The accessors of a VM's files, `name = dir / "file";` each: sockets in
+/// `socket_dir` (kept short), the rest in the pod's `state_dir`.
+macro_rules! vm_files {
+    ($($(#[$doc:meta])* $name:ident = $dir:ident / $file:literal;)*) => {
+        impl VmLayout {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> PathBuf {
+                    self.$dir.join($file)
+                }
+            )*
+        }
+    };
+}
+
+vm_files! {
+    vhost_user_vsock = socket_dir / "vhu-vsock.sock";
+    /// Hybrid vsock: the host side of the guest's ports.
+    vsock_uds = socket_dir / "vsock.sock";
+    virtiofs_socket = socket_dir / "virtiofs.sock";
+    /// QEMU's QMP monitor (resizing the VM).
+    qmp_socket = socket_dir / "qmp.sock";
+    /// Shared into the guest (9p / virtio-fs): container rootfs and volumes.
+    shared_dir = state_dir / "shared";
+    console_log = state_dir / "console.log";
+    qemu_log = state_dir / "qemu.log";
+    qemu_pidfile = state_dir / "qemu.pid";
 }
 
 /// Everything needed to start one VM.
@@ -450,38 +449,6 @@ async fn start_helper(
     }
 }
 
-/// Opens a hybrid-vsock connection to guest `port` through the
-/// vhost-device-vsock unix socket (`CONNECT <port>\n` → `OK <n>\n`).
-pub async fn connect_hybrid(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds).await?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .await?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    // Byte by byte: whatever follows the newline belongs to the guest.
-    while line.len() < 64 {
-        if stream.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                format!("vsock port {port} closed the connection (nothing listening yet)"),
-            ));
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    if line.starts_with(b"OK") {
-        Ok(stream)
-    } else {
-        Err(std::io::Error::other(format!(
-            "unexpected hybrid vsock answer {:?}",
-            String::from_utf8_lossy(&line)
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,6 +531,38 @@ mod tests {
         }
     }
 
+    /// QEMU replaced by `sleep 100` (it rejects QEMU's flags): a VM whose
+    /// agent never answers.
+    struct SleepQemu(FakeHelper);
+
+    impl ProcessSpawner for SleepQemu {
+        fn spawn(&self, spec: &ProcessSpec) -> std::io::Result<Box<dyn ChildProcess>> {
+            let mut spec = spec.clone();
+            if spec.name == "qemu" {
+                spec.args = vec!["100".into()];
+            }
+            self.0.spawn(&spec)
+        }
+    }
+
+    async fn start_sleeping_vm(dir: &Path) -> Vm {
+        Vm::start(
+            &SleepQemu(FakeHelper(RealSpawner)),
+            &params(dir, "/bin/sleep"),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn assert_gone(pids: &[u32]) {
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} left behind"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn qemu_that_exits_is_reported_with_its_log_and_helpers_die() {
         let dir = tempfile::tempdir().unwrap();
@@ -582,12 +581,7 @@ mod tests {
             "{err}"
         );
         vm.stop().await;
-        for pid in pids {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "pid {pid} left behind"
-            );
-        }
+        assert_gone(&pids);
         assert!(!params.layout.vhost_user_vsock().exists());
     }
 
@@ -596,20 +590,7 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_probe_does_not_hold_the_boot_until_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let params = params(dir.path(), "/bin/sleep");
-        struct SleepQemu(FakeHelper);
-        impl ProcessSpawner for SleepQemu {
-            fn spawn(&self, spec: &ProcessSpec) -> std::io::Result<Box<dyn ChildProcess>> {
-                let mut spec = spec.clone();
-                if spec.name == "qemu" {
-                    spec.args = vec!["100".into()];
-                }
-                self.0.spawn(&spec)
-            }
-        }
-        let mut vm = Vm::start(&SleepQemu(FakeHelper(RealSpawner)), &params)
-            .await
-            .unwrap();
+        let mut vm = start_sleeping_vm(dir.path()).await;
         let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let started = Instant::now();
         let got = vm
@@ -636,21 +617,7 @@ mod tests {
     #[tokio::test]
     async fn agent_that_never_answers_times_out() {
         let dir = tempfile::tempdir().unwrap();
-        let params = params(dir.path(), "/bin/sleep");
-        // `sleep` rejects QEMU's flags; wrap it so it just sleeps.
-        struct SleepQemu(FakeHelper);
-        impl ProcessSpawner for SleepQemu {
-            fn spawn(&self, spec: &ProcessSpec) -> std::io::Result<Box<dyn ChildProcess>> {
-                let mut spec = spec.clone();
-                if spec.name == "qemu" {
-                    spec.args = vec!["100".into()];
-                }
-                self.0.spawn(&spec)
-            }
-        }
-        let mut vm = Vm::start(&SleepQemu(FakeHelper(RealSpawner)), &params)
-            .await
-            .unwrap();
+        let mut vm = start_sleeping_vm(dir.path()).await;
         let started = Instant::now();
         let err = vm
             .wait_ready(Duration::from_millis(300), || async {
@@ -666,12 +633,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
         let pids = vm.pids();
         vm.stop().await;
-        for pid in pids {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "pid {pid} left behind"
-            );
-        }
+        assert_gone(&pids);
     }
 
     #[tokio::test]

@@ -129,16 +129,7 @@ impl RuntimeHandler for PodShim {
         {
             let reason = format!("the VM died: {err}");
             tracing::warn!(sandbox = %req.sandbox_id, %reason, "VM gone");
-            running.vm.stop().await;
-            if let Some(net) = &running.net {
-                crate::net::teardown(net).await;
-            }
-            self.remove_vm_cgroup().await;
-            // No VM to grow any more.
-            *self.sizing.lock().await = Default::default();
-            *phase = Phase::Stopped {
-                reason: reason.clone(),
-            };
+            self.tear_down_vm(&mut phase, &reason).await;
             drop(phase);
             self.containers_gone(&reason);
             phase = self.phase.lock().await;

@@ -265,7 +265,16 @@ impl PodShim {
     /// Stops the VM (if it runs) and remembers why.
     pub async fn stop_vm(&self, reason: &str) {
         let mut phase = self.phase.lock().await;
-        if let Phase::Running(running) = &mut *phase {
+        self.tear_down_vm(&mut phase, reason).await;
+        drop(phase);
+        self.containers_gone(reason);
+    }
+
+    /// Stops a running VM with everything it holds on the host (helpers,
+    /// network, cgroup, sizing) and records `reason`; a VM that does not
+    /// run is left as it is. The caller holds the phase lock.
+    async fn tear_down_vm(&self, phase: &mut Phase, reason: &str) {
+        if let Phase::Running(running) = phase {
             running.vm.stop().await;
             if let Some(net) = &running.net {
                 crate::net::teardown(net).await;
@@ -277,8 +286,6 @@ impl PodShim {
                 reason: reason.to_string(),
             };
         }
-        drop(phase);
-        self.containers_gone(reason);
     }
 
     /// Takes over a pod whose shim died: its VM died with it (PDEATHSIG;

@@ -97,21 +97,25 @@ fn the_image_stop_signal_is_read_from_the_core_annotation() {
         )
         .unwrap()
     };
-    assert_eq!(
-        stop_signal(&spec("org.opencontainers.image.stopSignal", "SIGINT")),
-        libc::SIGINT as u32
-    );
-    assert_eq!(
-        stop_signal(&spec("org.opencontainers.image.stopSignal", "quit")),
-        libc::SIGQUIT as u32
-    );
-    assert_eq!(
-        stop_signal(&spec("io.crius.image.stop-signal", "10")),
-        libc::SIGUSR1 as u32
-    );
-    assert_eq!(
-        stop_signal(&spec("org.opencontainers.image.stopSignal", "SIGBOGUS")),
-        libc::SIGTERM as u32
-    );
+    for (key, value, signal) in [
+        (
+            "org.opencontainers.image.stopSignal",
+            "SIGINT",
+            libc::SIGINT,
+        ),
+        ("org.opencontainers.image.stopSignal", "quit", libc::SIGQUIT),
+        ("io.crius.image.stop-signal", "10", libc::SIGUSR1),
+        (
+            "org.opencontainers.image.stopSignal",
+            "SIGBOGUS",
+            libc::SIGTERM,
+        ),
+    ] {
+        assert_eq!(
+            stop_signal(&spec(key, value)),
+            signal as u32,
+            "{key}={value}"
+        );
+    }
     assert_eq!(stop_signal(&Default::default()), libc::SIGTERM as u32);
 }
