@@ -31,16 +31,21 @@ impl RuntimeHandler for PodShim {
         self.claim(&req.sandbox_id, &req.state_dir)?;
         self.check_request(&req)?;
         self.check_ready().await?;
-        let mut phase = self.phase.lock().await;
-        if !matches!(*phase, Phase::Empty) {
-            return Err(HandlerError::new(
-                ErrorKind::AlreadyExists,
-                format!("pod {} already ran its VM", req.sandbox_id),
-            ));
+        let _lifecycle = self.lifecycle.lock().await;
+        {
+            let mut phase = self.phase.lock().await;
+            if !matches!(*phase, Phase::Empty) {
+                return Err(HandlerError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("pod {} already ran its VM", req.sandbox_id),
+                ));
+            }
+            *phase = Phase::Booting;
         }
         let (vm, agent, timings, net) = match self.boot(&req).await {
             Ok(booted) => booted,
             Err(err) => {
+                *self.phase.lock().await = Phase::Empty;
                 // Nothing of the VM may outlive a failed start, its socket
                 // dir included (the core may not send RemoveSandbox).
                 self.layout().remove_socket_dir();
@@ -54,7 +59,7 @@ impl RuntimeHandler for PodShim {
             boot_ms: timings.sandbox_ready.as_millis() as u64,
             guest_cid: self.guest_cid(),
         };
-        *phase = Phase::Running(Box::new(Running {
+        *self.phase.lock().await = Phase::Running(Box::new(Running {
             vm,
             agent,
             timings,
@@ -123,20 +128,25 @@ impl RuntimeHandler for PodShim {
 
     async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
         self.check_pod(&req.sandbox_id)?;
+        // Status only reports: a VM found dead is not torn down here (the
+        // stop that follows does that); its containers are recorded as
+        // ended with it, which is what they are.
         let mut phase = self.phase.lock().await;
-        if let Phase::Running(running) = &mut *phase
-            && let Some(err) = running.vm.exited()
-        {
-            let reason = format!("the VM died: {err}");
-            tracing::warn!(sandbox = %req.sandbox_id, %reason, "VM gone");
-            self.tear_down_vm(&mut phase, &reason).await;
-            drop(phase);
-            self.containers_gone(&reason);
-            phase = self.phase.lock().await;
-        }
+        let died = match &mut *phase {
+            Phase::Running(running) => running.vm.exited().map(|e| format!("the VM died: {e}")),
+            _ => None,
+        };
         let mut info = std::collections::HashMap::new();
         let ready = match &*phase {
             Phase::Empty => false,
+            Phase::Booting => {
+                info.insert("reason".to_string(), "the VM is booting".to_string());
+                false
+            }
+            Phase::Running(_) if died.is_some() => {
+                info.insert("reason".to_string(), died.clone().unwrap_or_default());
+                false
+            }
             Phase::Running(running) => {
                 info.insert("qemuPid".to_string(), running.vm.qemu_pid().to_string());
                 let t = &running.timings;
@@ -165,6 +175,12 @@ impl RuntimeHandler for PodShim {
                 false
             }
         };
+        drop(phase);
+        if let Some(reason) = died
+            && self.containers_gone(&reason) > 0
+        {
+            tracing::warn!(pod_id = %req.sandbox_id, %reason, "VM gone");
+        }
         Ok(SandboxStatusResponse { ready, info })
     }
 

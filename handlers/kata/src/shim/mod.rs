@@ -102,6 +102,9 @@ pub(crate) struct Timings {
 enum Phase {
     /// Before RunSandbox.
     Empty,
+    /// RunSandbox is starting the VM (the phase lock is not held meanwhile,
+    /// so status and the other calls answer during a slow boot).
+    Booting,
     Running(Box<Running>),
     /// The VM is gone: stopped, or it died (`reason`).
     Stopped {
@@ -122,6 +125,10 @@ pub struct PodShim {
     pod: OnceLock<PodIdent>,
     pub(crate) spawner: Arc<dyn ProcessSpawner>,
     phase: Mutex<Phase>,
+    /// Held by RunSandbox for the whole boot and by the VM teardown, so a
+    /// stop waits for a boot to finish instead of racing it; status never
+    /// takes it.
+    lifecycle: Mutex<()>,
     pub(crate) containers: std::sync::Mutex<HashMap<String, Arc<Container>>>,
     /// Containers the agent reported OOM-killed.
     pub(crate) oom_killed: Arc<std::sync::Mutex<HashSet<String>>>,
@@ -165,6 +172,7 @@ impl PodShim {
             pod: OnceLock::new(),
             spawner,
             phase: Mutex::new(Phase::Empty),
+            lifecycle: Mutex::new(()),
             containers: std::sync::Mutex::new(HashMap::new()),
             oom_killed: Arc::new(std::sync::Mutex::new(HashSet::new())),
             exec_counter: std::sync::atomic::AtomicU64::new(0),
@@ -222,10 +230,20 @@ impl PodShim {
 
     /// The agent of the running VM.
     pub(crate) async fn agent(&self) -> HandlerResult<AgentClient> {
-        match &*self.phase.lock().await {
-            Phase::Running(running) => Ok(running.agent.clone()),
+        match &mut *self.phase.lock().await {
+            Phase::Running(running) => match running.vm.exited() {
+                None => Ok(running.agent.clone()),
+                Some(err) => Err(HandlerError::failed_precondition(format!(
+                    "the VM of pod {} is not running: the VM died: {err}",
+                    self.sandbox_id()
+                ))),
+            },
             Phase::Empty => Err(HandlerError::failed_precondition(format!(
                 "pod {} has no VM yet",
+                self.sandbox_id()
+            ))),
+            Phase::Booting => Err(HandlerError::failed_precondition(format!(
+                "the VM of pod {} is still booting",
                 self.sandbox_id()
             ))),
             Phase::Stopped { reason } => Err(HandlerError::failed_precondition(format!(
@@ -264,6 +282,7 @@ impl PodShim {
 
     /// Stops the VM (if it runs) and remembers why.
     pub async fn stop_vm(&self, reason: &str) {
+        let _lifecycle = self.lifecycle.lock().await;
         let mut phase = self.phase.lock().await;
         self.tear_down_vm(&mut phase, reason).await;
         drop(phase);
@@ -347,7 +366,9 @@ impl PodShim {
     }
 
     /// Every container that still ran is reported exited: its VM is gone.
-    fn containers_gone(&self, reason: &str) {
+    /// Records that the VM's containers ended with it; returns how many
+    /// were still created or running.
+    fn containers_gone(&self, reason: &str) -> usize {
         let containers: Vec<_> = self
             .containers
             .lock()
@@ -355,6 +376,7 @@ impl PodShim {
             .values()
             .cloned()
             .collect();
+        let mut ended = 0;
         for c in containers {
             let status = c.status();
             if status.is(ContainerState::Running) {
@@ -363,10 +385,13 @@ impl PodShim {
                     "Error",
                     &format!("the pod's VM is gone: {reason}"),
                 );
+                ended += 1;
             } else if status.is(ContainerState::Created) {
                 c.set_exited(-1, "Error", &format!("the pod's VM is gone: {reason}"));
+                ended += 1;
             }
         }
+        ended
     }
 }
 
