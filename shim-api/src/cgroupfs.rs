@@ -28,6 +28,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod stats;
+pub use stats::CgroupStats;
+
 /// Parent used when a pod does not name one (see [`pod_cgroup_path`]).
 pub const DEFAULT_PARENT: &str = "/crius";
 

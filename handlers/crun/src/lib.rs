@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crius_handler_runc::{DEFAULT_MONITOR_PATH, FeatureOverrides, OciHandler, OciHandlerConfig};
+use crius_handler_runc::{DEFAULT_MONITOR_PATH, OciHandler, OciHandlerConfig, runc_config};
 
 /// Default crun binary (Debian's package).
 pub const DEFAULT_RUNTIME_PATH: &str = "/usr/bin/crun";
@@ -22,16 +22,11 @@ pub fn config(
     runtime_root: impl Into<PathBuf>,
     monitor_path: impl Into<PathBuf>,
 ) -> OciHandlerConfig {
-    OciHandlerConfig {
-        name: name.into(),
-        runtime_path: runtime_path.into(),
-        runtime_root: runtime_root.into(),
-        monitor_path: monitor_path.into(),
-        // crun 1.8.1 has no `features` subcommand; crius then reports the
-        // features as unsupported rather than guessing from the version.
-        // Operators who know better set overrides in the config.
-        feature_overrides: FeatureOverrides::default(),
-    }
+    // The same fields as runc's, with no feature overrides: crun 1.8.1 has
+    // no `features` subcommand; crius then reports the features as
+    // unsupported rather than guessing from the version. Operators who
+    // know better set overrides in the config.
+    runc_config(name, runtime_path, runtime_root, monitor_path)
 }
 
 /// A crun handler configuration with the Debian default paths.
@@ -53,6 +48,7 @@ pub async fn new_handler(config: OciHandlerConfig) -> CrunHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crius_handler_runc::FeatureOverrides;
     use crius_shim_api::RuntimeHandler;
     use std::path::Path;
 

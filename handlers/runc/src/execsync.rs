@@ -81,25 +81,23 @@ pub async fn run(
     let pid_file = dir.path().join("pid");
     let log_path = dir.path().join("runtime.log");
 
-    let mut child = tokio::process::Command::new(runtime_path)
-        .arg(format!("--root={}", runtime_root.display()))
-        .arg(format!("--log={}", log_path.display()))
-        .arg("--log-format=json")
-        .arg("exec")
-        .arg("--process")
-        .arg(&process_path)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&spec.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| MonitorError::Spawn {
-            path: runtime_path.to_path_buf(),
-            source,
-        })?;
+    let mut child = runtime_exec(
+        runtime_path,
+        runtime_root,
+        &log_path,
+        &process_path,
+        &pid_file,
+        &spec.id,
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .map_err(|source| MonitorError::Spawn {
+        path: runtime_path.to_path_buf(),
+        source,
+    })?;
     let budget = Arc::new(Budget::new(cap));
     let stdout = tokio::spawn(collect(child.stdout.take(), budget.clone()));
     let stderr = tokio::spawn(collect(child.stderr.take(), budget.clone()));
@@ -246,8 +244,34 @@ async fn finish(task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
     }
 }
 
+/// `<runtime> exec` of the process spec at `process_path` in container
+/// `id`. The runtime writes the process's pid to `pid_file` (for killing
+/// it) and its own errors as JSON lines to `log_path` (read back by
+/// [`runtime_error`]).
+pub(crate) fn runtime_exec(
+    runtime_path: &Path,
+    runtime_root: &Path,
+    log_path: &Path,
+    process_path: &Path,
+    pid_file: &Path,
+    id: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(runtime_path);
+    command
+        .arg(format!("--root={}", runtime_root.display()))
+        .arg(format!("--log={}", log_path.display()))
+        .arg("--log-format=json")
+        .arg("exec")
+        .arg("--process")
+        .arg(process_path)
+        .arg("--pid-file")
+        .arg(pid_file)
+        .arg(id);
+    command
+}
+
 /// The first error the runtime logged (`--log-format json`), if any.
-fn runtime_error(log: &Path) -> Option<String> {
+pub(crate) fn runtime_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines().find_map(|line| {
         let v: Value = serde_json::from_str(line).ok()?;
@@ -262,7 +286,8 @@ fn runtime_error(log: &Path) -> Option<String> {
     })
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+/// A shell-style exit code: the signal number plus 128 for a killed process.
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()

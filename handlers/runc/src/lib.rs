@@ -24,7 +24,6 @@
 //! (`portforward` module) connects inside the pod's network namespace
 //! from a short-lived thread.
 
-pub mod cgroupfs;
 pub mod command;
 pub mod crilog;
 pub mod execsync;
@@ -401,126 +400,90 @@ impl OciHandler {
     }
 }
 
-#[async_trait]
-impl RuntimeHandler for OciHandler {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
+/// `impl RuntimeHandler for OciHandler`: the methods answered here, then
+/// one row per method that hands its request to the `do_` method doing the
+/// work (in `ops`, `interactive`, `sandboxstats`).
+macro_rules! runtime_handler {
+    ({ $($own:tt)* } $($method:ident($req:ty) -> $resp:ty = $imp:ident;)*) => {
+        #[async_trait]
+        impl RuntimeHandler for OciHandler {
+            $($own)*
+            $(
+                async fn $method(&self, req: $req) -> HandlerResult<$resp> {
+                    self.$imp(req).await
+                }
+            )*
+        }
+    };
+}
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            recursive_read_only_mounts: self.features.recursive_read_only_mounts,
-            user_namespaces: self.features.user_namespaces,
-            needs_infra_container: true,
+runtime_handler! {
+    {
+        fn name(&self) -> &str {
+            &self.config.name
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                recursive_read_only_mounts: self.features.recursive_read_only_mounts,
+                user_namespaces: self.features.user_namespaces,
+                needs_infra_container: true,
+            }
+        }
+
+        async fn check_ready(&self) -> Result<(), HandlerError> {
+            check_executable(&self.config.runtime_path, "OCI runtime")
+                .map_err(|r| self.not_ready(r))?;
+            check_executable(&self.config.monitor_path, "container monitor")
+                .map_err(|r| self.not_ready(r))?;
+            let runtime = self.config.runtime_path.display();
+            let output = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                self.runner
+                    .output(&self.config.runtime_path, &["--version"]),
+            )
+            .await
+            .map_err(|_| {
+                self.not_ready(format!(
+                    "`{runtime} --version` did not finish within {PROBE_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| self.not_ready(format!("cannot run `{runtime} --version`: {e}")))?;
+            if !output.status.success() {
+                return Err(self.not_ready(format!(
+                    "`{runtime} --version` failed ({}): {}",
+                    output.status,
+                    printed_message(&output)
+                )));
+            }
+            Ok(())
         }
     }
-
-    async fn check_ready(&self) -> Result<(), HandlerError> {
-        check_executable(&self.config.runtime_path, "OCI runtime")
-            .map_err(|r| self.not_ready(r))?;
-        check_executable(&self.config.monitor_path, "container monitor")
-            .map_err(|r| self.not_ready(r))?;
-        let runtime = self.config.runtime_path.display();
-        let output = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            self.runner
-                .output(&self.config.runtime_path, &["--version"]),
-        )
-        .await
-        .map_err(|_| {
-            self.not_ready(format!(
-                "`{runtime} --version` did not finish within {PROBE_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(|e| self.not_ready(format!("cannot run `{runtime} --version`: {e}")))?;
-        if !output.status.success() {
-            return Err(self.not_ready(format!(
-                "`{runtime} --version` failed ({}): {}",
-                output.status,
-                printed_message(&output)
-            )));
-        }
-        Ok(())
-    }
-
-    async fn run_sandbox(&self, req: RunSandboxRequest) -> HandlerResult<RunSandboxResponse> {
-        self.do_run_sandbox(req).await
-    }
-    async fn stop_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
-        self.do_stop_sandbox(req).await
-    }
-    async fn remove_sandbox(&self, req: SandboxRef) -> HandlerResult<()> {
-        self.do_remove_sandbox(req).await
-    }
-    async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
-        self.do_sandbox_status(req).await
-    }
-    async fn restore_sandbox(
-        &self,
-        req: RestoreSandboxRequest,
-    ) -> HandlerResult<RestoreSandboxResponse> {
-        self.do_restore_sandbox(req).await
-    }
-    async fn create_container(
-        &self,
-        req: CreateContainerRequest,
-    ) -> HandlerResult<CreateContainerResponse> {
-        self.do_create_container(req).await
-    }
-    async fn start_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.do_start_container(req).await
-    }
-    async fn stop_container(&self, req: StopContainerRequest) -> HandlerResult<()> {
-        self.do_stop_container(req).await
-    }
-    async fn remove_container(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.do_remove_container(req).await
-    }
-    async fn container_status(&self, req: ContainerRef) -> HandlerResult<ContainerStatusResponse> {
-        self.do_container_status(req).await
-    }
-    async fn exec_sync(&self, req: ExecSyncRequest) -> HandlerResult<ExecSyncResponse> {
-        self.do_exec_sync(req).await
-    }
-    async fn update_container_resources(
-        &self,
-        req: UpdateContainerResourcesRequest,
-    ) -> HandlerResult<()> {
-        self.do_update_container_resources(req).await
-    }
-    async fn reopen_container_log(&self, req: ContainerRef) -> HandlerResult<()> {
-        self.do_reopen_container_log(req).await
-    }
-    async fn container_stats(&self, req: ContainerRef) -> HandlerResult<ContainerStatsResponse> {
-        self.do_container_stats(req).await
-    }
-    async fn exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
-        self.do_exec(req).await
-    }
-    async fn attach(&self, req: AttachRequest) -> HandlerResult<()> {
-        self.do_attach(req).await
-    }
-    async fn resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
-        self.do_resize_pty(req).await
-    }
-    async fn kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
-        self.do_kill_process(req).await
-    }
-    async fn wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
-        self.do_wait(req).await
-    }
-    async fn port_forward(&self, req: PortForwardRequest) -> HandlerResult<()> {
-        self.do_port_forward(req).await
-    }
-    async fn sandbox_stats(&self, req: SandboxRef) -> HandlerResult<SandboxStatsResponse> {
-        self.do_sandbox_stats(req).await
-    }
-    async fn update_sandbox_resources(
-        &self,
-        req: UpdateSandboxResourcesRequest,
-    ) -> HandlerResult<()> {
-        self.do_update_sandbox_resources(req).await
-    }
+    // Sandboxes.
+    run_sandbox(RunSandboxRequest) -> RunSandboxResponse = do_run_sandbox;
+    remove_sandbox(SandboxRef) -> () = do_remove_sandbox;
+    stop_sandbox(SandboxRef) -> () = do_stop_sandbox;
+    sandbox_status(SandboxRef) -> SandboxStatusResponse = do_sandbox_status;
+    restore_sandbox(RestoreSandboxRequest) -> RestoreSandboxResponse = do_restore_sandbox;
+    sandbox_stats(SandboxRef) -> SandboxStatsResponse = do_sandbox_stats;
+    update_sandbox_resources(UpdateSandboxResourcesRequest) -> () = do_update_sandbox_resources;
+    // Containers.
+    create_container(CreateContainerRequest) -> CreateContainerResponse = do_create_container;
+    start_container(ContainerRef) -> () = do_start_container;
+    remove_container(ContainerRef) -> () = do_remove_container;
+    container_status(ContainerRef) -> ContainerStatusResponse = do_container_status;
+    stop_container(StopContainerRequest) -> () = do_stop_container;
+    update_container_resources(UpdateContainerResourcesRequest) -> () = do_update_container_resources;
+    exec_sync(ExecSyncRequest) -> ExecSyncResponse = do_exec_sync;
+    container_stats(ContainerRef) -> ContainerStatsResponse = do_container_stats;
+    reopen_container_log(ContainerRef) -> () = do_reopen_container_log;
+    // Processes in them.
+    attach(AttachRequest) -> () = do_attach;
+    resize_pty(ResizePtyRequest) -> () = do_resize_pty;
+    wait(ProcessRef) -> WaitResponse = do_wait;
+    kill_process(KillProcessRequest) -> () = do_kill_process;
+    exec(ExecRequest) -> ExecResponse = do_exec;
+    port_forward(PortForwardRequest) -> () = do_port_forward;
 }
 
 #[cfg(test)]
@@ -586,6 +549,21 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// A temp dir with the named executables, and a runner answering
+    /// `--version` with (exit code, stdout, stderr).
+    fn ready_setup(
+        executables: &[&str],
+        version: (i32, &'static str, &'static str),
+    ) -> (tempfile::TempDir, Arc<FakeRunner>) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in executables {
+            make_executable(&dir.path().join(name));
+        }
+        let (code, stdout, stderr) = version;
+        let runner = FakeRunner::default().answer("--version", code, stdout, stderr);
+        (dir, Arc::new(runner))
+    }
+
     #[tokio::test]
     async fn features_from_document() {
         let runner = FakeRunner::default().answer("features", 0, FULL, "");
@@ -626,35 +604,36 @@ mod tests {
 
     #[tokio::test]
     async fn overrides_win_both_ways() {
-        let runner = FakeRunner::default().answer("features", 0, FULL, "");
-        let mut cfg = config(Path::new("/nonexistent"));
-        cfg.feature_overrides = FeatureOverrides {
-            recursive_read_only_mounts: Some(false),
-            user_namespaces: None,
-        };
-        let h = OciHandler::with_runner(cfg, Arc::new(runner)).await;
-        assert_eq!(
-            h.features(),
-            HandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: true
-            }
-        );
-
-        let runner = FakeRunner::default().answer("features", 1, "", "unknown command features");
-        let mut cfg = config(Path::new("/nonexistent"));
-        cfg.feature_overrides = FeatureOverrides {
-            recursive_read_only_mounts: None,
-            user_namespaces: Some(true),
-        };
-        let h = OciHandler::with_runner(cfg, Arc::new(runner)).await;
-        assert_eq!(
-            h.features(),
-            HandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: true
-            }
-        );
+        // An override turning a reported feature off, and one turning on a
+        // feature the runtime could not report: both give the same result.
+        let cases = [
+            (
+                FakeRunner::default().answer("features", 0, FULL, ""),
+                FeatureOverrides {
+                    recursive_read_only_mounts: Some(false),
+                    user_namespaces: None,
+                },
+            ),
+            (
+                FakeRunner::default().answer("features", 1, "", "unknown command features"),
+                FeatureOverrides {
+                    recursive_read_only_mounts: None,
+                    user_namespaces: Some(true),
+                },
+            ),
+        ];
+        for (runner, overrides) in cases {
+            let mut cfg = config(Path::new("/nonexistent"));
+            cfg.feature_overrides = overrides;
+            let h = OciHandler::with_runner(cfg, Arc::new(runner)).await;
+            assert_eq!(
+                h.features(),
+                HandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: true
+                }
+            );
+        }
     }
 
     #[tokio::test]
@@ -672,10 +651,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_or_non_executable_monitor_is_not_ready() {
-        let dir = tempfile::tempdir().unwrap();
-        make_executable(&dir.path().join("runtime"));
-        let runner = Arc::new(FakeRunner::default().answer("--version", 0, "runc version 1", ""));
-        let h = OciHandler::with_runner(config(dir.path()), runner.clone()).await;
+        let (dir, runner) = ready_setup(&["runtime"], (0, "runc version 1", ""));
+        let h = OciHandler::with_runner(config(dir.path()), runner).await;
         let err = h.check_ready().await.unwrap_err().to_string();
         assert!(err.contains("container monitor"), "{err}");
 
@@ -686,21 +663,15 @@ mod tests {
 
     #[tokio::test]
     async fn failing_version_is_not_ready() {
-        let dir = tempfile::tempdir().unwrap();
-        make_executable(&dir.path().join("runtime"));
-        make_executable(&dir.path().join("monitor"));
-        let runner = FakeRunner::default().answer("--version", 2, "", "libseccomp missing");
-        let h = OciHandler::with_runner(config(dir.path()), Arc::new(runner)).await;
+        let (dir, runner) = ready_setup(&["runtime", "monitor"], (2, "", "libseccomp missing"));
+        let h = OciHandler::with_runner(config(dir.path()), runner).await;
         let err = h.check_ready().await.unwrap_err().to_string();
         assert!(err.contains("libseccomp missing"), "{err}");
     }
 
     #[tokio::test]
     async fn ready_when_everything_is_there() {
-        let dir = tempfile::tempdir().unwrap();
-        make_executable(&dir.path().join("runtime"));
-        make_executable(&dir.path().join("monitor"));
-        let runner = Arc::new(FakeRunner::default().answer("--version", 0, "runc version 1", ""));
+        let (dir, runner) = ready_setup(&["runtime", "monitor"], (0, "runc version 1", ""));
         let h = OciHandler::with_runner(config(dir.path()), runner.clone()).await;
         h.check_ready().await.unwrap();
         assert_eq!(

@@ -16,7 +16,6 @@ use crius_shim_api::types::{RestoreSandboxRequest, RestoreSandboxResponse};
 use crius_shim_api::{HandlerError, HandlerResult};
 
 use crate::OciHandler;
-use crate::cgroupfs;
 use crate::monitor::{ContainerExit, read_exit};
 use crate::ops::{Observed, Pod, check_id, load_spec, read_conmon_pid, spec_cgroup};
 use crate::state::{
@@ -147,7 +146,8 @@ impl OciHandler {
                 && ctr
                     .cgroup
                     .as_deref()
-                    .is_some_and(|cg| cgroupfs::oom_killed(&self.mounts(), cg)));
+                    .and_then(|cg| Self::cgroup(cg).ok())
+                    .is_some_and(|cg| cg.oom_kill_count() > 0));
         let end = read_end(ctr);
         Observed::Exited {
             exit_code: exit.exit_code,

@@ -5,13 +5,13 @@
 //! (`pids.current` of the pod cgroup). Resources: the pod cgroup's limits
 //! are the pod's total resources plus its overhead, as at RunSandbox.
 
+use crius_shim_api::cgroupfs::{CgroupError, Resources};
 use crius_shim_api::cri;
 use crius_shim_api::types::{SandboxRef, SandboxStatsResponse, UpdateSandboxResourcesRequest};
 use crius_shim_api::{HandlerError, HandlerResult};
 
 use crate::OciHandler;
-use crate::cgroupfs::{self, CgroupMounts, PodLimits};
-use crate::ops::Observed;
+use crate::ops::{Observed, Pod};
 use crate::state::now_ns;
 
 fn value(v: u64) -> Option<cri::UInt64Value> {
@@ -44,7 +44,7 @@ pub(crate) fn parse_net_dev(text: &str) -> Vec<(String, u64, u64, u64, u64)> {
 pub(crate) fn pod_limits(
     resources: Option<&cri::LinuxContainerResources>,
     overhead: Option<&cri::LinuxContainerResources>,
-) -> Result<PodLimits, String> {
+) -> Result<Resources, String> {
     let r = resources.cloned().unwrap_or_default();
     let o = overhead.cloned().unwrap_or_default();
     for (what, v) in [
@@ -59,45 +59,74 @@ pub(crate) fn pod_limits(
         }
     }
     let positive = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
-    let plus = |v: u64, extra: i64| v.saturating_add(u64::try_from(extra).unwrap_or(0));
-    Ok(PodLimits {
-        cpu_shares: positive(r.cpu_shares).map(|s| plus(s, o.cpu_shares)),
+    // A negative overhead adds nothing (only the quota may be negative).
+    let plus = |v: i64, extra: i64| v.saturating_add(extra.max(0));
+    Ok(Resources {
+        cpu_shares: positive(r.cpu_shares)
+            .map(|s| s.saturating_add(u64::try_from(o.cpu_shares).unwrap_or(0))),
         cpu_quota: match r.cpu_quota {
-            q if q < 0 => Some(None),
+            // Resources' "unlimited".
+            q if q < 0 => Some(-1),
             0 => None,
-            q => Some(Some(plus(q as u64, o.cpu_quota))),
+            q => Some(plus(q, o.cpu_quota)),
         },
         cpu_period: positive(r.cpu_period),
         cpuset_cpus: (!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()),
         cpuset_mems: (!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()),
-        memory_limit: positive(r.memory_limit_in_bytes)
-            .map(|m| Some(plus(m, o.memory_limit_in_bytes))),
+        memory_limit: (r.memory_limit_in_bytes > 0)
+            .then(|| plus(r.memory_limit_in_bytes, o.memory_limit_in_bytes)),
+        // The CRI's pod resources carry no pids limit.
+        pids_limit: None,
     })
 }
 
+/// The CRI code for a failed cgroup write: a value the kernel refused is
+/// the caller's, a missing or busy cgroup is the pod's state.
+fn cgroup_error(message: String, e: &CgroupError) -> HandlerError {
+    let kind = match e {
+        CgroupError::Io { source, .. }
+        | CgroupError::Write { source, .. }
+        | CgroupError::Busy { source, .. } => source.kind(),
+        CgroupError::InvalidPath { .. }
+        | CgroupError::NotMounted
+        | CgroupError::MissingController { .. } => std::io::ErrorKind::NotFound,
+    };
+    match kind {
+        std::io::ErrorKind::InvalidInput => HandlerError::invalid_argument(message),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy => {
+            HandlerError::failed_precondition(message)
+        }
+        _ => HandlerError::internal(message),
+    }
+}
+
 impl OciHandler {
+    /// The sandbox and the pod cgroup recorded for it.
+    fn pod_cgroup(&self, sandbox_id: &str) -> HandlerResult<(std::sync::Arc<Pod>, String)> {
+        let pod = self.pod(sandbox_id)?;
+        let cgroup = pod.cgroup_parent.clone().ok_or_else(|| {
+            HandlerError::failed_precondition(format!(
+                "handler {}: sandbox {sandbox_id} has no pod cgroup recorded",
+                self.config.name
+            ))
+        })?;
+        Ok((pod, cgroup))
+    }
+
     pub(crate) async fn do_update_sandbox_resources(
         &self,
         req: UpdateSandboxResourcesRequest,
     ) -> HandlerResult<()> {
-        let pod = self.pod(&req.sandbox_id)?;
-        let cgroup = pod.cgroup_parent.clone().ok_or_else(|| {
-            HandlerError::failed_precondition(format!(
-                "handler {}: sandbox {} has no pod cgroup recorded",
-                self.config.name, req.sandbox_id
-            ))
-        })?;
+        let (_, cgroup) = self.pod_cgroup(&req.sandbox_id)?;
         let limits = pod_limits(req.resources.as_ref(), req.overhead.as_ref()).map_err(|e| {
             HandlerError::invalid_argument(format!("sandbox {}: {e}", req.sandbox_id))
         })?;
         let target = cgroup.clone();
         let applied = limits.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mounts = CgroupMounts::current()?;
-            cgroupfs::set_limits(&mounts, &target, &applied)
-        })
-        .await
-        .map_err(|e| self.err("sandbox resources task", e))?;
+        let result =
+            tokio::task::spawn_blocking(move || Self::cgroup(&target)?.set_resources(&applied))
+                .await
+                .map_err(|e| self.err("sandbox resources task", e))?;
         match result {
             Ok(()) => {
                 tracing::info!(pod_id = %req.sandbox_id, handler = %self.config.name, cgroup = %cgroup, limits = ?limits, "pod cgroup limits updated");
@@ -108,13 +137,7 @@ impl OciHandler {
                     "handler {}: updating the cgroup {cgroup} of sandbox {}: {e}",
                     self.config.name, req.sandbox_id
                 );
-                Err(match e.kind() {
-                    std::io::ErrorKind::InvalidInput => HandlerError::invalid_argument(message),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy => {
-                        HandlerError::failed_precondition(message)
-                    }
-                    _ => HandlerError::internal(message),
-                })
+                Err(cgroup_error(message, &e))
             }
         }
     }
@@ -123,31 +146,21 @@ impl OciHandler {
         &self,
         req: SandboxRef,
     ) -> HandlerResult<SandboxStatsResponse> {
-        let pod = self.pod(&req.sandbox_id)?;
-        let cgroup = pod.cgroup_parent.clone().ok_or_else(|| {
-            HandlerError::failed_precondition(format!(
-                "handler {}: sandbox {} has no pod cgroup recorded",
-                self.config.name, req.sandbox_id
-            ))
-        })?;
+        let (pod, cgroup) = self.pod_cgroup(&req.sandbox_id)?;
         let infra_pid = match self.observe(&pod.infra).await? {
             Observed::Running => Some(pod.infra.pid),
             _ => None,
         };
         let (stats, pids, net) = tokio::task::spawn_blocking(move || {
-            let mounts = CgroupMounts::current().unwrap_or_default();
-            let stats = cgroupfs::stats(&mounts, &cgroup);
-            let pids = mounts
-                .dir("pids", &cgroup)
-                .and_then(|d| std::fs::read_to_string(d.join("pids.current")).ok())
-                .and_then(|s| s.trim().parse::<u64>().ok());
+            let cg = Self::cgroup(&cgroup)?;
             let net = infra_pid
                 .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
                 .map(|t| parse_net_dev(&t));
-            (stats, pids, net)
+            Ok::<_, CgroupError>((cg.stats(), cg.pids_current(), net))
         })
         .await
-        .map_err(|e| self.err("sandbox stats task", e))?;
+        .map_err(|e| self.err("sandbox stats task", e))?
+        .map_err(|e| self.err(format!("cgroup of sandbox {}", req.sandbox_id), e))?;
         let stats = stats.ok_or_else(|| {
             HandlerError::failed_precondition(format!(
                 "handler {}: the cgroup of sandbox {} does not exist",
@@ -223,9 +236,9 @@ mod tests {
         };
         let l = pod_limits(Some(&resources), Some(&overhead)).unwrap();
         assert_eq!(l.cpu_shares, Some(1034));
-        assert_eq!(l.cpu_quota, Some(Some(55_000)));
+        assert_eq!(l.cpu_quota, Some(55_000));
         assert_eq!(l.cpu_period, Some(100_000));
-        assert_eq!(l.memory_limit, Some(Some(110 << 20)));
+        assert_eq!(l.memory_limit, Some(110 << 20));
         assert_eq!(l.cpuset_cpus, None);
         // Zero: untouched; negative quota: unlimited.
         let l = pod_limits(
@@ -236,7 +249,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(l.cpu_quota, Some(None));
+        assert_eq!(l.cpu_quota, Some(-1));
         assert_eq!(l.memory_limit, None);
         let bad = cri::LinuxContainerResources {
             memory_limit_in_bytes: -5,

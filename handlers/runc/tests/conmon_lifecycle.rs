@@ -5,53 +5,32 @@
 //! Needs root, conmon, busybox-static and the runtimes; skips with a printed
 //! reason otherwise.
 
+#[macro_use]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crius_handler_runc::{
-    Conmon, ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError, OciRuntime,
-    TokioCommandRunner, wait_for_exit,
+use common::{
+    BUSYBOX, CONMON, cgroup_mounts, crun_hybrid_controllers, missing_prerequisite, skipped,
 };
-use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
-
-const CONMON: &str = "/usr/bin/conmon";
-const BUSYBOX: &str = "/bin/busybox";
+use crius_handler_runc::{
+    Conmon, ContainerExit, ContainerMonitor, ExecSyncOutput, ExecSyncSpec, LaunchSpec,
+    MonitorError, OciRuntime, TokioCommandRunner, wait_for_exit,
+};
+use oci_spec::runtime::{LinuxBuilder, Process, ProcessBuilder, RootBuilder, Spec};
 
 fn skip_reason(runtime: &str) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
+    if let Some(reason) = missing_prerequisite(&[CONMON, BUSYBOX, runtime]) {
+        return Some(reason);
     }
-    for bin in [CONMON, BUSYBOX, runtime] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} is not installed"));
-        }
-    }
-    if runtime.ends_with("crun")
-        && let Ok(controllers) =
-            std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-        && !controllers.trim().is_empty()
-    {
-        return Some(format!(
-            "crun refuses hybrid cgroups while /sys/fs/cgroup/unified carries controllers ({}); \
-             mount them as v1 hierarchies (e.g. mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb)",
-            controllers.trim()
-        ));
-    }
-    None
-}
-
-/// Mount points of every cgroup (v1 and v2) hierarchy.
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let mount_point = pre.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .collect()
+    crun_hybrid_controllers(runtime).map(|controllers| {
+        format!(
+            "crun refuses hybrid cgroups while /sys/fs/cgroup/unified carries controllers ({controllers}); \
+             mount them as v1 hierarchies (e.g. mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb)"
+        )
+    })
 }
 
 struct Fixture {
@@ -62,6 +41,11 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The fixture, or `None` after reporting why the test is skipped.
+    fn unless_skipped(runtime_path: &str, tag: &str) -> Option<Fixture> {
+        (!skipped(skip_reason(runtime_path), tag)).then(|| Fixture::new(runtime_path, tag))
+    }
+
     fn new(runtime_path: &str, tag: &str) -> Fixture {
         let base = tempfile::Builder::new()
             .prefix("crius-conmon-")
@@ -89,12 +73,7 @@ impl Fixture {
         for applet in ["sh", "echo", "sleep", "cat"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
-        let process = ProcessBuilder::default()
-            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-            .env(vec!["PATH=/bin".to_string()])
-            .cwd("/")
-            .build()
-            .unwrap();
+        let process = process(args);
         let linux = Spec::default().linux().clone().unwrap();
         let linux = LinuxBuilder::default()
             .namespaces(linux.namespaces().clone().unwrap())
@@ -147,6 +126,34 @@ impl Fixture {
         self.runtime.delete(id).await.unwrap();
     }
 
+    /// After the container `id` ended: its conmon exits, then delete
+    /// and cgroup removal leave nothing behind.
+    async fn finish(&self, id: &str, monitor_pid: Option<i32>) {
+        if let Some(pid) = monitor_pid {
+            wait_gone(pid).await;
+        }
+        self.delete(id).await;
+        self.remove_cgroups();
+    }
+
+    /// ExecSync of `args` in `id` with a timeout of `timeout_secs`.
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[&str],
+        timeout_secs: u64,
+    ) -> Result<ExecSyncOutput, MonitorError> {
+        let process = process(args);
+        self.conmon
+            .exec_sync(&ExecSyncSpec {
+                id: id.to_string(),
+                process,
+                timeout: Some(Duration::from_secs(timeout_secs)),
+                scratch_dir: self.path("exec"),
+            })
+            .await
+    }
+
     /// Removes the test's cgroup parent in every hierarchy and checks that
     /// no cgroup of the test is left anywhere.
     fn remove_cgroups(&self) {
@@ -163,6 +170,29 @@ impl Fixture {
     }
 }
 
+/// A busybox process running `args` in `/`.
+fn process(args: &[&str]) -> Process {
+    ProcessBuilder::default()
+        .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap()
+}
+
+/// The exit of `id` (`what` names the expectation should it not come).
+async fn exit_within_10s(spec: &LaunchSpec, id: &str, what: &str) -> ContainerExit {
+    wait_for_exit(
+        &spec.exit_dir,
+        &spec.persist_dir,
+        id,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .expect(what)
+}
+
 async fn wait_gone(pid: i32) {
     for _ in 0..250 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -174,11 +204,9 @@ async fn wait_gone(pid: i32) {
 }
 
 async fn echo_and_exit(runtime_path: &str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime_path) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some(fx) = Fixture::unless_skipped(runtime_path, tag) else {
         return;
-    }
-    let fx = Fixture::new(runtime_path, tag);
+    };
     let id = format!("echo-{tag}");
     let spec = fx.launch_spec(&id, fx.bundle(&id, &["sh", "-c", "echo hello; exit 3"]));
     let launched = fx.conmon.create(&spec).await.unwrap();
@@ -197,15 +225,7 @@ async fn echo_and_exit(runtime_path: &str, tag: &str) {
     );
 
     fx.runtime.start(&id).await.unwrap();
-    let exit = wait_for_exit(
-        &spec.exit_dir,
-        &spec.persist_dir,
-        &id,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-    .expect("container exited within 10 s");
+    let exit = exit_within_10s(&spec, &id, "container exited within 10 s").await;
     assert_eq!(exit.exit_code, 3);
     assert!(!exit.oom_killed);
 
@@ -217,19 +237,13 @@ async fn echo_and_exit(runtime_path: &str, tag: &str) {
     let state = fx.runtime.state(&id).await.unwrap().unwrap();
     assert_eq!(state.status, "stopped");
 
-    if let Some(pid) = launched.monitor_pid {
-        wait_gone(pid).await;
-    }
-    fx.delete(&id).await;
-    fx.remove_cgroups();
+    fx.finish(&id, launched.monitor_pid).await;
 }
 
 async fn exec_kill_delete(runtime_path: &str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime_path) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some(fx) = Fixture::unless_skipped(runtime_path, tag) else {
         return;
-    }
-    let fx = Fixture::new(runtime_path, tag);
+    };
     let id = format!("sleeper-{tag}");
     let spec = fx.launch_spec(&id, fx.bundle(&id, &["sleep", "60"]));
     let launched = fx.conmon.create(&spec).await.unwrap();
@@ -239,22 +253,8 @@ async fn exec_kill_delete(runtime_path: &str, tag: &str) {
         "running"
     );
 
-    let process = |args: &[&str]| {
-        ProcessBuilder::default()
-            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-            .env(vec!["PATH=/bin".to_string()])
-            .cwd("/")
-            .build()
-            .unwrap()
-    };
     let out = fx
-        .conmon
-        .exec_sync(&ExecSyncSpec {
-            id: id.clone(),
-            process: process(&["sh", "-c", "echo out; echo err >&2; exit 5"]),
-            timeout: Some(Duration::from_secs(10)),
-            scratch_dir: fx.path("exec"),
-        })
+        .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 5"], 10)
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
@@ -263,16 +263,7 @@ async fn exec_kill_delete(runtime_path: &str, tag: &str) {
     assert!(!out.timed_out);
 
     let started = std::time::Instant::now();
-    let out = fx
-        .conmon
-        .exec_sync(&ExecSyncSpec {
-            id: id.clone(),
-            process: process(&["sleep", "30"]),
-            timeout: Some(Duration::from_secs(1)),
-            scratch_dir: fx.path("exec"),
-        })
-        .await
-        .unwrap();
+    let out = fx.exec(&id, &["sleep", "30"], 1).await.unwrap();
     assert!(out.timed_out, "{out:?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -282,13 +273,7 @@ async fn exec_kill_delete(runtime_path: &str, tag: &str) {
 
     // Exec in a container that does not exist fails with the runtime's reason.
     let err = fx
-        .conmon
-        .exec_sync(&ExecSyncSpec {
-            id: "no-such-container".into(),
-            process: process(&["true"]),
-            timeout: Some(Duration::from_secs(5)),
-            scratch_dir: fx.path("exec"),
-        })
+        .exec("no-such-container", &["true"], 5)
         .await
         .unwrap_err();
     eprintln!("exec in a missing container: {err}");
@@ -297,29 +282,15 @@ async fn exec_kill_delete(runtime_path: &str, tag: &str) {
     assert_eq!(std::fs::read_dir(fx.path("exec")).unwrap().count(), 0);
 
     fx.runtime.kill(&id, "KILL", false).await.unwrap();
-    let exit = wait_for_exit(
-        &spec.exit_dir,
-        &spec.persist_dir,
-        &id,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-    .expect("killed container exits");
+    let exit = exit_within_10s(&spec, &id, "killed container exits").await;
     assert_eq!(exit.exit_code, 128 + 9);
-    if let Some(pid) = launched.monitor_pid {
-        wait_gone(pid).await;
-    }
-    fx.delete(&id).await;
-    fx.remove_cgroups();
+    fx.finish(&id, launched.monitor_pid).await;
 }
 
 async fn create_failure_reports_runtime_error(runtime_path: &str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime_path) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some(fx) = Fixture::unless_skipped(runtime_path, tag) else {
         return;
-    }
-    let fx = Fixture::new(runtime_path, tag);
+    };
     let id = format!("broken-{tag}");
     let spec = fx.launch_spec(&id, fx.bundle(&id, &["/bin/does-not-exist"]));
     // Point the process at a cwd that cannot exist to make create fail.
@@ -337,32 +308,8 @@ async fn create_failure_reports_runtime_error(runtime_path: &str, tag: &str) {
     fx.remove_cgroups();
 }
 
-#[tokio::test]
-async fn runc_echo_exit_code_and_log() {
-    echo_and_exit("/usr/sbin/runc", "runc").await;
-}
-
-#[tokio::test]
-async fn crun_echo_exit_code_and_log() {
-    echo_and_exit("/usr/bin/crun", "crun").await;
-}
-
-#[tokio::test]
-async fn runc_exec_sync_kill_delete() {
-    exec_kill_delete("/usr/sbin/runc", "runc-exec").await;
-}
-
-#[tokio::test]
-async fn crun_exec_sync_kill_delete() {
-    exec_kill_delete("/usr/bin/crun", "crun-exec").await;
-}
-
-#[tokio::test]
-async fn runc_create_failure() {
-    create_failure_reports_runtime_error("/usr/sbin/runc", "runc-fail").await;
-}
-
-#[tokio::test]
-async fn crun_create_failure() {
-    create_failure_reports_runtime_error("/usr/bin/crun", "crun-fail").await;
+runtime_tests! {
+    echo_and_exit: runc_echo_exit_code_and_log("runc"), crun_echo_exit_code_and_log("crun");
+    exec_kill_delete: runc_exec_sync_kill_delete("runc-exec"), crun_exec_sync_kill_delete("crun-exec");
+    create_failure_reports_runtime_error: runc_create_failure("runc-fail"), crun_create_failure("crun-fail");
 }

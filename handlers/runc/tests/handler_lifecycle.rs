@@ -7,60 +7,37 @@
 //! Needs root, conmon, catatonit, busybox-static and the runtime; skips
 //! with a printed reason otherwise.
 
+#[macro_use]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{
+    BUSYBOX, CATATONIT, CONMON, cgroup_mounts, create_request, cref, crun_hybrid_controllers,
+    missing_prerequisite, pod_spec, save_bundle, skipped, sref, stop_request,
+};
 use crius_handler_runc::{OciHandler, runc_config};
 use crius_shim_api::types::{
-    Bundle, ContainerRef, ContainerState, ContainerStatusResponse, CreateContainerRequest,
-    ExecSyncRequest, RestoreContainer, RestoreSandboxRequest, RunSandboxRequest, SandboxRef,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    Bundle, ContainerState, ContainerStatusResponse, CreateContainerRequest, ExecSyncRequest,
+    RestoreContainer, RestoreSandboxRequest, RunSandboxRequest, UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, RuntimeHandler, cri};
-use oci_spec::runtime::Spec;
 use serde_json::{Value, json};
 
-const CONMON: &str = "/usr/bin/conmon";
-const BUSYBOX: &str = "/bin/busybox";
-const CATATONIT: &str = "/usr/bin/catatonit";
-const RUNC: &str = "/usr/sbin/runc";
-const CRUN: &str = "/usr/bin/crun";
-
 fn skip_reason(runtime: &str) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
+    if let Some(reason) = missing_prerequisite(&[CONMON, BUSYBOX, CATATONIT, runtime]) {
+        return Some(reason);
     }
-    for bin in [CONMON, BUSYBOX, CATATONIT, runtime] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} is not installed"));
-        }
-    }
-    if runtime.ends_with("crun")
-        && let Ok(controllers) =
-            std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-        && !controllers.trim().is_empty()
-    {
+    if let Some(controllers) = crun_hybrid_controllers(runtime) {
         // Not a skip: scripts/setup fixes this; a test run without it is
         // a broken setup and must fail loudly.
         panic!(
-            "crun refuses hybrid cgroups while /sys/fs/cgroup/unified carries controllers ({}); \
-             run scripts/setup (it mounts a v1 hugetlb hierarchy)",
-            controllers.trim()
+            "crun refuses hybrid cgroups while /sys/fs/cgroup/unified carries controllers ({controllers}); \
+             run scripts/setup (it mounts a v1 hugetlb hierarchy)"
         );
     }
     None
-}
-
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let mount_point = pre.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .collect()
 }
 
 /// conmon processes whose command line mentions `needle`.
@@ -91,6 +68,31 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The fixture, or `None` after reporting why the test is skipped.
+    async fn unless_skipped(runtime_path: &'static str, tag: &str) -> Option<Fixture> {
+        if skipped(skip_reason(runtime_path), tag) {
+            return None;
+        }
+        Some(Fixture::new(runtime_path, tag).await)
+    }
+
+    /// The fixture with the running pod `pod-<tag>` and its infra pid, or
+    /// `None` after reporting why the test is skipped.
+    async fn with_pod(runtime_path: &'static str, tag: &str) -> Option<(Fixture, String, u32)> {
+        let fx = Fixture::unless_skipped(runtime_path, tag).await?;
+        let pod = format!("pod-{tag}");
+        let (infra_pid, _) = fx.run_sandbox(&pod).await;
+        Some((fx, pod, infra_pid))
+    }
+
+    /// Stops and removes `pod` (taking containers left in it along), then
+    /// checks nothing of the test is left.
+    async fn remove_pod_and_check_clean(&self, pod: &str) {
+        self.handler.stop_sandbox(sref(pod)).await.unwrap();
+        self.handler.remove_sandbox(sref(pod)).await.unwrap();
+        self.assert_clean();
+    }
+
     async fn new(runtime_path: &'static str, tag: &str) -> Fixture {
         let base = tempfile::Builder::new()
             .prefix("crius-h-")
@@ -142,56 +144,18 @@ impl Fixture {
         memory: Option<i64>,
     ) -> Bundle {
         let dir = self.path(&format!("bundles/{id}"));
-        let rootfs = dir.join("rootfs");
-        let bin = rootfs.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
+        let applets = [
+            "sh", "echo", "sleep", "cat", "tail", "hostname", "true", "ls",
+        ];
+        let cgroups_path = format!("/{}/{id}", self.cgroup_parent);
+        let mut spec = pod_spec(&dir, &cgroups_path, args, infra_pid, None, &applets);
         if infra_pid.is_none() {
-            std::fs::copy(CATATONIT, rootfs.join("catatonit")).unwrap();
-        } else {
-            std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-            for applet in [
-                "sh", "echo", "sleep", "cat", "tail", "hostname", "true", "ls",
-            ] {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
-        let mut spec = serde_json::to_value(Spec::default()).unwrap();
-        spec["process"]["args"] = json!(args);
-        spec["process"]["env"] = json!(["PATH=/bin", "TERM=xterm"]);
-        spec["process"]["terminal"] = json!(false);
-        spec["root"] = json!({"path": "rootfs", "readonly": false});
-        spec["linux"]["cgroupsPath"] = json!(format!("/{}/{id}", self.cgroup_parent));
-        spec["annotations"] = json!({});
-        match infra_pid {
-            None => {
-                spec["hostname"] = json!("podhost");
-                spec["linux"]["namespaces"] = json!([
-                    {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                    {"type": "uts"}, {"type": "mount"}
-                ]);
-            }
-            Some(pid) => {
-                // Joins the pod's namespaces the way the core's spec does.
-                spec.as_object_mut().unwrap().remove("hostname");
-                spec["linux"]["namespaces"] = json!([
-                    {"type": "pid"},
-                    {"type": "mount"},
-                    {"type": "network", "path": format!("/proc/{pid}/ns/net")},
-                    {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
-                    {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
-                ]);
-            }
+            spec["hostname"] = json!("podhost");
         }
         if let Some(limit) = memory {
             spec["linux"]["resources"] = json!({"memory": {"limit": limit}});
         }
-        let bytes = serde_json::to_vec_pretty(&spec).unwrap();
-        std::fs::write(dir.join("config.json"), &bytes).unwrap();
-        Bundle {
-            dir: dir.display().to_string(),
-            oci_spec: bytes,
-            rootfs: None,
-        }
+        save_bundle(&dir, &spec)
     }
 
     async fn run_sandbox(&self, id: &str) -> (u32, Vec<u8>) {
@@ -222,20 +186,7 @@ impl Fixture {
     ) -> Vec<u8> {
         let bundle = self.bundle(id, args, Some(infra_pid), memory);
         self.handler
-            .create_container(CreateContainerRequest {
-                sandbox_id: sandbox.to_string(),
-                container_id: id.to_string(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: id.to_string(),
-                        attempt: 0,
-                    }),
-                    ..Default::default()
-                }),
-                bundle: Some(bundle),
-                log_path: self.log_path(id).display().to_string(),
-                sandbox_config: None,
-            })
+            .create_container(create_request(sandbox, id, bundle, &self.log_path(id)))
             .await
             .unwrap()
             .handler_state
@@ -379,13 +330,6 @@ impl Fixture {
     }
 }
 
-fn cref(sandbox: &str, id: &str) -> ContainerRef {
-    ContainerRef {
-        sandbox_id: sandbox.to_string(),
-        container_id: id.to_string(),
-    }
-}
-
 fn exec(sandbox: &str, id: &str, cmd: &[&str], timeout: i64) -> ExecSyncRequest {
     ExecSyncRequest {
         sandbox_id: sandbox.to_string(),
@@ -400,32 +344,17 @@ fn ns(pid: u32, kind: &str) -> PathBuf {
 }
 
 async fn lifecycle(runtime: &'static str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some(fx) = Fixture::unless_skipped(runtime, tag).await else {
         return;
-    }
-    let fx = Fixture::new(runtime, tag).await;
+    };
     let h = &fx.handler;
     let pod = format!("pod-{tag}");
 
     // Unknown IDs.
-    let err = h
-        .sandbox_status(SandboxRef {
-            sandbox_id: "nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = h.sandbox_status(sref("nope")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
-    h.stop_sandbox(SandboxRef {
-        sandbox_id: "nope".into(),
-    })
-    .await
-    .unwrap();
-    h.remove_sandbox(SandboxRef {
-        sandbox_id: "nope".into(),
-    })
-    .await
-    .unwrap();
+    h.stop_sandbox(sref("nope")).await.unwrap();
+    h.remove_sandbox(sref("nope")).await.unwrap();
 
     // --- sandbox -----------------------------------------------------------
     let (infra_pid, sandbox_state) = fx.run_sandbox(&pod).await;
@@ -441,14 +370,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(comm.trim(), "catatonit");
-    assert!(
-        h.sandbox_status(SandboxRef {
-            sandbox_id: pod.clone()
-        })
-        .await
-        .unwrap()
-        .ready
-    );
+    assert!(h.sandbox_status(sref(&pod)).await.unwrap().ready);
     // A second RunSandbox with the same ID is refused.
     let dup = h
         .run_sandbox(RunSandboxRequest {
@@ -528,28 +450,17 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     assert_eq!(again.kind, ErrorKind::FailedPrecondition, "{again}");
 
     // --- exec-sync ----------------------------------------------------------
-    let out = h
-        .exec_sync(exec(
-            &pod,
-            web,
-            &["sh", "-c", "echo out; echo err >&2; exit 3"],
-            10,
-        ))
+    let exec_web = |cmd: &[&str], timeout: i64| h.exec_sync(exec(&pod, web, cmd, timeout));
+    let out = exec_web(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     assert_eq!((out.exit_code, out.timed_out), (3, false));
-    let out = h
-        .exec_sync(exec(&pod, web, &["hostname"], 10))
-        .await
-        .unwrap();
+    let out = exec_web(&["hostname"], 10).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "podhost\n");
     let t = Instant::now();
-    let out = h
-        .exec_sync(exec(&pod, web, &["sleep", "30"], 1))
-        .await
-        .unwrap();
+    let out = exec_web(&["sleep", "30"], 1).await.unwrap();
     let took = t.elapsed();
     assert!(out.timed_out, "{out:?}");
     assert!(
@@ -557,10 +468,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         "{took:?}"
     );
     eprintln!("{tag}: exec timeout 1s returned after {took:?}");
-    let out = h
-        .exec_sync(exec(&pod, web, &["/bin/no-such-command"], 10))
-        .await
-        .unwrap();
+    let out = exec_web(&["/bin/no-such-command"], 10).await.unwrap();
     eprintln!(
         "{tag}: bad exec: code {} stderr {:?}",
         out.exit_code,
@@ -568,16 +476,10 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     );
     assert_ne!(out.exit_code, 0);
     assert!(!out.stderr.is_empty());
-    let err = h.exec_sync(exec(&pod, web, &[], 10)).await.unwrap_err();
+    let err = exec_web(&[], 10).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument);
     // 24 MiB of output, under the 32 MiB cap: all of it comes back.
-    let out = h
-        .exec_sync(exec(
-            &pod,
-            web,
-            &["sh", "-c", "head -c 25165824 /dev/zero | tr '\\0' a"],
-            30,
-        ))
+    let out = exec_web(&["sh", "-c", "head -c 25165824 /dev/zero | tr '\\0' a"], 30)
         .await
         .unwrap();
     assert_eq!(
@@ -644,13 +546,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     h.reopen_container_log(cref(&pod, web)).await.unwrap();
     assert!(log_path.exists(), "reopen did not recreate the log");
     // Write to the container's stdout (its init's fd 1, the pipe to conmon).
-    let out = h
-        .exec_sync(exec(
-            &pod,
-            web,
-            &["sh", "-c", "echo after-rotation > /proc/1/fd/1"],
-            10,
-        ))
+    let out = exec_web(&["sh", "-c", "echo after-rotation > /proc/1/fd/1"], 10)
         .await
         .unwrap();
     assert_eq!(out.exit_code, 0, "{out:?}");
@@ -698,13 +594,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     )
     .unwrap();
     let err = h
-        .create_container(CreateContainerRequest {
-            sandbox_id: pod.clone(),
-            container_id: "bad".into(),
-            bundle: Some(bad),
-            log_path: fx.log_path("bad").display().to_string(),
-            ..Default::default()
-        })
+        .create_container(create_request(&pod, "bad", bad, &fx.log_path("bad")))
         .await
         .unwrap_err();
     eprintln!("{tag}: failed create: {err}");
@@ -782,13 +672,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     let err = h2.remove_container(cref(&pod, web)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
     let t = Instant::now();
-    h2.stop_container(StopContainerRequest {
-        sandbox_id: pod.clone(),
-        container_id: web.into(),
-        timeout_seconds: 2,
-    })
-    .await
-    .unwrap();
+    h2.stop_container(stop_request(&pod, web, 2)).await.unwrap();
     let took = t.elapsed();
     eprintln!("{tag}: stop with 2s timeout of a SIGTERM-trapping container took {took:?}");
     assert!(
@@ -804,13 +688,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
     );
     assert!(st.finished_at > st.started_at);
     // Idempotent.
-    h2.stop_container(StopContainerRequest {
-        sandbox_id: pod.clone(),
-        container_id: web.into(),
-        timeout_seconds: 2,
-    })
-    .await
-    .unwrap();
+    h2.stop_container(stop_request(&pod, web, 2)).await.unwrap();
 
     // A container that exits promptly on SIGTERM stops before its timeout.
     // (The first handler no longer owns the pod's view; keep using h2.)
@@ -824,24 +702,19 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
         Some(infra_pid),
         None,
     );
-    h2.create_container(CreateContainerRequest {
-        sandbox_id: pod.clone(),
-        container_id: "polite".into(),
-        bundle: Some(bundle),
-        log_path: fx.log_path("polite").display().to_string(),
-        ..Default::default()
-    })
+    h2.create_container(create_request(
+        &pod,
+        "polite",
+        bundle,
+        &fx.log_path("polite"),
+    ))
     .await
     .unwrap();
     h2.start_container(cref(&pod, "polite")).await.unwrap();
     let t = Instant::now();
-    h2.stop_container(StopContainerRequest {
-        sandbox_id: pod.clone(),
-        container_id: "polite".into(),
-        timeout_seconds: 30,
-    })
-    .await
-    .unwrap();
+    h2.stop_container(stop_request(&pod, "polite", 30))
+        .await
+        .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let st = fx.status(&h2, &pod, "polite").await;
     assert_eq!(
@@ -859,11 +732,7 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
             ErrorKind::NotFound
         );
     }
-    h2.stop_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    h2.stop_sandbox(sref(&pod)).await.unwrap();
     assert!(
         !Path::new(&format!("/proc/{infra_pid}")).exists() || {
             // A zombie awaiting its reaper is not running either.
@@ -872,29 +741,10 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
                 .unwrap_or(true)
         }
     );
-    assert!(
-        !h2.sandbox_status(SandboxRef {
-            sandbox_id: pod.clone()
-        })
-        .await
-        .unwrap()
-        .ready
-    );
-    h2.stop_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    h2.remove_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    h2.remove_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    assert!(!h2.sandbox_status(sref(&pod)).await.unwrap().ready);
+    h2.stop_sandbox(sref(&pod)).await.unwrap();
+    h2.remove_sandbox(sref(&pod)).await.unwrap();
+    h2.remove_sandbox(sref(&pod)).await.unwrap();
     let left: Vec<_> = std::fs::read_dir(fx.state_dir(&pod))
         .unwrap()
         .flatten()
@@ -908,14 +758,9 @@ async fn lifecycle(runtime: &'static str, tag: &str) {
 }
 
 async fn oom_killed(runtime: &'static str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some((fx, pod, infra_pid)) = Fixture::with_pod(runtime, tag).await else {
         return;
-    }
-    let fx = Fixture::new(runtime, tag).await;
-    let h = &fx.handler;
-    let pod = format!("pod-{tag}");
-    let (infra_pid, _) = fx.run_sandbox(&pod).await;
+    };
     // tail buffers a "line" that never ends: memory grows until the limit.
     fx.create(
         &pod,
@@ -935,29 +780,15 @@ async fn oom_killed(runtime: &'static str, tag: &str) {
     );
 
     // Removing the sandbox with a container left removes that too.
-    h.stop_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    h.remove_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    fx.assert_clean();
+    fx.remove_pod_and_check_clean(&pod).await;
 }
 
 /// create+start latency over a few containers (printed, loosely bounded).
 async fn latency(runtime: &'static str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    let Some((fx, pod, infra_pid)) = Fixture::with_pod(runtime, tag).await else {
         return;
-    }
-    let fx = Fixture::new(runtime, tag).await;
+    };
     let h = &fx.handler;
-    let pod = format!("pod-{tag}");
-    let (infra_pid, _) = fx.run_sandbox(&pod).await;
     let mut samples = Vec::new();
     for i in 0..10 {
         let id = format!("c{i}");
@@ -999,13 +830,9 @@ async fn latency(runtime: &'static str, tag: &str) {
     assert_eq!(st.state, ContainerState::Created as i32, "{st:?}");
     assert!(st.pid > 0 && st.started_at == 0, "{st:?}");
     let t = Instant::now();
-    h.stop_container(StopContainerRequest {
-        sandbox_id: pod.clone(),
-        container_id: "idle".into(),
-        timeout_seconds: 10,
-    })
-    .await
-    .unwrap();
+    h.stop_container(stop_request(&pod, "idle", 10))
+        .await
+        .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let st = h.container_status(cref(&pod, "idle")).await.unwrap();
     assert_eq!(st.state, ContainerState::Exited as i32, "{st:?}");
@@ -1013,45 +840,11 @@ async fn latency(runtime: &'static str, tag: &str) {
     assert!(!fx.runtime_list().contains(&"idle".to_string()));
 
     // Removing the pod takes its running containers with it.
-    h.stop_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    h.remove_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    fx.assert_clean();
+    fx.remove_pod_and_check_clean(&pod).await;
 }
 
-#[tokio::test]
-async fn runc_pod_lifecycle() {
-    lifecycle(RUNC, "runc").await;
-}
-
-#[tokio::test]
-async fn crun_pod_lifecycle() {
-    lifecycle(CRUN, "crun").await;
-}
-
-#[tokio::test]
-async fn runc_oom_killed() {
-    oom_killed(RUNC, "runc-oom").await;
-}
-
-#[tokio::test]
-async fn crun_oom_killed() {
-    oom_killed(CRUN, "crun-oom").await;
-}
-
-#[tokio::test]
-async fn runc_create_start_latency() {
-    latency(RUNC, "runc-lat").await;
-}
-
-#[tokio::test]
-async fn crun_create_start_latency() {
-    latency(CRUN, "crun-lat").await;
+runtime_tests! {
+    lifecycle: runc_pod_lifecycle("runc"), crun_pod_lifecycle("crun");
+    oom_killed: runc_oom_killed("runc-oom"), crun_oom_killed("crun-oom");
+    latency: runc_create_start_latency("runc-lat"), crun_create_start_latency("crun-lat");
 }

@@ -14,36 +14,30 @@
 //! Needs root, conmon, catatonit, busybox-static, `ip` and the runtime;
 //! skips with a printed reason otherwise (a failure under CI=true).
 
+#[macro_use]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{
+    BUSYBOX, CATATONIT, CONMON, create_request, cref, missing_prerequisite, pod_spec, save_bundle,
+    skipped, sref,
+};
 use crius_handler_runc::{OciHandler, runc_config};
 use crius_shim_api::types::{
-    AttachRequest, Bundle, ContainerRef, CreateContainerRequest, ExecRequest, KillProcessRequest,
-    PortForwardRequest, ProcessRef, ResizePtyRequest, RunSandboxRequest, SandboxRef, Stdio,
+    AttachRequest, Bundle, ExecRequest, KillProcessRequest, PortForwardRequest, ProcessRef,
+    ResizePtyRequest, RunSandboxRequest, Stdio,
 };
-use crius_shim_api::{ErrorKind, RuntimeHandler, cri};
-use oci_spec::runtime::Spec;
+use crius_shim_api::{ErrorKind, RuntimeHandler};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-const CONMON: &str = "/usr/bin/conmon";
-const BUSYBOX: &str = "/bin/busybox";
-const CATATONIT: &str = "/usr/bin/catatonit";
 const IP: &str = "/usr/sbin/ip";
-const RUNC: &str = "/usr/sbin/runc";
-const CRUN: &str = "/usr/bin/crun";
 
 fn skip_reason(runtime: &str) -> Option<String> {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("needs root".to_string())
-    } else {
-        [CONMON, BUSYBOX, CATATONIT, IP, runtime]
-            .iter()
-            .find(|b| !Path::new(b).exists())
-            .map(|b| format!("{b} is not installed"))
-    };
+    let reason = missing_prerequisite(&[CONMON, BUSYBOX, CATATONIT, IP, runtime]);
     if let Some(r) = &reason
         && std::env::var("CI").as_deref() == Ok("true")
     {
@@ -107,51 +101,17 @@ impl Fixture {
 
     fn bundle(&self, id: &str, args: &[&str], infra_pid: Option<u32>, tty: bool) -> Bundle {
         let dir = self.path(&format!("bundles/{id}"));
-        let rootfs = dir.join("rootfs");
-        let bin = rootfs.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        if infra_pid.is_none() {
-            std::fs::copy(CATATONIT, rootfs.join("catatonit")).unwrap();
-        } else {
-            std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-            for applet in ["sh", "echo", "sleep", "cat", "stty", "httpd", "true"] {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-            std::fs::create_dir_all(rootfs.join("www")).unwrap();
-            std::fs::write(rootfs.join("www/index.html"), "hello-pf\n").unwrap();
-        }
-        let mut spec = serde_json::to_value(Spec::default()).unwrap();
-        spec["process"]["args"] = json!(args);
-        spec["process"]["env"] = json!(["PATH=/bin", "TERM=xterm"]);
+        let applets = ["sh", "echo", "sleep", "cat", "stty", "httpd", "true"];
+        let cgroups_path = format!("/{}/{id}", self.cgroup_parent);
+        let netns = self.netns_path();
+        let mut spec = pod_spec(&dir, &cgroups_path, args, infra_pid, Some(&netns), &applets);
         spec["process"]["terminal"] = json!(tty);
-        spec["root"] = json!({"path": "rootfs", "readonly": false});
-        spec["linux"]["cgroupsPath"] = json!(format!("/{}/{id}", self.cgroup_parent));
-        spec["annotations"] = json!({});
-        match infra_pid {
-            None => {
-                spec["linux"]["namespaces"] = json!([
-                    {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                    {"type": "network", "path": self.netns_path()},
-                ]);
-            }
-            Some(pid) => {
-                spec.as_object_mut().unwrap().remove("hostname");
-                spec["linux"]["namespaces"] = json!([
-                    {"type": "pid"},
-                    {"type": "mount"},
-                    {"type": "network", "path": format!("/proc/{pid}/ns/net")},
-                    {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
-                    {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
-                ]);
-            }
+        if infra_pid.is_some() {
+            let www = dir.join("rootfs/www");
+            std::fs::create_dir_all(&www).unwrap();
+            std::fs::write(www.join("index.html"), "hello-pf\n").unwrap();
         }
-        let bytes = serde_json::to_vec_pretty(&spec).unwrap();
-        std::fs::write(dir.join("config.json"), &bytes).unwrap();
-        Bundle {
-            dir: dir.display().to_string(),
-            oci_spec: bytes,
-            rootfs: None,
-        }
+        save_bundle(&dir, &spec)
     }
 
     async fn run_sandbox(&self, id: &str) -> u32 {
@@ -172,32 +132,13 @@ impl Fixture {
 
     async fn run(&self, pod: &str, id: &str, infra: u32, args: &[&str], stdin: bool) {
         let bundle = self.bundle(id, args, Some(infra), false);
-        self.handler
-            .create_container(CreateContainerRequest {
-                sandbox_id: pod.to_string(),
-                container_id: id.to_string(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: id.to_string(),
-                        attempt: 0,
-                    }),
-                    stdin,
-                    stdin_once: stdin,
-                    ..Default::default()
-                }),
-                bundle: Some(bundle),
-                log_path: self.path(&format!("logs/{id}.log")).display().to_string(),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap();
-        self.handler
-            .start_container(ContainerRef {
-                sandbox_id: pod.to_string(),
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        let mut req = create_request(pod, id, bundle, &self.path(&format!("logs/{id}.log")));
+        if let Some(config) = req.config.as_mut() {
+            config.stdin = stdin;
+            config.stdin_once = stdin;
+        }
+        self.handler.create_container(req).await.unwrap();
+        self.handler.start_container(cref(pod, id)).await.unwrap();
     }
 }
 
@@ -351,8 +292,7 @@ async fn wait(h: &OciHandler, pod: &str, ctr: &str, exec_id: &str) -> i32 {
 }
 
 async fn scenario(runtime: &'static str, tag: &str) {
-    if let Some(reason) = skip_reason(runtime) {
-        crius_testkit::skip(format!("{tag}: {reason}"));
+    if skipped(skip_reason(runtime), tag) {
         return;
     }
     let fx = Fixture::new(runtime, tag).await;
@@ -370,12 +310,7 @@ async fn scenario(runtime: &'static str, tag: &str) {
     fx.run(&pod, "echo", infra, &["/bin/cat"], true).await;
 
     // --- sandbox stats -------------------------------------------------
-    let stats = h
-        .sandbox_stats(SandboxRef {
-            sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    let stats = h.sandbox_stats(sref(&pod)).await.unwrap();
     let memory = stats.memory.unwrap().usage_bytes.unwrap().value;
     assert!(memory > 0, "pod memory usage {memory}");
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
@@ -590,44 +525,24 @@ async fn scenario(runtime: &'static str, tag: &str) {
     assert_eq!(wait(h, &pod, "echo", "").await, 0);
 
     // --- main process: kill and wait ---------------------------------------
-    h.kill_process(KillProcessRequest {
-        sandbox_id: pod.clone(),
-        container_id: "web".into(),
-        exec_id: String::new(),
-        signal: 9,
-    })
-    .await
-    .unwrap();
+    let kill_web = || {
+        h.kill_process(KillProcessRequest {
+            sandbox_id: pod.clone(),
+            container_id: "web".into(),
+            exec_id: String::new(),
+            signal: 9,
+        })
+    };
+    kill_web().await.unwrap();
     assert_eq!(wait(h, &pod, "web", "").await, 137);
     // An exited process is not an error.
-    h.kill_process(KillProcessRequest {
-        sandbox_id: pod.clone(),
-        container_id: "web".into(),
-        exec_id: String::new(),
-        signal: 9,
-    })
-    .await
-    .unwrap();
+    kill_web().await.unwrap();
 
-    h.stop_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    h.remove_sandbox(SandboxRef {
-        sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    h.stop_sandbox(sref(&pod)).await.unwrap();
+    h.remove_sandbox(sref(&pod)).await.unwrap();
     eprintln!("{}: interactive scenario passed", fx.tag);
 }
 
-#[tokio::test]
-async fn runc_interactive() {
-    scenario(RUNC, "runc").await;
-}
-
-#[tokio::test]
-async fn crun_interactive() {
-    scenario(CRUN, "crun").await;
+runtime_tests! {
+    scenario: runc_interactive("runc"), crun_interactive("crun");
 }

@@ -299,3 +299,172 @@ fn real_remove_of_busy_cgroup_fails_and_kills_nothing() {
     cg.remove().unwrap();
     assert!(!cg.exists_anywhere());
 }
+
+/// A v1 layout whose hierarchies are directories under `root`, as
+/// mountinfo would list them (`cpu,cpuacct` co-mounted, as on most hosts).
+fn fake_v1(root: &Path) -> CgroupLayout {
+    let r = root.display();
+    CgroupLayout::from_mountinfo(&format!(
+        "\
+33 30 0:29 / {r}/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 / {r}/memory rw,relatime - cgroup cgroup rw,memory
+35 30 0:31 / {r}/pids rw,relatime - cgroup cgroup rw,pids
+36 30 0:32 / {r}/unified rw,relatime - cgroup2 cgroup2 rw
+"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn v1_stats_and_oom_kills_from_fixture_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = fake_v1(tmp.path());
+    assert_eq!(l.mode(), CgroupMode::V1);
+    let mem = tmp.path().join("memory/kube/c1");
+    let cpu = tmp.path().join("cpu,cpuacct/kube/c1");
+    let pids = tmp.path().join("pids/kube/c1");
+    for d in [&mem, &cpu, &pids] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(mem.join("memory.usage_in_bytes"), "1000\n").unwrap();
+    // Per-cgroup keys must not be taken for the hierarchical ones.
+    fs::write(
+        mem.join("memory.stat"),
+        "cache 5\nrss 1\ninactive_file 2\ntotal_inactive_file 300\ntotal_rss 600\n",
+    )
+    .unwrap();
+    fs::write(
+        mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+    )
+    .unwrap();
+    fs::write(cpu.join("cpuacct.usage"), "123456\n").unwrap();
+    fs::write(pids.join("pids.current"), "7\n").unwrap();
+
+    let cg = PodCgroup::open(&l, "/kube/c1").unwrap();
+    assert_eq!(
+        cg.stats(),
+        Some(CgroupStats {
+            cpu_usage_ns: 123456,
+            memory_usage_bytes: 1000,
+            memory_working_set_bytes: 700,
+            memory_rss_bytes: 600,
+        })
+    );
+    assert_eq!(cg.oom_kill_count(), 2);
+    assert_eq!(cg.pids_current(), Some(7));
+
+    let missing = PodCgroup::open(&l, "/kube/missing").unwrap();
+    assert_eq!(missing.stats(), None);
+    assert_eq!(missing.oom_kill_count(), 0);
+    assert_eq!(missing.pids_current(), None);
+
+    // No cpuacct hierarchy and no pids files: the memory figures still come.
+    fs::remove_file(cpu.join("cpuacct.usage")).unwrap();
+    fs::remove_file(mem.join("memory.oom_control")).unwrap();
+    let s = cg.stats().unwrap();
+    assert_eq!((s.cpu_usage_ns, s.memory_usage_bytes), (0, 1000));
+    assert_eq!(cg.oom_kill_count(), 0);
+}
+
+#[test]
+fn v2_stats_and_oom_kills_from_fixture_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = CgroupLayout::v2_at(tmp.path());
+    let d = tmp.path().join("kube/c1");
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("memory.current"), "5000\n").unwrap();
+    fs::write(
+        d.join("memory.stat"),
+        "anon 1200\nfile 3000\nactive_file 1000\ninactive_file 2000\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("cpu.stat"),
+        "usage_usec 42\nuser_usec 40\nsystem_usec 2\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("memory.events"),
+        "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+    )
+    .unwrap();
+    fs::write(d.join("pids.current"), "3\n").unwrap();
+
+    let cg = PodCgroup::open(&l, "/kube/c1").unwrap();
+    assert_eq!(
+        cg.stats(),
+        Some(CgroupStats {
+            cpu_usage_ns: 42_000,
+            memory_usage_bytes: 5000,
+            memory_working_set_bytes: 3000,
+            memory_rss_bytes: 1200,
+        })
+    );
+    assert_eq!(cg.oom_kill_count(), 1);
+    assert_eq!(cg.pids_current(), Some(3));
+
+    let missing = PodCgroup::open(&l, "/kube/gone").unwrap();
+    assert_eq!(missing.stats(), None);
+    assert_eq!(missing.oom_kill_count(), 0);
+}
+
+/// v1 limit files on the fixture tree (the kernel's files exist in every
+/// cgroup; pre-create them, since writes never create files).
+#[test]
+fn v1_limits_on_fixture_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = fake_v1(tmp.path());
+    let cpu = tmp.path().join("cpu,cpuacct/pod");
+    let mem = tmp.path().join("memory/pod");
+    for (d, files) in [
+        (
+            &cpu,
+            &["cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us"][..],
+        ),
+        (&mem, &["memory.limit_in_bytes"][..]),
+    ] {
+        fs::create_dir_all(d).unwrap();
+        for f in files {
+            fs::write(d.join(f), "").unwrap();
+        }
+    }
+    let cg = PodCgroup::open(&l, "/pod").unwrap();
+    cg.set_resources(&Resources {
+        cpu_shares: Some(512),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        memory_limit: Some(64 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    let rd = |p: PathBuf| fs::read_to_string(p).unwrap();
+    assert_eq!(rd(cpu.join("cpu.shares")), "512");
+    assert_eq!(rd(cpu.join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(rd(cpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(
+        rd(mem.join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
+    cg.set_resources(&Resources {
+        cpu_quota: Some(-1),
+        memory_limit: Some(-1),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(rd(cpu.join("cpu.cfs_quota_us")), "-1");
+    assert_eq!(rd(mem.join("memory.limit_in_bytes")), "-1");
+    // A missing cgroup fails and leaves no stray file behind.
+    let missing = PodCgroup::open(&l, "/missing").unwrap();
+    let err = missing
+        .set_resources(&Resources {
+            memory_limit: Some(1 << 20),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, CgroupError::Write { ref source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{err}"
+    );
+    assert!(!tmp.path().join("memory/missing").exists());
+}

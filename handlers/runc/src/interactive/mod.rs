@@ -47,14 +47,14 @@ use crius_shim_api::types::{
     WaitResponse,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use crate::OciHandler;
+use crate::execsync::{exit_code, runtime_error, runtime_exec};
 use crate::fdio::{FdStream, connect_seqpacket, set_winsize};
-use crate::ops::{Observed, check_id, exec_failure_code, load_spec};
+use crate::ops::{Observed, check_id, exec_failure_code, exec_process, exit_reason};
 use crate::state::{Container, now_ns};
 
 mod attach;
@@ -122,6 +122,15 @@ impl Execs {
             .get(&(container_id.to_string(), exec_id.to_string()))
             .cloned()
     }
+    /// The session, or NotFound for an exec that was never started here
+    /// or was already waited for.
+    fn known(&self, container_id: &str, exec_id: &str) -> HandlerResult<Arc<ExecSession>> {
+        self.get(container_id, exec_id).ok_or_else(|| {
+            HandlerError::not_found(format!(
+                "exec {exec_id} of container {container_id} not found"
+            ))
+        })
+    }
     fn insert(&self, container_id: &str, exec_id: &str, session: Arc<ExecSession>) -> bool {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (container_id.to_string(), exec_id.to_string());
@@ -159,29 +168,6 @@ where
     W: AsyncWrite + Unpin,
 {
     tokio::io::copy(&mut from, &mut to).await
-}
-
-/// The first error the runtime logged (`--log-format json`), if any.
-fn runtime_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines().find_map(|line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        let level = v.get("level")?.as_str()?;
-        matches!(level, "error" | "fatal").then(|| {
-            v.get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        })
-    })
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(255)
 }
 
 fn check_signal(signal: u32) -> HandlerResult<i32> {
@@ -250,26 +236,7 @@ impl OciHandler {
                 ),
             ));
         }
-        // The exec'd process gets the container's user, env, cwd,
-        // capabilities and limits; only the command and terminal differ.
-        let spec = load_spec(&ctr.bundle)?;
-        let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
-        let obj = process.as_object_mut().ok_or_else(|| {
-            HandlerError::invalid_argument(format!("container {}: spec has no process", ctr.id))
-        })?;
-        obj.insert("args".into(), serde_json::json!(req.cmd));
-        obj.insert("terminal".into(), Value::Bool(stdio.terminal));
-        match size {
-            Some((w, h)) => {
-                obj.insert(
-                    "consoleSize".into(),
-                    serde_json::json!({"height": h, "width": w}),
-                );
-            }
-            None => {
-                obj.remove("consoleSize");
-            }
-        }
+        let process = exec_process(&ctr, &req.cmd, stdio.terminal, size)?;
 
         let dir = ctr.exec_dir().join(format!("i-{}", req.exec_id));
         let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -313,18 +280,15 @@ impl OciHandler {
             .map_err(cleanup)?;
 
         let log_path = dir.join("runtime.log");
-        let mut command = tokio::process::Command::new(&self.config.runtime_path);
-        command
-            .arg(format!("--root={}", self.config.runtime_root.display()))
-            .arg(format!("--log={}", log_path.display()))
-            .arg("--log-format=json")
-            .arg("exec")
-            .arg("--process")
-            .arg(&process_path)
-            .arg("--pid-file")
-            .arg(dir.join("pid"))
-            .arg(&ctr.id)
-            .kill_on_drop(false);
+        let mut command = runtime_exec(
+            &self.config.runtime_path,
+            &self.config.runtime_root,
+            &log_path,
+            &process_path,
+            &dir.join("pid"),
+            &ctr.id,
+        );
+        command.kill_on_drop(false);
         let mut pty_master = None;
         if stdio.terminal {
             let (w, h) = size.unwrap_or((80, 24));
@@ -503,15 +467,7 @@ impl OciHandler {
 
     pub(crate) async fn do_wait(&self, req: ProcessRef) -> HandlerResult<WaitResponse> {
         if !req.exec_id.is_empty() {
-            let session = self
-                .execs
-                .get(&req.container_id, &req.exec_id)
-                .ok_or_else(|| {
-                    HandlerError::not_found(format!(
-                        "exec {} of container {} not found",
-                        req.exec_id, req.container_id
-                    ))
-                })?;
+            let session = self.execs.known(&req.container_id, &req.exec_id)?;
             let mut exit = session.exit.clone();
             let done = loop {
                 if let Some(done) = *exit.borrow_and_update() {
@@ -542,19 +498,10 @@ impl OciHandler {
                     reason,
                     ..
                 } => {
-                    let reason = if !reason.is_empty() {
-                        reason.as_str()
-                    } else if oom_killed {
-                        "OOMKilled"
-                    } else if exit_code == 0 {
-                        "Completed"
-                    } else {
-                        "Error"
-                    };
                     return Ok(WaitResponse {
                         exit_code,
                         exited_at: finished_at.max(ctr.started_at()),
-                        reason: reason.to_string(),
+                        reason: exit_reason(&reason, oom_killed, exit_code).to_string(),
                     });
                 }
                 Observed::Unknown(message) => {
@@ -571,15 +518,7 @@ impl OciHandler {
     pub(crate) async fn do_kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
         let signal = check_signal(req.signal)?;
         if !req.exec_id.is_empty() {
-            let session = self
-                .execs
-                .get(&req.container_id, &req.exec_id)
-                .ok_or_else(|| {
-                    HandlerError::not_found(format!(
-                        "exec {} of container {} not found",
-                        req.exec_id, req.container_id
-                    ))
-                })?;
+            let session = self.execs.known(&req.container_id, &req.exec_id)?;
             if session.exited().is_some() {
                 return Ok(());
             }
@@ -612,15 +551,7 @@ impl OciHandler {
     pub(crate) async fn do_resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
         let (width, height) = check_size(req.width, req.height)?;
         if !req.exec_id.is_empty() {
-            let session = self
-                .execs
-                .get(&req.container_id, &req.exec_id)
-                .ok_or_else(|| {
-                    HandlerError::not_found(format!(
-                        "exec {} of container {} not found",
-                        req.exec_id, req.container_id
-                    ))
-                })?;
+            let session = self.execs.known(&req.container_id, &req.exec_id)?;
             let Some(pty) = &session.pty else {
                 return Err(HandlerError::failed_precondition(format!(
                     "exec {} of container {} has no terminal",

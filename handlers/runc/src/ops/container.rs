@@ -209,16 +209,7 @@ impl OciHandler {
                 // The exit file's mtime comes from the coarse kernel clock
                 // and may precede the start stamp by a few milliseconds.
                 resp.finished_at = finished_at.max(resp.started_at);
-                resp.reason = if !reason.is_empty() {
-                    reason.as_str()
-                } else if oom_killed {
-                    "OOMKilled"
-                } else if exit_code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                }
-                .to_string();
+                resp.reason = exit_reason(&reason, oom_killed, exit_code).to_string();
                 resp.message = message;
             }
             Observed::Unknown(message) => {
@@ -252,16 +243,7 @@ impl OciHandler {
                 self.config.name, ctr.id
             )));
         }
-        // The exec'd process gets the container's user, env, cwd,
-        // capabilities and limits; only the command differs.
-        let spec = load_spec(&ctr.bundle)?;
-        let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
-        let obj = process.as_object_mut().ok_or_else(|| {
-            HandlerError::invalid_argument(format!("container {}: spec has no process", ctr.id))
-        })?;
-        obj.insert("args".into(), serde_json::json!(req.cmd));
-        obj.insert("terminal".into(), Value::Bool(false));
-        obj.remove("consoleSize");
+        let process = exec_process(&ctr, &req.cmd, false, None)?;
         let process: oci_spec::runtime::Process = serde_json::from_value(process)
             .map_err(|e| self.err(format!("exec process spec of {}", ctr.id), e))?;
         let timeout =
@@ -390,12 +372,17 @@ impl OciHandler {
                 ctr.id
             ))
         })?;
-        let stats = cgroupfs::stats(&self.mounts(), cgroup).ok_or_else(|| {
-            HandlerError::failed_precondition(format!(
-                "handler {}: cgroup {cgroup} of container {} does not exist",
-                self.config.name, ctr.id
-            ))
-        })?;
+        let path = cgroup.to_string();
+        let stats = tokio::task::spawn_blocking(move || Self::cgroup(&path).map(|cg| cg.stats()))
+            .await
+            .map_err(|e| self.err("container stats task", e))?
+            .map_err(|e| self.err(format!("cgroup {cgroup} of container {}", ctr.id), e))?
+            .ok_or_else(|| {
+                HandlerError::failed_precondition(format!(
+                    "handler {}: cgroup {cgroup} of container {} does not exist",
+                    self.config.name, ctr.id
+                ))
+            })?;
         Ok(ContainerStatsResponse {
             timestamp: now_ns(),
             cpu_usage_core_nanoseconds: stats.cpu_usage_ns,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crius_shim_api::cgroupfs::{CgroupError, CgroupLayout, PodCgroup};
 use crius_shim_api::types::{
     ContainerRef, ContainerState, ContainerStatsResponse, ContainerStatusResponse,
     CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
@@ -21,7 +22,6 @@ use crius_shim_api::types::{
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
 use serde_json::Value;
 
-use crate::cgroupfs::{self, CgroupMounts};
 use crate::monitor::{ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError};
 use crate::state::{
     Container, ContainerRecord, Layout, RECORD_VERSION, SandboxRecord, conmon_alive, now_ns,
@@ -117,6 +117,50 @@ pub(crate) enum Observed {
         message: String,
     },
     Unknown(String),
+}
+
+/// The process spec of an exec in `ctr`: the container's own (user, env,
+/// cwd, capabilities, limits) with only the command, the terminal and the
+/// console size (width, height; `None` drops it) replaced.
+pub(crate) fn exec_process(
+    ctr: &Container,
+    cmd: &[String],
+    terminal: bool,
+    console_size: Option<(u16, u16)>,
+) -> HandlerResult<Value> {
+    let spec = load_spec(&ctr.bundle)?;
+    let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
+    let obj = process.as_object_mut().ok_or_else(|| {
+        HandlerError::invalid_argument(format!("container {}: spec has no process", ctr.id))
+    })?;
+    obj.insert("args".into(), serde_json::json!(cmd));
+    obj.insert("terminal".into(), Value::Bool(terminal));
+    match console_size {
+        Some((w, h)) => {
+            obj.insert(
+                "consoleSize".into(),
+                serde_json::json!({"height": h, "width": w}),
+            );
+        }
+        None => {
+            obj.remove("consoleSize");
+        }
+    }
+    Ok(process)
+}
+
+/// The CRI reason of an exit: the handler's own (`reason`) when it set
+/// one, else derived from the OOM kill and the exit code.
+pub(crate) fn exit_reason(reason: &str, oom_killed: bool, exit_code: i32) -> &str {
+    if !reason.is_empty() {
+        reason
+    } else if oom_killed {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
 }
 
 /// IDs become file names and runtime container names.
@@ -248,8 +292,11 @@ impl OciHandler {
         Some((pod, ctr))
     }
 
-    pub(crate) fn mounts(&self) -> CgroupMounts {
-        CgroupMounts::current().unwrap_or_default()
+    /// The cgroup at `path` (a spec's cgroupsPath or a pod cgroup). The
+    /// layout is read from mountinfo each time rather than kept: it is
+    /// small, and reading it never goes stale after a remount.
+    pub(crate) fn cgroup(path: &str) -> Result<PodCgroup, CgroupError> {
+        PodCgroup::open(&CgroupLayout::detect()?, path)
     }
 
     /// Waits up to `timeout` for the container to be exited.
