@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod abi;
 pub mod cgroupfs;
+pub mod checks;
 pub mod mountinfo;
 mod params;
 #[cfg(feature = "plugin")]

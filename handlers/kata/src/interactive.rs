@@ -26,7 +26,7 @@ use crius_shim_api::types::{
     ContainerState, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
     KillProcessRequest, ProcessRef, ResizePtyRequest, WaitResponse,
 };
-use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
+use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, checks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -144,43 +144,6 @@ fn exec_failure_code(message: &str) -> i32 {
         127
     } else {
         126
-    }
-}
-
-fn check_id(exec_id: &str) -> HandlerResult<()> {
-    let ok = !exec_id.is_empty()
-        && exec_id.len() <= 128
-        && !exec_id.starts_with('.')
-        && exec_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(HandlerError::invalid_argument(format!(
-            "exec id {:?} is not a valid id",
-            exec_id.chars().take(140).collect::<String>()
-        )))
-    }
-}
-
-fn check_signal(signal: u32) -> HandlerResult<u32> {
-    if (1..=64).contains(&signal) {
-        Ok(signal)
-    } else {
-        Err(HandlerError::invalid_argument(format!(
-            "signal {signal} is not a valid signal number (1-64)"
-        )))
-    }
-}
-
-fn check_size(width: u32, height: u32) -> HandlerResult<(u32, u32)> {
-    if (1..=65535).contains(&width) && (1..=65535).contains(&height) {
-        Ok((width, height))
-    } else {
-        Err(HandlerError::invalid_argument(format!(
-            "terminal size {width}x{height} is out of range (1-65535 each)"
-        )))
     }
 }
 
@@ -311,19 +274,8 @@ impl PodShim {
     }
 
     pub(crate) async fn do_exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
-        check_id(&req.exec_id)?;
-        if req.cmd.is_empty() {
-            return Err(HandlerError::invalid_argument(format!(
-                "exec in container {}: empty command",
-                req.container_id
-            )));
-        }
+        let size = checks::exec_request(&req)?.map(|(w, h)| (u32::from(w), u32::from(h)));
         let stdio = req.stdio.clone().unwrap_or_default();
-        let size = if stdio.terminal && (req.width > 0 || req.height > 0) {
-            Some(check_size(req.width, req.height)?)
-        } else {
-            None
-        };
         let c = self.running(&req.sandbox_id, &req.container_id, "exec in")?;
         let key = (c.id.clone(), req.exec_id.clone());
         if self.execs.get(&key.0, &key.1).is_some() {
@@ -468,7 +420,7 @@ impl PodShim {
     }
 
     pub(crate) async fn do_kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
-        let signal = check_signal(req.signal)?;
+        let signal = checks::signal(req.signal)? as u32;
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         let target = if req.exec_id.is_empty() {
             if !c.status().is(ContainerState::Running) {
@@ -490,7 +442,8 @@ impl PodShim {
     }
 
     pub(crate) async fn do_resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
-        let (width, height) = check_size(req.width, req.height)?;
+        let (width, height) = checks::terminal_size(req.width, req.height)?;
+        let (width, height) = (u32::from(width), u32::from(height));
         let c = self.container(&req.sandbox_id, &req.container_id)?;
         if req.exec_id.is_empty() {
             if !c.stdio.tty {
@@ -629,22 +582,6 @@ mod tests {
             127
         );
         assert_eq!(exec_failure_code("permission denied"), 126);
-    }
-
-    #[test]
-    fn bad_ids_sizes_and_signals_are_refused() {
-        check_id("abc-DEF_1.2").unwrap();
-        for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
-            assert_eq!(
-                check_id(bad).unwrap_err().kind,
-                ErrorKind::InvalidArgument,
-                "{bad}"
-            );
-        }
-        assert!(check_size(80, 24).is_ok());
-        assert!(check_size(0, 24).is_err() && check_size(80, 70000).is_err());
-        assert!(check_signal(9).is_ok());
-        assert!(check_signal(0).is_err() && check_signal(65).is_err());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use crius_shim_api::types::{
     AttachRequest, ExecRequest, ExecResponse, KillProcessRequest, ProcessRef, ResizePtyRequest,
     WaitResponse,
 };
-use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
+use crius_shim_api::{ErrorKind, HandlerError, HandlerResult, checks};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ use tokio::sync::watch;
 use crate::OciHandler;
 use crate::execsync::{exit_code, runtime_error, runtime_exec};
 use crate::fdio::{FdStream, connect_seqpacket, set_winsize};
-use crate::ops::{Observed, check_id, exec_failure_code, exec_process, exit_reason};
+use crate::ops::{Observed, exec_failure_code, exec_process, exit_reason};
 use crate::state::{Container, now_ns};
 
 mod attach;
@@ -170,25 +170,6 @@ where
     tokio::io::copy(&mut from, &mut to).await
 }
 
-fn check_signal(signal: u32) -> HandlerResult<i32> {
-    if (1..=64).contains(&signal) {
-        Ok(signal as i32)
-    } else {
-        Err(HandlerError::invalid_argument(format!(
-            "signal {signal} is not a valid signal number (1-64)"
-        )))
-    }
-}
-
-fn check_size(width: u32, height: u32) -> HandlerResult<(u16, u16)> {
-    match (u16::try_from(width), u16::try_from(height)) {
-        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
-        _ => Err(HandlerError::invalid_argument(format!(
-            "terminal size {width}x{height} is out of range (1-65535 each)"
-        ))),
-    }
-}
-
 impl OciHandler {
     fn not_running(&self, ctr: &Container, what: &str) -> HandlerError {
         HandlerError::failed_precondition(format!(
@@ -211,19 +192,8 @@ impl OciHandler {
     }
 
     pub(crate) async fn do_exec(&self, req: ExecRequest) -> HandlerResult<ExecResponse> {
-        check_id("exec id", &req.exec_id)?;
-        if req.cmd.is_empty() {
-            return Err(HandlerError::invalid_argument(format!(
-                "exec in container {}: empty command",
-                req.container_id
-            )));
-        }
+        let size = checks::exec_request(&req)?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        let size = if stdio.terminal && (req.width > 0 || req.height > 0) {
-            Some(check_size(req.width, req.height)?)
-        } else {
-            None
-        };
         let ctr = self
             .running_container(&req.sandbox_id, &req.container_id, "exec in")
             .await?;
@@ -516,7 +486,7 @@ impl OciHandler {
     }
 
     pub(crate) async fn do_kill_process(&self, req: KillProcessRequest) -> HandlerResult<()> {
-        let signal = check_signal(req.signal)?;
+        let signal = checks::signal(req.signal)?;
         if !req.exec_id.is_empty() {
             let session = self.execs.known(&req.container_id, &req.exec_id)?;
             if session.exited().is_some() {
@@ -549,7 +519,7 @@ impl OciHandler {
     }
 
     pub(crate) async fn do_resize_pty(&self, req: ResizePtyRequest) -> HandlerResult<()> {
-        let (width, height) = check_size(req.width, req.height)?;
+        let (width, height) = checks::terminal_size(req.width, req.height)?;
         if !req.exec_id.is_empty() {
             let session = self.execs.known(&req.container_id, &req.exec_id)?;
             let Some(pty) = &session.pty else {

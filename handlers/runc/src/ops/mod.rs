@@ -164,21 +164,7 @@ pub(crate) fn exit_reason(reason: &str, oom_killed: bool, exit_code: i32) -> &st
 }
 
 /// IDs become file names and runtime container names.
-pub(crate) fn check_id(what: &str, id: &str) -> HandlerResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(HandlerError::invalid_argument(format!(
-            "invalid {what} {id:?}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"
-        )))
-    }
-}
+pub(crate) use crius_shim_api::checks::id as check_id;
 
 /// Reads the bundle's config.json leniently (only a few fields are used).
 pub(crate) fn load_spec(bundle: &Path) -> HandlerResult<Value> {
