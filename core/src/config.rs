@@ -401,6 +401,21 @@ pub struct RegistryConfig {
     pub mirror_by_digest_only: bool,
 }
 
+impl RegistryConfig {
+    /// An entry for `prefix` that changes nothing: the registry itself,
+    /// over HTTPS, without mirrors.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            location: None,
+            insecure: false,
+            mirrors: Vec::new(),
+            blocked: false,
+            mirror_by_digest_only: false,
+        }
+    }
+}
+
 /// One mirror of a registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::path_io::PathIoError;
+
 /// How long a walk's result is served before a refresh is started.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
 
@@ -38,22 +40,37 @@ fn now_ns() -> i64 {
 /// into other filesystems (mounts below `root`). Entries that vanish during
 /// the walk are ignored; a missing `root` is an error.
 pub fn tree_usage(root: &Path) -> io::Result<DiskUsage> {
+    let (bytes, inodes) = walk_usage(root, true).map_err(|e| e.source)?;
+    Ok(DiskUsage {
+        bytes,
+        inodes,
+        timestamp: now_ns(),
+    })
+}
+
+/// Allocated bytes (`st_blocks`) and inode count of the tree at `root`,
+/// without following symlinks and counting hard-linked files once; with
+/// `one_filesystem`, mounts below `root` are not entered. Entries that
+/// vanish during the walk (concurrent removal) are ignored; a missing
+/// `root` is an error.
+pub fn walk_usage(root: &Path, one_filesystem: bool) -> Result<(u64, u64), PathIoError> {
     use std::os::unix::fs::MetadataExt;
-    let root_meta = std::fs::symlink_metadata(root)?;
-    let dev = root_meta.dev();
-    let mut seen: HashSet<u64> = HashSet::new();
+    let dev = std::fs::symlink_metadata(root)
+        .map_err(PathIoError::of::<PathIoError>("stat", root))?
+        .dev();
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let (mut bytes, mut inodes) = (0u64, 0u64);
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(PathIoError::of("stat", &path)(e)),
         };
-        if meta.dev() != dev {
+        if one_filesystem && meta.dev() != dev {
             continue;
         }
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
         bytes += meta.blocks() * 512;
@@ -62,15 +79,11 @@ pub fn tree_usage(root: &Path) -> io::Result<DiskUsage> {
             match std::fs::read_dir(&path) {
                 Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(PathIoError::of("reading", &path)(e)),
             }
         }
     }
-    Ok(DiskUsage {
-        bytes,
-        inodes,
-        timestamp: now_ns(),
-    })
+    Ok((bytes, inodes))
 }
 
 /// The mount point, in `mountinfo` text, of the filesystem holding the

@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod image;
 pub mod leftovers;
 pub mod metrics;
+pub mod path_io;
 pub mod perms;
 pub mod plugin;
 pub mod pod;

@@ -99,15 +99,8 @@ fn main() -> ExitCode {
         running: config.clone(),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("crius: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = start_runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(serve(config, reloader)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +108,18 @@ fn main() -> ExitCode {
             error!("{err:#}");
             eprintln!("crius: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The async runtime `builder` makes with all drivers on; `None` after
+/// saying why it could not start.
+fn start_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("crius: cannot start the async runtime: {err}");
+            None
         }
     }
 }
@@ -153,15 +158,8 @@ fn check(config: &Config) -> ExitCode {
 
 /// `crius check --leftovers [--repair]`.
 fn check_leftovers(config: &Config, repair: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("crius: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = start_runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         use crius_core::leftovers;

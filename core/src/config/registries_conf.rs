@@ -305,14 +305,7 @@ mirror-by-digest-only = true
     #[test]
     fn yaml_entries_win_over_registries_conf_for_the_same_prefix() {
         let mut config = Config::default();
-        config.registries.push(RegistryConfig {
-            prefix: "docker.io".into(),
-            location: None,
-            insecure: false,
-            mirrors: Vec::new(),
-            blocked: false,
-            mirror_by_digest_only: false,
-        });
+        config.registries.push(RegistryConfig::new("docker.io"));
         let mut conf = RegistriesConf::default();
         parse_into(
             "[[registry]]\nprefix = \"docker.io\"\nblocked = true\n[[registry]]\nprefix = \"quay.io\"\n",

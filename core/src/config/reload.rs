@@ -115,15 +115,11 @@ mod tests {
         new.log_level = "debug".into();
         new.image.pull_progress_timeout_seconds = 5;
         new.registries.push(RegistryConfig {
-            prefix: "docker.io".into(),
-            location: None,
-            insecure: false,
             mirrors: vec![MirrorConfig {
                 location: "127.0.0.1:5000".into(),
                 insecure: true,
             }],
-            blocked: false,
-            mirror_by_digest_only: false,
+            ..RegistryConfig::new("docker.io")
         });
         new.runtime_handlers.remove("crun");
         let mut runc = new.runtime_handlers["runc"].clone();

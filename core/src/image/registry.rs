@@ -571,17 +571,6 @@ mod tests {
         ImageName::parse(s, "docker.io").unwrap()
     }
 
-    fn reg(prefix: &str) -> RegistryConfig {
-        RegistryConfig {
-            prefix: prefix.to_string(),
-            location: None,
-            insecure: false,
-            mirrors: Vec::new(),
-            blocked: false,
-            mirror_by_digest_only: false,
-        }
-    }
-
     #[test]
     fn no_config_means_the_registry_itself_over_https() {
         let eps = endpoints_for(&name("busybox"), &[]).unwrap();
@@ -598,7 +587,7 @@ mod tests {
 
     #[test]
     fn mirrors_first_then_registry_with_insecure_flags() {
-        let mut r = reg("docker.io");
+        let mut r = RegistryConfig::new("docker.io");
         r.mirrors = vec![
             MirrorConfig {
                 location: "127.0.0.1:5001/hub".into(),
@@ -636,10 +625,10 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_on_component_boundaries() {
-        let mut narrow = reg("127.0.0.1:5000/test");
+        let mut narrow = RegistryConfig::new("127.0.0.1:5000/test");
         narrow.insecure = true;
         narrow.location = Some("127.0.0.1:6000/moved".into());
-        let wide = reg("127.0.0.1:5000");
+        let wide = RegistryConfig::new("127.0.0.1:5000");
         let regs = [wide, narrow];
         let eps = endpoints_for(&name("127.0.0.1:5000/test/busybox"), &regs).unwrap();
         assert_eq!(eps.len(), 1);
@@ -655,7 +644,7 @@ mod tests {
 
     #[test]
     fn blocked_registry_uses_only_mirrors() {
-        let mut r = reg("quay.io");
+        let mut r = RegistryConfig::new("quay.io");
         r.blocked = true;
         assert!(matches!(
             endpoints_for(&name("quay.io/a/b"), std::slice::from_ref(&r)),

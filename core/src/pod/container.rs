@@ -15,7 +15,6 @@ use super::image_volumes::unmount_image_volumes;
 use super::store::{ContainerRecord, PodRecord, PodState, new_id, now_nanos};
 use super::{PodManager, files, is_gone, labels_match};
 use crate::bounded::bounded;
-use crate::image::ImageError;
 use crate::rootfs;
 use crate::spec::{self, ContainerSpecInput, PodNamespaces};
 use crius_proto::cri::ContainerEventType as Event;
@@ -102,22 +101,9 @@ impl PodManager {
         }
         let handler = self.handler(&pod.handler)?;
 
-        let image = self.images.resolve(&image_name).map_err(|e| match e {
-            ImageError::NotFound(_) => {
-                PodError::NotFound(format!("image {image_name:?} not found; pull it first"))
-            }
-            other => PodError::Image {
-                image: image_name.clone(),
-                source: other,
-            },
+        let (image, layers) = self.image_with_layers(&image_name, || {
+            format!("image {image_name:?} not found; pull it first")
         })?;
-        let layers = self
-            .images
-            .layer_dirs(&image.id)
-            .map_err(|e| PodError::Image {
-                image: image_name.clone(),
-                source: e,
-            })?;
         let defaults = image.config.config.clone();
 
         // Checked before anything is reserved or created.

@@ -1,17 +1,36 @@
 //! Image volumes (KEP-4639): an image's layers mounted read-only into a
 //! container, kept under the container's bundle.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crius_proto::cri;
 
 use super::PodManager;
 use super::error::{PodError, PodResult};
 use super::store::ContainerRecord;
-use crate::image::ImageError;
+use crate::image::{ImageError, ImageRecord};
 use crate::rootfs;
 
 impl PodManager {
+    /// The pulled image `name` and its layer directories; `not_found` is
+    /// the message when there is no such image.
+    pub(super) fn image_with_layers(
+        &self,
+        name: &str,
+        not_found: impl FnOnce() -> String,
+    ) -> PodResult<(ImageRecord, Vec<PathBuf>)> {
+        let image_error = |source| PodError::Image {
+            image: name.to_string(),
+            source,
+        };
+        let record = self.images.resolve(name).map_err(|e| match e {
+            ImageError::NotFound(_) => PodError::NotFound(not_found()),
+            other => image_error(other),
+        })?;
+        let layers = self.images.layer_dirs(&record.id).map_err(image_error)?;
+        Ok((record, layers))
+    }
+
     /// Mounts each image volume (`Mount.image`, KEP-4639) the request
     /// names: the image, which the kubelet pulled, as an overlay of its
     /// layers under `<bundle>/image-volumes/<n>` (its own writable layer
@@ -29,23 +48,12 @@ impl PodManager {
                 continue;
             };
             let name = image.image.clone();
-            let record = self.images.resolve(&name).map_err(|e| match e {
-                ImageError::NotFound(_) => PodError::NotFound(format!(
+            let (record, layers) = self.image_with_layers(&name, || {
+                format!(
                     "image volume {name:?} (for {}) not found; pull it first",
                     m.container_path
-                )),
-                other => PodError::Image {
-                    image: name.clone(),
-                    source: other,
-                },
+                )
             })?;
-            let layers = self
-                .images
-                .layer_dirs(&record.id)
-                .map_err(|e| PodError::Image {
-                    image: name.clone(),
-                    source: e,
-                })?;
             let sub_path = Path::new(&m.image_sub_path);
             if sub_path.is_absolute()
                 || sub_path

@@ -39,7 +39,7 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest unix socket path (`sun_path` holds 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// An interactive exec as the streaming server asks for it.
+/// An interactive exec, as an `Exec` streaming URL asks for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecSpec {
     pub container_id: String,
@@ -48,12 +48,10 @@ pub struct ExecSpec {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
-    /// Initial terminal size (0 = the handler's default).
-    pub width: u32,
-    pub height: u32,
 }
 
-/// An attach to a container's main process.
+/// An attach to a container's main process, as an `Attach` streaming URL
+/// asks for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttachSpec {
     pub container_id: String,
@@ -211,6 +209,57 @@ impl SocketDir {
             UnixListener::bind(&path).map_err(|e| PodError::io(format!("binding {shown}"), e))?;
         Ok(Some((listener, shown)))
     }
+
+    /// Binds a socket for each wanted stream of a session. A terminal
+    /// merges stderr into stdout, so with `tty` there is no stderr socket.
+    fn listen_stdio(
+        &self,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> PodResult<StdioSockets> {
+        Ok(StdioSockets {
+            stdin: self.listen("i", stdin)?,
+            stdout: self.listen("o", stdout)?,
+            stderr: self.listen("e", stderr && !tty)?,
+            terminal: tty,
+        })
+    }
+}
+
+/// A bound socket and its path, when the stream is wanted.
+type Listener = Option<(UnixListener, String)>;
+
+/// The sockets of one session's streams, waiting for the handler.
+struct StdioSockets {
+    stdin: Listener,
+    stdout: Listener,
+    stderr: Listener,
+    terminal: bool,
+}
+
+impl StdioSockets {
+    /// The streams as the handler request names them.
+    fn stdio(&self) -> types::Stdio {
+        types::Stdio {
+            stdin: path_of(&self.stdin),
+            stdout: path_of(&self.stdout),
+            stderr: path_of(&self.stderr),
+            terminal: self.terminal,
+        }
+    }
+
+    /// The handler's connections: stdin, stdout, stderr.
+    async fn accept(
+        self,
+    ) -> PodResult<(Option<UnixStream>, Option<UnixStream>, Option<UnixStream>)> {
+        Ok((
+            accept(self.stdin, "stdin").await?,
+            accept(self.stdout, "stdout").await?,
+            accept(self.stderr, "stderr").await?,
+        ))
+    }
 }
 
 impl Drop for SocketDir {
@@ -221,11 +270,11 @@ impl Drop for SocketDir {
     }
 }
 
-fn path_of(l: &Option<(UnixListener, String)>) -> String {
+fn path_of(l: &Listener) -> String {
     l.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
 }
 
-async fn accept(l: Option<(UnixListener, String)>, what: &str) -> PodResult<Option<UnixStream>> {
+async fn accept(l: Listener, what: &str) -> PodResult<Option<UnixStream>> {
     let Some((listener, path)) = l else {
         return Ok(None);
     };
@@ -282,8 +331,14 @@ impl PodManager {
         Ok(())
     }
 
-    /// Starts an interactive exec and returns its streams.
-    pub async fn exec_interactive(&self, spec: ExecSpec) -> PodResult<ProcessStreams> {
+    /// Starts an interactive exec and returns its streams. `width` and
+    /// `height` are the initial terminal size (0 = the handler's default).
+    pub async fn exec_interactive(
+        &self,
+        spec: ExecSpec,
+        width: u32,
+        height: u32,
+    ) -> PodResult<ProcessStreams> {
         if spec.cmd.is_empty() {
             return Err(PodError::InvalidArgument("Exec: cmd is required".into()));
         }
@@ -295,24 +350,16 @@ impl PodManager {
         let (c, handler) = self.interactive_target(&spec.container_id, "Exec").await?;
         let exec_id = new_id()?[..16].to_string();
         let dir = SocketDir::new(&self.config.state_dir)?;
-        let stdin = dir.listen("i", spec.stdin)?;
-        let stdout = dir.listen("o", spec.stdout)?;
-        // A terminal merges stderr into stdout.
-        let stderr = dir.listen("e", spec.stderr && !spec.tty)?;
+        let sockets = dir.listen_stdio(spec.stdin, spec.stdout, spec.stderr, spec.tty)?;
         let resp = handler
             .exec(types::ExecRequest {
                 sandbox_id: c.pod_id.clone(),
                 container_id: c.id.clone(),
                 exec_id: exec_id.clone(),
                 cmd: spec.cmd.clone(),
-                stdio: Some(types::Stdio {
-                    stdin: path_of(&stdin),
-                    stdout: path_of(&stdout),
-                    stderr: path_of(&stderr),
-                    terminal: spec.tty,
-                }),
-                width: spec.width,
-                height: spec.height,
+                stdio: Some(sockets.stdio()),
+                width,
+                height,
             })
             .await
             .map_err(|e| PodError::handler(format!("exec in container {}", c.id), e))?;
@@ -322,14 +369,7 @@ impl PodManager {
             container_id: c.id.clone(),
             exec_id,
         };
-        let streams = async {
-            Ok::<_, PodError>((
-                accept(stdin, "stdin").await?,
-                accept(stdout, "stdout").await?,
-                accept(stderr, "stderr").await?,
-            ))
-        }
-        .await;
+        let streams = sockets.accept().await;
         drop(dir);
         match streams {
             Ok((stdin, stdout, stderr)) => {
@@ -360,25 +400,16 @@ impl PodManager {
             .await?;
         self.check_attach_stdin(&c.id, spec.stdin)?;
         let dir = SocketDir::new(&self.config.state_dir)?;
-        let stdin = dir.listen("i", spec.stdin)?;
-        let stdout = dir.listen("o", spec.stdout)?;
-        let stderr = dir.listen("e", spec.stderr && !spec.tty)?;
+        let sockets = dir.listen_stdio(spec.stdin, spec.stdout, spec.stderr, spec.tty)?;
         handler
             .attach(types::AttachRequest {
                 sandbox_id: c.pod_id.clone(),
                 container_id: c.id.clone(),
-                stdio: Some(types::Stdio {
-                    stdin: path_of(&stdin),
-                    stdout: path_of(&stdout),
-                    stderr: path_of(&stderr),
-                    terminal: spec.tty,
-                }),
+                stdio: Some(sockets.stdio()),
             })
             .await
             .map_err(|e| PodError::handler(format!("attach to container {}", c.id), e))?;
-        let stdin = accept(stdin, "stdin").await?;
-        let stdout = accept(stdout, "stdout").await?;
-        let stderr = accept(stderr, "stderr").await?;
+        let (stdin, stdout, stderr) = sockets.accept().await?;
         drop(dir);
         Ok(ProcessStreams {
             stdin,

@@ -198,9 +198,18 @@ impl Series {
     }
 }
 
-fn pod_labels(pod: &PodRecord) -> (String, String) {
-    let meta = pod.metadata();
-    (meta.name, meta.namespace)
+impl Series {
+    /// The series of one container of `pod`, or of the pod itself (`id`
+    /// and `name` the pod's, no image or container name): the values of
+    /// `BASE_LABELS`, the pod's name and namespace last.
+    fn of(pod: &PodRecord, [id, name, image, container]: [String; 4], timestamp: i64) -> Self {
+        let meta = pod.metadata();
+        Self {
+            base: vec![id, name, image, container, meta.name, meta.namespace],
+            timestamp,
+            out: Vec::new(),
+        }
+    }
 }
 
 fn container_series(
@@ -209,19 +218,16 @@ fn container_series(
     stats: &cri::ContainerStats,
     timestamp: i64,
 ) -> cri::ContainerMetrics {
-    let (pod_name, namespace) = pod_labels(pod);
-    let mut s = Series {
-        base: vec![
+    let mut s = Series::of(
+        pod,
+        [
             c.id.clone(),
             c.name.clone(),
             c.image_name.clone(),
             c.metadata().name,
-            pod_name,
-            namespace,
         ],
         timestamp,
-        out: Vec::new(),
-    };
+    );
     s.cpu_memory(stats.cpu.as_ref(), stats.memory.as_ref());
     if let Some(swap) = &stats.swap {
         s.push(
@@ -272,44 +278,29 @@ impl PodManager {
                 continue;
             };
             let linux = stats.linux.unwrap_or_default();
-            let (pod_name, namespace) = pod_labels(&pod);
-            let mut s = Series {
-                base: vec![
+            let mut s = Series::of(
+                &pod,
+                [
                     pod.id.clone(),
                     pod.name.clone(),
                     String::new(),
                     String::new(),
-                    pod_name,
-                    namespace,
                 ],
                 timestamp,
-                out: Vec::new(),
-            };
+            );
             s.cpu_memory(linux.cpu.as_ref(), linux.memory.as_ref());
             if let Some(net) = &linux.network {
                 for i in &net.interfaces {
                     let v = |x: &Option<cri::UInt64Value>| x.as_ref().map(|v| v.value);
                     let name = Some(i.name.as_str());
-                    s.push(
-                        "container_network_receive_bytes_total",
-                        name,
-                        v(&i.rx_bytes),
-                    );
-                    s.push(
-                        "container_network_receive_errors_total",
-                        name,
-                        v(&i.rx_errors),
-                    );
-                    s.push(
-                        "container_network_transmit_bytes_total",
-                        name,
-                        v(&i.tx_bytes),
-                    );
-                    s.push(
-                        "container_network_transmit_errors_total",
-                        name,
-                        v(&i.tx_errors),
-                    );
+                    for (metric, value) in [
+                        ("container_network_receive_bytes_total", &i.rx_bytes),
+                        ("container_network_receive_errors_total", &i.rx_errors),
+                        ("container_network_transmit_bytes_total", &i.tx_bytes),
+                        ("container_network_transmit_errors_total", &i.tx_errors),
+                    ] {
+                        s.push(metric, name, v(value));
+                    }
                 }
             }
             if let Some(p) = &linux.process {

@@ -24,6 +24,8 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
+use crate::path_io::PathIoError;
+
 /// `f_type` of the nsfs pseudo filesystem (`NSFS_MAGIC` in linux/magic.h).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
@@ -36,13 +38,8 @@ pub enum NetnsError {
     AlreadyExists { path: PathBuf },
     #[error("{path} is not a network namespace")]
     NotANetns { path: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{op}: {source}")]
     Sys {
         op: &'static str,
@@ -53,12 +50,8 @@ pub enum NetnsError {
     ThreadPanicked,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetnsError + 'a {
-    move |source| NetnsError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NetnsError {
+    PathIoError::of(op, path)
 }
 
 /// A pinned network namespace, identified by the path of its bind mount.
@@ -396,7 +389,7 @@ mod tests {
         assert!(matches!(NetNs::open(&f), Err(NetnsError::NotANetns { .. })));
         assert!(matches!(
             NetNs::open(&tmp.path().join("missing")),
-            Err(NetnsError::Io { .. })
+            Err(NetnsError::Io(_))
         ));
         // A UTS namespace file is on nsfs but is not a net namespace.
         if Path::new("/proc/self/ns/uts").exists() {

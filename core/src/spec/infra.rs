@@ -35,14 +35,7 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
     if cgroup_v2_unified() {
         namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
     }
-    let sysctls = sysctl::validate(
-        pod.linux
-            .as_ref()
-            .map(|l| &l.sysctls)
-            .unwrap_or(&HashMap::new()),
-        host_network,
-        host_ipc,
-    )?;
+    let sysctls = sysctl::for_pod(pod, host_network, host_ipc)?;
 
     let uid = match sc.and_then(|s| s.run_as_user.as_ref()) {
         Some(v) => u32::try_from(v.value).map_err(|_| {
@@ -56,17 +49,7 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
         })?,
         None => 0,
     };
-    let seccomp = if sc.is_some_and(|s| s.privileged) {
-        None
-    } else {
-        let choice = seccomp::choice(
-            sc.and_then(|s| s.seccomp.as_ref()),
-            #[allow(deprecated)] // still sent by older kubelets
-            sc.map(|s| s.seccomp_profile_path.as_str())
-                .unwrap_or_default(),
-        )?;
-        seccomp::profile(&choice, &HashSet::new())?
-    };
+    let seccomp = seccomp::for_context(sc, &HashSet::new())?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(

@@ -302,14 +302,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         String::new()
     };
 
-    let sysctls = sysctl::validate(
-        pod.linux
-            .as_ref()
-            .map(|l| &l.sysctls)
-            .unwrap_or(&HashMap::new()),
-        host_network,
-        host_ipc,
-    )?;
+    let sysctls = sysctl::for_pod(pod, host_network, host_ipc)?;
 
     // Process.
     let args = process_args(cfg, input.image);
@@ -345,17 +338,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
         .and_then(|s| s.capabilities.as_ref())
         .map(|c| c.add_ambient_capabilities.clone())
         .unwrap_or_default();
-    let seccomp = if privileged {
-        None
-    } else {
-        let choice = seccomp::choice(
-            sc.and_then(|s| s.seccomp.as_ref()),
-            #[allow(deprecated)] // still sent by older kubelets
-            sc.map(|s| s.seccomp_profile_path.as_str())
-                .unwrap_or_default(),
-        )?;
-        seccomp::profile(&choice, &cap_set)?
-    };
+    let seccomp = seccomp::for_context(sc, &cap_set)?;
     let process_caps = caps::process_caps(cap_set, &ambient)?;
     let mut process = ProcessBuilder::default()
         .terminal(cfg.tty)

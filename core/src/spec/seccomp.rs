@@ -24,7 +24,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crius_proto::cri::{SecurityProfile, security_profile::ProfileType};
+use crius_proto::cri::{
+    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, SecurityProfile,
+    security_profile::ProfileType,
+};
 use oci_spec::runtime::{
     Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
@@ -41,6 +44,49 @@ pub(crate) enum SeccompChoice {
     Unconfined,
     RuntimeDefault,
     Localhost(String),
+}
+
+/// The seccomp fields of the CRI security contexts (pod and container).
+pub(crate) trait SeccompContext {
+    fn privileged(&self) -> bool;
+    fn seccomp(&self) -> Option<&SecurityProfile>;
+    /// `seccomp_profile_path`, deprecated but still sent by older kubelets.
+    fn seccomp_profile_path(&self) -> &str;
+}
+
+macro_rules! seccomp_context {
+    ($($context:ty),*) => {$(
+        impl SeccompContext for $context {
+            fn privileged(&self) -> bool {
+                self.privileged
+            }
+            fn seccomp(&self) -> Option<&SecurityProfile> {
+                self.seccomp.as_ref()
+            }
+            #[allow(deprecated)]
+            fn seccomp_profile_path(&self) -> &str {
+                &self.seccomp_profile_path
+            }
+        }
+    )*};
+}
+
+seccomp_context!(LinuxContainerSecurityContext, LinuxSandboxSecurityContext);
+
+/// The filter for a process with security context `sc` holding `caps`:
+/// none for a privileged one, else what the context chooses.
+pub(crate) fn for_context(
+    sc: Option<&impl SeccompContext>,
+    caps: &HashSet<Capability>,
+) -> Result<Option<LinuxSeccomp>, SpecError> {
+    if sc.is_some_and(|s| s.privileged()) {
+        return Ok(None);
+    }
+    let choice = choice(
+        sc.and_then(|s| s.seccomp()),
+        sc.map(|s| s.seccomp_profile_path()).unwrap_or_default(),
+    )?;
+    profile(&choice, caps)
 }
 
 /// Reads the CRI choice: the `seccomp` field, else the deprecated
@@ -478,32 +524,22 @@ const ALLOWED: &[&str] = &[
     "writev",
 ];
 
+/// Allowed on 32- and 64-bit ARM alike.
+const ALLOWED_ON_ARM: &[&str] = &[
+    "arm_fadvise64_64",
+    "arm_sync_file_range",
+    "breakpoint",
+    "cacheflush",
+    "set_tls",
+    "sync_file_range2",
+];
+
 /// Allowed on one architecture family only (Rust's `target_arch` names).
 const ALLOWED_ON_ARCH: &[(&str, &[&str])] = &[
     ("x86_64", &["arch_prctl", "modify_ldt"]),
     ("x86", &["modify_ldt"]),
-    (
-        "aarch64",
-        &[
-            "arm_fadvise64_64",
-            "arm_sync_file_range",
-            "breakpoint",
-            "cacheflush",
-            "set_tls",
-            "sync_file_range2",
-        ],
-    ),
-    (
-        "arm",
-        &[
-            "arm_fadvise64_64",
-            "arm_sync_file_range",
-            "breakpoint",
-            "cacheflush",
-            "set_tls",
-            "sync_file_range2",
-        ],
-    ),
+    ("aarch64", ALLOWED_ON_ARM),
+    ("arm", ALLOWED_ON_ARM),
     ("powerpc64", &["swapcontext", "sync_file_range2"]),
     (
         "s390x",

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use crius_proto::cri::PodSandboxConfig;
+
 use super::SpecError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,18 @@ fn normalize(name: &str) -> String {
 /// Validates the pod's sysctls and returns them keyed by their dotted
 /// names. Non-namespaced names, `net.*` with the host network and IPC
 /// sysctls with the host IPC namespace are refused.
+/// The pod's sysctls (`linux.sysctls`), checked with `validate`.
+pub(crate) fn for_pod(
+    pod: &PodSandboxConfig,
+    host_network: bool,
+    host_ipc: bool,
+) -> Result<HashMap<String, String>, SpecError> {
+    match &pod.linux {
+        Some(linux) => validate(&linux.sysctls, host_network, host_ipc),
+        None => Ok(HashMap::new()),
+    }
+}
+
 pub(crate) fn validate(
     sysctls: &HashMap<String, String>,
     host_network: bool,

@@ -96,20 +96,18 @@ impl Fixture {
         }
     }
 
+    fn linux(&mut self) -> &mut LinuxContainerConfig {
+        self.config.linux.get_or_insert_with(Default::default)
+    }
+
     fn sc(&mut self) -> &mut LinuxContainerSecurityContext {
-        self.config
-            .linux
-            .get_or_insert_with(Default::default)
+        self.linux()
             .security_context
             .get_or_insert_with(Default::default)
     }
 
     fn res(&mut self) -> &mut LinuxContainerResources {
-        self.config
-            .linux
-            .get_or_insert_with(Default::default)
-            .resources
-            .get_or_insert_with(Default::default)
+        self.linux().resources.get_or_insert_with(Default::default)
     }
 
     fn pod_linux(&mut self) -> &mut LinuxPodSandboxConfig {
@@ -134,16 +132,35 @@ impl Fixture {
     }
 }
 
-fn args(s: &Spec) -> Vec<String> {
-    s.process().as_ref().unwrap().args().clone().unwrap()
+fn linux(s: &Spec) -> &oci_spec::runtime::Linux {
+    s.linux().as_ref().unwrap()
 }
-fn env(s: &Spec) -> Vec<String> {
-    s.process().as_ref().unwrap().env().clone().unwrap()
+fn process(s: &Spec) -> &oci_spec::runtime::Process {
+    s.process().as_ref().unwrap()
 }
-fn caps(s: &Spec) -> std::collections::HashSet<Capability> {
-    s.process()
+/// The seccomp filter of `s`, which must have one.
+fn seccomp(s: &Spec) -> &oci_spec::runtime::LinuxSeccomp {
+    linux(s).seccomp().as_ref().unwrap()
+}
+fn syscall_names(p: &oci_spec::runtime::LinuxSeccomp) -> Vec<String> {
+    p.syscalls()
         .as_ref()
         .unwrap()
+        .iter()
+        .flat_map(|r| r.names().clone())
+        .collect()
+}
+fn mount_options<'a>(s: &'a Spec, dest: &str) -> &'a Vec<String> {
+    mount_at(s, dest).options().as_ref().unwrap()
+}
+fn args(s: &Spec) -> Vec<String> {
+    process(s).args().clone().unwrap()
+}
+fn env(s: &Spec) -> Vec<String> {
+    process(s).env().clone().unwrap()
+}
+fn caps(s: &Spec) -> std::collections::HashSet<Capability> {
+    process(s)
         .capabilities()
         .as_ref()
         .unwrap()
@@ -152,9 +169,7 @@ fn caps(s: &Spec) -> std::collections::HashSet<Capability> {
         .unwrap()
 }
 fn namespaces(s: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
-    s.linux()
-        .as_ref()
-        .unwrap()
+    linux(s)
         .namespaces()
         .as_ref()
         .unwrap()
@@ -233,17 +248,14 @@ fn env_merge_and_workdir() {
             "C=x=y"
         ]
     );
-    assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/work"));
+    assert_eq!(process(&s).cwd(), Path::new("/work"));
     f.image.env.clear();
     f.image.working_dir.clear();
     let s = f.spec().unwrap();
     assert!(env(&s)[0].starts_with("PATH=/usr/local/sbin"));
-    assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/"));
+    assert_eq!(process(&s).cwd(), Path::new("/"));
     f.config.working_dir = "/cri".into();
-    assert_eq!(
-        f.spec().unwrap().process().as_ref().unwrap().cwd(),
-        Path::new("/cri")
-    );
+    assert_eq!(process(&f.spec().unwrap()).cwd(), Path::new("/cri"));
     f.config.working_dir = "rel".into();
     assert!(invalid(f.spec()).contains("rel"));
 }
@@ -253,13 +265,13 @@ fn user_from_image_and_cri() {
     let mut f = Fixture::new();
     f.image.user = "web".into();
     let s = f.spec().unwrap();
-    let u = s.process().as_ref().unwrap().user();
+    let u = process(&s).user();
     assert_eq!((u.uid(), u.gid()), (33, 33));
     assert_eq!(u.additional_gids().clone().unwrap(), vec![33, 4]);
     f.sc().run_as_user = Some(Int64Value { value: 1234 });
     f.sc().supplemental_groups = vec![5000];
     let s = f.spec().unwrap();
-    let u = s.process().as_ref().unwrap().user();
+    let u = process(&s).user();
     assert_eq!((u.uid(), u.gid()), (1234, 0));
     assert_eq!(u.additional_gids().clone().unwrap(), vec![0, 5000]);
     f.image.user = "nobody".into();
@@ -273,7 +285,7 @@ fn terminal_hostname_annotations_cgroups_root() {
     f.config.tty = true;
     f.sc().readonly_rootfs = true;
     let s = f.spec().unwrap();
-    assert_eq!(s.process().as_ref().unwrap().terminal(), Some(true));
+    assert_eq!(process(&s).terminal(), Some(true));
     // Joined UTS namespace: the infra already set the hostname.
     assert_eq!(s.hostname(), &None);
     let a = s.annotations().as_ref().unwrap();
@@ -284,24 +296,18 @@ fn terminal_hostname_annotations_cgroups_root() {
     assert_eq!(a[annotations::SANDBOX_NAMESPACE], "default");
     assert_eq!(a["user.annotation"], "v");
     assert_eq!(
-        s.linux().as_ref().unwrap().cgroups_path().as_deref(),
+        linux(&s).cgroups_path().as_deref(),
         Some(Path::new("/kubepods/poduid-1/crius-cid"))
     );
     let root = s.root().as_ref().unwrap();
     assert_eq!(root.path(), &f.rootfs);
     assert_eq!(root.readonly(), Some(true));
     // Pod files are read-only with a read-only rootfs.
-    assert!(
-        mount_at(&s, "/etc/hosts")
-            .options()
-            .as_ref()
-            .unwrap()
-            .contains(&"ro".to_string())
-    );
+    assert!(mount_options(&s, "/etc/hosts").contains(&"ro".to_string()));
     // No youki defaults leak in.
     let json = serde_json::to_string(&s).unwrap();
     assert!(!json.contains("youki"), "{json}");
-    let r = s.process().as_ref().unwrap().rlimits().clone().unwrap();
+    let r = process(&s).rlimits().clone().unwrap();
     assert_eq!(r.len(), 1);
     let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
     let want = own.map_or(1_048_576, |m| m.min(1_048_576));
@@ -331,13 +337,7 @@ fn standard_mounts_pod_files_and_cri_overrides() {
     ] {
         assert!(d.contains(&want.to_string()), "{want} missing in {d:?}");
     }
-    assert!(
-        mount_at(&s, "/sys")
-            .options()
-            .as_ref()
-            .unwrap()
-            .contains(&"ro".to_string())
-    );
+    assert!(mount_options(&s, "/sys").contains(&"ro".to_string()));
     let shm = mount_at(&s, "/dev/shm");
     assert_eq!(shm.source().as_ref(), f.files.shm_dir.as_ref());
     // kubelet's own /etc/hosts replaces ours.
@@ -385,13 +385,7 @@ fn bad_mounts_are_invalid_arguments() {
     assert!(invalid(f.spec()).contains("recursive read-only"));
     f.caps.recursive_read_only_mounts = true;
     let s = f.spec().unwrap();
-    assert!(
-        mount_at(&s, "/data")
-            .options()
-            .as_ref()
-            .unwrap()
-            .contains(&"rro".to_string())
-    );
+    assert!(mount_options(&s, "/data").contains(&"rro".to_string()));
 }
 
 #[test]
@@ -407,13 +401,7 @@ fn capabilities_default_add_drop_all() {
     });
     let s = f.spec().unwrap();
     assert_eq!(caps(&s), [Capability::NetAdmin].into());
-    let pc = s
-        .process()
-        .as_ref()
-        .unwrap()
-        .capabilities()
-        .clone()
-        .unwrap();
+    let pc = process(&s).capabilities().clone().unwrap();
     assert_eq!(
         pc.bounding().clone().unwrap(),
         [Capability::NetAdmin].into()
@@ -435,7 +423,7 @@ fn unprivileged_security_defaults() {
     let mut f = Fixture::new();
     f.sc().no_new_privs = true;
     let s = f.spec().unwrap();
-    let l = s.linux().as_ref().unwrap();
+    let l = linux(&s);
     assert!(
         l.masked_paths()
             .as_ref()
@@ -448,10 +436,7 @@ fn unprivileged_security_defaults() {
             .unwrap()
             .contains(&"/proc/sys".to_string())
     );
-    assert_eq!(
-        s.process().as_ref().unwrap().no_new_privileges(),
-        Some(true)
-    );
+    assert_eq!(process(&s).no_new_privileges(), Some(true));
     // Devices: deny all by default, no device nodes.
     let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
     assert_eq!(rules.len(), 1);
@@ -461,7 +446,7 @@ fn unprivileged_security_defaults() {
     f.sc().masked_paths = vec!["/proc/custom".into()];
     f.sc().readonly_paths = vec!["/proc/ro".into()];
     let s = f.spec().unwrap();
-    let l = s.linux().as_ref().unwrap();
+    let l = linux(&s);
     assert_eq!(l.masked_paths().clone().unwrap(), vec!["/proc/custom"]);
     assert_eq!(l.readonly_paths().clone().unwrap(), vec!["/proc/ro"]);
 }
@@ -475,7 +460,7 @@ fn cri_devices_in_spec() {
         permissions: "rw".into(),
     }];
     let s = f.spec().unwrap();
-    let l = s.linux().as_ref().unwrap();
+    let l = linux(&s);
     let d = &l.devices().as_ref().unwrap()[0];
     assert_eq!(d.path(), Path::new("/dev/fuse0"));
     assert_eq!((d.major(), d.minor()), (1, 5));
@@ -497,11 +482,11 @@ fn privileged_container() {
     let s = f.spec().unwrap();
     // Every capability the host has (its bounding set), not every known one.
     assert_eq!(caps(&s).len(), caps::all().len());
-    let l = s.linux().as_ref().unwrap();
+    let l = linux(&s);
     assert!(l.masked_paths().as_ref().unwrap().is_empty());
     assert!(l.readonly_paths().as_ref().unwrap().is_empty());
     assert!(l.seccomp().is_none());
-    assert_eq!(s.process().as_ref().unwrap().apparmor_profile(), &None);
+    assert_eq!(process(&s).apparmor_profile(), &None);
     let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
     assert!(rules[0].allow());
     assert!(
@@ -511,52 +496,24 @@ fn privileged_container() {
             .iter()
             .any(|d| d.path() == Path::new("/dev/null"))
     );
-    assert!(
-        !mount_at(&s, "/sys")
-            .options()
-            .as_ref()
-            .unwrap()
-            .contains(&"ro".to_string())
-    );
+    assert!(!mount_options(&s, "/sys").contains(&"ro".to_string()));
     f.no_host_devices = true;
     let s = f.spec().unwrap();
-    assert!(
-        s.linux()
-            .as_ref()
-            .unwrap()
-            .devices()
-            .as_ref()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(linux(&s).devices().as_ref().unwrap().is_empty());
 }
 
 #[test]
 fn seccomp_modes() {
     let mut f = Fixture::new();
-    assert!(
-        f.spec()
-            .unwrap()
-            .linux()
-            .as_ref()
-            .unwrap()
-            .seccomp()
-            .is_none()
-    );
+    assert!(linux(&f.spec().unwrap()).seccomp().is_none());
     f.sc().seccomp = Some(SecurityProfile {
         profile_type: ProfileType::RuntimeDefault as i32,
         localhost_ref: String::new(),
     });
     let s = f.spec().unwrap();
-    let p = s.linux().as_ref().unwrap().seccomp().clone().unwrap();
+    let p = linux(&s).seccomp().clone().unwrap();
     assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
-    let names: Vec<String> = p
-        .syscalls()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.names().clone())
-        .collect();
+    let names = syscall_names(&p);
     // Default-deny: ordinary calls are listed, kexec and mount are not.
     assert!(names.contains(&"read".to_string()));
     assert!(!names.contains(&"kexec_load".to_string()) && !names.contains(&"mount".to_string()));
@@ -566,34 +523,14 @@ fn seccomp_modes() {
         ..Default::default()
     });
     let s = f.spec().unwrap();
-    let names: Vec<String> = s
-        .linux()
-        .as_ref()
-        .unwrap()
-        .seccomp()
-        .as_ref()
-        .unwrap()
-        .syscalls()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.names().clone())
-        .collect();
+    let names = syscall_names(seccomp(&s));
     assert!(names.contains(&"mount".to_string()) && !names.contains(&"kexec_load".to_string()));
 
     f.sc().seccomp = Some(SecurityProfile {
         profile_type: ProfileType::Unconfined as i32,
         localhost_ref: String::new(),
     });
-    assert!(
-        f.spec()
-            .unwrap()
-            .linux()
-            .as_ref()
-            .unwrap()
-            .seccomp()
-            .is_none()
-    );
+    assert!(linux(&f.spec().unwrap()).seccomp().is_none());
 
     let prof = f._tmp.path().join("prof.json");
     fs::write(&prof, r#"{"defaultAction":"SCMP_ACT_LOG"}"#).unwrap();
@@ -602,16 +539,7 @@ fn seccomp_modes() {
         localhost_ref: prof.to_string_lossy().into(),
     });
     let s = f.spec().unwrap();
-    assert_eq!(
-        s.linux()
-            .as_ref()
-            .unwrap()
-            .seccomp()
-            .as_ref()
-            .unwrap()
-            .default_action(),
-        LinuxSeccompAction::ScmpActLog
-    );
+    assert_eq!(seccomp(&s).default_action(), LinuxSeccompAction::ScmpActLog);
     f.sc().seccomp.as_mut().unwrap().localhost_ref = "/nonexistent/profile.json".into();
     assert!(invalid(f.spec()).contains("/nonexistent/profile.json"));
     f.sc().seccomp.as_mut().unwrap().localhost_ref = "profile.json".into();
@@ -637,7 +565,7 @@ fn resources_and_oom_score() {
         r.unified = [("memory.high".to_string(), "1000000".to_string())].into();
     }
     let s = f.spec().unwrap();
-    let res = s.linux().as_ref().unwrap().resources().clone().unwrap();
+    let res = linux(&s).resources().clone().unwrap();
     let cpu = res.cpu().clone().unwrap();
     assert_eq!(
         (cpu.shares(), cpu.quota(), cpu.period()),
@@ -651,52 +579,19 @@ fn resources_and_oom_score() {
         "2MB"
     );
     assert_eq!(res.unified().as_ref().unwrap()["memory.high"], "1000000");
-    assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), Some(500));
+    assert_eq!(process(&s).oom_score_adj(), Some(500));
     f.res().oom_score_adj = -997;
-    assert_eq!(
-        f.spec()
-            .unwrap()
-            .process()
-            .as_ref()
-            .unwrap()
-            .oom_score_adj(),
-        Some(-997)
-    );
+    assert_eq!(process(&f.spec().unwrap()).oom_score_adj(), Some(-997));
     // Restricted: never below the floor, values above it untouched.
     f.min_oom_score_adj = Some(0);
-    assert_eq!(
-        f.spec()
-            .unwrap()
-            .process()
-            .as_ref()
-            .unwrap()
-            .oom_score_adj(),
-        Some(0)
-    );
+    assert_eq!(process(&f.spec().unwrap()).oom_score_adj(), Some(0));
     f.res().oom_score_adj = 300;
-    assert_eq!(
-        f.spec()
-            .unwrap()
-            .process()
-            .as_ref()
-            .unwrap()
-            .oom_score_adj(),
-        Some(300)
-    );
+    assert_eq!(process(&f.spec().unwrap()).oom_score_adj(), Some(300));
     f.min_oom_score_adj = None;
     f.config.linux = None;
     let s = f.spec().unwrap();
-    assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), None);
-    assert!(
-        s.linux()
-            .as_ref()
-            .unwrap()
-            .resources()
-            .as_ref()
-            .unwrap()
-            .memory()
-            .is_none()
-    );
+    assert_eq!(process(&s).oom_score_adj(), None);
+    assert!(linux(&s).resources().as_ref().unwrap().memory().is_none());
 }
 
 #[test]
@@ -758,19 +653,11 @@ fn sysctls_filtered_and_placed() {
     let mut f = Fixture::new();
     f.pod_linux().sysctls = [("net.ipv4.ip_forward".to_string(), "1".to_string())].into();
     // With an infra process the sysctls are the infra's business.
-    assert!(
-        f.spec()
-            .unwrap()
-            .linux()
-            .as_ref()
-            .unwrap()
-            .sysctl()
-            .is_none()
-    );
+    assert!(linux(&f.spec().unwrap()).sysctl().is_none());
     f.namespaces.infra_pid = None;
     let s = f.spec().unwrap();
     assert_eq!(
-        s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["net.ipv4.ip_forward"],
+        linux(&s).sysctl().as_ref().unwrap()["net.ipv4.ip_forward"],
         "1"
     );
     f.namespaces.netns_path = None;
@@ -817,7 +704,7 @@ fn infra_spec_contents() {
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
     assert!(caps(&s).is_empty());
     assert_eq!(
-        s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"],
+        linux(&s).sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"],
         "1"
     );
     assert_eq!(
@@ -825,7 +712,7 @@ fn infra_spec_contents() {
         "sandbox"
     );
     assert_eq!(
-        s.linux().as_ref().unwrap().cgroups_path().as_deref(),
+        linux(&s).cgroups_path().as_deref(),
         Some(Path::new("/crius-test/sid"))
     );
 

@@ -83,16 +83,7 @@ impl StreamBackend for PodStreamBackend {
             .unwrap_or_default();
         let streams = self
             .pods
-            .exec_interactive(pod::ExecSpec {
-                container_id: req.container_id,
-                cmd: req.cmd,
-                tty: req.tty,
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                width,
-                height,
-            })
+            .exec_interactive(req, width, height)
             .await
             .map_err(stream_error)?;
         Ok(into_streams(streams, tty))
@@ -100,17 +91,7 @@ impl StreamBackend for PodStreamBackend {
 
     async fn attach(&self, req: AttachSpec) -> Result<ProcessStreams, StreamError> {
         let tty = req.tty;
-        let streams = self
-            .pods
-            .attach(pod::AttachSpec {
-                container_id: req.container_id,
-                tty: req.tty,
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-            })
-            .await
-            .map_err(stream_error)?;
+        let streams = self.pods.attach(req).await.map_err(stream_error)?;
         Ok(into_streams(streams, tty))
     }
 

@@ -64,26 +64,9 @@ pub struct TerminalSize {
     pub height: u16,
 }
 
-/// What an `Exec` URL runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecSpec {
-    pub container_id: String,
-    pub cmd: Vec<String>,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-}
-
-/// What an `Attach` URL connects to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachSpec {
-    pub container_id: String,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-}
+/// What `Exec` and `Attach` URLs run are the pod manager's own requests:
+/// the backend hands them on unchanged.
+pub use crate::pod::{AttachSpec, ExecSpec};
 
 /// A request waiting behind a token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,18 @@ pub(crate) struct Options {
     pub tty: bool,
 }
 
+impl Options {
+    fn new(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Self {
+        Self {
+            stdin,
+            stdout,
+            // With a tty the terminal carries stderr on stdout.
+            stderr: stderr && !tty,
+            tty,
+        }
+    }
+}
+
 /// Starts the backend's side of a session.
 /// Its argument is the terminal size the client sent first, if any.
 pub(crate) type Starter =
@@ -112,29 +124,18 @@ impl ResizeDecoder {
 pub(crate) fn starter(session: &Session, request: StreamRequest) -> (Options, Starter) {
     let backend = session.inner.backend.clone();
     match request {
-        StreamRequest::Exec(spec) => {
-            let options = Options {
-                stdin: spec.stdin,
-                stdout: spec.stdout,
-                // With a tty the terminal carries stderr on stdout.
-                stderr: spec.stderr && !spec.tty,
-                tty: spec.tty,
-            };
-            let mut spec = spec;
+        StreamRequest::Exec(mut spec) => {
+            let options = Options::new(spec.stdin, spec.stdout, spec.stderr, spec.tty);
+            // The backend is asked for stderr only where the session has it.
             spec.stderr = options.stderr;
             (
                 options,
                 Box::new(move |size| Box::pin(async move { backend.exec(spec, size).await })),
             )
         }
-        StreamRequest::Attach(spec) => {
-            let options = Options {
-                stdin: spec.stdin,
-                stdout: spec.stdout,
-                stderr: spec.stderr && !spec.tty,
-                tty: spec.tty,
-            };
-            let mut spec = spec;
+        StreamRequest::Attach(mut spec) => {
+            let options = Options::new(spec.stdin, spec.stdout, spec.stderr, spec.tty);
+            // The backend is asked for stderr only where the session has it.
             spec.stderr = options.stderr;
             (
                 options,

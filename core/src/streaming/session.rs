@@ -45,6 +45,16 @@ impl Session {
             _permit: permit,
         }
     }
+
+    /// Starts the watchdog that cancels `gone` once `activity` has been
+    /// idle for the configured timeout, or when the server shuts down.
+    pub(crate) fn watch_idle(
+        &self,
+        activity: &Activity,
+        gone: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        activity.watch(self.inner.idle_timeout, gone, self.inner.shutdown.clone())
+    }
 }
 
 pub(crate) type HttpResponse = Response<Full<Bytes>>;
@@ -114,6 +124,23 @@ impl Activity {
                 }
             }
         })
+    }
+}
+
+/// Lets a connection's writer send what is queued (up to 5 s), then gives
+/// its reader a moment (2 s) to see the peer close before aborting it, so
+/// that a client gets a clean close rather than a reset.
+pub(crate) async fn drain_connection(
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<()>,
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let abort = reader.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), reader)
+        .await
+        .is_err()
+    {
+        abort.abort();
     }
 }
 

@@ -60,6 +60,15 @@ fn set_size(fd: i32, size: TerminalSize) {
 }
 
 impl HostBackend {
+    /// The pids of every process started so far, oldest first.
+    fn pids(&self) -> Vec<u32> {
+        self.pids.lock().expect("pids lock").clone()
+    }
+
+    fn last_pid(&self) -> u32 {
+        *self.pids().last().expect("a process")
+    }
+
     fn start(&self, cmd: &[String], tty: bool) -> Result<ProcessStreams, StreamError> {
         let mut command = tokio::process::Command::new(&cmd[0]);
         command.args(&cmd[1..]).kill_on_drop(true);
@@ -115,7 +124,7 @@ impl HostBackend {
             .spawn()
             .map_err(|e| StreamError::Failed(format!("spawn {cmd:?}: {e}")))?;
         let pid = child.id().expect("pid");
-        self.pids.lock().unwrap().push(pid);
+        self.pids.lock().expect("pids lock").push(pid);
         let (stdin, stdout, stderr) = if tty {
             (stdin, stdout, stderr)
         } else {
@@ -181,6 +190,20 @@ async fn server() -> (Arc<StreamingServer>, Arc<HostBackend>) {
     server_with(StreamingConfig::default()).await
 }
 
+/// A URL for one exec of `cmd` (see `exec`).
+fn exec_url(server: &StreamingServer, cmd: &str, stdin: bool, tty: bool) -> String {
+    server.url(exec(cmd, stdin, tty)).expect("url")
+}
+
+fn port_forward_url(server: &StreamingServer, ports: Vec<u16>) -> String {
+    server
+        .url(StreamRequest::PortForward {
+            pod_id: "p".into(),
+            ports,
+        })
+        .expect("url")
+}
+
 pub(super) fn exec(cmd: &str, stdin: bool, tty: bool) -> StreamRequest {
     StreamRequest::Exec(ExecSpec {
         container_id: "c".into(),
@@ -218,12 +241,25 @@ pub(super) async fn python(args: &[&str]) -> Option<serde_json::Value> {
         .output()
         .await
         .expect("python runs");
+    Some(client_json(&output, "python client"))
+}
+
+/// The JSON a test client printed, after checking that it succeeded.
+fn client_json(output: &std::process::Output, client: &str) -> serde_json::Value {
     assert!(
         output.status.success(),
-        "python client failed: {}",
+        "{client} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    Some(serde_json::from_slice(&output.stdout).expect("python prints JSON"))
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{client} prints no JSON: {e}"))
+}
+
+fn go_installed() -> bool {
+    std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok()
 }
 
 fn spdy_client_dir() -> PathBuf {
@@ -236,12 +272,8 @@ async fn spdy_client(args: &[&str]) -> Option<serde_json::Value> {
     let binary = BINARY
         .get_or_init(|| async {
             let gopath = Path::new("/usr/share/gocode/src/github.com/moby/spdystream");
-            let go = std::process::Command::new("go")
-                .arg("version")
-                .output()
-                .is_ok();
             require(
-                go && gopath.exists(),
+                go_installed() && gopath.exists(),
                 "go and golang-github-docker-spdystream-dev",
             )?;
             let out_dir = spdy_client_dir();
@@ -275,12 +307,29 @@ async fn spdy_client(args: &[&str]) -> Option<serde_json::Value> {
     .await
     .expect("spdy client finishes")
     .expect("spdy client runs");
-    assert!(
-        output.status.success(),
-        "spdy client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(serde_json::from_slice(&output.stdout).expect("spdy client prints JSON"))
+    Some(client_json(&output, "spdy client"))
+}
+
+/// Forwards "abc" to `port` through the spdystream client.
+async fn spdy_port_forward(url: &str, port: u16) -> Option<serde_json::Value> {
+    spdy_client(&[
+        "-mode",
+        "portforward",
+        "-url",
+        url,
+        "-port",
+        &port.to_string(),
+        "-send",
+        "abc",
+    ])
+    .await
+}
+
+/// A listener on a free local port, for port-forward targets.
+async fn local_listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
 }
 
 /// A raw HTTP GET; returns the status code.
@@ -310,23 +359,30 @@ fn process_gone(pid: u32) -> bool {
     }
 }
 
-async fn wait_gone(pid: u32) -> bool {
+/// Polls `probe` every `every` until it yields a value or ten seconds pass.
+async fn poll<T>(every: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if process_gone(pid) {
-            return true;
+        if let Some(value) = probe() {
+            return Some(value);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
-    false
+    None
+}
+
+async fn wait_gone(pid: u32) -> bool {
+    poll(Duration::from_millis(100), || {
+        process_gone(pid).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 #[tokio::test]
 async fn websocket_exec_reports_output_and_exit_codes_to_the_python_client() {
     let (server, _) = server().await;
-    let url = server
-        .url(exec("echo out; echo err >&2; exit 3", false, false))
-        .expect("url");
+    let url = exec_url(&server, "echo out; echo err >&2; exit 3", false, false);
     let Some(result) = python(&["exec", &url]).await else {
         return;
     };
@@ -335,7 +391,7 @@ async fn websocket_exec_reports_output_and_exit_codes_to_the_python_client() {
     assert_eq!(result["stderr"], "err\n");
     assert_eq!(result["returncode"], 3);
 
-    let url = server.url(exec("true", false, false)).expect("url");
+    let url = exec_url(&server, "true", false, false);
     let result = python(&["exec", &url, "--protocol", "v4.channel.k8s.io"])
         .await
         .expect("python");
@@ -346,9 +402,7 @@ async fn websocket_exec_reports_output_and_exit_codes_to_the_python_client() {
 #[tokio::test]
 async fn websocket_v5_close_ends_stdin() {
     let (server, _) = server().await;
-    let url = server
-        .url(exec("cat; echo done", true, false))
-        .expect("url");
+    let url = exec_url(&server, "cat; echo done", true, false);
     let Some(result) = python(&["exec", &url, "--stdin", "hello\n", "--close-stdin"]).await else {
         return;
     };
@@ -360,9 +414,7 @@ async fn websocket_v5_close_ends_stdin() {
 #[tokio::test]
 async fn websocket_tty_resize_reaches_the_terminal() {
     let (server, _) = server().await;
-    let url = server
-        .url(exec("read line; stty size", true, true))
-        .expect("url");
+    let url = exec_url(&server, "read line; stty size", true, true);
     let Some(result) = python(&["exec", &url, "--resize", "123x45", "--stdin", "go\n"]).await
     else {
         return;
@@ -378,8 +430,7 @@ async fn websocket_tty_resize_reaches_the_terminal() {
 #[tokio::test]
 async fn websocket_port_forward_with_the_python_client() {
     let (server, _) = server().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    let (listener, port) = local_listener().await;
     tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.expect("accept");
         let mut buf = [0u8; 4];
@@ -388,12 +439,7 @@ async fn websocket_port_forward_with_the_python_client() {
             .await
             .expect("write");
     });
-    let url = server
-        .url(StreamRequest::PortForward {
-            pod_id: "p".into(),
-            ports: vec![port],
-        })
-        .expect("url");
+    let url = port_forward_url(&server, vec![port]);
     let Some(result) = python(&["portforward", &url, &port.to_string(), "ping"]).await else {
         return;
     };
@@ -403,9 +449,7 @@ async fn websocket_port_forward_with_the_python_client() {
 #[tokio::test]
 async fn spdy_exec_with_spdystream() {
     let (server, _) = server().await;
-    let url = server
-        .url(exec("cat; echo err >&2; exit 7", true, false))
-        .expect("url");
+    let url = exec_url(&server, "cat; echo err >&2; exit 7", true, false);
     let Some(result) = spdy_client(&[
         "-mode",
         "exec",
@@ -431,7 +475,7 @@ async fn spdy_exec_with_spdystream() {
     );
     assert_eq!(result["status"]["details"]["causes"][0]["message"], "7");
 
-    let url = server.url(exec("echo ok", false, false)).expect("url");
+    let url = exec_url(&server, "echo ok", false, false);
     let result = spdy_client(&["-mode", "exec", "-url", &url, "-stderr"])
         .await
         .expect("client");
@@ -444,9 +488,12 @@ async fn spdy_exec_large_output_is_not_stalled_by_flow_control() {
     // spdystream never sends WINDOW_UPDATE: more than the 64 KiB initial
     // window must still arrive.
     let (server, _) = server().await;
-    let url = server
-        .url(exec("head -c 1000000 /dev/zero | tr '\\0' x", false, false))
-        .expect("url");
+    let url = exec_url(
+        &server,
+        "head -c 1000000 /dev/zero | tr '\\0' x",
+        false,
+        false,
+    );
     let Some(result) = spdy_client(&["-mode", "exec", "-url", &url, "-stderr"]).await else {
         return;
     };
@@ -457,7 +504,7 @@ async fn spdy_exec_large_output_is_not_stalled_by_flow_control() {
 #[tokio::test]
 async fn spdy_tty_resize_and_older_protocols() {
     let (server, _) = server().await;
-    let url = server.url(exec("stty size", false, true)).expect("url");
+    let url = exec_url(&server, "stty size", false, true);
     let Some(result) =
         spdy_client(&["-mode", "exec", "-url", &url, "-tty", "-resize", "99x33"]).await
     else {
@@ -467,7 +514,7 @@ async fn spdy_tty_resize_and_older_protocols() {
     assert!(stdout.contains("33 99"), "stty size: {stdout:?}");
 
     // v3 reports failures as text, nothing on success.
-    let url = server.url(exec("exit 2", false, false)).expect("url");
+    let url = exec_url(&server, "exit 2", false, false);
     let result = spdy_client(&[
         "-mode",
         "exec",
@@ -489,56 +536,23 @@ async fn spdy_tty_resize_and_older_protocols() {
 #[tokio::test]
 async fn spdy_port_forward_with_spdystream() {
     let (server, _) = server().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    let (listener, port) = local_listener().await;
     tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.expect("accept");
         let mut request = Vec::new();
         conn.read_to_end(&mut request).await.expect("read");
         conn.write_all(&request.repeat(2)).await.expect("write");
     });
-    let url = server
-        .url(StreamRequest::PortForward {
-            pod_id: "p".into(),
-            ports: vec![],
-        })
-        .expect("url");
-    let Some(result) = spdy_client(&[
-        "-mode",
-        "portforward",
-        "-url",
-        &url,
-        "-port",
-        &port.to_string(),
-        "-send",
-        "abc",
-    ])
-    .await
-    else {
+    let url = port_forward_url(&server, vec![]);
+    let Some(result) = spdy_port_forward(&url, port).await else {
         return;
     };
     assert_eq!(result["received"], "abcabc");
     assert_eq!(result["error"], "");
 
     // A port outside the request's list is refused on the error stream.
-    let url = server
-        .url(StreamRequest::PortForward {
-            pod_id: "p".into(),
-            ports: vec![1],
-        })
-        .expect("url");
-    let result = spdy_client(&[
-        "-mode",
-        "portforward",
-        "-url",
-        &url,
-        "-port",
-        &port.to_string(),
-        "-send",
-        "abc",
-    ])
-    .await
-    .expect("client");
+    let url = port_forward_url(&server, vec![1]);
+    let result = spdy_port_forward(&url, port).await.expect("client");
     assert_eq!(result["received"], "");
     assert!(
         result["error"]
@@ -556,12 +570,12 @@ async fn tokens_are_single_use_and_expire() {
         ..StreamingConfig::default()
     })
     .await;
-    let url = server.url(exec("true", false, false)).expect("url");
+    let url = exec_url(&server, "true", false, false);
     // Spent by a request that does not even upgrade.
     assert_eq!(http_status(&url, "").await, 400);
     assert_eq!(http_status(&url, "").await, 404, "reused token");
 
-    let url = server.url(exec("true", false, false)).expect("url");
+    let url = exec_url(&server, "true", false, false);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(http_status(&url, "").await, 404, "expired token");
 
@@ -570,7 +584,7 @@ async fn tokens_are_single_use_and_expire() {
     assert_eq!(http_status(&format!("{base}/other/x"), "").await, 404);
 
     // An exec token does not open a port-forward.
-    let url = server.url(exec("true", false, false)).expect("url");
+    let url = exec_url(&server, "true", false, false);
     let token = url.rsplit('/').next().expect("token");
     assert_eq!(
         http_status(&format!("{base}/portforward/{token}"), "").await,
@@ -608,9 +622,7 @@ async fn ws_connect(
 async fn a_client_that_disconnects_leaves_no_process_behind() {
     use futures::StreamExt;
     let (server, backend) = server().await;
-    let url = server
-        .url(exec("echo started; exec sleep 1000", false, false))
-        .expect("url");
+    let url = exec_url(&server, "echo started; exec sleep 1000", false, false);
     let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
     // Wait until the process has written (so it surely runs).
     let mut seen = Vec::new();
@@ -618,7 +630,7 @@ async fn a_client_that_disconnects_leaves_no_process_behind() {
         let message = ws.next().await.expect("message").expect("ok");
         seen.extend_from_slice(&message.into_data());
     }
-    let pid = *backend.pids.lock().unwrap().last().expect("a process");
+    let pid = backend.last_pid();
     assert!(!process_gone(pid));
     drop(ws);
     assert!(
@@ -630,22 +642,14 @@ async fn a_client_that_disconnects_leaves_no_process_behind() {
 #[tokio::test]
 async fn a_spdy_client_that_disconnects_leaves_no_process_behind() {
     let (server, backend) = server().await;
-    let url = server
-        .url(exec("exec sleep 1000", false, false))
-        .expect("url");
-    let Some(()) = require(
-        std::process::Command::new("go")
-            .arg("version")
-            .output()
-            .is_ok(),
-        "go",
-    ) else {
+    let url = exec_url(&server, "exec sleep 1000", false, false);
+    let Some(()) = require(go_installed(), "go") else {
         return;
     };
     // The Go client waits for output that never comes; kill it.
     let binary = {
         // Build through the shared helper with a harmless session first.
-        let warm = server.url(exec("true", false, false)).expect("url");
+        let warm = exec_url(&server, "true", false, false);
         spdy_client(&["-mode", "exec", "-url", &warm, "-stderr"]).await;
         spdy_client_dir().join("spdy_client")
     };
@@ -654,15 +658,9 @@ async fn a_spdy_client_that_disconnects_leaves_no_process_behind() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let pids = backend.pids.lock().unwrap().clone();
-        if pids.len() >= 2 {
-            break pids[1];
-        }
-        assert!(Instant::now() < deadline, "no exec started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pid = poll(Duration::from_millis(50), || backend.pids().get(1).copied())
+        .await
+        .expect("no exec started");
     assert!(!process_gone(pid));
     child.kill().await.expect("kill client");
     assert!(
@@ -680,12 +678,10 @@ async fn sessions_are_bounded_and_idle_sessions_closed() {
         ..StreamingConfig::default()
     })
     .await;
-    let url = server
-        .url(exec("exec sleep 1000", false, false))
-        .expect("url");
+    let url = exec_url(&server, "exec sleep 1000", false, false);
     let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
     let _first = ws.next().await;
-    let second = server.url(exec("true", false, false)).expect("url");
+    let second = exec_url(&server, "true", false, false);
     assert_eq!(
         http_status(&second, "").await,
         429,
@@ -699,7 +695,7 @@ async fn sessions_are_bounded_and_idle_sessions_closed() {
         waited >= Duration::from_secs(1) && waited < Duration::from_secs(8),
         "idle session closed after {waited:?}"
     );
-    let pid = *backend.pids.lock().unwrap().last().expect("a process");
+    let pid = backend.last_pid();
     assert!(wait_gone(pid).await, "idle session's process still runs");
     // The slot is free again, and the refused URL was not spent.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -12,7 +12,6 @@
 //! little-endian.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -34,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::remotecommand::{self, ClientIo, Options, OutChannel, ResizeDecoder, Starter};
 use super::session::{
-    Activity, ForwardEnd, HttpResponse, Session, forward_connection, text, upgraded,
+    Activity, ForwardEnd, HttpResponse, Session, drain_connection, forward_connection, text,
+    upgraded,
 };
 use super::status::StatusFormat;
 
@@ -196,14 +196,6 @@ impl Codec {
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-async fn open(req: Request<Incoming>) -> Option<Ws> {
-    let io = upgraded(req).await?;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
-    Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
-}
-
 fn close_message() -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -229,6 +221,74 @@ fn spawn_writer(
     })
 }
 
+/// What both WebSocket transports run a session on: the client's
+/// messages, the queue the writer sends to the client, and the watchdog
+/// that ends an idle session.
+struct Wired {
+    messages: ClientMessages,
+    /// Cancelled once the client is done or the session idles out.
+    gone: CancellationToken,
+    watchdog: tokio::task::JoinHandle<()>,
+    messages_tx: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+/// Completes the WebSocket upgrade of `req` and starts the writer
+/// (queueing up to `queue` messages) and the idle watchdog; `None` when
+/// the upgrade failed.
+async fn open(req: Request<Incoming>, session: &Session, queue: usize) -> Option<Wired> {
+    let io = upgraded(req).await?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (sink, source) = ws.split();
+    let activity = Activity::new();
+    let gone = CancellationToken::new();
+    let watchdog = session.watch_idle(&activity, gone.clone());
+    let (messages_tx, messages_rx) = mpsc::channel::<Message>(queue);
+    let writer = spawn_writer(sink, messages_rx, activity.clone());
+    Some(Wired {
+        messages: ClientMessages {
+            source,
+            gone: gone.clone(),
+            activity,
+        },
+        gone,
+        watchdog,
+        messages_tx,
+        writer,
+    })
+}
+
+/// What the client sends.
+struct ClientMessages {
+    source: futures::stream::SplitStream<Ws>,
+    gone: CancellationToken,
+    activity: Activity,
+}
+
+impl ClientMessages {
+    /// The client's next message; `None` once it closed or failed (which
+    /// ends the session: `gone` is cancelled) or the session is gone.
+    async fn next(&mut self) -> Option<Message> {
+        let message = tokio::select! {
+            message = self.source.next() => message,
+            _ = self.gone.cancelled() => return None,
+        };
+        match message {
+            Some(Ok(message)) if !matches!(message, Message::Close(_)) => {
+                self.activity.touch();
+                Some(message)
+            }
+            _ => {
+                self.gone.cancel();
+                None
+            }
+        }
+    }
+}
+
 /// A remote command over a WebSocket.
 pub(crate) async fn remote_command(
     session: Session,
@@ -237,7 +297,7 @@ pub(crate) async fn remote_command(
     protocol: String,
     req: Request<Incoming>,
 ) {
-    let Some(ws) = open(req).await else {
+    let Some(wired) = open(req, &session, 16).await else {
         return;
     };
     let codec = Codec::for_protocol(&protocol);
@@ -247,16 +307,6 @@ pub(crate) async fn remote_command(
     } else {
         StatusFormat::Text
     };
-    let (sink, mut source) = ws.split();
-    let activity = Activity::new();
-    let gone = CancellationToken::new();
-    let watchdog = activity.watch(
-        session.inner.idle_timeout,
-        gone.clone(),
-        session.inner.shutdown.clone(),
-    );
-    let (messages_tx, messages_rx) = mpsc::channel::<Message>(16);
-    let writer = spawn_writer(sink, messages_rx, activity.clone());
     // An empty message on the lowest channel we write tells the client the
     // session is established.
     let first = if options.stdout {
@@ -266,27 +316,17 @@ pub(crate) async fn remote_command(
     } else {
         ERROR
     };
-    let _ = messages_tx.send(codec.encode(first, &[])).await;
+    let _ = wired.messages_tx.send(codec.encode(first, &[])).await;
 
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel(8);
     let reader = {
-        let gone = gone.clone();
-        let activity = activity.clone();
         let mut stdin_tx = options.stdin.then_some(stdin_tx);
         let resize_tx = options.tty.then_some(resize_tx);
+        let mut messages = wired.messages;
         tokio::spawn(async move {
             let mut resize = ResizeDecoder::default();
-            loop {
-                let message = tokio::select! {
-                    message = source.next() => message,
-                    _ = gone.cancelled() => return,
-                };
-                let Some(Ok(message)) = message else { break };
-                activity.touch();
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
+            while let Some(message) = messages.next().await {
                 match codec.decode(&message) {
                     Some((STDIN, data)) => {
                         if let Some(tx) = &stdin_tx
@@ -308,13 +348,12 @@ pub(crate) async fn remote_command(
                     _ => {}
                 }
             }
-            gone.cancel();
         })
     };
 
     let (out_tx, mut out_rx) = mpsc::channel(16);
     let forward = {
-        let messages_tx = messages_tx.clone();
+        let messages_tx = wired.messages_tx.clone();
         tokio::spawn(async move {
             while let Some(out) = out_rx.recv().await {
                 let remotecommand::Out::Data(channel, data) = out else {
@@ -331,16 +370,16 @@ pub(crate) async fn remote_command(
             }
         })
     };
-    drop(messages_tx);
+    drop(wired.messages_tx);
     let client = ClientIo {
         stdin: options.stdin.then_some(stdin_rx),
         resize: options.tty.then_some(resize_rx),
         out: out_tx,
-        gone: gone.clone(),
+        gone: wired.gone.clone(),
     };
     remotecommand::launch(start, client, format).await;
     let _ = forward.await;
-    finish(writer, reader, watchdog).await;
+    finish(wired.writer, reader, wired.watchdog).await;
 }
 
 /// Lets the writer send what is queued and the close frame, then gives the
@@ -350,14 +389,7 @@ async fn finish(
     reader: tokio::task::JoinHandle<()>,
     watchdog: tokio::task::JoinHandle<()>,
 ) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    let abort = reader.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), reader)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    drain_connection(writer, reader).await;
     watchdog.abort();
 }
 
@@ -370,20 +402,10 @@ pub(crate) async fn port_forward(
     protocol: String,
     req: Request<Incoming>,
 ) {
-    let Some(ws) = open(req).await else {
+    let Some(wired) = open(req, &session, 32).await else {
         return;
     };
     let codec = Codec::for_protocol(&protocol);
-    let (sink, mut source) = ws.split();
-    let activity = Activity::new();
-    let gone = CancellationToken::new();
-    let watchdog = activity.watch(
-        session.inner.idle_timeout,
-        gone.clone(),
-        session.inner.shutdown.clone(),
-    );
-    let (messages_tx, messages_rx) = mpsc::channel::<Message>(32);
-    let writer = spawn_writer(sink, messages_rx, activity.clone());
 
     let mut to_pod = Vec::new();
     let mut forwards = JoinSet::new();
@@ -391,14 +413,15 @@ pub(crate) async fn port_forward(
         let data_channel = (index * 2) as u8;
         let error_channel = data_channel + 1;
         for channel in [data_channel, error_channel] {
-            let _ = messages_tx
+            let _ = wired
+                .messages_tx
                 .send(codec.encode(channel, &port.to_le_bytes()))
                 .await;
         }
         let (tx, from_client) = mpsc::channel::<Bytes>(16);
         to_pod.push(tx);
         let backend = session.inner.backend.clone();
-        let messages_tx = messages_tx.clone();
+        let messages_tx = wired.messages_tx.clone();
         let pod_id = pod_id.clone();
         forwards.spawn(async move {
             let conn = match backend.port_forward(&pod_id, port).await {
@@ -421,23 +444,13 @@ pub(crate) async fn port_forward(
             forward_connection(conn, from_client, to_client, ForwardEnd::PodSide).await;
         });
     }
-    drop(messages_tx);
+    drop(wired.messages_tx);
     let to_pod = Arc::new(to_pod);
     let reader = {
-        let gone = gone.clone();
-        let activity = activity.clone();
         let to_pod = to_pod.clone();
+        let mut messages = wired.messages;
         tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = source.next() => message,
-                    _ = gone.cancelled() => return,
-                };
-                let Some(Ok(message)) = message else { break };
-                activity.touch();
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
+            while let Some(message) = messages.next().await {
                 if let Some((channel, data)) = codec.decode(&message)
                     && channel % 2 == 0
                     && let Some(tx) = to_pod.get(usize::from(channel / 2))
@@ -446,16 +459,15 @@ pub(crate) async fn port_forward(
                     let _ = tx.send(data).await;
                 }
             }
-            gone.cancel();
         })
     };
     drop(to_pod);
     tokio::select! {
         _ = async { while forwards.join_next().await.is_some() {} } => {}
-        _ = gone.cancelled() => {
+        _ = wired.gone.cancelled() => {
             tracing::debug!(pod_id = %pod_id, "port-forward client went away");
             forwards.abort_all();
         }
     }
-    finish(writer, reader, watchdog).await;
+    finish(wired.writer, reader, wired.watchdog).await;
 }

@@ -30,6 +30,11 @@ impl Fixture {
         load_files(&self.path())
     }
 
+    /// `at` (a `line:column` and more) in the main file, as errors name it.
+    fn at(&self, at: &str) -> String {
+        format!("{}:{at}", self.path().display())
+    }
+
     fn err(&self) -> String {
         match self.load() {
             Ok(config) => panic!("expected an error, loaded {config:?}"),
@@ -40,6 +45,22 @@ impl Fixture {
 
 fn repo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/crius.yaml")
+}
+
+/// The first commented-out example of configs/crius.yaml whose first
+/// line starts with `# {first_line}`, uncommented.
+fn shipped_example(first_line: &str) -> String {
+    let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
+    let first_line = format!("# {first_line}");
+    text.lines()
+        .skip_while(|line| !line.starts_with(&first_line))
+        .take_while(|line| line.starts_with('#'))
+        .map(|line| {
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#'))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 #[test]
@@ -87,17 +108,7 @@ fn streaming_table_merges_and_refuses_half_tls_and_zero_bounds() {
 #[test]
 fn shipped_registries_example_is_valid() {
     // The commented-out `registries` example must stay loadable.
-    let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
-    let example: String = text
-        .lines()
-        .skip_while(|line| !line.starts_with("# registries:"))
-        .take_while(|line| line.starts_with('#'))
-        .map(|line| {
-            line.strip_prefix("# ")
-                .unwrap_or(line.trim_start_matches('#'))
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let example = shipped_example("registries:");
     assert!(
         example.contains("prefix: docker.io"),
         "example not found: {example}"
@@ -129,17 +140,7 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
     // `vm` table is the shim's (whose tests check that the example holds
     // the defaults): the daemon keeps it as given and merges drop-ins
     // into it key by key.
-    let text = fs::read_to_string(repo_config()).expect("read configs/crius.yaml");
-    let example: String = text
-        .lines()
-        .skip_while(|line| !line.starts_with("# runtime_handlers:"))
-        .take_while(|line| line.starts_with('#'))
-        .map(|line| {
-            line.strip_prefix("# ")
-                .unwrap_or(line.trim_start_matches('#'))
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let example = shipped_example("runtime_handlers:");
     assert!(example.contains("kind: vm"), "example not found: {example}");
     let plain = Fixture::new(&format!("default_runtime_handler: kata\n{example}"));
     let example_vm = plain.load().expect("example loads").runtime_handlers["kata"]
@@ -161,10 +162,7 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
     assert_eq!(rest, example_vm, "the rest are the example's");
     // The table is located where the main file wrote it.
     let location = kata.vm_location.clone().expect("located");
-    assert!(
-        location.starts_with(&format!("{}:", fx.path().display())),
-        "{location}"
-    );
+    assert!(location.starts_with(&fx.at("")), "{location}");
 
     // A vm handler without a vm table gets an empty one; other kinds none.
     let fx = Fixture::new(
@@ -174,7 +172,7 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
     assert_eq!(k.vm, Some(Default::default()));
     assert_eq!(
         k.vm_location,
-        Some(format!("{}:4:5", fx.path().display())),
+        Some(fx.at("4:5")),
         "without a table, the entry's position"
     );
     assert_eq!(Config::default().runtime_handlers["runc"].vm, None);
@@ -190,16 +188,12 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
         .expect("the shim checks the table")
         .runtime_handlers["k"];
     assert_eq!(k.vm.as_ref().unwrap()["bogus"], 1);
-    assert_eq!(
-        k.vm_location,
-        Some(format!("{}:7:7", fx.path().display())),
-        "the table's position"
-    );
+    assert_eq!(k.vm_location, Some(fx.at("7:7")), "the table's position");
     let fx = Fixture::new(
         "default_runtime_handler: k\nruntime_handlers:\n  k:\n    kind: vm\n    runtime_path: /q\n    \
          vm:\n      shim_path: bin/shim\n",
     );
-    let err = fx.load().unwrap_err().to_string();
+    let err = fx.err();
     assert!(
         err.contains("runtime_handlers.k.vm: shim_path: must be an absolute path"),
         "{err}"
@@ -208,7 +202,7 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
         "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
          vm:\n      default_vcpus: 2\n",
     );
-    let err = fx.load().unwrap_err().to_string();
+    let err = fx.err();
     assert!(
         err.contains("only handlers of kind `vm` take a `vm` table"),
         "{err}"
@@ -217,7 +211,7 @@ fn shipped_kata_example_loads_and_its_vm_table_merges_key_by_key() {
         "runtime_handlers:\n  runc:\n    kind: oci\n    runtime_path: /r\n    monitor_path: /m\n    \
          call_timeout_seconds: 0\n",
     );
-    let err = fx.load().unwrap_err().to_string();
+    let err = fx.err();
     assert!(
         err.contains("runtime_handlers.runc.call_timeout_seconds: must be at least 1"),
         "{err}"
@@ -270,7 +264,7 @@ fn unknown_key_inside_a_handler_names_file_and_line() {
          monitor: /usr/bin/conmon\n",
     );
     let err = fx.err();
-    let expected = format!("{}:5:5: unknown field `monitor`", fx.path().display());
+    let expected = fx.at("5:5: unknown field `monitor`");
     assert!(err.starts_with(&expected), "{err}");
     assert!(
         err.contains("monitor_path"),
@@ -293,45 +287,30 @@ fn unknown_key_in_a_drop_in_names_the_drop_in() {
 fn wrong_type_names_file_line_and_the_line_text() {
     let fx = Fixture::new("log_level: info\nimage:\n  max_concurrent_downloads: lots\n");
     let err = fx.err();
-    assert!(
-        err.starts_with(&format!("{}:3:29: ", fx.path().display())),
-        "{err}"
-    );
+    assert!(err.starts_with(&fx.at("3:29: ")), "{err}");
     assert!(err.contains("max_concurrent_downloads: lots"), "{err}");
 
     let fx = Fixture::new("runtime_handlers:\n  runc:\n    kind: docker\n");
     let err = fx.err();
-    assert!(
-        err.starts_with(&format!("{}:3:11: ", fx.path().display())),
-        "{err}"
-    );
+    assert!(err.starts_with(&fx.at("3:11: ")), "{err}");
     assert!(err.contains("docker"), "{err}");
 
     let fx = Fixture::new("cni:\n  bin_dirs: /usr/lib/cni\n");
-    assert!(
-        fx.err()
-            .starts_with(&format!("{}:2:13: ", fx.path().display()))
-    );
+    assert!(fx.err().starts_with(&fx.at("2:13: ")));
 }
 
 #[test]
 fn yaml_syntax_errors_and_duplicate_keys_are_located() {
     let fx = Fixture::new("listen: /a\nroot: [/b\n");
     let err = fx.err();
-    assert!(
-        err.starts_with(&format!("{}:", fx.path().display())),
-        "{err}"
-    );
+    assert!(err.starts_with(&fx.at("")), "{err}");
     assert!(
         matches!(fx.load(), Err(ConfigError::Parse { line: 2.., .. })),
         "{err}"
     );
 
     let fx = Fixture::new("listen: /a\nlisten: /b\n");
-    assert!(
-        fx.err()
-            .starts_with(&format!("{}:2:1: duplicate", fx.path().display()))
-    );
+    assert!(fx.err().starts_with(&fx.at("2:1: duplicate")));
 }
 
 #[test]
@@ -463,10 +442,7 @@ fn missing_default_handler_lists_known_names() {
     let err = fx.load().expect_err("unknown default handler");
     assert!(matches!(err, ConfigError::Invalid { .. }));
     let err = err.to_string();
-    assert!(
-        err.starts_with(&format!("{}:1:26: ", fx.path().display())),
-        "{err}"
-    );
+    assert!(err.starts_with(&fx.at("1:26: ")), "{err}");
     assert!(err.contains("`kata`"), "{err}");
     assert!(err.contains("known handlers: crun, runc"), "{err}");
 }
@@ -568,26 +544,18 @@ fn validate_checks_handlers() {
 
 #[test]
 fn validate_checks_registries() {
-    let registry = |prefix: &str| RegistryConfig {
-        prefix: prefix.into(),
-        location: None,
-        insecure: false,
-        mirrors: Vec::new(),
-        blocked: false,
-        mirror_by_digest_only: false,
-    };
     let config = Config {
         registries: vec![
-            registry("docker.io"),
-            registry(""),
-            registry("docker.io"),
+            RegistryConfig::new("docker.io"),
+            RegistryConfig::new(""),
+            RegistryConfig::new("docker.io"),
             RegistryConfig {
                 location: Some("http://x".into()),
                 mirrors: vec![MirrorConfig {
                     location: String::new(),
                     insecure: true,
                 }],
-                ..registry("quay.io")
+                ..RegistryConfig::new("quay.io")
             },
         ],
         ..Config::default()
@@ -626,14 +594,7 @@ fn registry_for_picks_the_longest_prefix_at_a_boundary() {
         "localhost",
         "quay.io/org/app",
     ] {
-        config.registries.push(RegistryConfig {
-            prefix: prefix.into(),
-            location: None,
-            insecure: false,
-            mirrors: Vec::new(),
-            blocked: false,
-            mirror_by_digest_only: false,
-        });
+        config.registries.push(RegistryConfig::new(prefix));
     }
     let prefix = |name: &str| config.registry_for(name).map(|r| r.prefix.as_str());
     assert_eq!(

@@ -5,6 +5,19 @@ use tar::{EntryType, Header};
 
 const MTIME: u64 = 1_600_000_000;
 
+/// What `Tar::entry` writes into an entry's header.
+struct Head<'a> {
+    name: &'a [u8],
+    kind: EntryType,
+    mode: u32,
+    link: &'a [u8],
+    data: &'a [u8],
+    /// uid, gid
+    owner: (u64, u64),
+    /// major, minor
+    dev: (u32, u32),
+}
+
 /// Builds archives entry by entry, writing names as raw header bytes so
 /// that malicious names (`..`, absolute) reach the unpacker unchanged.
 struct Tar {
@@ -18,6 +31,7 @@ impl Tar {
         }
     }
 
+    /// An entry owned by root, with device numbers 0.
     fn raw(
         &mut self,
         name: &[u8],
@@ -26,20 +40,27 @@ impl Tar {
         link: &[u8],
         data: &[u8],
     ) -> &mut Self {
-        self.raw_owned(name, kind, mode, link, data, (0, 0), (0, 0))
+        self.entry(Head {
+            name,
+            kind,
+            mode,
+            link,
+            data,
+            owner: (0, 0),
+            dev: (0, 0),
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn raw_owned(
-        &mut self,
-        name: &[u8],
-        kind: EntryType,
-        mode: u32,
-        link: &[u8],
-        data: &[u8],
-        owner: (u64, u64),
-        dev: (u32, u32),
-    ) -> &mut Self {
+    fn entry(&mut self, entry: Head) -> &mut Self {
+        let Head {
+            name,
+            kind,
+            mode,
+            link,
+            data,
+            owner,
+            dev,
+        } = entry;
         let mut h = Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
@@ -89,15 +110,15 @@ impl Tar {
     }
 
     fn device(&mut self, name: &str, kind: EntryType, major: u32, minor: u32) -> &mut Self {
-        self.raw_owned(
-            name.as_bytes(),
+        self.entry(Head {
+            name: name.as_bytes(),
             kind,
-            0o666,
-            b"",
-            b"",
-            (0, 0),
-            (major, minor),
-        )
+            mode: 0o666,
+            link: b"",
+            data: b"",
+            owner: (0, 0),
+            dev: (major, minor),
+        })
     }
 
     fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
@@ -217,15 +238,15 @@ fn basic_entry_types_round_trip() {
         .symlink("etc/link", "hosts")
         .hardlink("etc/hard", "etc/hosts")
         .raw(b"etc/fifo", EntryType::Fifo, 0o620, b"", b"")
-        .raw_owned(
-            b"bin/su",
-            EntryType::Regular,
-            0o4755,
-            b"",
-            b"xx",
-            (1234, 5678),
-            (0, 0),
-        )
+        .entry(Head {
+            name: b"bin/su",
+            kind: EntryType::Regular,
+            mode: 0o4755,
+            link: b"",
+            data: b"xx",
+            owner: (1234, 5678),
+            dev: (0, 0),
+        })
         .file("implicit/deep/file", 0o600, b"x");
     let tar = t.finish();
     let out = fx.unpack(&tar, &root_opts()).expect("unpack");
@@ -653,15 +674,7 @@ fn xattrs_from_pax_records() {
         ("SCHILY.xattr.user.overlay.redirect", b"/etc"),
         ("SCHILY.xattr.security.capability", &cap),
     ])
-    .raw_owned(
-        b"bin/ping",
-        EntryType::Regular,
-        0o755,
-        b"",
-        b"elf",
-        (0, 0),
-        (0, 0),
-    )
+    .raw(b"bin/ping", EntryType::Regular, 0o755, b"", b"elf")
     .pax(&[("SCHILY.xattr.trusted.overlay.opaque", b"y")])
     .dir("notopaque/", 0o755);
     let tar = t.finish();

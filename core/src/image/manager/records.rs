@@ -27,33 +27,9 @@ impl ImageManager {
             (existing, losing)
         };
         if let Some(old) = existing {
-            let mut tags = old.repo_tags.clone();
-            tags.extend(
-                record
-                    .repo_tags
-                    .iter()
-                    .filter(|t| !old.repo_tags.contains(t))
-                    .cloned(),
-            );
-            let mut digests = old.repo_digests.clone();
-            digests.extend(
-                record
-                    .repo_digests
-                    .iter()
-                    .filter(|d| !old.repo_digests.contains(d))
-                    .cloned(),
-            );
-            let mut manifests = old.manifests.clone();
-            manifests.extend(
-                record
-                    .manifests
-                    .iter()
-                    .filter(|d| !old.manifests.contains(d))
-                    .cloned(),
-            );
-            record.repo_tags = tags;
-            record.repo_digests = digests;
-            record.manifests = manifests;
+            record.repo_tags = merged(&old.repo_tags, &record.repo_tags);
+            record.repo_digests = merged(&old.repo_digests, &record.repo_digests);
+            record.manifests = merged(&old.manifests, &record.manifests);
             record.pinned = old.pinned;
         }
         for other in &losing_tags {
@@ -358,6 +334,14 @@ pub(super) async fn load_records(
     Ok(out)
 }
 
+/// `old` followed by what `new` adds to it: the record's earlier entries
+/// keep their order.
+fn merged(old: &[String], new: &[String]) -> Vec<String> {
+    let mut out = old.to_vec();
+    out.extend(new.iter().filter(|n| !old.contains(n)).cloned());
+    out
+}
+
 /// Removes everything inside `dir`.
 pub(super) fn clear_dir(dir: &Path) -> Result<(), ImageError> {
     for entry in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
@@ -367,32 +351,9 @@ pub(super) fn clear_dir(dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Allocated bytes and inode count of a tree, without following symlinks
-/// and counting hard-linked files once. Entries vanishing during the walk
-/// (concurrent removal) are ignored.
+/// Allocated bytes and inode count of a tree (see
+/// [`crate::fsusage::walk_usage`]), mounts below `root` included.
 pub(super) fn disk_usage(root: &Path) -> Result<(u64, u64), ImageError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path != root => continue,
-            Err(e) => return Err(ImageError::io(format!("stat {}", path.display()), e)),
-        };
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        bytes += meta.blocks() * 512;
-        inodes += 1;
-        if meta.is_dir() {
-            match std::fs::read_dir(&path) {
-                Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ImageError::io(format!("reading {}", path.display()), e)),
-            }
-        }
-    }
-    Ok((bytes, inodes))
+    crate::fsusage::walk_usage(root, false)
+        .map_err(|e| ImageError::io(format!("{} {}", e.op, e.path.display()), e.source))
 }

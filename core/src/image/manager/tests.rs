@@ -196,12 +196,8 @@ async fn blocked_registry_without_mirrors_fails_before_any_network() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.registries.push(RegistryConfig {
-        prefix: "docker.io".into(),
-        location: None,
-        insecure: false,
-        mirrors: Vec::new(),
         blocked: true,
-        mirror_by_digest_only: false,
+        ..RegistryConfig::new("docker.io")
     });
     let m = ImageManager::open(&c).await.unwrap();
     let err = m.pull("busybox", None, None).await.unwrap_err();

@@ -17,11 +17,7 @@ pub struct Attachment {
 impl Attachment {
     /// Writes the record atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), CniError> {
-        let io = |op, source| CniError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |op, source| PathIoError::of::<CniError>(op, path)(source);
         if let Some(dir) = path.parent() {
             crate::perms::ensure_private_dir(dir).map_err(|e| io("create directory for", e))?;
         }
@@ -44,13 +40,7 @@ impl Attachment {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(CniError::Io {
-                    op: "read",
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+            Err(e) => return Err(PathIoError::of("read", path)(e)),
         };
         let att: Attachment = serde_json::from_slice(&bytes).map_err(|e| CniError::Attachment {
             path: path.to_path_buf(),
@@ -70,11 +60,7 @@ impl Attachment {
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CniError::Io {
-                op: "remove",
-                path: path.to_path_buf(),
-                source,
-            }),
+            Err(e) => Err(PathIoError::of("remove", path)(e)),
         }
     }
 

@@ -44,6 +44,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::CniConfig;
+use crate::path_io::PathIoError;
 
 mod attachment;
 mod exec;
@@ -70,13 +71,8 @@ const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0
 pub enum CniError {
     #[error("no CNI network config (*.conflist, *.conf, *.json) in {dir}")]
     NoConfig { dir: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("parse CNI config {path}: {source}")]
     ParseConfig {
         path: PathBuf,
@@ -317,11 +313,7 @@ impl CniNetwork {
 
     /// Loads one config file (`.conflist`, or a single plugin `.conf`/`.json`).
     pub fn from_file(path: &Path, bin_dirs: &[PathBuf]) -> Result<CniNetwork, CniError> {
-        let bytes = std::fs::read(path).map_err(|source| CniError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(PathIoError::of::<CniError>("read", path))?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|source| CniError::ParseConfig {
                 path: path.to_path_buf(),
@@ -710,13 +702,7 @@ pub fn find_config(dir: &Path) -> Result<PathBuf, CniError> {
                 dir: dir.to_path_buf(),
             });
         }
-        Err(source) => {
-            return Err(CniError::Io {
-                op: "read directory",
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
+        Err(e) => return Err(PathIoError::of("read directory", dir)(e)),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)

@@ -25,14 +25,19 @@ impl FakeExec {
         f
     }
     fn calls(&self) -> Vec<Invocation> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().expect("calls lock").clone()
     }
+}
+
+/// The plugin types of `calls`, in call order.
+fn plugin_types(calls: &[Invocation]) -> Vec<&str> {
+    calls.iter().map(|c| c.plugin_type.as_str()).collect()
 }
 
 #[async_trait]
 impl PluginExec for FakeExec {
     async fn exec(&self, inv: &Invocation) -> Result<Vec<u8>, CniError> {
-        self.calls.lock().unwrap().push(inv.clone());
+        self.calls.lock().expect("calls lock").push(inv.clone());
         if let Some((code, msg)) = self.fail.get(&(inv.plugin_type.clone(), inv.command)) {
             let out =
                 serde_json::to_vec(&json!({"code": code, "msg": msg, "details": "d"})).unwrap();
@@ -97,13 +102,7 @@ async fn add_chains_prev_result_and_injects_capabilities() {
     let net = three_plugin_net(exec.clone());
     let result = net.add(&request()).await.unwrap();
     let calls = exec.calls();
-    assert_eq!(
-        calls
-            .iter()
-            .map(|c| c.plugin_type.as_str())
-            .collect::<Vec<_>>(),
-        ["bridge", "portmap", "tuning"]
-    );
+    assert_eq!(plugin_types(&calls), ["bridge", "portmap", "tuning"]);
     assert!(calls.iter().all(|c| c.command == Command::Add));
     // Environment.
     let c0 = &calls[0];
@@ -214,13 +213,7 @@ async fn del_runs_reverse_with_prev_result_and_continues_past_failures() {
         matches!(err, CniError::Plugin { ref plugin, command: Command::Del, .. } if plugin == "tuning")
     );
     let calls = exec.calls();
-    assert_eq!(
-        calls
-            .iter()
-            .map(|c| c.plugin_type.as_str())
-            .collect::<Vec<_>>(),
-        ["tuning", "portmap", "bridge"]
-    );
+    assert_eq!(plugin_types(&calls), ["tuning", "portmap", "bridge"]);
     assert!(
         calls
             .iter()
@@ -515,26 +508,27 @@ async fn attachment_record_roundtrip_and_teardown() {
     );
 }
 
+/// An executable shell script `dir/name` running `body`.
+fn write_script(dir: &Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 #[tokio::test]
 async fn process_exec_reports_missing_plugin_and_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("slow");
-    std::fs::write(&script, "#!/bin/sh\nsleep 5\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let errplug = dir.path().join("errplug");
-    std::fs::write(
-        &errplug,
-        "#!/bin/sh\ncat >/dev/null\necho '{\"code\":100,\"msg\":\"nope\"}'\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&errplug, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let echo = dir.path().join("echo");
-    std::fs::write(
-        &echo,
-        "#!/bin/sh\nprintf '{\"cmd\":\"%s\",\"stdin\":' \"$CNI_COMMAND\"\ncat\nprintf '}'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&echo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(dir.path(), "slow", "sleep 5\n");
+    write_script(
+        dir.path(),
+        "errplug",
+        "cat >/dev/null\necho '{\"code\":100,\"msg\":\"nope\"}'\nexit 1\n",
+    );
+    write_script(
+        dir.path(),
+        "echo",
+        "printf '{\"cmd\":\"%s\",\"stdin\":' \"$CNI_COMMAND\"\ncat\nprintf '}'\n",
+    );
 
     let exec = ProcessExec {
         timeout: Duration::from_millis(300),
@@ -590,6 +584,58 @@ impl Drop for Cleanup {
         }
         let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
         let _ = Proc::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+/// A uniquely named network on its own test bridge, with the namespaces
+/// made for it; all deleted however the test ends.
+struct RealNet {
+    sfx: String,
+    name: String,
+    bridge: String,
+    subnet: String,
+    // Declared before `nsdir`: it unmounts the directory before that is
+    // deleted.
+    cleanup: Cleanup,
+    nsdir: tempfile::TempDir,
+}
+
+impl RealNet {
+    /// On subnet 10.254.`octet`.0/24; each test draws `octet` from a range
+    /// of its own so that tests running at once do not collide.
+    fn new(octet: u8) -> Self {
+        let sfx = random_suffix();
+        let (name, bridge) = (format!("crius-test-{sfx}"), format!("crt{sfx}"));
+        let nsdir = tempfile::tempdir().unwrap();
+        let cleanup = Cleanup {
+            bridge: bridge.clone(),
+            netns: Vec::new(),
+            dir: nsdir.path().to_path_buf(),
+        };
+        Self {
+            sfx,
+            name,
+            bridge,
+            subnet: format!("10.254.{octet}.0/24"),
+            cleanup,
+            nsdir,
+        }
+    }
+
+    fn network(&self, extra: Vec<Value>) -> CniNetwork {
+        real_network(&self.name, &self.bridge, &self.subnet, extra)
+    }
+
+    /// A new namespace `name`, removed at the end.
+    fn netns(&mut self, name: &str) -> NetNs {
+        let ns = NetNs::create(self.nsdir.path(), name).unwrap();
+        self.cleanup.netns.push(ns.path().to_path_buf());
+        ns
+    }
+
+    /// host-local's allocation directory for this network.
+    fn allocations(&self) -> String {
+        format!("/var/lib/cni/networks/{}", self.name)
     }
 }
 
@@ -649,21 +695,13 @@ async fn real_bridge_add_check_del() {
     if !real_prereqs() {
         return;
     }
-    let sfx = random_suffix();
-    let (name, bridge) = (format!("crius-test-{sfx}"), format!("crt{sfx}"));
     let octet = random_byte() % 85; // disjoint from the other real tests
-    let subnet = format!("10.254.{octet}.0/24");
-    let nsdir = tempfile::tempdir().unwrap();
-    let mut cleanup = Cleanup {
-        bridge: bridge.clone(),
-        netns: Vec::new(),
-        dir: nsdir.path().to_path_buf(),
-    };
+    let mut real = RealNet::new(octet);
+    let (sfx, subnet) = (real.sfx.clone(), real.subnet.clone());
     let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true});
-    let net = real_network(&name, &bridge, &subnet, vec![portmap]);
+    let net = real.network(vec![portmap]);
 
-    let ns = NetNs::create(nsdir.path(), "a").unwrap();
-    cleanup.netns.push(ns.path().to_path_buf());
+    let ns = real.netns("a");
     ns.bring_up_loopback().unwrap();
     let id = format!("crius{sfx}a");
     let mut req = CniRequest::new(&id, ns.path());
@@ -677,7 +715,7 @@ async fn real_bridge_add_check_del() {
         host_ip: "127.0.0.1".into(),
     }];
 
-    let record = nsdir.path().join("records/a.json");
+    let record = real.nsdir.path().join("records/a.json");
     let result = net.add_recorded(&req, &record).await.unwrap();
     let ips = result.pod_ips();
     assert_eq!(ips.len(), 1, "{result:?}");
@@ -691,7 +729,7 @@ async fn real_bridge_add_check_del() {
         "{inside}"
     );
     assert!(inside.contains("127.0.0.1/8"), "loopback not up: {inside}");
-    let alloc = PathBuf::from(format!("/var/lib/cni/networks/{name}/{v4}"));
+    let alloc = PathBuf::from(real.allocations()).join(v4.to_string());
     assert!(alloc.exists(), "host-local allocation {alloc:?} missing");
 
     // portmap got the mapping from runtimeConfig.
@@ -724,7 +762,7 @@ async fn real_bridge_add_check_del() {
     // ADD again, remove the namespace, then DEL: still releases the IP.
     let result = net.add(&req).await.unwrap();
     let v4b = result.pod_ips()[0];
-    let alloc = PathBuf::from(format!("/var/lib/cni/networks/{name}/{v4b}"));
+    let alloc = PathBuf::from(real.allocations()).join(v4b.to_string());
     assert!(alloc.exists());
     ns.remove().unwrap();
     net.del(&req, Some(&result)).await.unwrap();
@@ -736,7 +774,7 @@ async fn real_bridge_add_check_del() {
     std::fs::write(&req.netns, "").unwrap();
     net.del(&req, Some(&result)).await.unwrap();
     std::fs::remove_file(&req.netns).unwrap();
-    let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/{name}"));
+    let _ = std::fs::remove_dir_all(real.allocations());
 }
 
 #[tokio::test]
@@ -744,24 +782,10 @@ async fn real_rollback_when_second_plugin_fails() {
     if !real_prereqs() {
         return;
     }
-    let sfx = random_suffix();
-    let (name, bridge) = (format!("crius-test-{sfx}"), format!("crt{sfx}"));
-    let subnet = format!("10.254.{}.0/24", 85 + random_byte() % 85);
-    let nsdir = tempfile::tempdir().unwrap();
-    let mut cleanup = Cleanup {
-        bridge: bridge.clone(),
-        netns: Vec::new(),
-        dir: nsdir.path().to_path_buf(),
-    };
-    let net = real_network(
-        &name,
-        &bridge,
-        &subnet,
-        vec![json!({"type": "no-such-plugin-crius"})],
-    );
-    let ns = NetNs::create(nsdir.path(), "r").unwrap();
-    cleanup.netns.push(ns.path().to_path_buf());
-    let req = CniRequest::new(format!("crius{sfx}r"), ns.path());
+    let mut real = RealNet::new(85 + random_byte() % 85);
+    let net = real.network(vec![json!({"type": "no-such-plugin-crius"})]);
+    let ns = real.netns("r");
+    let req = CniRequest::new(format!("crius{}r", real.sfx), ns.path());
 
     let err = net.add(&req).await.unwrap_err();
     assert!(
@@ -770,7 +794,7 @@ async fn real_rollback_when_second_plugin_fails() {
     );
     assert!(err.to_string().contains("no-such-plugin-crius"));
     // The bridge's allocation and veth are gone again.
-    let allocs: Vec<_> = std::fs::read_dir(format!("/var/lib/cni/networks/{name}"))
+    let allocs: Vec<_> = std::fs::read_dir(real.allocations())
         .map(|d| {
             d.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -780,7 +804,7 @@ async fn real_rollback_when_second_plugin_fails() {
         .unwrap_or_default();
     assert!(allocs.is_empty(), "leaked allocations {allocs:?}");
     assert!(!addrs_in(ns.path()).contains("eth0"), "veth leaked");
-    let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/{name}"));
+    let _ = std::fs::remove_dir_all(real.allocations());
 }
 
 #[tokio::test]
@@ -788,21 +812,12 @@ async fn real_two_pods_on_one_bridge_ping() {
     if !real_prereqs() || !require_tools(&["/usr/bin/busybox"]) {
         return;
     }
-    let sfx = random_suffix();
-    let (name, bridge) = (format!("crius-test-{sfx}"), format!("crt{sfx}"));
-    let subnet = format!("10.254.{}.0/24", 170 + random_byte() % 85);
-    let nsdir = tempfile::tempdir().unwrap();
-    let mut cleanup = Cleanup {
-        bridge: bridge.clone(),
-        netns: Vec::new(),
-        dir: nsdir.path().to_path_buf(),
-    };
-    let net = real_network(&name, &bridge, &subnet, vec![]);
+    let mut real = RealNet::new(170 + random_byte() % 85);
+    let net = real.network(vec![]);
     let mut pods = Vec::new();
     for p in ["p1", "p2"] {
-        let ns = NetNs::create(nsdir.path(), p).unwrap();
-        cleanup.netns.push(ns.path().to_path_buf());
-        let req = CniRequest::new(format!("crius{sfx}{p}"), ns.path());
+        let ns = real.netns(p);
+        let req = CniRequest::new(format!("crius{}{p}", real.sfx), ns.path());
         let res = net.add(&req).await.unwrap();
         pods.push((ns, req, res));
     }
@@ -824,5 +839,5 @@ async fn real_two_pods_on_one_bridge_ping() {
         net.del(&req, Some(&res)).await.unwrap();
         ns.remove().unwrap();
     }
-    let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/{name}"));
+    let _ = std::fs::remove_dir_all(real.allocations());
 }

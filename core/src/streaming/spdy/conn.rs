@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame, HeaderDecoder, HeaderEncoder, Headers};
-use crate::streaming::session::Activity;
+use crate::streaming::session::{Activity, drain_connection};
 
 /// Data frames written at once (client-go reads in 32 KiB pieces too).
 const MAX_DATA_CHUNK: usize = 32 * 1024;
@@ -264,14 +263,7 @@ impl Connection {
         // The writer ends once every sender is gone: ours here, the stream
         // writers' when their handlers finished.
         drop(shared);
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), reader)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
+        drain_connection(writer, reader).await;
     }
 }
 

@@ -202,22 +202,34 @@ pub static DICTIONARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
     out
 });
 
-/// The header compression state of one direction of a connection.
-pub struct HeaderEncoder {
-    zlib: Compress,
+/// Declares a header (de)compression state: a struct around one zlib
+/// stream, defaulting to `new()`. Its Debug names only the type, because
+/// the zlib state is large and means nothing to a reader.
+macro_rules! header_zlib_state {
+    ($(#[$doc:meta])* $name:ident($zlib:ty)) => {
+        $(#[$doc])*
+        pub struct $name {
+            zlib: $zlib,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    };
 }
 
-impl std::fmt::Debug for HeaderEncoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeaderEncoder")
-    }
-}
-
-impl Default for HeaderEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+header_zlib_state!(
+    /// The header compression state of one direction of a connection.
+    HeaderEncoder(Compress)
+);
 
 impl HeaderEncoder {
     pub fn new() -> Self {
@@ -255,22 +267,10 @@ impl HeaderEncoder {
     }
 }
 
-/// The header decompression state of one direction of a connection.
-pub struct HeaderDecoder {
-    zlib: Decompress,
-}
-
-impl std::fmt::Debug for HeaderDecoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeaderDecoder")
-    }
-}
-
-impl Default for HeaderDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+header_zlib_state!(
+    /// The header decompression state of one direction of a connection.
+    HeaderDecoder(Decompress)
+);
 
 impl HeaderDecoder {
     pub fn new() -> Self {
@@ -414,22 +414,26 @@ pub fn decode(frame: &[u8], headers: &mut HeaderDecoder) -> Result<Frame, FrameE
                 headers: headers.decode(p)?,
             }
         }
-        TYPE_SYN_REPLY => {
-            need(p, 4, "SYN_REPLY")?;
+        TYPE_SYN_REPLY | TYPE_HEADERS => {
+            // Both carry a stream id, FIN and a header block; they differ
+            // in meaning only.
+            let reply = frame_type == TYPE_SYN_REPLY;
+            need(p, 4, if reply { "SYN_REPLY" } else { "HEADERS" })?;
             let stream_id = p.get_u32() & 0x7fff_ffff;
-            Frame::SynReply {
-                stream_id,
-                fin: flags & FLAG_FIN != 0,
-                headers: headers.decode(p)?,
-            }
-        }
-        TYPE_HEADERS => {
-            need(p, 4, "HEADERS")?;
-            let stream_id = p.get_u32() & 0x7fff_ffff;
-            Frame::Headers {
-                stream_id,
-                fin: flags & FLAG_FIN != 0,
-                headers: headers.decode(p)?,
+            let fin = flags & FLAG_FIN != 0;
+            let headers = headers.decode(p)?;
+            if reply {
+                Frame::SynReply {
+                    stream_id,
+                    fin,
+                    headers,
+                }
+            } else {
+                Frame::Headers {
+                    stream_id,
+                    fin,
+                    headers,
+                }
             }
         }
         TYPE_RST_STREAM => {
@@ -483,6 +487,12 @@ fn control(out: &mut BytesMut, frame_type: u16, flags: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A flagless control frame whose payload is `words`, big-endian.
+fn control_words(out: &mut BytesMut, frame_type: u16, words: &[u32]) {
+    let payload: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    control(out, frame_type, 0, &payload);
+}
+
 /// Appends the wire form of `frame` to `out`.
 pub fn encode(frame: &Frame, headers: &mut HeaderEncoder, out: &mut BytesMut) {
     match frame {
@@ -514,27 +524,24 @@ pub fn encode(frame: &Frame, headers: &mut HeaderEncoder, out: &mut BytesMut) {
             stream_id,
             fin,
             headers: h,
-        } => {
-            let mut p = Vec::new();
-            p.put_u32(*stream_id);
-            p.extend_from_slice(&headers.encode(h));
-            control(out, TYPE_SYN_REPLY, u8::from(*fin), &p);
         }
-        Frame::Headers {
+        | Frame::Headers {
             stream_id,
             fin,
             headers: h,
         } => {
+            let frame_type = if matches!(frame, Frame::SynReply { .. }) {
+                TYPE_SYN_REPLY
+            } else {
+                TYPE_HEADERS
+            };
             let mut p = Vec::new();
             p.put_u32(*stream_id);
             p.extend_from_slice(&headers.encode(h));
-            control(out, TYPE_HEADERS, u8::from(*fin), &p);
+            control(out, frame_type, u8::from(*fin), &p);
         }
         Frame::RstStream { stream_id, status } => {
-            let mut p = Vec::new();
-            p.put_u32(*stream_id);
-            p.put_u32(*status);
-            control(out, TYPE_RST_STREAM, 0, &p);
+            control_words(out, TYPE_RST_STREAM, &[*stream_id, *status]);
         }
         Frame::Settings { entries } => {
             let mut p = Vec::new();
@@ -545,21 +552,13 @@ pub fn encode(frame: &Frame, headers: &mut HeaderEncoder, out: &mut BytesMut) {
             }
             control(out, TYPE_SETTINGS, 0, &p);
         }
-        Frame::Ping { id } => control(out, TYPE_PING, 0, &id.to_be_bytes()),
+        Frame::Ping { id } => control_words(out, TYPE_PING, &[*id]),
         Frame::GoAway {
             last_good_stream_id,
             status,
-        } => {
-            let mut p = Vec::new();
-            p.put_u32(*last_good_stream_id);
-            p.put_u32(*status);
-            control(out, TYPE_GOAWAY, 0, &p);
-        }
+        } => control_words(out, TYPE_GOAWAY, &[*last_good_stream_id, *status]),
         Frame::WindowUpdate { stream_id, delta } => {
-            let mut p = Vec::new();
-            p.put_u32(*stream_id);
-            p.put_u32(*delta);
-            control(out, TYPE_WINDOW_UPDATE, 0, &p);
+            control_words(out, TYPE_WINDOW_UPDATE, &[*stream_id, *delta]);
         }
         Frame::Unknown { .. } => {}
     }

@@ -3,6 +3,12 @@
 //! `X-Stream-Protocol-Version`), then client-opened streams told apart by
 //! their `streamtype` header.
 
+use hyper::Request;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Activity, Session, upgraded};
+
 pub mod conn;
 pub mod frame;
 pub(crate) mod handshake;
@@ -19,3 +25,33 @@ pub const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 pub const ACCEPTED_PROTOCOLS_HEADER: &str = "x-accepted-stream-protocol-versions";
 /// The `Upgrade` token.
 pub const UPGRADE_TOKEN: &str = "SPDY/3.1";
+
+/// An upgraded SPDY session, as both subprotocols run it.
+pub(crate) struct Served {
+    pub(crate) conn: conn::Connection,
+    /// Cancelled when the connection closes or the session idles out.
+    pub(crate) gone: CancellationToken,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Completes the upgrade of `req` and starts the connection and its
+    /// idle watchdog; `None` when the upgrade failed.
+    pub(crate) async fn start(session: &Session, req: Request<Incoming>) -> Option<Self> {
+        let io = upgraded(req).await?;
+        let activity = Activity::new();
+        let conn = conn::Connection::serve(io, activity.clone());
+        let gone = conn.closed();
+        let watchdog = session.watch_idle(&activity, gone.clone());
+        Some(Self {
+            conn,
+            gone,
+            watchdog,
+        })
+    }
+
+    pub(crate) async fn close(self) {
+        self.watchdog.abort();
+        self.conn.shutdown().await;
+    }
+}

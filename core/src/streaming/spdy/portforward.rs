@@ -9,11 +9,10 @@ use hyper::Request;
 use hyper::body::Incoming;
 use tokio::task::JoinSet;
 
-use super::conn::{Connection, IncomingStream};
+use super::Served;
+use super::conn::IncomingStream;
 use crate::streaming::StreamBackend;
-use crate::streaming::session::{
-    Activity, ForwardEnd, STREAM_CREATION_TIMEOUT, Session, forward_connection, upgraded,
-};
+use crate::streaming::session::{ForwardEnd, STREAM_CREATION_TIMEOUT, Session, forward_connection};
 
 /// The SPDY port-forward subprotocol.
 pub(crate) const SPDY_PROTOCOL: &str = "portforward.k8s.io";
@@ -46,23 +45,15 @@ pub(crate) async fn session(
     ports: Vec<u16>,
     req: Request<Incoming>,
 ) {
-    let Some(io) = upgraded(req).await else {
+    let Some(mut served) = Served::start(&session, req).await else {
         return;
     };
-    let activity = Activity::new();
-    let mut conn = Connection::serve(io, activity.clone());
-    let gone = conn.closed();
-    let watchdog = activity.watch(
-        session.inner.idle_timeout,
-        gone.clone(),
-        session.inner.shutdown.clone(),
-    );
     let mut pending: HashMap<String, Pair> = HashMap::new();
     let mut forwards = JoinSet::new();
     let mut sweep = tokio::time::interval(STREAM_CREATION_TIMEOUT / 2);
     loop {
         let stream = tokio::select! {
-            stream = conn.incoming.recv() => stream,
+            stream = served.conn.incoming.recv() => stream,
             _ = sweep.tick() => {
                 // Halves whose partner never came are dropped.
                 let now = Instant::now();
@@ -80,7 +71,7 @@ pub(crate) async fn session(
                 }
                 continue;
             }
-            _ = gone.cancelled() => None,
+            _ = served.gone.cancelled() => None,
         };
         let Some(stream) = stream else { break };
         let kind = match stream.header("streamtype") {
@@ -122,8 +113,7 @@ pub(crate) async fn session(
     }
     forwards.abort_all();
     while forwards.join_next().await.is_some() {}
-    watchdog.abort();
-    conn.shutdown().await;
+    served.close().await;
 }
 
 /// One forwarded connection.

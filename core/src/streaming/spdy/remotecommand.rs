@@ -8,11 +8,12 @@ use hyper::Request;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use super::conn::{Connection, IncomingStream};
+use super::Served;
+use super::conn::IncomingStream;
 use crate::streaming::remotecommand::{
     self, ClientIo, Options, Out, OutChannel, ResizeDecoder, Starter,
 };
-use crate::streaming::session::{Activity, STREAM_CREATION_TIMEOUT, Session, upgraded};
+use crate::streaming::session::{STREAM_CREATION_TIMEOUT, Session};
 use crate::streaming::status::StatusFormat;
 
 /// SPDY remote-command subprotocols, in the server's order.
@@ -40,17 +41,9 @@ pub(crate) async fn session(
     protocol: String,
     req: Request<Incoming>,
 ) {
-    let Some(io) = upgraded(req).await else {
+    let Some(mut served) = Served::start(&session, req).await else {
         return;
     };
-    let activity = Activity::new();
-    let mut conn = Connection::serve(io, activity.clone());
-    let gone = conn.closed();
-    let watchdog = activity.watch(
-        session.inner.idle_timeout,
-        gone.clone(),
-        session.inner.shutdown.clone(),
-    );
     let version = spdy_version(&protocol);
     let expected = 1
         + usize::from(options.stdin)
@@ -63,16 +56,15 @@ pub(crate) async fn session(
     tokio::pin!(deadline);
     while streams.len() < expected {
         let stream = tokio::select! {
-            stream = conn.incoming.recv() => stream,
+            stream = served.conn.incoming.recv() => stream,
             _ = &mut deadline => {
                 tracing::info!("SPDY client did not open its streams in time");
                 None
             }
-            _ = gone.cancelled() => None,
+            _ = served.gone.cancelled() => None,
         };
         let Some(stream) = stream else {
-            watchdog.abort();
-            conn.shutdown().await;
+            served.close().await;
             return;
         };
         let kind = match stream.header("streamtype") {
@@ -143,10 +135,9 @@ pub(crate) async fn session(
         stdin,
         resize,
         out: out_tx,
-        gone: gone.clone(),
+        gone: served.gone.clone(),
     };
     remotecommand::launch(start, client, format).await;
     let _ = writer_task.await;
-    watchdog.abort();
-    conn.shutdown().await;
+    served.close().await;
 }
