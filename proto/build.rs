@@ -14,7 +14,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // AuthConfig carries registry secrets; its Debug is written by hand so
         // secrets never reach logs.
         .skip_debug(["runtime.v1.AuthConfig"])
-        .compile_fds(descriptors)?;
+        .compile_fds(descriptors.clone())?;
+
+    // With the `json` feature (criusctl's crictl-style config files and
+    // `-o json|yaml`), the CRI messages also get serde impls in the protobuf
+    // JSON mapping. Field names stay the proto names (`log_directory`, as
+    // crictl's files spell them); reading accepts the lowerCamelCase names too
+    // and, like crictl, skips fields it does not know (files written for a
+    // newer CRI still load).
+    if std::env::var_os("CARGO_FEATURE_JSON").is_some() {
+        use prost::Message;
+        pbjson_build::Builder::new()
+            .register_descriptors(&descriptors.encode_to_vec())?
+            .preserve_proto_field_names()
+            .ignore_unknown_fields()
+            // Unset fields are printed with their default values (a ready
+            // pod's `state` is `SANDBOX_READY`, the enum's zero), so what
+            // scripts read is always there.
+            .emit_fields()
+            .build(&[".runtime.v1"])?;
+    }
 
     // The handler contract reuses CRI messages; they resolve to the `cri`
     // module generated above instead of being generated twice.

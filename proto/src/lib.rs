@@ -4,6 +4,8 @@
 pub mod cri {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("runtime.v1");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.serde.rs"));
 
     impl std::fmt::Debug for AuthConfig {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

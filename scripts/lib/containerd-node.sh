@@ -89,7 +89,7 @@ stop_containerd() {
     set +e
     if [ -n "$containerd_pid" ]; then
         if [ -S "$cd_socket" ]; then
-            for pod in $(cctl pods 2>/dev/null | cut -f1); do
+            for pod in $(cctl pods -q 2>/dev/null); do
                 cctl rmp "$pod" >/dev/null 2>&1
             done
         fi

@@ -16,7 +16,7 @@ ctl() { "$bin/criusctl" -s "$socket" "$@"; }
 stop_local_node() {
     set +e
     if [ -n "$daemon_pid" ] && [ -S "$socket" ]; then
-        for pod in $(ctl pods 2>/dev/null | cut -f1); do
+        for pod in $(ctl pods -q 2>/dev/null); do
             ctl rmp "$pod" >/dev/null 2>&1
         done
     fi

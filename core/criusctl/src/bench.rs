@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use crius_proto::cri;
 use serde_json::json;
 
-use super::{Clients, RunArgs, connect, ensure_image, percentile, pod_config};
+use crate::runpod::{ensure_image, pod_config};
+use crate::{Clients, RunArgs, connect, percentile};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -218,7 +219,7 @@ async fn start_pod(
     tokio::fs::create_dir_all(&config.log_directory)
         .await
         .with_context(|| format!("creating {}", config.log_directory))?;
-    let started = super::start_pod(c, run, config).await?;
+    let started = crate::runpod::start_pod(c, run, config).await?;
     for (samples, took) in s.rpc.iter_mut().zip(started.rpc_times) {
         samples.push(took);
     }

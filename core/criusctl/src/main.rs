@@ -6,30 +6,41 @@
 //! latency per handler).
 
 mod bench;
+mod configfile;
+mod listing;
+mod logs;
+mod output;
 mod portforward;
+mod runpod;
+mod stats;
 mod stream;
 mod term;
+mod verbs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
 use crius_proto::cri;
 use crius_proto::cri::image_service_client::ImageServiceClient;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
+use listing::ListArgs;
+use output::Format;
+use runpod::{ensure_image, remove_pod, run_pod};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Parser)]
 #[command(name = "criusctl", about = "CRI client for crius", version)]
 struct Cli {
-    /// The runtime's CRI socket.
+    /// The runtime's CRI socket (a path or `unix://` URL).
     #[arg(
         long,
         short = 's',
+        alias = "runtime-endpoint",
         default_value = "/run/crius/crius.sock",
         global = true
     )]
@@ -38,6 +49,11 @@ struct Cli {
     /// (default: the system bundle).
     #[arg(long, global = true)]
     streaming_ca: Option<PathBuf>,
+    /// Deadline of each CRI call and of connecting, in seconds (0: none);
+    /// `events` and `logs -f` run until interrupted regardless. Give it
+    /// before the verb, as with crictl.
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,28 +64,146 @@ enum Command {
     Version,
     /// Runtime conditions and handlers (with verbose info).
     Status,
+    /// The runtime's status and verbose info as one document (crictl info).
+    Info {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+    },
     /// Pull an image.
     Pull { image: String },
-    /// List images.
-    Images,
-    /// Show one image (verbose).
-    Inspecti { image: String },
-    /// Remove an image.
-    Rmi { image: String },
+    /// List images, optionally those whose tags contain REPOSITORY.
+    Images {
+        #[command(flatten)]
+        list: ListArgs,
+        repository: Option<String>,
+    },
+    /// Show images (status and verbose info).
+    Inspecti {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Image filesystem usage.
-    Imagefsinfo,
+    Imagefsinfo {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+    },
     /// Run a pod with one container and start it; prints the pod and container ids.
     Run(RunArgs),
-    /// List pods.
-    Pods,
-    /// List containers (all states).
-    Ps,
-    /// Show a pod (verbose).
-    Inspectp { pod: String },
-    /// Show a container (verbose).
-    Inspect { container: String },
+    /// Run a pod from a crictl pod config file (JSON or YAML); prints its id.
+    Runp {
+        /// Runtime handler (RuntimeClass handler); empty = the default.
+        #[arg(short = 'r', long, default_value = "")]
+        runtime: String,
+        pod_config: PathBuf,
+    },
+    /// Create a container in POD from crictl container and pod config files;
+    /// prints its id.
+    Create {
+        /// Pull the container's image first when it is missing.
+        #[arg(long)]
+        with_pull: bool,
+        pod: String,
+        container_config: PathBuf,
+        pod_config: PathBuf,
+    },
+    /// Start created containers.
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List pods, newest first.
+    Pods {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Only pods in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only pods in this state: ready or notready.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// List containers, newest first (running ones unless -a).
+    Ps {
+        #[command(flatten)]
+        list: ListArgs,
+        /// All states, not just running.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only containers of this pod.
+        #[arg(short = 'p', long)]
+        pod: Option<String>,
+        /// Only containers in this state: created, running, exited, unknown.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show pods (status and verbose info).
+    Inspectp {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Show containers (status and verbose info).
+    Inspect {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Print a container's log (the CRI log file, without the CRI prefixes).
-    Logs { container: String },
+    Logs {
+        /// Keep printing what the container writes, until it stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Only lines since an RFC 3339 time or a duration ago (`5m`, `1h30m`).
+        #[arg(long, value_parser = logs::parse_since)]
+        since: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Prefix each line with the time it was written.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        container: String,
+    },
+    /// Container resource usage: CPU, memory, writable layer, swap.
+    Stats {
+        /// All containers, not just running ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only containers of this pod.
+        #[arg(short = 'p', long)]
+        pod: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only this container.
+        container: Option<String>,
+    },
+    /// Pod resource usage: CPU and memory.
+    Statsp {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only this pod.
+        pod: Option<String>,
+    },
+    /// Update containers' CPU and memory resources.
+    Update(verbs::UpdateArgs),
+    /// Print container events (GetContainerEvents) until interrupted.
+    Events {
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: Format,
+    },
     /// Run a command in a container through the streaming server (CRI
     /// Exec); exits with the command's exit code.
     Exec(ExecArgs),
@@ -91,16 +225,39 @@ enum Command {
         #[arg(required = true)]
         ports: Vec<String>,
     },
-    /// Stop a container.
+    /// Stop containers.
     Stop {
-        container: String,
-        #[arg(long, default_value_t = 10)]
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
         timeout: i64,
+        #[arg(required = true)]
+        containers: Vec<String>,
     },
-    /// Stop and remove a pod with all its containers.
-    Rmp { pod: String },
+    /// Stop pods (their containers are stopped; the pods stay listed).
+    Stopp {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop a running container first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop and remove pods with all their containers.
+    Rmp {
+        /// Accepted for crictl's sake: pods are always stopped first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
     /// Measure RunPodSandbox + CreateContainer + StartContainer over N pods.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args, Clone)]
@@ -153,15 +310,27 @@ struct Clients {
 }
 
 async fn connect(socket: &Path) -> Result<Clients> {
-    let path = socket.to_path_buf();
+    connect_with(socket, None).await
+}
+
+/// Connects to the CRI socket (a path, or a `unix://` URL as crictl takes);
+/// with `timeout`, connecting and every call have that deadline.
+async fn connect_with(socket: &Path, timeout: Option<Duration>) -> Result<Clients> {
+    let text = socket.to_string_lossy();
+    let path = PathBuf::from(text.strip_prefix("unix://").unwrap_or(&text));
+    let shown = path.display().to_string();
     // tonic needs a URI; every connection goes to the socket.
-    let channel = Endpoint::try_from("http://crius.invalid")?
+    let mut endpoint = Endpoint::try_from("http://crius.invalid")?;
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.connect_timeout(timeout).timeout(timeout);
+    }
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+        .with_context(|| format!("cannot connect to {shown}"))?;
     Ok(Clients {
         runtime: RuntimeServiceClient::new(channel.clone()),
         image: ImageServiceClient::new(channel),
@@ -175,21 +344,6 @@ fn image_spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
-/// The config of a `run`/`bench` container: `cmd` in `image`, logging to
-/// `<name>/0.log` in the pod's log directory.
-fn container_config(name: &str, image: &str, cmd: &[String]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: image_spec(image),
-        command: cmd.to_vec(),
-        log_path: format!("{name}/0.log"),
-        ..Default::default()
-    }
-}
-
 fn print_info(info: &HashMap<String, String>) {
     let mut keys: Vec<_> = info.keys().collect();
     keys.sort();
@@ -201,11 +355,27 @@ fn print_info(info: &HashMap<String, String>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Bench(args) = &cli.command {
+    match &cli.command {
         // The bench connects to its own endpoints (default: the socket).
-        return bench::bench(cli.socket.clone(), args).await;
+        Command::Bench(args) => return bench::bench(cli.socket.clone(), args).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "criusctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
     }
-    let mut c = connect(&cli.socket).await?;
+    // Streams that last until interrupted get no deadline.
+    let unbounded = matches!(
+        cli.command,
+        Command::Events { .. } | Command::Logs { follow: true, .. }
+    );
+    let timeout = (cli.timeout > 0 && !unbounded).then(|| Duration::from_secs(cli.timeout));
+    let mut c = connect_with(&cli.socket, timeout).await?;
     let options = stream::Options {
         ca: cli.streaming_ca.clone(),
     };
@@ -242,6 +412,7 @@ async fn main() -> Result<()> {
             }
             print_info(&s.info);
         }
+        Command::Info { output } => verbs::info(&mut c, output).await?,
         Command::Pull { image } => {
             let r = c
                 .image
@@ -252,124 +423,172 @@ async fn main() -> Result<()> {
                 .await?;
             println!("{}", r.into_inner().image_ref);
         }
-        Command::Images => {
+        Command::Images {
+            mut list,
+            repository,
+        } => {
+            list.name = list.name.or(repository);
             let r = c
                 .image
                 .list_images(cri::ListImagesRequest::default())
                 .await?
                 .into_inner();
-            for img in r.images {
-                println!("{}\t{}\t{}", &img.id, img.repo_tags.join(","), img.size);
+            listing::print_images(&list, r)?;
+        }
+        Command::Inspecti { output, images } => verbs::inspecti(&mut c, &images, output).await?,
+        Command::Rmi { images } => {
+            for image in images {
+                c.image
+                    .remove_image(cri::RemoveImageRequest {
+                        image: image_spec(&image),
+                    })
+                    .await
+                    .with_context(|| format!("removing {image}"))?;
+                println!("Deleted: {image}");
             }
         }
-        Command::Inspecti { image } => {
-            let r = c
-                .image
-                .image_status(cri::ImageStatusRequest {
-                    image: image_spec(&image),
-                    verbose: true,
-                })
-                .await?
-                .into_inner();
-            match r.image {
-                Some(img) => println!("{img:#?}"),
-                None => bail!("image {image} not found"),
-            }
-            print_info(&r.info);
-        }
-        Command::Rmi { image } => {
-            c.image
-                .remove_image(cri::RemoveImageRequest {
-                    image: image_spec(&image),
-                })
-                .await?;
-        }
-        Command::Imagefsinfo => {
+        Command::Imagefsinfo { output } => {
             let r = c
                 .image
                 .image_fs_info(cri::ImageFsInfoRequest::default())
                 .await?
                 .into_inner();
-            println!("{r:#?}");
+            output::print(output, &r, || println!("{r:#?}"))?;
         }
         Command::Run(args) => {
             let (pod, ctr) = run_pod(&mut c, &args, 0).await?;
             println!("pod {pod}\ncontainer {ctr}");
         }
-        Command::Pods => {
-            let r = c
+        Command::Runp {
+            runtime,
+            pod_config,
+        } => verbs::runp(&mut c, &runtime, &pod_config).await?,
+        Command::Create {
+            with_pull,
+            pod,
+            container_config,
+            pod_config,
+        } => verbs::create(&mut c, &pod, &container_config, &pod_config, with_pull).await?,
+        Command::Start { containers } => verbs::start(&mut c, &containers).await?,
+        Command::Pods {
+            list,
+            namespace,
+            state,
+        } => {
+            let request = listing::pods_request(&list, state.as_deref())?;
+            let r = c.runtime.list_pod_sandbox(request).await?.into_inner();
+            let r = listing::pods(&list, namespace.as_deref(), r);
+            listing::print_pods(&list, &r)?;
+        }
+        Command::Ps {
+            list,
+            all,
+            pod,
+            state,
+        } => {
+            let request =
+                listing::containers_request(&list, all, state.as_deref(), pod.as_deref())?;
+            let r = c.runtime.list_containers(request).await?.into_inner();
+            let r = listing::containers(&list, r);
+            let pods = c
                 .runtime
                 .list_pod_sandbox(cri::ListPodSandboxRequest::default())
                 .await?
                 .into_inner();
-            for p in r.items {
-                let m = p.metadata.unwrap_or_default();
-                println!(
-                    "{}\t{}/{}\t{:?}\t{}",
-                    p.id,
-                    m.namespace,
-                    m.name,
-                    cri::PodSandboxState::try_from(p.state).unwrap_or_default(),
-                    p.runtime_handler
-                );
+            let pod_names = pods
+                .items
+                .into_iter()
+                .map(|p| (p.id, p.metadata.unwrap_or_default().name))
+                .collect();
+            listing::print_containers(&list, &r, &pod_names)?;
+        }
+        Command::Inspectp { output, pods } => verbs::inspectp(&mut c, &pods, output).await?,
+        Command::Inspect { output, containers } => {
+            verbs::inspect(&mut c, &containers, output).await?
+        }
+        Command::Logs {
+            follow,
+            tail,
+            since,
+            timestamps,
+            container,
+        } => {
+            let path = container_status(&mut c, &container).await?.log_path;
+            let selection = logs::Selection {
+                tail,
+                since,
+                timestamps,
+            };
+            let runtime = c.runtime.clone();
+            logs::print(&path, &selection, follow, || {
+                let mut runtime = runtime.clone();
+                let container = container.clone();
+                async move {
+                    let status = runtime
+                        .container_status(cri::ContainerStatusRequest {
+                            container_id: container,
+                            verbose: false,
+                        })
+                        .await;
+                    // A container that is gone is not running.
+                    status.is_ok_and(|s| {
+                        s.into_inner().status.is_some_and(|s| {
+                            s.state == cri::ContainerState::ContainerRunning as i32
+                        })
+                    })
+                }
+            })
+            .await?;
+        }
+        Command::Stats {
+            all,
+            pod,
+            output,
+            no_trunc,
+            container,
+        } => {
+            let mut r = c
+                .runtime
+                .list_container_stats(cri::ListContainerStatsRequest {
+                    filter: Some(cri::ContainerStatsFilter {
+                        id: container.clone().unwrap_or_default(),
+                        pod_sandbox_id: pod.unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            if !all && container.is_none() {
+                let running = running_containers(&mut c).await?;
+                r.stats.retain(|s| {
+                    s.attributes
+                        .as_ref()
+                        .is_some_and(|a| running.contains(&a.id))
+                });
             }
+            output::print(output, &r, || {
+                stats::containers_table(&r.stats, no_trunc).print()
+            })?;
         }
-        Command::Ps => {
+        Command::Statsp {
+            output,
+            no_trunc,
+            pod,
+        } => {
             let r = c
                 .runtime
-                .list_containers(cri::ListContainersRequest::default())
-                .await?
-                .into_inner();
-            for ctr in r.containers {
-                let m = ctr.metadata.unwrap_or_default();
-                println!(
-                    "{}\t{}\t{:?}\tpod {}",
-                    ctr.id,
-                    m.name,
-                    cri::ContainerState::try_from(ctr.state).unwrap_or_default(),
-                    ctr.pod_sandbox_id
-                );
-            }
-        }
-        Command::Inspectp { pod } => {
-            let r = c
-                .runtime
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod,
-                    verbose: true,
+                .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+                    filter: Some(cri::PodSandboxStatsFilter {
+                        id: pod.unwrap_or_default(),
+                        ..Default::default()
+                    }),
                 })
                 .await?
                 .into_inner();
-            println!("{:#?}", r.status);
-            print_info(&r.info);
+            output::print(output, &r, || stats::pods_table(&r.stats, no_trunc).print())?;
         }
-        Command::Inspect { container } => {
-            let r = c
-                .runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: container,
-                    verbose: true,
-                })
-                .await?
-                .into_inner();
-            println!("{:#?}", r.status);
-            print_info(&r.info);
-        }
-        Command::Logs { container } => {
-            let r = c
-                .runtime
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: container,
-                    verbose: false,
-                })
-                .await?
-                .into_inner();
-            let path = r.status.map(|s| s.log_path).unwrap_or_default();
-            let text = tokio::fs::read_to_string(&path)
-                .await
-                .with_context(|| format!("reading log file {path}"))?;
-            print!("{}", strip_cri_log(&text));
-        }
+        Command::Update(args) => verbs::update(&mut c, &args).await?,
+        Command::Events { output } => verbs::events(&mut c, output).await?,
         Command::Exec(args) if args.sync => {
             let r = c
                 .runtime
@@ -444,182 +663,52 @@ async fn main() -> Result<()> {
         Command::PortForward { pod, ports } => {
             portforward::run(c.runtime.clone(), &pod, &ports, &options).await?
         }
-        Command::Stop { container, timeout } => {
-            c.runtime
-                .stop_container(cri::StopContainerRequest {
-                    container_id: container,
-                    timeout,
-                })
-                .await?;
+        Command::Stop {
+            timeout,
+            containers,
+        } => verbs::stop(&mut c, &containers, timeout).await?,
+        Command::Stopp { pods } => verbs::stopp(&mut c, &pods).await?,
+        Command::Rm { force, containers } => verbs::rm(&mut c, &containers, force).await?,
+        Command::Rmp { force: _, pods } => {
+            for pod in pods {
+                remove_pod(&mut c, &pod).await?;
+                println!("Removed sandbox {pod}");
+            }
         }
-        Command::Rmp { pod } => remove_pod(&mut c, &pod).await?,
-        Command::Bench(_) => unreachable!("handled before connecting"),
+        Command::Bench(_) | Command::Completion { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(())
 }
 
-/// The CRI log format is `<time> <stream> <P|F> <text>`: keep the text, join
-/// partial lines.
-fn strip_cri_log(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(4, ' ');
-        let (_time, _stream, tag, msg) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next().unwrap_or(""),
-        );
-        out.push_str(msg);
-        if tag != Some("P") {
-            out.push('\n');
-        }
-    }
-    out
-}
-
-async fn ensure_image(c: &mut Clients, image: &str) -> Result<()> {
-    let present = c
-        .image
-        .image_status(cri::ImageStatusRequest {
-            image: image_spec(image),
+async fn container_status(c: &mut Clients, container: &str) -> Result<cri::ContainerStatus> {
+    c.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: container.to_string(),
             verbose: false,
         })
-        .await?
+        .await
+        .context("ContainerStatus")?
         .into_inner()
-        .image
-        .is_some();
-    if !present {
-        c.image
-            .pull_image(cri::PullImageRequest {
-                image: image_spec(image),
+        .status
+        .with_context(|| format!("container {container} has no status"))
+}
+
+async fn running_containers(c: &mut Clients) -> Result<std::collections::HashSet<String>> {
+    let r = c
+        .runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
                 ..Default::default()
-            })
-            .await
-            .with_context(|| format!("pulling {image}"))?;
-    }
-    Ok(())
-}
-
-fn pod_config(args: &RunArgs, index: usize) -> cri::PodSandboxConfig {
-    let uid = format!("{:016x}", rand_u64());
-    let name = if index == 0 {
-        args.name.clone()
-    } else {
-        format!("{}-{index}", args.name)
-    };
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.clone(),
-            uid: uid.clone(),
-            namespace: args.namespace.clone(),
-            attempt: 0,
-        }),
-        hostname: name.clone(),
-        log_directory: args
-            .log_root
-            .join(format!("{}_{}_{uid}", args.namespace, name))
-            .display()
-            .to_string(),
-        // No cgroup_parent: unlike a kubelet, criusctl owns no cgroup tree, so
-        // the daemon's default (`/crius/pod-<id>`) is used and removed with the pod.
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn rand_u64() -> u64 {
-    // Unique enough for names: time + pid; no extra dependency.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    nanos ^ ((std::process::id() as u64) << 32)
-}
-
-/// Runs a pod with one container; returns (pod id, container id).
-async fn run_pod(c: &mut Clients, args: &RunArgs, index: usize) -> Result<(String, String)> {
-    ensure_image(c, &args.image).await?;
-    let started = start_pod(c, args, pod_config(args, index)).await?;
-    Ok((started.pod, started.container))
-}
-
-/// A pod started with its container, and how long each RPC took.
-struct StartedPod {
-    pod: String,
-    container: String,
-    /// RunPodSandbox, CreateContainer, StartContainer.
-    rpc_times: [Duration; 3],
-}
-
-/// RunPodSandbox with `config`, then CreateContainer and StartContainer of
-/// `args`'s container; a pod whose container fails is removed again.
-async fn start_pod(
-    c: &mut Clients,
-    args: &RunArgs,
-    config: cri::PodSandboxConfig,
-) -> Result<StartedPod> {
-    let began = Instant::now();
-    let pod = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: args.handler.clone(),
+            }),
         })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
-    let ran = Instant::now();
-    let ctr_config = container_config(&args.name, &args.image, &args.cmd);
-    let created = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr_config),
-            sandbox_config: Some(config),
-        })
-        .await;
-    let created_at = Instant::now();
-    let container = match created {
-        Ok(r) => r.into_inner().container_id,
-        Err(e) => {
-            let _ = remove_pod(c, &pod).await;
-            return Err(e).context("CreateContainer");
-        }
-    };
-    if let Err(e) = c
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-    {
-        let _ = remove_pod(c, &pod).await;
-        return Err(e).context("StartContainer");
-    }
-    let rpc_times = [ran - began, created_at - ran, created_at.elapsed()];
-    Ok(StartedPod {
-        pod,
-        container,
-        rpc_times,
-    })
-}
-
-async fn remove_pod(c: &mut Clients, pod: &str) -> Result<()> {
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        })
-        .await
-        .context("StopPodSandbox")?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        })
-        .await
-        .context("RemovePodSandbox")?;
-    Ok(())
+        .await?
+        .into_inner();
+    Ok(r.containers.into_iter().map(|c| c.id).collect())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -633,12 +722,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cri_log_lines_are_stripped_and_partials_joined() {
-        let text = "2026-01-01T00:00:00.000000000Z stdout P hel\n2026-01-01T00:00:00.1Z stdout F lo world\n2026-01-01T00:00:00.2Z stderr F oops\n";
-        assert_eq!(strip_cri_log(text), "hello world\noops\n");
-    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
