@@ -47,10 +47,7 @@ impl OciHandler {
         }
         let config = req.config.clone().unwrap_or_default();
         // The spec decides whether the runtime expects a console socket.
-        let terminal = spec
-            .pointer("/process/terminal")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let terminal = spec_terminal(&spec);
         if terminal != config.tty {
             tracing::warn!(container = %req.container_id, tty = config.tty, spec_terminal = terminal, "CRI tty and spec process.terminal disagree; following the spec");
         }
@@ -244,8 +241,6 @@ impl OciHandler {
             )));
         }
         let process = exec_process(&ctr, &req.cmd, false, None)?;
-        let process: oci_spec::runtime::Process = serde_json::from_value(process)
-            .map_err(|e| self.err(format!("exec process spec of {}", ctr.id), e))?;
         let timeout =
             (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds as u64));
         let started = Instant::now();

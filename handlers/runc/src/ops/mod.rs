@@ -20,7 +20,7 @@ use crius_shim_api::types::{
     UpdateContainerResourcesRequest,
 };
 use crius_shim_api::{ErrorKind, HandlerError, HandlerResult};
-use serde_json::Value;
+use oci_spec::runtime::{Process, Spec};
 
 use crate::monitor::{ContainerMonitor, ExecSyncSpec, LaunchSpec, MonitorError};
 use crate::state::{
@@ -127,25 +127,23 @@ pub(crate) fn exec_process(
     cmd: &[String],
     terminal: bool,
     console_size: Option<(u16, u16)>,
-) -> HandlerResult<Value> {
+) -> HandlerResult<Process> {
     let spec = load_spec(&ctr.bundle)?;
-    let mut process = spec.get("process").cloned().unwrap_or(Value::Null);
-    let obj = process.as_object_mut().ok_or_else(|| {
+    let mut process = spec.process().clone().ok_or_else(|| {
         HandlerError::invalid_argument(format!("container {}: spec has no process", ctr.id))
     })?;
-    obj.insert("args".into(), serde_json::json!(cmd));
-    obj.insert("terminal".into(), Value::Bool(terminal));
-    match console_size {
-        Some((w, h)) => {
-            obj.insert(
-                "consoleSize".into(),
-                serde_json::json!({"height": h, "width": w}),
-            );
-        }
-        None => {
-            obj.remove("consoleSize");
-        }
-    }
+    process.set_args(Some(cmd.to_vec()));
+    process.set_terminal(Some(terminal));
+    let size = console_size
+        .map(|(width, height)| {
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u64::from(width))
+                .height(u64::from(height))
+                .build()
+        })
+        .transpose()
+        .map_err(|e| HandlerError::invalid_argument(format!("console size: {e}")))?;
+    process.set_console_size(size);
     Ok(process)
 }
 
@@ -166,33 +164,39 @@ pub(crate) fn exit_reason(reason: &str, oom_killed: bool, exit_code: i32) -> &st
 /// IDs become file names and runtime container names.
 pub(crate) use crius_shim_api::checks::id as check_id;
 
-/// Reads the bundle's config.json leniently (only a few fields are used).
-pub(crate) fn load_spec(bundle: &Path) -> HandlerResult<Value> {
+/// Reads the bundle's config.json (written by the core) as a typed spec.
+pub(crate) fn load_spec(bundle: &Path) -> HandlerResult<Spec> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| {
         HandlerError::invalid_argument(format!("cannot read OCI spec {}: {e}", path.display()))
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        HandlerError::invalid_argument(format!("OCI spec {} is not JSON: {e}", path.display()))
+        HandlerError::invalid_argument(format!(
+            "OCI spec {} is not a valid runtime spec: {e}",
+            path.display()
+        ))
     })
 }
 
-pub(crate) fn spec_cgroup(spec: &Value) -> Option<String> {
-    spec.pointer("/linux/cgroupsPath")
-        .and_then(Value::as_str)
+pub(crate) fn spec_cgroup(spec: &Spec) -> Option<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
 }
 
-fn spec_annotations(spec: &Value) -> HashMap<String, String> {
-    spec.get("annotations")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
+fn spec_annotations(spec: &Spec) -> HashMap<String, String> {
+    spec.annotations().clone().unwrap_or_default()
+}
+
+/// Whether the spec's process has a terminal (the runtime then expects a
+/// console socket).
+fn spec_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
 }
 
 fn remove_path(path: &Path) {

@@ -10,13 +10,17 @@ fn ids_are_checked() {
 
 #[test]
 fn spec_fields() {
-    let spec: Value = serde_json::json!({
+    let spec: Spec = serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
         "linux": {"cgroupsPath": "/pod/c"},
-        "annotations": {"a": "b", "n": 1}
-    });
+        "annotations": {"a": "b"}
+    }))
+    .unwrap();
     assert_eq!(spec_cgroup(&spec).as_deref(), Some("/pod/c"));
     assert_eq!(spec_annotations(&spec).len(), 1);
-    assert_eq!(spec_cgroup(&serde_json::json!({})), None);
+    let bare: Spec = serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+    assert_eq!(spec_cgroup(&bare), None);
+    assert!(!spec_terminal(&bare));
 }
 
 #[test]
