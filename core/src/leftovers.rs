@@ -189,16 +189,18 @@ fn remove(removal: &Removal, what: &str) -> Result<(), String> {
     let path = Path::new(what);
     match removal {
         Removal::Kill(pid) => {
-            let pid = rustix::process::Pid::from_raw(*pid).ok_or("pid 0")?;
-            match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
-                Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            use nix::sys::signal::{Signal, kill};
+            if *pid <= 0 {
+                return Err(format!("pid {pid} names no single process"));
+            }
+            match kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }
         }
-        Removal::Unmount => match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
-        {
+        Removal::Unmount => match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
             // Gone already, or went with a parent's detach.
-            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(e.to_string()),
         },
         Removal::UnpinNetns => crate::sandbox::netns::remove_path(path).map_err(|e| e.to_string()),

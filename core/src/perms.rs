@@ -129,7 +129,7 @@ pub fn secure_top_dir(dir: &Path, mode: u32) -> Result<TopDirCheck, TopDirError>
             "exists and is not a directory",
         )));
     }
-    let euid = rustix::process::geteuid().as_raw();
+    let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != euid {
         return Err(TopDirError::WrongOwner {
             path: dir.display().to_string(),

@@ -31,6 +31,22 @@ pub mod handler {
     tonic::include_proto!("crius.handler.v1");
 }
 
+/// The channel numbers of Kubernetes' remote-command streams over
+/// WebSocket (`v4.channel.k8s.io`, `v5.channel.k8s.io`): the first byte of
+/// every binary message names its stream. The server (crius's streaming
+/// server) and the client (criusctl) share them.
+pub mod remotecommand {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// The final status of the command (a Kubernetes `Status` as JSON).
+    pub const ERROR: u8 = 3;
+    /// Terminal resizes from the client (`{"Width":…,"Height":…}`).
+    pub const RESIZE: u8 = 4;
+    /// v5: the client closes the stream named by the payload's byte.
+    pub const CLOSE: u8 = 255;
+}
+
 pub use prost;
 
 #[cfg(test)]

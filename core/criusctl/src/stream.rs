@@ -28,12 +28,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::term;
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+use crius_proto::remotecommand::{CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT};
 
 /// The CA bundle used for `https://` URLs without `--streaming-ca`.
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";

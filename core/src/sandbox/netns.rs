@@ -251,10 +251,7 @@ fn validate_name(name: &str) -> Result<(), NetnsError> {
 }
 
 fn is_nsfs(file: &File) -> bool {
-    match nix::sys::statfs::fstatfs(file) {
-        Ok(st) => st.filesystem_type().0 == NSFS_MAGIC,
-        Err(_) => false,
-    }
+    rustix::fs::fstatfs(file).is_ok_and(|st| st.f_type == NSFS_MAGIC)
 }
 
 /// Confirms the nsfs file is a *network* namespace: setns() with

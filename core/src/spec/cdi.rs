@@ -430,8 +430,8 @@ fn device_node(node: &DeviceNode) -> Result<(LinuxDevice, String), String> {
         };
         let rdev = meta.rdev();
         kind.get_or_insert_with(|| found.into());
-        major.get_or_insert(nix::sys::stat::major(rdev) as i64);
-        minor.get_or_insert(nix::sys::stat::minor(rdev) as i64);
+        major.get_or_insert(rustix::fs::major(rdev) as i64);
+        minor.get_or_insert(rustix::fs::minor(rdev) as i64);
         mode.get_or_insert(meta.mode() & 0o777);
     }
     let typ = match kind.as_deref() {

@@ -59,8 +59,11 @@ pub(super) fn merge_env(
 /// runtime cannot raise a hard limit where the host denies it (it fails
 /// with EPERM), and a lower one is what the host operator chose.
 pub(super) fn nofile_limit() -> u64 {
-    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-    own.map_or(NOFILE, |max| max.min(NOFILE))
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard != RLIM_INFINITY => hard.min(NOFILE),
+        _ => NOFILE,
+    }
 }
 
 pub(super) fn rlimits() -> Vec<oci_spec::runtime::PosixRlimit> {

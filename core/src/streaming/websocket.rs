@@ -58,12 +58,7 @@ pub(crate) const REMOTE_COMMAND_PROTOCOLS: &[&str] = &[
 pub(crate) const PORT_FORWARD_PROTOCOLS: &[&str] =
     &[V4_PROTOCOL, V4_BASE64_PROTOCOL, PORT_FORWARD_PROTOCOL, ""];
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+use crius_proto::remotecommand::{CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT};
 
 /// Largest message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;

@@ -179,7 +179,7 @@ impl ImageManager {
             // are not device nodes for this purpose.
             allow_device_nodes: uid == Some(0)
                 || (uid.is_none() && matches!(username.as_str(), "" | "root")),
-            preserve_ownership: rustix::process::geteuid().is_root(),
+            preserve_ownership: nix::unistd::geteuid().is_root(),
         };
 
         // Unpack layers concurrently. After the first failure, layers not
