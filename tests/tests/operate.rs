@@ -405,6 +405,68 @@ async fn a_slow_pull_that_keeps_sending_is_not_cut_off_and_logs_its_progress() {
     );
 }
 
+/// `criusctl pull --progress`: while a slow pull runs, ImageStatus's
+/// verbose info says how many bytes of each blob arrived, and criusctl
+/// prints them as they grow; when the pull is done the progress is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn criusctl_pull_shows_the_progress_of_each_blob_while_the_pull_runs() {
+    if !require_root() {
+        return;
+    }
+    let registry = FakeRegistry::start(
+        "progress",
+        LayerMode::Trickle {
+            pieces: 5,
+            gap: Duration::from_millis(600),
+        },
+    )
+    .await;
+    let daemon = Daemon::builder()
+        .registries_yaml(&insecure_registry_yaml(&registry.addr()))
+        .start()
+        .await
+        .expect("daemon starts");
+    let image = format!("{}/progress:1", registry.addr());
+    let out =
+        tokio::process::Command::new(crius_tests::daemon::crius_bin().with_file_name("criusctl"))
+            .arg("-s")
+            .arg(daemon.socket())
+            .args(["pull", "--progress", &image])
+            .output()
+            .await
+            .expect("criusctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+    let short = &registry.layer_digest["sha256:".len()..][..12];
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(short)).collect();
+    // The layer seen part-way (more than once, growing) before the end.
+    assert!(lines.len() >= 2, "progress lines of {short}:\n{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("  [") && l.contains(" / ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("pulled {image}")), "{stderr}");
+    let status = daemon
+        .image()
+        .image_status(crius_proto::cri::ImageStatusRequest {
+            image: Some(crius_proto::cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.image.is_some());
+    assert!(
+        !status.info.contains_key("pullProgress"),
+        "{:?}",
+        status.info
+    );
+}
+
 /// Sends SIGHUP and waits until the daemon logs `outcome` after it; returns
 /// the log written since the signal.
 async fn reload(daemon: &Daemon, outcome: &str) -> String {

@@ -69,8 +69,14 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "json")]
         output: Format,
     },
-    /// Pull an image.
-    Pull { image: String },
+    /// Pull an image; shows each blob's download on a terminal (or with
+    /// --progress), read from the runtime's ImageStatus while the pull runs.
+    Pull {
+        /// Show progress even when stderr is not a terminal (a line per change).
+        #[arg(long)]
+        progress: bool,
+        image: String,
+    },
     /// List images, optionally those whose tags contain REPOSITORY.
     Images {
         #[command(flatten)]
@@ -413,16 +419,7 @@ async fn main() -> Result<()> {
             print_info(&s.info);
         }
         Command::Info { output } => verbs::info(&mut c, output).await?,
-        Command::Pull { image } => {
-            let r = c
-                .image
-                .pull_image(cri::PullImageRequest {
-                    image: image_spec(&image),
-                    ..Default::default()
-                })
-                .await?;
-            println!("{}", r.into_inner().image_ref);
-        }
+        Command::Pull { progress, image } => verbs::pull(&mut c, &image, progress).await?,
         Command::Images {
             mut list,
             repository,

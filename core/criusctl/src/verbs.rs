@@ -383,6 +383,95 @@ pub async fn inspecti(c: &mut Clients, images: &[String], format: Format) -> Res
     Ok(())
 }
 
+/// The blobs of a running pull as ImageStatus's verbose info has them.
+#[derive(serde::Deserialize, Debug, Default)]
+struct PullProgress {
+    #[serde(default)]
+    blobs: Vec<BlobProgress>,
+}
+
+#[derive(serde::Deserialize, Debug, Clone, PartialEq)]
+struct BlobProgress {
+    digest: String,
+    received: u64,
+    size: u64,
+}
+
+fn progress_line(blob: &BlobProgress) -> String {
+    const WIDTH: u64 = 30;
+    let short = blob.digest.strip_prefix("sha256:").unwrap_or(&blob.digest);
+    let done = (blob.received * WIDTH)
+        .checked_div(blob.size)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!(
+        "{}  [{}{}] {} / {}",
+        &short[..short.len().min(12)],
+        "=".repeat(done as usize),
+        " ".repeat((WIDTH - done) as usize),
+        output::size(blob.received),
+        output::size(blob.size)
+    )
+}
+
+/// `pull`: PullImage, with each blob's progress on stderr while it runs
+/// (redrawn in place on a terminal, a line per change otherwise).
+pub async fn pull(c: &mut Clients, image: &str, progress: bool) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let show = progress || terminal;
+    let mut images = c.image.clone();
+    let request = cri::PullImageRequest {
+        image: crate::image_spec(image),
+        ..Default::default()
+    };
+    let mut pulling = tokio::spawn(async move { images.pull_image(request).await });
+    let mut shown: Vec<BlobProgress> = Vec::new();
+    let mut drawn_lines = 0;
+    let result = loop {
+        tokio::select! {
+            done = &mut pulling => break done,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if show => {
+                let status = c
+                    .image
+                    .image_status(cri::ImageStatusRequest {
+                        image: crate::image_spec(image),
+                        verbose: true,
+                    })
+                    .await;
+                let Some(text) = status.ok().and_then(|s| s.into_inner().info.remove("pullProgress")) else {
+                    continue;
+                };
+                let now: PullProgress = serde_json::from_str(&text).unwrap_or_default();
+                let mut err = std::io::stderr().lock();
+                if terminal {
+                    // Back to the first line drawn, then all of them again.
+                    if drawn_lines > 0 {
+                        let _ = write!(err, "\x1b[{drawn_lines}F");
+                    }
+                    for blob in &now.blobs {
+                        let _ = writeln!(err, "\x1b[2K{}", progress_line(blob));
+                    }
+                    drawn_lines = now.blobs.len();
+                } else {
+                    for blob in now.blobs.iter().filter(|b| !shown.contains(b)) {
+                        let _ = writeln!(err, "{}", progress_line(blob));
+                    }
+                }
+                shown = now.blobs;
+            }
+        }
+    };
+    let reply = result
+        .context("the pull task")?
+        .with_context(|| format!("pulling {image}"))?;
+    if show {
+        eprintln!("pulled {image}");
+    }
+    println!("{}", reply.into_inner().image_ref);
+    Ok(())
+}
+
 /// `events`: GetContainerEvents until interrupted, one document an event.
 pub async fn events(c: &mut Clients, format: Format) -> Result<()> {
     let mut stream = c
@@ -409,6 +498,29 @@ pub async fn events(c: &mut Clients, format: Format) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines_show_a_bar_and_the_byte_counts() {
+        let blob = |received| BlobProgress {
+            digest: "sha256:0123456789abcdef".into(),
+            received,
+            size: 3_000_000,
+        };
+        assert_eq!(
+            progress_line(&blob(1_500_000)),
+            format!(
+                "0123456789ab  [{}{}] 1.5MB / 3MB",
+                "=".repeat(15),
+                " ".repeat(15)
+            )
+        );
+        assert!(progress_line(&blob(3_000_000)).contains(&"=".repeat(30)));
+        let empty = BlobProgress { size: 0, ..blob(0) };
+        assert!(
+            progress_line(&empty).contains(&"=".repeat(30)),
+            "an empty blob is done"
+        );
+    }
 
     #[test]
     fn memory_sizes_take_binary_suffixes() {

@@ -13,6 +13,7 @@ mod error;
 pub mod layer;
 mod limits;
 mod manager;
+pub mod progress;
 mod record;
 mod reference;
 mod registry;

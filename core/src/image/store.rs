@@ -183,6 +183,8 @@ pub struct Watch<'a> {
     pub endpoint: String,
     /// Abort when no bytes arrive for this long (`None`: wait forever).
     pub stall: Option<std::time::Duration>,
+    /// Where the bytes received so far are counted for ImageStatus.
+    pub progress: Option<std::sync::Arc<super::progress::PullProgress>>,
 }
 
 /// [`store_blob_stream`] that logs progress every [`PROGRESS_LOG_INTERVAL`]
@@ -252,6 +254,9 @@ where
             }
         };
         written += chunk.len() as u64;
+        if let Some(progress) = &watch.progress {
+            progress.update(expected.digest, written, expected.size);
+        }
         if written > expected.size {
             return Err(ImageError::SizeMismatch {
                 digest: expected.digest.to_string(),

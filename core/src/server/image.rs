@@ -238,8 +238,19 @@ impl ImageService for ImageServer {
             Ok(record) => record,
             // The kubelet expects an empty response, not an error, for an
             // image that is not present.
+            // An image being pulled says how far the pull is (verbose).
             Err(ImageError::NotFound(_)) => {
-                return Ok(Response::new(cri::ImageStatusResponse::default()));
+                let mut info = HashMap::new();
+                if req.verbose
+                    && let Some(blobs) = self.manager.pull_progress(&name)
+                {
+                    let progress = serde_json::json!({ "blobs": blobs });
+                    info.insert("pullProgress".to_string(), progress.to_string());
+                }
+                return Ok(Response::new(cri::ImageStatusResponse {
+                    image: None,
+                    info,
+                }));
             }
             Err(e) => return Err(status_of(&e)),
         };

@@ -266,7 +266,11 @@ impl ImageManager {
             image,
             endpoint: remote.endpoint().to_string(),
             stall: remote.stall(),
+            progress: self.progress_of(image),
         };
+        if let Some(progress) = &watch.progress {
+            progress.update(&desc.digest, 0, size);
+        }
         let path = store_blob_stream_watched(
             &self.layout,
             Expected {

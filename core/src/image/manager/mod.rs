@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::error::{ImageError, IoContext};
 use super::layer::{Compression, LayerError, UnpackOptions, unpack_layer};
 use super::limits::{Exceeded, PullLimits};
+use super::progress::{BlobProgress, PullProgress};
 use super::record::{
     ContainerDefaults, ImageConfig, ImageRecord, LayerRecord, Lookup, find_with_lookup, user_of,
 };
@@ -84,6 +85,8 @@ pub struct ImageManager {
     records: RwLock<BTreeMap<String, ImageRecord>>,
     /// In-flight pulls by normalized name.
     inflight: Mutex<HashMap<String, PullFuture>>,
+    /// What each running pull downloaded so far, by normalized name.
+    progress: Mutex<HashMap<String, Arc<PullProgress>>>,
     /// `image.max_concurrent_pulls` and the slots it gives (`None`: no
     /// limit); replaced on reload, held by each running pull.
     pull_slots: RwLock<(usize, Option<Arc<tokio::sync::Semaphore>>)>,
@@ -138,6 +141,7 @@ impl ImageManager {
             settings: RwLock::new(Arc::new(PullSettings::from_config(config))),
             records: RwLock::new(records),
             inflight: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             pull_slots: RwLock::new(pull_slots(config.image.max_concurrent_pulls)),
             locks: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
@@ -291,7 +295,9 @@ impl ImageManager {
                         let _done = InflightEntry {
                             manager: &me,
                             key: task_key,
+                            progress_key: name.to_string(),
                         };
+                        lock(&me.progress).insert(name.to_string(), Default::default());
                         let _slot = me.pull_slot(&name).await;
                         me.pull_uncached(&name, auth.as_ref(), &decision).await
                     });
@@ -308,6 +314,25 @@ impl ImageManager {
             }
         };
         shared.await
+    }
+
+    /// The progress of the running pull of `image` (as ImageStatus names
+    /// it: short names are tried in the search registries as a pull does).
+    pub fn pull_progress(&self, image: &str) -> Option<Vec<BlobProgress>> {
+        let settings = self.settings();
+        let progress = lock(&self.progress);
+        settings
+            .candidates(image)
+            .iter()
+            .find_map(|(name, registry)| {
+                let name = ImageName::parse(name, registry).ok()?;
+                progress.get(&name.to_string()).map(|p| p.snapshot())
+            })
+    }
+
+    /// Where the pull of `image` (a normalized name) counts its bytes.
+    pub(super) fn progress_of(&self, image: &str) -> Option<Arc<PullProgress>> {
+        lock(&self.progress).get(image).cloned()
     }
 
     /// The image `image_ref` names: id, unique id prefix, `name:tag` or

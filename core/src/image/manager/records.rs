@@ -212,11 +212,14 @@ impl ImageManager {
 pub(super) struct InflightEntry<'a> {
     pub(super) manager: &'a ImageManager,
     pub(super) key: String,
+    /// The pull's entry in `progress` (its normalized name).
+    pub(super) progress_key: String,
 }
 
 impl Drop for InflightEntry<'_> {
     fn drop(&mut self) {
         lock(&self.manager.inflight).remove(&self.key);
+        lock(&self.manager.progress).remove(&self.progress_key);
     }
 }
 
