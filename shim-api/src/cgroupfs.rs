@@ -287,6 +287,16 @@ pub struct Resources {
 
 /// The v2 `cpu.weight` for v1 `cpu.shares`, as runc and crun convert it:
 /// maps [2, 262144] linearly onto [1, 10000].
+/// A limit as a cgroup file takes it: `unlimited` (`max`, `-1`) when the
+/// value means no limit.
+fn limit_value(value: i64, no_limit: bool, unlimited: &str) -> String {
+    if no_limit {
+        unlimited.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
 pub fn shares_to_weight(shares: u64) -> u64 {
     let s = shares.clamp(2, 262_144);
     1 + ((s - 2) * 9999) / 262_142
@@ -414,14 +424,7 @@ impl PodCgroup {
                 write(&d.join("cpu.cfs_period_us"), &p.to_string())?;
             }
             if let Some(q) = r.cpu_quota {
-                write(
-                    &d.join("cpu.cfs_quota_us"),
-                    &if q < 0 {
-                        "-1".to_string()
-                    } else {
-                        q.to_string()
-                    },
-                )?;
+                write(&d.join("cpu.cfs_quota_us"), &limit_value(q, q < 0, "-1"))?;
             }
         }
         if r.cpuset_cpus.is_some() || r.cpuset_mems.is_some() {
@@ -437,23 +440,12 @@ impl PodCgroup {
             let d = self.v1_dir("memory")?;
             write(
                 &d.join("memory.limit_in_bytes"),
-                &if m < 0 {
-                    "-1".to_string()
-                } else {
-                    m.to_string()
-                },
+                &limit_value(m, m < 0, "-1"),
             )?;
         }
         if let Some(p) = r.pids_limit {
             let d = self.v1_dir("pids")?;
-            write(
-                &d.join("pids.max"),
-                &if p <= 0 {
-                    "max".to_string()
-                } else {
-                    p.to_string()
-                },
-            )?;
+            write(&d.join("pids.max"), &limit_value(p, p <= 0, "max"))?;
         }
         Ok(())
     }
@@ -487,8 +479,7 @@ impl PodCgroup {
                 parts.next().unwrap_or("100000").to_string(),
             );
             let q = match r.cpu_quota {
-                Some(q) if q < 0 => "max".to_string(),
-                Some(q) => q.to_string(),
+                Some(q) => limit_value(q, q < 0, "max"),
                 None => cur_q,
             };
             let p = r.cpu_period.map(|p| p.to_string()).unwrap_or(cur_p);
@@ -504,25 +495,11 @@ impl PodCgroup {
         }
         if let Some(m) = r.memory_limit {
             need("memory")?;
-            write(
-                &d.join("memory.max"),
-                &if m < 0 {
-                    "max".to_string()
-                } else {
-                    m.to_string()
-                },
-            )?;
+            write(&d.join("memory.max"), &limit_value(m, m < 0, "max"))?;
         }
         if let Some(p) = r.pids_limit {
             need("pids")?;
-            write(
-                &d.join("pids.max"),
-                &if p <= 0 {
-                    "max".to_string()
-                } else {
-                    p.to_string()
-                },
-            )?;
+            write(&d.join("pids.max"), &limit_value(p, p <= 0, "max"))?;
         }
         Ok(())
     }
