@@ -71,6 +71,10 @@ pub struct Config {
     /// unset = no endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`) the
+    /// daemon's spans are exported to, beside the log; unset = no export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The streaming server (exec/attach/port-forward URLs).
@@ -474,6 +478,7 @@ impl Default for Config {
                 .map(PathBuf::from)
                 .collect(),
             metrics_address: None,
+            otlp_endpoint: None,
         }
     }
 }

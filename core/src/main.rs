@@ -84,12 +84,23 @@ fn main() -> ExitCode {
     // The filter sits behind a reload handle: SIGHUP may change it.
     let (filter, log_filter) =
         tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(filter));
+    let otlp = match config.otlp_endpoint.as_deref().map(otlp_tracer).transpose() {
+        Ok(otlp) => otlp,
+        Err(err) => {
+            eprintln!("crius: cannot export spans: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
+        let exported = otlp
+            .as_ref()
+            .map(|(_, tracer)| tracing_opentelemetry::layer().with_tracer(tracer.clone()));
         tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(exported)
             .init();
     }
     let reloader = Reloader {
@@ -102,14 +113,49 @@ fn main() -> ExitCode {
     let Some(runtime) = start_runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(serve(config, reloader)) {
+    let code = match runtime.block_on(serve(config, reloader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
             eprintln!("crius: {err:#}");
             ExitCode::FAILURE
         }
+    };
+    // The batch of spans not sent yet goes out before the daemon exits.
+    if let Some((provider, _)) = otlp
+        && let Err(err) = provider.shutdown()
+    {
+        eprintln!("crius: flushing exported spans: {err}");
     }
+    code
+}
+
+/// The span exporter of `otlp_endpoint` (OTLP/HTTP, protobuf): spans go
+/// out in batches from a thread of the exporter's own.
+fn otlp_tracer(
+    endpoint: &str,
+) -> anyhow::Result<(
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    opentelemetry_sdk::trace::Tracer,
+)> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .build()
+        .with_context(|| format!("OTLP endpoint {endpoint}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("crius")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("crius");
+    Ok((provider, tracer))
 }
 
 /// The async runtime `builder` makes with all drivers on; `None` after
@@ -337,6 +383,7 @@ async fn serve(config: Config, reloader: Reloader) -> Result<()> {
         info!(address = %bound, "serving Prometheus metrics on /metrics");
     }
     let result = tonic::transport::Server::builder()
+        .trace_fn(|req| crius_core::server::spans::request_span(req.uri().path()))
         .layer(crius_core::metrics::RpcMetricsLayer)
         .add_service(runtime_service)
         .add_service(image_service)

@@ -299,6 +299,7 @@ struct FileConfig {
     cdi_spec_dirs: Option<Src<Vec<PathBuf>>>,
     hooks_dirs: Option<Src<Vec<PathBuf>>>,
     metrics_address: Option<Src<std::net::SocketAddr>>,
+    otlp_endpoint: Option<Src<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +394,7 @@ impl FileConfig {
     fn merge(&mut self, other: FileConfig, file: usize) {
         put_keys!(self, other, file;
             listen, root, state_dir, log_level, cdi_spec_dirs, hooks_dirs, metrics_address,
+            otlp_endpoint,
             restrict_oom_score_adj, cgroup_driver, storage_driver, default_runtime_handler);
         if let Some(handlers) = other.runtime_handlers {
             let merged = self.runtime_handlers.get_or_insert_default();
@@ -486,6 +488,7 @@ impl FileConfig {
             }),
             pause: resolve_keys!(PauseConfig { pause, defaults.pause; catatonit_path }),
             metrics_address: self.metrics_address.as_ref().map(|s| s.value),
+            otlp_endpoint: self.otlp_endpoint.as_ref().map(|s| s.value.clone()),
             streaming: match streaming {
                 None => defaults.streaming,
                 Some(s) => resolve_keys!(StreamingConfig { s, streaming_defaults;
@@ -514,6 +517,7 @@ impl FileConfig {
             Key::Root => pos(&self.root),
             Key::StateDir => pos(&self.state_dir),
             Key::LogLevel => pos(&self.log_level),
+            Key::OtlpEndpoint => pos(&self.otlp_endpoint),
             Key::DefaultRuntimeHandler => pos(&self.default_runtime_handler),
             Key::Handler(name) => handler(name).map(|h| (h.file, h.line, h.column)),
             Key::HandlerField(name, field) => handler(name).map(|h| {

@@ -41,6 +41,7 @@ pub(crate) enum Key {
     Registry(usize),
     /// A field of `streaming`.
     Streaming(&'static str),
+    OtlpEndpoint,
 }
 
 impl fmt::Display for Key {
@@ -50,6 +51,7 @@ impl fmt::Display for Key {
             Key::Root => f.write_str("root"),
             Key::StateDir => f.write_str("state_dir"),
             Key::LogLevel => f.write_str("log_level"),
+            Key::OtlpEndpoint => f.write_str("otlp_endpoint"),
             Key::DefaultRuntimeHandler => f.write_str("default_runtime_handler"),
             Key::Handler(name) => write!(f, "runtime_handlers.{name}"),
             Key::HandlerField(name, field) => write!(f, "runtime_handlers.{name}.{field}"),
@@ -130,6 +132,18 @@ impl Config {
                     "`{}` is not one of {}",
                     self.log_level,
                     LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            out.push(Problem::new(
+                Key::OtlpEndpoint,
+                format!(
+                    "`{}` is not an http(s) URL of an OTLP/HTTP traces endpoint",
+                    endpoint.chars().take(200).collect::<String>()
                 ),
             ));
         }

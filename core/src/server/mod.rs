@@ -50,4 +50,5 @@ pub mod authority;
 pub mod conn;
 pub mod image;
 pub mod runtime;
+pub mod spans;
 pub mod stats;

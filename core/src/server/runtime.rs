@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::handlers::HandlerRegistry;
 use crate::pod::{PodError, PodManager};
+use crate::server::spans;
 use crate::streaming::{AttachSpec, ExecSpec, StreamRequest, StreamingServer};
 
 use super::stats::{LIST_CHUNK, RpcStream, STATS_CHUNK, check_pod_cidr, paged};
@@ -203,7 +204,8 @@ where
     F: std::future::Future<Output = Result<T, PodError>> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::spawn(fut).await {
+    use tracing::Instrument as _;
+    match tokio::spawn(fut.in_current_span()).await {
         Ok(result) => result.map_err(pod_status),
         Err(e) => Err(Status::internal(format!("lifecycle task failed: {e}"))),
     }
@@ -317,8 +319,10 @@ impl RuntimeService for RuntimeServer {
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let pods = self.pods.clone();
+        spans::record_handler(&request.get_ref().runtime_handler);
         let pod_sandbox_id =
             detached(async move { pods.run_pod_sandbox(request.into_inner()).await }).await?;
+        spans::record_ids(&pod_sandbox_id, "");
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
@@ -326,6 +330,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        spans::record_ids(&request.get_ref().pod_sandbox_id, "");
         let pods = self.pods.clone();
         detached(async move {
             pods.stop_pod_sandbox(&request.get_ref().pod_sandbox_id)
@@ -339,6 +344,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        spans::record_ids(&request.get_ref().pod_sandbox_id, "");
         let pods = self.pods.clone();
         detached(async move {
             pods.remove_pod_sandbox(&request.get_ref().pod_sandbox_id)
@@ -389,9 +395,11 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        spans::record_ids(&request.get_ref().pod_sandbox_id, "");
         let pods = self.pods.clone();
         let container_id =
             detached(async move { pods.create_container(request.into_inner()).await }).await?;
+        spans::record_ids("", &container_id);
         Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
 
@@ -399,6 +407,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        spans::record_ids("", &request.get_ref().container_id);
         let pods = self.pods.clone();
         detached(async move { pods.start_container(&request.get_ref().container_id).await })
             .await?;
@@ -410,6 +419,7 @@ impl RuntimeService for RuntimeServer {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
+        spans::record_ids("", &req.container_id);
         let pods = self.pods.clone();
         detached(async move { pods.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
@@ -419,6 +429,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        spans::record_ids("", &request.get_ref().container_id);
         let pods = self.pods.clone();
         detached(async move { pods.remove_container(&request.get_ref().container_id).await })
             .await?;

@@ -624,3 +624,20 @@ fn registry_for_picks_the_longest_prefix_at_a_boundary() {
     assert_eq!(prefix("quay.io/org/application:v1"), None);
     assert_eq!(prefix("registry.k8s.io/pause:3.10"), None);
 }
+
+#[test]
+fn an_otlp_endpoint_must_be_an_http_url_and_is_named_where_set() {
+    let fx = Fixture::new("log_level: info\notlp_endpoint: collector:4318\n");
+    let err = fx.err();
+    assert!(err.starts_with(&fx.at("2:")), "{err}");
+    assert!(
+        err.contains("otlp_endpoint") && err.contains("collector:4318"),
+        "{err}"
+    );
+    let fx = Fixture::new("otlp_endpoint: http://127.0.0.1:4318/v1/traces\n");
+    let config = fx.load().expect("load");
+    assert_eq!(
+        config.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+}
