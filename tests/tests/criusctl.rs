@@ -53,6 +53,14 @@ fn u64_of(v: &Value) -> u64 {
     }
 }
 
+/// The cells of a table line (columns are at least three spaces apart).
+fn columns(line: &str) -> Vec<&str> {
+    line.split("   ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -112,13 +120,7 @@ async fn criusctl_runs_a_pod_from_crictl_config_files_and_inspects_it_like_crict
     assert_eq!(ok(&socket, &["pods", "-q"]).await.trim(), pod);
     let table = ok(&socket, &["pods"]).await;
     let mut lines = table.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap()
-        .split("   ")
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let header = columns(lines.next().unwrap());
     assert_eq!(
         header,
         [
@@ -215,14 +217,7 @@ async fn criusctl_runs_a_pod_from_crictl_config_files_and_inspects_it_like_crict
     })
     .await;
     let table = ok(&socket, &["stats"]).await;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap()
-        .split("   ")
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let header = columns(table.lines().next().unwrap());
     assert_eq!(
         header,
         [
