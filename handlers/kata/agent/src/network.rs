@@ -1,34 +1,43 @@
-//! Guest network configuration (UpdateInterface / UpdateRoutes) with
-//! busybox `ip`.
+//! Guest network configuration (UpdateInterface / UpdateRoutes) over
+//! rtnetlink: errors are typed and the guest needs no `ip` binary.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crius_agent_proto::types::{IPFamily, Interface, Route};
-
-use crate::reaper::Reaper;
+use futures::TryStreamExt;
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("no interface with name {name:?} or MAC {mac:?}")]
     NoSuchInterface { name: String, mac: String },
-    #[error("ip {args}: {output}")]
-    Ip { args: String, output: String },
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{what} {value:?} is not valid: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
-async fn ip(reaper: &Reaper, args: &[&str]) -> Result<(), NetError> {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(args);
-    let (code, output) = crate::reaper::output(reaper, cmd)
-        .await
-        .map_err(|e| NetError::Ip {
-            args: args.join(" "),
-            output: e.to_string(),
-        })?;
-    if code != 0 {
-        return Err(NetError::Ip {
-            args: args.join(" "),
-            output: output.trim().to_string(),
-        });
-    }
-    Ok(())
+/// A netlink connection for one request (its task ends with the handle).
+fn connect() -> Result<Handle, NetError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Netlink { what, source }
 }
 
 /// Finds the guest link for `iface`: by MAC first, then by name.
@@ -48,77 +57,201 @@ fn find_link(iface: &Interface) -> Option<String> {
     by_name
 }
 
+/// The index of link `name`.
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink(format!("looking up link {name}")))?;
+    link.map(|l| l.header.index)
+        .ok_or_else(|| NetError::NoSuchInterface {
+            name: name.to_string(),
+            mac: String::new(),
+        })
+}
+
+fn parse_ip(what: &'static str, value: &str) -> Result<IpAddr, NetError> {
+    value
+        .parse()
+        .map_err(|e: std::net::AddrParseError| NetError::Invalid {
+            what,
+            value: value.to_string(),
+            why: e.to_string(),
+        })
+}
+
+/// `addr[/len]`; without a length, the whole address (32 or 128).
+fn parse_prefix(what: &'static str, value: &str) -> Result<(IpAddr, u8), NetError> {
+    let (addr, len) = match value.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (value, None),
+    };
+    let ip = parse_ip(what, addr)?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| NetError::Invalid {
+                what,
+                value: value.to_string(),
+                why: format!("the prefix length must be 0-{max}"),
+            })?,
+    };
+    Ok((ip, len))
+}
+
 /// Applies name, MTU and addresses, and brings the link up.
-pub async fn update_interface(reaper: &Reaper, iface: &Interface) -> Result<Interface, NetError> {
+pub async fn update_interface(iface: &Interface) -> Result<Interface, NetError> {
     let link = find_link(iface).ok_or_else(|| NetError::NoSuchInterface {
         name: iface.name.clone(),
         mac: iface.hwAddr.clone(),
     })?;
+    let handle = connect()?;
+    let index = link_index(&handle, &link).await?;
+    let set = |message| handle.link().set(message).execute();
     let mut dev = link.clone();
     if !iface.name.is_empty() && iface.name != link {
-        ip(reaper, &["link", "set", "dev", &link, "down"]).await?;
-        ip(reaper, &["link", "set", "dev", &link, "name", &iface.name]).await?;
+        set(LinkUnspec::new_with_index(index).down().build())
+            .await
+            .map_err(netlink(format!("setting {link} down")))?;
+        set(LinkUnspec::new_with_index(index)
+            .name(iface.name.clone())
+            .build())
+        .await
+        .map_err(netlink(format!("renaming {link} to {}", iface.name)))?;
         dev = iface.name.clone();
     }
     if iface.mtu > 0 {
-        ip(
-            reaper,
-            &["link", "set", "dev", &dev, "mtu", &iface.mtu.to_string()],
-        )
-        .await?;
+        set(LinkUnspec::new_with_index(index)
+            .mtu(iface.mtu as u32)
+            .build())
+        .await
+        .map_err(netlink(format!("setting the MTU of {dev}")))?;
     }
-    ip(reaper, &["addr", "flush", "dev", &dev]).await?;
+    let mut current = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(address) = current
+        .try_next()
+        .await
+        .map_err(netlink(format!("listing the addresses of {dev}")))?
+    {
+        handle
+            .address()
+            .del(address)
+            .execute()
+            .await
+            .map_err(netlink(format!("flushing the addresses of {dev}")))?;
+    }
     for a in &iface.IPAddresses {
         let cidr = if a.mask.is_empty() {
             a.address.clone()
         } else {
             format!("{}/{}", a.address, a.mask)
         };
-        let fam = if a.family.enum_value_or_default() == IPFamily::v6 {
-            "-6"
-        } else {
-            "-4"
-        };
-        ip(reaper, &[fam, "addr", "add", &cidr, "dev", &dev]).await?;
+        let (ip, len) = parse_prefix("interface address", &cidr)?;
+        handle
+            .address()
+            .add(index, ip, len)
+            .execute()
+            .await
+            .map_err(netlink(format!("adding {cidr} to {dev}")))?;
     }
-    ip(reaper, &["link", "set", "dev", &dev, "up"]).await?;
+    set(LinkUnspec::new_with_index(index).up().build())
+        .await
+        .map_err(netlink(format!("setting {dev} up")))?;
     let mut out = iface.clone();
     out.name = dev;
     Ok(out)
 }
 
+/// The error of a route the builder refuses (families that do not match).
+fn invalid_route<E: std::fmt::Display>(r: &Route) -> impl Fn(E) -> NetError + '_ {
+    move |e| NetError::Invalid {
+        what: "route",
+        value: format!("{} via {:?} dev {:?}", r.dest, r.gateway, r.device),
+        why: e.to_string(),
+    }
+}
+
 /// Adds (replaces) the given routes. Link routes (no gateway) go first so
 /// gateways are reachable when their routes are added.
-pub async fn update_routes(reaper: &Reaper, routes: &[Route]) -> Result<Vec<Route>, NetError> {
+pub async fn update_routes(routes: &[Route]) -> Result<Vec<Route>, NetError> {
     let mut ordered: Vec<&Route> = routes.iter().filter(|r| r.gateway.is_empty()).collect();
     ordered.extend(routes.iter().filter(|r| !r.gateway.is_empty()));
+    let handle = connect()?;
     for r in ordered {
-        let fam = if r.family.enum_value_or_default() == IPFamily::v6 {
-            "-6"
+        let v6 = r.family.enum_value_or_default() == IPFamily::v6;
+        let (dest, len) = if r.dest.is_empty() || r.dest == "default" {
+            let any = if v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            (any, 0)
         } else {
-            "-4"
+            parse_prefix("route destination", &r.dest)?
         };
-        let dest = if r.dest.is_empty() {
-            "default"
-        } else {
-            r.dest.as_str()
-        };
-        let mut args = vec![fam, "route", "replace", dest];
+        let invalid = invalid_route(r);
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest, len)
+            .map_err(&invalid)?;
         if !r.gateway.is_empty() {
-            args.extend(["via", r.gateway.as_str()]);
-        }
-        if !r.device.is_empty() {
-            args.extend(["dev", r.device.as_str()]);
+            builder = builder
+                .gateway(parse_ip("route gateway", &r.gateway)?)
+                .map_err(&invalid)?;
         }
         if !r.source.is_empty() {
-            args.extend(["src", r.source.as_str()]);
+            builder = builder
+                .pref_source(parse_ip("route source", &r.source)?)
+                .map_err(&invalid)?;
         }
-        let scope;
-        if r.scope != 0 {
-            scope = r.scope.to_string();
-            args.extend(["scope", scope.as_str()]);
+        if !r.device.is_empty() {
+            builder = builder.output_interface(link_index(&handle, &r.device).await?);
         }
-        ip(reaper, &args).await?;
+        // As `ip route` does: a route without a gateway is on the link.
+        let scope = match r.scope {
+            0 if r.gateway.is_empty() => RouteScope::Link,
+            0 => RouteScope::Universe,
+            s => RouteScope::from(s as u8),
+        };
+        let message = builder.scope(scope).build();
+        handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink(format!(
+                "adding the route to {} via {:?} dev {:?}",
+                r.dest, r.gateway, r.device
+            )))?;
     }
     Ok(routes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_default_to_the_whole_address_and_are_bounded() {
+        assert_eq!(
+            parse_prefix("x", "10.1.2.3/24").unwrap(),
+            ("10.1.2.3".parse().unwrap(), 24)
+        );
+        assert_eq!(parse_prefix("x", "10.1.2.3").unwrap().1, 32);
+        assert_eq!(parse_prefix("x", "fd00::1").unwrap().1, 128);
+        assert!(parse_prefix("x", "10.1.2.3/33").is_err());
+        assert!(parse_prefix("x", "nonsense/8").is_err());
+    }
 }

@@ -234,9 +234,7 @@ impl Agent {
             .interface
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("UpdateInterface without an interface".into()))?;
-        network::update_interface(&self.reaper, iface)
-            .await
-            .map_err(internal)
+        network::update_interface(iface).await.map_err(internal)
     }
 
     async fn update_routes(&self, req: UpdateRoutesRequest) -> Result<Routes> {
@@ -245,9 +243,7 @@ impl Agent {
             .as_ref()
             .map(|r| r.Routes.clone())
             .unwrap_or_default();
-        let applied = network::update_routes(&self.reaper, &routes)
-            .await
-            .map_err(internal)?;
+        let applied = network::update_routes(&routes).await.map_err(internal)?;
         Ok(Routes {
             Routes: applied,
             ..Default::default()
