@@ -510,7 +510,9 @@ async fn main() -> Result<()> {
             timestamps,
             container,
         } => {
-            let path = container_status(&mut c, &container).await?.log_path;
+            let path = verbs::container_status(&mut c.runtime, &container)
+                .await?
+                .log_path;
             let selection = logs::Selection {
                 tail,
                 since,
@@ -521,18 +523,10 @@ async fn main() -> Result<()> {
                 let mut runtime = runtime.clone();
                 let container = container.clone();
                 async move {
-                    let status = runtime
-                        .container_status(cri::ContainerStatusRequest {
-                            container_id: container,
-                            verbose: false,
-                        })
-                        .await;
                     // A container that is gone is not running.
-                    status.is_ok_and(|s| {
-                        s.into_inner().status.is_some_and(|s| {
-                            s.state == cri::ContainerState::ContainerRunning as i32
-                        })
-                    })
+                    verbs::container_status(&mut runtime, &container)
+                        .await
+                        .is_ok_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
                 }
             })
             .await?;
@@ -677,19 +671,6 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn container_status(c: &mut Clients, container: &str) -> Result<cri::ContainerStatus> {
-    c.runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: container.to_string(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .with_context(|| format!("container {container} has no status"))
 }
 
 async fn running_containers(c: &mut Clients) -> Result<std::collections::HashSet<String>> {

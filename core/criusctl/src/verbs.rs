@@ -67,7 +67,7 @@ pub async fn create(
     Ok(())
 }
 
-type Runtime = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+pub type Runtime = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
 /// Runs `each` for every id with a handle on the runtime, printing the id
 /// when it succeeded; every id is tried, and the first failure is returned
@@ -127,7 +127,10 @@ pub async fn stopp(c: &mut Clients, ids: &[String]) -> Result<()> {
 }
 
 /// The container's status (not verbose).
-async fn container_status(rt: &mut Runtime, container_id: &str) -> Result<cri::ContainerStatus> {
+pub async fn container_status(
+    rt: &mut Runtime,
+    container_id: &str,
+) -> Result<cri::ContainerStatus> {
     rt.container_status(cri::ContainerStatusRequest {
         container_id: container_id.to_string(),
         verbose: false,
