@@ -297,7 +297,9 @@ impl ImageManager {
                             key: task_key,
                             progress_key: name.to_string(),
                         };
-                        lock(&me.progress).insert(name.to_string(), Default::default());
+                        // Pulls of one name under two policies count into one
+                        // entry (the same blobs).
+                        lock(&me.progress).entry(name.to_string()).or_default();
                         let _slot = me.pull_slot(&name).await;
                         me.pull_uncached(&name, auth.as_ref(), &decision).await
                     });
