@@ -56,7 +56,11 @@ pub const CONTRACT_VERSION: u32 = 2;
 pub struct HandlerFeatures {
     /// Recursive read-only mounts (`rro` mount option) are supported.
     pub recursive_read_only_mounts: bool,
-    /// Pods may run in a user namespace (id-mapped mounts are supported).
+    /// Pods may run in a user namespace. For handlers that take the core's
+    /// OCI specs, the spec names the pod's user namespace by path (the core
+    /// pins it, and the network namespace it owns) with its mappings, and
+    /// the rootfs and volumes arrive already id-mapped; the core reports
+    /// the feature only where it can do its part.
     pub user_namespaces: bool,
 }
 
@@ -335,12 +339,15 @@ pub trait RuntimeHandler: Send + Sync {
 mod tests {
     use super::*;
 
-    struct Minimal;
+    /// The crate's test handler, named by its field: ready, with user
+    /// namespaces; SandboxStatus answers ready for any pod but `gone` (not
+    /// found); every other operation is the trait's default.
+    pub(crate) struct TestHandler(pub(crate) &'static str);
 
     #[async_trait]
-    impl RuntimeHandler for Minimal {
+    impl RuntimeHandler for TestHandler {
         fn name(&self) -> &str {
-            "minimal"
+            self.0
         }
         fn capabilities(&self) -> Capabilities {
             Capabilities {
@@ -351,18 +358,29 @@ mod tests {
         async fn check_ready(&self) -> HandlerResult<()> {
             Ok(())
         }
+        async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
+            if req.sandbox_id == "gone" {
+                return Err(HandlerError::not_found("pod gone not found"));
+            }
+            Ok(SandboxStatusResponse {
+                ready: true,
+                info: [("id".to_string(), req.sandbox_id)].into_iter().collect(),
+            })
+        }
     }
+
+    const MINIMAL: TestHandler = TestHandler("minimal");
 
     #[tokio::test]
     async fn unimplemented_operations_name_themselves() {
-        let err = Minimal
+        let err = MINIMAL
             .run_sandbox(RunSandboxRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unimplemented);
         assert_eq!(err.message, "handler minimal does not implement RunSandbox");
-        assert!(Minimal.features().user_namespaces);
-        assert!(!Minimal.features().recursive_read_only_mounts);
+        assert!(MINIMAL.features().user_namespaces);
+        assert!(!MINIMAL.features().recursive_read_only_mounts);
     }
 
     #[test]

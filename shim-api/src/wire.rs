@@ -182,40 +182,16 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Capabilities, SandboxStatusResponse};
+    use crate::tests::TestHandler;
+    use crate::types::SandboxStatusResponse;
 
-    struct Echo;
-
-    #[async_trait::async_trait]
-    impl RuntimeHandler for Echo {
-        fn name(&self) -> &str {
-            "echo"
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                user_namespaces: true,
-                ..Default::default()
-            }
-        }
-        async fn check_ready(&self) -> HandlerResult<()> {
-            Ok(())
-        }
-        async fn sandbox_status(&self, req: SandboxRef) -> HandlerResult<SandboxStatusResponse> {
-            if req.sandbox_id == "gone" {
-                return Err(HandlerError::not_found("pod gone not found"));
-            }
-            Ok(SandboxStatusResponse {
-                ready: true,
-                info: [("id".to_string(), req.sandbox_id)].into_iter().collect(),
-            })
-        }
-    }
+    const ECHO: TestHandler = TestHandler("echo");
 
     #[tokio::test]
     async fn dispatch_decodes_calls_and_encodes() {
         let info: InfoResponse = decode_response(
             "Info",
-            &dispatch(&Echo, "1.2.3", method::INFO, &[]).await.unwrap(),
+            &dispatch(&ECHO, "1.2.3", method::INFO, &[]).await.unwrap(),
         )
         .unwrap();
         assert_eq!(info.name, "echo");
@@ -227,7 +203,7 @@ mod tests {
         });
         let status: SandboxStatusResponse = decode_response(
             "SandboxStatus",
-            &dispatch(&Echo, "", method::SANDBOX_STATUS, &req)
+            &dispatch(&ECHO, "", method::SANDBOX_STATUS, &req)
                 .await
                 .unwrap(),
         )
@@ -238,22 +214,22 @@ mod tests {
         let req = encode(&SandboxRef {
             sandbox_id: "gone".into(),
         });
-        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &req)
+        let err = dispatch(&ECHO, "", method::SANDBOX_STATUS, &req)
             .await
             .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::NotFound);
 
-        let err = dispatch(&Echo, "", method::RUN_SANDBOX, &[])
+        let err = dispatch(&ECHO, "", method::RUN_SANDBOX, &[])
             .await
             .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::Unimplemented);
 
-        let err = dispatch(&Echo, "", method::SANDBOX_STATUS, &[0xff, 0xff])
+        let err = dispatch(&ECHO, "", method::SANDBOX_STATUS, &[0xff, 0xff])
             .await
             .unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::InvalidArgument, "{err}");
 
-        let err = dispatch(&Echo, "", "Nope", &[]).await.unwrap_err();
+        let err = dispatch(&ECHO, "", "Nope", &[]).await.unwrap_err();
         assert!(err.message.contains("\"Nope\""), "{err}");
     }
 }

@@ -580,48 +580,7 @@ async fn main() -> Result<()> {
         }
         Command::Update(args) => verbs::update(&mut c, &args).await?,
         Command::Events { output } => verbs::events(&mut c, output).await?,
-        Command::Exec(args) if args.sync => {
-            let r = c
-                .runtime
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: args.container,
-                    cmd: args.cmd,
-                    timeout: args.timeout,
-                })
-                .await?
-                .into_inner();
-            use std::io::Write;
-            std::io::stdout().write_all(&r.stdout)?;
-            std::io::stderr().write_all(&r.stderr)?;
-            std::process::exit(r.exit_code);
-        }
-        Command::Exec(args) => {
-            let url = c
-                .runtime
-                .exec(cri::ExecRequest {
-                    container_id: args.container,
-                    cmd: args.cmd,
-                    tty: args.tty,
-                    stdin: args.stdin,
-                    stdout: true,
-                    stderr: !args.tty,
-                })
-                .await?
-                .into_inner()
-                .url;
-            let start = Instant::now();
-            let ws = stream::connect(&url, "v5.channel.k8s.io", &options).await?;
-            let code = stream::remote_command(
-                ws,
-                stream::Session {
-                    stdin: args.stdin,
-                    tty: args.tty,
-                    latency_from: args.latency.then_some(start),
-                },
-            )
-            .await?;
-            std::process::exit(code);
-        }
+        Command::Exec(args) => std::process::exit(exec(&mut c, args, &options).await?),
         Command::Attach {
             stdin,
             tty,
@@ -671,6 +630,41 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `criusctl exec`: the command's exit code. ExecSync and Exec take the
+/// same container and command; with `--sync` the output is printed once
+/// the command is done, else it is streamed over the URL Exec returns.
+async fn exec(c: &mut Clients, args: ExecArgs, options: &stream::Options) -> Result<i32> {
+    let request = cri::ExecRequest {
+        container_id: args.container,
+        cmd: args.cmd,
+        tty: args.tty,
+        stdin: args.stdin,
+        stdout: true,
+        stderr: !args.tty,
+    };
+    if args.sync {
+        let sync = cri::ExecSyncRequest {
+            container_id: request.container_id,
+            cmd: request.cmd,
+            timeout: args.timeout,
+        };
+        let r = c.runtime.exec_sync(sync).await?.into_inner();
+        use std::io::Write;
+        std::io::stdout().write_all(&r.stdout)?;
+        std::io::stderr().write_all(&r.stderr)?;
+        return Ok(r.exit_code);
+    }
+    let url = c.runtime.exec(request).await?.into_inner().url;
+    let start = Instant::now();
+    let ws = stream::connect(&url, "v5.channel.k8s.io", options).await?;
+    let session = stream::Session {
+        stdin: args.stdin,
+        tty: args.tty,
+        latency_from: args.latency.then_some(start),
+    };
+    stream::remote_command(ws, session).await
 }
 
 async fn running_containers(c: &mut Clients) -> Result<std::collections::HashSet<String>> {

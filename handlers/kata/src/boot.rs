@@ -142,7 +142,8 @@ impl PodShim {
         } else {
             let netns = PathBuf::from(&req.netns_path);
             let network = req.network.clone().unwrap_or_default();
-            Some(crate::net::setup(&netns, &network).await.map_err(|err| {
+            let net = crate::net::setup(&req.sandbox_id, &netns, &network).await;
+            Some(net.map_err(|err| {
                 HandlerError::internal(format!(
                     "pod {}: bridging the pod network to the VM: {err}",
                     req.sandbox_id

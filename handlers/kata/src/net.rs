@@ -4,8 +4,20 @@
 //! IP and routes through the agent) *is* the pod's interface on the wire.
 //! What CNI configured comes from the core (`RunSandboxRequest.network`);
 //! nothing is probed in the netns.
+//!
+//! The plumbing is done over rtnetlink (and the tun ioctls for the tap), not
+//! with `ip`/`tc`: errors are typed and the host needs neither binary. A
+//! netlink socket belongs to the netns it was opened in, so every request
+//! runs on a thread of its own that has entered the pod's netns.
 
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::tc::TcHandle;
+use rtnetlink::{Handle, LinkUnspec};
 
 /// The tap device QEMU attaches to, inside the pod's netns.
 pub const TAP_NAME: &str = "tap0_kata";
@@ -36,21 +48,50 @@ pub struct PodRoute {
 /// What was found and set up in the netns; undone by [`teardown`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSetup {
+    /// The pod, for the logs.
+    pub pod_id: String,
     pub netns: PathBuf,
     pub interface: PodInterface,
     pub routes: Vec<PodRoute>,
     pub tap: String,
 }
 
+impl NetSetup {
+    /// The span the netns thread logs in.
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!("pod_network", pod_id = %self.pod_id, handler = "kata")
+    }
+}
+
 /// Errors setting up the bridge.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("`{command}` in {netns}: {message}")]
-    Command {
-        command: String,
+    #[error("entering the pod netns {netns}: {source}")]
+    Netns {
         netns: String,
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
+    #[error("starting the netns thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the netns thread died before it answered")]
+    ThreadDied,
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("creating tap {tap}: {source}")]
+    Tap {
+        tap: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no link {0:?} in the pod netns")]
+    NoLink(String),
     #[error("no pod interface: {0}")]
     NoInterface(String),
     #[error("bad CNI result: {0}")]
@@ -139,64 +180,227 @@ pub fn from_network(
     Ok((interface, routes))
 }
 
-async fn run_in(netns: &Path, args: &[&str]) -> Result<String, NetError> {
-    let mut ns = std::ffi::OsString::from("--net=");
-    ns.push(netns);
-    let output = tokio::process::Command::new("nsenter")
-        .arg(ns)
-        .args(args)
-        .output()
-        .await
-        .map_err(|err| NetError::Command {
-            command: args.join(" "),
-            netns: netns.display().to_string(),
-            message: err.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(NetError::Command {
-            command: args.join(" "),
-            netns: netns.display().to_string(),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
+/// `protocol all` of tc: ETH_P_ALL, which the kernel compares in network
+/// byte order (tc sends `htons(ETH_P_ALL)`).
+const PROTOCOL_ALL: u16 = (libc::ETH_P_ALL as u16).to_be();
+
+/// `parent ffff:` of tc: the ingress qdisc's handle.
+const INGRESS_PARENT: u32 = 0xffff_0000;
+
+/// Runs `work` with a netlink handle opened inside `netns`. setns(2) moves
+/// the calling thread for good, so this is a thread of its own (with a
+/// current-thread runtime for the requests), never an executor thread nor
+/// a pooled blocking one that a later task would inherit. The thread logs
+/// in `span`.
+async fn in_netns<T, F, Fut>(span: tracing::Span, netns: &Path, work: F) -> Result<T, NetError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    let netns = netns.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kata-netns".to_string())
+        .spawn(move || {
+            let _span = span.enter();
+            // The receiver is gone only when the caller was cancelled; what
+            // the work made then goes away with the pod's netns.
+            let _ = tx.send(run_in_netns(&netns, work));
+        })
+        .map_err(NetError::Thread)?;
+    rx.await.map_err(|_| NetError::ThreadDied)?
+}
+
+/// The body of the [`in_netns`] thread.
+fn run_in_netns<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    let entered = |source| NetError::Netns {
+        netns: netns.display().to_string(),
+        source,
+    };
+    let file = File::open(netns).map_err(entered)?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|errno| entered(errno.into()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(NetError::Thread)?;
+    runtime.block_on(async {
+        // Opened after the setns: the socket talks to the pod's netns.
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+        tokio::spawn(connection);
+        work(handle).await
+    })
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Netlink { what, source }
+}
+
+/// Creates the persistent tap `name` in the calling thread's netns, as
+/// `ip tuntap add mode tap` does: IFF_TAP | IFF_NO_PI, one queue, no vnet
+/// header (QEMU asks for that when it attaches; the tun driver takes the
+/// attaching open's feature flags).
+fn create_tap(name: &str) -> std::io::Result<()> {
+    if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(std::io::ErrorKind::InvalidInput.into());
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let tun = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain data (a name array and a union of integers and
+    // addresses), for which all zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // The flags fit a c_short: they are what the kernel reads there.
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is;
+    // it lives across the call and `tun` is an open /dev/net/tun.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Until now the tap lives only as long as `tun`: a failure here leaves
+    // nothing behind.
+    let persist: libc::c_ulong = 1;
+    // SAFETY: TUNSETPERSIST takes its argument by value (non-zero: persist)
+    // and touches no memory of ours; `tun` is attached to the tap.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, persist) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The index of link `name` in the handle's netns.
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        // The kernel answers a lookup by name with ENODEV.
+        Ok(None) => Err(NetError::NoLink(name.to_string())),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+            Err(NetError::NoLink(name.to_string()))
+        }
+        Err(source) => Err(netlink(format!("looking up link {name}"))(source)),
+    }
+}
+
+/// A link index as tc requests take it. The kernel's ifindex is a positive
+/// int; one that did not fit would name no device, which the kernel then
+/// reports.
+fn tc_index(index: u32) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+/// `tc qdisc add dev FROM ingress` and `tc filter add dev FROM parent ffff:
+/// protocol all u32 match u8 0 0 action mirred egress redirect dev TO`:
+/// every frame arriving on `from` leaves through `to`.
+async fn redirect(
+    handle: &Handle,
+    (from, from_name): (u32, &str),
+    to: u32,
+) -> Result<(), NetError> {
+    handle
+        .qdisc()
+        .add(tc_index(from))
+        .ingress()
+        .execute()
+        .await
+        .map_err(netlink(format!("adding the ingress qdisc of {from_name}")))?;
+    let filter = handle
+        .traffic_filter(tc_index(from))
+        .add()
+        .parent(INGRESS_PARENT)
+        .protocol(PROTOCOL_ALL)
+        .redirect(to)
+        .map_err(netlink(format!("building the redirect of {from_name}")))?;
+    filter
+        .execute()
+        .await
+        .map_err(netlink(format!("adding the redirect of {from_name}")))
+}
+
+/// Brings the tap up at the pod interface's MTU and redirects each way.
+async fn plumb(handle: &Handle, eth: &str, tap: &str, mtu: u32) -> Result<(), NetError> {
+    let tap_index = link_index(handle, tap).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("setting {tap} up with MTU {mtu}")))?;
+    let eth_index = link_index(handle, eth).await?;
+    redirect(handle, (eth_index, eth), tap_index).await?;
+    redirect(handle, (tap_index, tap), eth_index).await
+}
+
+/// Removes the redirects and the tap: the ingress qdisc of `eth` (its
+/// filter goes with it) and the tap (with its qdisc and filter). Each step
+/// is tried; one that finds nothing is not an error (idempotent).
+async fn unplumb(handle: &Handle, eth: &str, tap: &str) {
+    match link_index(handle, eth).await {
+        Ok(index) => {
+            let mut del = handle.qdisc().del(tc_index(index));
+            del.message_mut().header.parent = TcHandle::INGRESS;
+            if let Err(err) = del.execute().await {
+                tracing::debug!("removing the ingress qdisc of {eth}: {err}");
+            }
+        }
+        Err(err) => tracing::debug!("{err}"),
+    }
+    match link_index(handle, tap).await {
+        Ok(index) => {
+            if let Err(err) = handle.link().del(index).execute().await {
+                tracing::debug!("removing {tap}: {err}");
+            }
+        }
+        Err(err) => tracing::debug!("{err}"),
+    }
 }
 
 /// Creates the tap next to the CNI interface (as the CNI result names it)
 /// and the two redirects. On failure, what was created is removed.
 pub async fn setup(
+    pod_id: &str,
     netns: &Path,
     network: &crius_shim_api::types::PodNetwork,
 ) -> Result<NetSetup, NetError> {
     let (interface, routes) = from_network(network)?;
+    let mtu = u32::try_from(interface.mtu)
+        .map_err(|_| NetError::Parse(format!("MTU {} is out of range", interface.mtu)))?;
     let net = NetSetup {
+        pod_id: pod_id.to_string(),
         netns: netns.to_path_buf(),
         interface,
         routes,
         tap: TAP_NAME.to_string(),
     };
-    let eth = net.interface.name.as_str();
-    let mtu = net.interface.mtu.to_string();
-    let steps: [&[&str]; 6] = [
-        &["ip", "tuntap", "add", "dev", TAP_NAME, "mode", "tap"],
-        &["ip", "link", "set", "dev", TAP_NAME, "mtu", &mtu, "up"],
-        &["tc", "qdisc", "add", "dev", eth, "ingress"],
-        &[
-            "tc", "filter", "add", "dev", eth, "parent", "ffff:", "protocol", "all", "u32",
-            "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", TAP_NAME,
-        ],
-        &["tc", "qdisc", "add", "dev", TAP_NAME, "ingress"],
-        &[
-            "tc", "filter", "add", "dev", TAP_NAME, "parent", "ffff:", "protocol", "all", "u32",
-            "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", eth,
-        ],
-    ];
-    for step in steps {
-        if let Err(err) = run_in(netns, step).await {
-            teardown(&net).await;
-            return Err(err);
+    let (eth, tap) = (net.interface.name.clone(), net.tap.clone());
+    in_netns(net.span(), netns, move |handle| async move {
+        create_tap(&tap).map_err(|source| NetError::Tap {
+            tap: tap.clone(),
+            source,
+        })?;
+        let plumbed = plumb(&handle, &eth, &tap, mtu).await;
+        if plumbed.is_err() {
+            unplumb(&handle, &eth, &tap).await;
         }
-    }
+        plumbed
+    })
+    .await?;
+    tracing::debug!(
+        pod_id,
+        handler = "kata",
+        netns = %netns.display(),
+        "pod network bridged to {TAP_NAME}"
+    );
     Ok(net)
 }
 
@@ -206,12 +410,19 @@ pub async fn teardown(net: &NetSetup) {
     if !net.netns.exists() {
         return;
     }
-    let _ = run_in(
-        &net.netns,
-        &["tc", "qdisc", "del", "dev", &net.interface.name, "ingress"],
-    )
+    let (eth, tap) = (net.interface.name.clone(), net.tap.clone());
+    let removed = in_netns(net.span(), &net.netns, move |handle| async move {
+        unplumb(&handle, &eth, &tap).await;
+        Ok(())
+    })
     .await;
-    let _ = run_in(&net.netns, &["ip", "link", "del", "dev", &net.tap]).await;
+    if let Err(err) = removed {
+        tracing::warn!(
+            pod_id = %net.pod_id,
+            handler = "kata",
+            "removing the tap from the pod netns: {err}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -304,5 +515,159 @@ mod tests {
         bad.interfaces[1].addresses = vec!["10.88.0.5".into()];
         let err = from_network(&bad).unwrap_err().to_string();
         assert!(err.contains("not in CIDR form"), "{err}");
+    }
+
+    /// A network namespace of the test's own, held by a thread that has
+    /// unshared into it, with a veth standing for the CNI one (its peer,
+    /// `peer0`, stays down). It goes away (with any tap left in it) when
+    /// dropped.
+    struct ScratchNetns {
+        path: PathBuf,
+        _hold: std::sync::mpsc::Sender<()>,
+    }
+
+    impl ScratchNetns {
+        fn new(link: &'static str) -> Self {
+            let (path_tx, path_rx) = std::sync::mpsc::channel();
+            let (hold, held) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let (connection, handle, _) = rtnetlink::new_connection().unwrap();
+                    tokio::spawn(connection);
+                    let veth = rtnetlink::LinkVeth::new(link, "peer0").up().build();
+                    handle.link().add(veth).execute().await.unwrap();
+                });
+                let (pid, tid) = (std::process::id(), nix::unistd::gettid());
+                let path = format!("/proc/{pid}/task/{tid}/ns/net");
+                path_tx.send(PathBuf::from(path)).unwrap();
+                // Until the test drops its sender.
+                let _ = held.recv();
+            });
+            Self {
+                path: path_rx.recv().unwrap(),
+                _hold: hold,
+            }
+        }
+    }
+
+    /// One link of the netns: name, MTU, up, and the protocols of the
+    /// filters under its ingress qdisc (None: no ingress qdisc).
+    type LinkState = (String, u32, bool, Option<Vec<u16>>);
+
+    /// The links of `netns` but `lo`, by name.
+    async fn links_of(netns: &Path) -> Vec<LinkState> {
+        use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+        in_netns(tracing::Span::none(), netns, |handle| async move {
+            let links: Vec<_> = handle.link().get().execute().try_collect().await.unwrap();
+            let qdiscs: Vec<_> = handle.qdisc().get().execute().try_collect().await.unwrap();
+            let mut out = Vec::new();
+            for link in links {
+                let index = link.header.index;
+                let name = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                });
+                let mtu = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                });
+                let ingress = qdiscs.iter().any(|q| {
+                    q.header.index == tc_index(index) && q.header.parent == TcHandle::INGRESS
+                });
+                let filters = if ingress {
+                    let mut get = handle.traffic_filter(tc_index(index)).get();
+                    get = get.ingress();
+                    let filters: Vec<_> = get.execute().try_collect().await.unwrap();
+                    let protocols = filters.iter().map(|f| (f.header.info & 0xffff) as u16);
+                    Some(protocols.collect())
+                } else {
+                    None
+                };
+                let name = name.unwrap_or_default();
+                if name != "lo" {
+                    out.push((
+                        name,
+                        mtu.unwrap_or_default(),
+                        link.header.flags.contains(LinkFlags::Up),
+                        filters,
+                    ));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bridges_the_pod_interface_to_a_tap_and_removes_it_again() {
+        if !crius_testkit::require_root() {
+            return;
+        }
+        let ns = ScratchNetns::new("eth0");
+        let mut network = network();
+        network.interfaces[1].mtu = 1400;
+        let net = setup("pod-1", &ns.path, &network).await.unwrap();
+        assert_eq!(net.tap, TAP_NAME);
+        let links = links_of(&ns.path).await;
+        let redirected = |mtu| (mtu, true, Some(vec![PROTOCOL_ALL]));
+        let found: Vec<_> = links
+            .iter()
+            .map(|(name, mtu, up, filters)| {
+                let filters = filters.as_ref().map(|f| {
+                    let mut f = f.clone();
+                    f.dedup();
+                    f
+                });
+                (name.as_str(), (*mtu, *up, filters))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("eth0", redirected(1500)),
+                ("peer0", (1500, false, None)),
+                (TAP_NAME, redirected(1400))
+            ],
+            "{links:?}"
+        );
+
+        teardown(&net).await;
+        assert_eq!(
+            links_of(&ns.path).await,
+            [
+                ("eth0".to_string(), 1500, true, None),
+                ("peer0".to_string(), 1500, false, None)
+            ]
+        );
+        // Again: nothing left to remove is no error.
+        teardown(&net).await;
+    }
+
+    #[tokio::test]
+    async fn a_setup_that_fails_half_way_leaves_no_tap() {
+        if !crius_testkit::require_root() {
+            return;
+        }
+        // The tap is created, then the CNI interface is not there.
+        let ns = ScratchNetns::new("eth9");
+        let err = setup("pod-2", &ns.path, &network()).await.unwrap_err();
+        assert!(
+            matches!(&err, NetError::NoLink(name) if name == "eth0"),
+            "{err}"
+        );
+        assert_eq!(
+            links_of(&ns.path).await,
+            [
+                ("eth9".to_string(), 1500, true, None),
+                ("peer0".to_string(), 1500, false, None)
+            ]
+        );
     }
 }
