@@ -23,7 +23,7 @@ mod reload;
 mod validate;
 
 pub use load::{ConfigError, config_files, drop_in_dir, load};
-pub use reload::{LIVE_KEYS, ReloadPlan, apply_live};
+pub use reload::{LIVE_KEYS, LIVE_STREAMING_KEYS, ReloadPlan, apply_live, is_live};
 pub use validate::LOG_LEVELS;
 
 /// The whole daemon configuration.

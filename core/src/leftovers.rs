@@ -5,8 +5,8 @@
 //!
 //! The records are the source of truth: a pod record names its id, and
 //! everything crius makes for a pod carries that id (`<root>/pods/<id>`,
-//! `<state_dir>/netns/<id>`, `/crius/pod-<id>`, the CNI container id, the
-//! runtime's container ids). Anything carrying an id no record knows was
+//! `<state_dir>/{netns,userns,userns-pods}/<id>`, `/crius/pod-<id>`, the
+//! CNI container id, the runtime's container ids). Anything carrying an id no record knows was
 //! left by a crash the daemon's own restore could not attribute, or by an
 //! older daemon. The audit only reads; it never trusts a path it did not
 //! build itself from the configuration.
@@ -129,14 +129,18 @@ pub async fn audit(config: &Config) -> Result<Vec<Leftover>, String> {
     let mut found = Vec::new();
     found.extend(runtime_state(config, &known, &pods_root).await);
     let (config_c, pods_c) = (config.clone(), pods_root.clone());
+    // Pods in user namespaces keep their mount points here (pod::userns).
+    let userns_root = config.state_dir.join("userns-pods");
     let host = tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
         found.extend(processes(&known, &pods_c));
         found.extend(mounts(&known, &pods_c));
+        found.extend(mounts(&known, &userns_root));
         found.extend(netns_pins(&config_c, &known));
         found.extend(cgroups(&known));
         found.extend(ipam_leases(&config_c, &known));
         found.extend(directories(&known, &pods_c, &on_disk.without_record));
+        found.extend(userns_pod_dirs(&known, &userns_root));
         found
     })
     .await
@@ -391,13 +395,12 @@ fn mounts(known: &Known, pods_root: &Path) -> Vec<Leftover> {
         .collect()
 }
 
+/// Pins of pod network and user namespaces (`<state_dir>/{netns,userns}`).
 fn netns_pins(config: &Config, known: &Known) -> Vec<Leftover> {
-    let dir = config.state_dir.join("netns");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
+    ["netns", "userns"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(config.state_dir.join(d)).ok())
+        .flat_map(|entries| entries.flatten())
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             (!known.pods.contains(&name)).then(|| Leftover {
@@ -510,6 +513,26 @@ fn directories(known: &Known, pods_root: &Path, without_record: &[PathBuf]) -> V
         }
     }
     found
+}
+
+/// User-namespace directories (`<state_dir>/userns-pods/<pod>`) of pods
+/// without a record.
+fn userns_pod_dirs(known: &Known, userns_root: &Path) -> Vec<Leftover> {
+    let Ok(entries) = std::fs::read_dir(userns_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (!known.pods.contains(&name)).then(|| Leftover {
+                kind: Kind::Directory,
+                what: entry.path().display().to_string(),
+                why: format!("pod {name} has no record"),
+                removal: Removal::RemoveTree,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

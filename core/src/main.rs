@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use crius_core::config::{self, Config};
-use crius_core::handlers::HandlerRegistry;
+use crius_core::handlers::{HandlerRegistry, HandlerTable};
 use crius_core::perms;
 use crius_core::server::authority::AuthorityFix;
 use crius_core::server::conn::{self, Bounded, ConnectionLimit};
@@ -107,7 +107,6 @@ fn main() -> ExitCode {
         path: args.config.clone(),
         log_level_override: args.log_level.clone(),
         log_filter,
-        running: config.clone(),
     };
 
     let Some(runtime) = start_runtime(tokio::runtime::Builder::new_multi_thread()) else {
@@ -288,32 +287,16 @@ async fn serve(config: Config, reloader: Reloader) -> Result<()> {
             Err(err) => return Err(err).context("checking the daemon's directories"),
         }
     }
-    // The OCI runtimes' state roots name every container and hold the
-    // runtime's copy of their config: root only, also when an older version
-    // (or the runtime under another umask) left them wider.
-    for (name, handler) in &config.runtime_handlers {
-        if handler.kind == config::HandlerKind::Oci
-            && let Some(root) = &handler.runtime_root
-            && let Err(err) = perms::ensure_private_dir(root)
-        {
-            tracing::warn!(handler = name, root = %root.display(), "cannot make the runtime root private: {err}");
-        }
-    }
+    secure_runtime_roots(&config);
 
-    let handlers = Arc::new(HandlerRegistry::from_config(&config).await);
-    for (name, handler) in handlers.iter() {
-        match handler.check_ready().await {
-            Ok(()) => {
-                info!(handler = name, features = ?handler.features(), "runtime handler ready")
-            }
-            Err(err) => tracing::warn!(handler = name, "runtime handler not ready: {err}"),
-        }
+    let handlers = Arc::new(HandlerRegistry::from_config(config.clone()).await);
+    let table = handlers.table();
+    for (name, handler) in table.iter() {
+        log_readiness(name, handler.as_ref()).await;
     }
     let images = crius_core::image::ImageManager::open(&config)
         .await
         .context("opening the image store")?;
-
-    tokio::spawn(reloader.run(hangup, images.clone()));
 
     let cgroups =
         crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
@@ -365,9 +348,18 @@ async fn serve(config: Config, reloader: Reloader) -> Result<()> {
         ),
         None => None,
     };
+    // SIGHUPs that came before are delivered now: `hangup` queued them.
+    tokio::spawn(reloader.run(
+        hangup,
+        Live {
+            handlers: handlers.clone(),
+            images: images.clone(),
+            streaming: streaming.clone(),
+        },
+    ));
     let runtime_service = gate.guard(
         RuntimeServiceServer::new(
-            RuntimeServer::new(config.clone(), handlers, pods.clone()).with_streaming(streaming),
+            RuntimeServer::new(handlers, pods.clone()).with_streaming(streaming),
         )
         .max_decoding_message_size(16 * 1024 * 1024)
         // An ExecSync response carries up to the handler's output cap.
@@ -462,8 +454,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// The OCI runtimes' state roots name every container and hold the
+/// runtime's copy of their config: root only, also when an older version
+/// (or the runtime under another umask) left them wider.
+fn secure_runtime_roots(config: &Config) {
+    for (name, handler) in &config.runtime_handlers {
+        if handler.kind == config::HandlerKind::Oci
+            && let Some(root) = &handler.runtime_root
+            && let Err(err) = perms::ensure_private_dir(root)
+        {
+            tracing::warn!(handler = name, root = %root.display(), "cannot make the runtime root private: {err}");
+        }
+    }
+}
+
+async fn log_readiness(name: &str, handler: &dyn crius_shim_api::RuntimeHandler) {
+    match handler.check_ready().await {
+        Ok(()) => info!(handler = name, features = ?handler.features(), "runtime handler ready"),
+        Err(err) => tracing::warn!(handler = name, "runtime handler not ready: {err}"),
+    }
+}
+
+/// What a reload changes in the running daemon.
+struct Live {
+    /// The handler table and running configuration.
+    handlers: Arc<HandlerRegistry>,
+    images: Arc<crius_core::image::ImageManager>,
+    streaming: Option<Arc<crius_core::streaming::StreamingServer>>,
+}
+
 /// Reloads the configuration on SIGHUP (see `crius_core::config::ReloadPlan`
-/// for what applies live).
+/// for what applies live). Reloads run one at a time, in this task.
 struct Reloader {
     path: PathBuf,
     /// `--log-level`, which wins over the file's `log_level`.
@@ -472,16 +493,10 @@ struct Reloader {
         tracing_subscriber::EnvFilter,
         tracing_subscriber::Registry,
     >,
-    /// What the daemon runs with now.
-    running: Config,
 }
 
 impl Reloader {
-    async fn run(
-        mut self,
-        mut hangup: tokio::signal::unix::Signal,
-        images: Arc<crius_core::image::ImageManager>,
-    ) {
+    async fn run(self, mut hangup: tokio::signal::unix::Signal, live: Live) {
         while hangup.recv().await.is_some() {
             info!(config = %self.path.display(), "SIGHUP received, reloading the configuration");
             let path = self.path.clone();
@@ -500,34 +515,88 @@ impl Reloader {
                     continue;
                 }
             };
-            self.apply(new, &images);
+            self.apply(new, &live).await;
         }
     }
 
-    fn apply(&mut self, new: Config, images: &crius_core::image::ImageManager) {
-        let plan = config::ReloadPlan::new(&self.running, &new);
+    async fn apply(&self, new: Config, live: &Live) {
+        let running = live.handlers.config();
+        let plan = config::ReloadPlan::new(&running, &new);
         if plan.is_empty() {
             info!("configuration reloaded: nothing changed");
             return;
         }
-        if new.log_level != self.running.log_level {
+        // What will run: the new file's live keys, the rest as started. The
+        // new file is valid; checked again as mixed with the old values.
+        let applied = config::apply_live(&running, &new);
+        if let Err(err) = applied.validate() {
+            error!(
+                config = %self.path.display(),
+                "configuration reload failed, still running with the previous configuration: {err}"
+            );
+            return;
+        }
+        if applied.log_level != running.log_level {
             match &self.log_level_override {
                 Some(cli) => tracing::warn!(
-                    log_level = %new.log_level,
+                    log_level = %applied.log_level,
                     "log_level changed in the configuration, but --log-level {cli} overrides it"
                 ),
                 None => {
-                    let filter = tracing_subscriber::EnvFilter::new(&new.log_level);
+                    let filter = tracing_subscriber::EnvFilter::new(&applied.log_level);
                     if let Err(err) = self.log_filter.reload(filter) {
                         error!("cannot change the log filter: {err}");
                     }
                 }
             }
         }
-        images.reconfigure(&new);
-        self.running = config::apply_live(&self.running, &new);
+        live.images.reconfigure(&applied);
+        if let Some(streaming) = &live.streaming
+            && applied.streaming != running.streaming
+        {
+            streaming.reconfigure(&applied.streaming);
+        }
+        let applied = Arc::new(applied);
+        if applied.runtime_handlers != running.runtime_handlers {
+            let roots = applied.clone();
+            if let Err(err) =
+                tokio::task::spawn_blocking(move || secure_runtime_roots(&roots)).await
+            {
+                error!("checking the runtime roots failed: {err}");
+            }
+        }
+        // Unchanged handlers are taken over; new and changed ones built
+        // (outside any lock) before the table is swapped in one step.
+        let previous = live.handlers.table();
+        let (table, changes) = HandlerTable::build(applied, Some(&previous)).await;
+        for name in &changes.built {
+            if let Ok(slot) = table.resolve(name) {
+                log_readiness(name, slot.handler().as_ref()).await;
+            }
+        }
+        drop(previous);
+        drop(live.handlers.install(table));
+        let retired = live.handlers.retired();
+        for name in &changes.removed {
+            let pods = retired.get(name).copied().unwrap_or(0);
+            info!(
+                handler = %name,
+                pods,
+                "runtime handler removed; new pods cannot use it, its pods keep it until they are removed"
+            );
+        }
+        for name in changes.built.iter().filter(|n| retired.contains_key(*n)) {
+            info!(
+                handler = %name,
+                pods = retired[name],
+                "runtime handler changed; new pods get the new one, existing pods keep the previous one until they are removed"
+            );
+        }
         if !plan.live.is_empty() {
-            info!(changed = ?plan.live, "configuration reloaded; pulls from now on use it");
+            info!(
+                changed = ?plan.live,
+                "configuration reloaded; new pods, containers, pulls and streaming sessions use it"
+            );
         }
         if !plan.restart.is_empty() {
             tracing::warn!(

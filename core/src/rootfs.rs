@@ -48,15 +48,81 @@ pub struct Overlay {
 
 /// Prepares `container_dir/rootfs` from `layers_top_first` with `driver`:
 /// an overlay mount, or a copy of the layers (vfs). Blocking.
+///
+/// With `idmap` (a `hostUsers: false` pod) the overlay is built over
+/// id-mapped clones of the layers, so the image's files keep their owners
+/// inside the pod (on-disk uid N shows as uid N in the container), and
+/// mounted where [`Idmap::mount_point`] says. The upper dir is not
+/// id-mapped: the container's writes land there with their host ids, which
+/// only this container reads; it belongs to the pod's root.
 pub fn prepare(
     driver: StorageDriver,
     layers_top_first: &[PathBuf],
     container_dir: &Path,
+    idmap: Option<&Idmap>,
 ) -> Result<Overlay, RootfsError> {
-    match driver {
-        StorageDriver::Overlay => mount_overlay(layers_top_first, container_dir),
-        StorageDriver::Vfs => copy_rootfs(layers_top_first, container_dir),
+    match (driver, idmap) {
+        (StorageDriver::Overlay, None) => mount_overlay(layers_top_first, container_dir),
+        (StorageDriver::Overlay, Some(idmap)) => {
+            mount_overlay_idmapped(layers_top_first, container_dir, idmap)
+        }
+        (StorageDriver::Vfs, None) => copy_rootfs(layers_top_first, container_dir),
+        (StorageDriver::Vfs, Some(_)) => Err(RootfsError::Invalid(
+            "pods in a user namespace need the overlay storage driver".into(),
+        )),
     }
+}
+
+/// How to build the rootfs of a container in a user namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Idmap<'a> {
+    /// The pod's pinned user namespace.
+    pub userns: &'a Path,
+    /// Where to mount the overlay: a path the runtime can reach from
+    /// inside the user namespace (the daemon's root is private).
+    pub mount_point: &'a Path,
+    /// Host uid and gid of the pod's root, owner of the upper dir.
+    pub root_owner: (u32, u32),
+}
+
+/// Where the id-mapped clones of the layers are attached while the overlay
+/// is built; empty again afterwards.
+const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
+
+/// [`mount_overlay`] over id-mapped clones of the layers. The clones are
+/// detached once the overlay is mounted (overlayfs keeps private copies of
+/// its layers' mounts), so nothing but the overlay stays mounted.
+fn mount_overlay_idmapped(
+    layers_top_first: &[PathBuf],
+    container_dir: &Path,
+    idmap: &Idmap,
+) -> Result<Overlay, RootfsError> {
+    let upper = container_dir.join("upper");
+    fs::create_dir_all(&upper).map_err(io_err(format!("creating {}", upper.display())))?;
+    let (uid, gid) = idmap.root_owner;
+    std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+        .map_err(io_err(format!("chown {}", upper.display())))?;
+    let staging = container_dir.join(IDMAPPED_LAYERS_DIR);
+    let clones: Vec<PathBuf> = (0..layers_top_first.len())
+        .map(|i| staging.join(i.to_string()))
+        .collect();
+    let result = (|| {
+        for (layer, clone) in layers_top_first.iter().zip(&clones) {
+            crate::sandbox::userns::idmapped_clone(layer, clone, idmap.userns).map_err(|e| {
+                RootfsError::Invalid(format!("id-mapping layer {}: {e}", layer.display()))
+            })?;
+        }
+        mount_overlay_at(&clones, container_dir, idmap.mount_point)
+    })();
+    for clone in &clones {
+        if let Err(e) = crate::sandbox::userns::remove_idmapped_clone(clone) {
+            tracing::warn!(clone = %clone.display(), error = %e, "cannot detach an id-mapped layer clone");
+        }
+    }
+    let _ = fs::remove_dir(&staging);
+    let mut overlay = result?;
+    overlay.lower_dirs = layers_top_first.to_vec();
+    Ok(overlay)
 }
 
 /// The vfs driver: `container_dir/rootfs` becomes a copy of the layers. A
@@ -139,6 +205,19 @@ pub fn mount_overlay(
     layers_top_first: &[PathBuf],
     container_dir: &Path,
 ) -> Result<Overlay, RootfsError> {
+    mount_overlay_at(
+        layers_top_first,
+        container_dir,
+        &container_dir.join("rootfs"),
+    )
+}
+
+/// [`mount_overlay`] with the overlay mounted at `mount_point`.
+fn mount_overlay_at(
+    layers_top_first: &[PathBuf],
+    container_dir: &Path,
+    mount_point: &Path,
+) -> Result<Overlay, RootfsError> {
     for dir in layers_top_first {
         let s = dir.to_string_lossy();
         // overlayfs splits lowerdir on ':' and the option string on ','.
@@ -150,7 +229,7 @@ pub fn mount_overlay(
     }
     let upper_dir = container_dir.join("upper");
     let work_dir = container_dir.join("work");
-    let mount_point = container_dir.join("rootfs");
+    let mount_point = mount_point.to_path_buf();
     for dir in [&upper_dir, &work_dir, &mount_point] {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }

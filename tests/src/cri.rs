@@ -204,3 +204,23 @@ pub mod configs {
         config
     }
 }
+
+/// The features `Status` reports for the handler `name`; panics when it is
+/// not listed.
+pub fn handler_features(
+    status: &crius_proto::cri::StatusResponse,
+    name: &str,
+) -> crius_proto::cri::RuntimeHandlerFeatures {
+    status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "Status does not list handler {name}: {:?}",
+                status.runtime_handlers
+            )
+        })
+        .features
+        .unwrap_or_default()
+}

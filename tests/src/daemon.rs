@@ -135,6 +135,12 @@ impl DaemonBuilder {
     /// Writes the config, starts the daemon and waits until it answers `Version`.
     pub async fn start(self) -> Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("crius-test-").tempdir()?;
+        // Passable like /run above a real state dir: pods in user
+        // namespaces reach their files under it as other users.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
         let base = dir.path().to_path_buf();
         let socket = base.join("crius.sock");
         let root = base.join("root");

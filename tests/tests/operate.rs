@@ -1,15 +1,19 @@
 //! Operating the daemon: the pull stall timeout
 //! (`image.pull_progress_timeout_seconds`) against a registry that stops
 //! sending, progress logging of slow pulls, SIGHUP reloading the
-//! configuration, and the `crius config` / `crius check` commands.
+//! configuration (mirrors, log level, the handler table: added, removed and
+//! changed handlers, with the pods of the old ones still served), and the
+//! `crius config` / `crius check` commands.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crius_proto::cri;
 use crius_tests::cri::images;
 use crius_tests::image::{Layer, LayerBuilder, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256_digest};
+use crius_tests::pods::{CONMON, PodEnv, PodEnvOptions};
 use crius_tests::{Daemon, files_below, require_root};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -585,36 +589,397 @@ async fn sighup_with_a_broken_config_keeps_serving_with_the_old_one() {
     assert_serving(&daemon).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sighup_names_the_handler_changes_that_need_a_restart() {
-    if !require_root() {
-        return;
-    }
-    let daemon = Daemon::builder().start().await.expect("daemon starts");
-    let mut config = std::fs::read_to_string(daemon.config_path()).unwrap();
-    // A third handler, added under the generated table.
-    config = config.replace(
-        "runtime_handlers:\n",
-        "runtime_handlers:\n  extra:\n    kind: oci\n    runtime_path: /usr/bin/crun\n    monitor_path: /usr/bin/conmon\n",
+const RUNC: &str = "/usr/sbin/runc";
+const CRUN: &str = "/usr/bin/crun";
+
+/// One `oci` entry of a handler table, with `extra` lines (indented 4).
+fn oci_entry(name: &str, runtime_path: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    kind: oci\n    runtime_path: {runtime_path}\n    monitor_path: {CONMON}\n{extra}"
+    )
+}
+
+/// The runc + crun table the handler reload tests start with; `runc_extra`
+/// goes into runc's entry.
+fn runc_crun_table(runc_extra: &str) -> String {
+    format!(
+        "default_runtime_handler: runc\nruntime_handlers:\n{}{}",
+        oci_entry("runc", RUNC, runc_extra),
+        oci_entry("crun", CRUN, "")
+    )
+}
+
+/// A pod environment (registry, CNI network, daemon) with `handlers` as
+/// its table; `None` when skipped.
+async fn handler_env(handlers: &str) -> Option<PodEnv> {
+    PodEnv::start(
+        "runc",
+        PodEnvOptions {
+            handlers_yaml: handlers,
+            tools: &[RUNC, CRUN],
+            ..PodEnvOptions::default()
+        },
+    )
+    .await
+}
+
+/// Replaces `from` (which must occur) with `to` in the daemon's config file.
+fn edit_config(daemon: &Daemon, from: &str, to: &str) {
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    assert!(
+        config.contains(from),
+        "{from:?} not in the config:\n{config}"
     );
-    std::fs::write(daemon.config_path(), config).unwrap();
-    let log = reload(&daemon, "take effect only after a restart").await;
-    assert!(log.contains("runtime_handlers.extra (added)"), "{log}");
-    assert_serving(&daemon).await;
-    // The running handler table is unchanged: `extra` is not offered.
-    let status = daemon
-        .runtime()
-        .status(crius_proto::cri::StatusRequest { verbose: false })
+    std::fs::write(daemon.config_path(), config.replacen(from, to, 1)).unwrap();
+}
+
+/// The handler names `Status` offers (the default also as "").
+async fn offered_handlers(env: &PodEnv) -> Vec<String> {
+    let status = env
+        .rt()
+        .status(cri::StatusRequest { verbose: false })
         .await
         .expect("Status")
         .into_inner();
-    let names: Vec<String> = status
+    assert!(
+        status.runtime_handlers.iter().all(|h| h.features.is_some()),
+        "{:?}",
+        status.runtime_handlers
+    );
+    status
         .runtime_handlers
-        .iter()
-        .map(|h| h.name.clone())
-        .collect();
-    assert!(!names.contains(&"extra".to_string()), "{names:?}");
+        .into_iter()
+        .map(|h| h.name)
+        .collect()
+}
+
+/// Verbose `Status`'s `retiredHandlers`: removed or replaced handlers that
+/// still serve pods, with how many.
+async fn retired_handlers(env: &PodEnv) -> serde_json::Value {
+    let status = env
+        .rt()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    serde_json::from_str(&status.info["retiredHandlers"]).expect("retiredHandlers is JSON")
+}
+
+/// A container that runs until `/tmp/stop` exists, then exits 7.
+const UNTIL_STOPPED: &[&str] = &[
+    "sh",
+    "-c",
+    "while [ ! -e /tmp/stop ]; do sleep 0.2; done; exit 7",
+];
+
+/// A pod on `handler` with one running [`UNTIL_STOPPED`] container:
+/// (pod id, container id).
+async fn running_pod(env: &PodEnv, name: &str, handler: &str) -> (String, String) {
+    let pod = env.pod_config(name);
+    let pod_id = env.run_pod_on(&pod, handler).await.expect("RunPodSandbox");
+    let container = env
+        .create_and_start(&pod_id, &pod, env.container_config("main", UNTIL_STOPPED))
+        .await;
+    (pod_id, container)
+}
+
+async fn pod_status(env: &PodEnv, pod_id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
+    let response = env
+        .rt()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info = serde_json::from_str(&response.info["info"]).expect("verbose info is JSON");
+    (response.status.expect("status"), info)
+}
+
+/// Everything the kubelet does with a running pod's container works:
+/// status, ExecSync, stats, and its exit (code 7) is seen; then the
+/// container and the pod are stopped and removed.
+async fn assert_pod_served_to_the_end(env: &PodEnv, pod_id: &str, container: &str, handler: &str) {
+    let (status, _) = pod_status(env, pod_id).await;
+    assert_eq!(status.runtime_handler, handler);
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        env.container_status(container).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let (code, stdout, _) = env.exec_sync(container, &["echo", "still here"]).await;
+    assert_eq!((code, stdout.as_str()), (0, "still here\n"));
+    env.rt()
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: container.to_string(),
+        })
+        .await
+        .expect("ContainerStats");
+    // Its exit is seen through the handler it runs on.
+    let (code, _, _) = env.exec_sync(container, &["touch", "/tmp/stop"]).await;
+    assert_eq!(code, 0);
+    let exited = env.wait_exited(container, Duration::from_secs(20)).await;
+    assert_eq!(exited.exit_code, 7);
+    let mut rt = env.rt();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: container.to_string(),
+        timeout: 5,
+    })
+    .await
+    .expect("StopContainer");
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: container.to_string(),
+    })
+    .await
+    .expect("RemoveContainer");
+    env.stop_and_remove_pod(pod_id).await;
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(pods.iter().all(|p| p.id != pod_id), "{pods:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_a_handler_that_status_offers_and_new_pods_run_on() {
+    let Some(env) = handler_env(&runc_crun_table("")).await else {
+        return;
+    };
+    assert!(!offered_handlers(&env).await.contains(&"extra".to_string()));
+    edit_config(
+        &env.daemon,
+        "runtime_handlers:\n",
+        &format!("runtime_handlers:\n{}", oci_entry("extra", CRUN, "")),
+    );
+    // A listener setting beside it still waits for a restart.
+    let config = std::fs::read_to_string(env.daemon.config_path()).unwrap();
+    std::fs::write(env.daemon.config_path(), config + "streaming:\n  port: 1\n").unwrap();
+    let log = reload(&env.daemon, "take effect only after a restart").await;
+    assert!(log.contains("runtime_handlers.extra (added)"), "{log}");
+    assert!(log.contains("configuration reloaded;"), "{log}");
+    assert!(log.contains("streaming.port"), "{log}");
+    assert_serving(&env.daemon).await;
+
+    let names = offered_handlers(&env).await;
+    for name in ["", "runc", "crun", "extra"] {
+        assert!(names.contains(&name.to_string()), "{name:?} in {names:?}");
+    }
+    let (pod_id, container) = running_pod(&env, "on-extra", "extra").await;
+    // crun under the new entry: its runtime root (state_dir/extra) has it.
+    assert!(
+        env.daemon
+            .state_dir()
+            .join("extra")
+            .join(&container)
+            .exists(),
+        "container {container} is not in extra's runtime root"
+    );
+    assert_pod_served_to_the_end(&env, &pod_id, &container, "extra").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_removing_a_handler_keeps_its_pods_working_and_refuses_new_pods() {
+    let Some(env) = handler_env(&runc_crun_table("")).await else {
+        return;
+    };
+    let (pod_id, container) = running_pod(&env, "on-crun", "crun").await;
+    edit_config(&env.daemon, &oci_entry("crun", CRUN, ""), "");
+    let log = reload(&env.daemon, "configuration reloaded;").await;
+    assert!(log.contains("runtime_handlers.crun (removed)"), "{log}");
+    assert!(log.contains("runtime handler removed"), "{log}");
+    assert!(!log.contains("take effect only after a restart"), "{log}");
+
+    let names = offered_handlers(&env).await;
+    assert!(!names.contains(&"crun".to_string()), "{names:?}");
     assert!(names.contains(&"runc".to_string()), "{names:?}");
+    assert_eq!(retired_handlers(&env).await, json!({ "crun": 1 }));
+    // New pods cannot name it, as any unknown handler.
+    let err = env
+        .run_pod_on(&env.pod_config("new-on-crun"), "crun")
+        .await
+        .expect_err("crun is not in the table any more");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("unknown runtime handler"), "{err:?}");
+
+    // The pod it had goes on being served by it, to its removal.
+    assert_pod_served_to_the_end(&env, &pod_id, &container, "crun").await;
+    assert!(
+        !env.daemon
+            .state_dir()
+            .join("crun")
+            .join(&container)
+            .exists(),
+        "crun still knows container {container}"
+    );
+    assert_eq!(retired_handlers(&env).await, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_changed_handler_option_to_new_pods_only() {
+    const KEY: &str = "io.crius.test/generation";
+    let option =
+        |generation: u32| format!("    default_annotations:\n      {KEY}: \"{generation}\"\n");
+    let Some(env) = handler_env(&runc_crun_table(&option(1))).await else {
+        return;
+    };
+    let (old_pod, old_container) = running_pod(&env, "before", "").await;
+    edit_config(&env.daemon, &option(1), &option(2));
+    let log = reload(&env.daemon, "configuration reloaded;").await;
+    assert!(
+        log.contains("runtime_handlers.runc.default_annotations"),
+        "{log}"
+    );
+    assert!(log.contains("runtime handler changed"), "{log}");
+    assert_eq!(retired_handlers(&env).await, json!({ "runc": 1 }));
+
+    let (new_pod, new_container) = running_pod(&env, "after", "").await;
+    let (_, new_info) = pod_status(&env, &new_pod).await;
+    assert_eq!(new_info["handlerAnnotations"][KEY], "2", "{new_info}");
+    let (_, old_info) = pod_status(&env, &old_pod).await;
+    assert_eq!(old_info["handlerAnnotations"][KEY], "1", "{old_info}");
+
+    assert_pod_served_to_the_end(&env, &old_pod, &old_container, "runc").await;
+    assert_eq!(retired_handlers(&env).await, json!({}));
+    assert_pod_served_to_the_end(&env, &new_pod, &new_container, "runc").await;
+}
+
+/// A second test network's bridge, deleted when dropped.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.0, "type", "bridge"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A `a.b.c` prefix beside `taken` (`a.b.x`) that no route on the host uses.
+fn free_prefix(taken: &str) -> String {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let routed: Vec<String> = routes
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|dest| u32::from_str_radix(dest, 16).ok())
+        .map(|dest| {
+            let [a, b, c, _] = dest.to_le_bytes();
+            format!("{a}.{b}.{c}")
+        })
+        .collect();
+    let (base, last) = taken.rsplit_once('.').expect("a.b.c");
+    let last: u32 = last.parse().expect("numeric prefix");
+    (1..250)
+        .map(|step| format!("{base}.{}", (last + step) % 250))
+        .find(|p| !routed.contains(p))
+        .expect("a free /24")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_points_new_pods_at_a_changed_cni_conf_dir() {
+    let Some(env) = handler_env(&runc_crun_table("")).await else {
+        return;
+    };
+    let old_pod = env
+        .run_pod(&env.pod_config("old-net"))
+        .await
+        .expect("RunPodSandbox");
+    let (status, _) = pod_status(&env, &old_pod).await;
+    let old_ip = status.network.expect("pod network").ip;
+    assert!(
+        old_ip.starts_with(&format!("{}.", env.subnet_prefix)),
+        "{old_ip}"
+    );
+
+    let other = tempfile::Builder::new()
+        .prefix("crius-cni-")
+        .tempdir()
+        .unwrap();
+    let token = crius_tests::unique_token();
+    let bridge = Bridge(format!("crq{}", &token[..8]));
+    let prefix = free_prefix(&env.subnet_prefix);
+    crius_tests::host::write_test_cni_config(
+        other.path(),
+        &format!("crius-test-{token}"),
+        &bridge.0,
+        &prefix,
+    );
+    edit_config(
+        &env.daemon,
+        &format!("conf_dir: \"{}\"", env.cni_dir.path().display()),
+        &format!("conf_dir: \"{}\"", other.path().display()),
+    );
+    let log = reload(&env.daemon, "configuration reloaded;").await;
+    assert!(log.contains("cni.conf_dir"), "{log}");
+    assert!(!log.contains("take effect only after a restart"), "{log}");
+
+    let new_pod = env
+        .run_pod(&env.pod_config("new-net"))
+        .await
+        .expect("RunPodSandbox");
+    let (status, _) = pod_status(&env, &new_pod).await;
+    let new_ip = status.network.expect("pod network").ip;
+    assert!(
+        new_ip.starts_with(&format!("{prefix}.")),
+        "{new_ip} not in {prefix}.0/24"
+    );
+    // The old pod keeps its address and is torn down with its own network.
+    let (status, _) = pod_status(&env, &old_pod).await;
+    assert_eq!(status.network.expect("pod network").ip, old_ip);
+    env.stop_and_remove_pod(&old_pod).await;
+    env.stop_and_remove_pod(&new_pod).await;
+    for (dir, ip) in [(env.cni_dir.path(), &old_ip), (other.path(), &new_ip)] {
+        // host-local keeps one file per leased address, named by it.
+        let leases = files_below(&dir.join("ipam"));
+        assert!(
+            leases
+                .iter()
+                .all(|f| f.file_name().is_none_or(|n| n != ip.as_str())),
+            "{ip}'s lease is still held: {leases:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_an_invalid_handler_table_keeps_the_old_one() {
+    let Some(env) = handler_env(&runc_crun_table("")).await else {
+        return;
+    };
+    // A new handler, and a default that names no handler: none of it applies.
+    edit_config(
+        &env.daemon,
+        "runtime_handlers:\n",
+        &format!("runtime_handlers:\n{}", oci_entry("extra", CRUN, "")),
+    );
+    edit_config(
+        &env.daemon,
+        "default_runtime_handler: runc",
+        "default_runtime_handler: gvisor",
+    );
+    let log = reload(&env.daemon, "configuration reload failed").await;
+    assert!(
+        log.contains("gvisor"),
+        "the error names the bad value: {log}"
+    );
+    assert!(
+        log.contains("still running with the previous configuration"),
+        "{log}"
+    );
+    let names = offered_handlers(&env).await;
+    assert!(!names.contains(&"extra".to_string()), "{names:?}");
+    assert!(names.contains(&"crun".to_string()), "{names:?}");
+    let err = env
+        .run_pod_on(&env.pod_config("on-extra"), "extra")
+        .await
+        .expect_err("extra was never applied");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // The old default still serves pods.
+    let (pod_id, container) = running_pod(&env, "on-default", "").await;
+    assert_pod_served_to_the_end(&env, &pod_id, &container, "runc").await;
 }
 
 /// Runs `crius --config <config> <args>`; returns (success, stdout, stderr).
@@ -789,7 +1154,11 @@ async fn sighup_applies_a_new_log_level_unless_the_command_line_set_one() {
     )
     .unwrap();
     // Logged at info, so it only shows once the new level is in force.
-    let log = reload(&daemon, "configuration reloaded; pulls from now on use it").await;
+    let log = reload(
+        &daemon,
+        "configuration reloaded; new pods, containers, pulls and streaming sessions use it",
+    )
+    .await;
     assert!(log.contains("log_level"), "{log}");
     // And it stays in force: an info line of an ordinary call.
     let mut client = daemon.image();

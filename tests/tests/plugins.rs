@@ -202,21 +202,6 @@ async fn handler_info(rt: &mut Runtime) -> (cri::StatusResponse, HashMap<String,
     (status, map)
 }
 
-fn features_of(status: &cri::StatusResponse, name: &str) -> cri::RuntimeHandlerFeatures {
-    status
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name == name)
-        .unwrap_or_else(|| {
-            panic!(
-                "Status does not list handler {name}: {:?}",
-                status.runtime_handlers
-            )
-        })
-        .features
-        .unwrap_or_default()
-}
-
 fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     // Host network: no CNI needed.
     configs::pod(name, "crius-plugins", log_dir, cri::NamespaceMode::Node)
@@ -295,7 +280,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
 
     let (status, info) = handler_info(&mut rt).await;
     for name in ["hello-lib", "hello-shim", "hello-panic"] {
-        let features = features_of(&status, name);
+        let features = crius_tests::cri::handler_features(&status, name);
         assert!(
             features.user_namespaces,
             "{name} declares user namespaces: {features:?}"
@@ -307,7 +292,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         assert_eq!(info[name], (true, String::new()), "{name} is ready");
     }
     // runc's features come from runc, not from the example.
-    features_of(&status, "runc");
+    crius_tests::cri::handler_features(&status, "runc");
 
     let expect_refused = [
         (
@@ -383,7 +368,7 @@ async fn status_lists_plugins_and_refuses_broken_ones() {
         }
         // Listed, with no features.
         assert_eq!(
-            features_of(&status, name),
+            crius_tests::cri::handler_features(&status, name),
             cri::RuntimeHandlerFeatures::default()
         );
         let err = run_pod(&mut rt, &pod_config("refused", pod_logs.path()), name)

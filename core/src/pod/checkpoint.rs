@@ -107,7 +107,7 @@ fn absolute(rpc: &str, what: &str, path: &str) -> PodResult<()> {
 impl PodManager {
     /// What stops handler `handler` from checkpointing (see the module docs).
     async fn checkpoint_refusal(&self, rpc: &str, handler: &str) -> PodError {
-        let kind = self.handler_config(handler).map(|h| h.kind);
+        let kind = self.handler_kind(handler);
         match kind {
             Some(HandlerKind::Oci) => match criu_usable().await {
                 Err(missing) => PodError::FailedPrecondition(format!(
@@ -204,7 +204,7 @@ impl PodManager {
                 "{RPC}: config is required"
             )));
         }
-        let handler = self.handler(&req.runtime_handler)?;
+        let handler = self.handlers.resolve(&req.runtime_handler)?;
         let path = PathBuf::from(&req.checkpoint_path);
         let exists = super::blocking("looking at a checkpoint", move || Ok(path.exists())).await?;
         if !exists {

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::error::{PodError, PodResult};
 use super::image_volumes::unmount_image_volumes;
 use super::store::{ContainerRecord, PodRecord, PodState, new_id, now_nanos};
+use super::userns::remove_userns_container_dir;
 use super::{PodManager, files, is_gone, labels_match};
 use crate::bounded::bounded;
 use crate::rootfs;
@@ -52,7 +53,7 @@ impl PodManager {
         let Some(pod) = self.store.pod(&c.pod_id) else {
             return unknown_status();
         };
-        let Ok(handler) = self.handler(&pod.handler) else {
+        let Ok(handler) = self.handler(&pod.id, &pod.handler) else {
             return unknown_status();
         };
         match handler.container_status(Self::container_ref(c)).await {
@@ -99,7 +100,7 @@ impl PodManager {
                 "pod sandbox {pod_id} is not ready; containers can only be created in a ready pod"
             )));
         }
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
 
         let (image, layers) = self.image_with_layers(&image_name, || {
             format!("image {image_name:?} not found; pull it first")
@@ -166,14 +167,21 @@ impl PodManager {
 
     /// `dir/rootfs` from the image `layers` with the configured storage
     /// driver, on the blocking pool (vfs copies the whole image).
+    /// `idmap`: for pods in a user namespace.
     pub(super) async fn prepare_rootfs(
         &self,
         layers: Vec<PathBuf>,
         dir: PathBuf,
+        idmap: Option<super::userns::ContainerIdmap>,
     ) -> PodResult<rootfs::Overlay> {
         let driver = self.config.storage_driver;
         super::blocking("preparing a container rootfs", move || {
-            Ok(rootfs::prepare(driver, &layers, &dir)?)
+            let idmap = idmap.as_ref().map(|i| rootfs::Idmap {
+                userns: &i.userns,
+                mount_point: &i.mount_point,
+                root_owner: i.root_owner,
+            });
+            Ok(rootfs::prepare(driver, &layers, &dir, idmap.as_ref())?)
         })
         .await
     }
@@ -191,7 +199,7 @@ impl PodManager {
         let cdi = if cdi_names.is_empty() {
             None
         } else {
-            let dirs = self.config.cdi_spec_dirs.clone();
+            let dirs = self.live_config().cdi_spec_dirs.clone();
             let registry = tokio::task::spawn_blocking(move || spec::cdi::CdiRegistry::load(&dirs))
                 .await
                 .map_err(|e| PodError::io("reading CDI specs", std::io::Error::other(e)))?;
@@ -203,23 +211,32 @@ impl PodManager {
         crate::perms::ensure_private_dir(&rec.bundle_dir)
             .map_err(|e| PodError::io(format!("creating {}", rec.bundle_dir.display()), e))?;
         // Recorded before mounting so a crash right after still unmounts.
-        rec.rootfs = Some(rec.bundle_dir.join("rootfs"));
+        rec.rootfs = Some(match self.container_idmap(pod, &rec.id) {
+            Some(idmap) => idmap.mount_point,
+            None => rec.bundle_dir.join("rootfs"),
+        });
         self.store.save_container(rec).await?;
         let overlay = self
-            .prepare_rootfs(layers.to_vec(), rec.bundle_dir.clone())
+            .prepare_rootfs(
+                layers.to_vec(),
+                rec.bundle_dir.clone(),
+                self.container_idmap(pod, &rec.id),
+            )
             .await?;
         rec.rootfs = Some(overlay.mount_point.clone());
         let config = self.mount_image_volumes(rec).await?;
+        let config = self.idmap_volumes(&rec.id, pod, config).await?;
 
         let caps = handler.capabilities();
         let namespaces = PodNamespaces {
             netns_path: pod.netns_path.clone(),
             infra_pid: (pod.infra_pid != 0).then_some(pod.infra_pid),
+            userns: pod.userns(),
         };
         let cgroups_path = container_cgroup(&pod.cgroup_path, &rec.id);
         let pod_files = Self::pod_files(pod);
         let privileged_without_host_devices = self
-            .handler_config(&pod.handler)
+            .handler_config(&pod.id, &pod.handler)
             .map(|h| h.privileged_without_host_devices)
             .unwrap_or(false);
         let mut spec = spec::container_spec(&ContainerSpecInput {
@@ -239,7 +256,7 @@ impl PodManager {
         if let Some(registry) = &cdi {
             registry.apply(&mut spec, &cdi_names)?;
         }
-        let hook_dirs = self.config.hooks_dirs.clone();
+        let hook_dirs = self.live_config().hooks_dirs.clone();
         let hooks =
             tokio::task::spawn_blocking(move || spec::hooks::HookRegistry::load(&hook_dirs))
                 .await
@@ -330,11 +347,17 @@ impl PodManager {
         // the executor.
         let rootfs = c.rootfs.clone();
         let bundle_dir = c.bundle_dir.clone();
+        let (state_dir, pod_id, container_id) = (
+            self.config.state_dir.clone(),
+            c.pod_id.clone(),
+            c.id.clone(),
+        );
         super::blocking("removing a container's rootfs and bundle", move || {
             if let Some(rootfs) = &rootfs {
                 rootfs::unmount(rootfs)?;
             }
             unmount_image_volumes(&bundle_dir)?;
+            remove_userns_container_dir(&state_dir, &pod_id, &container_id)?;
             files::remove_dir_safely(&bundle_dir)
         })
         .await?;
@@ -361,7 +384,7 @@ impl PodManager {
                 c.pod_id, c.id
             ))
         })?;
-        Ok((c, self.handler(&pod.handler)?, guard))
+        Ok((c, self.handler(&pod.id, &pod.handler)?, guard))
     }
 
     pub async fn start_container(&self, id: &str) -> PodResult<()> {
@@ -405,7 +428,7 @@ impl PodManager {
                 c.pod_id, c.id
             ))
         })?;
-        let handler = self.handler_for_teardown(&pod.handler);
+        let handler = self.handler_for_teardown(&pod.id, &pod.handler);
         let req = types::StopContainerRequest {
             sandbox_id: c.pod_id.clone(),
             container_id: c.id.clone(),
@@ -436,7 +459,7 @@ impl PodManager {
             .pod(&c.pod_id)
             .map(|p| p.handler)
             .unwrap_or_default();
-        let handler = self.handler_for_teardown(&handler_name);
+        let handler = self.handler_for_teardown(&c.pod_id, &handler_name);
         self.remove_container_resources(&c, handler.as_ref())
             .await?;
         info!(pod_id = %c.pod_id, container_id = %c.id, "container removed");
@@ -613,7 +636,7 @@ impl PodManager {
             .store
             .pod(&c.pod_id)
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} not found", c.pod_id)))?;
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         let resp = handler
             .exec_sync(types::ExecSyncRequest {
                 sandbox_id: c.pod_id.clone(),

@@ -27,6 +27,9 @@ pub enum PodError {
     /// The object is not in a state that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A feature this daemon does not have (yet); the message says which.
+    #[error("{0}")]
+    Unimplemented(String),
     /// `runtime_handler` names no configured handler.
     #[error(transparent)]
     UnknownHandler(#[from] crate::handlers::UnknownHandler),

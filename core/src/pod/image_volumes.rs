@@ -48,6 +48,18 @@ impl PodManager {
                 continue;
             };
             let name = image.image.clone();
+            // Its overlay would sit in the daemon's private root, out of
+            // reach from inside the pod's user namespace.
+            if self
+                .store
+                .pod(&rec.pod_id)
+                .is_some_and(|p| p.userns_path.is_some())
+            {
+                return Err(PodError::Unimplemented(format!(
+                    "image volume {name:?}: image volumes in pods with a user namespace \
+                     (hostUsers: false) are not supported yet"
+                )));
+            }
             let (record, layers) = self.image_with_layers(&name, || {
                 format!(
                     "image volume {name:?} (for {}) not found; pull it first",
@@ -73,7 +85,7 @@ impl PodManager {
                 .bundle_dir
                 .join(IMAGE_VOLUMES_DIR)
                 .join(index.to_string());
-            let overlay = self.prepare_rootfs(layers, dir).await?;
+            let overlay = self.prepare_rootfs(layers, dir, None).await?;
             let host = overlay.mount_point.join(sub_path);
             // The sub-path must stay inside the image (no symlink out).
             let resolved = tokio::fs::canonicalize(&host).await.map_err(|e| {

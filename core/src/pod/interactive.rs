@@ -300,7 +300,7 @@ impl PodManager {
             .store
             .pod(&c.pod_id)
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {} not found", c.pod_id)))?;
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         let status = handler
             .container_status(types::ContainerRef {
                 sandbox_id: c.pod_id.clone(),
@@ -439,7 +439,7 @@ impl PodManager {
                 "PortForward: pod sandbox {pod_id} is not ready"
             )));
         }
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         let dir = SocketDir::new(&self.config.state_dir)?;
         let listener = dir.listen("p", true)?;
         handler

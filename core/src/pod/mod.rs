@@ -21,6 +21,7 @@ mod restore;
 mod sandbox;
 mod stats;
 pub mod store;
+mod userns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub struct PodManager {
     events: Arc<crate::events::EventBus>,
     /// CPU samples and writable-layer usage between stats calls.
     stats: stats::StatsState,
+    /// Whether pods can run in user namespaces here (probed once).
+    userns_probe: tokio::sync::OnceCell<Result<(), String>>,
     /// Itself, for the tasks it spawns (exit watchers).
     me: Weak<PodManager>,
 }
@@ -98,6 +101,7 @@ impl PodManager {
             min_oom_score_adj,
             events: Default::default(),
             stats: Default::default(),
+            userns_probe: Default::default(),
             me: me.clone(),
         });
         manager
@@ -119,7 +123,9 @@ impl PodManager {
         lock.lock_owned().await
     }
 
+    /// Forgets a removed pod's lock and its handler binding.
     fn drop_lock(&self, pod_id: &str) {
+        self.handlers.unbind(pod_id);
         self.locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -144,16 +150,29 @@ impl PodManager {
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {full:?} not found")))
     }
 
-    fn handler(&self, name: &str) -> PodResult<Arc<dyn RuntimeHandler>> {
-        Ok(self.handlers.resolve(name)?)
+    /// The handler serving existing pod `pod_id` of handler `name`: the
+    /// instance the pod was created (or restored) with, also after a
+    /// reload changed or removed its entry (see [`crate::handlers`]).
+    fn handler(&self, pod_id: &str, name: &str) -> PodResult<Arc<dyn RuntimeHandler>> {
+        Ok(self.handlers.for_pod(pod_id, name)?.handler().clone())
+    }
+
+    /// The handler a pod restored at start reattaches through: the current
+    /// table's entry for its name, bound to the pod from now on.
+    fn bind_restored(&self, pod: &PodRecord) -> PodResult<Arc<dyn RuntimeHandler>> {
+        let slot = self.handlers.for_pod(&pod.id, &pod.handler)?;
+        let handler = slot.handler().clone();
+        self.handlers.bind(&pod.id, slot);
+        Ok(handler)
     }
 
     /// The pod's handler for stop/remove; a handler no longer in the
-    /// configuration becomes [`GoneHandler`], so the core's own resources
-    /// (network, cgroup, mounts, records) can still be released.
-    fn handler_for_teardown(&self, name: &str) -> Arc<dyn RuntimeHandler> {
-        match self.handlers.resolve(name) {
-            Ok(h) => h,
+    /// configuration (and not bound to the pod) becomes [`GoneHandler`], so
+    /// the core's own resources (network, cgroup, mounts, records) can
+    /// still be released.
+    fn handler_for_teardown(&self, pod_id: &str, name: &str) -> Arc<dyn RuntimeHandler> {
+        match self.handlers.for_pod(pod_id, name) {
+            Ok(slot) => slot.handler().clone(),
             Err(e) => {
                 tracing::warn!(handler = %name, error = %e, "handler is gone; releasing the core's resources only");
                 Arc::new(GoneHandler(name.to_string()))
@@ -161,24 +180,35 @@ impl PodManager {
         }
     }
 
-    fn handler_config(&self, name: &str) -> Option<&HandlerConfig> {
-        self.config.runtime_handlers.get(name)
+    /// The config entry of the handler serving pod `pod_id`.
+    fn handler_config(&self, pod_id: &str, name: &str) -> Option<HandlerConfig> {
+        let slot = self.handlers.for_pod(pod_id, name).ok()?;
+        slot.entry().cloned()
     }
 
-    /// The configured kind of handler `name`.
+    /// The configured kind of handler `name` (the current table's entry,
+    /// else that of pods still on a removed handler of that name).
     pub fn handler_kind(&self, name: &str) -> Option<crate::config::HandlerKind> {
-        self.handler_config(name).map(|h| h.kind)
+        self.handlers.kind_of(name)
+    }
+
+    /// The running configuration: the keys a reload applies (CNI, CDI and
+    /// hook dirs) are read from it; `self.config` is what the daemon
+    /// started with, for the keys that need a restart.
+    fn live_config(&self) -> Arc<Config> {
+        self.handlers.config()
     }
 
     /// Pod annotations the handler's allowlist admits, plus its defaults
     /// for keys the pod does not set.
     fn handler_annotations(
         &self,
+        pod_id: &str,
         handler: &str,
         pod: &HashMap<String, String>,
     ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(hc) = self.handler_config(handler) else {
+        let Some(hc) = self.handler_config(pod_id, handler) else {
             return out;
         };
         for (k, v) in pod {

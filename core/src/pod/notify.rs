@@ -158,7 +158,7 @@ impl PodManager {
             let Some(pod) = self.store.pod(&c.pod_id) else {
                 continue;
             };
-            let Ok(handler) = self.handler(&pod.handler) else {
+            let Ok(handler) = self.handler(&pod.id, &pod.handler) else {
                 continue;
             };
             let status = self.container_status(&c.id, false).await;

@@ -64,7 +64,7 @@ impl PodManager {
                 "UpdatePodSandboxResources: pod sandbox {id} is not ready"
             )));
         }
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         handler
             .update_sandbox_resources(types::UpdateSandboxResourcesRequest {
                 sandbox_id: id.clone(),

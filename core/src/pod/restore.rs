@@ -168,7 +168,7 @@ impl PodManager {
     /// Lets the pod's handler reattach; pods caught mid-creation are torn
     /// down. `true` when the pod is kept.
     async fn restore_pod(&self, mut rec: PodRecord) -> bool {
-        let handler = match self.handler(&rec.handler) {
+        let handler = match self.bind_restored(&rec) {
             Ok(h) => h,
             Err(e) => {
                 warn!(pod_id = %rec.id, handler = %rec.handler, error = %e, "pod's handler is gone; pod marked not ready");
@@ -256,24 +256,29 @@ impl PodManager {
             .await
     }
 
-    /// Removes netns pins (`<state_dir>/netns/<pod id>`) no pod record
-    /// names: a crash between pinning a pod's namespace and recording it
-    /// leaves one the pod's teardown does not know of.
+    /// Removes namespace pins (`<state_dir>/{netns,userns}/<pod id>`) no
+    /// pod record names: a crash between pinning a pod's namespaces and
+    /// recording them leaves pins the pod's teardown does not know of.
     async fn remove_stray_netns_pins(&self) {
-        let dir = self.config.state_dir.join("netns");
+        let dirs = [
+            self.config.state_dir.join("netns"),
+            self.config.state_dir.join("userns"),
+        ];
         let known: HashSet<String> = self.store.pods().into_iter().map(|p| p.id).collect();
-        let _ = super::blocking("removing stray netns pins", move || {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                return Ok(());
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if known.contains(&name) {
+        let _ = super::blocking("removing stray namespace pins", move || {
+            for dir in &dirs {
+                let Ok(entries) = std::fs::read_dir(dir) else {
                     continue;
-                }
-                match crate::sandbox::netns::remove_path(&entry.path()) {
-                    Ok(()) => warn!(path = %entry.path().display(), "removed a netns pin no pod record names"),
-                    Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a stray netns pin"),
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if known.contains(&name) {
+                        continue;
+                    }
+                    match crate::sandbox::netns::remove_path(&entry.path()) {
+                        Ok(()) => warn!(path = %entry.path().display(), "removed a namespace pin no pod record names"),
+                        Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a stray namespace pin"),
+                    }
                 }
             }
             Ok(())

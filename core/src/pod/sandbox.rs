@@ -123,8 +123,12 @@ impl PodManager {
         }
         // An unknown handler is the caller's mistake: InvalidArgument, with
         // the names that exist.
-        let handler = self.handler(&req.runtime_handler)?;
-        let handler_name = handler.name().to_string();
+        let slot = self.handlers.resolve(&req.runtime_handler)?;
+        let handler = slot.handler().clone();
+        let handler_name = slot.name().to_string();
+        if super::userns::requested_mappings(&config)?.is_some() {
+            self.check_userns_support(handler.as_ref()).await?;
+        }
         let id = new_id()?;
         let name = format!(
             "{}_{}_{}_{}",
@@ -139,6 +143,9 @@ impl PodManager {
             .map_err(|e| PodError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
         self.store.reserve(&name, &id, "pod")?;
         let _guard = self.lock_pod(&id).await;
+        // From here the pod is served by this instance, whatever a reload
+        // does to the table (unbound when the pod is forgotten).
+        self.handlers.bind(&id, slot);
 
         let dir = self.store.pod_dir(&id);
         let mut rec = PodRecord {
@@ -150,6 +157,7 @@ impl PodManager {
             config,
             dir: dir.clone(),
             netns_path: None,
+            userns_path: None,
             cni_record: None,
             cni_attached: false,
             cgroup_path,
@@ -221,8 +229,30 @@ impl PodManager {
         let mut pod_network = None;
         if !host_network {
             let netns_dir = self.config.state_dir.join("netns");
-            let network = CniNetwork::load(&self.config.cni)?;
-            let ns = NetNs::create(&netns_dir, &id)?;
+            let network = CniNetwork::load(&self.live_config().cni)?;
+            let ns = match super::userns::requested_mappings(&rec.config)? {
+                // The netns must be owned by the pod's user namespace, so
+                // both are made together.
+                Some(maps) => {
+                    self.create_userns_pod_dir(&id, &maps)?;
+                    let userns_dir = self.config.state_dir.join("userns");
+                    let name = id.clone();
+                    let dir = netns_dir.clone();
+                    let (userns_pin, ns) =
+                        super::blocking("creating the pod's user namespace", move || {
+                            Ok(crate::sandbox::userns::create_pod_namespaces(
+                                &userns_dir,
+                                &dir,
+                                &name,
+                                &maps,
+                            )?)
+                        })
+                        .await?;
+                    rec.userns_path = Some(userns_pin);
+                    ns
+                }
+                None => NetNs::create(&netns_dir, &id)?,
+            };
             // One write-ahead record for the pinned namespace and the CNI
             // attachment about to be made: a crash before it leaves only a
             // pin, which the restore removes as a stray; one after it is
@@ -261,22 +291,29 @@ impl PodManager {
             pod_network = Some(result.pod_network());
         }
 
+        // The runtime mounts the pod's files from inside the pod's user
+        // namespace, which cannot pass the daemon's private root.
+        let files_dir = match rec.userns_path {
+            Some(_) => self.userns_pod_dir(&id),
+            None => rec.dir.clone(),
+        };
         let hostname = files::pod_hostname(&rec.config, host_network);
-        rec.hostname_path = Some(files::write_hostname(&rec.dir, &hostname)?);
+        rec.hostname_path = Some(files::write_hostname(&files_dir, &hostname)?);
         rec.resolv_conf_path = Some(files::write_resolv_conf(
-            &rec.dir,
+            &files_dir,
             rec.config.dns_config.as_ref(),
         )?);
-        rec.hosts_path = Some(files::write_hosts(&rec.dir, &hostname, &rec.pod_ips)?);
+        rec.hosts_path = Some(files::write_hosts(&files_dir, &hostname, &rec.pod_ips)?);
         if !host_ipc {
-            rec.shm_dir = Some(rec.dir.join("shm"));
+            rec.shm_dir = Some(files_dir.join("shm"));
             rec.shm_mounted = true;
             self.store.save_pod(rec).await?;
-            files::mount_shm(&rec.dir)?;
+            files::mount_shm(&files_dir)?;
         }
         crate::perms::ensure_private_dir(&rec.handler_dir)
             .map_err(|e| PodError::io(format!("creating {}", rec.handler_dir.display()), e))?;
-        rec.handler_annotations = self.handler_annotations(&rec.handler, &rec.config.annotations);
+        rec.handler_annotations =
+            self.handler_annotations(&rec.id, &rec.handler, &rec.config.annotations);
 
         let caps = handler.capabilities();
         let infra = if caps.needs_infra_container {
@@ -347,7 +384,10 @@ impl PodManager {
     /// Writes the infra container's bundle (`<pod dir>/infra/config.json`,
     /// rootfs = the shared read-only infra rootfs used in place).
     fn infra_bundle(&self, rec: &mut PodRecord) -> PodResult<types::Bundle> {
-        let rootfs = self.infra_rootfs()?;
+        let rootfs = match rec.userns_path {
+            Some(_) => self.userns_infra_rootfs(rec, &self.infra_rootfs()?)?,
+            None => self.infra_rootfs()?,
+        };
         let bundle = rec.dir.join("infra");
         crate::perms::ensure_private_dir(&bundle)
             .map_err(|e| PodError::io(format!("creating {}", bundle.display()), e))?;
@@ -358,6 +398,7 @@ impl PodManager {
             sandbox_config: &rec.config,
             rootfs: &rootfs,
             netns_path: rec.netns_path.as_deref(),
+            userns: rec.userns().as_ref(),
             cgroups_path: &cgroups_path,
             pod_files: &files,
         })?;
@@ -410,6 +451,14 @@ impl PodManager {
                     ));
                 }
             }
+        }
+        let userns_dir = self.userns_pod_dir(&rec.id);
+        if let Err(e) = super::blocking("removing a pod's user-namespace directory", move || {
+            files::remove_dir_safely(&userns_dir)
+        })
+        .await
+        {
+            first.get_or_insert(e);
         }
         if let Err(e) = self.remove_pod_cgroup(rec).await {
             first.get_or_insert(e);
@@ -540,6 +589,15 @@ impl PodManager {
                 }
             }
         }
+        // After the netns it owns.
+        if let Some(path) = rec.userns_path.clone() {
+            match crate::sandbox::userns::remove_path(&path) {
+                Ok(()) => rec.userns_path = None,
+                Err(e) => {
+                    first.get_or_insert(e.into());
+                }
+            }
+        }
         if rec.shm_mounted
             && let Some(shm) = rec.shm_dir.clone()
         {
@@ -563,10 +621,11 @@ impl PodManager {
         let Some(record) = rec.cni_record.as_deref() else {
             return Ok(());
         };
-        if Attachment::teardown(record, &self.config.cni.bin_dirs, None).await? {
+        let cni = self.live_config().cni.clone();
+        if Attachment::teardown(record, &cni.bin_dirs, None).await? {
             return Ok(());
         }
-        let network = match CniNetwork::load(&self.config.cni) {
+        let network = match CniNetwork::load(&cni) {
             Ok(n) => n,
             Err(e) => {
                 warn!(pod_id = %rec.id, error = %e, "no CNI network to run DEL with; nothing recorded as attached");
@@ -601,7 +660,7 @@ impl PodManager {
         let Some(mut rec) = self.store.pod(&id) else {
             return Ok(());
         };
-        let handler = self.handler_for_teardown(&rec.handler);
+        let handler = self.handler_for_teardown(&rec.id, &rec.handler);
         let result = self.stop_pod_resources(&mut rec, handler.as_ref()).await;
         if rec.state != PodState::Creating {
             rec.state = PodState::NotReady;
@@ -624,7 +683,7 @@ impl PodManager {
         let Some(mut rec) = self.store.pod(&id) else {
             return Ok(());
         };
-        let handler = self.handler_for_teardown(&rec.handler);
+        let handler = self.handler_for_teardown(&rec.id, &rec.handler);
         if let Err(e) = self.teardown_pod(&mut rec, handler.as_ref()).await {
             // Keep the record (with what is left) so a retry finishes the job.
             if rec.dir.exists() {
@@ -651,7 +710,7 @@ impl PodManager {
         if rec.state != PodState::Ready {
             return cri::PodSandboxState::SandboxNotready;
         }
-        let Ok(handler) = self.handler(&rec.handler) else {
+        let Ok(handler) = self.handler(&rec.id, &rec.handler) else {
             return cri::PodSandboxState::SandboxNotready;
         };
         match handler
@@ -704,7 +763,7 @@ impl PodManager {
         };
         let mut info = HashMap::new();
         if verbose {
-            let handler_info = match self.handler(&rec.handler) {
+            let handler_info = match self.handler(&rec.id, &rec.handler) {
                 Ok(h) => h
                     .sandbox_status(types::SandboxRef {
                         sandbox_id: rec.id.clone(),

@@ -332,7 +332,7 @@ impl PodManager {
         c: &ContainerRecord,
         pod: &PodRecord,
     ) -> PodResult<cri::ContainerStats> {
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         let s = handler
             .container_stats(Self::container_ref(c))
             .await
@@ -441,7 +441,7 @@ impl PodManager {
     /// that has none, `Unimplemented`, gives a pod with its containers'
     /// stats only) and its measurable containers.
     async fn pod_stats_of(&self, pod: &PodRecord) -> PodResult<cri::PodSandboxStats> {
-        let handler = self.handler(&pod.handler)?;
+        let handler = self.handler(&pod.id, &pod.handler)?;
         let s = match handler
             .sandbox_stats(types::SandboxRef {
                 sandbox_id: pod.id.clone(),

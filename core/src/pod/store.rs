@@ -119,6 +119,10 @@ pub struct PodRecord {
     pub dir: PathBuf,
     /// Pinned netns; `None` for host network or once removed.
     pub netns_path: Option<PathBuf>,
+    /// Pinned user namespace of a `hostUsers: false` pod (which owns the
+    /// pinned netns); `None` for pods in the host's, or once removed.
+    #[serde(default)]
+    pub userns_path: Option<PathBuf>,
     /// CNI attachment record; set before ADD runs so a crash mid-ADD is
     /// still cleaned up.
     pub cni_record: Option<PathBuf>,
@@ -598,6 +602,7 @@ mod tests {
             },
             dir: dir.join(id),
             netns_path: None,
+            userns_path: None,
             cni_record: None,
             cni_attached: false,
             cgroup_path: "/crius/pod".into(),

@@ -78,21 +78,7 @@ impl NetNs {
     /// [`NetnsError::AlreadyExists`] when `<dir>/<name>` exists; nothing is
     /// left behind on failure.
     pub fn create(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
-        validate_name(name)?;
-        crate::perms::ensure_private_dir(dir).map_err(io_err("create directory", dir))?;
-        make_shared_mount_point(dir)?;
-
-        let path = dir.join(name);
-        // The mount target must exist; O_EXCL makes a concurrent create of the
-        // same name fail instead of both mounting onto one file.
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(NetnsError::AlreadyExists { path });
-            }
-            Err(e) => return Err(io_err("create", &path)(e)),
-        }
-
+        let path = reserve_pin(dir, name)?;
         let target = path.clone();
         let pinned = std::thread::Builder::new()
             .name("crius-netns".into())
@@ -103,35 +89,22 @@ impl NetNs {
                     op: "unshare(CLONE_NEWNET)",
                     source,
                 })?;
-                mount(
-                    Some("/proc/thread-self/ns/net"),
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|source| NetnsError::Sys {
-                    op: "bind-mount the new network namespace",
-                    source,
-                })
+                bind_pin(Path::new("/proc/thread-self/ns/net"), &target)
             })
             .map_err(io_err("spawn namespace thread", &path))?
             .join()
             .unwrap_or(Err(NetnsError::ThreadPanicked));
-        if let Err(e) = pinned {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
-        match NetNs::open(&path) {
-            Ok(ns) => {
-                tracing::debug!(path = %ns.path.display(), inode = ns.inode, "created network namespace");
-                Ok(ns)
-            }
-            Err(e) => {
-                let _ = remove_path(&path);
-                Err(e)
-            }
-        }
+        finish_pin(path, pinned)
+    }
+
+    /// Pins the existing network namespace `source` (a `/proc/<pid>/ns/net`
+    /// of a process that made it) at `<dir>/<name>`, with the same directory
+    /// setup and failure cleanup as [`NetNs::create`]. Used for namespaces
+    /// that must be owned by a pod's user namespace.
+    pub fn pin_existing(dir: &Path, name: &str, source: &Path) -> Result<NetNs, NetnsError> {
+        let path = reserve_pin(dir, name)?;
+        let pinned = bind_pin(source, &path);
+        finish_pin(path, pinned)
     }
 
     /// Opens an existing pinned namespace (after a daemon restart), checking
@@ -198,6 +171,56 @@ impl NetNs {
     /// process is left in it.
     pub fn remove(self) -> Result<(), NetnsError> {
         remove_path(&self.path)
+    }
+}
+
+/// Validates `name`, prepares `dir` and creates the empty pin file
+/// `<dir>/<name>`. O_EXCL makes a concurrent create of the same name fail
+/// instead of both mounting onto one file.
+fn reserve_pin(dir: &Path, name: &str) -> Result<PathBuf, NetnsError> {
+    validate_name(name)?;
+    crate::perms::ensure_private_dir(dir).map_err(io_err("create directory", dir))?;
+    make_shared_mount_point(dir)?;
+    let path = dir.join(name);
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(NetnsError::AlreadyExists { path })
+        }
+        Err(e) => Err(io_err("create", &path)(e)),
+    }
+}
+
+/// Bind-mounts the namespace file `source` onto the pin file `target`.
+fn bind_pin(source: &Path, target: &Path) -> Result<(), NetnsError> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| NetnsError::Sys {
+        op: "bind-mount the new network namespace",
+        source,
+    })
+}
+
+/// Checks the pin made at `path`; removes it on any failure.
+fn finish_pin(path: PathBuf, pinned: Result<(), NetnsError>) -> Result<NetNs, NetnsError> {
+    if let Err(e) = pinned {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    match NetNs::open(&path) {
+        Ok(ns) => {
+            tracing::debug!(path = %ns.path.display(), inode = ns.inode, "created network namespace");
+            Ok(ns)
+        }
+        Err(e) => {
+            let _ = remove_path(&path);
+            Err(e)
+        }
     }
 }
 

@@ -17,7 +17,6 @@ use crius_proto::cri;
 use crius_proto::cri::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
 use crate::handlers::HandlerRegistry;
 use crate::pod::{PodError, PodManager};
 use crate::server::spans;
@@ -34,7 +33,8 @@ pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Shared state behind the RuntimeService RPCs.
 pub struct RuntimeServer {
-    config: Arc<Config>,
+    /// The current handler table and running configuration (a reload
+    /// swaps both; see [`crate::handlers`]).
     handlers: Arc<HandlerRegistry>,
     pods: Arc<PodManager>,
     /// Serves Exec/Attach/PortForward URLs; `None` until a stream backend
@@ -45,9 +45,8 @@ pub struct RuntimeServer {
 }
 
 impl RuntimeServer {
-    pub fn new(config: Arc<Config>, handlers: Arc<HandlerRegistry>, pods: Arc<PodManager>) -> Self {
+    pub fn new(handlers: Arc<HandlerRegistry>, pods: Arc<PodManager>) -> Self {
         Self {
-            config,
             handlers,
             pods,
             streaming: None,
@@ -101,7 +100,11 @@ impl RuntimeServer {
         // handlers' problems are reported per handler in `info` so one broken
         // optional handler does not mark the whole node not ready.
         let ready = match self.handlers.resolve("") {
-            Ok(handler) => handler.check_ready().await.map_err(|e| e.to_string()),
+            Ok(slot) => slot
+                .handler()
+                .check_ready()
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         condition("RuntimeReady", ready, "RuntimeNotReady")
@@ -110,7 +113,7 @@ impl RuntimeServer {
     fn network_condition(&self) -> cri::RuntimeCondition {
         condition(
             "NetworkReady",
-            cni_config_present(&self.config.cni.conf_dir),
+            cni_config_present(&self.handlers.config().cni.conf_dir),
             "NetworkPluginNotReady",
         )
     }
@@ -170,6 +173,7 @@ pub fn pod_status(err: PodError) -> Status {
         PodError::NotFound(_) => Status::not_found(message),
         PodError::AlreadyExists { .. } => Status::already_exists(message),
         PodError::FailedPrecondition(_) => Status::failed_precondition(message),
+        PodError::Unimplemented(_) => Status::unimplemented(message),
         PodError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
         PodError::Handler { source, .. } => match source.kind {
             ErrorKind::Internal => Status::internal(message),
@@ -239,14 +243,21 @@ impl RuntimeService for RuntimeServer {
         let conditions = vec![self.runtime_condition().await, self.network_condition()];
         let mut runtime_handlers = Vec::new();
         let mut handler_info = serde_json::Map::new();
-        for (name, handler) in self.handlers.iter() {
-            let features = handler.features();
+        let userns_support = self.pods.userns_support().await;
+        // The current table: handlers a reload removed are not offered,
+        // though their remaining pods are still served.
+        let table = self.handlers.table();
+        for (name, handler) in table.iter() {
+            let mut features = handler.features();
+            // A handler that runs pods in user namespaces can only do so on
+            // a node where the core can make them (see PodManager).
+            features.user_namespaces &= userns_support.is_ok();
             let handler_features = Some(cri::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: features.recursive_read_only_mounts,
                 user_namespaces: features.user_namespaces,
             });
             // The kubelet reads the default handler as the entry with an empty name.
-            if name == self.handlers.default_name() {
+            if name == table.default_name() {
                 runtime_handlers.push(cri::RuntimeHandler {
                     name: String::new(),
                     features: handler_features,
@@ -264,6 +275,7 @@ impl RuntimeService for RuntimeServer {
                     "reason": ready.err().map(|e| e.to_string()),
                     "recursive_read_only_mounts": features.recursive_read_only_mounts,
                     "user_namespaces": features.user_namespaces,
+                    "user_namespaces_unsupported_because": userns_support.as_ref().err(),
                 }),
             );
         }
@@ -275,8 +287,13 @@ impl RuntimeService for RuntimeServer {
             );
             info.insert(
                 "config".to_string(),
-                serde_json::to_string(&*self.config)
+                serde_json::to_string(&**table.config())
                     .map_err(|e| Status::internal(e.to_string()))?,
+            );
+            // Handlers a reload removed or replaced that still serve pods.
+            info.insert(
+                "retiredHandlers".to_string(),
+                serde_json::json!(self.handlers.retired()).to_string(),
             );
             let pod_cidr = self
                 .pod_cidr
@@ -296,7 +313,8 @@ impl RuntimeService for RuntimeServer {
             // names, none merged from the image's /etc/group.
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: true,
-                // No user namespaces yet, so none with the host network.
+                // A pod's user namespace owns its network namespace, so
+                // host-network pods cannot have one.
                 user_namespaces_host_network: false,
                 mount_options: false,
             }),

@@ -35,6 +35,7 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
     if cgroup_v2_unified() {
         namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
     }
+    join_userns(&mut namespaces, input.userns);
     let sysctls = sysctl::for_pod(pod, host_network, host_ipc)?;
 
     let uid = match sc.and_then(|s| s.run_as_user.as_ref()) {
@@ -99,8 +100,7 @@ pub fn infra_spec(input: &InfraSpecInput) -> Result<Spec, SpecError> {
     } else {
         Some(sysctls)
     });
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    set_id_mappings(&mut linux, input.userns)?;
 
     let mut ann = pod_annotations(
         &pod.annotations,

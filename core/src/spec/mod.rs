@@ -100,6 +100,52 @@ pub struct PodNamespaces {
     /// `/proc/<pid>/ns/{ipc,uts}` (and `pid` when the pod's pid mode is
     /// POD). `None` = fresh namespaces, or the host's per NamespaceOption.
     pub infra_pid: Option<u32>,
+    /// The pod's user namespace (`hostUsers: false`); `None` = the host's.
+    pub userns: Option<PodUserns>,
+}
+
+/// A pod's pinned user namespace and its mappings, as every container of
+/// the pod joins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodUserns {
+    pub path: PathBuf,
+    pub mappings: crate::sandbox::userns::IdMappings,
+}
+
+/// Adds the pod's user namespace to a spec: the namespace by path, and its
+/// mappings, which runtimes need beside the path (runc finds the host ids
+/// of the container's root in them to chown what it creates).
+fn join_userns(namespaces: &mut Vec<LinuxNamespace>, userns: Option<&PodUserns>) {
+    if let Some(u) = userns {
+        namespaces.insert(0, ns(LinuxNamespaceType::User, Some(u.path.clone())));
+    }
+}
+
+fn set_id_mappings(linux: &mut Linux, userns: Option<&PodUserns>) -> Result<(), SpecError> {
+    let to_oci = |ranges: &[crate::sandbox::userns::IdRange]| {
+        ranges
+            .iter()
+            .map(|r| {
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(r.container_id)
+                    .host_id(r.host_id)
+                    .size(r.length)
+                    .build()
+                    .map_err(build_err)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match userns {
+        Some(u) => {
+            linux.set_uid_mappings(Some(to_oci(&u.mappings.uids)?));
+            linux.set_gid_mappings(Some(to_oci(&u.mappings.gids)?));
+        }
+        None => {
+            linux.set_uid_mappings(None);
+            linux.set_gid_mappings(None);
+        }
+    }
+    Ok(())
 }
 
 /// Files the core prepared in the pod's state dir, bind-mounted into every
@@ -144,6 +190,8 @@ pub struct InfraSpecInput<'a> {
     pub rootfs: &'a Path,
     /// Pod network namespace; `None` = host network.
     pub netns_path: Option<&'a Path>,
+    /// The pod's user namespace, when it has one.
+    pub userns: Option<&'a PodUserns>,
     pub cgroups_path: &'a str,
     pub pod_files: &'a PodFiles,
 }
@@ -244,13 +292,28 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let host_network =
         input.namespaces.netns_path.is_none() || mode(opts.network) == Some(NamespaceMode::Node);
     let host_ipc = mode(opts.ipc) == Some(NamespaceMode::Node);
+    // The pod's user namespace is every container's: a container asking
+    // for one of its own, or for one the pod does not have, is refused.
     if let Some(u) = &opts.userns_options
         && mode(u.mode) != Some(NamespaceMode::Node)
         && !(u.uids.is_empty() && u.gids.is_empty())
     {
-        return Err(SpecError::InvalidArgument(
-            "user namespaces are not supported".into(),
-        ));
+        match &input.namespaces.userns {
+            Some(pod_userns)
+                if mode(u.mode) == Some(NamespaceMode::Pod)
+                    && pod_userns.mappings.same_as_cri(&u.uids, &u.gids) => {}
+            Some(_) => {
+                return Err(SpecError::InvalidArgument(
+                    "the container's user namespace must be the pod's (mode POD, same mappings)"
+                        .into(),
+                ));
+            }
+            None => {
+                return Err(SpecError::InvalidArgument(
+                    "the container asks for a user namespace but its pod has none".into(),
+                ));
+            }
+        }
     }
     let infra_ns = |name: &str| {
         input
@@ -293,6 +356,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     if cgroup_v2_unified() {
         namespaces.push(ns(LinuxNamespaceType::Cgroup, None));
     }
+    join_userns(&mut namespaces, input.namespaces.userns.as_ref());
 
     let hostname = if !pod.hostname.is_empty() {
         pod.hostname.clone()
@@ -439,8 +503,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
             None
         },
     );
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    set_id_mappings(&mut linux, input.namespaces.userns.as_ref())?;
 
     let mut ann = pod_annotations(
         &cfg.annotations,

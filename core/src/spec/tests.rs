@@ -82,6 +82,7 @@ impl Fixture {
             namespaces: PodNamespaces {
                 netns_path: Some("/var/run/netns/pod".into()),
                 infra_pid: Some(4242),
+                userns: None,
             },
             files: PodFiles {
                 hostname: Some(files_dir.join("hostname")),
@@ -682,6 +683,7 @@ fn infra_input<'a>(
         sandbox_config: pod,
         rootfs,
         netns_path: netns,
+        userns: None,
         cgroups_path: "/crius-test/sid",
         pod_files: files,
     }
@@ -912,6 +914,7 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
         sandbox_config: &pod,
         rootfs: &infra_rootfs,
         netns_path: None,
+        userns: None,
         cgroups_path: &infra_cg,
         pod_files: &files,
     })
@@ -1017,6 +1020,7 @@ fn infra_and_container_specs_run(bin: &'static str, name: &str) {
         namespaces: &PodNamespaces {
             netns_path: None,
             infra_pid: Some(pid),
+            userns: None,
         },
         cgroups_path: &ctr_cg,
         pod_files: &files,
@@ -1121,6 +1125,7 @@ fn runc_infra_in_pod_netns_sets_hostname() {
         sandbox_config: &pod,
         rootfs: &infra_rootfs,
         netns_path: Some(&netns),
+        userns: None,
         cgroups_path: &cg,
         pod_files: &files,
     })
@@ -1182,4 +1187,68 @@ fn image_stop_signal_is_annotated_for_handlers() {
         f.spec().unwrap().annotations().as_ref().unwrap()[key],
         "SIGQUIT"
     );
+}
+
+#[test]
+fn containers_join_the_pods_user_namespace_by_path_with_its_mappings() {
+    use crate::sandbox::userns::{IdMappings, IdRange};
+    let range = IdRange {
+        container_id: 0,
+        host_id: 65536,
+        length: 65536,
+    };
+    let mut f = Fixture::new();
+    let userns_opts = crius_proto::cri::UserNamespace {
+        mode: NamespaceMode::Pod as i32,
+        uids: vec![crius_proto::cri::IdMapping {
+            host_id: 65536,
+            container_id: 0,
+            length: 65536,
+        }],
+        gids: vec![crius_proto::cri::IdMapping {
+            host_id: 65536,
+            container_id: 0,
+            length: 65536,
+        }],
+    };
+    f.sc()
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(userns_opts.clone());
+    // The pod has none: refused.
+    let err = f.spec().unwrap_err().to_string();
+    assert!(err.contains("its pod has none"), "{err}");
+
+    f.namespaces.userns = Some(PodUserns {
+        path: "/run/crius/userns/sid".into(),
+        mappings: IdMappings {
+            uids: vec![range],
+            gids: vec![range],
+        },
+    });
+    let s = f.spec().unwrap();
+    let linux = s.linux().as_ref().unwrap();
+    let namespaces = linux.namespaces().as_ref().unwrap();
+    // First, so the namespaces joined after it are reachable from it.
+    assert_eq!(namespaces[0].typ(), LinuxNamespaceType::User);
+    assert_eq!(
+        namespaces[0].path().as_deref(),
+        Some(Path::new("/run/crius/userns/sid"))
+    );
+    for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+        let maps = maps.as_ref().unwrap();
+        assert_eq!(
+            (maps[0].container_id(), maps[0].host_id(), maps[0].size()),
+            (0, 65536, 65536)
+        );
+    }
+    // Other mappings than the pod's: refused.
+    let mut other = userns_opts;
+    other.uids[0].host_id = 131072;
+    f.sc()
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(other);
+    let err = f.spec().unwrap_err().to_string();
+    assert!(err.contains("must be the pod's"), "{err}");
 }

@@ -26,7 +26,7 @@ pub(crate) async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> HttpResp
     }
     // The bound is checked before the token is spent, so a refused client
     // can retry with the same URL.
-    let Ok(permit) = inner.sessions.clone().try_acquire_owned() else {
+    let Some(slot) = inner.sessions.try_admit() else {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many streaming sessions; retry later",
@@ -35,7 +35,7 @@ pub(crate) async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> HttpResp
     let Some(request) = inner.tokens.take(&token).filter(|r| r.kind() == kind) else {
         return text(StatusCode::NOT_FOUND, "unknown or expired streaming URL");
     };
-    let session = Session::new(inner.clone(), permit);
+    let session = Session::new(inner.clone(), slot);
     match request {
         StreamRequest::Exec(_) | StreamRequest::Attach(_) => {
             serve_remote_command(session, request, req).await

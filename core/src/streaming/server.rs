@@ -1,19 +1,27 @@
 //! The listening side: the TCP listener, one HTTP/1.1 connection per
 //! client (upgrades allowed), handed to [`super::routes`].
+//!
+//! A configuration reload changes `token_ttl_seconds` (URLs handed out
+//! after it), `idle_timeout_seconds` (sessions started after it) and
+//! `max_sessions` (admissions after it; running sessions are never closed
+//! for it) through [`StreamingServer::reconfigure`]. `address`, `port` and
+//! the TLS files stay as the daemon started: the listener would have to
+//! be rebound, which fails on the same port while the old one holds it,
+//! and URLs already handed to the kubelet name the old address and scheme.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::routes::route;
-use super::session::Inner;
+use super::session::{Inner, SessionSlots};
 use super::tls;
 use super::token::TokenStore;
 use super::{StreamBackend, StreamError, StreamRequest};
@@ -65,8 +73,8 @@ impl StreamingServer {
         let inner = Arc::new(Inner {
             backend,
             tokens: TokenStore::new(Duration::from_secs(config.token_ttl_seconds.max(1))),
-            sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
-            idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
+            sessions: SessionSlots::new(config.max_sessions),
+            idle_timeout_seconds: AtomicU64::new(config.idle_timeout_seconds),
             shutdown: shutdown.clone(),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -88,6 +96,19 @@ impl StreamingServer {
             "{}://{}/{kind}/{token}",
             self.scheme, self.local_addr
         ))
+    }
+
+    /// Applies the settings of `config` that can change while the server
+    /// runs (see the module docs); the others are ignored.
+    pub fn reconfigure(&self, config: &StreamingConfig) {
+        let inner = &self.inner;
+        inner
+            .tokens
+            .set_ttl(Duration::from_secs(config.token_ttl_seconds.max(1)));
+        inner
+            .idle_timeout_seconds
+            .store(config.idle_timeout_seconds, Ordering::Relaxed);
+        inner.sessions.set_max(config.max_sessions);
     }
 
     /// The address the server listens on.

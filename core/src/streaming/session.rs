@@ -5,7 +5,7 @@
 //! (`server`) on them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::StreamBackend;
@@ -27,23 +26,69 @@ pub(crate) const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn StreamBackend>,
     pub(crate) tokens: TokenStore,
-    pub(crate) sessions: Arc<Semaphore>,
-    pub(crate) idle_timeout: Duration,
+    pub(crate) sessions: SessionSlots,
+    /// `idle_timeout_seconds`; a reload may change it (sessions started
+    /// after it use the new value).
+    pub(crate) idle_timeout_seconds: AtomicU64,
     pub(crate) shutdown: CancellationToken,
+}
+
+impl Inner {
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds.load(Ordering::Relaxed).max(1))
+    }
+}
+
+/// The `max_sessions` bound: admitted sessions counted against a limit a
+/// reload may change. A lower limit closes no running session; new ones are
+/// refused until enough have ended.
+pub(crate) struct SessionSlots {
+    max: AtomicUsize,
+    active: Arc<AtomicUsize>,
+}
+
+impl SessionSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: AtomicUsize::new(max.max(1)),
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// A slot, unless `max_sessions` sessions are running.
+    pub(crate) fn try_admit(&self) -> Option<SessionSlot> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(SessionSlot(self.active.clone()))
+    }
+}
+
+/// One of the `max_sessions` slots, given back when dropped.
+pub(crate) struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One admitted session: holds its slot of `max_sessions` until dropped.
 pub(crate) struct Session {
     pub(crate) inner: Arc<Inner>,
-    _permit: OwnedSemaphorePermit,
+    _slot: SessionSlot,
 }
 
 impl Session {
-    pub(crate) fn new(inner: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            inner,
-            _permit: permit,
-        }
+    pub(crate) fn new(inner: Arc<Inner>, slot: SessionSlot) -> Self {
+        Self { inner, _slot: slot }
     }
 
     /// Starts the watchdog that cancels `gone` once `activity` has been
@@ -53,7 +98,7 @@ impl Session {
         activity: &Activity,
         gone: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        activity.watch(self.inner.idle_timeout, gone, self.inner.shutdown.clone())
+        activity.watch(self.inner.idle_timeout(), gone, self.inner.shutdown.clone())
     }
 }
 

@@ -703,6 +703,38 @@ async fn sessions_are_bounded_and_idle_sessions_closed() {
 }
 
 #[tokio::test]
+async fn a_reconfigured_session_bound_applies_to_the_next_admissions() {
+    use futures::StreamExt;
+    let (server, _) = server_with(StreamingConfig {
+        max_sessions: 1,
+        ..StreamingConfig::default()
+    })
+    .await;
+    let url = exec_url(&server, "exec sleep 1000", false, false);
+    let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+    let _first = ws.next().await;
+    let second = exec_url(&server, "true", false, false);
+    assert_eq!(http_status(&second, "").await, 429);
+
+    let raised = StreamingConfig {
+        max_sessions: 2,
+        ..StreamingConfig::default()
+    };
+    server.reconfigure(&raised);
+    // Admitted now (and refused as a plain GET without an upgrade).
+    assert_eq!(http_status(&second, "").await, 400);
+
+    // Lowered below what runs: the running session stays, no new one.
+    server.reconfigure(&StreamingConfig {
+        max_sessions: 1,
+        ..StreamingConfig::default()
+    });
+    let third = exec_url(&server, "true", false, false);
+    assert_eq!(http_status(&third, "").await, 429);
+    drop(ws);
+}
+
+#[tokio::test]
 async fn attach_echoes_stdin_over_websocket() {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

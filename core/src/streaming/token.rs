@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -17,14 +18,15 @@ pub const MAX_PENDING_TOKENS: usize = 4096;
 /// Tokens waiting to be used.
 #[derive(Debug)]
 pub struct TokenStore {
-    ttl: Duration,
+    /// Milliseconds; a reload may change it (for tokens issued after).
+    ttl_ms: AtomicU64,
     pending: Mutex<HashMap<String, (Instant, StreamRequest)>>,
 }
 
 impl TokenStore {
     pub fn new(ttl: Duration) -> Self {
         Self {
-            ttl,
+            ttl_ms: AtomicU64::new(millis(ttl)),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -43,8 +45,19 @@ impl TokenStore {
                 "{MAX_PENDING_TOKENS} streaming URLs are outstanding; use or let some expire first"
             )));
         }
-        pending.insert(token.clone(), (now + self.ttl, request));
+        let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
+        // A TTL beyond what an Instant holds is as good as forever.
+        let expiry = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(u64::from(u32::MAX)));
+        pending.insert(token.clone(), (expiry, request));
         Ok(token)
+    }
+
+    /// How long tokens issued from now on stay valid; those issued before
+    /// keep their expiry.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(millis(ttl), Ordering::Relaxed);
     }
 
     /// Takes the request behind `token` if it is known and not expired; a
@@ -54,6 +67,10 @@ impl TokenStore {
         let (expiry, request) = pending.remove(token)?;
         (expiry > Instant::now()).then_some(request)
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -91,5 +108,21 @@ mod tests {
         #[allow(clippy::disallowed_methods)] // a plain #[test], no executor to block
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(store.take(&a), None, "expired");
+    }
+
+    #[test]
+    fn a_new_ttl_applies_to_tokens_issued_after_it() {
+        let store = TokenStore::new(Duration::from_secs(60));
+        let long = store.issue(request()).expect("issue");
+        store.set_ttl(Duration::from_millis(20));
+        let short = store.issue(request()).expect("issue");
+        #[allow(clippy::disallowed_methods)] // a plain #[test], no executor to block
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(store.take(&short), None, "expired under the new TTL");
+        assert_eq!(
+            store.take(&long),
+            Some(request()),
+            "issued under the old TTL"
+        );
     }
 }

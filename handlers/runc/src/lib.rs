@@ -6,7 +6,9 @@
 //! handler crate is such a configuration of this one.
 //!
 //! What the handler reports in `Status` comes from the runtime's own
-//! `features` document, never from its name or version.
+//! `features` document (or a trial), never from its name or version; user
+//! namespaces are the exception: the runtime only joins the pod's, which
+//! every OCI runtime can.
 //!
 //! conmon dying before its container (kill -9, OOM) is reported, never
 //! hidden: a container that still runs stays RUNNING with a status message
@@ -320,7 +322,14 @@ impl OciHandler {
         {
             probe = try_features(&config, reason).await;
         }
-        let features = config.feature_overrides.apply(probe.features());
+        // User namespaces need nothing of the runtime but joining one by
+        // path: the core pins the pod's user namespace and id-maps the
+        // rootfs and volumes itself, so the runtime's own id-mapped mount
+        // support (what `features` reports) does not matter.
+        let features = config.feature_overrides.apply(HandlerFeatures {
+            user_namespaces: true,
+            ..probe.features()
+        });
         match &probe {
             FeatureProbe::Reported(probed) => tracing::info!(
                 handler = %config.name,

@@ -33,15 +33,15 @@ async fn runc_reports_its_features_document() {
     );
     let expected = parse_features(&raw.stdout).unwrap();
     assert_eq!(h.feature_probe(), &FeatureProbe::Reported(expected));
-    assert_eq!(h.features(), expected);
+    assert_eq!(
+        h.features().recursive_read_only_mounts,
+        expected.recursive_read_only_mounts
+    );
     // Every runc with a features subcommand (>= 1.1) supports rro mounts.
     assert!(h.features().recursive_read_only_mounts);
-    let doc: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
-    let idmap = doc
-        .pointer("/linux/mountExtensions/idmap/enabled")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    assert_eq!(h.features().user_namespaces, idmap);
+    // The runtime only joins the pod's user namespace (the core id-maps the
+    // rootfs and volumes), so this holds whatever its idmap support.
+    assert!(h.features().user_namespaces);
 }
 
 #[tokio::test]
@@ -76,7 +76,7 @@ async fn crun_probe_matches_the_binary() {
             other => panic!("crun has no features subcommand but probe says {other:?}"),
         }
         assert!(h.features().recursive_read_only_mounts);
-        assert!(!h.features().user_namespaces);
+        assert!(h.features().user_namespaces);
         // The trial left nothing: no container in crun's state, no scratch
         // dir beside it, no mount.
         let list = std::process::Command::new(crun)

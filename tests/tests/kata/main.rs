@@ -627,6 +627,44 @@ async fn runc_and_kata_pods_side_by_side() {
     );
     env.assert_nothing_left("after the failed kata pod");
 
+    // `hostUsers: false`: the VM handler does not run pods in user
+    // namespaces, says so in Status, and refuses such a pod before it
+    // boots anything; runc, beside it, does.
+    let status = env
+        .rt()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let userns_of = |name: &str| crius_tests::cri::handler_features(&status, name).user_namespaces;
+    assert!(!userns_of("kata"), "{status:?}");
+    assert!(userns_of("runc"), "{status:?}");
+    let mut userns_pod = env.pod_config("userns");
+    let ids = vec![cri::IdMapping {
+        host_id: 65536 * 9,
+        container_id: 0,
+        length: 65536,
+    }];
+    userns_pod
+        .linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .namespace_options
+        .get_or_insert_default()
+        .userns_options = Some(cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: ids.clone(),
+        gids: ids,
+    });
+    let err = env
+        .run_pod(&userns_pod, "kata")
+        .await
+        .expect_err("kata refuses a pod in a user namespace");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("user namespaces"), "{err:?}");
+    env.assert_nothing_left("after the refused user-namespace pod");
+
     let runc_pod = env.pod_config("host");
     let kata_pod = env.pod_config("guest");
     let (runc_id, kata_id) = tokio::join!(
