@@ -21,6 +21,7 @@ mod restore;
 mod sandbox;
 mod stats;
 pub mod store;
+mod teardown;
 mod userns;
 
 use std::collections::{BTreeMap, HashMap};

@@ -48,6 +48,7 @@ use delegate_write_and_connect_info;
 
 pub mod authority;
 pub mod conn;
+mod errors;
 pub mod image;
 pub mod runtime;
 pub mod spans;
