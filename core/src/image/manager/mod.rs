@@ -290,16 +290,20 @@ impl ImageManager {
                     // A task of its own so that a caller giving up (the gRPC
                     // request is cancelled) does not abort a pull midway.
                     let handle = tokio::spawn(async move {
+                        // Pulls of one name under two policies count into one
+                        // entry (the same blobs).
+                        let progress = lock(&me.progress)
+                            .entry(name.to_string())
+                            .or_default()
+                            .clone();
                         // Forgets the in-flight entry even if the pull panics,
                         // so later pulls start afresh.
                         let _done = InflightEntry {
                             manager: &me,
                             key: task_key,
                             progress_key: name.to_string(),
+                            progress,
                         };
-                        // Pulls of one name under two policies count into one
-                        // entry (the same blobs).
-                        lock(&me.progress).entry(name.to_string()).or_default();
                         let _slot = me.pull_slot(&name).await;
                         me.pull_uncached(&name, auth.as_ref(), &decision).await
                     });

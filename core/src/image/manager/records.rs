@@ -212,14 +212,25 @@ impl ImageManager {
 pub(super) struct InflightEntry<'a> {
     pub(super) manager: &'a ImageManager,
     pub(super) key: String,
-    /// The pull's entry in `progress` (its normalized name).
+    /// The pull's entry in `progress` (its normalized name), shared with
+    /// any other pull of the name.
     pub(super) progress_key: String,
+    pub(super) progress: std::sync::Arc<super::super::progress::PullProgress>,
 }
 
 impl Drop for InflightEntry<'_> {
     fn drop(&mut self) {
         lock(&self.manager.inflight).remove(&self.key);
-        lock(&self.manager.progress).remove(&self.progress_key);
+        let mut progress = lock(&self.manager.progress);
+        // Only the map and this pull hold it: no other pull of the name is
+        // still running, whose progress must stay visible.
+        if progress
+            .get(&self.progress_key)
+            .is_some_and(|p| std::sync::Arc::ptr_eq(p, &self.progress))
+            && std::sync::Arc::strong_count(&self.progress) <= 2
+        {
+            progress.remove(&self.progress_key);
+        }
     }
 }
 

@@ -220,3 +220,34 @@ async fn fs_usage_counts_files() {
     assert!(after.used_bytes >= before.used_bytes + 64 * 1024);
     assert_eq!(after.mountpoint, dir.path());
 }
+
+#[tokio::test]
+async fn a_pulls_progress_stays_while_another_pull_of_the_name_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ImageManager::open(&config(tmp.path())).await.unwrap();
+    let shared = lock(&m.progress)
+        .entry("r/app:1".into())
+        .or_default()
+        .clone();
+    let entry = |key: &str| records::InflightEntry {
+        manager: &m,
+        key: key.into(),
+        progress_key: "r/app:1".into(),
+        progress: shared.clone(),
+    };
+    let (first, second) = (entry("r/app:1 policy-a"), entry("r/app:1 policy-b"));
+    shared.update("sha256:blob", 5, 10);
+    drop(first);
+    assert_eq!(
+        m.progress_of("r/app:1").map(|p| p.snapshot().len()),
+        Some(1),
+        "the second pull still runs and shows its progress"
+    );
+    // The pulls hold the only references once the test lets go of its own.
+    drop(shared);
+    drop(second);
+    assert!(
+        m.progress_of("r/app:1").is_none(),
+        "gone with the last pull"
+    );
+}
