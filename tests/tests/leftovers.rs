@@ -8,8 +8,13 @@
 
 use std::path::Path;
 
+use crius_proto::cri;
 use crius_tests::host::{mounts_containing, processes_matching};
 use crius_tests::pods::{PodEnv, PodEnvOptions};
+
+/// The tests of this binary one at a time: a repair removes host-wide
+/// things (pod cgroups) that no record of *its* daemon names.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `crius --config <config> check --leftovers <extra>`; returns
 /// (success, stdout, stderr).
@@ -67,6 +72,7 @@ fn leases_of(dir: &Path, pod: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leftovers_of_a_pod_whose_records_were_lost_are_listed_and_repaired() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(mut env) = PodEnv::start("runc", PodEnvOptions::default()).await else {
         return;
     };
@@ -185,4 +191,81 @@ async fn leftovers_of_a_pod_whose_records_were_lost_are_listed_and_repaired() {
     let (_, out, _) = check_leftovers(&config, &[]);
     let mine: Vec<&str> = out.lines().filter(|l| ours(l, &pod, &daemon_dir)).collect();
     assert!(mine.is_empty(), "after the repair:\n{out}");
+}
+
+/// The same for a pod in a user namespace: its namespace pin and its
+/// user-namespace directory (with the rootfs and shm mounts in it) are
+/// named and removed too.
+#[tokio::test]
+async fn leftovers_of_a_lost_user_namespace_pod_are_listed_and_repaired() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(mut env) = PodEnv::start("runc", PodEnvOptions::default()).await else {
+        return;
+    };
+    let config = env.daemon.config_path().to_path_buf();
+    let daemon_dir = env.daemon.dir().to_path_buf();
+    let ids = vec![cri::IdMapping {
+        host_id: 65536 * 11,
+        container_id: 0,
+        length: 65536,
+    }];
+    let mut pod_config = env.pod_config("lost-userns");
+    pod_config
+        .linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .namespace_options
+        .get_or_insert_default()
+        .userns_options = Some(cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: ids.clone(),
+        gids: ids,
+    });
+    let pod = env.run_pod(&pod_config).await.expect("RunPodSandbox");
+    let ctr = env
+        .create_and_start(
+            &pod,
+            &pod_config,
+            env.container_config("app", &["sleep", "600"]),
+        )
+        .await;
+
+    env.daemon.kill9();
+    let pod_dir = env.daemon.pods_dir().join(&pod);
+    std::fs::remove_file(pod_dir.join("pod.json")).unwrap();
+    std::fs::remove_file(pod_dir.join("containers").join(format!("{ctr}.json"))).unwrap();
+    let userns_pin = env.daemon.state_dir().join("userns").join(&pod);
+    let userns_dir = env.daemon.state_dir().join("userns-pods").join(&pod);
+    assert!(userns_pin.exists() && userns_dir.exists());
+
+    let (ok, out, _) = check_leftovers(&config, &[]);
+    assert!(!ok, "{out}");
+    let no_record = format!("pod {pod} has no record");
+    for expected in [
+        format!("leftover netns pin: {} ({no_record})", userns_pin.display()),
+        format!(
+            "leftover mount: {}",
+            userns_dir.join(&ctr).join("rootfs").display()
+        ),
+        format!("leftover directory: {} ({no_record})", userns_dir.display()),
+    ] {
+        assert!(out.contains(&expected), "no {expected:?} in:\n{out}");
+    }
+
+    let (ok, out, err) = check_leftovers(&config, &["--repair"]);
+    if !ok {
+        let remaining: Vec<&str> = err
+            .lines()
+            .skip_while(|l| !l.contains("remain"))
+            .skip(1)
+            .filter(|l| ours(l, &pod, &daemon_dir))
+            .collect();
+        assert!(remaining.is_empty(), "left after --repair:\n{out}\n{err}");
+    }
+    assert!(!userns_pin.exists(), "{} still there", userns_pin.display());
+    assert!(!userns_dir.exists(), "{} still there", userns_dir.display());
+    assert!(!pod_dir.exists(), "{} still there", pod_dir.display());
+    assert_eq!(mounts_containing(&pod), Vec::<String>::new());
+    assert_eq!(processes_matching(&[&pod]), Vec::<String>::new());
 }
