@@ -322,12 +322,13 @@ impl OciHandler {
         {
             probe = try_features(&config, reason).await;
         }
-        // User namespaces need nothing of the runtime but joining one by
-        // path: the core pins the pod's user namespace and id-maps the
+        // User namespaces need nothing of a working runtime but joining one
+        // by path: the core pins the pod's user namespace and id-maps the
         // rootfs and volumes itself, so the runtime's own id-mapped mount
-        // support (what `features` reports) does not matter.
+        // support (what `features` reports) does not matter. A runtime that
+        // could not be probed at all is claimed to support nothing.
         let features = config.feature_overrides.apply(HandlerFeatures {
-            user_namespaces: true,
+            user_namespaces: !matches!(probe, FeatureProbe::Unavailable { .. }),
             ..probe.features()
         });
         match &probe {
