@@ -185,6 +185,34 @@ pub mod configs {
         }
     }
 
+    /// The user namespace kubelet asks for with `hostUsers: false`: mode
+    /// POD, 65536 ids from container id 0 at `host_id` (uids and gids).
+    pub fn pod_userns(host_id: u32) -> cri::UserNamespace {
+        let ids = vec![cri::IdMapping {
+            host_id,
+            container_id: 0,
+            length: 65536,
+        }];
+        cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: ids.clone(),
+            gids: ids,
+        }
+    }
+
+    /// `config` in the user namespace [`pod_userns`] describes.
+    pub fn in_pod_userns(mut config: cri::PodSandboxConfig, host_id: u32) -> cri::PodSandboxConfig {
+        config
+            .linux
+            .get_or_insert_default()
+            .security_context
+            .get_or_insert_default()
+            .namespace_options
+            .get_or_insert_default()
+            .userns_options = Some(pod_userns(host_id));
+        config
+    }
+
     /// [`container`] with the kubelet's namespace options in its security
     /// context.
     pub fn container_with_namespaces(

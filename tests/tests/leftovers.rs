@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use crius_proto::cri;
 use crius_tests::host::{mounts_containing, processes_matching};
 use crius_tests::pods::{PodEnv, PodEnvOptions};
 
@@ -204,24 +203,8 @@ async fn leftovers_of_a_lost_user_namespace_pod_are_listed_and_repaired() {
     };
     let config = env.daemon.config_path().to_path_buf();
     let daemon_dir = env.daemon.dir().to_path_buf();
-    let ids = vec![cri::IdMapping {
-        host_id: 65536 * 11,
-        container_id: 0,
-        length: 65536,
-    }];
-    let mut pod_config = env.pod_config("lost-userns");
-    pod_config
-        .linux
-        .get_or_insert_default()
-        .security_context
-        .get_or_insert_default()
-        .namespace_options
-        .get_or_insert_default()
-        .userns_options = Some(cri::UserNamespace {
-        mode: cri::NamespaceMode::Pod as i32,
-        uids: ids.clone(),
-        gids: ids,
-    });
+    let pod_config =
+        crius_tests::cri::configs::in_pod_userns(env.pod_config("lost-userns"), 65536 * 11);
     let pod = env.run_pod(&pod_config).await.expect("RunPodSandbox");
     let ctr = env
         .create_and_start(

@@ -20,26 +20,8 @@ fn mapping(host_id: u32) -> Vec<cri::IdMapping> {
     }]
 }
 
-fn userns_options(host_id: u32) -> cri::UserNamespace {
-    cri::UserNamespace {
-        mode: cri::NamespaceMode::Pod as i32,
-        uids: mapping(host_id),
-        gids: mapping(host_id),
-    }
-}
-
-/// `config` with the pod user namespace kubelet sends for `hostUsers:
-/// false`.
-fn in_userns(mut config: cri::PodSandboxConfig, host_id: u32) -> cri::PodSandboxConfig {
-    config
-        .linux
-        .get_or_insert_default()
-        .security_context
-        .get_or_insert_default()
-        .namespace_options
-        .get_or_insert_default()
-        .userns_options = Some(userns_options(host_id));
-    config
+fn in_userns(config: cri::PodSandboxConfig, host_id: u32) -> cri::PodSandboxConfig {
+    crius_tests::cri::configs::in_pod_userns(config, host_id)
 }
 
 fn container_in_userns(mut config: cri::ContainerConfig) -> cri::ContainerConfig {
@@ -50,7 +32,7 @@ fn container_in_userns(mut config: cri::ContainerConfig) -> cri::ContainerConfig
         .get_or_insert_default()
         .namespace_options
         .get_or_insert_default()
-        .userns_options = Some(userns_options(HOST_BASE));
+        .userns_options = Some(crius_tests::cri::configs::pod_userns(HOST_BASE));
     config
 }
 

@@ -639,24 +639,7 @@ async fn runc_and_kata_pods_side_by_side() {
     let userns_of = |name: &str| crius_tests::cri::handler_features(&status, name).user_namespaces;
     assert!(!userns_of("kata"), "{status:?}");
     assert!(userns_of("runc"), "{status:?}");
-    let mut userns_pod = env.pod_config("userns");
-    let ids = vec![cri::IdMapping {
-        host_id: 65536 * 9,
-        container_id: 0,
-        length: 65536,
-    }];
-    userns_pod
-        .linux
-        .get_or_insert_default()
-        .security_context
-        .get_or_insert_default()
-        .namespace_options
-        .get_or_insert_default()
-        .userns_options = Some(cri::UserNamespace {
-        mode: cri::NamespaceMode::Pod as i32,
-        uids: ids.clone(),
-        gids: ids,
-    });
+    let userns_pod = crius_tests::cri::configs::in_pod_userns(env.pod_config("userns"), 65536 * 9);
     let err = env
         .run_pod(&userns_pod, "kata")
         .await
