@@ -62,13 +62,37 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// QEMU writes its pid here.
     pub pidfile: PathBuf,
+    /// `-bios`: None = QEMU's default (SeaBIOS on q35).
+    pub firmware: Option<PathBuf>,
+    /// TCG's translation cache (`-accel tcg,tb-size=`), MiB; 0 = QEMU's
+    /// default (up to 1 GiB, touched as code is translated).
+    pub tcg_tb_size_mib: u32,
 }
+
+/// qboot, QEMU's minimal firmware (Debian's qemu-system-data): it loads
+/// the kernel through fw_cfg about 0.1 s sooner than SeaBIOS under TCG and
+/// passes QEMU's ACPI tables through, so CPU and DIMM hot-plug work as
+/// with SeaBIOS.
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+/// Kernel parameters that only cut boot time (measured under TCG, where
+/// they save about 0.45 s of 2.4 s): `cryptomgr.notests` skips the crypto
+/// self-tests the kernel runs when an algorithm is first registered (0.4
+/// s); the clocksource watchdog and timer check have nothing to find in a
+/// VM; the guest has one PCI bus, no PS/2 devices and one serial port; RCU
+/// grace periods are expedited (one vCPU by default). The same set Kata's
+/// guests boot with, minus what does not apply.
+pub const BOOT_SPEED_PARAMS: &str = "cryptomgr.notests tsc=reliable no_timer_check \
+     pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 \
+     rcupdate.rcu_expedited=1";
 
 /// The kernel command line: a serial console, a quick boot, and a panic
 /// that powers the VM off (with `-no-reboot`) instead of hanging, then the
-/// guest image's and the operator's parameters.
+/// guest image's and the operator's parameters (later ones win, so either
+/// may undo one of [`BOOT_SPEED_PARAMS`]).
 pub fn kernel_cmdline(parts: &[&str]) -> String {
-    let mut out = String::from("console=ttyS0 quiet loglevel=3 panic=-1");
+    let mut out = String::from("console=ttyS0 quiet loglevel=3 panic=-1 ");
+    out.push_str(BOOT_SPEED_PARAMS);
     for part in parts {
         let part = part.trim();
         if !part.is_empty() {
@@ -100,9 +124,11 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
     args.pair(
         "-accel",
         match spec.accelerator {
-            Accelerator::Kvm => "kvm",
+            Accelerator::Kvm => "kvm".to_string(),
             // One host thread per vCPU instead of one for all.
-            Accelerator::Tcg => "tcg,thread=multi",
+            Accelerator::Tcg if spec.tcg_tb_size_mib == 0 => "tcg,thread=multi".to_string(),
+            // A bounded translation cache bounds QEMU's anonymous memory.
+            Accelerator::Tcg => format!("tcg,thread=multi,tb-size={}", spec.tcg_tb_size_mib),
         },
     );
     args.pair("-cpu", &spec.cpu);
@@ -133,6 +159,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
     args.flag("-no-reboot");
     args.pair("-serial", path_arg("file:", &spec.console_log));
     args.pair("-pidfile", spec.pidfile.as_os_str());
+    if let Some(firmware) = &spec.firmware {
+        args.pair("-bios", firmware.as_os_str());
+    }
     args.pair("-kernel", spec.kernel.as_os_str());
     args.pair("-initrd", spec.initrd.as_os_str());
     args.pair("-append", &spec.kernel_cmdline);
@@ -257,6 +286,8 @@ mod tests {
             net: None,
             console_log: "/s/console.log".into(),
             pidfile: "/s/qemu.pid".into(),
+            firmware: None,
+            tcg_tb_size_mib: 0,
         }
     }
 
@@ -309,8 +340,11 @@ mod tests {
         assert_eq!(values(&args, "-initrd"), ["/k/initrd"]);
         assert_eq!(
             values(&args, "-append"),
-            ["console=ttyS0 quiet loglevel=3 panic=-1 a=1 b"]
+            [format!(
+                "console=ttyS0 quiet loglevel=3 panic=-1 {BOOT_SPEED_PARAMS} a=1 b"
+            )]
         );
+        assert!(values(&args, "-bios").is_empty());
         assert_eq!(values(&args, "-serial"), ["file:/s/console.log"]);
         assert_eq!(values(&args, "-pidfile"), ["/s/qemu.pid"]);
         assert_eq!(
@@ -373,6 +407,23 @@ mod tests {
             ["tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=off"]
         );
         assert!(values(&args, "-fsdev").is_empty());
+    }
+
+    #[test]
+    fn firmware_and_translation_cache_size_are_passed() {
+        let mut s = spec();
+        s.firmware = Some(QBOOT.into());
+        s.tcg_tb_size_mib = 64;
+        let args = strings(qemu_args(&s));
+        assert_eq!(values(&args, "-bios"), [QBOOT]);
+        assert_eq!(values(&args, "-accel"), ["tcg,thread=multi,tb-size=64"]);
+        s.accelerator = Accelerator::Kvm;
+        let args = strings(qemu_args(&s));
+        assert_eq!(values(&args, "-accel"), ["kvm"], "tb-size is TCG's");
+        assert!(
+            !BOOT_SPEED_PARAMS.contains("  "),
+            "one space between parameters"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{SharedFs, VmConfig, VsockMode};
-use crate::qemu::{NetDevice, SharedDevice, VmSpec, VsockDevice, kernel_cmdline, qemu_args};
+use crate::qemu::{NetDevice, QBOOT, SharedDevice, VmSpec, VsockDevice, kernel_cmdline, qemu_args};
 use crate::spawn::{ChildProcess, ProcessSpawner, ProcessSpec, kill_and_reap, log_tail};
 
 /// The vsock port the guest agent listens on.
@@ -288,6 +288,11 @@ impl Vm {
                 net: params.net.clone(),
                 console_log: layout.console_log(),
                 pidfile: layout.qemu_pidfile(),
+                // microvm has its own minimal firmware already.
+                firmware: (config.machine == crate::config::Machine::Q35
+                    && Path::new(QBOOT).exists())
+                .then(|| PathBuf::from(QBOOT)),
+                tcg_tb_size_mib: config.tcg_tb_size_mib,
             };
             let qemu_spec = ProcessSpec {
                 name: "qemu".into(),

@@ -64,20 +64,33 @@ fn internal(e: impl std::fmt::Display) -> Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// Waits (at most 2 s) until `pid` is no longer `runc init`: `runc start`
-/// returns before the init process execs the container's command, and a
-/// signal in between reaches runc's Go runtime (exit 2) instead of the
-/// command (a StopContainer right after start saw exit 2, not the
-/// command's SIGTERM handling).
-async fn exec_done(pid: u32) {
-    let exe = format!("/proc/{pid}/exe");
+/// The file `pid` runs (device and inode of `/proc/PID/exe`), None once
+/// it is gone. Read through the magic link, so it works for a binary the
+/// process cannot see by path any more (the runtime's, after pivot_root)
+/// and for runc's memfd copy of itself alike.
+async fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    tokio::fs::metadata(format!("/proc/{pid}/exe"))
+        .await
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Waits (at most 2 s) until `pid` no longer runs `before`, the runtime's
+/// init (`runc init`, crun's child waiting on `exec.fifo`): `runc start` /
+/// `crun start` return before the init process execs the container's
+/// command, and a signal in between reaches the runtime (runc's Go runtime
+/// exits 2, crun's child dies of it) instead of the command (a
+/// StopContainer right after start saw exit 2, not the command's SIGTERM
+/// handling).
+async fn exec_done(pid: u32, before: Option<(u64, u64)>) {
+    let Some(before) = before else { return };
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
-        match tokio::fs::read_link(&exe).await {
-            Ok(target) if target.to_string_lossy().contains("runc") => {}
-            _ => return,
+        if exe_identity(pid).await != Some(before) {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

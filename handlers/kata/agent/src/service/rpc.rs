@@ -90,11 +90,12 @@ impl Agent {
 
     async fn start_container(&self, req: StartContainerRequest) -> Result<()> {
         let c = self.container(&req.container_id)?;
+        let before = exe_identity(c.init.pid).await;
         self.runc
             .run(&["start", &req.container_id])
             .await
             .map_err(internal)?;
-        exec_done(c.init.pid).await;
+        exec_done(c.init.pid, before).await;
         tracing::info!(container = %req.container_id, "container started");
         Ok(())
     }
