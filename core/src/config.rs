@@ -139,6 +139,9 @@ pub enum CgroupDriver {
     /// Write the cgroup filesystem directly (v1 or v2, detected).
     #[default]
     Cgroupfs,
+    /// Pods in slices and containers in scopes, made through systemd (which
+    /// must be PID 1): kubeadm's default for kubelet.
+    Systemd,
 }
 
 /// How a container's root filesystem is made from its image's layers.

@@ -365,8 +365,10 @@ async fn build_handler(
                     runtime_root,
                     monitor_path,
                     feature_overrides: Default::default(),
+                    systemd_cgroup: false,
                 }
             };
+            oci.systemd_cgroup = config.cgroup_driver == crate::config::CgroupDriver::Systemd;
             let overrides = &mut oci.feature_overrides;
             if let Some(value) = entry.features.recursive_read_only_mounts {
                 overrides.recursive_read_only_mounts = Some(value);
@@ -409,6 +411,7 @@ fn handler_state_dir(name: &str, config: &Config) -> PathBuf {
 
 fn handler_params(
     name: &str,
+    config: &Config,
     entry: &HandlerConfig,
     state_dir: &Path,
     options: serde_json::Map<String, serde_json::Value>,
@@ -423,6 +426,11 @@ fn handler_params(
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         options,
+        cgroup_driver: match config.cgroup_driver {
+            crate::config::CgroupDriver::Cgroupfs => "cgroupfs",
+            crate::config::CgroupDriver::Systemd => "systemd",
+        }
+        .to_string(),
     }
 }
 
@@ -435,6 +443,7 @@ async fn build_vm(name: &str, entry: &HandlerConfig, config: &Config) -> Arc<dyn
     let state_dir = handler_state_dir(name, config);
     let params = handler_params(
         name,
+        config,
         entry,
         &state_dir,
         entry.vm.clone().unwrap_or_default(),
@@ -482,7 +491,7 @@ async fn build_plugin(
 ) -> Arc<dyn RuntimeHandler> {
     let plugin = entry.plugin.clone().unwrap_or_default();
     let state_dir = handler_state_dir(name, config);
-    let params = handler_params(name, entry, &state_dir, plugin.options.clone());
+    let params = handler_params(name, config, entry, &state_dir, plugin.options.clone());
     let run_sandbox_timeout = call_limits(entry).run_sandbox;
     let built = match plugin.mode {
         crate::config::PluginMode::Library => {

@@ -301,6 +301,14 @@ async fn serve(config: Config, reloader: Reloader) -> Result<()> {
     let cgroups =
         crius_core::sandbox::CgroupLayout::detect().context("detecting the cgroup layout")?;
     info!(mode = ?cgroups.mode(), "cgroup layout detected");
+    if config.cgroup_driver == crius_core::config::CgroupDriver::Systemd {
+        // Every pod needs systemd: refuse to serve rather than fail each one.
+        let systemd = crius_core::sandbox::systemd::Systemd::connect()
+            .await
+            .context("cgroup_driver: systemd")?;
+        let version = systemd.version().await.context("cgroup_driver: systemd")?;
+        info!(%version, root = %crius_shim_api::cgroupfs::systemd::manager_root(), "systemd cgroup driver");
+    }
     let pods =
         crius_core::pod::PodManager::new(config.clone(), handlers.clone(), images.clone(), cgroups);
     // The records are read before the socket is bound (so every pod is

@@ -29,6 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod stats;
+pub mod systemd;
 pub use stats::CgroupStats;
 
 /// Parent used when a pod does not name one (see [`pod_cgroup_path`]).
@@ -228,7 +229,7 @@ pub fn validate_path(path: &str) -> Result<String, CgroupError> {
     };
     if path.ends_with(".slice") && !path.starts_with('/') {
         return bad(
-            "systemd slice names need the systemd cgroup driver; only cgroupfs is supported",
+            "a systemd slice name, but the daemon runs `cgroup_driver: cgroupfs` (set `cgroup_driver: systemd`)",
         );
     }
     if !path.starts_with('/') {

@@ -23,6 +23,12 @@ pub struct HandlerParams {
     /// handler parses and validates it, and reports problems as a
     /// `HandlerError` whose message names the key.
     pub options: serde_json::Map<String, serde_json::Value>,
+    /// The daemon's cgroup driver: `cgroupfs` ("" from older daemons) or
+    /// `systemd`. With `systemd`, `cgroup_parent` is still the pod's
+    /// cgroupfs path (its slice, expanded), but the containers' OCI
+    /// `cgroupsPath` is `slice:crius:<id>` for a runtime run with
+    /// `--systemd-cgroup` (see `cgroupfs::systemd::resolve`).
+    pub cgroup_driver: String,
 }
 
 impl HandlerParams {

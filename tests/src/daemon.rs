@@ -54,6 +54,8 @@ pub struct DaemonBuilder {
     /// Signature policy, per-namespace policy dir and registries.d;
     /// `None`: none (the host's policy stays out of tests).
     signature_trust: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// A command the daemon is run under (`nsenter … --`), if any.
+    command_prefix: Vec<String>,
 }
 
 impl Default for DaemonBuilder {
@@ -64,6 +66,7 @@ impl Default for DaemonBuilder {
             signature_trust: None,
             runtime_handlers: None,
             extra: String::new(),
+            command_prefix: Vec::new(),
             log_level: Some("info,crius=debug,crius_core=debug".into()),
         }
     }
@@ -121,6 +124,14 @@ impl DaemonBuilder {
     }
 
     /// The `--log-level` filter (default: info, debug for crius itself).
+    /// Runs the daemon as the last argument of `prefix` (e.g. `nsenter -t
+    /// <pid> -p -m --` to run it beside a private systemd); the daemon's
+    /// `pid()` is then the prefix command's.
+    pub fn command_prefix(mut self, prefix: Vec<String>) -> Self {
+        self.command_prefix = prefix;
+        self
+    }
+
     pub fn log_level(mut self, filter: &str) -> Self {
         self.log_level = Some(filter.to_string());
         self
@@ -198,6 +209,7 @@ impl DaemonBuilder {
             root,
             state_dir,
             log_level: self.log_level,
+            command_prefix: self.command_prefix,
             child: None,
             clients: None,
         };
@@ -225,6 +237,7 @@ pub struct Daemon {
     state_dir: PathBuf,
     stderr_path: PathBuf,
     log_level: Option<String>,
+    command_prefix: Vec<String>,
     child: Option<Child>,
     clients: Option<CriClients>,
 }
@@ -261,7 +274,14 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.stderr_path)?;
-        let mut command = Command::new(&self.bin);
+        let mut command = match self.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command.arg("--config").arg(&self.config_path);
         if let Some(filter) = &self.log_level {
             command.arg("--log-level").arg(filter);

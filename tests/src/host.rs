@@ -31,7 +31,12 @@ pub fn write_test_cni_config(
 
 /// Lines of this process's mountinfo that contain `needle`.
 pub fn mounts_containing(needle: &str) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts_of("self", needle)
+}
+
+/// Lines of `process`'s (a pid, or `self`) mountinfo that contain `needle`.
+pub fn mounts_of(process: &str, needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{process}/mountinfo")).unwrap();
     text.lines()
         .filter(|l| l.contains(needle))
         .map(str::to_string)

@@ -19,6 +19,7 @@ pub mod image;
 pub mod kata;
 pub mod pods;
 pub mod registry;
+pub mod systemd;
 
 use std::path::{Path, PathBuf};
 

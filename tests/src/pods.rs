@@ -122,6 +122,11 @@ pub struct PodEnvOptions<'a> {
     /// The daemon's `storage_driver`; empty = `$CRIUS_TEST_STORAGE_DRIVER`,
     /// or the daemon's default (overlay) when that is unset too.
     pub storage_driver: &'a str,
+    /// A command the daemon runs under (see `DaemonBuilder::command_prefix`).
+    pub daemon_prefix: Vec<String>,
+    /// A process in the daemon's mount namespace, when that is not the
+    /// test's (its mounts are read there).
+    pub daemon_mount_ns: Option<i32>,
 }
 
 /// The environment variable that runs a whole suite with another storage
@@ -143,6 +148,8 @@ pub struct PodEnv {
     pub log_dir: tempfile::TempDir,
     pub cni_dir: tempfile::TempDir,
     pub registry: Registry,
+    /// Whose mountinfo shows the daemon's mounts.
+    mounts_process: String,
 }
 
 impl PodEnv {
@@ -190,7 +197,9 @@ impl PodEnv {
             &bridge,
             &subnet_prefix,
         );
-        let mut builder = Daemon::builder().registry(&registry);
+        let mut builder = Daemon::builder()
+            .registry(&registry)
+            .command_prefix(options.daemon_prefix.clone());
         if !handlers_yaml.is_empty() {
             builder = builder.runtime_handlers_yaml(&handlers_yaml);
         }
@@ -230,6 +239,9 @@ impl PodEnv {
             log_dir,
             cni_dir,
             registry,
+            mounts_process: options
+                .daemon_mount_ns
+                .map_or_else(|| "self".to_string(), |pid| pid.to_string()),
         })
     }
 
@@ -311,7 +323,7 @@ impl PodEnv {
             .join(container_id)
             .join("rootfs");
         let needle = format!("{}/", container_id);
-        let overlays: Vec<_> = crate::host::mounts_containing(&needle)
+        let overlays: Vec<_> = crate::host::mounts_of(&self.mounts_process, &needle)
             .into_iter()
             .filter(|l| l.contains(" - overlay "))
             .collect();

@@ -128,7 +128,25 @@ pub fn check_host(config: &Config) -> Vec<Finding> {
                 crate::sandbox::cgroup::CgroupMode::V1 => "cgroup v1 (or hybrid)",
                 crate::sandbox::cgroup::CgroupMode::V2 => "cgroup v2",
             };
-            out.ok("cgroups", format!("{mode}, cgroupfs driver"))
+            match config.cgroup_driver {
+                crate::config::CgroupDriver::Cgroupfs => {
+                    out.ok("cgroups", format!("{mode}, cgroupfs driver"))
+                }
+                crate::config::CgroupDriver::Systemd => {
+                    let socket = crate::sandbox::systemd::system_bus_socket();
+                    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                        out.ok("cgroups", format!("{mode}, systemd driver ({socket})"))
+                    } else {
+                        out.problem(
+                            "cgroups",
+                            format!(
+                                "cgroup_driver: systemd, but systemd does not answer on {socket} \
+                                 (systemd must be the init of this PID namespace, with its D-Bus system bus)"
+                            ),
+                        )
+                    }
+                }
+            }
         }
         Err(e) => out.problem("cgroups", format!("cannot detect the cgroup layout: {e}")),
     }

@@ -20,11 +20,6 @@ use crate::rootfs;
 use crate::spec::{self, ContainerSpecInput, PodNamespaces};
 use crius_proto::cri::ContainerEventType as Event;
 
-/// The container's cgroup, below its pod's.
-pub(super) fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
-    format!("{pod_cgroup}/crius-{id}")
-}
-
 /// What the handler says about a container, or UNKNOWN when it cannot tell.
 fn unknown_status() -> types::ContainerStatusResponse {
     types::ContainerStatusResponse {
@@ -233,7 +228,7 @@ impl PodManager {
             infra_pid: (pod.infra_pid != 0).then_some(pod.infra_pid),
             userns: pod.userns(),
         };
-        let cgroups_path = container_cgroup(&pod.cgroup_path, &rec.id);
+        let cgroups_path = pod.container_cgroups_path(&rec.id);
         let pod_files = Self::pod_files(pod);
         let privileged_without_host_devices = self
             .handler_config(&pod.id, &pod.handler)

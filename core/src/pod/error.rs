@@ -52,6 +52,8 @@ pub enum PodError {
     Netns(#[from] NetnsError),
     #[error("pod cgroup: {0}")]
     Cgroup(#[from] CgroupError),
+    #[error("pod slice: {0}")]
+    Systemd(#[from] crate::sandbox::systemd::SystemdError),
     #[error("rootfs: {0}")]
     Rootfs(#[from] RootfsError),
     #[error("OCI spec: {0}")]

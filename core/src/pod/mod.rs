@@ -115,6 +115,11 @@ impl PodManager {
         &self.store
     }
 
+    /// The cgroup driver (fixed at start: a reload does not change it).
+    pub fn cgroup_driver(&self) -> crate::config::CgroupDriver {
+        self.config.cgroup_driver
+    }
+
     /// The per-pod lifecycle lock.
     async fn lock_pod(&self, pod_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {

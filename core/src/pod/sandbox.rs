@@ -22,11 +22,6 @@ use crate::sandbox::cgroup::{Resources, pod_cgroup_path};
 use crate::sandbox::{CniNetwork, CniRequest, NetNs, PodCgroup, PortMapping};
 use crate::spec::{self, InfraSpecInput, PodFiles};
 
-/// cgroup of a pod's infra container, below the pod cgroup.
-fn infra_cgroup(pod_cgroup: &str, id: &str) -> String {
-    format!("{pod_cgroup}/crius-{id}")
-}
-
 fn port_mappings(config: &cri::PodSandboxConfig) -> Vec<PortMapping> {
     config
         .port_mappings
@@ -68,6 +63,58 @@ fn pod_resources(config: &cri::PodSandboxConfig) -> Option<Resources> {
 }
 
 impl PodManager {
+    /// The pod's cgroupfs path and, with the systemd driver, its slice.
+    fn pod_cgroup(
+        &self,
+        cgroup_parent: &str,
+        id: &str,
+    ) -> Result<(String, Option<String>), crate::sandbox::CgroupError> {
+        use crius_shim_api::cgroupfs::systemd;
+        match self.cgroup_driver() {
+            crate::config::CgroupDriver::Cgroupfs => {
+                Ok((pod_cgroup_path(cgroup_parent, id)?, None))
+            }
+            crate::config::CgroupDriver::Systemd => {
+                let slice = if cgroup_parent.is_empty() {
+                    systemd::default_pod_slice(id)?
+                } else {
+                    systemd::validate_slice(cgroup_parent)?
+                };
+                let path = systemd::slice_cgroupfs_path(&systemd::manager_root(), &slice)?;
+                Ok((path, Some(slice)))
+            }
+        }
+    }
+
+    /// Starts the pod's slice through systemd with the pod's limits, unless
+    /// kubelet made it already. cpusets go straight to cgroupfs: systemd
+    /// does not manage v1's cpuset hierarchy (nor the other controllers it
+    /// has no properties for), where the pod directory is made as with
+    /// cgroupfs.
+    async fn start_pod_slice(&self, rec: &mut PodRecord, slice: &str) -> PodResult<()> {
+        use crate::sandbox::systemd::{Systemd, slice_properties};
+        let resources = pod_resources(&rec.config).unwrap_or_default();
+        let properties = slice_properties(
+            &format!("crius pod {}", rec.name),
+            self.cgroups.mode(),
+            &resources,
+        );
+        let systemd = Systemd::connect().await?;
+        rec.slice_owned = systemd.start_slice(slice, properties).await?;
+        let layout = self.cgroups.clone();
+        let path = rec.cgroup_path.clone();
+        super::blocking("creating a pod cgroup", move || {
+            let cgroup = PodCgroup::create(&layout, &path)?;
+            cgroup.set_resources(&Resources {
+                cpuset_cpus: resources.cpuset_cpus,
+                cpuset_mems: resources.cpuset_mems,
+                ..Default::default()
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
     /// RunPodSandbox: returns the new pod's id. On failure everything made
     /// so far is undone before the error is returned.
     pub async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest) -> PodResult<String> {
@@ -115,7 +162,8 @@ impl PodManager {
             .as_ref()
             .map(|l| l.cgroup_parent.as_str())
             .unwrap_or("");
-        let cgroup_path = pod_cgroup_path(cgroup_parent, &id)
+        let (cgroup_path, systemd_slice) = self
+            .pod_cgroup(cgroup_parent, &id)
             .map_err(|e| PodError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
         self.store.reserve(&name, &id, "pod")?;
         let _guard = self.lock_pod(&id).await;
@@ -137,6 +185,8 @@ impl PodManager {
             cni_record: None,
             cni_attached: false,
             cgroup_path,
+            systemd_slice,
+            slice_owned: false,
             pod_ips: Vec::new(),
             infra_pid: 0,
             infra_bundle: None,
@@ -197,9 +247,14 @@ impl PodManager {
         let host_ipc = is_node(ns.ipc);
 
         // The pod cgroup (kubelet usually made it already; that is fine).
-        let cgroup = PodCgroup::create(&self.cgroups, &rec.cgroup_path)?;
-        if let Some(resources) = pod_resources(&rec.config) {
-            cgroup.set_resources(&resources)?;
+        match rec.systemd_slice.clone() {
+            Some(slice) => self.start_pod_slice(rec, &slice).await?,
+            None => {
+                let cgroup = PodCgroup::create(&self.cgroups, &rec.cgroup_path)?;
+                if let Some(resources) = pod_resources(&rec.config) {
+                    cgroup.set_resources(&resources)?;
+                }
+            }
         }
 
         let mut pod_network = None;
@@ -368,7 +423,7 @@ impl PodManager {
         crate::perms::ensure_private_dir(&bundle)
             .map_err(|e| PodError::io(format!("creating {}", bundle.display()), e))?;
         let files = Self::pod_files(rec);
-        let cgroups_path = infra_cgroup(&rec.cgroup_path, &rec.id);
+        let cgroups_path = rec.container_cgroups_path(&rec.id);
         let spec = spec::infra_spec(&InfraSpecInput {
             sandbox_id: &rec.id,
             sandbox_config: &rec.config,

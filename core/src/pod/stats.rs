@@ -342,10 +342,12 @@ impl PodManager {
             s.timestamp,
             s.cpu_usage_core_nanoseconds,
         );
-        let cgroup = super::container::container_cgroup(&pod.cgroup_path, &c.id);
+        let cgroup = pod.container_cgroups_path(&c.id);
         let layout = self.cgroups.clone();
         let host = super::blocking("reading a container cgroup", move || {
-            Ok(host_memory(&layout, &cgroup))
+            Ok(crius_shim_api::cgroupfs::systemd::resolve(&cgroup)
+                .ok()
+                .and_then(|path| host_memory(&layout, &path)))
         })
         .await?;
         let mut memory = cri::MemoryUsage {

@@ -128,7 +128,16 @@ pub struct PodRecord {
     pub cni_record: Option<PathBuf>,
     /// CNI ADD may have happened and DEL has not run yet.
     pub cni_attached: bool,
+    /// The cgroupfs path of the pod cgroup (with the systemd driver: of its
+    /// slice, expanded).
     pub cgroup_path: String,
+    /// With the systemd driver: the pod's slice unit.
+    #[serde(default)]
+    pub systemd_slice: Option<String>,
+    /// The daemon started that slice (and stops it with the pod); a slice
+    /// kubelet made is kubelet's.
+    #[serde(default)]
+    pub slice_owned: bool,
     pub pod_ips: Vec<String>,
     pub infra_pid: u32,
     /// Infra bundle dir, when the handler needs an infra container.
@@ -150,6 +159,16 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// The OCI `cgroupsPath` of the pod's container `id`: a child of the pod
+    /// cgroup, or with the systemd driver the scope `crius-<id>.scope` in
+    /// the pod's slice.
+    pub fn container_cgroups_path(&self, id: &str) -> String {
+        match &self.systemd_slice {
+            Some(slice) => crius_shim_api::cgroupfs::systemd::cgroups_path(slice, id),
+            None => format!("{}/crius-{id}", self.cgroup_path),
+        }
+    }
+
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
@@ -606,6 +625,8 @@ mod tests {
             cni_record: None,
             cni_attached: false,
             cgroup_path: "/crius/pod".into(),
+            systemd_slice: None,
+            slice_owned: false,
             pod_ips: vec!["10.0.0.2".into()],
             infra_pid: 42,
             infra_bundle: None,

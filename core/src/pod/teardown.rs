@@ -131,6 +131,17 @@ impl PodManager {
         if killed > 0 {
             warn!(pod_id = %rec.id, killed, "killed processes left in the pod cgroup");
         }
+        if let Some(slice) = &rec.systemd_slice {
+            if !rec.slice_owned {
+                // kubelet's slice: kubelet removes it (and what it made in
+                // the hierarchies systemd does not manage).
+                return Ok(());
+            }
+            let systemd = crate::sandbox::systemd::Systemd::connect().await?;
+            systemd.stop_unit(slice).await?;
+            // What is left are the directories made beside systemd's
+            // (v1 hierarchies without unit properties, such as cpuset).
+        }
         let mut attempt = 0;
         loop {
             let cg = cgroup.clone();

@@ -17,6 +17,7 @@
 pub mod cgroup;
 pub mod cni;
 pub mod netns;
+pub mod systemd;
 pub mod userns;
 
 pub use cgroup::{CgroupError, CgroupLayout, CgroupMode, PodCgroup, Resources};

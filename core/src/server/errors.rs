@@ -41,6 +41,11 @@ pub fn pod_status(err: PodError) -> Status {
         PodError::Cgroup(crate::sandbox::CgroupError::InvalidPath { .. }) => {
             Status::invalid_argument(message)
         }
+        // The node's systemd is gone: not the request's fault, and retrying
+        // later may work.
+        PodError::Systemd(crate::sandbox::systemd::SystemdError::Connect(_)) => {
+            Status::unavailable(message)
+        }
         _ => Status::internal(message),
     }
 }

@@ -275,7 +275,10 @@ impl RuntimeService for RuntimeServer {
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         Ok(Response::new(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: match self.pods.cgroup_driver() {
+                    crate::config::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs as i32,
+                    crate::config::CgroupDriver::Systemd => cri::CgroupDriver::Systemd as i32,
+                },
             }),
         }))
     }

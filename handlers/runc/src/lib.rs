@@ -111,6 +111,9 @@ pub struct OciHandlerConfig {
     pub monitor_path: PathBuf,
     /// Overrides of the probed features.
     pub feature_overrides: FeatureOverrides,
+    /// The daemon runs the systemd cgroup driver: containers' cgroupsPath is
+    /// `slice:prefix:name` and the runtime gets `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
 }
 
 /// A runc handler configuration with the given paths.
@@ -126,6 +129,7 @@ pub fn runc_config(
         runtime_root: runtime_root.into(),
         monitor_path: monitor_path.into(),
         feature_overrides: FeatureOverrides::default(),
+        systemd_cgroup: false,
     }
 }
 
@@ -394,15 +398,19 @@ impl OciHandler {
             &self.config.runtime_root,
             self.runner.clone(),
         )
+        .with_systemd_cgroup(self.config.systemd_cgroup)
     }
 
     /// The conmon monitor configured for this handler's runtime.
     pub fn monitor(&self) -> Conmon {
-        Conmon::new(
-            &self.config.monitor_path,
-            &self.config.runtime_path,
-            &self.config.runtime_root,
-        )
+        Conmon {
+            systemd_cgroup: self.config.systemd_cgroup,
+            ..Conmon::new(
+                &self.config.monitor_path,
+                &self.config.runtime_path,
+                &self.config.runtime_root,
+            )
+        }
     }
 
     fn not_ready(&self, reason: String) -> HandlerError {

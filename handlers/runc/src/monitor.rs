@@ -150,6 +150,8 @@ pub struct Conmon {
     pub log_level: String,
     /// How long `create` waits for conmon to report the container pid.
     pub create_timeout: Duration,
+    /// The runtime gets `--systemd-cgroup` (see `OciRuntime::with_systemd_cgroup`).
+    pub systemd_cgroup: bool,
 }
 
 impl Conmon {
@@ -164,6 +166,7 @@ impl Conmon {
             runtime_root: runtime_root.into(),
             log_level: "info".to_string(),
             create_timeout: Duration::from_secs(60),
+            systemd_cgroup: false,
         }
     }
 
@@ -190,6 +193,9 @@ impl Conmon {
         push("-p", spec.bundle.join("pidfile").into());
         push("-r", self.runtime_path.clone().into());
         push("--runtime-arg", prefixed("--root=", &self.runtime_root));
+        if self.systemd_cgroup {
+            push("--runtime-arg", "--systemd-cgroup".into());
+        }
         push("--socket-dir-path", spec.socket_dir.clone().into());
         if let Some(max) = spec.log_size_max {
             push("--log-size-max", max.to_string().into());

@@ -54,6 +54,9 @@ pub struct OciRuntime {
     path: PathBuf,
     root: PathBuf,
     runner: Arc<dyn CommandRunner>,
+    /// Pass `--systemd-cgroup`: containers' cgroupsPath is `slice:prefix:name`
+    /// and the runtime makes their scopes through systemd.
+    systemd_cgroup: bool,
 }
 
 impl std::fmt::Debug for OciRuntime {
@@ -75,7 +78,14 @@ impl OciRuntime {
             path: path.into(),
             root: root.into(),
             runner,
+            systemd_cgroup: false,
         }
+    }
+
+    /// With the systemd cgroup driver (`--systemd-cgroup` on every call).
+    pub fn with_systemd_cgroup(mut self, systemd_cgroup: bool) -> Self {
+        self.systemd_cgroup = systemd_cgroup;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -94,8 +104,11 @@ impl OciRuntime {
 
     async fn run(&self, args: &[&str]) -> Result<std::process::Output, RuntimeError> {
         let root_arg = format!("--root={}", self.root.display());
-        let mut full: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
         full.push(&root_arg);
+        if self.systemd_cgroup {
+            full.push("--systemd-cgroup");
+        }
         full.extend_from_slice(args);
         let command = format!("{} {}", self.path.display(), full.join(" "));
         tracing::debug!(%command, "running OCI runtime");

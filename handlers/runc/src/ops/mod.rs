@@ -285,8 +285,10 @@ impl OciHandler {
     /// The cgroup at `path` (a spec's cgroupsPath or a pod cgroup). The
     /// layout is read from mountinfo each time rather than kept: it is
     /// small, and reading it never goes stale after a remount.
+    /// A systemd `slice:prefix:name` path is the scope's cgroupfs path.
     pub(crate) fn cgroup(path: &str) -> Result<PodCgroup, CgroupError> {
-        PodCgroup::open(&CgroupLayout::detect()?, path)
+        let path = crius_shim_api::cgroupfs::systemd::resolve(path)?;
+        PodCgroup::open(&CgroupLayout::detect()?, &path)
     }
 
     /// Waits up to `timeout` for the container to be exited.
@@ -348,6 +350,14 @@ impl OciHandler {
                 return Ok(());
             }
             tracing::info!(container = %ctr.id, timeout_s = timeout.as_secs(), "stop timeout passed; sending SIGKILL");
+        }
+        if self.config.systemd_cgroup {
+            // `kill --all` finds the processes through the container's v1
+            // devices cgroup; under systemd a container's init can sit in
+            // the slice's devices cgroup instead of its scope's (seen with
+            // runc 1.1.5 and systemd 252 on a pod's infra container), and
+            // would be missed. The init itself always gets the signal.
+            self.signal(ctr, libc::SIGKILL, false).await?;
         }
         self.signal(ctr, libc::SIGKILL, true).await?;
         if self.wait_exited(ctr, KILL_WAIT).await? {
