@@ -165,65 +165,82 @@ impl Systemd {
             })
     }
 
-    /// systemd's version string (`crius check`).
-    pub async fn version(&self) -> SystemdResult<String> {
-        let reply = self
-            .call(
-                MANAGER_PATH,
+    /// [`Self::call`], with the D-Bus error `expected` (such as systemd's
+    /// `NoSuchUnit`) answered as `None` instead of an error.
+    async fn call_unless<B>(
+        &self,
+        expected: &str,
+        path: &str,
+        interface: &str,
+        method: &'static str,
+        unit: &str,
+        body: &B,
+    ) -> SystemdResult<Option<zbus::Message>>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        match self.call(path, interface, method, unit, body).await {
+            Ok(reply) => Ok(Some(reply)),
+            Err(SystemdError::Call { message, .. }) if message.contains(expected) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A string property of the object at `path`, or `None` when the
+    /// object is gone.
+    async fn string_property(
+        &self,
+        path: &str,
+        interface: &str,
+        property: &str,
+        unit: &str,
+    ) -> SystemdResult<Option<String>> {
+        let Some(reply) = self
+            .call_unless(
+                "UnknownObject",
+                path,
                 "org.freedesktop.DBus.Properties",
                 "Get",
-                "manager",
-                &(MANAGER, "Version"),
+                unit,
+                &(interface, property),
             )
-            .await?;
-        let value: OwnedValue = reply
-            .body()
-            .deserialize()
-            .map_err(|e| bad_reply("Get", "manager", e))?;
-        String::try_from(value).map_err(|e| bad_reply("Get", "manager", e))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let value: OwnedValue = decode(&reply, "Get", unit)?;
+        String::try_from(value)
+            .map(Some)
+            .map_err(|e| bad_reply("Get", unit, e))
+    }
+
+    /// systemd's version string (`crius check`).
+    pub async fn version(&self) -> SystemdResult<String> {
+        self.string_property(MANAGER_PATH, MANAGER, "Version", "manager")
+            .await?
+            .ok_or_else(|| bad_reply("Get", "manager", "no manager object"))
     }
 
     /// The unit's `ActiveState`, or `None` when systemd has no such unit
     /// loaded.
     pub async fn active_state(&self, unit: &str) -> SystemdResult<Option<String>> {
-        let reply = match self
-            .call(MANAGER_PATH, MANAGER, "GetUnit", unit, &(unit,))
-            .await
-        {
-            Ok(reply) => reply,
-            Err(SystemdError::Call { message, .. }) if message.contains("NoSuchUnit") => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let path: OwnedObjectPath = reply
-            .body()
-            .deserialize()
-            .map_err(|e| bad_reply("GetUnit", unit, e))?;
-        let reply = match self
-            .call(
-                path.as_str(),
-                "org.freedesktop.DBus.Properties",
-                "Get",
+        let Some(reply) = self
+            .call_unless(
+                "NoSuchUnit",
+                MANAGER_PATH,
+                MANAGER,
+                "GetUnit",
                 unit,
-                &(UNIT, "ActiveState"),
+                &(unit,),
             )
-            .await
-        {
-            Ok(reply) => reply,
-            // Unloaded between the two calls.
-            Err(SystemdError::Call { message, .. }) if message.contains("UnknownObject") => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+            .await?
+        else {
+            return Ok(None);
         };
-        let value: OwnedValue = reply
-            .body()
-            .deserialize()
-            .map_err(|e| bad_reply("Get", unit, e))?;
-        String::try_from(value)
-            .map(Some)
-            .map_err(|e| bad_reply("Get", unit, e))
+        let path: OwnedObjectPath = decode(&reply, "GetUnit", unit)?;
+        // `None` also when the unit was unloaded between the two calls.
+        self.string_property(path.as_str(), UNIT, "ActiveState", unit)
+            .await
     }
 
     /// Starts the transient slice `name` with `properties` and waits until
@@ -231,21 +248,18 @@ impl Systemd {
     /// exists already (kubelet made it).
     pub async fn start_slice(&self, name: &str, properties: Vec<Property>) -> SystemdResult<bool> {
         let aux: Vec<(&str, Vec<Property>)> = Vec::new();
-        match self
-            .call(
+        let started = self
+            .call_unless(
+                "UnitExists",
                 MANAGER_PATH,
                 MANAGER,
                 "StartTransientUnit",
                 name,
                 &(name, "fail", properties, aux),
             )
-            .await
-        {
-            Ok(_) => {}
-            Err(SystemdError::Call { message, .. }) if message.contains("UnitExists") => {
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+            .await?;
+        if started.is_none() {
+            return Ok(false);
         }
         self.wait_for(name, "starting", "active", |s| s == Some("active"))
             .await?;
@@ -255,15 +269,18 @@ impl Systemd {
     /// Stops `name` and waits until systemd has let go of it (its cgroups
     /// are removed by then). A unit that does not exist is fine.
     pub async fn stop_unit(&self, name: &str) -> SystemdResult<()> {
-        match self
-            .call(MANAGER_PATH, MANAGER, "StopUnit", name, &(name, "replace"))
-            .await
-        {
-            Ok(_) => {}
-            Err(SystemdError::Call { message, .. }) if message.contains("NoSuchUnit") => {
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+        let stopping = self
+            .call_unless(
+                "NoSuchUnit",
+                MANAGER_PATH,
+                MANAGER,
+                "StopUnit",
+                name,
+                &(name, "replace"),
+            )
+            .await?;
+        if stopping.is_none() {
+            return Ok(());
         }
         self.wait_for(name, "stopping", "inactive or unloaded", |s| {
             matches!(s, None | Some("inactive") | Some("failed"))
@@ -296,6 +313,17 @@ impl Systemd {
             tokio::time::sleep(UNIT_POLL).await;
         }
     }
+}
+
+/// The reply's body as `T`.
+fn decode<T>(reply: &zbus::Message, method: &'static str, unit: &str) -> SystemdResult<T>
+where
+    T: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
+{
+    reply
+        .body()
+        .deserialize()
+        .map_err(|e| bad_reply(method, unit, e))
 }
 
 fn bad_reply(method: &'static str, unit: &str, e: impl std::fmt::Display) -> SystemdError {
