@@ -102,6 +102,7 @@ stop_containerd() {
     fi
     awk -v w="$cd_dir" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$cd_dir"
+    [ -n "${containerd_cgroup:-}" ] && rmdir "$containerd_cgroup" 2>/dev/null
     # containerd 1.6 keeps shim sockets and the runc root under
     # /run/containerd whatever its config says: remove what this run made.
     [ -n "$cd_made_run_dir" ] && find /run/containerd -depth -type d -empty -delete 2>/dev/null
@@ -137,6 +138,13 @@ oom_score = 0
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
+$(command -v crun >/dev/null && cat <<CRUN
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+        BinaryName = "$(command -v crun)"
+CRUN
+)
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$work/cni"
@@ -144,7 +152,7 @@ oom_score = 0
     endpoint = ["http://$registry"]
 TOML
     echo "containerd: starting $(containerd --version | awk '{print $3}') with $cd_dir/config.toml"
-    containerd --config "$cd_dir/config.toml" >"$cd_dir/containerd.log" 2>&1 &
+    exec_in_cgroup "${containerd_cgroup:-}" containerd --config "$cd_dir/config.toml" >"$cd_dir/containerd.log" 2>&1 &
     containerd_pid=$!
     for _ in $(seq 100); do cctl version >/dev/null 2>&1 && break; sleep 0.1; done
     cctl version >/dev/null 2>&1 || { tail -20 "$cd_dir/containerd.log"; echo "containerd: did not start" >&2; exit 1; }

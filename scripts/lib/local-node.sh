@@ -13,6 +13,17 @@ kata_guest_dir="${CRIUS_KATA_GUEST_DIR:-/var/lib/crius/kata}"
 
 ctl() { "$bin/criusctl" -s "$socket" "$@"; }
 
+# exec_in_cgroup DIR CMD... (in a background job: `exec_in_cgroup D cmd &`
+# leaves $! the pid of cmd): becomes CMD in the cgroup DIR (made when
+# missing), so that the bench can read the CPU of a daemon and of all it
+# forks; with an empty DIR, just becomes CMD.
+exec_in_cgroup() {
+    local dir="$1"; shift
+    [ -z "$dir" ] && exec "$@"
+    mkdir -p "$dir"
+    exec sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' exec_in_cgroup "$dir" "$@"
+}
+
 stop_local_node() {
     set +e
     if [ -n "$daemon_pid" ] && [ -S "$socket" ]; then
@@ -26,6 +37,8 @@ stop_local_node() {
     # dir); unmount whatever is still mounted under the work dir, deepest first.
     awk -v w="$work" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$work"
+    [ -n "${crius_cgroup:-}" ] && rmdir "$crius_cgroup" 2>/dev/null
+    return 0
 }
 
 start_local_node() {
@@ -79,7 +92,7 @@ YAML
     fi
 
     echo "node: starting crius"
-    NO_COLOR=1 "$bin/crius" --config "$work/crius.yaml" >"$work/crius.log" 2>&1 &
+    NO_COLOR=1 exec_in_cgroup "${crius_cgroup:-}" "$bin/crius" --config "$work/crius.yaml" >"$work/crius.log" 2>&1 &
     daemon_pid=$!
     for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
     [ -S "$socket" ] || { cat "$work/crius.log"; echo "node: crius did not start" >&2; exit 1; }

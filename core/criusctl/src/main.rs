@@ -310,6 +310,7 @@ struct ExecArgs {
     cmd: Vec<String>,
 }
 
+#[derive(Clone)]
 struct Clients {
     runtime: RuntimeServiceClient<Channel>,
     image: ImageServiceClient<Channel>,

@@ -3,7 +3,13 @@
 //! (pod 1 on A, pod 1 on B, pod 2 on A, ...) so that load and cache effects
 //! of the machine fall on every endpoint alike; then they are torn down in
 //! the same order. Each RPC is timed on its own; pod start is
-//! RunPodSandbox + CreateContainer + StartContainer.
+//! RunPodSandbox + CreateContainer + StartContainer. Around the serial
+//! phase each endpoint's daemon (RSS, CPU), cgroup (CPU of everything it
+//! forks) and helpers (PSS) are read when given; then come the bursts of
+//! pods started at once (`--concurrent`) and cold pulls (`--pull-image`).
+
+mod load;
+mod probe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,6 +43,29 @@ pub(crate) struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// After the serial pods, start this many pods at once per endpoint
+    /// (comma-separated levels, e.g. `10,50`), then remove them all at once.
+    #[arg(long, value_delimiter = ',')]
+    concurrent: Vec<usize>,
+    /// An endpoint's daemon, `NAME=PID` or `NAME=@PIDFILE` (repeatable): its
+    /// RSS idle, with the pods up and after, and its CPU per pod lifecycle.
+    #[arg(long = "daemon", value_name = "NAME=PID")]
+    daemons: Vec<String>,
+    /// A cgroup the endpoint's daemon runs in, `NAME=DIR` (repeatable): the
+    /// CPU of the daemon and of everything it forks that stays there
+    /// (shims, conmon, runc) per pod lifecycle.
+    #[arg(long = "cgroup", value_name = "NAME=DIR")]
+    cgroups: Vec<String>,
+    /// An endpoint's per-pod helper processes by name, `NAME=COMM[,COMM...]`
+    /// (repeatable): their PSS per pod while the serial pods are up.
+    #[arg(long = "helpers", value_name = "NAME=COMMS")]
+    helpers: Vec<String>,
+    /// An image to pull cold (removed first) on every endpoint, interleaved.
+    #[arg(long)]
+    pull_image: Option<String>,
+    /// Cold pulls of `--pull-image` per endpoint.
+    #[arg(long, default_value_t = 3)]
+    pull_runs: usize,
 }
 
 /// The RPCs timed, in call order.
@@ -71,6 +100,50 @@ struct Target {
     name: String,
     socket: PathBuf,
     clients: Clients,
+    daemon: Option<probe::DaemonRef>,
+    cgroup: Option<PathBuf>,
+    helpers: Vec<String>,
+}
+
+/// The host readings around one handler's serial phase on one endpoint.
+#[derive(Default)]
+struct Host {
+    daemon_idle: Option<probe::DaemonSample>,
+    daemon_up: Option<probe::DaemonSample>,
+    daemon_after: Option<probe::DaemonSample>,
+    cgroup_cpu_ms: Option<(f64, f64)>,
+    helpers_idle: Option<probe::HelperSample>,
+    helpers_up: Option<probe::HelperSample>,
+}
+
+impl Host {
+    /// CPU ms per pod lifecycle of the daemon process.
+    fn daemon_cpu_per_pod(&self, pods: usize) -> Option<f64> {
+        let (a, b) = (self.daemon_idle?, self.daemon_after?);
+        Some((b.cpu_ms - a.cpu_ms) / pods.max(1) as f64)
+    }
+
+    fn cgroup_cpu_per_pod(&self, pods: usize) -> Option<f64> {
+        let (a, b) = self.cgroup_cpu_ms?;
+        Some((b - a) / pods.max(1) as f64)
+    }
+
+    /// (processes added by the pods, PSS KiB per pod).
+    fn helpers_per_pod(&self, pods: usize) -> Option<(usize, f64)> {
+        let (idle, up) = (self.helpers_idle?, self.helpers_up?);
+        Some((
+            up.processes.saturating_sub(idle.processes),
+            up.pss_kib.saturating_sub(idle.pss_kib) as f64 / pods.max(1) as f64,
+        ))
+    }
+}
+
+/// Per-endpoint option values, `NAME=VALUE`, for the endpoint `NAME`.
+fn named_values<'a>(option: &str, specs: &'a [String]) -> Result<Vec<(&'a str, &'a str)>> {
+    specs
+        .iter()
+        .map(|s| probe::split_named(option, s))
+        .collect()
 }
 
 /// What one endpoint measured for one handler.
@@ -81,6 +154,8 @@ struct Samples {
     pod_start: Vec<Duration>,
     /// Handler-reported `*_ms` split keys (e.g. kata's VM start).
     split: HashMap<String, Vec<f64>>,
+    host: Host,
+    bursts: Vec<load::Burst>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -126,6 +201,30 @@ pub(crate) async fn bench(default_socket: PathBuf, args: &BenchArgs) -> Result<(
     if args.pods == 0 {
         bail!("--pods must be at least 1");
     }
+    let daemons = named_values("daemon", &args.daemons)?;
+    let cgroups = named_values("cgroup", &args.cgroups)?;
+    let helpers = named_values("helpers", &args.helpers)?;
+    for (option, values) in [
+        ("daemon", &daemons),
+        ("cgroup", &cgroups),
+        ("helpers", &helpers),
+    ] {
+        if let Some((name, _)) = values
+            .iter()
+            .find(|(n, _)| !specs.iter().any(|(s, _)| s == n))
+        {
+            bail!("--{option} {name}=...: no endpoint is named {name:?}");
+        }
+    }
+    let lookup = |values: &[(&str, &str)], name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    };
+    if args.concurrent.contains(&0) {
+        bail!("--concurrent levels must be at least 1");
+    }
     let mut targets = Vec::new();
     for (name, socket) in specs {
         if targets.iter().any(|t: &Target| t.name == name) {
@@ -136,6 +235,13 @@ pub(crate) async fn bench(default_socket: PathBuf, args: &BenchArgs) -> Result<(
             .await
             .with_context(|| format!("endpoint {name}"))?;
         targets.push(Target {
+            daemon: lookup(&daemons, &name)
+                .map(|v| probe::DaemonRef::parse(&v))
+                .transpose()?,
+            cgroup: lookup(&cgroups, &name).map(PathBuf::from),
+            helpers: lookup(&helpers, &name)
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             name,
             socket,
             clients,
@@ -149,13 +255,86 @@ pub(crate) async fn bench(default_socket: PathBuf, args: &BenchArgs) -> Result<(
         }
         results.push((handler.clone(), samples));
     }
+    let pulls = match &args.pull_image {
+        Some(image) => Some(pull_all(&mut targets, image, args.pull_runs).await?),
+        None => None,
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&targets, &results))?
-        );
+        let mut out = to_json(&targets, &results);
+        if let (Some(image), Some(pulls)) = (&args.pull_image, &pulls) {
+            out["pull"] = pulls_json(image, &targets, pulls);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if let (Some(image), Some(pulls)) = (&args.pull_image, &pulls) {
+        print_pulls(image, &targets, pulls);
     }
     Ok(())
+}
+
+/// `runs` cold pulls of `image` on every endpoint, interleaved.
+async fn pull_all(targets: &mut [Target], image: &str, runs: usize) -> Result<Vec<load::Pulls>> {
+    let mut pulls: Vec<load::Pulls> = targets.iter().map(|_| load::Pulls::default()).collect();
+    for _ in 0..runs.max(1) {
+        for (t, target) in targets.iter_mut().enumerate() {
+            load::cold_pull(&mut target.clients, image, &mut pulls[t])
+                .await
+                .with_context(|| format!("endpoint {}", target.name))?;
+        }
+    }
+    Ok(pulls)
+}
+
+fn mib_per_s(bytes: u64, took: f64) -> f64 {
+    if took > 0.0 {
+        bytes as f64 / (1024.0 * 1024.0) / (took / 1000.0)
+    } else {
+        f64::NAN
+    }
+}
+
+fn print_pulls(image: &str, targets: &[Target], pulls: &[load::Pulls]) {
+    println!(
+        "cold pull of {image} ({} pulls per endpoint, interleaved)",
+        pulls[0].times.len()
+    );
+    let reference = stat(&pulls[0].times).p50;
+    for (t, p) in targets.iter().zip(pulls) {
+        let st = stat(&p.times);
+        println!(
+            "  {:<12} p50 {:>8.1} ms  p95 {:>8.1} ms  {:>7.1} MiB unpacked, {:>7.1} MiB/s  {}",
+            t.name,
+            st.p50,
+            st.p95,
+            p.size_bytes as f64 / (1024.0 * 1024.0),
+            mib_per_s(p.size_bytes, st.p50),
+            if t.name == targets[0].name {
+                String::new()
+            } else {
+                format!(
+                    "{}/{} {:.2}",
+                    targets[0].name,
+                    t.name,
+                    ratio(reference, st.p50)
+                )
+            }
+        );
+    }
+}
+
+fn pulls_json(image: &str, targets: &[Target], pulls: &[load::Pulls]) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = targets
+        .iter()
+        .zip(pulls)
+        .map(|(t, p)| {
+            json!({
+                "name": t.name,
+                "time": stat_json(&p.times),
+                "size_bytes": p.size_bytes,
+                "mib_per_s_p50": mib_per_s(p.size_bytes, stat(&p.times).p50),
+            })
+        })
+        .collect();
+    json!({ "image": image, "endpoints": endpoints })
 }
 
 async fn run_handler(
@@ -174,6 +353,21 @@ async fn run_handler(
     let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
     let mut pods: Vec<Vec<String>> = targets.iter().map(|_| Vec::new()).collect();
     let mut failure = None;
+    for (t, target) in targets.iter().enumerate() {
+        let host = &mut samples[t].host;
+        host.daemon_idle = target
+            .daemon
+            .as_ref()
+            .map(probe::sample_daemon)
+            .transpose()?;
+        if let Some(dir) = &target.cgroup {
+            let now = probe::cgroup_cpu_ms(dir)?;
+            host.cgroup_cpu_ms = Some((now, now));
+        }
+        if !target.helpers.is_empty() {
+            host.helpers_idle = Some(probe::sample_helpers(&target.helpers)?);
+        }
+    }
     'start: for i in 0..args.pods {
         for (t, target) in targets.iter_mut().enumerate() {
             match start_pod(&mut target.clients, &run, i + 1, &mut samples[t]).await {
@@ -189,6 +383,19 @@ async fn run_handler(
             }
         }
     }
+    if failure.is_none() {
+        for (t, target) in targets.iter().enumerate() {
+            let host = &mut samples[t].host;
+            host.daemon_up = target
+                .daemon
+                .as_ref()
+                .map(probe::sample_daemon)
+                .transpose()?;
+            if !target.helpers.is_empty() {
+                host.helpers_up = Some(probe::sample_helpers(&target.helpers)?);
+            }
+        }
+    }
     // Teardown interleaved too; after a failure, whatever was started is
     // still removed before the error is returned.
     let most = pods.iter().map(Vec::len).max().unwrap_or(0);
@@ -200,10 +407,30 @@ async fn run_handler(
             }
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(samples),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    for (t, target) in targets.iter().enumerate() {
+        let host = &mut samples[t].host;
+        host.daemon_after = target
+            .daemon
+            .as_ref()
+            .map(probe::sample_daemon)
+            .transpose()?;
+        if let (Some(dir), Some((before, _))) = (&target.cgroup, host.cgroup_cpu_ms) {
+            host.cgroup_cpu_ms = Some((before, probe::cgroup_cpu_ms(dir)?));
+        }
+    }
+    // Bursts one endpoint at a time: side by side they would load each other.
+    for &level in &args.concurrent {
+        for (t, target) in targets.iter().enumerate() {
+            let burst = load::burst(&target.clients, &run, level)
+                .await
+                .with_context(|| format!("endpoint {}, handler {handler}", target.name))?;
+            samples[t].bursts.push(burst);
+        }
+    }
+    Ok(samples)
 }
 
 /// Starts one pod with its container, timing each RPC; returns the pod id.
@@ -296,6 +523,7 @@ fn print_table(handler: &str, targets: &[Target], samples: &[Samples], header: b
             st.max,
             split.join(" ")
         );
+        print_host(targets, samples);
         return;
     }
     println!(
@@ -356,6 +584,110 @@ fn print_table(handler: &str, targets: &[Target], samples: &[Samples], header: b
             println!("split (p50) {}: {}", t.name, split.join(" "));
         }
     }
+    print_host(targets, samples);
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The host readings and bursts of each endpoint, a line each, and the
+/// ratios of the CPU figures to the first endpoint's.
+fn print_host(targets: &[Target], samples: &[Samples]) {
+    for (t, s) in targets.iter().zip(samples) {
+        let pods = s.pod_start.len();
+        let h = &s.host;
+        let mut parts = Vec::new();
+        if let (Some(idle), Some(up), Some(after)) = (h.daemon_idle, h.daemon_up, h.daemon_after) {
+            parts.push(format!(
+                "daemon RSS {:.1} MiB idle, {:.1} with {pods} pods, {:.1} after",
+                mib(idle.rss_kib),
+                mib(up.rss_kib),
+                mib(after.rss_kib)
+            ));
+        }
+        if let Some(cpu) = h.daemon_cpu_per_pod(pods) {
+            parts.push(format!("daemon CPU {cpu:.1} ms/pod"));
+        }
+        if let Some(cpu) = h.cgroup_cpu_per_pod(pods) {
+            parts.push(format!("cgroup CPU {cpu:.1} ms/pod"));
+        }
+        if let Some((n, kib)) = h.helpers_per_pod(pods) {
+            parts.push(format!("helpers: {n} processes, {kib:.0} KiB PSS per pod"));
+        }
+        if !parts.is_empty() {
+            println!("host {}: {}", t.name, parts.join("; "));
+        }
+        for b in &s.bursts {
+            let st = stat(&b.pod_start);
+            println!(
+                "{} pods at once on {}: all started in {:.0} ms (pod start p50 {:.1} / p95 {:.1} ms), all removed in {:.0} ms",
+                b.pods,
+                t.name,
+                ms(b.all_started),
+                st.p50,
+                st.p95,
+                ms(b.all_removed)
+            );
+        }
+    }
+    let pods = samples[0].pod_start.len();
+    let reference = &samples[0].host;
+    for (t, s) in targets.iter().zip(samples).skip(1) {
+        let mut parts = Vec::new();
+        let per = |f: fn(&Host, usize) -> Option<f64>| {
+            Some(ratio(f(reference, pods)?, f(&s.host, s.pod_start.len())?))
+        };
+        if let Some(r) = per(Host::daemon_cpu_per_pod) {
+            parts.push(format!("daemon CPU {r:.2}"));
+        }
+        if let Some(r) = per(Host::cgroup_cpu_per_pod) {
+            parts.push(format!("cgroup CPU {r:.2}"));
+        }
+        for (a, b) in samples[0].bursts.iter().zip(&s.bursts) {
+            parts.push(format!(
+                "{} at once {:.2}",
+                a.pods,
+                ratio(ms(a.all_started), ms(b.all_started))
+            ));
+        }
+        if !parts.is_empty() {
+            println!("{}/{}: {}", targets[0].name, t.name, parts.join("; "));
+        }
+    }
+}
+
+fn host_json(s: &Samples) -> serde_json::Value {
+    let pods = s.pod_start.len();
+    let h = &s.host;
+    let rss = |d: Option<probe::DaemonSample>| d.map(|d| d.rss_kib);
+    json!({
+        "daemon_rss_kib": {
+            "idle": rss(h.daemon_idle),
+            "with_pods": rss(h.daemon_up),
+            "after": rss(h.daemon_after),
+        },
+        "daemon_cpu_ms_per_pod": h.daemon_cpu_per_pod(pods),
+        "cgroup_cpu_ms_per_pod": h.cgroup_cpu_per_pod(pods),
+        "helpers": h.helpers_per_pod(pods).map(|(n, kib)| json!({
+            "processes": n,
+            "pss_kib_per_pod": kib,
+        })),
+    })
+}
+
+fn bursts_json(s: &Samples) -> serde_json::Value {
+    s.bursts
+        .iter()
+        .map(|b| {
+            json!({
+                "pods": b.pods,
+                "all_started_ms": ms(b.all_started),
+                "pod_start": stat_json(&b.pod_start),
+                "all_removed_ms": ms(b.all_removed),
+            })
+        })
+        .collect()
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -386,6 +718,8 @@ fn to_json(targets: &[Target], results: &[(String, Vec<Samples>)]) -> serde_json
                         "pod_start": stat_json(&s.pod_start),
                         "rpc": rpc,
                         "split_p50_ms": split_medians(&s.split),
+                        "host": host_json(s),
+                        "concurrent": bursts_json(s),
                     })
                 })
                 .collect();
