@@ -257,10 +257,11 @@ impl PodManager {
             }
         }
 
-        let mut pod_network = None;
+        // The pod's namespaces first: the files and the infra bundle name them.
+        let mut network = None;
         if !host_network {
             let netns_dir = self.config.state_dir.join("netns");
-            let network = CniNetwork::load(&self.live_config().cni)?;
+            let cni = CniNetwork::load(&self.live_config().cni)?;
             let ns = match super::userns::requested_mappings(&rec.config)? {
                 // The netns must be owned by the pod's user namespace, so
                 // both are made together.
@@ -284,42 +285,9 @@ impl PodManager {
                 }
                 None => NetNs::create(&netns_dir, &id)?,
             };
-            // One write-ahead record for the pinned namespace and the CNI
-            // attachment about to be made: a crash before it leaves only a
-            // pin, which the restore removes as a stray; one after it is
-            // torn down through the record (DEL of an attachment that was
-            // never made succeeds).
-            let record = rec.dir.join("cni.json");
             rec.netns_path = Some(ns.path().to_path_buf());
-            rec.cni_record = Some(record.clone());
-            rec.cni_attached = true;
-            self.store.save_pod(rec).await?;
-            ns.bring_up_loopback()?;
-
-            let meta = rec.metadata();
-            let request = CniRequest {
-                port_mappings: port_mappings(&rec.config),
-                pod_namespace: meta.namespace,
-                pod_name: meta.name,
-                pod_uid: meta.uid,
-                ..CniRequest::new(id.clone(), ns.path())
-            };
-            let cni_started = std::time::Instant::now();
-            let result = network.add_recorded(&request, &record).await;
-            crate::metrics::global().pod_start(&rec.handler, "cni", cni_started.elapsed());
-            let result = match result {
-                Ok(result) => result,
-                Err(e) => {
-                    // The CNI client already ran DEL for what the failed ADD
-                    // (or record write) did: nothing is attached.
-                    rec.cni_attached = false;
-                    return Err(e.into());
-                }
-            };
-            // Recorded with the next save: a pod still Creating is torn
-            // down through its CNI record, which does not need the IPs.
-            rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
-            pod_network = Some(result.pod_network());
+            rec.cni_record = Some(rec.dir.join("cni.json"));
+            network = Some((cni, ns));
         }
 
         // The runtime mounts the pod's files from inside the pod's user
@@ -334,31 +302,144 @@ impl PodManager {
             &files_dir,
             rec.config.dns_config.as_ref(),
         )?);
-        rec.hosts_path = Some(files::write_hosts(&files_dir, &hostname, &rec.pod_ips)?);
+        // Without the pod IPs until CNI has run; rewritten in place then,
+        // so a bind mount of it made meanwhile sees them too.
+        rec.hosts_path = Some(files::write_hosts(&files_dir, &hostname, &[])?);
         if !host_ipc {
             rec.shm_dir = Some(files_dir.join("shm"));
-            rec.shm_mounted = true;
-            self.store.save_pod(rec).await?;
-            files::mount_shm(&files_dir)?;
         }
         crate::perms::ensure_private_dir(&rec.handler_dir)
             .map_err(|e| PodError::io(format!("creating {}", rec.handler_dir.display()), e))?;
         rec.handler_annotations =
             self.handler_annotations(&rec.id, &rec.handler, &rec.config.annotations);
-
         let caps = handler.capabilities();
-        let infra = if caps.needs_infra_container {
+        let mut infra = if caps.needs_infra_container {
             Some(self.infra_bundle(rec)?)
         } else {
             None
         };
+        // A handler that needs no CNI result starts beside CNI ADD.
+        let side_by_side = caps.starts_without_network;
 
-        rec.handler_started = true;
+        // One write-ahead record for all that is about to be made (the CNI
+        // attachment, the shm mount and, side by side, the handler's pod):
+        // a crash before it leaves only the netns pin, which the restore
+        // removes as a stray; after it, the teardown undoes each through the
+        // record, and undoing what was never made succeeds (CNI DEL of an
+        // absent attachment, unmounting what is not mounted, Stop/Remove of
+        // an unknown sandbox).
+        if let Some((_, ns)) = &network {
+            ns.bring_up_loopback()?;
+        }
+        rec.cni_attached = network.is_some();
+        rec.shm_mounted = rec.shm_dir.is_some();
+        rec.handler_started = side_by_side;
         self.store.save_pod(rec).await?;
-        let handler_started = std::time::Instant::now();
-        let response = handler
+        if rec.shm_dir.is_some()
+            && let Err(e) = files::mount_shm(&files_dir)
+        {
+            // The handler was not called: the rollback must not ask it.
+            rec.handler_started = false;
+            return Err(e);
+        }
+
+        let started = std::time::Instant::now();
+        let (attached, handler_result) = match &network {
+            Some((cni, ns)) => {
+                let meta = rec.metadata();
+                let request = CniRequest {
+                    port_mappings: port_mappings(&rec.config),
+                    pod_namespace: meta.namespace,
+                    pod_name: meta.name,
+                    pod_uid: meta.uid,
+                    ..CniRequest::new(id.clone(), ns.path())
+                };
+                let record = rec.cni_record.clone().unwrap_or_default();
+                let attach = async {
+                    let cni_started = std::time::Instant::now();
+                    let result = cni.add_recorded(&request, &record).await;
+                    crate::metrics::global().pod_start(&rec.handler, "cni", cni_started.elapsed());
+                    result
+                };
+                if side_by_side {
+                    // Both run to the end, whatever the other does: a future
+                    // dropped halfway would leave its work unrecorded.
+                    let start = self.start_handler_sandbox(rec, handler, infra.take(), None);
+                    let (attached, started) = tokio::join!(attach, start);
+                    (attached.map(Some), Some(started))
+                } else {
+                    (attach.await.map(Some), None)
+                }
+            }
+            None if side_by_side => (
+                Ok(None),
+                Some(
+                    self.start_handler_sandbox(rec, handler, infra.take(), None)
+                        .await,
+                ),
+            ),
+            None => (Ok(None), None),
+        };
+        if let Some(Ok(response)) = &handler_result {
+            rec.infra_pid = response.infra_pid;
+            rec.handler_state = response.handler_state.clone();
+        }
+        if let Some(Err(_)) = &handler_result {
+            // A failed RunSandbox leaves nothing in the handler (the
+            // contract says so), so the rollback must not ask it to stop or
+            // remove the pod: a handler that cannot serve (failed to load)
+            // would refuse, and the half-created pod would stay.
+            rec.handler_started = false;
+        }
+        let result = match attached {
+            Ok(result) => result,
+            Err(e) => {
+                // The CNI client already ran DEL for what the failed ADD
+                // (or record write) did: nothing is attached.
+                rec.cni_attached = false;
+                return Err(e.into());
+            }
+        };
+        let pod_network = result.map(|result| {
+            // Recorded with the next save: a pod still Creating is torn
+            // down through its CNI record, which does not need the IPs.
+            rec.pod_ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+            result.pod_network()
+        });
+        if !rec.pod_ips.is_empty() {
+            files::write_hosts(&files_dir, &hostname, &rec.pod_ips)?;
+        }
+        match handler_result {
+            Some(result) => {
+                result?;
+            }
+            None => {
+                rec.handler_started = true;
+                self.store.save_pod(rec).await?;
+                let response = self
+                    .start_handler_sandbox(rec, handler, infra.take(), pod_network)
+                    .await
+                    .inspect_err(|_| rec.handler_started = false)?;
+                rec.infra_pid = response.infra_pid;
+                rec.handler_state = response.handler_state;
+            }
+        }
+        crate::metrics::global().pod_start(&rec.handler, "handler", started.elapsed());
+        Ok(())
+    }
+
+    /// The handler's RunSandbox for `rec`, with the CNI result when the
+    /// handler waits for it.
+    async fn start_handler_sandbox(
+        &self,
+        rec: &PodRecord,
+        handler: &dyn RuntimeHandler,
+        infra: Option<types::Bundle>,
+        network: Option<types::PodNetwork>,
+    ) -> PodResult<types::RunSandboxResponse> {
+        handler
             .run_sandbox(types::RunSandboxRequest {
-                sandbox_id: id.clone(),
+                sandbox_id: rec.id.clone(),
                 config: Some(rec.config.clone()),
                 state_dir: rec.handler_dir.display().to_string(),
                 netns_path: rec
@@ -370,24 +451,15 @@ impl PodManager {
                 pod_ips: rec.pod_ips.clone(),
                 infra,
                 annotations: rec.handler_annotations.clone().into_iter().collect(),
-                network: pod_network,
+                network,
             })
             .await
             .map_err(|e| {
-                // A failed RunSandbox leaves nothing in the handler (the
-                // contract says so), so the rollback must not ask it to stop
-                // or remove the pod: a handler that cannot serve (failed to
-                // load) would refuse, and the half-created pod would stay.
-                rec.handler_started = false;
                 PodError::handler(
-                    format!("handler {} could not start pod {id}", rec.handler),
+                    format!("handler {} could not start pod {}", rec.handler, rec.id),
                     e,
                 )
-            })?;
-        crate::metrics::global().pod_start(&rec.handler, "handler", handler_started.elapsed());
-        rec.infra_pid = response.infra_pid;
-        rec.handler_state = response.handler_state;
-        Ok(())
+            })
     }
 
     /// The pod files as the spec generator takes them.

@@ -241,6 +241,8 @@ impl RuntimeHandler for HelloHandler {
             recursive_read_only_mounts: false,
             user_namespaces: true,
             needs_infra_container: true,
+            // Capabilities the contract adds later stay off for this handler.
+            ..Default::default()
         }
     }
 

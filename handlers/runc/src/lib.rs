@@ -446,6 +446,9 @@ runtime_handler! {
                 recursive_read_only_mounts: self.features.recursive_read_only_mounts,
                 user_namespaces: self.features.user_namespaces,
                 needs_infra_container: true,
+                // The infra process only holds namespaces: it can start
+                // while CNI configures the netns.
+                starts_without_network: true,
             }
         }
 
