@@ -87,7 +87,7 @@ fi
 
 # Modules, in load order (dependencies first, via modules.dep).
 wanted=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk
-        vmw_vsock_virtio_transport 9pnet_virtio 9p virtiofs overlay)
+        vmw_vsock_virtio_transport 9pnet_virtio 9p virtiofs overlay virtio_balloon)
 # Modules common workloads expect (a privileged container that builds a
 # bridge, a tun device, NAT rules): in the image but loaded only when the
 # kernel asks (request_module through busybox modprobe), so boot stays as

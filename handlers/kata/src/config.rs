@@ -85,6 +85,10 @@ vm_config! {
     /// the guest runs new code; 64 MiB holds a booted guest and its agent
     /// without retranslating (boot time measured the same as with 1 GiB).
     tcg_tb_size_mib: u32 = 64,
+    /// A virtio-balloon through which the guest reports the pages it frees,
+    /// so that host memory follows what the guest uses rather than the most
+    /// it ever touched (it costs the guest a little CPU when it frees).
+    free_page_reporting: bool = true,
     /// `-cpu` model; empty = `host` with kvm, `max` with tcg.
     cpu_model: String = String::new(),
     /// Extra `-cpu` flags appended to the model (`+x2apic`, `-svm`).

@@ -67,6 +67,9 @@ pub struct VmSpec {
     /// TCG's translation cache (`-accel tcg,tb-size=`), MiB; 0 = QEMU's
     /// default (up to 1 GiB, touched as code is translated).
     pub tcg_tb_size_mib: u32,
+    /// A virtio-balloon with free page reporting: the guest tells QEMU
+    /// which pages it freed and QEMU gives them back to the host.
+    pub free_page_reporting: bool,
 }
 
 /// qboot, QEMU's minimal firmware (Debian's qemu-system-data): it loads
@@ -205,6 +208,15 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<OsString> {
             );
         }
     }
+    if spec.free_page_reporting {
+        // Never inflated: it is there for the guest to report free pages
+        // (the boot's initramfs buffers, a container's exited processes),
+        // which QEMU then discards from the shared memfd.
+        args.pair(
+            "-device",
+            format!("virtio-balloon-{bus},free-page-reporting=on"),
+        );
+    }
     if let Some(net) = &spec.net {
         // vhost-net needs /dev/vhost-net, which is not everywhere; the
         // userspace backend is fast enough for the pod's traffic.
@@ -288,6 +300,7 @@ mod tests {
             pidfile: "/s/qemu.pid".into(),
             firmware: None,
             tcg_tb_size_mib: 0,
+            free_page_reporting: false,
         }
     }
 
@@ -423,6 +436,24 @@ mod tests {
         assert!(
             !BOOT_SPEED_PARAMS.contains("  "),
             "one space between parameters"
+        );
+    }
+
+    #[test]
+    fn free_page_reporting_adds_a_reporting_balloon() {
+        let mut s = spec();
+        s.free_page_reporting = true;
+        let args = strings(qemu_args(&s));
+        assert!(
+            values(&args, "-device").contains(&"virtio-balloon-pci,free-page-reporting=on".into()),
+            "{args:?}"
+        );
+        s.machine = Machine::Microvm;
+        let args = strings(qemu_args(&s));
+        assert!(
+            values(&args, "-device")
+                .contains(&"virtio-balloon-device,free-page-reporting=on".into()),
+            "{args:?}"
         );
     }
 

@@ -293,6 +293,7 @@ impl Vm {
                     && Path::new(QBOOT).exists())
                 .then(|| PathBuf::from(QBOOT)),
                 tcg_tb_size_mib: config.tcg_tb_size_mib,
+                free_page_reporting: config.free_page_reporting,
             };
             let qemu_spec = ProcessSpec {
                 name: "qemu".into(),
