@@ -11,7 +11,8 @@
 //! - `crius_pods{handler,state}`, `crius_containers{handler,state}`: taken
 //!   from the pod manager at every scrape.
 //! - `crius_pod_start_duration_seconds{handler,phase}`: RunPodSandbox, in
-//!   total and its CNI and handler phases.
+//!   total and its CNI and handler phases (which overlap for a handler that
+//!   starts without the network).
 //! - `crius_image_pulls_total{result}`, `crius_image_pull_duration_seconds`,
 //!   `crius_image_pulled_size_bytes_total` (the sizes of the images pulled,
 //!   not the bytes transferred: a pull of a present image transfers none).

@@ -72,6 +72,10 @@ registries:
       - location: $registry
         insecure: true
 YAML
+    # The bench reads the daemon's pod-start phases off its metrics.
+    if [ -n "${metrics_address:-}" ]; then
+        echo "metrics_address: $metrics_address" >>"$work/crius.yaml.d/50-local-node.yaml"
+    fi
     if [ -f "$kata_guest_dir/vmlinux" ] && [ -f "$kata_guest_dir/initramfs.cpio.gz" ]; then
         # TCG works everywhere; on hosts whose /dev/kvm boots a normal
         # kernel, CRIUS_KATA_ACCEL=kvm is much faster.

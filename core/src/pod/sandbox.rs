@@ -343,7 +343,6 @@ impl PodManager {
             return Err(e);
         }
 
-        let started = std::time::Instant::now();
         let (attached, handler_result) = match &network {
             Some((cni, ns)) => {
                 let meta = rec.metadata();
@@ -424,7 +423,6 @@ impl PodManager {
                 rec.handler_state = response.handler_state;
             }
         }
-        crate::metrics::global().pod_start(&rec.handler, "handler", started.elapsed());
         Ok(())
     }
 
@@ -437,7 +435,8 @@ impl PodManager {
         infra: Option<types::Bundle>,
         network: Option<types::PodNetwork>,
     ) -> PodResult<types::RunSandboxResponse> {
-        handler
+        let started = std::time::Instant::now();
+        let response = handler
             .run_sandbox(types::RunSandboxRequest {
                 sandbox_id: rec.id.clone(),
                 config: Some(rec.config.clone()),
@@ -459,7 +458,9 @@ impl PodManager {
                     format!("handler {} could not start pod {}", rec.handler, rec.id),
                     e,
                 )
-            })
+            })?;
+        crate::metrics::global().pod_start(&rec.handler, "handler", started.elapsed());
+        Ok(response)
     }
 
     /// The pod files as the spec generator takes them.
