@@ -117,10 +117,17 @@ struct Host {
 }
 
 impl Host {
-    /// CPU ms per pod lifecycle of the daemon process.
+    /// CPU ms per pod lifecycle of the daemon process and the children it
+    /// reaped (runc, CNI plugins, for crius).
     fn daemon_cpu_per_pod(&self, pods: usize) -> Option<f64> {
         let (a, b) = (self.daemon_idle?, self.daemon_after?);
         Some((b.cpu_ms - a.cpu_ms) / pods.max(1) as f64)
+    }
+
+    /// CPU ms per pod lifecycle of the daemon's own threads.
+    fn daemon_own_cpu_per_pod(&self, pods: usize) -> Option<f64> {
+        let (a, b) = (self.daemon_idle?, self.daemon_after?);
+        Some((b.own_cpu_ms - a.own_cpu_ms) / pods.max(1) as f64)
     }
 
     fn cgroup_cpu_per_pod(&self, pods: usize) -> Option<f64> {
@@ -301,7 +308,7 @@ fn print_pulls(image: &str, targets: &[Target], pulls: &[load::Pulls]) {
     for (t, p) in targets.iter().zip(pulls) {
         let st = stat(&p.times);
         println!(
-            "  {:<12} p50 {:>8.1} ms  p95 {:>8.1} ms  {:>7.1} MiB unpacked, {:>7.1} MiB/s  {}",
+            "  {:<12} p50 {:>8.1} ms  p95 {:>8.1} ms  image {:>7.1} MiB (ImageStatus size), {:>7.1} MiB/s  {}",
             t.name,
             st.p50,
             st.p95,
@@ -606,8 +613,11 @@ fn print_host(targets: &[Target], samples: &[Samples]) {
                 mib(after.rss_kib)
             ));
         }
-        if let Some(cpu) = h.daemon_cpu_per_pod(pods) {
-            parts.push(format!("daemon CPU {cpu:.1} ms/pod"));
+        if let (Some(cpu), Some(own)) = (h.daemon_cpu_per_pod(pods), h.daemon_own_cpu_per_pod(pods))
+        {
+            parts.push(format!(
+                "daemon CPU {cpu:.1} ms/pod ({own:.1} its own, the rest its reaped children)"
+            ));
         }
         if let Some(cpu) = h.cgroup_cpu_per_pod(pods) {
             parts.push(format!("cgroup CPU {cpu:.1} ms/pod"));
@@ -641,6 +651,9 @@ fn print_host(targets: &[Target], samples: &[Samples]) {
         if let Some(r) = per(Host::daemon_cpu_per_pod) {
             parts.push(format!("daemon CPU {r:.2}"));
         }
+        if let Some(r) = per(Host::daemon_own_cpu_per_pod) {
+            parts.push(format!("daemon's own CPU {r:.2}"));
+        }
         if let Some(r) = per(Host::cgroup_cpu_per_pod) {
             parts.push(format!("cgroup CPU {r:.2}"));
         }
@@ -668,6 +681,7 @@ fn host_json(s: &Samples) -> serde_json::Value {
             "after": rss(h.daemon_after),
         },
         "daemon_cpu_ms_per_pod": h.daemon_cpu_per_pod(pods),
+        "daemon_own_cpu_ms_per_pod": h.daemon_own_cpu_per_pod(pods),
         "cgroup_cpu_ms_per_pod": h.cgroup_cpu_per_pod(pods),
         "helpers": h.helpers_per_pod(pods).map(|(n, kib)| json!({
             "processes": n,

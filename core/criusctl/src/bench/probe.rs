@@ -55,6 +55,8 @@ pub(crate) struct DaemonSample {
     pub rss_kib: u64,
     /// User + system time of the daemon and of the children it has reaped.
     pub cpu_ms: f64,
+    /// User + system time of the daemon's own threads.
+    pub own_cpu_ms: f64,
 }
 
 pub(crate) fn sample_daemon(daemon: &DaemonRef) -> Result<DaemonSample> {
@@ -68,13 +70,13 @@ pub(crate) fn sample_daemon(daemon: &DaemonRef) -> Result<DaemonSample> {
     let stat = process
         .stat()
         .with_context(|| format!("/proc/{pid}/stat"))?;
-    let ticks = stat.utime as f64
-        + stat.stime as f64
-        + stat.cutime.max(0) as f64
-        + stat.cstime.max(0) as f64;
+    let own = stat.utime as f64 + stat.stime as f64;
+    let children = stat.cutime.max(0) as f64 + stat.cstime.max(0) as f64;
+    let ms_per_tick = 1000.0 / procfs::ticks_per_second() as f64;
     Ok(DaemonSample {
         rss_kib,
-        cpu_ms: ticks * 1000.0 / procfs::ticks_per_second() as f64,
+        cpu_ms: (own + children) * ms_per_tick,
+        own_cpu_ms: own * ms_per_tick,
     })
 }
 
