@@ -35,6 +35,7 @@ mod interactive;
 pub mod monitor;
 mod observe;
 mod ops;
+mod pidfd;
 mod portforward;
 pub mod resources;
 mod rro_probe;

@@ -55,14 +55,19 @@ use crate::OciHandler;
 use crate::execsync::{exit_code, runtime_error, runtime_exec};
 use crate::fdio::{FdStream, connect_seqpacket, set_winsize};
 use crate::ops::{Observed, exec_failure_code, exec_process, exit_reason};
+use crate::pidfd::ConmonExit;
 use crate::state::{Container, now_ns};
 
 mod attach;
 
 use attach::{attach_session, write_ctl};
 
-/// How often `Wait` on a main process looks at the exit file.
+/// How often `Wait` on a main process looks at the exit file when it
+/// cannot sleep on conmon's exit.
 const EXIT_TICK: Duration = Duration::from_millis(100);
+/// How often it looks anyway while it sleeps on conmon's exit (a safety net
+/// for an exit that conmon's own exit does not follow).
+const EXIT_WATCH_TICK: Duration = Duration::from_secs(5);
 /// How long after an exec's process exited its output may still drain
 /// (a background child can hold the pipes open for ever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -459,6 +464,10 @@ impl OciHandler {
             });
         }
         let (_, ctr) = self.container(&req.sandbox_id, &req.container_id)?;
+        // Woken by conmon's exit rather than by a tick; once it has fired
+        // (conmon gone, the runtime still says running) or without a pidfd,
+        // the tick again.
+        let mut conmon_exit = ConmonExit::watch(ctr.conmon_pid);
         loop {
             match self.observe(&ctr).await? {
                 Observed::Exited {
@@ -480,7 +489,17 @@ impl OciHandler {
                         self.config.name, ctr.id
                     )));
                 }
-                Observed::Created | Observed::Running => tokio::time::sleep(EXIT_TICK).await,
+                Observed::Created | Observed::Running => match conmon_exit.take() {
+                    Some(exit) => {
+                        if tokio::time::timeout(EXIT_WATCH_TICK, exit.exited())
+                            .await
+                            .is_err()
+                        {
+                            conmon_exit = Some(exit);
+                        }
+                    }
+                    None => tokio::time::sleep(EXIT_TICK).await,
+                },
             }
         }
     }
