@@ -24,25 +24,33 @@ pub fn container_config(name: &str, image: &str, cmd: &[String]) -> cri::Contain
 }
 
 pub async fn ensure_image(c: &mut Clients, image: &str) -> Result<()> {
-    let present = c
-        .image
+    if image_status(c, image).await?.is_none() {
+        pull_image(c, image).await?;
+    }
+    Ok(())
+}
+
+/// The image `image` names, if the endpoint has it.
+pub async fn image_status(c: &mut Clients, image: &str) -> Result<Option<cri::Image>> {
+    Ok(c.image
         .image_status(cri::ImageStatusRequest {
             image: image_spec(image),
             verbose: false,
         })
-        .await?
+        .await
+        .context("ImageStatus")?
         .into_inner()
-        .image
-        .is_some();
-    if !present {
-        c.image
-            .pull_image(cri::PullImageRequest {
-                image: image_spec(image),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("pulling {image}"))?;
-    }
+        .image)
+}
+
+pub async fn pull_image(c: &mut Clients, image: &str) -> Result<()> {
+    c.image
+        .pull_image(cri::PullImageRequest {
+            image: image_spec(image),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("pulling {image}"))?;
     Ok(())
 }
 

@@ -89,16 +89,7 @@ pub(crate) struct Pulls {
 
 /// Removes `image` (when present) and pulls it again, timing the pull.
 pub(crate) async fn cold_pull(c: &mut Clients, image: &str, pulls: &mut Pulls) -> Result<()> {
-    let status = c
-        .image
-        .image_status(cri::ImageStatusRequest {
-            image: image_spec(image),
-            verbose: false,
-        })
-        .await
-        .context("ImageStatus")?
-        .into_inner();
-    if let Some(present) = status.image {
+    if let Some(present) = runpod::image_status(c, image).await? {
         c.image
             .remove_image(cri::RemoveImageRequest {
                 image: image_spec(&present.id),
@@ -107,23 +98,11 @@ pub(crate) async fn cold_pull(c: &mut Clients, image: &str, pulls: &mut Pulls) -
             .context("RemoveImage")?;
     }
     let began = Instant::now();
-    c.image
-        .pull_image(cri::PullImageRequest {
-            image: image_spec(image),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("pulling {image}"))?;
+    runpod::pull_image(c, image).await?;
     pulls.times.push(began.elapsed());
-    let status = c
-        .image
-        .image_status(cri::ImageStatusRequest {
-            image: image_spec(image),
-            verbose: false,
-        })
-        .await
-        .context("ImageStatus")?
-        .into_inner();
-    pulls.size_bytes = status.image.map(|i| i.size).unwrap_or(0);
+    pulls.size_bytes = runpod::image_status(c, image)
+        .await?
+        .map(|i| i.size)
+        .unwrap_or(0);
     Ok(())
 }
