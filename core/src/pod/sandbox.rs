@@ -285,9 +285,10 @@ impl PodManager {
                 }
                 None => NetNs::create(&netns_dir, &id)?,
             };
+            let record = rec.dir.join("cni.json");
             rec.netns_path = Some(ns.path().to_path_buf());
-            rec.cni_record = Some(rec.dir.join("cni.json"));
-            network = Some((cni, ns));
+            rec.cni_record = Some(record.clone());
+            network = Some((cni, ns, record));
         }
 
         // The runtime mounts the pod's files from inside the pod's user
@@ -328,7 +329,7 @@ impl PodManager {
         // record, and undoing what was never made succeeds (CNI DEL of an
         // absent attachment, unmounting what is not mounted, Stop/Remove of
         // an unknown sandbox).
-        if let Some((_, ns)) = &network {
+        if let Some((_, ns, _)) = &network {
             ns.bring_up_loopback()?;
         }
         rec.cni_attached = network.is_some();
@@ -343,52 +344,43 @@ impl PodManager {
             return Err(e);
         }
 
-        let (attached, handler_result) = match &network {
-            Some((cni, ns)) => {
-                let meta = rec.metadata();
-                let request = CniRequest {
-                    port_mappings: port_mappings(&rec.config),
-                    pod_namespace: meta.namespace,
-                    pod_name: meta.name,
-                    pod_uid: meta.uid,
-                    ..CniRequest::new(id.clone(), ns.path())
-                };
-                let record = rec.cni_record.clone().unwrap_or_default();
-                let attach = async {
-                    let cni_started = std::time::Instant::now();
-                    let result = cni.add_recorded(&request, &record).await;
-                    crate::metrics::global().pod_start(&rec.handler, "cni", cni_started.elapsed());
-                    result
-                };
-                if side_by_side {
-                    // Both run to the end, whatever the other does: a future
-                    // dropped halfway would leave its work unrecorded.
-                    let start = self.start_handler_sandbox(rec, handler, infra.take(), None);
-                    let (attached, started) = tokio::join!(attach, start);
-                    (attached.map(Some), Some(started))
-                } else {
-                    (attach.await.map(Some), None)
-                }
-            }
-            None if side_by_side => (
-                Ok(None),
-                Some(
-                    self.start_handler_sandbox(rec, handler, infra.take(), None)
-                        .await,
-                ),
-            ),
-            None => (Ok(None), None),
+        let attach = async {
+            let Some((cni, ns, record)) = &network else {
+                return Ok(None);
+            };
+            let meta = rec.metadata();
+            let request = CniRequest {
+                port_mappings: port_mappings(&rec.config),
+                pod_namespace: meta.namespace,
+                pod_name: meta.name,
+                pod_uid: meta.uid,
+                ..CniRequest::new(id.clone(), ns.path())
+            };
+            let cni_started = std::time::Instant::now();
+            let result = cni.add_recorded(&request, record).await;
+            crate::metrics::global().pod_start(&rec.handler, "cni", cni_started.elapsed());
+            result.map(Some)
         };
-        if let Some(Ok(response)) = &handler_result {
-            rec.infra_pid = response.infra_pid;
-            rec.handler_state = response.handler_state.clone();
-        }
-        if let Some(Err(_)) = &handler_result {
+        let (attached, handler_result) = if side_by_side {
+            // Both run to the end, whatever the other does: a future
+            // dropped halfway would leave its work unrecorded.
+            let start = self.start_handler_sandbox(rec, handler, infra.take(), None);
+            let (attached, started) = tokio::join!(attach, start);
+            (attached, Some(started))
+        } else {
+            (attach.await, None)
+        };
+        match &handler_result {
+            Some(Ok(response)) => {
+                rec.infra_pid = response.infra_pid;
+                rec.handler_state = response.handler_state.clone();
+            }
             // A failed RunSandbox leaves nothing in the handler (the
             // contract says so), so the rollback must not ask it to stop or
             // remove the pod: a handler that cannot serve (failed to load)
             // would refuse, and the half-created pod would stay.
-            rec.handler_started = false;
+            Some(Err(_)) => rec.handler_started = false,
+            None => {}
         }
         let result = match attached {
             Ok(result) => result,
